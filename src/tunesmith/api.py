@@ -1,0 +1,294 @@
+"""The Python API; the CLI is a thin layer over these functions.
+
+    result = tunesmith.train("examples/bbc_news.yaml", overrides=["train.num_epochs=1"])
+    tunesmith.predict(result.run_dir, ["Shares rose sharply after the results"])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from tunesmith.config import Config, config_from_dict, dump_config, load_config
+from tunesmith.data.balance import class_weights
+from tunesmith.data.prepare import PreparedData, load_examples, prepare_data
+from tunesmith.errors import TunesmithError
+from tunesmith.runs import RunDir, environment_lock
+from tunesmith.tasks.classification import TextClassificationTask, encode_features
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced."""
+
+    run_dir: Path
+    metrics: dict[str, Any]
+
+
+def _log_to(console) -> Callable[[str], None]:
+    if console is None:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+    return console.print
+
+
+def _task_for(config: Config, label_names: list[str] | None = None) -> TextClassificationTask:
+    return TextClassificationTask(
+        type=config.task.type,
+        label_names=list(label_names or []),
+        threshold=config.task.threshold,
+        label_separator=config.task.label_separator,
+    )
+
+
+def _setup_runtime(config: Config) -> None:
+    import torch
+    from transformers import set_seed
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the log says what was loaded, in its own words
+    hf_logging.disable_progress_bar()  # one progress display: ours
+    if config.runtime.num_threads:
+        torch.set_num_threads(config.runtime.num_threads)
+    set_seed(config.runtime.seed)
+
+
+def train(
+    config: Config | str | Path | dict | None = None,
+    *,
+    overrides: list[str] | None = None,
+    console=None,
+    callbacks: list | None = None,
+) -> TrainResult:
+    """Runs the whole pipeline: data, model, training, evaluation, model card.
+
+    Args:
+        config: a Config, a YAML path, a nested dict, or None for the embedded BBC demo.
+        overrides: ``key.sub=value`` strings applied on top.
+        console: a rich Console for messages and progress (stderr by default).
+        callbacks: extra training-loop callbacks (see tunesmith.train.callbacks).
+    """
+    if isinstance(config, dict):
+        config = config_from_dict(config)
+    if not isinstance(config, Config):
+        config = load_config(config, overrides)
+    elif overrides:
+        from tunesmith.config import apply_overrides
+
+        config = config_from_dict(apply_overrides(config.model_dump(mode="json"), overrides))
+    log = _log_to(console)
+    out = config.runtime.output_dir
+    if out is not None and Path(out).exists():
+        RunDir.create(out)  # raises the clear "already exists" error before any work
+    _setup_runtime(config)
+
+    task = _task_for(config)
+    data = prepare_data(config.data, task, seed=config.runtime.seed)
+    _report_data(data, log)
+    if config.train.metric and config.train.metric not in task.metric_names:
+        raise TunesmithError(f"train.metric={config.train.metric!r} is not a metric of this task; choose one of {task.metric_names}")
+
+    run = RunDir.create(out)
+    log(f"Run directory: {run.path}")
+    run.write_text("config.yaml", dump_config(config))
+    run.write_json("task.json", task.to_dict())
+    run.data_dir.mkdir()
+    for name, frame in data.splits.items():
+        frame.to_parquet(run.data_dir / f"{name}.parquet", index=False)
+    run.write_json("data_manifest.json", data.manifest)
+    return _fit(run, config, task, data, log, callbacks or [], resume=False)
+
+
+def resume(run_dir: str | Path, *, console=None, callbacks: list | None = None) -> TrainResult:
+    """Continues an interrupted run from its latest checkpoint, exactly where it stopped."""
+    run = RunDir.open(run_dir)
+    log = _log_to(console)
+    config = load_config(run.path / "config.yaml")
+    if (run.model_dir / "config.json").exists() and (run.path / "metrics.json").exists():
+        raise TunesmithError(f"{run.path} already finished; there is nothing to resume")
+    _setup_runtime(config)
+    saved = run.read_json("task.json")
+    task = _task_for(config, saved["label_names"])
+    splits = {n: pd.read_parquet(run.data_dir / f"{n}.parquet") for n in SPLITS if (run.data_dir / f"{n}.parquet").exists()}
+    data = PreparedData(splits, run.read_json("data_manifest.json"))
+    return _fit(run, config, task, data, log, callbacks or [], resume=True)
+
+
+def _report_data(data: PreparedData, log) -> None:
+    for name, entry in data.manifest["sources"].items():
+        log(f"Loaded {name} from {entry['source']}: cleaning {entry['cleaning']}")
+        if entry["replaced_characters"]:
+            log(f"  {entry['replaced_characters']} bytes that were not UTF-8 were replaced by U+FFFD")
+    log("Splits: " + ", ".join(f"{n} {info['rows']}" for n, info in data.manifest["splits"].items()))
+
+
+def _fit(run: RunDir, config: Config, task, data: PreparedData, log, callbacks, *, resume: bool) -> TrainResult:
+    from tunesmith.models.adapt import apply_strategy, count_parameters
+    from tunesmith.models.load import load_sequence_classifier, load_tokenizer, resolve_model
+    from tunesmith.train.callbacks import ProgressBar
+    from tunesmith.train.loop import run_training
+
+    resolved = resolve_model(config.model.name)
+    tokenizer = load_tokenizer(resolved)
+    features, truncated = {}, {}
+    for name, frame in data.splits.items():
+        targets = task.encode(frame["label"], name)
+        features[name], truncated[name] = encode_features(tokenizer, frame["text"].tolist(), targets, config.model.max_length)
+        if truncated[name]:
+            log(f"{name}: {truncated[name]} of {len(frame)} examples truncated to {config.model.max_length} tokens")
+    if config.data.balance.method == "class_weights":
+        import numpy as np
+
+        ids = np.asarray([f["labels"] for f in features["train"]])
+        task.class_weights = class_weights(ids, task.label_names, config.data.balance.class_weights)
+        log(f"Class weights: {dict(zip(task.label_names, (round(w, 3) for w in task.class_weights)))}")
+
+    model, new_parameters = load_sequence_classifier(
+        resolved,
+        num_labels=task.num_outputs,
+        problem_type=task.problem_type,
+        label_names=task.label_names,
+        dropout=config.model.dropout,
+    )
+    log(f"Loaded {resolved.description}; new head parameters: {', '.join(new_parameters) or 'none'}")
+    model, unfreezer = apply_strategy(model, config.model, new_parameters)
+    trainable, total = count_parameters(model)
+    log(f"Strategy {config.model.strategy}: {trainable:,} of {total:,} parameters trainable ({trainable / total:.2%})")
+    if not resume:
+        run.write_json("environment.json", environment_lock(config.runtime.device))
+
+    result = run_training(
+        model=model,
+        task=task,
+        train_features=features["train"],
+        val_features=features.get("validation", []),
+        config=config,
+        run=run,
+        pad_token_id=tokenizer.pad_token_id or 0,
+        unfreezer=unfreezer,
+        callbacks=([ProgressBar()] if config.runtime.progress else []) + list(callbacks),
+        log=log,
+        resume=resume,
+    )
+    return _finish(run, config, task, data, result, features, truncated, tokenizer, resolved, log)
+
+
+def _finish(run, config, task, data, result, features, truncated, tokenizer, resolved, log) -> TrainResult:
+    import numpy as np
+
+    from tunesmith.evaluate.report import model_card, plot_confusion_matrix
+    from tunesmith.models.adapt import count_parameters
+    from tunesmith.runs import replace_dir
+    from tunesmith.train.loop import compute_logits
+
+    model = result.model
+    device = next(model.parameters()).device
+    metrics: dict[str, Any] = {}
+    for split in ("validation", "test"):
+        if features.get(split):
+            logits = compute_logits(model, features[split], batch_size=config.train.batch_size * 2,
+                                    pad_token_id=tokenizer.pad_token_id or 0, device=device)  # fmt: skip
+            metrics[split] = task.metrics(logits, np.asarray([f["labels"] for f in features[split]]))
+            if "confusion_matrix" in metrics[split]:
+                plot_confusion_matrix(run.path / f"confusion_matrix_{split}.png", metrics[split]["confusion_matrix"],
+                                      task.label_names, f"{split} confusion matrix")  # fmt: skip
+    parameters = count_parameters(model)
+
+    # Final model: plain transformers format; with LoRA the adapter too, and a merged copy.
+    if config.model.strategy == "lora":
+        tmp = run.path / ".tmp-adapter"
+        model.save_pretrained(tmp)
+        replace_dir(tmp, run.path / "adapter")
+        model = model.merge_and_unload()
+    tmp = run.path / ".tmp-model"
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    replace_dir(tmp, run.model_dir)
+
+    state = result.state
+    metric_name = config.train.metric or task.default_metric[0]
+    training = {
+        "steps": state.step, "epochs_completed": state.epoch, "examples_seen": state.examples_seen,
+        "metric": metric_name, "best_metric": state.best_metric, "best_step": state.best_step,
+        "stopped_early": state.stopped_early, "truncated_train": truncated.get("train", 0),
+        "truncated": truncated,
+    }  # fmt: skip
+    run.write_json("metrics.json", {**metrics, "training": training})
+    run.write_text("README.md", model_card(
+        config=config.model_dump(mode="json"), model_description=resolved.description, task=task.to_dict(),
+        manifest=data.manifest, metrics=metrics, parameters=parameters, training=training,
+    ))  # fmt: skip
+    for split, values in metrics.items():
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))
+        log(f"[bold]{split}[/]: {shown}")
+    log(f"Model saved to {run.model_dir}; model card {run.path / 'README.md'}")
+    return TrainResult(run.path, metrics)
+
+
+def _load_for_inference(run_dir: str | Path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    run = RunDir.open(run_dir)
+    if not (run.model_dir / "config.json").is_file():
+        raise TunesmithError(f"{run.path} has no trained model yet (resume it with: tunesmith train --resume {run.path})")
+    config = load_config(run.path / "config.yaml")
+    task = _task_for(config, run.read_json("task.json")["label_names"])
+    model = AutoModelForSequenceClassification.from_pretrained(run.model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(run.model_dir)
+    return run, config, task, model.eval(), tokenizer
+
+
+def _logits(model, tokenizer, config, texts: list[str], targets=None):
+    from tunesmith.train.loop import compute_logits
+
+    features, _ = encode_features(tokenizer, texts, targets, config.model.max_length)
+    return compute_logits(model, features, batch_size=64, pad_token_id=tokenizer.pad_token_id or 0, device="cpu")
+
+
+def predict(run_dir: str | Path, texts: list[str]) -> list[dict[str, Any]]:
+    """Predictions for texts with a trained run: label(s) or value, and the scores behind them."""
+    _, config, task, model, tokenizer = _load_for_inference(run_dir)
+    texts = [" ".join(str(t).split()) for t in texts]
+    logits = _logits(model, tokenizer, config, texts)
+    predictions, scores = task.predict(logits), task.probabilities(logits)
+    rows = []
+    for text, prediction, score in zip(texts, predictions, scores):
+        row: dict[str, Any] = {"text": text}
+        if task.type == "regression":
+            row["value"] = prediction
+        else:
+            row["label" if task.type == "single_label" else "labels"] = prediction
+            row["scores"] = {name: round(float(s), 6) for name, s in zip(task.label_names, score)}
+        rows.append(row)
+    return rows
+
+
+def evaluate(run_dir: str | Path, data: str | Path) -> dict[str, Any]:
+    """Scores a trained run on a labelled file (same columns as training) and saves the result
+    under ``RUN_DIR/evaluations/``."""
+    import numpy as np
+
+    from tunesmith.evaluate.report import plot_confusion_matrix
+
+    run, config, task, model, tokenizer = _load_for_inference(run_dir)
+    frame, entry = load_examples(str(data), config.data, task)
+    targets = task.encode(frame["label"], entry["source"])
+    logits = _logits(model, tokenizer, config, frame["text"].tolist(), targets)
+    metrics = task.metrics(logits, np.asarray(targets))
+    metrics["data"] = entry
+    out = run.path / "evaluations"
+    out.mkdir(exist_ok=True)
+    stem = Path(str(data)).stem
+    RunDir(out).write_json(f"{stem}.json", metrics)
+    if "confusion_matrix" in metrics:
+        plot_confusion_matrix(out / f"{stem}_confusion_matrix.png", metrics["confusion_matrix"], task.label_names, f"{stem} confusion matrix")
+    return metrics

@@ -1,0 +1,131 @@
+"""The ``tunesmith`` command: one thin command per stage. Heavy imports happen inside the
+commands, so ``tunesmith --help`` answers fast."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from tunesmith.errors import TunesmithError
+
+app = typer.Typer(
+    help="Fine-tune pretrained models on your labelled data: train, evaluate, predict.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _guarded(work):
+    """Runs a command body; user mistakes become one message and exit code 2."""
+    try:
+        return work()
+    except TunesmithError as error:
+        _fail(str(error))
+    except KeyboardInterrupt:
+        _fail("interrupted; a run can continue from its last checkpoint with: tunesmith train --resume RUN_DIR")
+
+
+@app.command()
+def train(
+    config: Annotated[Optional[Path], typer.Argument(help="YAML config; omit it to run the embedded BBC News demo.")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a config value: --set train.learning_rate=3e-5")] = [],
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run directory.")] = None,
+) -> None:
+    """Fine-tune a model as CONFIG says and write a run directory."""
+
+    def work():
+        from tunesmith import api
+
+        if resume is not None:
+            if config is not None or set_:
+                raise TunesmithError("--resume takes the run directory alone: its config.yaml is reused as it was")
+            result = api.resume(resume)
+        else:
+            result = api.train(config, overrides=list(set_))
+        typer.echo(str(result.run_dir))
+
+    _guarded(work)
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    data: Annotated[Path, typer.Option("--data", help="Labelled file with the training columns.")],
+) -> None:
+    """Score a trained run on a labelled file; prints the metrics as JSON."""
+
+    def work():
+        from tunesmith import api
+
+        metrics = api.evaluate(run_dir, data)
+        metrics.pop("data", None)
+        typer.echo(json.dumps(metrics, indent=2))
+
+    _guarded(work)
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    text: Annotated[list[str], typer.Option("--text", help="Text to label (repeatable).")] = [],
+    input_: Annotated[Optional[Path], typer.Option("--input", help="File of texts: .txt (one per line) or any data file.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="Write predictions here as JSONL.")] = None,
+) -> None:
+    """Label new text with a trained run; one JSON object per text."""
+
+    def work():
+        from tunesmith import api
+
+        texts = list(text)
+        if input_ is not None:
+            texts += _read_texts(input_)
+        if not texts:
+            raise TunesmithError("nothing to predict: give --text TEXT or --input FILE")
+        if output is not None and output.exists():
+            raise TunesmithError(f"{output} already exists; choose another --output path")
+        lines = [json.dumps(row, ensure_ascii=False) for row in api.predict(run_dir, texts)]
+        if output is None:
+            typer.echo("\n".join(lines))
+        else:
+            from tunesmith.runs import atomic_write
+
+            atomic_write(output, "\n".join(lines) + "\n")
+            typer.echo(f"{len(lines)} predictions written to {output}", err=True)
+
+    _guarded(work)
+
+
+def _read_texts(path: Path) -> list[str]:
+    if path.suffix.lower() == ".txt":
+        if not path.is_file():
+            raise TunesmithError(f"Input file not found: {path}")
+        try:
+            return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError as error:
+            raise TunesmithError(f"{path}: not UTF-8 text (offset {error.start})") from None
+    from tunesmith.data.load import detect_columns, read_table
+
+    table = read_table(str(path))
+    columns = list(table.frame.columns)
+    text_column = columns[0] if len(columns) == 1 else detect_columns(table.frame, None, None, table.source)[0]
+    return table.frame[text_column].fillna("").astype(str).tolist()
+
+
+def main() -> None:
+    app(prog_name="tunesmith")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

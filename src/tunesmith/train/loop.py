@@ -1,0 +1,232 @@
+"""The one training loop. Strategies differ only in which parameters require gradients and
+which groups the optimizer holds; tasks only in their loss and metrics.
+
+A step is one optimizer update: ``gradient_accumulation_steps`` batches. The loss of a
+step is the sum of per-example losses divided by the number of examples in the step,
+so every example weighs the same however the batches fall.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from tunesmith.config import Config
+from tunesmith.data.batching import epoch_batches, eval_batches, pad_batch
+from tunesmith.runs import RunDir
+from tunesmith.train.callbacks import Callback, Throughput
+from tunesmith.train.checkpoint import (
+    LoopState,
+    latest_checkpoint,
+    load_best_weights,
+    load_checkpoint,
+    save_best_weights,
+    save_checkpoint,
+)
+from tunesmith.train.optim import build_optimizer, build_scheduler
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _inputs(batch: dict, device) -> dict[str, torch.Tensor]:
+    return {k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}
+
+
+@torch.no_grad()
+def compute_logits(model, features: list[dict], *, batch_size: int, pad_token_id: int, device) -> np.ndarray:
+    """Logits for every feature, in the features' order; batches sorted by length."""
+    was_training = model.training
+    model.eval()
+    out: np.ndarray | None = None
+    for indices in eval_batches([len(f["input_ids"]) for f in features], batch_size=batch_size):
+        batch = pad_batch([features[i] for i in indices], pad_token_id)
+        logits = model(**_inputs(batch, device)).logits.float().cpu().numpy()
+        if out is None:
+            out = np.empty((len(features), logits.shape[-1]), dtype=np.float32)
+        out[indices] = logits
+    model.train(was_training)
+    return out if out is not None else np.empty((0, 0), dtype=np.float32)
+
+
+def plan_steps(num_batches: int, config: Config) -> tuple[int, int]:
+    """(steps per epoch, total steps) for a training set of ``num_batches`` batches."""
+    per_epoch = math.ceil(num_batches / config.train.gradient_accumulation_steps)
+    total = math.ceil(per_epoch * config.train.num_epochs)
+    if config.train.max_steps is not None:
+        total = min(total, config.train.max_steps) if config.train.num_epochs else config.train.max_steps
+    return per_epoch, max(total, 1)
+
+
+@dataclass
+class LoopResult:
+    state: LoopState
+    model: Any
+    restored_best: bool
+
+
+def run_training(
+    *,
+    model,
+    task,
+    train_features: list[dict],
+    val_features: list[dict],
+    config: Config,
+    run: RunDir,
+    pad_token_id: int,
+    unfreezer=None,
+    callbacks: list[Callback] = (),
+    log: Callable[[str], None] = print,
+    resume: bool = False,
+) -> LoopResult:
+    """Trains ``model`` on ``train_features``, evaluating on ``val_features``.
+
+    Saves resumable checkpoints under ``run.checkpoints_dir`` and the best weights by the
+    validation metric, which are loaded back at the end.
+    """
+    from accelerate import Accelerator
+
+    tc, rc = config.train, config.runtime
+    accelerator = Accelerator(cpu=rc.device == "cpu", mixed_precision=rc.mixed_precision)
+    device = accelerator.device
+    metric_name, mode = (tc.metric, None) if tc.metric else task.default_metric
+    if mode is None:
+        mode = "min" if metric_name in ("loss", "mse", "mae", "hamming_loss") else "max"
+
+    lengths = [len(f["input_ids"]) for f in train_features]
+    num_batches = math.ceil(len(train_features) / tc.batch_size)
+    steps_per_epoch, total_steps = plan_steps(num_batches, config)
+    optimizer = build_optimizer(model, tc, include_frozen=unfreezer is not None)
+    scheduler = build_scheduler(optimizer, tc, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    state = LoopState()
+    if resume:
+        checkpoint = latest_checkpoint(run.checkpoints_dir)
+        if checkpoint is not None:
+            state = load_checkpoint(checkpoint, model=accelerator.unwrap_model(model), optimizer=optimizer, scheduler=scheduler)
+            run.truncate_metrics(state.metrics_lines)
+            log(f"Resumed from {checkpoint} (step {state.step} of {total_steps}, epoch {state.epoch + 1})")
+        else:
+            log("No checkpoint found: starting from the beginning")
+
+    def evaluate() -> dict[str, Any]:
+        logits = compute_logits(model, val_features, batch_size=tc.batch_size * 2, pad_token_id=pad_token_id, device=device)
+        targets = np.asarray([f["labels"] for f in val_features])
+        metrics = task.metrics(logits, targets)
+        metrics["loss"] = float(task.loss(torch.from_numpy(logits), torch.as_tensor(targets)).item() / max(len(targets), 1))
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+        record = {"step": state.step, "epoch": state.epoch, "split": "validation", **scalars}
+        run.append_metrics(record)
+        state.history.append(record)
+        value = metrics[metric_name]
+        better = state.best_metric is None or (
+            value > state.best_metric + tc.early_stopping.min_delta
+            if mode == "max"
+            else value < state.best_metric - tc.early_stopping.min_delta
+        )
+        if better:
+            state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
+            save_best_weights(run.checkpoints_dir, accelerator.unwrap_model(model))
+        else:
+            state.evals_without_improvement += 1
+            patience = tc.early_stopping.patience
+            if patience is not None and state.evals_without_improvement >= patience:
+                state.stopped_early = True
+                log(f"Early stopping at step {state.step}: {metric_name} has not improved for {patience} evaluations")
+        for callback in callbacks:
+            callback.on_eval_end(state, metrics)
+        return metrics
+
+    def checkpoint() -> None:
+        state.metrics_lines = run.metrics_lines()
+        save_checkpoint(
+            run.checkpoints_dir, model=accelerator.unwrap_model(model), optimizer=optimizer,
+            scheduler=scheduler, state=state, keep=rc.keep_checkpoints,
+        )  # fmt: skip
+
+    for callback in callbacks:
+        callback.on_train_start(state, total_steps)
+    model.train()
+    throughput = Throughput()
+    accumulation = tc.gradient_accumulation_steps
+    # The data order's own generator: DataLoader-style seeding would consume the global RNG.
+    while state.step < total_steps and not state.stopped_early:
+        batches = epoch_batches(lengths, batch_size=tc.batch_size, seed=rc.seed, epoch=state.epoch)
+        windows = [batches[i : i + accumulation] for i in range(0, len(batches), accumulation)]
+        for window in windows[state.batches_done_in_epoch // accumulation :]:
+            if unfreezer is not None and unfreezer.update(step=state.step, epoch=state.epoch):
+                log(f"Gradual unfreezing: stage {unfreezer.stage} from step {state.step}")
+            examples = sum(len(b) for b in window)
+            step_loss = 0.0
+            for indices in window:
+                batch = pad_batch([train_features[i] for i in indices], pad_token_id)
+                with accelerator.autocast():
+                    logits = model(**_inputs(batch, device)).logits
+                loss = task.loss(logits.float(), batch["labels"].to(device)) / examples
+                accelerator.backward(loss)
+                step_loss += loss.item()
+                throughput.add(len(indices), int(batch["attention_mask"].sum()))
+            if tc.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.batches_done_in_epoch += len(window)
+            state.examples_seen += examples
+            state.loss_since_log += step_loss
+            state.steps_since_log += 1
+            if not math.isfinite(step_loss):
+                raise FloatingPointError(f"loss became {step_loss} at step {state.step}; lower train.learning_rate")
+
+            logs = None
+            if state.step % rc.log_every_steps == 0 or state.step == total_steps:
+                samples_per_second, tokens_per_second = throughput.rates()
+                logs = {
+                    "step": state.step,
+                    "epoch": state.epoch,
+                    "split": "train",
+                    "loss": state.loss_since_log / state.steps_since_log,
+                    "learning_rate": scheduler.get_last_lr()[0],
+                    "samples_per_second": samples_per_second,
+                    "tokens_per_second": tokens_per_second,
+                }
+                run.append_metrics(logs)
+                state.loss_since_log, state.steps_since_log = 0.0, 0
+                throughput.reset()
+            for callback in callbacks:
+                callback.on_step_end(state, logs)
+
+            evaluated = tc.eval_every_steps is not None and state.step % tc.eval_every_steps == 0 and val_features
+            if evaluated:
+                evaluate()
+            if evaluated or (rc.checkpoint_every_steps and state.step % rc.checkpoint_every_steps == 0):
+                checkpoint()
+            if state.step >= total_steps or state.stopped_early:
+                break
+        else:
+            state.epoch += 1
+            state.batches_done_in_epoch = 0
+            if tc.eval_every_steps is None and val_features:
+                evaluate()
+            for callback in callbacks:
+                callback.on_epoch_end(state)
+            checkpoint()
+
+    if val_features and (not state.history or state.history[-1]["step"] != state.step):
+        evaluate()  # the run ended mid-epoch (max_steps, fractional epochs): judge the last weights too
+    restored = load_best_weights(run.checkpoints_dir, accelerator.unwrap_model(model))
+    if restored:
+        log(f"Loaded the best weights: {metric_name} {state.best_metric:.4f} at step {state.best_step}")
+    for callback in callbacks:
+        callback.on_train_end(state)
+    return LoopResult(state, accelerator.unwrap_model(model), restored)
+
+
+def checkpoints_exist(run_dir: Path) -> bool:
+    return latest_checkpoint(run_dir / "checkpoints") is not None
