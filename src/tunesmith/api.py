@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
@@ -30,12 +30,12 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
-def _log_to(console) -> Callable[[str], None]:
+def _console(console):
     if console is None:
         from rich.console import Console
 
         console = Console(stderr=True)
-    return console.print
+    return console
 
 
 def _task_for(config: Config, label_names: list[str] | None = None) -> TextClassificationTask:
@@ -82,7 +82,7 @@ def train(
         from tunesmith.config import apply_overrides
 
         config = config_from_dict(apply_overrides(config.model_dump(mode="json"), overrides))
-    log = _log_to(console)
+    console = _console(console)
     out = config.runtime.output_dir
     if out is not None and Path(out).exists():
         RunDir.create(out)  # raises the clear "already exists" error before any work
@@ -90,6 +90,7 @@ def train(
 
     task = _task_for(config)
     data = prepare_data(config.data, task, seed=config.runtime.seed)
+    log = console.print
     _report_data(data, log)
     if config.train.metric and config.train.metric not in task.metric_names:
         raise TunesmithError(f"train.metric={config.train.metric!r} is not a metric of this task; choose one of {task.metric_names}")
@@ -102,13 +103,13 @@ def train(
     for name, frame in data.splits.items():
         frame.to_parquet(run.data_dir / f"{name}.parquet", index=False)
     run.write_json("data_manifest.json", data.manifest)
-    return _fit(run, config, task, data, log, callbacks or [], resume=False)
+    return _fit(run, config, task, data, console, callbacks or [], resume=False)
 
 
 def resume(run_dir: str | Path, *, console=None, callbacks: list | None = None) -> TrainResult:
     """Continues an interrupted run from its latest checkpoint, exactly where it stopped."""
     run = RunDir.open(run_dir)
-    log = _log_to(console)
+    console = _console(console)
     config = load_config(run.path / "config.yaml")
     if (run.model_dir / "config.json").exists() and (run.path / "metrics.json").exists():
         raise TunesmithError(f"{run.path} already finished; there is nothing to resume")
@@ -117,7 +118,7 @@ def resume(run_dir: str | Path, *, console=None, callbacks: list | None = None) 
     task = _task_for(config, saved["label_names"])
     splits = {n: pd.read_parquet(run.data_dir / f"{n}.parquet") for n in SPLITS if (run.data_dir / f"{n}.parquet").exists()}
     data = PreparedData(splits, run.read_json("data_manifest.json"))
-    return _fit(run, config, task, data, log, callbacks or [], resume=True)
+    return _fit(run, config, task, data, console, callbacks or [], resume=True)
 
 
 def _report_data(data: PreparedData, log) -> None:
@@ -128,12 +129,13 @@ def _report_data(data: PreparedData, log) -> None:
     log("Splits: " + ", ".join(f"{n} {info['rows']}" for n, info in data.manifest["splits"].items()))
 
 
-def _fit(run: RunDir, config: Config, task, data: PreparedData, log, callbacks, *, resume: bool) -> TrainResult:
+def _fit(run: RunDir, config: Config, task, data: PreparedData, console, callbacks, *, resume: bool) -> TrainResult:
     from tunesmith.models.adapt import apply_strategy, count_parameters
     from tunesmith.models.load import load_sequence_classifier, load_tokenizer, resolve_model
     from tunesmith.train.callbacks import ProgressBar
     from tunesmith.train.loop import run_training
 
+    log = console.print
     resolved = resolve_model(config.model.name)
     tokenizer = load_tokenizer(resolved)
     features, truncated = {}, {}
@@ -172,7 +174,7 @@ def _fit(run: RunDir, config: Config, task, data: PreparedData, log, callbacks, 
         run=run,
         pad_token_id=tokenizer.pad_token_id or 0,
         unfreezer=unfreezer,
-        callbacks=([ProgressBar()] if config.runtime.progress else []) + list(callbacks),
+        callbacks=([ProgressBar(console)] if config.runtime.progress else []) + list(callbacks),
         log=log,
         resume=resume,
     )

@@ -19,13 +19,20 @@ class Callback:
 
 
 class ProgressBar(Callback):
-    """A rich progress bar with loss, throughput and ETA (rank 0 only)."""
+    """A rich progress bar with loss, throughput and ETA (rank 0 only). When the output is
+    not a terminal (a log file, CI), it prints a plain line at every tenth of the run instead."""
 
     def __init__(self, console=None):
-        self.console = console
+        from rich.console import Console
+
+        self.console = console or Console(stderr=True)
         self.progress = None
 
     def on_train_start(self, state: LoopState, total_steps: int) -> None:
+        self.total_steps, self.started, self.start_step = total_steps, time.perf_counter(), state.step
+        self.line_every = max(1, total_steps // 10)
+        if not self.console.is_terminal:
+            return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.progress = Progress(
@@ -45,15 +52,33 @@ class ProgressBar(Callback):
         )
 
     def on_step_end(self, state: LoopState, logs: dict[str, Any] | None) -> None:
+        if logs:
+            self.last_logs = logs
+        if self.progress is None:
+            if state.step % self.line_every == 0 or state.step == self.total_steps:
+                self._plain_line(state)
+            return
         fields: dict[str, Any] = {"epoch": state.epoch + 1}
         if logs:
             fields["loss"] = f"{logs['loss']:.4f}"
             fields["speed"] = f"{logs['samples_per_second']:.1f} samples/s, {logs['tokens_per_second']:.0f} tok/s"
         self.progress.update(self.task, completed=state.step, **fields)
 
+    def _plain_line(self, state: LoopState) -> None:
+        elapsed = time.perf_counter() - self.started
+        done = max(state.step - self.start_step, 1)
+        eta = elapsed / done * (self.total_steps - state.step)
+        logs = getattr(self, "last_logs", None)
+        speed = f" loss {logs['loss']:.4f}, {logs['samples_per_second']:.1f} samples/s," if logs else ""
+        self.console.print(
+            f"train step {state.step}/{self.total_steps} (epoch {state.epoch + 1}){speed} "
+            f"elapsed {elapsed:.0f}s, ETA {eta:.0f}s",
+            highlight=False,
+        )
+
     def on_eval_end(self, state: LoopState, metrics: dict[str, Any]) -> None:
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
-        self.progress.console.print(f"  step {state.step} validation: {shown}")
+        self.console.print(f"  step {state.step} validation: {shown}", highlight=False)
 
     def on_train_end(self, state: LoopState) -> None:
         if self.progress is not None:
