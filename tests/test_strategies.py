@@ -11,7 +11,6 @@ import torch
 from tests.conftest import sentiment_rows, tiny_config
 from tunesmith.api import train
 from tunesmith.config import config_from_dict
-from tunesmith.data.batching import pad_batch
 from tunesmith.models.adapt import apply_strategy, count_parameters, layer_groups
 from tunesmith.models.load import load_sequence_classifier, load_tokenizer, resolve_model
 from tunesmith.runs import RunDir
@@ -161,9 +160,12 @@ def test_training_run_learns_and_writes_run_dir(tiny_model_dir, tmp_path, sentim
     assert sum(losses[-3:]) / 3 < 0.7 * sum(losses[:3]) / 3
     assert result.metrics["test"]["accuracy"] >= 0.9
     manifest = json.loads((run / "data_manifest.json").read_text())
-    assert manifest["splits"]["train"]["rows"] + manifest["splits"]["test"]["rows"] + manifest["splits"][
-        "validation"
-    ]["rows"] == 120
+    assert (
+        manifest["splits"]["train"]["rows"]
+        + manifest["splits"]["test"]["rows"]
+        + manifest["splits"]["validation"]["rows"]
+        == 120
+    )
     from transformers import AutoModelForSequenceClassification
 
     loaded = AutoModelForSequenceClassification.from_pretrained(run / "model")

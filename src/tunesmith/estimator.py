@@ -1,8 +1,8 @@
 """A scikit-learn-like estimator over the same pipeline, for notebook users.
 
-    clf = TextClassifier(num_epochs=2).fit(texts, labels)
-    clf.predict(["a new text"]), clf.predict_proba(["a new text"])
-    clf.save("my-model"); TextClassifier.load("my-model")
+clf = TextClassifier(num_epochs=2).fit(texts, labels)
+clf.predict(["a new text"]), clf.predict_proba(["a new text"])
+clf.save("my-model"); TextClassifier.load("my-model")
 """
 
 from __future__ import annotations
@@ -114,11 +114,13 @@ class TextClassifier:
 
     def predict(self, X) -> np.ndarray | list:
         """Labels (single-label), lists of labels (multi-label) or values (regression)."""
-        predictions = self.task_.predict(self._logits(X)) if len(X) else []
+        logits = self._logits(X)
+        predictions = self.task_.predict(logits) if len(X) else []
         return predictions if self.task_.type == "multi_label" else np.asarray(predictions)
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities in the order of ``classes_`` (independent sigmoids for multi-label)."""
+        self._check_fitted()
         if self.task_.type == "regression":
             raise TunesmithError("predict_proba is for classifiers; a regression model has only predict")
         return self.task_.probabilities(self._logits(X))

@@ -30,9 +30,7 @@ def resample(frame: pd.DataFrame, *, method: str, seed: int) -> pd.DataFrame:
     return balanced.iloc[rng.permutation(len(balanced))].reset_index(drop=True)
 
 
-def class_weights(
-    label_ids: np.ndarray, label_names: list[str], spec: str | dict[str, float]
-) -> list[float]:
+def class_weights(label_ids: np.ndarray, label_names: list[str], spec: str | dict[str, float]) -> list[float]:
     """Per-class loss weights: "balanced" gives n / (k * count_c); a dict names each weight.
 
     Raises:

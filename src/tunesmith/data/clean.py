@@ -44,10 +44,10 @@ def clean_frame(
     if drop_empty:
         frame = frame[~empty]
 
-    missing = frame["label"].map(_is_missing)
+    missing = frame["label"].map(_is_missing).astype(bool)
     counts["missing_label"] = int(missing.sum())
     if counts["missing_label"] and not drop_missing_labels:
-        first = int(missing.to_numpy().nonzero()[0][0])
+        first = int(frame.index[missing.to_numpy()][0])
         raise TunesmithError(
             f"{source}: {counts['missing_label']} rows have no label (first at data row {first + 1}); "
             "fill them in or set data.clean.drop_missing_labels=true"

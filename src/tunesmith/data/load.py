@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import importlib.util
 import io
@@ -41,8 +42,7 @@ def resolve_source(spec: str) -> Path:
         found = importlib.util.find_spec(package)
         if found is None or not found.submodule_search_locations:
             raise TunesmithError(
-                f"Data source {spec!r}: Python package {package!r} is not installed "
-                f"(pip install {package})"
+                f"Data source {spec!r}: Python package {package!r} is not installed (pip install {package})"
             )
         path = Path(next(iter(found.submodule_search_locations))) / rest
     else:
@@ -57,10 +57,11 @@ def _decode(raw: bytes, path: Path, errors: str) -> tuple[str, int]:
         return raw.decode("utf-8-sig"), 0
     except UnicodeDecodeError as error:
         if errors == "strict":
-            line = raw[: error.start].count(b"\n") + 1
+            start = error.start + (len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0)
+            line = raw[:start].count(b"\n") + 1
             raise TunesmithError(
-                f"{path}: not UTF-8 text (byte 0x{raw[error.start]:02x} at line {line}, "
-                f"offset {error.start}). Re-save the file as UTF-8, or set "
+                f"{path}: not UTF-8 text (byte 0x{raw[start]:02x} at line {line}, "
+                f"offset {start}). Re-save the file as UTF-8, or set "
                 "data.encoding_errors=replace to load it with U+FFFD for bad bytes."
             ) from None
     text = raw.decode("utf-8-sig", errors="replace")
@@ -80,8 +81,7 @@ def _read_folder(path: Path, errors: str) -> LoadedTable:
             rows.append({"text": text, "label": label_dir.name})
     if not rows:
         raise TunesmithError(
-            f"{path}: a data folder must hold one sub-folder per label with .txt files in it; "
-            "none were found"
+            f"{path}: a data folder must hold one sub-folder per label with .txt files in it; none were found"
         )
     return LoadedTable(pd.DataFrame(rows), str(path), digest.hexdigest(), replaced)
 
@@ -119,9 +119,7 @@ def _read_text_table(text: str, path: Path, suffix: str, column_names: list[str]
     return pd.DataFrame.from_records(loaded)
 
 
-def read_table(
-    spec: str, *, column_names: list[str] | None = None, encoding_errors: str = "strict"
-) -> LoadedTable:
+def read_table(spec: str, *, column_names: list[str] | None = None, encoding_errors: str = "strict") -> LoadedTable:
     """Reads one data source into a DataFrame.
 
     Args:
@@ -171,9 +169,7 @@ def detect_columns(
     columns = list(frame.columns)
     for role, name in (("text", text_column), ("label", label_column)):
         if name is not None and name not in columns:
-            raise TunesmithError(
-                f"{source}: no column {name!r} (data.{role}_column); the columns are {columns}"
-            )
+            raise TunesmithError(f"{source}: no column {name!r} (data.{role}_column); the columns are {columns}")
     lowered = {c.lower(): c for c in columns}
     if label_column is None:
         label_column = next((lowered[n] for n in LABEL_NAMES if n in lowered and lowered[n] != text_column), None)

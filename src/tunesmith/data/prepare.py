@@ -46,7 +46,12 @@ def load_examples(spec: str, config: DataConfig, task: TextClassificationTask) -
 def _distribution(frame: pd.DataFrame, task: TextClassificationTask) -> dict[str, Any]:
     if task.type == "regression":
         values = frame["label"].astype(float)
-        return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()), "max": float(values.max())}
+        return {
+            "mean": float(values.mean()),
+            "std": float(values.std()),
+            "min": float(values.min()),
+            "max": float(values.max()),
+        }
     if task.type == "multi_label":
         labels = frame["label"].str.split(task.label_separator, regex=False).explode()
         return labels.value_counts().sort_index().to_dict()
@@ -69,7 +74,9 @@ def prepare_data(config: DataConfig, task: TextClassificationTask, *, seed: int)
 
     stratify = task.type == "single_label"
     if config.max_rows is not None and len(train) > config.max_rows:
-        train = split_frame(train, val_fraction=0, test_fraction=1 - config.max_rows / len(train), seed=seed, stratify=stratify)["train"]
+        train = split_frame(
+            train, val_fraction=0, test_fraction=1 - config.max_rows / len(train), seed=seed, stratify=stratify
+        )["train"]
     missing = {"test": config.test_fraction, "validation": config.val_fraction}
     carve = {name: fraction for name, fraction in missing.items() if name not in splits}
     carved = split_frame(
@@ -89,12 +96,13 @@ def prepare_data(config: DataConfig, task: TextClassificationTask, *, seed: int)
     balanced = resample(splits["train"], method=config.balance.method, seed=seed)
     manifest = {
         "sources": sources,
-        "splits": {
-            name: {"rows": len(frame), "labels": _distribution(frame, task)}
-            for name, frame in splits.items()
-        },
+        "splits": {name: {"rows": len(frame), "labels": _distribution(frame, task)} for name, frame in splits.items()},
     }
     if len(balanced) != len(splits["train"]):
-        manifest["balance"] = {"method": config.balance.method, "rows_before": len(splits["train"]), "rows_after": len(balanced)}
+        manifest["balance"] = {
+            "method": config.balance.method,
+            "rows_before": len(splits["train"]),
+            "rows_after": len(balanced),
+        }
         splits["train"] = balanced
     return PreparedData(splits, manifest)

@@ -18,9 +18,7 @@ from sklearn.metrics import (
 
 
 def _prf(y_true, y_pred, average, labels=None) -> tuple[float, float, float]:
-    p, r, f, _ = precision_recall_fscore_support(
-        y_true, y_pred, average=average, labels=labels, zero_division=0
-    )
+    p, r, f, _ = precision_recall_fscore_support(y_true, y_pred, average=average, labels=labels, zero_division=0)
     return float(p), float(r), float(f)
 
 
@@ -31,9 +29,7 @@ def classification_metrics(predicted: np.ndarray, targets: np.ndarray, label_nam
     for average in ("macro", "weighted"):
         p, r, f = _prf(targets, predicted, average, ids)
         result |= {f"{average}_precision": p, f"{average}_recall": r, f"{average}_f1": f}
-    p, r, f, support = precision_recall_fscore_support(
-        targets, predicted, labels=ids, average=None, zero_division=0
-    )
+    p, r, f, support = precision_recall_fscore_support(targets, predicted, labels=ids, average=None, zero_division=0)
     result["per_class"] = {
         name: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(support[i])}
         for i, name in enumerate(label_names)

@@ -59,8 +59,7 @@ def model_card(
     labels = ", ".join(task["label_names"]) or "a number"
     sections = [
         f"# {task['type'].replace('_', '-')} text classifier\n",
-        f"Fine-tuned from {model_description} with tunesmith ({model['strategy']} strategy). "
-        f"It predicts {labels}.\n",
+        f"Fine-tuned from {model_description} with tunesmith ({model['strategy']} strategy). It predicts {labels}.\n",
         "## Data\n",
         f"Source: `{manifest['sources']['train']['source']}`. Rows: "
         + ", ".join(f"{name} {info['rows']}" for name, info in splits.items())
@@ -90,6 +89,6 @@ def model_card(
         "```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
         'model = AutoModelForSequenceClassification.from_pretrained("model")\n'
         'tokenizer = AutoTokenizer.from_pretrained("model")\n```\n',
-        "or `tunesmith predict RUN_DIR --text \"...\"`.\n",
+        'or `tunesmith predict RUN_DIR --text "..."`.\n',
     ]
     return "\n".join(sections)

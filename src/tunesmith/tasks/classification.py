@@ -62,9 +62,7 @@ class TextClassificationTask:
     @property
     def default_metric(self) -> tuple[str, str]:
         """The validation metric that selects checkpoints, and whether to max or min it."""
-        return {"single_label": ("macro_f1", "max"), "multi_label": ("micro_f1", "max")}.get(
-            self.type, ("mse", "min")
-        )
+        return {"single_label": ("macro_f1", "max"), "multi_label": ("micro_f1", "max")}.get(self.type, ("mse", "min"))
 
     @property
     def metric_names(self) -> list[str]:

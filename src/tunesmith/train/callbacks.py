@@ -25,7 +25,7 @@ class ProgressBar(Callback):
     def __init__(self, console=None):
         from rich.console import Console
 
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, soft_wrap=True)
         self.progress = None
 
     def on_train_start(self, state: LoopState, total_steps: int) -> None:
@@ -33,7 +33,14 @@ class ProgressBar(Callback):
         self.line_every = max(1, total_steps // 10)
         if not self.console.is_terminal:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.progress = Progress(
             TextColumn("[bold]train[/] epoch {task.fields[epoch]}"),

@@ -96,4 +96,3 @@ def load_best_weights(directory: Path, model) -> bool:
         return False
     model.load_state_dict(torch.load(path, weights_only=True))
     return True
-

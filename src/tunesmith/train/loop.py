@@ -9,9 +9,10 @@ so every example weighs the same however the batches fall.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,17 +109,23 @@ def run_training(
     if resume:
         checkpoint = latest_checkpoint(run.checkpoints_dir)
         if checkpoint is not None:
-            state = load_checkpoint(checkpoint, model=accelerator.unwrap_model(model), optimizer=optimizer, scheduler=scheduler)
+            state = load_checkpoint(
+                checkpoint, model=accelerator.unwrap_model(model), optimizer=optimizer, scheduler=scheduler
+            )
             run.truncate_metrics(state.metrics_lines)
             log(f"Resumed from {checkpoint} (step {state.step} of {total_steps}, epoch {state.epoch + 1})")
         else:
             log("No checkpoint found: starting from the beginning")
 
     def evaluate() -> dict[str, Any]:
-        logits = compute_logits(model, val_features, batch_size=tc.batch_size * 2, pad_token_id=pad_token_id, device=device)
+        logits = compute_logits(
+            model, val_features, batch_size=tc.batch_size * 2, pad_token_id=pad_token_id, device=device
+        )
         targets = np.asarray([f["labels"] for f in val_features])
         metrics = task.metrics(logits, targets)
-        metrics["loss"] = float(task.loss(torch.from_numpy(logits), torch.as_tensor(targets)).item() / max(len(targets), 1))
+        metrics["loss"] = float(
+            task.loss(torch.from_numpy(logits), torch.as_tensor(targets)).item() / max(len(targets), 1)
+        )
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         record = {"step": state.step, "epoch": state.epoch, "split": "validation", **scalars}
         run.append_metrics(record)

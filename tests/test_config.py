@@ -1,0 +1,239 @@
+"""The config: defaults, shipped examples, readable validation errors, and --set overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tunesmith.config import (
+    BBC_NEWS,
+    DEFAULT_MODEL,
+    Config,
+    apply_overrides,
+    config_from_dict,
+    dump_config,
+    load_config,
+)
+from tunesmith.data.load import resolve_source
+from tunesmith.errors import TunesmithError
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.yaml"))
+
+
+def _contained(expected, actual) -> bool:
+    """Every key/value of the YAML tree `expected` is present, equal, in `actual`."""
+    if isinstance(expected, dict):
+        return isinstance(actual, dict) and all(k in actual and _contained(v, actual[k]) for k, v in expected.items())
+    return expected == actual
+
+
+def _error(tree: dict | None = None, overrides: list[str] | None = None, path: Path | None = None) -> str:
+    with pytest.raises(TunesmithError) as caught:
+        if tree is not None:
+            config_from_dict(tree)
+        else:
+            load_config(path, overrides)
+    return str(caught.value)
+
+
+# -- defaults and examples --------------------------------------------------------------
+
+
+def test_no_config_file_means_the_embedded_bbc_demo():
+    config = load_config()
+    assert config == load_config(Path(__file__).parent.parent / "examples" / "bbc_news.yaml")
+    # The demo differs from the bare defaults only where the BBC corpus needs it.
+    assert config.model_copy(update={"data": Config().data}) == Config()
+    assert config.data.encoding_errors == "replace" and Config().data.encoding_errors == "strict"
+    assert config.data.train == BBC_NEWS
+    assert config.model.name == DEFAULT_MODEL
+    assert config.task.type == "single_label"
+    assert config.data.val_fraction + config.data.test_fraction < 0.9
+
+
+def test_dumped_config_loads_back_identically(tmp_path):
+    config = load_config(overrides=["train.learning_rate=3e-5", "model.strategy=lora", "data.max_rows=50"])
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_config(config), encoding="utf-8")
+    assert load_config(path) == config
+
+
+def test_examples_folder_is_not_empty():
+    assert EXAMPLES, "examples/*.yaml must hold at least one shipped config"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_example_config_loads(path):
+    config = load_config(path)
+    written = yaml.safe_load(path.read_text(encoding="utf-8"))
+    # Every value the example writes is what the validated config holds (no silent coercion).
+    assert _contained(written, config.model_dump(mode="json")), f"{path.name} does not round-trip"
+    # Examples may name the user's own files; data they take from an installed package must exist.
+    for spec in (config.data.train, config.data.validation, config.data.test):
+        if spec is not None and spec.startswith("package:"):
+            assert resolve_source(spec).exists()
+
+
+# -- unknown keys and bad values ----------------------------------------------------------
+
+
+def test_unknown_key_names_the_full_dotted_key():
+    message = _error(overrides=["train.learnig_rate=1e-4"])
+    assert "train.learnig_rate" in message
+    assert "unknown key" in message
+
+
+def test_unknown_nested_key_in_a_yaml_file_names_key_and_file(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("model:\n  lora:\n    rnak: 4\n", encoding="utf-8")
+    message = _error(path=path)
+    assert "model.lora.rnak" in message
+    assert "unknown key" in message
+    assert str(path) in message
+
+
+def test_unknown_section_is_an_error():
+    message = _error({"trainer": {"learning_rate": 1e-4}})
+    assert "trainer" in message and "unknown key" in message
+
+
+def test_negative_learning_rate_is_rejected():
+    message = _error(overrides=["train.learning_rate=-0.001"])
+    assert "train.learning_rate" in message
+    assert "greater than 0" in message
+    assert "-0.001" in message
+
+
+def test_unknown_strategy_names_the_allowed_values():
+    message = _error(overrides=["model.strategy=foo"])
+    assert "model.strategy" in message
+    assert "'foo'" in message
+    for allowed in ("full", "freeze", "gradual_unfreeze", "lora"):
+        assert f"'{allowed}'" in message
+
+
+def test_fractions_that_leave_too_little_training_data_are_rejected():
+    message = _error({"data": {"val_fraction": 0.5, "test_fraction": 0.45}})
+    assert "data.val_fraction" in message and "data.test_fraction" in message
+    # Just under the limit is fine.
+    config = config_from_dict({"data": {"val_fraction": 0.45, "test_fraction": 0.44}})
+    assert config.data.val_fraction == 0.45
+
+
+def test_fraction_out_of_range_is_rejected():
+    message = _error(overrides=["data.val_fraction=1.5"])
+    assert "data.val_fraction" in message and "1.5" in message
+
+
+def test_balancing_needs_a_single_label_task():
+    message = _error({"data": {"balance": {"method": "oversample"}}, "task": {"type": "multi_label"}})
+    assert "data.balance.method" in message and "single_label" in message
+
+
+def test_all_errors_are_reported_at_once():
+    message = _error(overrides=["train.batch_size=0", "runtime.device=tpu"])
+    assert "train.batch_size" in message
+    assert "runtime.device" in message
+
+
+def test_assignment_is_validated():
+    config = Config()
+    with pytest.raises(ValueError):
+        config.train.learning_rate = -1.0
+
+
+def test_class_weights_accept_numeric_labels():
+    config = load_config(overrides=["data.balance.method=class_weights", "data.balance.class_weights={0: 1.0, 1: 3.0}"])
+    assert config.data.balance.class_weights == {"0": 1.0, "1": 3.0}
+
+
+# -- files ----------------------------------------------------------------------------------
+
+
+def test_missing_config_file(tmp_path):
+    message = _error(path=tmp_path / "nope.yaml")
+    assert "not found" in message and "nope.yaml" in message
+
+
+def test_config_file_that_is_not_yaml(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("train: {learning_rate: [1e-4\n", encoding="utf-8")
+    message = _error(path=path)
+    assert "broken.yaml" in message and "not valid YAML" in message
+
+
+def test_config_file_whose_top_level_is_not_a_mapping(tmp_path):
+    path = tmp_path / "list.yaml"
+    path.write_text("- train\n- data\n", encoding="utf-8")
+    message = _error(path=path)
+    assert "list.yaml" in message and "mapping" in message
+
+
+def test_empty_config_file_means_defaults(tmp_path):
+    path = tmp_path / "empty.yaml"
+    path.write_text("", encoding="utf-8")
+    assert load_config(path) == Config()
+
+
+# -- overrides ------------------------------------------------------------------------------
+
+
+def test_overrides_parse_values_as_yaml():
+    tree = apply_overrides(
+        {},
+        [
+            "train.num_epochs=2",
+            "train.learning_rate=0.5",
+            "runtime.progress=false",
+            "train.max_grad_norm=null",
+            "model.lora.target_modules=[query, key]",
+            "model.name=my-model",
+            "data.train=a=b.csv",
+        ],
+    )
+    assert tree == {
+        "train": {"num_epochs": 2, "learning_rate": 0.5, "max_grad_norm": None},
+        "runtime": {"progress": False},
+        "model": {"name": "my-model", "lora": {"target_modules": ["query", "key"]}},
+        "data": {"train": "a=b.csv"},
+    }
+    assert isinstance(tree["train"]["num_epochs"], int)
+
+
+def test_overrides_validate_into_typed_values():
+    config = load_config(
+        overrides=[
+            "train.learning_rate=3e-5",  # YAML reads this as a string; the float field accepts it
+            "runtime.progress=false",
+            "train.max_grad_norm=null",
+            "model.lora.target_modules=all-linear",
+            "train.early_stopping.patience=3",
+        ]
+    )
+    assert config.train.learning_rate == pytest.approx(3e-5)
+    assert config.runtime.progress is False
+    assert config.train.max_grad_norm is None
+    assert config.model.lora.target_modules == "all-linear"
+    assert config.train.early_stopping.patience == 3
+
+
+def test_overrides_apply_on_top_of_the_file_and_keep_the_rest(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("train:\n  learning_rate: 0.1\n  batch_size: 4\n", encoding="utf-8")
+    config = load_config(path, ["train.learning_rate=0.2"])
+    assert config.train.learning_rate == 0.2
+    assert config.train.batch_size == 4
+
+
+@pytest.mark.parametrize("item", ["train.learning_rate", "=5", " =5"])
+def test_malformed_override(item):
+    message = _error(overrides=[item])
+    assert repr(item) in message
+    assert "key=value" in message
+
+
+def test_override_below_a_value_is_an_error():
+    message = _error(overrides=["train=1", "train.learning_rate=1"])
+    assert "'train' is a value, not a section" in message
