@@ -151,7 +151,7 @@ def test_training_run_learns_and_writes_run_dir(tiny_model_dir, tmp_path, sentim
     result = train(config)
     run = result.run_dir
     for name in ("config.yaml", "data_manifest.json", "environment.json", "metrics.jsonl", "metrics.json",
-                 "task.json", "README.md", "confusion_matrix_test.png", "model/config.json",
+                 "task.json", "README.md", "confusion_matrix_test.png", "training_curves.png", "model/config.json",
                  "model/model.safetensors", "model/tokenizer.json", "data/train.parquet"):  # fmt: skip
         assert (run / name).is_file(), name
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

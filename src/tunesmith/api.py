@@ -6,6 +6,7 @@ tunesmith.predict(result.run_dir, ["Shares rose sharply after the results"])
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,7 +137,7 @@ def _fit(run: RunDir, config: Config, task, data: PreparedData, console, callbac
     from tunesmith.models.adapt import apply_strategy, count_parameters
     from tunesmith.models.load import load_sequence_classifier, load_tokenizer, resolve_model
     from tunesmith.train.callbacks import ProgressBar
-    from tunesmith.train.loop import run_training
+    from tunesmith.train.loop import resolve_device, run_training
 
     log = console.print
     resolved = resolve_model(config.model.name)
@@ -168,7 +169,7 @@ def _fit(run: RunDir, config: Config, task, data: PreparedData, console, callbac
     trainable, total = count_parameters(model)
     log(f"Strategy {config.model.strategy}: {trainable:,} of {total:,} parameters trainable ({trainable / total:.2%})")
     if not resume:
-        run.write_json("environment.json", environment_lock(config.runtime.device))
+        run.write_json("environment.json", environment_lock(resolve_device(config.runtime.device)))
 
     result = run_training(
         model=model,
@@ -189,7 +190,7 @@ def _fit(run: RunDir, config: Config, task, data: PreparedData, console, callbac
 def _finish(run, config, task, data, result, features, truncated, tokenizer, resolved, log) -> TrainResult:
     import numpy as np
 
-    from tunesmith.evaluate.report import model_card, plot_confusion_matrix
+    from tunesmith.evaluate.report import model_card, plot_confusion_matrix, plot_training_curves
     from tunesmith.models.adapt import count_parameters
     from tunesmith.runs import replace_dir
     from tunesmith.train.loop import compute_logits
@@ -227,6 +228,8 @@ def _finish(run, config, task, data, result, features, truncated, tokenizer, res
         "truncated": truncated,
     }  # fmt: skip
     run.write_json("metrics.json", {**metrics, "training": training})
+    records = [json.loads(line) for line in run.metrics_log.read_text(encoding="utf-8").splitlines()]
+    plot_training_curves(run.path / "training_curves.png", records, metric_name)
     run.write_text("README.md", model_card(
         config=config.model_dump(mode="json"), model_description=resolved.description, task=task.to_dict(),
         manifest=data.manifest, metrics=metrics, parameters=parameters, training=training,

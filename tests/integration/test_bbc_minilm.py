@@ -31,7 +31,7 @@ def bbc_run(tmp_path_factory) -> Path:
 
 def test_run_directory_is_complete(bbc_run):
     for name in ("config.yaml", "data_manifest.json", "environment.json", "metrics.jsonl", "metrics.json",
-                 "README.md", "confusion_matrix_test.png", "task.json"):  # fmt: skip
+                 "README.md", "confusion_matrix_test.png", "training_curves.png", "task.json"):  # fmt: skip
         assert (bbc_run / name).is_file(), name
     metrics = json.loads((bbc_run / "metrics.json").read_text())
     test = metrics["test"]

@@ -37,6 +37,40 @@ def plot_confusion_matrix(path: Path, matrix: list[list[int]], label_names: list
     tmp.replace(path)
 
 
+def plot_training_curves(path: Path, records: list[dict[str, Any]], metric: str) -> None:
+    """Saves the training loss and the validation loss and metric against the step as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in records if r["split"] == "train"]
+    validation = [r for r in records if r["split"] == "validation"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot([r["step"] for r in train], [r["loss"] for r in train], label="train")
+    if validation:
+        left.plot([r["step"] for r in validation], [r["loss"] for r in validation], "o-", label="validation")
+        right.plot([r["step"] for r in validation], [r.get(metric, float("nan")) for r in validation], "o-")
+    left.set(xlabel="step", ylabel="loss", title="loss")
+    left.legend()
+    right.set(xlabel="step", ylabel=metric, title=f"validation {metric}")
+    for axes in (left, right):
+        axes.grid(alpha=0.3)
+    figure.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(tmp, dpi=110)
+    plt.close(figure)
+    tmp.replace(path)
+
+
+def _per_class(metrics: dict[str, Any]) -> str:
+    rows = [
+        f"| {name} | {v['precision']:.4f} | {v['recall']:.4f} | {v['f1']:.4f} | {v['support']} |"
+        for name, v in metrics["per_class"].items()
+    ]
+    return "\n".join(["| class | precision | recall | F1 | support |", "|---|---|---|---|---|", *rows])
+
+
 def _scalars(metrics: dict[str, Any]) -> str:
     rows = [f"| {k} | {v:.4f} |" for k, v in metrics.items() if isinstance(v, float)]
     return "\n".join(["| metric | value |", "|---|---|", *rows])
@@ -70,7 +104,9 @@ def model_card(
         f"learning rate {train['learning_rate']} ({train['scheduler']}, warmup {train['warmup_ratio']}), "
         f"optimizer {train['optimizer']}, weight decay {train['weight_decay']}, max length {model['max_length']}",
         f"- trainable parameters {parameters[0]:,} of {parameters[1]:,}",
-        f"- steps {training['steps']}, best validation {training['metric']} {training['best_metric']} at step {training['best_step']}"
+        f"- steps {training['steps']}, best validation {training['metric']} "
+        f"{training['best_metric'] if training['best_metric'] is None else round(training['best_metric'], 4)} "
+        f"at step {training['best_step']} (training curves: training_curves.png)"
         + (" (stopped early)" if training["stopped_early"] else ""),
         f"- seed {config['runtime']['seed']}; the full config is in config.yaml, package versions in environment.json\n",
         "## Results\n",
@@ -78,6 +114,10 @@ def model_card(
     for split in ("validation", "test"):
         if split in metrics:
             sections += [f"### {split} ({metrics[split].get('count', '?')} rows)\n", _scalars(metrics[split]) + "\n"]
+    if "per_class" in metrics.get("test", {}):
+        sections += ["### test, per class\n", _per_class(metrics["test"]) + "\n"]
+        if "confusion_matrix" in metrics["test"]:
+            sections += ["![test confusion matrix](confusion_matrix_test.png)\n"]
     sections += [
         "## Limitations\n",
         f"- Texts longer than {model['max_length']} tokens are truncated: the model sees only their start "

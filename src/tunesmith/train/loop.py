@@ -19,6 +19,7 @@ import torch
 
 from tunesmith.config import Config
 from tunesmith.data.batching import epoch_batches, eval_batches, pad_batch
+from tunesmith.errors import TunesmithError
 from tunesmith.runs import RunDir
 from tunesmith.train.callbacks import Callback, Throughput
 from tunesmith.train.checkpoint import (
@@ -52,6 +53,17 @@ def compute_logits(model, features: list[dict], *, batch_size: int, pad_token_id
         out[indices] = logits
     model.train(was_training)
     return out if out is not None else np.empty((0, 0), dtype=np.float32)
+
+
+def resolve_device(device: str) -> str:
+    """ "auto" becomes cuda, mps or cpu, whichever this machine has, in that order."""
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
 
 
 def plan_steps(num_batches: int, config: Config) -> tuple[int, int]:
@@ -92,7 +104,7 @@ def run_training(
     from accelerate import Accelerator
 
     tc, rc = config.train, config.runtime
-    accelerator = Accelerator(cpu=rc.device == "cpu", mixed_precision=rc.mixed_precision)
+    accelerator = Accelerator(cpu=resolve_device(rc.device) == "cpu", mixed_precision=rc.mixed_precision)
     device = accelerator.device
     metric_name, mode = (tc.metric, None) if tc.metric else task.default_metric
     if mode is None:
@@ -189,7 +201,10 @@ def run_training(
             state.loss_since_log += step_loss
             state.steps_since_log += 1
             if not math.isfinite(step_loss):
-                raise FloatingPointError(f"loss became {step_loss} at step {state.step}; lower train.learning_rate")
+                raise TunesmithError(
+                    f"the training loss became {step_loss} at step {state.step}; lower train.learning_rate "
+                    f"(now {tc.learning_rate}) or set train.max_grad_norm. Checkpoints so far are kept."
+                )
 
             logs = None
             if state.step % rc.log_every_steps == 0 or state.step == total_steps:
