@@ -17,7 +17,7 @@ from tunesmith.config import Config, config_from_dict, dump_config, load_config
 from tunesmith.data.balance import class_weights
 from tunesmith.data.prepare import PreparedData, load_examples, prepare_data
 from tunesmith.errors import TunesmithError
-from tunesmith.runs import RunDir, environment_lock
+from tunesmith.runs import RunDir, environment_lock, is_main_process
 from tunesmith.tasks.classification import TextClassificationTask, encode_features
 
 SPLITS = ("train", "validation", "test")
@@ -85,18 +85,23 @@ def train(
         config = config_from_dict(apply_overrides(config.model_dump(mode="json"), overrides))
     console = _console(console)
     out = config.runtime.output_dir
-    if out is not None and Path(out).exists():
+    main = is_main_process()
+    if not main and out is None:
+        raise TunesmithError("a distributed run needs runtime.output_dir (tunesmith train --nproc sets it)")
+    if main and out is not None and Path(out).exists():
         RunDir.create(out)  # raises the clear "already exists" error before any work
     task = _task_for(config)
     data = prepare_data(config.data, task, seed=config.runtime.seed)
     _setup_runtime(config)
-    log = console.print
+    log = console.print if main else (lambda message: None)
     _report_data(data, log)
     if config.train.metric and config.train.metric not in task.metric_names:
         raise TunesmithError(
             f"train.metric={config.train.metric!r} is not a metric of this task; choose one of {task.metric_names}"
         )
 
+    if not main:  # only rank 0 writes; the others train on the same data in memory
+        return _fit(RunDir(out), config, task, data, console, [], resume=False)
     run = RunDir.create(out)
     log(f"Run directory: {run.path}")
     run.write_text("config.yaml", dump_config(config))
@@ -139,7 +144,8 @@ def _fit(run: RunDir, config: Config, task, data: PreparedData, console, callbac
     from tunesmith.train.callbacks import ProgressBar
     from tunesmith.train.loop import resolve_device, run_training
 
-    log = console.print
+    main = is_main_process()
+    log = console.print if main else (lambda message: None)
     resolved = resolve_model(config.model.name)
     tokenizer = load_tokenizer(resolved)
     features, truncated = {}, {}
@@ -168,7 +174,7 @@ def _fit(run: RunDir, config: Config, task, data: PreparedData, console, callbac
     model, unfreezer = apply_strategy(model, config.model, new_parameters)
     trainable, total = count_parameters(model)
     log(f"Strategy {config.model.strategy}: {trainable:,} of {total:,} parameters trainable ({trainable / total:.2%})")
-    if not resume:
+    if main and not resume:
         run.write_json("environment.json", environment_lock(resolve_device(config.runtime.device)))
 
     result = run_training(
@@ -184,6 +190,8 @@ def _fit(run: RunDir, config: Config, task, data: PreparedData, console, callbac
         log=log,
         resume=resume,
     )
+    if not main:
+        return TrainResult(run.path, {})
     return _finish(run, config, task, data, result, features, truncated, tokenizer, resolved, log)
 
 
@@ -225,6 +233,7 @@ def _finish(run, config, task, data, result, features, truncated, tokenizer, res
         "steps": state.step, "epochs_completed": state.epoch, "examples_seen": state.examples_seen,
         "metric": metric_name, "best_metric": state.best_metric, "best_step": state.best_step,
         "stopped_early": state.stopped_early, "truncated_train": truncated.get("train", 0),
+        "world_size": result.world_size, "rank_checksums": result.rank_checksums,
         "truncated": truncated,
     }  # fmt: skip
     run.write_json("metrics.json", {**metrics, "training": training})

@@ -4,6 +4,7 @@ commands, so ``tunesmith --help`` answers fast."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -47,10 +48,13 @@ def train(
         list[str], typer.Option("--set", help="Override a config value: --set train.learning_rate=3e-5")
     ] = [],
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue an interrupted run directory.")] = None,
+    nproc: Annotated[int, typer.Option("--nproc", min=1, help="Data-parallel processes on this machine (torchrun).")] = 1,
 ) -> None:
     """Fine-tune a model as CONFIG says and write a run directory."""
 
     def work():
+        if nproc > 1 and "RANK" not in os.environ:
+            raise typer.Exit(_launch(nproc, config, list(set_), resume))
         from tunesmith import api
 
         if resume is not None:
@@ -112,6 +116,33 @@ def predict(
             typer.echo(f"{len(lines)} predictions written to {output}", err=True)
 
     _guarded(work)
+
+
+def _launch(nproc: int, config: Path | None, overrides: list[str], resume: Path | None) -> int:
+    """Re-runs this train command in ``nproc`` processes under torchrun (DDP; gloo on CPU)."""
+    import subprocess
+
+    args = ["train"]
+    if resume is not None:
+        args += ["--resume", str(resume)]
+    else:
+        from tunesmith.config import load_config
+
+        resolved = load_config(config, overrides)  # fail here, once, on a bad config
+        output_dir = resolved.runtime.output_dir
+        if output_dir is None:  # every rank must agree on the run directory
+            from datetime import datetime
+
+            output_dir = f"runs/{datetime.now():%Y%m%d-%H%M%S}"
+        if Path(output_dir).exists():
+            raise TunesmithError(f"Run directory {output_dir} already exists; choose a new runtime.output_dir")
+        args += ([str(config)] if config else []) + [a for o in overrides for a in ("--set", o)]
+        args += ["--set", f"runtime.output_dir={output_dir}"]
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "tunesmith.cli", *args]  # fmt: skip
+    return subprocess.run(command, env=env).returncode
 
 
 def _read_texts(path: Path) -> list[str]:

@@ -130,6 +130,11 @@ class RunDir:
             atomic_write(self.metrics_log, "".join(kept))
 
 
+def is_main_process() -> bool:
+    """True outside distributed runs and on rank 0 of one (torchrun sets RANK)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def git_commit(cwd: Path | None = None) -> str | None:
     """The current git commit of the working directory, with -dirty when there are changes."""
     try:
@@ -162,6 +167,7 @@ def environment_lock(device: str) -> dict[str, Any]:
         "device": device,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
         "git_commit": git_commit(),
         "command": sys.argv,
     }

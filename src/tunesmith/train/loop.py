@@ -8,6 +8,7 @@ so every example weighs the same however the batches fall.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,6 +81,8 @@ class LoopResult:
     state: LoopState
     model: Any
     restored_best: bool
+    world_size: int = 1
+    rank_checksums: list[float] | None = None
 
 
 def run_training(
@@ -106,6 +109,11 @@ def run_training(
     tc, rc = config.train, config.runtime
     accelerator = Accelerator(cpu=resolve_device(rc.device) == "cpu", mixed_precision=rc.mixed_precision)
     device = accelerator.device
+    # Data parallel: every rank sees every global batch and trains on its slice of it;
+    # only rank 0 writes files, logs or shows progress.
+    world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    if not main:
+        callbacks, log = [], lambda message: None
     metric_name, mode = (tc.metric, None) if tc.metric else task.default_metric
     if mode is None:
         mode = "min" if metric_name in ("loss", "mse", "mae", "hamming_loss") else "max"
@@ -131,7 +139,7 @@ def run_training(
 
     def evaluate() -> dict[str, Any]:
         logits = compute_logits(
-            model, val_features, batch_size=tc.batch_size * 2, pad_token_id=pad_token_id, device=device
+            accelerator.unwrap_model(model), val_features, batch_size=tc.batch_size * 2, pad_token_id=pad_token_id, device=device
         )
         targets = np.asarray([f["labels"] for f in val_features])
         metrics = task.metrics(logits, targets)
@@ -140,7 +148,8 @@ def run_training(
         )
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         record = {"step": state.step, "epoch": state.epoch, "split": "validation", **scalars}
-        run.append_metrics(record)
+        if main:
+            run.append_metrics(record)
         state.history.append(record)
         value = metrics[metric_name]
         better = state.best_metric is None or (
@@ -150,7 +159,8 @@ def run_training(
         )
         if better:
             state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
-            save_best_weights(run.checkpoints_dir, accelerator.unwrap_model(model))
+            if main:
+                save_best_weights(run.checkpoints_dir, accelerator.unwrap_model(model))
         else:
             state.evals_without_improvement += 1
             patience = tc.early_stopping.patience
@@ -162,11 +172,13 @@ def run_training(
         return metrics
 
     def checkpoint() -> None:
-        state.metrics_lines = run.metrics_lines()
-        save_checkpoint(
-            run.checkpoints_dir, model=accelerator.unwrap_model(model), optimizer=optimizer,
-            scheduler=scheduler, state=state, keep=rc.keep_checkpoints,
-        )  # fmt: skip
+        if main:
+            state.metrics_lines = run.metrics_lines()
+            save_checkpoint(
+                run.checkpoints_dir, model=accelerator.unwrap_model(model), optimizer=optimizer,
+                scheduler=scheduler, state=state, keep=rc.keep_checkpoints,
+            )  # fmt: skip
+        accelerator.wait_for_everyone()
 
     for callback in callbacks:
         callback.on_train_start(state, total_steps)
@@ -176,20 +188,27 @@ def run_training(
     # The data order's own generator: DataLoader-style seeding would consume the global RNG.
     while state.step < total_steps and not state.stopped_early:
         batches = epoch_batches(lengths, batch_size=tc.batch_size, seed=rc.seed, epoch=state.epoch)
+        if world > 1:  # a batch smaller than the world would leave a rank idle (and DDP waiting)
+            batches = [b for b in batches if len(b) >= world]
         windows = [batches[i : i + accumulation] for i in range(0, len(batches), accumulation)]
         for window in windows[state.batches_done_in_epoch // accumulation :]:
             if unfreezer is not None and unfreezer.update(step=state.step, epoch=state.epoch):
                 log(f"Gradual unfreezing: stage {unfreezer.stage} from step {state.step}")
             examples = sum(len(b) for b in window)
             step_loss = 0.0
-            for indices in window:
-                batch = pad_batch([train_features[i] for i in indices], pad_token_id)
-                with accelerator.autocast():
-                    logits = model(**_inputs(batch, device)).logits
-                loss = task.loss(logits.float(), batch["labels"].to(device)) / examples
-                accelerator.backward(loss)
-                step_loss += loss.item()
-                throughput.add(len(indices), int(batch["attention_mask"].sum()))
+            for position, indices in enumerate(window):
+                batch = pad_batch([train_features[i] for i in indices[rank::world]], pad_token_id)
+                # Gradients are all-reduced (averaged) once per step, on its last batch.
+                last = position == len(window) - 1
+                with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                    with accelerator.autocast():
+                        logits = model(**_inputs(batch, device)).logits
+                    # Summed loss over this rank's rows / all rows of the step, times the world
+                    # size that DDP's averaging divides by: the single-process gradient.
+                    loss = task.loss(logits.float(), batch["labels"].to(device)) * world / examples
+                    accelerator.backward(loss)
+                step_loss += loss.item() / world
+                throughput.add(len(batch["input_ids"]), int(batch["attention_mask"].sum()))
             if tc.max_grad_norm is not None:
                 accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
             optimizer.step()
@@ -208,17 +227,23 @@ def run_training(
 
             logs = None
             if state.step % rc.log_every_steps == 0 or state.step == total_steps:
+                loss_since_log = state.loss_since_log
+                if world > 1:
+                    totals = torch.tensor([loss_since_log, throughput.examples, throughput.tokens], dtype=torch.float64)
+                    totals = accelerator.reduce(totals.to(device), "sum").cpu().tolist()
+                    loss_since_log, throughput.examples, throughput.tokens = totals
                 samples_per_second, tokens_per_second = throughput.rates()
                 logs = {
                     "step": state.step,
                     "epoch": state.epoch,
                     "split": "train",
-                    "loss": state.loss_since_log / state.steps_since_log,
+                    "loss": loss_since_log / state.steps_since_log,
                     "learning_rate": scheduler.get_last_lr()[0],
                     "samples_per_second": samples_per_second,
                     "tokens_per_second": tokens_per_second,
                 }
-                run.append_metrics(logs)
+                if main:
+                    run.append_metrics(logs)
                 state.loss_since_log, state.steps_since_log = 0.0, 0
                 throughput.reset()
             for callback in callbacks:
@@ -242,12 +267,16 @@ def run_training(
 
     if val_features and (not state.history or state.history[-1]["step"] != state.step):
         evaluate()  # the run ended mid-epoch (max_steps, fractional epochs): judge the last weights too
+    accelerator.wait_for_everyone()
     restored = load_best_weights(run.checkpoints_dir, accelerator.unwrap_model(model))
+    checksums = [float(sum(p.detach().double().sum() for p in model.parameters()))]
+    if world > 1:  # evidence that the ranks hold the same weights
+        checksums = accelerator.gather(torch.tensor(checksums, dtype=torch.float64, device=device)).cpu().tolist()
     if restored:
         log(f"Loaded the best weights: {metric_name} {state.best_metric:.4f} at step {state.best_step}")
     for callback in callbacks:
         callback.on_train_end(state)
-    return LoopResult(state, accelerator.unwrap_model(model), restored)
+    return LoopResult(state, accelerator.unwrap_model(model), restored, world, checksums)
 
 
 def checkpoints_exist(run_dir: Path) -> bool:
