@@ -48,7 +48,9 @@ def train(
         list[str], typer.Option("--set", help="Override a config value: --set train.learning_rate=3e-5")
     ] = [],
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue an interrupted run directory.")] = None,
-    nproc: Annotated[int, typer.Option("--nproc", min=1, help="Data-parallel processes on this machine (torchrun).")] = 1,
+    nproc: Annotated[
+        int, typer.Option("--nproc", min=1, help="Data-parallel processes on this machine (torchrun).")
+    ] = 1,
 ) -> None:
     """Fine-tune a model as CONFIG says and write a run directory."""
 

@@ -139,7 +139,11 @@ def run_training(
 
     def evaluate() -> dict[str, Any]:
         logits = compute_logits(
-            accelerator.unwrap_model(model), val_features, batch_size=tc.batch_size * 2, pad_token_id=pad_token_id, device=device
+            accelerator.unwrap_model(model),
+            val_features,
+            batch_size=tc.batch_size * 2,
+            pad_token_id=pad_token_id,
+            device=device,
         )
         targets = np.asarray([f["labels"] for f in val_features])
         metrics = task.metrics(logits, targets)
