@@ -7,6 +7,7 @@ tunesmith.predict(result.run_dir, ["Shares rose sharply after the results"])
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,11 @@ def _console(console):
 
         console = Console(stderr=True, soft_wrap=True)
     return console
+
+
+def _plain(console):
+    """Prints messages as they are: paths and labels may hold [brackets] that are not markup."""
+    return lambda message: console.print(message, markup=False, highlight=False)
 
 
 def _task_for(config: Config, label_names: list[str] | None = None) -> TextClassificationTask:
@@ -93,8 +99,15 @@ def train(
     task = _task_for(config)
     data = prepare_data(config.data, task, seed=config.runtime.seed)
     _setup_runtime(config)
-    log = console.print if main else (lambda message: None)
+    log = _plain(console) if main else (lambda message: None)
     _report_data(data, log)
+    if "validation" not in data.splits:
+        needs = [key for key, value in (("train.eval_every_steps", config.train.eval_every_steps),
+                                        ("train.early_stopping.patience", config.train.early_stopping.patience),
+                                        ("train.metric", config.train.metric)) if value is not None]  # fmt: skip
+        if needs:
+            raise TunesmithError(f"{', '.join(needs)} need a validation split: set data.val_fraction above 0 "
+                                 "or give data.validation")  # fmt: skip
     if config.train.metric and config.train.metric not in task.metric_names:
         raise TunesmithError(
             f"train.metric={config.train.metric!r} is not a metric of this task; choose one of {task.metric_names}"
@@ -110,7 +123,14 @@ def train(
     for name, frame in data.splits.items():
         frame.to_parquet(run.data_dir / f"{name}.parquet", index=False)
     run.write_json("data_manifest.json", data.manifest)
-    return _fit(run, config, task, data, console, callbacks or [], resume=False)
+    try:
+        return _fit(run, config, task, data, console, callbacks or [], resume=False)
+    except TunesmithError:
+        # A mistake found before the first step (model name, LoRA targets) leaves nothing worth
+        # keeping: remove the directory this call created, so the same command can run again.
+        if not run.metrics_log.exists() and not run.checkpoints_dir.exists():
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
 
 
 def resume(run_dir: str | Path, *, console=None, callbacks: list | None = None) -> TrainResult:
@@ -145,7 +165,7 @@ def _fit(run: RunDir, config: Config, task, data: PreparedData, console, callbac
     from tunesmith.train.loop import resolve_device, run_training
 
     main = is_main_process()
-    log = console.print if main else (lambda message: None)
+    log = _plain(console) if main else (lambda message: None)
     resolved = resolve_model(config.model.name)
     tokenizer = load_tokenizer(resolved)
     features, truncated = {}, {}
@@ -245,7 +265,7 @@ def _finish(run, config, task, data, result, features, truncated, tokenizer, res
     ))  # fmt: skip
     for split, values in metrics.items():
         shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))
-        log(f"[bold]{split}[/]: {shown}")
+        log(f"{split}: {shown}")
     log(f"Model saved to {run.model_dir}; model card {run.path / 'README.md'}")
     return TrainResult(run.path, metrics)
 

@@ -8,11 +8,11 @@ from tunesmith.errors import TunesmithError
 
 
 def _is_missing(value: object) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, float) and value != value:  # NaN
-        return True
-    return isinstance(value, str) and not value.strip()
+    if isinstance(value, str):
+        return not value.strip()
+    if isinstance(value, (list, tuple, dict)) or hasattr(value, "__len__"):
+        return len(value) == 0
+    return bool(pd.isna(value))  # None, NaN, pd.NA, NaT
 
 
 def clean_frame(

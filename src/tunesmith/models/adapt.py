@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from tunesmith.config import ModelConfig
+from tunesmith.errors import TunesmithError
 
 
 def _layer_list_name(model: nn.Module) -> str | None:
@@ -110,5 +111,8 @@ def apply_strategy(
                 target_modules=lora.target_modules,
                 modules_to_save=to_save or None,
             )
-            return get_peft_model(model, peft_config), None
+            try:
+                return get_peft_model(model, peft_config), None
+            except ValueError as error:  # e.g. no module matches target_modules
+                raise TunesmithError(f"model.lora.target_modules={lora.target_modules!r}: {error}") from None
     raise AssertionError(f"unhandled strategy {config.strategy}")

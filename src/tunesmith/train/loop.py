@@ -112,6 +112,16 @@ def run_training(
     # Data parallel: every rank sees every global batch and trains on its slice of it;
     # only rank 0 writes files, logs or shows progress.
     world, rank, main = accelerator.num_processes, accelerator.process_index, accelerator.is_main_process
+    if world > 1 and unfreezer is not None:
+        raise TunesmithError(
+            "model.strategy=gradual_unfreeze is not supported with several processes yet (DDP fixes the "
+            "trainable set when it wraps the model); use full, freeze or lora with --nproc"
+        )
+    if tc.batch_size < world:
+        raise TunesmithError(
+            f"train.batch_size={tc.batch_size} is the global batch: it must be at least the "
+            f"number of processes ({world})"
+        )
     if not main:
         callbacks, log = [], lambda message: None
     metric_name, mode = (tc.metric, None) if tc.metric else task.default_metric
@@ -132,10 +142,14 @@ def run_training(
             state = load_checkpoint(
                 checkpoint, model=accelerator.unwrap_model(model), optimizer=optimizer, scheduler=scheduler
             )
-            run.truncate_metrics(state.metrics_lines)
+            if main:
+                run.truncate_metrics(state.metrics_lines)
             log(f"Resumed from {checkpoint} (step {state.step} of {total_steps}, epoch {state.epoch + 1})")
         else:
             log("No checkpoint found: starting from the beginning")
+            if main:  # forget what the killed attempt logged and kept
+                run.truncate_metrics(0)
+                (run.checkpoints_dir / "best.pt").unlink(missing_ok=True)
 
     def evaluate() -> dict[str, Any]:
         logits = compute_logits(
@@ -156,11 +170,11 @@ def run_training(
             run.append_metrics(record)
         state.history.append(record)
         value = metrics[metric_name]
-        better = state.best_metric is None or (
-            value > state.best_metric + tc.early_stopping.min_delta
-            if mode == "max"
-            else value < state.best_metric - tc.early_stopping.min_delta
-        )
+        if mode == "max":
+            improved = state.best_metric is None or value > state.best_metric + tc.early_stopping.min_delta
+        else:
+            improved = state.best_metric is None or value < state.best_metric - tc.early_stopping.min_delta
+        better = math.isfinite(value) and improved  # a NaN score is never the best
         if better:
             state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
             if main:
@@ -259,6 +273,9 @@ def run_training(
             if evaluated or (rc.checkpoint_every_steps and state.step % rc.checkpoint_every_steps == 0):
                 checkpoint()
             if state.step >= total_steps or state.stopped_early:
+                if state.batches_done_in_epoch >= len(batches):  # the run ended with the epoch
+                    state.epoch += 1
+                    state.batches_done_in_epoch = 0
                 break
         else:
             state.epoch += 1
