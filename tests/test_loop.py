@@ -64,3 +64,33 @@ def test_same_seed_same_run_different_seed_different_run(tiny_model_dir, tmp_pat
         runs[name] = _final_weights(train(config).run_dir)
     assert all(torch.equal(runs["a"][n], runs["b"][n]) for n in runs["a"])
     assert not all(torch.equal(runs["a"][n], runs["c"][n]) for n in runs["a"])
+
+
+def test_early_stopping_without_a_validation_split_is_refused(tiny_model_dir, tmp_path, sentiment_csv):
+    import pytest
+
+    from tunesmith.errors import TunesmithError
+
+    config = tiny_config(tiny_model_dir, sentiment_csv, tmp_path / "run", data={"val_fraction": 0.0},
+                         train={"early_stopping": {"patience": 2}})  # fmt: skip
+    with pytest.raises(TunesmithError, match="train.early_stopping.patience need a validation split"):
+        train(config)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_lora_targets_leave_no_run_directory(tiny_model_dir, tmp_path, sentiment_csv):
+    import pytest
+
+    from tunesmith.errors import TunesmithError
+
+    config = tiny_config(tiny_model_dir, sentiment_csv, tmp_path / "run",
+                         model={"strategy": "lora", "lora": {"target_modules": ["no_such_module"]}})  # fmt: skip
+    with pytest.raises(TunesmithError, match="model.lora.target_modules"):
+        train(config)
+    assert not (tmp_path / "run").exists()  # the same command can simply run again
+
+
+def test_epochs_completed_counts_the_last_epoch(tiny_model_dir, tmp_path, sentiment_csv):
+    result = train(tiny_config(tiny_model_dir, sentiment_csv, tmp_path / "run", train={"num_epochs": 2}))
+    training = json.loads((result.run_dir / "metrics.json").read_text())["training"]
+    assert training["epochs_completed"] == 2
