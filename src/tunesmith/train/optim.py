@@ -46,8 +46,8 @@ def build_optimizer(model: nn.Module, config: TrainConfig, include_frozen: bool 
     groups = parameter_groups(model, config, include_frozen)
     match config.optimizer:
         case "adamw":
-            # foreach is the fast multi-tensor path on CPU and GPU alike.
-            return torch.optim.AdamW(groups, lr=config.learning_rate, foreach=True)
+            # The fused kernel (CPU and CUDA) updates all parameters in one pass; the Trainer's default too.
+            return torch.optim.AdamW(groups, lr=config.learning_rate, fused=True)
         case "sgd":
             return torch.optim.SGD(groups, lr=config.learning_rate, momentum=config.momentum)
     raise AssertionError(config.optimizer)
