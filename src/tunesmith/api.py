@@ -54,13 +54,18 @@ def _task_for(config: Config, label_names: list[str] | None = None) -> TextClass
     )
 
 
-def _setup_runtime(config: Config) -> None:
-    import torch
-    from transformers import set_seed
+def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the log says what was loaded, in its own words
     hf_logging.disable_progress_bar()  # one progress display: ours
+
+
+def _setup_runtime(config: Config) -> None:
+    import torch
+    from transformers import set_seed
+
+    _quiet_transformers()
     if config.runtime.num_threads:
         torch.set_num_threads(config.runtime.num_threads)
     set_seed(config.runtime.seed)
@@ -272,10 +277,8 @@ def _finish(run, config, task, data, result, features, truncated, tokenizer, res
 
 def _load_for_inference(run_dir: str | Path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
+    _quiet_transformers()
     run = RunDir.open(run_dir)
     if not (run.model_dir / "config.json").is_file():
         raise TunesmithError(

@@ -12,7 +12,6 @@ import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -130,7 +129,7 @@ def run_training(
 
     lengths = [len(f["input_ids"]) for f in train_features]
     num_batches = math.ceil(len(train_features) / tc.batch_size)
-    steps_per_epoch, total_steps = plan_steps(num_batches, config)
+    _, total_steps = plan_steps(num_batches, config)
     optimizer = build_optimizer(model, tc, include_frozen=unfreezer is not None)
     scheduler = build_scheduler(optimizer, tc, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -298,7 +297,3 @@ def run_training(
     for callback in callbacks:
         callback.on_train_end(state)
     return LoopResult(state, accelerator.unwrap_model(model), restored, world, checksums)
-
-
-def checkpoints_exist(run_dir: Path) -> bool:
-    return latest_checkpoint(run_dir / "checkpoints") is not None
