@@ -30,6 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
 SETUPS = ("tunesmith", "trainer_default", "trainer_group_by_length")
+# Ablations of tunesmith's own speed-ups, for --setups: what each one is worth.
+ABLATIONS = ("tunesmith_stock_embedding_grad",)
 HYPER = {"batch_size": 32, "learning_rate": 5e-5, "weight_decay": 0.01, "warmup_ratio": 0.1, "max_length": 128}
 
 
@@ -54,9 +56,13 @@ def _flops(lengths: list[int], model) -> float:
     return float(sum(length * (6 * n + 12 * layers * hidden * length) for length in lengths))
 
 
-def _run_tunesmith(train, test, seed: int, work: Path) -> dict:
+def _run_tunesmith(train, test, seed: int, work: Path, ablation: str | None = None) -> dict:
     from tunesmith.api import train as tunesmith_train
+    from tunesmith.train import loop
     from tunesmith.train.callbacks import Callback
+
+    if ablation == "tunesmith_stock_embedding_grad":
+        loop.install_row_gradients = lambda model: None
 
     class Clock(Callback):
         def on_train_start(self, state, total_steps):
@@ -116,8 +122,10 @@ def _run_trainer(train, test, seed: int, work: Path, group_by_length: bool) -> d
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    logits = trainer.predict(test_set).predictions
-    accuracy = float((np.argmax(logits, axis=1) == np.asarray([r["label"] for r in test_set])).mean())
+    # With group_by_length, transformers 5 also length-groups the *prediction* order, so
+    # predictions must be compared with the label_ids returned beside them, not the input order.
+    output = trainer.predict(test_set)
+    accuracy = float((np.argmax(output.predictions, axis=1) == output.label_ids).mean())
     return {"train_seconds": seconds, "test_accuracy": accuracy}
 
 
@@ -134,8 +142,8 @@ def worker(setup: str, rows: int, seed: int) -> dict:
                                              max_length=HYPER["max_length"])["input_ids"]]  # fmt: skip
     flops = _flops(lengths, AutoModelForSequenceClassification.from_pretrained(path, num_labels=2))
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
-        if setup == "tunesmith":
-            result = _run_tunesmith(train, test, seed, Path(scratch))
+        if setup.startswith("tunesmith"):
+            result = _run_tunesmith(train, test, seed, Path(scratch), None if setup == "tunesmith" else setup)
         else:
             result = _run_trainer(train, test, seed, Path(scratch), setup == "trainer_group_by_length")
     seconds = result["train_seconds"]
@@ -166,9 +174,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=4000)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=SETUPS)
+    parser.add_argument("--setups", nargs="+", default=list(SETUPS), choices=SETUPS + ABLATIONS)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "classification_speed.json")
-    parser.add_argument("--worker", choices=SETUPS, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=SETUPS + ABLATIONS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker, args.rows, args.seed)))

@@ -30,6 +30,7 @@ from tunesmith.train.checkpoint import (
     save_best_weights,
     save_checkpoint,
 )
+from tunesmith.train.embedding_grad import install_row_gradients
 from tunesmith.train.optim import build_optimizer, build_scheduler
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -133,6 +134,9 @@ def run_training(
     optimizer = build_optimizer(model, tc, include_frozen=unfreezer is not None)
     scheduler = build_scheduler(optimizer, tc, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
+    # Single-process CPU: the input embedding's gradient goes into one reused buffer
+    # (train/embedding_grad.py). DDP needs the stock path: it all-reduces from autograd hooks.
+    row_gradients = install_row_gradients(model) if world == 1 and device.type == "cpu" else None
 
     state = LoopState()
     if resume:
@@ -203,87 +207,94 @@ def run_training(
     throughput = Throughput()
     accumulation = tc.gradient_accumulation_steps
     # The data order's own generator: DataLoader-style seeding would consume the global RNG.
-    while state.step < total_steps and not state.stopped_early:
-        batches = epoch_batches(lengths, batch_size=tc.batch_size, seed=rc.seed, epoch=state.epoch)
-        if world > 1:  # a batch smaller than the world would leave a rank idle (and DDP waiting)
-            batches = [b for b in batches if len(b) >= world]
-        windows = [batches[i : i + accumulation] for i in range(0, len(batches), accumulation)]
-        for window in windows[state.batches_done_in_epoch // accumulation :]:
-            if unfreezer is not None and unfreezer.update(step=state.step, epoch=state.epoch):
-                log(f"Gradual unfreezing: stage {unfreezer.stage} from step {state.step}")
-            examples = sum(len(b) for b in window)
-            step_loss = 0.0
-            for position, indices in enumerate(window):
-                batch = pad_batch([train_features[i] for i in indices[rank::world]], pad_token_id)
-                # Gradients are all-reduced (averaged) once per step, on its last batch.
-                last = position == len(window) - 1
-                with contextlib.nullcontext() if last else accelerator.no_sync(model):
-                    with accelerator.autocast():
-                        logits = model(**_inputs(batch, device)).logits
-                    # Summed loss over this rank's rows / all rows of the step, times the world
-                    # size that DDP's averaging divides by: the single-process gradient.
-                    loss = task.loss(logits.float(), batch["labels"].to(device)) * world / examples
-                    accelerator.backward(loss)
-                step_loss += loss.item() / world
-                throughput.add(len(batch["input_ids"]), int(batch["attention_mask"].sum()))
-            if tc.max_grad_norm is not None:
-                accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            state.batches_done_in_epoch += len(window)
-            state.examples_seen += examples
-            state.loss_since_log += step_loss
-            state.steps_since_log += 1
-            if not math.isfinite(step_loss):
-                raise TunesmithError(
-                    f"the training loss became {step_loss} at step {state.step}; lower train.learning_rate "
-                    f"(now {tc.learning_rate}) or set train.max_grad_norm. Checkpoints so far are kept."
-                )
+    try:
+        while state.step < total_steps and not state.stopped_early:
+            batches = epoch_batches(lengths, batch_size=tc.batch_size, seed=rc.seed, epoch=state.epoch)
+            if world > 1:  # a batch smaller than the world would leave a rank idle (and DDP waiting)
+                batches = [b for b in batches if len(b) >= world]
+            windows = [batches[i : i + accumulation] for i in range(0, len(batches), accumulation)]
+            for window in windows[state.batches_done_in_epoch // accumulation :]:
+                if unfreezer is not None and unfreezer.update(step=state.step, epoch=state.epoch):
+                    log(f"Gradual unfreezing: stage {unfreezer.stage} from step {state.step}")
+                examples = sum(len(b) for b in window)
+                step_loss = 0.0
+                for position, indices in enumerate(window):
+                    batch = pad_batch([train_features[i] for i in indices[rank::world]], pad_token_id)
+                    # Gradients are all-reduced (averaged) once per step, on its last batch.
+                    last = position == len(window) - 1
+                    with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                        with accelerator.autocast():
+                            logits = model(**_inputs(batch, device)).logits
+                        # Summed loss over this rank's rows / all rows of the step, times the world
+                        # size that DDP's averaging divides by: the single-process gradient.
+                        loss = task.loss(logits.float(), batch["labels"].to(device)) * world / examples
+                        accelerator.backward(loss)
+                    step_loss += loss.item() / world
+                    throughput.add(len(batch["input_ids"]), int(batch["attention_mask"].sum()))
+                if tc.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                state.batches_done_in_epoch += len(window)
+                state.examples_seen += examples
+                state.loss_since_log += step_loss
+                state.steps_since_log += 1
+                if not math.isfinite(step_loss):
+                    raise TunesmithError(
+                        f"the training loss became {step_loss} at step {state.step}; lower train.learning_rate "
+                        f"(now {tc.learning_rate}) or set train.max_grad_norm. Checkpoints so far are kept."
+                    )
 
-            logs = None
-            if state.step % rc.log_every_steps == 0 or state.step == total_steps:
-                loss_since_log = state.loss_since_log
-                if world > 1:
-                    totals = torch.tensor([loss_since_log, throughput.examples, throughput.tokens], dtype=torch.float64)
-                    totals = accelerator.reduce(totals.to(device), "sum").cpu().tolist()
-                    loss_since_log, throughput.examples, throughput.tokens = totals
-                samples_per_second, tokens_per_second = throughput.rates()
-                logs = {
-                    "step": state.step,
-                    "epoch": state.epoch,
-                    "split": "train",
-                    "loss": loss_since_log / state.steps_since_log,
-                    "learning_rate": scheduler.get_last_lr()[0],
-                    "samples_per_second": samples_per_second,
-                    "tokens_per_second": tokens_per_second,
-                }
-                if main:
-                    run.append_metrics(logs)
-                state.loss_since_log, state.steps_since_log = 0.0, 0
-                throughput.reset()
-            for callback in callbacks:
-                callback.on_step_end(state, logs)
+                logs = None
+                if state.step % rc.log_every_steps == 0 or state.step == total_steps:
+                    loss_since_log = state.loss_since_log
+                    if world > 1:
+                        totals = torch.tensor(
+                            [loss_since_log, throughput.examples, throughput.tokens], dtype=torch.float64
+                        )
+                        totals = accelerator.reduce(totals.to(device), "sum").cpu().tolist()
+                        loss_since_log, throughput.examples, throughput.tokens = totals
+                    samples_per_second, tokens_per_second = throughput.rates()
+                    logs = {
+                        "step": state.step,
+                        "epoch": state.epoch,
+                        "split": "train",
+                        "loss": loss_since_log / state.steps_since_log,
+                        "learning_rate": scheduler.get_last_lr()[0],
+                        "samples_per_second": samples_per_second,
+                        "tokens_per_second": tokens_per_second,
+                    }
+                    if main:
+                        run.append_metrics(logs)
+                    state.loss_since_log, state.steps_since_log = 0.0, 0
+                    throughput.reset()
+                for callback in callbacks:
+                    callback.on_step_end(state, logs)
 
-            evaluated = tc.eval_every_steps is not None and state.step % tc.eval_every_steps == 0 and val_features
-            if evaluated:
-                evaluate()
-            if evaluated or (rc.checkpoint_every_steps and state.step % rc.checkpoint_every_steps == 0):
+                evaluated = tc.eval_every_steps is not None and state.step % tc.eval_every_steps == 0 and val_features
+                if evaluated:
+                    evaluate()
+                if evaluated or (rc.checkpoint_every_steps and state.step % rc.checkpoint_every_steps == 0):
+                    checkpoint()
+                if state.step >= total_steps or state.stopped_early:
+                    if state.batches_done_in_epoch >= len(batches):  # the run ended with the epoch
+                        state.epoch += 1
+                        state.batches_done_in_epoch = 0
+                    break
+            else:
+                state.epoch += 1
+                state.batches_done_in_epoch = 0
+                if tc.eval_every_steps is None and val_features:
+                    evaluate()
+                for callback in callbacks:
+                    callback.on_epoch_end(state)
                 checkpoint()
-            if state.step >= total_steps or state.stopped_early:
-                if state.batches_done_in_epoch >= len(batches):  # the run ended with the epoch
-                    state.epoch += 1
-                    state.batches_done_in_epoch = 0
-                break
-        else:
-            state.epoch += 1
-            state.batches_done_in_epoch = 0
-            if tc.eval_every_steps is None and val_features:
-                evaluate()
-            for callback in callbacks:
-                callback.on_epoch_end(state)
-            checkpoint()
+
+    finally:
+        if row_gradients is not None:
+            row_gradients.remove()
 
     if val_features and (not state.history or state.history[-1]["step"] != state.step):
         evaluate()  # the run ended mid-epoch (max_steps, fractional epochs): judge the last weights too
