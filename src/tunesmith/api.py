@@ -16,7 +16,7 @@ import pandas as pd
 
 from tunesmith.config import Config, config_from_dict, dump_config, load_config
 from tunesmith.data.balance import class_weights
-from tunesmith.data.prepare import PreparedData, load_examples, prepare_data
+from tunesmith.data.prepare import PreparedData, load_examples, prepare_data, prepare_records
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import RunDir, environment_lock, is_main_process
 from tunesmith.tasks.classification import TextClassificationTask, encode_features
@@ -45,7 +45,12 @@ def _plain(console):
     return lambda message: console.print(message, markup=False, highlight=False)
 
 
-def _task_for(config: Config, label_names: list[str] | None = None) -> TextClassificationTask:
+def _task_for(config: Config, label_names: list[str] | None = None):
+    if config.task.type == "causal_lm":
+        from tunesmith.tasks.causal_lm import CausalLMTask
+
+        return CausalLMTask(loss_on=config.task.loss_on, packing=config.train.packing,
+                            max_length=config.model.max_length)  # fmt: skip
     return TextClassificationTask(
         type=config.task.type,
         label_names=list(label_names or []),
@@ -102,7 +107,10 @@ def train(
     if main and out is not None and Path(out).exists():
         RunDir.create(out)  # raises the clear "already exists" error before any work
     task = _task_for(config)
-    data = prepare_data(config.data, task, seed=config.runtime.seed)
+    if task.type == "causal_lm":
+        data = prepare_records(config.data, seed=config.runtime.seed)
+    else:
+        data = prepare_data(config.data, task, seed=config.runtime.seed)
     _setup_runtime(config)
     log = _plain(console) if main else (lambda message: None)
     _report_data(data, log)
@@ -165,7 +173,7 @@ def _report_data(data: PreparedData, log) -> None:
 
 def _fit(run: RunDir, config: Config, task, data: PreparedData, console, callbacks, *, resume: bool) -> TrainResult:
     from tunesmith.models.adapt import apply_strategy, count_parameters
-    from tunesmith.models.load import load_sequence_classifier, load_tokenizer, resolve_model
+    from tunesmith.models.load import load_tokenizer, resolve_model
     from tunesmith.train.callbacks import ProgressBar
     from tunesmith.train.loop import resolve_device, run_training
 
@@ -173,6 +181,46 @@ def _fit(run: RunDir, config: Config, task, data: PreparedData, console, callbac
     log = _plain(console) if main else (lambda message: None)
     resolved = resolve_model(config.model.name)
     tokenizer = load_tokenizer(resolved)
+    if task.type == "causal_lm":
+        model, new_parameters, features, truncated = _build_causal_lm(config, task, data, resolved, tokenizer, log)
+    else:
+        model, new_parameters, features, truncated = _build_classifier(config, task, data, resolved, tokenizer, log)
+    log(f"Loaded {resolved.description}; new head parameters: {', '.join(new_parameters) or 'none'}")
+    model, unfreezer = apply_strategy(
+        model, config.model, new_parameters, peft_task_type=getattr(task, "peft_task_type", "SEQ_CLS")
+    )
+    trainable, total = count_parameters(model)
+    log(f"Strategy {config.model.strategy}: {trainable:,} of {total:,} parameters trainable ({trainable / total:.2%})")
+    if main and not resume:
+        run.write_json("environment.json", environment_lock(resolve_device(config.runtime.device)))
+
+    result = run_training(
+        model=model,
+        task=task,
+        train_features=features["train"],
+        val_features=features.get("validation", []),
+        config=config,
+        run=run,
+        pad_token_id=_pad_id(tokenizer),
+        unfreezer=unfreezer,
+        callbacks=([ProgressBar(console)] if config.runtime.progress else []) + list(callbacks),
+        log=log,
+        resume=resume,
+    )
+    if not main:
+        return TrainResult(run.path, {})
+    return _finish(run, config, task, data, result, features, truncated, tokenizer, resolved, log)
+
+
+def _pad_id(tokenizer) -> int:
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+
+
+def _build_classifier(config, task, data, resolved, tokenizer, log):
+    from tunesmith.models.load import load_sequence_classifier
+
     features, truncated = {}, {}
     for name, frame in data.splits.items():
         targets = task.encode(frame["label"], name)
@@ -187,7 +235,6 @@ def _fit(run: RunDir, config: Config, task, data: PreparedData, console, callbac
         ids = np.asarray([f["labels"] for f in features["train"]])
         task.class_weights = class_weights(ids, task.label_names, config.data.balance.class_weights)
         log(f"Class weights: {dict(zip(task.label_names, (round(w, 3) for w in task.class_weights)))}")
-
     model, new_parameters = load_sequence_classifier(
         resolved,
         num_labels=task.num_outputs,
@@ -195,29 +242,53 @@ def _fit(run: RunDir, config: Config, task, data: PreparedData, console, callbac
         label_names=task.label_names,
         dropout=config.model.dropout,
     )
-    log(f"Loaded {resolved.description}; new head parameters: {', '.join(new_parameters) or 'none'}")
-    model, unfreezer = apply_strategy(model, config.model, new_parameters)
-    trainable, total = count_parameters(model)
-    log(f"Strategy {config.model.strategy}: {trainable:,} of {total:,} parameters trainable ({trainable / total:.2%})")
-    if main and not resume:
-        run.write_json("environment.json", environment_lock(resolve_device(config.runtime.device)))
+    return model, new_parameters, features, truncated
 
-    result = run_training(
-        model=model,
-        task=task,
-        train_features=features["train"],
-        val_features=features.get("validation", []),
-        config=config,
-        run=run,
-        pad_token_id=tokenizer.pad_token_id or 0,
-        unfreezer=unfreezer,
-        callbacks=([ProgressBar(console)] if config.runtime.progress else []) + list(callbacks),
-        log=log,
-        resume=resume,
-    )
-    if not main:
-        return TrainResult(run.path, {})
-    return _finish(run, config, task, data, result, features, truncated, tokenizer, resolved, log)
+
+def _encode_records(config, tokenizer, frame, source: str):
+    from tunesmith.tasks.causal_lm import encode_conversations
+
+    return encode_conversations(
+        tokenizer, [json.loads(m) for m in frame["messages"]], frame["record"].tolist(), source=source,
+        max_length=config.model.max_length, chat_template=config.model.chat_template, loss_on=config.task.loss_on,
+    )  # fmt: skip
+
+
+def _build_causal_lm(config, task, data, resolved, tokenizer, log):
+    from tunesmith.models.load import load_causal_lm
+
+    if config.model.chat_template is None and tokenizer.chat_template is None:
+        log("The tokenizer has no chat template: records are rendered as plain text (set model.chat_template)")
+    features, truncated = {}, {}
+    for name, frame in data.splits.items():
+        source = data.manifest["sources"].get(name, data.manifest["sources"]["train"])["source"]
+        encoded = _encode_records(config, tokenizer, frame, source)
+        features[name], truncated[name] = encoded.features, encoded.truncated
+        if encoded.truncated:
+            log(f"{name}: {encoded.truncated} of {len(frame)} records truncated to {config.model.max_length} tokens")
+    model, new_parameters = load_causal_lm(resolved, dropout=config.model.dropout)
+    return model, new_parameters, features, truncated
+
+
+def _generative_metrics(model, tokenizer, config, task, frame, features, *, split: str, out_path, log, device="cpu"):
+    """Perplexity on every record; generation metrics on up to generation.max_examples of them,
+    with the generations written to ``out_path`` (JSONL)."""
+    from tunesmith.runs import atomic_write
+    from tunesmith.tasks.causal_lm import generate, generation_metrics, generation_prompt
+
+    metrics = task.evaluate(model, features, batch_size=config.train.batch_size * 2, pad_token_id=_pad_id(tokenizer),
+                            device=device)  # fmt: skip
+    limit = config.generation.max_examples
+    rows = frame.iloc[: limit or len(frame)]
+    prompts, references = zip(*(generation_prompt(tokenizer, json.loads(m), config.model.chat_template)
+                                 for m in rows["messages"]))  # fmt: skip
+    log(f"{split}: generating for {len(prompts)} records")
+    predictions = generate(model, tokenizer, list(prompts), config.generation, device=device)
+    metrics |= generation_metrics(predictions, list(references))
+    lines = [json.dumps({"record": int(r), "prompt": p, "reference": ref, "generated": g}, ensure_ascii=False)
+             for r, p, ref, g in zip(rows["record"], prompts, references, predictions)]  # fmt: skip
+    atomic_write(out_path, "".join(line + "\n" for line in lines))
+    return metrics
 
 
 def _finish(run, config, task, data, result, features, truncated, tokenizer, resolved, log) -> TrainResult:
@@ -226,15 +297,24 @@ def _finish(run, config, task, data, result, features, truncated, tokenizer, res
     from tunesmith.evaluate.report import model_card, plot_confusion_matrix, plot_training_curves
     from tunesmith.models.adapt import count_parameters
     from tunesmith.runs import replace_dir
-    from tunesmith.train.loop import compute_logits
+    from tunesmith.tasks.classification import compute_logits
 
     model = result.model
     device = next(model.parameters()).device
     metrics: dict[str, Any] = {}
+    generate_on = "test" if features.get("test") else "validation"  # generation is slow: one split
     for split in ("validation", "test"):
-        if features.get(split):
+        if features.get(split) and task.type == "causal_lm" and split != generate_on:
+            metrics[split] = task.evaluate(model, features[split], batch_size=config.train.batch_size * 2,
+                                           pad_token_id=_pad_id(tokenizer), device=device)  # fmt: skip
+        elif features.get(split) and task.type == "causal_lm":
+            metrics[split] = _generative_metrics(
+                model, tokenizer, config, task, data.splits[split], features[split], split=split,
+                out_path=run.path / f"generations_{split}.jsonl", log=log, device=device,
+            )  # fmt: skip
+        elif features.get(split):
             logits = compute_logits(model, features[split], batch_size=config.train.batch_size * 2,
-                                    pad_token_id=tokenizer.pad_token_id or 0, device=device)  # fmt: skip
+                                    pad_token_id=_pad_id(tokenizer), device=device)  # fmt: skip
             metrics[split] = task.metrics(logits, np.asarray([f["labels"] for f in features[split]]))
             if "confusion_matrix" in metrics[split]:
                 plot_confusion_matrix(run.path / f"confusion_matrix_{split}.png", metrics[split]["confusion_matrix"],
@@ -276,7 +356,7 @@ def _finish(run, config, task, data, result, features, truncated, tokenizer, res
 
 
 def _load_for_inference(run_dir: str | Path):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     _quiet_transformers()
     run = RunDir.open(run_dir)
@@ -286,21 +366,30 @@ def _load_for_inference(run_dir: str | Path):
         )
     config = load_config(run.path / "config.yaml")
     task = _task_for(config, run.read_json("task.json")["label_names"])
-    model = AutoModelForSequenceClassification.from_pretrained(run.model_dir)
+    auto = AutoModelForCausalLM if task.type == "causal_lm" else AutoModelForSequenceClassification
+    model = auto.from_pretrained(run.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(run.model_dir)
     return run, config, task, model.eval(), tokenizer
 
 
 def _logits(model, tokenizer, config, texts: list[str], targets=None):
-    from tunesmith.train.loop import compute_logits
+    from tunesmith.tasks.classification import compute_logits
 
     features, _ = encode_features(tokenizer, texts, targets, config.model.max_length)
     return compute_logits(model, features, batch_size=64, pad_token_id=tokenizer.pad_token_id or 0, device="cpu")
 
 
 def predict(run_dir: str | Path, texts: list[str]) -> list[dict[str, Any]]:
-    """Predictions for texts with a trained run: label(s) or value, and the scores behind them."""
+    """Predictions for texts with a trained run: label(s) or value, and the scores behind them;
+    for a causal LM, the generated completion of each prompt (as a single user turn)."""
     _, config, task, model, tokenizer = _load_for_inference(run_dir)
+    if task.type == "causal_lm":
+        from tunesmith.tasks.causal_lm import generate, generation_prompt
+
+        prompts = [generation_prompt(tokenizer, [{"role": "user", "content": str(t)}, {"role": "assistant",
+                   "content": ""}], config.model.chat_template)[0] for t in texts]  # fmt: skip
+        completions = generate(model, tokenizer, prompts, config.generation)
+        return [{"prompt": str(t), "completion": c} for t, c in zip(texts, completions)]
     texts = [" ".join(str(t).split()) for t in texts]
     logits = _logits(model, tokenizer, config, texts)
     predictions, scores = task.predict(logits), task.probabilities(logits)
@@ -324,14 +413,24 @@ def evaluate(run_dir: str | Path, data: str | Path) -> dict[str, Any]:
     from tunesmith.evaluate.report import plot_confusion_matrix
 
     run, config, task, model, tokenizer = _load_for_inference(run_dir)
+    stem = Path(str(data)).stem
+    out = run.path / "evaluations"
+    if task.type == "causal_lm":
+        from tunesmith.data.prepare import load_records
+
+        frame, entry = load_records(str(data), config.data)
+        features = _encode_records(config, tokenizer, frame, entry["source"]).features
+        metrics = _generative_metrics(model, tokenizer, config, task, frame, features, split=stem,
+                                      out_path=out / f"{stem}_generations.jsonl", log=lambda message: None)  # fmt: skip
+        metrics["data"] = entry
+        RunDir(out).write_json(f"{stem}.json", metrics)
+        return metrics
     frame, entry = load_examples(str(data), config.data, task)
     targets = task.encode(frame["label"], entry["source"])
     logits = _logits(model, tokenizer, config, frame["text"].tolist(), targets)
     metrics = task.metrics(logits, np.asarray(targets))
     metrics["data"] = entry
-    out = run.path / "evaluations"
     out.mkdir(exist_ok=True)
-    stem = Path(str(data)).stem
     RunDir(out).write_json(f"{stem}.json", metrics)
     if "confusion_matrix" in metrics:
         plot_confusion_matrix(
@@ -341,3 +440,33 @@ def evaluate(run_dir: str | Path, data: str | Path) -> dict[str, Any]:
             f"{stem} confusion matrix",
         )
     return metrics
+
+
+def chat(run_dir: str | Path, *, read=input, write=print) -> None:
+    """A small interactive loop with a trained causal LM: the whole conversation is the prompt.
+
+    ``/reset`` starts over; an empty line, ``/exit`` or end of input stops.
+    """
+    from tunesmith.tasks.causal_lm import generate, generation_prompt
+
+    run, config, task, model, tokenizer = _load_for_inference(run_dir)
+    if task.type != "causal_lm":
+        raise TunesmithError(f"{run.path} is a {task.type} run; chat needs task.type=causal_lm")
+    messages: list[dict[str, str]] = []
+    write("Chatting with " + str(run.model_dir) + " (/reset starts over, an empty line or /exit stops)")
+    while True:
+        try:
+            line = read("you> ")
+        except EOFError:
+            return
+        if not line.strip() or line.strip() == "/exit":
+            return
+        if line.strip() == "/reset":
+            messages = []
+            continue
+        messages.append({"role": "user", "content": line})
+        prompt, _ = generation_prompt(tokenizer, messages + [{"role": "assistant", "content": ""}],
+                                      config.model.chat_template)  # fmt: skip
+        reply = generate(model, tokenizer, [prompt], config.generation)[0]
+        messages.append({"role": "assistant", "content": reply})
+        write(f"model> {reply}")

@@ -120,6 +120,18 @@ def predict(
     _guarded(work)
 
 
+@app.command()
+def chat(run_dir: Annotated[Path, typer.Argument(help="A finished causal_lm run directory.")]) -> None:
+    """Talk to an instruction-tuned run; the conversation so far is the prompt."""
+
+    def work():
+        from tunesmith import api
+
+        api.chat(run_dir)
+
+    _guarded(work)
+
+
 def _launch(nproc: int, config: Path | None, overrides: list[str], resume: Path | None) -> int:
     """Re-runs this train command in ``nproc`` processes under torchrun (DDP; gloo on CPU)."""
     import subprocess

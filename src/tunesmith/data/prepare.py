@@ -106,3 +106,50 @@ def prepare_data(config: DataConfig, task: TextClassificationTask, *, seed: int)
         }
         splits["train"] = balanced
     return PreparedData(splits, manifest)
+
+
+def load_records(spec: str, config: DataConfig) -> tuple[pd.DataFrame, dict]:
+    """Reads one source of generative records into ``messages``/``record`` rows (exact
+    duplicates dropped when data.clean.drop_duplicates) and a manifest entry. The text is kept
+    as written: whitespace can matter in a completion."""
+    from tunesmith.tasks.causal_lm import detect_format, records_frame
+
+    table = read_table(spec, column_names=config.column_names, encoding_errors=config.encoding_errors)
+    fmt = detect_format(list(table.frame.columns), config.format, table.source)
+    frame = records_frame(table.frame, fmt, table.source)
+    counts = {"rows_in": len(frame), "exact_duplicates": int(frame["messages"].duplicated().sum())}
+    if config.clean.drop_duplicates:
+        frame = frame.drop_duplicates("messages").reset_index(drop=True)
+    counts["rows_out"] = len(frame)
+    entry = {
+        "source": table.source,
+        "sha256": table.sha256,
+        "format": fmt,
+        "cleaning": counts,
+        "replaced_characters": table.replaced_characters,
+    }
+    return frame, entry
+
+
+def prepare_records(config: DataConfig, *, seed: int) -> PreparedData:
+    """The data stage for generative tasks: load records, then random train/validation/test splits.
+
+    Raises:
+        TunesmithError: any problem with the files, records or split sizes (naming the record).
+    """
+    train, entry = load_records(config.train, config)
+    sources, splits = {"train": entry}, {"train": train}
+    for name in ("validation", "test"):
+        spec = getattr(config, name)
+        if spec is not None:
+            splits[name], sources[name] = load_records(spec, config)
+    if config.max_rows is not None and len(train) > config.max_rows:
+        train = train.sample(n=config.max_rows, random_state=seed).sort_index().reset_index(drop=True)
+    carve = {name: getattr(config, f"{'val' if name == 'validation' else name}_fraction")
+             for name in ("test", "validation") if name not in splits}  # fmt: skip
+    splits |= split_frame(
+        train, val_fraction=carve.get("validation", 0.0), test_fraction=carve.get("test", 0.0), seed=seed,
+        stratify=False,
+    )  # fmt: skip
+    manifest = {"sources": sources, "splits": {name: {"rows": len(frame)} for name, frame in splits.items()}}
+    return PreparedData(splits, manifest)

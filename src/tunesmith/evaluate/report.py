@@ -90,15 +90,25 @@ def model_card(
     what it should not be trusted with, and how to load it."""
     model, train = config["model"], config["train"]
     splits = manifest["splits"]
+    generative = task["type"] == "causal_lm"
     labels = ", ".join(task["label_names"]) or "a number"
+    if generative:
+        title = "# Instruction-tuned language model\n"
+        purpose = (f"It answers prompts in the style of its training completions (loss on {task['loss_on']} "
+                   "tokens).\n")  # fmt: skip
+        described = f"Record format: {manifest['sources']['train'].get('format')}.\n"
+    else:
+        title = f"# {task['type'].replace('_', '-')} text classifier\n"
+        purpose = f"It predicts {labels}.\n"
+        described = f"Label distribution (train): {splits['train']['labels']}\n"
     sections = [
-        f"# {task['type'].replace('_', '-')} text classifier\n",
-        f"Fine-tuned from {model_description} with tunesmith ({model['strategy']} strategy). It predicts {labels}.\n",
+        title,
+        f"Fine-tuned from {model_description} with tunesmith ({model['strategy']} strategy). {purpose}",
         "## Data\n",
         f"Source: `{manifest['sources']['train']['source']}`. Rows: "
         + ", ".join(f"{name} {info['rows']}" for name, info in splits.items())
         + ".\n",
-        f"Label distribution (train): {splits['train']['labels']}\n",
+        described,
         "## Training\n",
         f"- epochs {train['num_epochs']}, batch size {train['batch_size']} x {train['gradient_accumulation_steps']} accumulation, "
         f"learning rate {train['learning_rate']} ({train['scheduler']}, warmup {train['warmup_ratio']}), "
@@ -118,6 +128,19 @@ def model_card(
         sections += ["### test, per class\n", _per_class(metrics["test"]) + "\n"]
         if "confusion_matrix" in metrics["test"]:
             sections += ["![test confusion matrix](confusion_matrix_test.png)\n"]
+    if generative:
+        return "\n".join(sections + [
+            "## Limitations\n",
+            f"- Records longer than {model['max_length']} tokens were cut ({training['truncated_train']} in training).",
+            "- Generation metrics (ROUGE-L, BLEU, chrF, exact match) compare wording with one reference; a correct "
+            "answer phrased differently scores low. Read generations_test.jsonl before trusting the model.",
+            "- The model can state falsehoods fluently and inherits the biases of its base model and data.\n",
+            "## How to load\n",
+            "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            'model = AutoModelForCausalLM.from_pretrained("model")\n'
+            'tokenizer = AutoTokenizer.from_pretrained("model")\n```\n',
+            'or `tunesmith predict RUN_DIR --text "..."`, or `tunesmith chat RUN_DIR`.\n',
+        ])  # fmt: skip
     sections += [
         "## Limitations\n",
         f"- Texts longer than {model['max_length']} tokens are truncated: the model sees only their start "

