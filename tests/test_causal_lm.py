@@ -210,8 +210,9 @@ def _lm_config(model_dir, train_file, output_dir, **train):
 
 @pytest.mark.parametrize("packing", [False, True])
 def test_tiny_llama_learns_and_the_run_is_complete(tiny_llama_dir, tmp_path, packing):
-    import tunesmith
     from transformers import AutoModelForCausalLM
+
+    import tunesmith
 
     result = tunesmith.train(_lm_config(tiny_llama_dir, _alpaca_file(tmp_path), tmp_path / "run", packing=packing))
     records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -60,8 +60,12 @@ def _task_for(config: Config, label_names: list[str] | None = None):
 
 
 def _quiet_transformers() -> None:
+    import warnings
+
     from transformers.utils import logging as hf_logging
 
+    # PEFT still calls a transformers method that is deprecated for v6; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     hf_logging.set_verbosity_error()  # the log says what was loaded, in its own words
     hf_logging.disable_progress_bar()  # one progress display: ours
 
