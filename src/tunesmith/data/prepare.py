@@ -131,18 +131,37 @@ def load_records(spec: str, config: DataConfig) -> tuple[pd.DataFrame, dict]:
     return frame, entry
 
 
-def prepare_records(config: DataConfig, *, seed: int) -> PreparedData:
-    """The data stage for generative tasks: load records, then random train/validation/test splits.
+def load_pairs(spec: str, config: DataConfig) -> tuple[pd.DataFrame, dict]:
+    """Reads one source of seq2seq pairs into ``source``/``target``/``record`` rows (exact
+    duplicate pairs dropped when data.clean.drop_duplicates) and a manifest entry."""
+    from tunesmith.tasks.seq2seq import detect_pair, pairs_frame
+
+    table = read_table(spec, column_names=config.column_names, encoding_errors=config.encoding_errors)
+    columns = detect_pair(list(table.frame.columns), config.text_column, config.label_column, table.source)
+    frame = pairs_frame(table.frame, *columns, table.source)
+    counts = {"rows_in": len(frame), "exact_duplicates": int(frame.duplicated(["source", "target"]).sum())}
+    if config.clean.drop_duplicates:
+        frame = frame.drop_duplicates(["source", "target"]).reset_index(drop=True)
+    counts["rows_out"] = len(frame)
+    entry = {"source": table.source, "sha256": table.sha256, "columns": dict(zip(("source", "target"), columns)),
+             "cleaning": counts, "replaced_characters": table.replaced_characters}  # fmt: skip
+    return frame, entry
+
+
+def prepare_records(config: DataConfig, *, seed: int, pairs: bool = False) -> PreparedData:
+    """The data stage for generative tasks: load records (causal_lm) or source/target pairs
+    (seq2seq), then random train/validation/test splits.
 
     Raises:
         TunesmithError: any problem with the files, records or split sizes (naming the record).
     """
-    train, entry = load_records(config.train, config)
+    load = load_pairs if pairs else load_records
+    train, entry = load(config.train, config)
     sources, splits = {"train": entry}, {"train": train}
     for name in ("validation", "test"):
         spec = getattr(config, name)
         if spec is not None:
-            splits[name], sources[name] = load_records(spec, config)
+            splits[name], sources[name] = load(spec, config)
     if config.max_rows is not None and len(train) > config.max_rows:
         train = train.sample(n=config.max_rows, random_state=seed).sort_index().reset_index(drop=True)
     carve = {name: getattr(config, f"{'val' if name == 'validation' else name}_fraction")

@@ -90,9 +90,13 @@ def model_card(
     what it should not be trusted with, and how to load it."""
     model, train = config["model"], config["train"]
     splits = manifest["splits"]
-    generative = task["type"] == "causal_lm"
+    generative = task["type"] in ("causal_lm", "seq2seq")
     labels = ", ".join(task["label_names"]) or "a number"
-    if generative:
+    if task["type"] == "seq2seq":
+        title = "# Sequence-to-sequence model\n"
+        purpose = "It generates a target text (a summary, a translation) for a source text.\n"
+        described = f"Columns: {manifest['sources']['train'].get('columns')}.\n"
+    elif generative:
         title = "# Instruction-tuned language model\n"
         purpose = (f"It answers prompts in the style of its training completions (loss on {task['loss_on']} "
                    "tokens).\n")  # fmt: skip
@@ -129,17 +133,19 @@ def model_card(
         if "confusion_matrix" in metrics["test"]:
             sections += ["![test confusion matrix](confusion_matrix_test.png)\n"]
     if generative:
+        auto = "AutoModelForSeq2SeqLM" if task["type"] == "seq2seq" else "AutoModelForCausalLM"
         return "\n".join(sections + [
             "## Limitations\n",
-            f"- Records longer than {model['max_length']} tokens were cut ({training['truncated_train']} in training).",
+            f"- Inputs longer than {model['max_length']} tokens were cut ({training['truncated_train']} in training).",
             "- Generation metrics (ROUGE-L, BLEU, chrF, exact match) compare wording with one reference; a correct "
             "answer phrased differently scores low. Read generations_test.jsonl before trusting the model.",
             "- The model can state falsehoods fluently and inherits the biases of its base model and data.\n",
             "## How to load\n",
-            "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-            'model = AutoModelForCausalLM.from_pretrained("model")\n'
+            f"```python\nfrom transformers import {auto}, AutoTokenizer\n\n"
+            f'model = {auto}.from_pretrained("model")\n'
             'tokenizer = AutoTokenizer.from_pretrained("model")\n```\n',
-            'or `tunesmith predict RUN_DIR --text "..."`, or `tunesmith chat RUN_DIR`.\n',
+            'or `tunesmith predict RUN_DIR --text "..."`'
+            + (", or `tunesmith chat RUN_DIR`.\n" if task["type"] == "causal_lm" else ".\n"),
         ])  # fmt: skip
     sections += [
         "## Limitations\n",

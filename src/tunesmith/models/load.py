@@ -202,3 +202,23 @@ def load_causal_lm(resolved: ResolvedModel, *, dropout: float | None):
     except (OSError, ValueError) as error:
         raise _load_failed(resolved, error) from None
     return model, sorted(info.get("missing_keys", []))
+
+
+def load_seq2seq(resolved: ResolvedModel, *, dropout: float | None):
+    """Loads a pretrained encoder-decoder (T5, BART, ...) for conditional generation.
+
+    Returns:
+        (model, names of newly initialised parameters).
+    """
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM
+
+    try:
+        config = AutoConfig.from_pretrained(resolved.location)
+        if dropout is not None:
+            for attribute in (*DROPOUT_ATTRIBUTES, "dropout_rate"):
+                if hasattr(config, attribute):
+                    setattr(config, attribute, dropout)
+        model, info = AutoModelForSeq2SeqLM.from_pretrained(resolved.location, config=config, output_loading_info=True)
+    except (OSError, ValueError) as error:
+        raise _load_failed(resolved, error) from None
+    return model, sorted(info.get("missing_keys", []))

@@ -355,15 +355,17 @@ def generate(model, tokenizer, prompts: list[str], settings, *, device="cpu", pr
 
 
 def generation_metrics(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """ROUGE-L F1 (rouge-score, stemmed), corpus BLEU and chrF (sacrebleu), exact match."""
+    """Mean ROUGE-1/2/L F1 (rouge-score, stemmed), corpus BLEU and chrF (sacrebleu), and exact
+    match (case and whitespace ignored)."""
     import sacrebleu
     from rouge_score import rouge_scorer
 
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    rouge = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
+    kinds = ["rouge1", "rouge2", "rougeL"]
+    scorer = rouge_scorer.RougeScorer(kinds, use_stemmer=True)
+    scores = [scorer.score(ref, pred) for pred, ref in zip(predictions, references)]
     normal = [" ".join(p.split()).lower() == " ".join(r.split()).lower() for p, r in zip(predictions, references)]
     return {
-        "rougeL": float(np.mean(rouge)) if rouge else 0.0,
+        **{kind: float(np.mean([s[kind].fmeasure for s in scores])) if scores else 0.0 for kind in kinds},
         "bleu": float(sacrebleu.corpus_bleu(predictions, [references]).score),
         "chrf": float(sacrebleu.corpus_chrf(predictions, [references]).score),
         "exact_match": float(np.mean(normal)) if normal else 0.0,

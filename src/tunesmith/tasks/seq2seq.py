@@ -1,0 +1,156 @@
+"""Sequence-to-sequence fine-tuning (T5/BART-style encoder-decoders): summarization and
+translation from source/target columns, scored by generating on held-out pairs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from tunesmith.data.batching import eval_batches
+from tunesmith.errors import TunesmithError
+
+IGNORE = -100
+# Column pairs recognised without data.text_column / data.label_column, in order of preference.
+PAIRS = [("source", "target"), ("document", "summary"), ("article", "highlights"), ("article", "summary"),
+         ("text", "summary"), ("input", "output"), ("src", "tgt")]  # fmt: skip
+
+
+def detect_pair(columns: list[str], source_column: str | None, target_column: str | None, where: str):
+    """(source column, target column): the configured names, or the first known pair present."""
+    if source_column or target_column:
+        for role, name in (("text", source_column), ("label", target_column)):
+            if name is None:
+                raise TunesmithError(f"{where}: set both data.text_column (source) and data.label_column (target)")
+            if name not in columns:
+                raise TunesmithError(f"{where}: no column {name!r} (data.{role}_column); the columns are {columns}")
+        return source_column, target_column
+    for pair in PAIRS:
+        if all(c in columns for c in pair):
+            return pair
+    raise TunesmithError(
+        f"{where}: cannot tell the source and target columns from {columns}; name them with "
+        "data.text_column (source) and data.label_column (target)"
+    )
+
+
+def pairs_frame(frame: pd.DataFrame, source_column: str, target_column: str, where: str) -> pd.DataFrame:
+    """The canonical table: ``source``, ``target`` and ``record`` (1-based row in the file).
+
+    Raises:
+        TunesmithError: an empty or missing source or target, naming the record.
+    """
+    rows = []
+    for number, (source, target) in enumerate(zip(frame[source_column], frame[target_column]), 1):
+        for role, value in (("source", source), ("target", target)):
+            if value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip():
+                raise TunesmithError(f"{where}, record {number}: the {role} is missing or empty")
+        rows.append({"source": str(source), "target": str(target), "record": number})
+    return pd.DataFrame(rows)
+
+
+def encode_pairs(
+    tokenizer, sources: list[str], targets: list[str], *, prefix: str, max_length: int, max_target_length: int
+) -> tuple[list[dict], int]:
+    """Tokenizes sources (with the task prefix) and targets once; every target ends with EOS.
+
+    Returns:
+        Features (input_ids, labels) and how many pairs had their source or target truncated.
+    """
+    inputs = tokenizer([prefix + s for s in sources], truncation=True, max_length=max_length)["input_ids"]
+    full = tokenizer([prefix + s for s in sources])["input_ids"]
+    labels = tokenizer(text_target=targets)["input_ids"]
+    eos = tokenizer.eos_token_id
+    features, truncated = [], 0
+    for ids, whole, target in zip(inputs, full, labels):
+        if eos is not None and (not target or target[-1] != eos):
+            target = target + [eos]  # T5 and BART tokenizers add it themselves; others do not
+        cut = len(whole) > len(ids) or len(target) > max_target_length
+        if len(target) > max_target_length:
+            target = target[: max_target_length - 1] + ([eos] if eos is not None else target[-1:])
+        truncated += cut
+        features.append({"input_ids": ids, "labels": target})
+    return features, truncated
+
+
+def collate_pairs(features: list[dict], pad_token_id: int) -> dict:
+    longest = max(len(f["input_ids"]) for f in features)
+    longest_target = max(len(f["labels"]) for f in features)
+    return {
+        "input_ids": torch.tensor([f["input_ids"] + [pad_token_id] * (longest - len(f["input_ids"])) for f in features]),
+        "attention_mask": torch.tensor([[1] * len(f["input_ids"]) + [0] * (longest - len(f["input_ids"]))
+                                        for f in features]),
+        "labels": torch.tensor([f["labels"] + [IGNORE] * (longest_target - len(f["labels"])) for f in features]),
+        "num_examples": len(features),
+        "num_tokens": sum(len(f["input_ids"]) + len(f["labels"]) for f in features),
+    }  # fmt: skip
+
+
+def token_losses(model, batch: dict, device) -> torch.Tensor:
+    """Per-token losses of the target tokens (teacher forcing: the model shifts the labels)."""
+    labels = batch["labels"].to(device)
+    logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                   labels=labels, use_cache=False).logits  # fmt: skip
+    keep = labels != IGNORE
+    return F.cross_entropy(logits[keep].float(), labels[keep], reduction="none")
+
+
+@dataclass
+class Seq2SeqTask:
+    """Loss, batches, metrics and generation for encoder-decoder models."""
+
+    prefix: str = ""
+    type: str = "seq2seq"
+    peft_task_type: str = "SEQ_2_SEQ_LM"
+
+    default_metric = ("loss", "min")
+    metric_names = ["loss", "perplexity"]
+
+    def collate(self, features: list[dict], pad_token_id: int) -> dict:
+        return collate_pairs(features, pad_token_id)
+
+    def count(self, features: list[dict]) -> int:
+        return sum(len(f["labels"]) for f in features)
+
+    def batch_loss(self, model, batch: dict, device) -> torch.Tensor:
+        return token_losses(model, batch, device).sum()
+
+    @torch.no_grad()
+    def evaluate(self, model, features: list[dict], *, batch_size: int, pad_token_id: int, device) -> dict[str, Any]:
+        was_training = model.training
+        model.eval()
+        total, tokens = 0.0, 0
+        for indices in eval_batches([len(f["input_ids"]) for f in features], batch_size=batch_size):
+            losses = token_losses(model, collate_pairs([features[i] for i in indices], pad_token_id), device)
+            total, tokens = total + float(losses.sum()), tokens + losses.numel()
+        model.train(was_training)
+        loss = total / max(tokens, 1)
+        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens}
+
+    @torch.no_grad()
+    def generate(self, model, tokenizer, sources: list[str], settings, *, max_length: int, device="cpu") -> list[str]:
+        """Generated targets for source texts, in order (the task prefix is added here)."""
+        was_training = model.training
+        model.eval()
+        out = [""] * len(sources)
+        encoded = tokenizer([self.prefix + s for s in sources], truncation=True, max_length=max_length)["input_ids"]
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        options = {"max_new_tokens": settings.max_new_tokens, "num_beams": settings.num_beams,
+                   "do_sample": settings.do_sample}  # fmt: skip
+        if settings.do_sample:
+            options |= {"temperature": settings.temperature, "top_p": settings.top_p}
+        for indices in eval_batches([len(e) for e in encoded], batch_size=settings.batch_size):
+            batch = collate_pairs([{"input_ids": encoded[i], "labels": [0]} for i in indices], pad)
+            generated = model.generate(input_ids=batch["input_ids"].to(device),
+                                       attention_mask=batch["attention_mask"].to(device), **options)  # fmt: skip
+            for row, i in enumerate(indices):
+                out[i] = tokenizer.decode(generated[row], skip_special_tokens=True).strip()
+        model.train(was_training)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "prefix": self.prefix, "label_names": []}
