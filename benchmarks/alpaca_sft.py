@@ -85,8 +85,10 @@ def main() -> None:
     }  # fmt: skip
     (args.out / "alpaca_sft.json").write_text(json.dumps(summary, indent=2) + "\n")
     (args.out / "alpaca_base_generations.jsonl").write_text(
-        "".join(json.dumps({"prompt": p, "reference": r, "generated": g}, ensure_ascii=False) + "\n"
-                for p, r, g in zip(prompts, references, base_outputs))  # fmt: skip
+        "".join(
+            json.dumps({"prompt": p, "reference": r, "generated": g}, ensure_ascii=False) + "\n"
+            for p, r, g in zip(prompts, references, base_outputs)
+        )  # fmt: skip
     )
     print(json.dumps(summary, indent=2))
     print(f"ROUGE-L: base {base_metrics['rougeL']:.4f} -> tuned {tuned['rougeL']:.4f}")
