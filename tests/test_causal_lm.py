@@ -189,6 +189,29 @@ def test_packed_batch_gives_each_example_its_unpacked_loss(tokenizer, tiny_llama
     assert crossed != pytest.approx(alone, rel=1e-4, abs=1e-4)
 
 
+def test_head_on_trained_positions_only_gives_the_full_logits_loss(tokenizer, tiny_llama_dir, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.tasks import causal_lm
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", task_type="CAUSAL_LM"))
+    rows = json.loads(ALPACA.read_text(encoding="utf-8"))[:4]
+    batch = collate_lm(_encode(tokenizer, [to_messages(r, "alpaca", "r") for r in rows]).features, 2)
+    assert causal_lm._plain_parts(model) is not None
+    fast, fast_rows = token_losses(model, batch, "cpu")
+    fast.sum().backward()
+    fast_grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    model.zero_grad()
+    monkeypatch.setattr(causal_lm, "PLAIN_HEAD_MODELS", ())
+    full, full_rows = token_losses(model, batch, "cpu")
+    full.sum().backward()
+    assert torch.allclose(fast, full, atol=1e-5) and torch.equal(fast_rows, full_rows)
+    for a, b in zip(fast_grads, [p.grad for p in model.parameters() if p.requires_grad]):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
 def _alpaca_file(tmp_path, count=40) -> Path:
     words = ["red", "green", "blue", "amber", "violet"]
     rows = [{"instruction": f"Item {i}: repeat the word {words[i % 5]}.", "input": "", "output": f"{words[i % 5]} {words[i % 5]}"}
@@ -238,12 +261,25 @@ def test_bad_record_in_a_run_names_file_and_record(tiny_llama_dir, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_chat_keeps_the_conversation(tiny_llama_dir, tmp_path):
+def test_chat_and_predict_from_the_command_line(tiny_llama_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
     result = tunesmith.train(_lm_config(tiny_llama_dir, _alpaca_file(tmp_path), tmp_path / "run", num_epochs=1))
     lines = iter(["Repeat the word red.", "And blue?", "/exit"])
     shown = []
     tunesmith.api.chat(result.run_dir, read=lambda prompt: next(lines), write=shown.append)
     assert len([s for s in shown if s.startswith("model> ")]) == 2
+
+    runner = CliRunner()
+    chat = runner.invoke(app, ["chat", str(result.run_dir)], input="Repeat the word red.\n/reset\nHi\n\n")
+    assert chat.exit_code == 0 and chat.output.count("model> ") == 2
+    predicted = runner.invoke(app, ["predict", str(result.run_dir), "--text", "Repeat the word red."])
+    assert predicted.exit_code == 0
+    assert json.loads(predicted.output.strip().splitlines()[-1])["prompt"] == "Repeat the word red."
+    missing = runner.invoke(app, ["chat", str(tmp_path / "missing")])
+    assert missing.exit_code == 2
 
 
 def test_smollm2_lora_trains_a_few_steps_and_generates(smollm_dir, tmp_path):

@@ -508,7 +508,8 @@ def chat(run_dir: str | Path, *, read=input, write=print) -> None:
     while True:
         try:
             line = read("you> ")
-        except EOFError:
+        except (EOFError, KeyboardInterrupt):  # Ctrl-D or Ctrl-C ends the conversation
+            write("")
             return
         if not line.strip() or line.strip() == "/exit":
             return

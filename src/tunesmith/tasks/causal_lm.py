@@ -258,16 +258,41 @@ def collate_lm(features: list[dict], pad_token_id: int, *, packing: bool = False
     }  # fmt: skip
 
 
+# Architectures whose logits are exactly lm_head(last hidden state): no soft-capping or scaling.
+PLAIN_HEAD_MODELS = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def _plain_parts(model):
+    """(decoder, output head) when the loss may apply the head to the trained positions only;
+    None for other architectures and for DDP-wrapped models (whose forward must run whole)."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    model_type = getattr(getattr(inner, "config", None), "model_type", None)  # DDP wrappers have no config
+    if model_type not in PLAIN_HEAD_MODELS or not hasattr(inner, "get_decoder"):
+        return None
+    head = inner.get_output_embeddings()
+    return (inner.get_decoder(), head) if isinstance(head, torch.nn.Linear) else None
+
+
 def token_losses(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token losses of the labelled positions and the row each belongs to."""
+    """Per-token losses of the labelled positions and the row each belongs to.
+
+    For plain-head architectures the output projection runs only at positions that have a
+    label: prompt tokens then cost no vocabulary-sized logits (for SmolLM2, 49,152 x 576 per
+    token), in compute or in memory.
+    """
     inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
-    # use_cache=False matters: with a cache object, transformers skips the packed-sequence
-    # detection and packed examples would attend to each other.
-    logits = model(**inputs, use_cache=False).logits
     labels = batch["labels"].to(device)[:, 1:]
     keep = labels != IGNORE
-    selected = logits[:, :-1][keep].float()
     rows = keep.nonzero()[:, 0]
+    # use_cache=False matters: with a cache object, transformers skips the packed-sequence
+    # detection and packed examples would attend to each other.
+    parts = _plain_parts(model)
+    if parts is not None:
+        decoder, head = parts
+        hidden = decoder(**inputs, use_cache=False).last_hidden_state
+        selected = head(hidden[:, :-1][keep]).float()
+    else:
+        selected = model(**inputs, use_cache=False).logits[:, :-1][keep].float()
     return F.cross_entropy(selected, labels[keep], reduction="none"), rows
 
 
