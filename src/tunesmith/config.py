@@ -191,6 +191,9 @@ class RuntimeConfig(Section):
     """Run directory; must not exist yet. None means runs/<timestamp>."""
     seed: int = 42
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    """With several processes: ddp replicates the model on every rank; fsdp (PyTorch FSDP2 through
+    accelerate) shards parameters, gradients and optimizer state per transformer layer."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """bf16/fp16 only pay on a GPU; on a CPU without bf16 units they are ~100x slower."""
     checkpoint_every_steps: int | None = Field(None, gt=0)

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tunesmith.errors import TunesmithError
 from tunesmith.runs import replace_dir
 
 
@@ -51,35 +52,61 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def model_state(model, *, trainable_only: bool) -> dict[str, torch.Tensor]:
+def model_state(
+    model, *, trainable_only: bool, state: dict[str, torch.Tensor] | None = None
+) -> dict[str, torch.Tensor]:
     """The weights a checkpoint needs. With trainable_only, the parameters that train plus the
     buffers: frozen weights never change, and the base model they come from is loaded again on
-    resume, so a LoRA checkpoint holds megabytes instead of the whole model."""
-    state = model.state_dict()
+    resume, so a LoRA checkpoint holds megabytes instead of the whole model.
+
+    Args:
+        state: the model's full state dict when it was already gathered (sharded training).
+    """
+    state = model.state_dict() if state is None else state
     if not trainable_only:
         return state
     frozen = {name for name, parameter in model.named_parameters() if not parameter.requires_grad}
     return {name: value for name, value in state.items() if name not in frozen}
 
 
-def _load_model_state(model, state: dict[str, torch.Tensor], path: Path) -> None:
-    missing, unexpected = model.load_state_dict(state, strict=False)
+def _load_model_state(model, state: dict[str, torch.Tensor], path: Path, sharded: bool = False) -> None:
     trainable = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    if sharded:
+        from tunesmith.train.sharding import load_full_model_state
+
+        missing = trainable - set(state)
+        unexpected = sorted(set(state) - set(model.state_dict()))
+        load_full_model_state(model, state)
+    else:
+        missing, unexpected = model.load_state_dict(state, strict=False)
     lost = sorted(set(missing) & trainable)
     if lost or unexpected:
         raise RuntimeError(f"{path} does not match the model: missing {lost[:5]}, unexpected {unexpected[:5]}")
 
 
 def save_checkpoint(
-    directory: Path, *, model, optimizer, scheduler, state: LoopState, keep: int, trainable_only: bool = False
+    directory: Path,
+    *,
+    model,
+    optimizer,
+    scheduler,
+    state: LoopState,
+    keep: int,
+    trainable_only: bool = False,
+    gathered: tuple[dict, dict] | None = None,
 ) -> Path:
-    """Writes ``directory/step-NNNNNNNN`` atomically and prunes all but the newest ``keep``."""
+    """Writes ``directory/step-NNNNNNNN`` atomically and prunes all but the newest ``keep``.
+
+    Args:
+        gathered: (model state, optimizer state) already gathered in full from a sharded model.
+    """
     final = directory / f"step-{state.step:08d}"
     tmp = directory / f".tmp-step-{state.step:08d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    torch.save(model_state(model, trainable_only=trainable_only), tmp / "model.pt")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    model_dict, optimizer_dict = gathered if gathered is not None else (None, optimizer.state_dict())
+    torch.save(model_state(model, trainable_only=trainable_only, state=model_dict), tmp / "model.pt")
+    torch.save(optimizer_dict, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng_state(), tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
@@ -94,26 +121,53 @@ def latest_checkpoint(directory: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def load_checkpoint(path: Path, *, model, optimizer, scheduler) -> LoopState:
-    """Restores everything save_checkpoint wrote and returns the loop state."""
-    _load_model_state(model, torch.load(path / "model.pt", weights_only=True), path / "model.pt")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+def _keyed_by_name(optimizer_state: dict) -> bool:
+    """Sharded runs save optimizer state keyed by parameter name, others by position."""
+    return any(isinstance(key, str) for key in optimizer_state.get("state", {}))
+
+
+def load_checkpoint(path: Path, *, model, optimizer, scheduler, sharded: bool = False) -> LoopState:
+    """Restores everything save_checkpoint wrote and returns the loop state.
+
+    Args:
+        sharded: the model and optimizer are FSDP-sharded (every rank calls this).
+    """
+    optimizer_state = torch.load(path / "optimizer.pt", weights_only=True)
+    if optimizer_state.get("state") and _keyed_by_name(optimizer_state) != sharded:
+        written, now = ("an fsdp", "ddp or one process") if not sharded else ("a ddp or one-process", "fsdp")
+        raise TunesmithError(
+            f"{path} was written by {written} run and this run uses {now}: resume with the same "
+            "runtime.distributed setting (the number of processes may differ)"
+        )
+    _load_model_state(model, torch.load(path / "model.pt", weights_only=True), path / "model.pt", sharded=sharded)
+    if sharded:
+        from tunesmith.train.sharding import load_full_optimizer_state
+
+        load_full_optimizer_state(model, optimizer, optimizer_state)
+    else:
+        optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     set_rng_state(torch.load(path / "rng.pt", weights_only=False))
     return LoopState(**json.loads((path / "state.json").read_text(encoding="utf-8")))
 
 
-def save_best_weights(directory: Path, model, *, trainable_only: bool = False) -> None:
-    """Keeps the best model so far as ``directory/best.pt`` (written through a rename)."""
+def save_best_weights(
+    directory: Path, model, *, trainable_only: bool = False, gathered: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Keeps the best model so far as ``directory/best.pt`` (written through a rename).
+
+    Args:
+        gathered: the full state dict already gathered from a sharded model.
+    """
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / ".best.pt.tmp"
-    torch.save(model_state(model, trainable_only=trainable_only), tmp)
+    torch.save(model_state(model, trainable_only=trainable_only, state=gathered), tmp)
     tmp.replace(directory / "best.pt")
 
 
-def load_best_weights(directory: Path, model) -> bool:
+def load_best_weights(directory: Path, model, sharded: bool = False) -> bool:
     path = directory / "best.pt"
     if not path.is_file():
         return False
-    _load_model_state(model, torch.load(path, weights_only=True), path)
+    _load_model_state(model, torch.load(path, weights_only=True), path, sharded=sharded)
     return True

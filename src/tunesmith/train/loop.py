@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from tunesmith.config import Config
 from tunesmith.data.batching import epoch_batches
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import RunDir
+from tunesmith.train import sharding
 from tunesmith.train.callbacks import Callback, Throughput
 from tunesmith.train.checkpoint import (
     LoopState,
@@ -60,6 +62,8 @@ class LoopResult:
     restored_best: bool
     world_size: int = 1
     rank_checksums: list[float] | None = None
+    sharded: bool = False
+    """Trained with FSDP (parameters sharded across the ranks)."""
 
 
 def run_training(
@@ -88,7 +92,13 @@ def run_training(
     from accelerate import Accelerator
 
     tc, rc = config.train, config.runtime
-    accelerator = Accelerator(cpu=resolve_device(rc.device) == "cpu", mixed_precision=rc.mixed_precision)
+    # FSDP shards only when there are several processes; one process trains the plain model.
+    sharded = rc.distributed == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(
+        cpu=resolve_device(rc.device) == "cpu",
+        mixed_precision=rc.mixed_precision,
+        fsdp_plugin=sharding.fsdp_plugin() if sharded else None,
+    )
     device = accelerator.device
     # Data parallel: every rank sees every global batch and trains on its slice of it;
     # only rank 0 writes files, logs or shows progress.
@@ -114,6 +124,8 @@ def run_training(
     _, total_steps = plan_steps(num_batches, config)
     optimizer = build_optimizer(model, tc, include_frozen=unfreezer is not None)
     scheduler = build_scheduler(optimizer, tc, total_steps)
+    # Rank 0 of a sharded run ends with an ordinary model: this weightless copy receives the weights.
+    unsharded = sharding.meta_copy(model) if sharded and main else None
     model, optimizer = accelerator.prepare(model, optimizer)
     # Single-process CPU: the input embedding's gradient goes into one reused buffer
     # (train/embedding_grad.py). DDP needs the stock path: it all-reduces from autograd hooks.
@@ -126,7 +138,11 @@ def run_training(
         checkpoint = latest_checkpoint(run.checkpoints_dir)
         if checkpoint is not None:
             state = load_checkpoint(
-                checkpoint, model=accelerator.unwrap_model(model), optimizer=optimizer, scheduler=scheduler
+                checkpoint,
+                model=accelerator.unwrap_model(model),
+                optimizer=optimizer,
+                scheduler=scheduler,
+                sharded=sharded,
             )
             if main:
                 run.truncate_metrics(state.metrics_lines)
@@ -158,8 +174,14 @@ def run_training(
         better = math.isfinite(value) and improved  # a NaN score is never the best
         if better:
             state.best_metric, state.best_step, state.evals_without_improvement = value, state.step, 0
+            gathered = sharding.full_model_state(model) if sharded else None  # every rank takes part
             if main:
-                save_best_weights(run.checkpoints_dir, accelerator.unwrap_model(model), trainable_only=trainable_only)
+                save_best_weights(
+                    run.checkpoints_dir,
+                    accelerator.unwrap_model(model),
+                    trainable_only=trainable_only,
+                    gathered=gathered,
+                )
         else:
             state.evals_without_improvement += 1
             patience = tc.early_stopping.patience
@@ -171,11 +193,15 @@ def run_training(
         return metrics
 
     def checkpoint() -> None:
+        gathered = None
+        if sharded:  # every rank takes part in gathering the shards
+            gathered = sharding.full_model_state(model), sharding.full_optimizer_state(model, optimizer)
         if main:
             state.metrics_lines = run.metrics_lines()
             save_checkpoint(
                 run.checkpoints_dir, model=accelerator.unwrap_model(model), optimizer=optimizer,
                 scheduler=scheduler, state=state, keep=rc.keep_checkpoints, trainable_only=trainable_only,
+                gathered=gathered,
             )  # fmt: skip
         accelerator.wait_for_everyone()
 
@@ -280,12 +306,21 @@ def run_training(
     if val_features and (not state.history or state.history[-1]["step"] != state.step):
         evaluate()  # the run ended mid-epoch (max_steps, fractional epochs): judge the last weights too
     accelerator.wait_for_everyone()
-    restored = load_best_weights(run.checkpoints_dir, accelerator.unwrap_model(model))
-    checksums = [float(sum(p.detach().double().sum() for p in model.parameters()))]
+    restored = load_best_weights(run.checkpoints_dir, accelerator.unwrap_model(model), sharded=sharded)
+    if sharded:
+        checksums = [sharding.checksum(model)]
+    else:
+        checksums = [float(sum(p.detach().double().sum() for p in model.parameters()))]
     if world > 1:  # evidence that the ranks hold the same weights
         checksums = accelerator.gather(torch.tensor(checksums, dtype=torch.float64, device=device)).cpu().tolist()
+    final = accelerator.unwrap_model(model)
+    if sharded:
+        weights = sharding.full_model_state(model)
+        if main:
+            unsharded.load_state_dict(weights, assign=True)
+            final = unsharded
     if restored:
         log(f"Loaded the best weights: {metric_name} {state.best_metric:.4f} at step {state.best_step}")
     for callback in callbacks:
         callback.on_train_end(state)
-    return LoopResult(state, accelerator.unwrap_model(model), restored, world, checksums)
+    return LoopResult(state, final, restored, world, checksums, sharded)
