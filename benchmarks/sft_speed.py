@@ -39,7 +39,7 @@ ALPACA = ROOT.parent / "shared" / "data" / "alpaca" / "alpaca_5000.json"
 SETUPS = ("tunesmith", "tunesmith_packing", "trl", "trl_packing")
 # TRL turns on gradient checkpointing by default; this row turns it off (for --setups).
 # tunesmith_random draws batches at random instead of grouping them by length.
-EXTRA = ("trl_no_checkpointing", "tunesmith_random")
+EXTRA = ("trl_no_checkpointing", "tunesmith_random", "tunesmith_packing_random")
 HYPER = {"batch_size": 8, "learning_rate": 1e-3, "weight_decay": 0.01, "warmup_ratio": 0.05, "max_length": 256,
          "lora_rank": 16, "lora_alpha": 32}  # fmt: skip
 
@@ -149,8 +149,8 @@ def worker(setup: str, records: int, test_records: int, seed: int) -> dict:
     flops = _flops(lengths, AutoModelForCausalLM.from_pretrained(location))
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         if setup.startswith("tunesmith"):
-            result = _run_tunesmith(train, test_features, tokenizer, seed, Path(scratch), setup.endswith("packing"),
-                                    grouped=setup != "tunesmith_random")  # fmt: skip
+            result = _run_tunesmith(train, test_features, tokenizer, seed, Path(scratch), "packing" in setup,
+                                    grouped="random" not in setup)  # fmt: skip
         else:
             result = _run_trl(train, test_features, tokenizer, seed, Path(scratch), setup.endswith("packing"),
                               checkpointing=setup != "trl_no_checkpointing")  # fmt: skip

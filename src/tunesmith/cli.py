@@ -132,6 +132,45 @@ def chat(run_dir: Annotated[Path, typer.Argument(help="A finished causal_lm run 
     _guarded(work)
 
 
+@app.command()
+def inspect(
+    sources: Annotated[
+        list[str] | None,
+        typer.Argument(help="A YAML config, or data files (the first is train; the others are held out)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Report directory (default reports/inspect-<time>).")
+    ] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a config value: --set inspect.folds=10")] = [],
+    label_errors: Annotated[
+        str | None, typer.Option("--label-errors", help="embedding (default), finetune or off.")
+    ] = None,
+) -> None:
+    """Check data before training: junk, lengths, duplicates, conflicts, leakage, classes, label errors."""
+
+    def work():
+        from datetime import datetime
+
+        from rich.console import Console
+
+        from tunesmith.config import load_config
+        from tunesmith.data.inspection import inspect_data, summary_lines
+
+        items = list(sources or [])
+        config_path = items.pop(0) if items and Path(items[0]).suffix.lower() in (".yaml", ".yml") else None
+        overrides = list(set_) + ([f"inspect.label_errors={label_errors}"] if label_errors else [])
+        config = load_config(config_path, overrides)
+        target = out or Path("reports") / f"inspect-{datetime.now():%Y%m%d-%H%M%S}"
+        console = Console(stderr=True, soft_wrap=True)
+        report = inspect_data(config, items or None, target, console=console,
+                              log=lambda m: console.print(m, markup=False, highlight=False))  # fmt: skip
+        for line in summary_lines(report):
+            console.print(line, markup=False, highlight=False)
+        typer.echo(str(target))
+
+    _guarded(work)
+
+
 def _launch(nproc: int, config: Path | None, overrides: list[str], resume: Path | None) -> int:
     """Re-runs this train command in ``nproc`` processes under torchrun (DDP; gloo on CPU)."""
     import subprocess

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunesmith.errors import TunesmithError
 
@@ -75,6 +75,27 @@ class DataConfig(Section):
     auto picks by the columns present."""
     clean: CleanConfig = CleanConfig()
     balance: BalanceConfig = BalanceConfig()
+
+
+class InspectConfig(Section):
+    """What `tunesmith inspect` checks and how strictly."""
+
+    near_duplicate_similarity: float = Field(0.8, gt=0.0, le=1.0)
+    """Two normalised texts are near-duplicates at this word-level similarity (2 * matching
+    words / all words; one word changed in ten scores 0.9)."""
+    min_class_rows: int = Field(10, gt=0)
+    """A class with fewer training rows than this is reported as too rare to learn."""
+    label_errors: Literal["embedding", "finetune", "off"] = "embedding"
+    """Out-of-fold probabilities for cleanlab: a logistic regression on the frozen encoder's
+    embeddings (fast), a fine-tuning run per fold (slow, stronger), or off."""
+    folds: int = Field(5, ge=2)
+    max_listed: int = Field(50, gt=0)
+    """Rows listed per finding in the HTML report (report.json lists all)."""
+
+    @field_validator("label_errors", mode="before")
+    @classmethod
+    def _off(cls, value):
+        return "off" if value is False else value  # YAML reads a bare off as false
 
 
 class TaskConfig(Section):
@@ -214,6 +235,7 @@ class Config(Section):
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     generation: GenerationConfig = GenerationConfig()
+    inspect: InspectConfig = InspectConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")

@@ -1,0 +1,470 @@
+"""`tunesmith inspect`: what is wrong with the data, found before any compute is spent on it.
+
+Reads the data as training would (a config's files, or data files given directly), without
+cleaning it, and writes report.json (every finding), report.html (tables and plots) and a
+summary in the terminal. Rows are named by their 1-based data row in their file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tunesmith.config import Config
+from tunesmith.data import quality
+from tunesmith.data.clean import _is_missing
+from tunesmith.data.load import detect_columns, read_table
+from tunesmith.errors import TunesmithError
+
+CLASSIFICATION = ("single_label", "multi_label")
+
+
+@dataclass
+class Table:
+    """One data file as read: the whole frame and its text/label columns as ``text``/``label``."""
+
+    name: str
+    source: str
+    raw: pd.DataFrame
+    text_column: str
+    label_column: str
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        text = self.raw[self.text_column].map(lambda v: "" if _is_missing(v) else str(v))
+        return pd.DataFrame({"text": text, "label": self.raw[self.label_column]})
+
+
+def load_tables(config: Config, files: list[str] | None) -> list[Table]:
+    """The tables to inspect: the files given (the first is the training data, the others are
+    named by their file name), or the config's train/validation/test files."""
+    data = config.data
+    if files:
+        named = [("train", files[0])] + [(Path(f).stem, f) for f in files[1:]]
+    else:
+        named = [(n, getattr(data, n)) for n in ("train", "validation", "test") if getattr(data, n) is not None]
+    tables, seen = [], set()
+    for name, spec in named:
+        while name in seen:
+            name += "'"
+        seen.add(name)
+        table = read_table(spec, column_names=data.column_names, encoding_errors=data.encoding_errors)
+        text_column, label_column = detect_columns(table.frame, data.text_column, data.label_column, table.source)
+        tables.append(Table(name, table.source, table.frame, text_column, label_column))
+    return tables
+
+
+def _rows(positions) -> list[int]:
+    return [int(p) + 1 for p in positions]
+
+
+def _text(frame: pd.DataFrame, position: int, limit: int = 300) -> str:
+    text = frame["text"].iat[position]
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class _Progress:
+    """rich progress bars on stderr, or nothing."""
+
+    def __init__(self, console, enabled: bool) -> None:
+        self.console, self.enabled = console, enabled
+
+    @contextmanager
+    def task(self, description: str, total: int):
+        if not self.enabled or total == 0:
+            yield lambda n: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      console=self.console, transient=True) as bar:  # fmt: skip
+            handle = bar.add_task(description, total=total)
+            yield lambda n: bar.advance(handle, n)
+
+
+def inspect_data(
+    config: Config,
+    files: list[str] | None,
+    out_dir: Path,
+    *,
+    console=None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Runs every check and writes report.json and report.html into ``out_dir`` (created; it
+    must not hold a report already). Returns the report."""
+    if config.task.type not in (*CLASSIFICATION, "regression"):
+        raise TunesmithError(
+            f"inspect covers labelled text for classification and regression; task.type={config.task.type!r} "
+            "is not supported yet"
+        )
+    out_dir = Path(out_dir)
+    if (out_dir / "report.json").exists():
+        raise TunesmithError(f"{out_dir} already holds a report; choose another --out directory")
+    options = config.inspect
+    bars = _Progress(console, progress)
+    tables = load_tables(config, files)
+    frames = {t.name: t.frame for t in tables}
+    train = frames["train"]
+    report: dict[str, Any] = {"model": config.model.name, "task": config.task.type, "options": options.model_dump()}
+
+    report["sources"] = {
+        t.name: {
+            "source": t.source, "rows": len(t.raw), "columns": {"text": t.text_column, "label": t.label_column},
+            "missing_values": {c: int(t.raw[c].map(_is_missing).sum()) for c in t.raw.columns},
+        }
+        for t in tables
+    }  # fmt: skip
+
+    report["junk"] = {}
+    for name, frame in frames.items():
+        reasons = frame["text"].map(quality.junk_reason)
+        found = reasons[reasons.notna()]
+        report["junk"][name] = {
+            "counts": {k: int(v) for k, v in found.value_counts().items()},
+            "rows": [{"row": int(p) + 1, "reason": r, "text": _text(frame, p)} for p, r in found.items()],
+        }
+
+    report["lengths"] = _lengths(config, frames, bars)
+
+    report["duplicates"], report["conflicting_labels"] = {}, {}
+    for name, frame in frames.items():
+        with bars.task(f"near-duplicates in {name}", 2 * frame["text"].map(quality.normalise).nunique()) as advance:
+            exact, near = quality.duplicate_groups(frame, threshold=options.near_duplicate_similarity,
+                                                   progress=advance)  # fmt: skip
+        report["duplicates"][name] = {
+            "exact_groups": len(exact), "exact_extra_rows": sum(len(g) - 1 for g in exact),
+            "near_groups": len(near), "rows_in_near_groups": sum(len(g) for g in near),
+            "exact": [_group(frame, g) for g in exact], "near": [_group(frame, g) for g in near],
+        }  # fmt: skip
+        report["conflicting_labels"][name] = {
+            "exact": [_group(frame, g) for g in quality.conflicting_labels(frame, exact)],
+            "near": [_group(frame, g) for g in quality.conflicting_labels(frame, near)],
+        }
+
+    report["leakage"] = {}
+    for name, frame in frames.items():
+        if name == "train":
+            continue
+        exact, near = quality.leakage(train, frame, threshold=options.near_duplicate_similarity)
+        report["leakage"][name] = {
+            "exact": [{"row": p + 1, "train_row": q + 1, "text": _text(frame, p)} for p, q in exact],
+            "near": [
+                {
+                    "row": p + 1,
+                    "train_row": q + 1,
+                    "similarity": round(s, 4),
+                    "text": _text(frame, p),
+                    "train_text": _text(train, q),
+                }
+                for p, q, s in near
+            ],  # fmt: skip
+        }
+    if len(frames) == 1:
+        report["leakage_note"] = (
+            "validation and test are carved from train at training time: exact duplicates are dropped first "
+            "(data.clean.drop_duplicates), but near-duplicates can land on both sides of the split"
+        )
+
+    report["classes"] = {name: _classes(config, frame) for name, frame in frames.items()}
+    report["label_errors"] = _label_errors(config, train, bars, log)
+    report["recommendations"] = _recommend(config, report)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from tunesmith.runs import atomic_write
+
+    atomic_write(out_dir / "report.json", json.dumps(_public(report), indent=2, ensure_ascii=False, default=_plain))
+    atomic_write(out_dir / "report.html", _html(report, out_dir, options.max_listed))
+    return report
+
+
+def _public(value):
+    """The report without its working data (keys starting with an underscore)."""
+    if isinstance(value, dict):
+        return {k: _public(v) for k, v in value.items() if not str(k).startswith("_")}
+    if isinstance(value, list):
+        return [_public(v) for v in value]
+    return value
+
+
+def summary_lines(report: dict) -> list[str]:
+    """A few lines for the terminal: counts per check and split, then the recommendations."""
+    lines = []
+    for name, source in report["sources"].items():
+        duplicates = report["duplicates"][name]
+        conflicts = report["conflicting_labels"][name]
+        lengths = report["lengths"][name]
+        parts = [
+            f"{source['rows']} rows",
+            f"{sum(report['junk'][name]['counts'].values())} junk",
+            f"{duplicates['exact_extra_rows']} exact duplicates",
+            f"{duplicates['near_groups']} near-duplicate groups",
+            f"{len(conflicts['exact']) + len(conflicts['near'])} label conflicts",
+            f"{lengths.get('truncated', 0)} over max_length",
+        ]
+        if name in report["leakage"]:
+            leak = report["leakage"][name]
+            parts.append(f"leaked from train: {len(leak['exact'])} exact, {len(leak['near'])} near")
+        lines.append(f"{name}: " + ", ".join(parts))
+    errors = report["label_errors"]
+    if errors.get("method") != "off":
+        lines.append(f"likely label errors in train: {len(errors['suspects'])} ({errors['method']}, "
+                     f"{errors['folds']} folds, out-of-fold accuracy {errors['out_of_fold_accuracy']:.3f})")  # fmt: skip
+    lines += [f"- {advice}" for advice in report["recommendations"]]
+    return lines
+
+
+def _plain(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(type(value))
+
+
+def _group(frame: pd.DataFrame, positions: list[int]) -> dict:
+    return {
+        "rows": _rows(positions),
+        "labels": sorted({str(v) for v in frame["label"].iloc[positions]}),
+        "texts": [_text(frame, p, 200) for p in positions[:5]],
+    }
+
+
+def _lengths(config: Config, frames: dict[str, pd.DataFrame], bars: _Progress) -> dict:
+    from tunesmith.models.load import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(config.model.name))
+    result = {}
+    for name, frame in frames.items():
+        texts = frame["text"].tolist()
+        lengths = []
+        with bars.task(f"tokenizing {name}", len(texts)) as advance:
+            for start in range(0, len(texts), 4096):
+                chunk = texts[start : start + 4096]
+                lengths += [len(ids) for ids in tokenizer(chunk, add_special_tokens=True)["input_ids"]]
+                advance(len(chunk))
+        result[name] = quality.length_summary(np.asarray(lengths), config.model.max_length)
+        result[name]["histogram"] = np.histogram(lengths, bins=30)[0].tolist() if lengths else []
+        result[name]["_lengths"] = lengths  # for the plot; not written
+    return result
+
+
+def _classes(config: Config, frame: pd.DataFrame) -> dict:
+    labels = frame["label"][~frame["label"].map(_is_missing)]
+    if config.task.type == "regression":
+        values = pd.to_numeric(labels, errors="coerce")
+        return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
+                "max": float(values.max()), "not_numeric": int(values.isna().sum())}  # fmt: skip
+    if config.task.type == "multi_label":
+        labels = labels.map(
+            lambda v: list(v) if isinstance(v, (list, tuple)) else str(v).split(config.task.label_separator)
+        ).explode()
+    return quality.class_distribution(labels, min_rows=config.inspect.min_class_rows)
+
+
+def _label_errors(config: Config, train: pd.DataFrame, bars: _Progress, log) -> dict:
+    from tunesmith.data import label_errors as le
+
+    method, folds = config.inspect.label_errors, config.inspect.folds
+    if method == "off":
+        return {"method": "off"}
+    if config.task.type != "single_label":
+        return {"method": "off", "note": f"label-error detection covers single_label tasks, not {config.task.type}"}
+    usable = train[(train["text"].str.strip() != "") & ~train["label"].map(_is_missing)]
+    names = sorted({str(v) for v in usable["label"]})
+    if len(names) < 2:
+        return {"method": "off", "note": "one class only: nothing to compare labels against"}
+    labels = usable["label"].map(str).map({n: i for i, n in enumerate(names)}).to_numpy()
+    texts = usable["text"].tolist()
+    log(f"Label errors: {method} out-of-fold probabilities, {folds} folds, {len(texts)} rows")
+    if method == "embedding":
+        with bars.task("embedding train", len(texts)) as advance:
+            embeddings = le.embed(texts, config.model.name, max_length=config.model.max_length, progress=advance)
+        probabilities = le.out_of_fold_probabilities_embedding(
+            embeddings, labels, folds=folds, seed=config.runtime.seed
+        )
+    else:
+        overrides = {"train": config.train.model_dump(include={"num_epochs", "batch_size", "learning_rate"})}
+        probabilities = le.out_of_fold_probabilities_finetune(
+            texts, labels, folds=folds, seed=config.runtime.seed, model_name=config.model.name, config=overrides
+        )
+    ranked = le.rank_label_issues(labels, probabilities)
+    table = le.label_issue_table(usable.reset_index(drop=True), names, labels, probabilities, ranked)
+    positions = usable.index.to_numpy()
+    suspects = [
+        {"row": int(positions[r.position]) + 1, "text": r.text, "given_label": r.given_label,
+         "suggested_label": r.suggested_label, "given_label_probability": round(float(r.given_label_probability), 4),
+         "suggested_label_probability": round(float(r.suggested_label_probability), 4)}
+        for r in table.itertuples()
+    ]  # fmt: skip
+    return {
+        "method": method, "folds": folds, "rows_scored": len(texts),
+        "out_of_fold_accuracy": float((probabilities.argmax(1) == labels).mean()),
+        "suspects": suspects,
+        "_given_probability": probabilities[np.arange(len(labels)), labels].tolist(),
+    }  # fmt: skip
+
+
+def _recommend(config: Config, report: dict) -> list[str]:
+    advice = []
+    junk = sum(sum(v["counts"].values()) for v in report["junk"].values())
+    if junk:
+        advice.append(f"{junk} rows hold empty or junk text: drop or fix them (empty ones are dropped by default)")
+    duplicates = report["duplicates"]["train"]
+    if duplicates["exact_extra_rows"]:
+        advice.append(f"{duplicates['exact_extra_rows']} exact duplicate rows in train: "
+                      "data.clean.drop_duplicates (on by default) keeps one of each")  # fmt: skip
+    conflicts = report["conflicting_labels"]["train"]
+    if conflicts["exact"] or conflicts["near"]:
+        advice.append(f"{len(conflicts['exact'])} identical and {len(conflicts['near'])} near-identical text groups "
+                      "carry different labels: decide which label is right")  # fmt: skip
+    for name, found in report["leakage"].items():
+        if found["exact"] or found["near"]:
+            advice.append(f"{len(found['exact'])} rows of {name} appear verbatim in train and "
+                          f"{len(found['near'])} nearly: scores on {name} will be optimistic; remove them from train")  # fmt: skip
+    lengths = report["lengths"]["train"]
+    if lengths.get("truncated"):
+        advice.append(f"{lengths['truncated']} training rows are longer than model.max_length={lengths['max_length']} "
+                      f"tokens (95th percentile {lengths['p95']:.0f}): they will be cut")  # fmt: skip
+    classes = report["classes"]["train"]
+    ratio = classes.get("imbalance_ratio")
+    if ratio is not None and ratio >= 3 and config.data.balance.method == "none":
+        advice.append(f"class imbalance {ratio:.1f}:1 in train: consider data.balance.method=class_weights "
+                      "(or oversample)")  # fmt: skip
+    if classes.get("rare_classes"):
+        advice.append(f"classes with fewer than {config.inspect.min_class_rows} training rows: "
+                      f"{', '.join(classes['rare_classes'])}; add examples or merge them")  # fmt: skip
+    suspects = report["label_errors"].get("suspects")
+    if suspects:
+        advice.append(f"{len(suspects)} likely label errors: review them (report.html lists the most likely first)")
+    return advice
+
+
+# ---- HTML ----
+
+
+def _figure_png(draw) -> str:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 3.2))
+    draw(axes)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def _table(rows: list[dict], columns: list[str], limit: int) -> str:
+    if not rows:
+        return "<p class=none>none found</p>"
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in columns) + "</tr>" for r in rows[:limit]
+    )
+    more = f"<p>{len(rows) - limit} more in report.json</p>" if len(rows) > limit else ""
+    return f"<table><tr>{head}</tr>{body}</table>{more}"
+
+
+def _html(report: dict, out_dir: Path, limit: int) -> str:
+    parts = ["<h1>Data inspection</h1>", "<h2>Recommendations</h2><ul>"]
+    parts += [f"<li>{html.escape(a)}</li>" for a in report["recommendations"]] or ["<li>nothing to fix</li>"]
+    parts.append("</ul><h2>Sources</h2>")
+    parts.append(_table([{"split": n, **{k: v for k, v in s.items() if k != "missing_values"},
+                          "missing values": s["missing_values"]} for n, s in report["sources"].items()],
+                        ["split", "source", "rows", "columns", "missing values"], limit))  # fmt: skip
+
+    lengths = report["lengths"]
+
+    def draw_lengths(axes):
+        for name, summary in lengths.items():
+            if summary.get("_lengths"):
+                axes.hist(summary["_lengths"], bins=40, alpha=0.5, label=name)
+        maximum = next(iter(lengths.values())).get("max_length")
+        if maximum:
+            axes.axvline(maximum, color="red", linestyle="--", label=f"max_length {maximum}")
+        axes.set_xlabel("tokens per row")
+        axes.set_ylabel("rows")
+        axes.legend()
+
+    parts.append("<h2>Lengths</h2>")
+    parts.append(f"<img src='data:image/png;base64,{_figure_png(draw_lengths)}'>")
+    parts.append(_table([{"split": n, **{k: (round(v, 1) if isinstance(v, float) else v) for k, v in s.items()
+                                          if not k.startswith("_") and k != "histogram"}} for n, s in lengths.items()],
+                        ["split", "rows", "mean", "p50", "p95", "max", "max_length", "truncated"], limit))  # fmt: skip
+
+    classes = report["classes"]
+    if all("counts" in c for c in classes.values()):
+
+        def draw_classes(axes):
+            names = sorted({k for c in classes.values() for k in c["counts"]})
+            width = 0.8 / len(classes)
+            for i, (split, c) in enumerate(classes.items()):
+                axes.bar(np.arange(len(names)) + i * width, [c["counts"].get(n, 0) for n in names], width, label=split)
+            axes.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=45 if len(names) > 6 else 0)
+            axes.set_ylabel("rows")
+            axes.legend()
+
+        parts.append("<h2>Classes</h2>")
+        parts.append(f"<img src='data:image/png;base64,{_figure_png(draw_classes)}'>")
+        parts.append(_table([{"split": n, "imbalance ratio": round(c["imbalance_ratio"], 2),
+                              "rare classes": ", ".join(c["rare_classes"]) or "none"} for n, c in classes.items()],
+                            ["split", "imbalance ratio", "rare classes"], limit))  # fmt: skip
+
+    parts.append("<h2>Junk text</h2>")
+    for name, junk in report["junk"].items():
+        parts.append(f"<h3>{html.escape(name)}: {sum(junk['counts'].values())} rows</h3>")
+        parts.append(_table(junk["rows"], ["row", "reason", "text"], limit))
+
+    parts.append("<h2>Duplicates and conflicting labels</h2>")
+    for name, found in report["duplicates"].items():
+        parts.append(f"<h3>{html.escape(name)}: {found['exact_groups']} exact groups ({found['exact_extra_rows']} "
+                     f"extra rows), {found['near_groups']} near-duplicate groups</h3>")  # fmt: skip
+        conflicts = report["conflicting_labels"][name]
+        parts.append("<h4>Same or nearly the same text, different labels</h4>")
+        parts.append(_table(conflicts["exact"] + conflicts["near"], ["rows", "labels", "texts"], limit))
+        parts.append("<h4>Near-duplicate groups</h4>")
+        parts.append(_table(found["near"], ["rows", "labels", "texts"], limit))
+
+    parts.append("<h2>Leakage into held-out splits</h2>")
+    if "leakage_note" in report:
+        parts.append(f"<p>{html.escape(report['leakage_note'])}</p>")
+    for name, found in report["leakage"].items():
+        parts.append(f"<h3>{html.escape(name)}: {len(found['exact'])} exact, {len(found['near'])} near</h3>")
+        parts.append(_table(found["exact"], ["row", "train_row", "text"], limit))
+        parts.append(_table(found["near"], ["row", "train_row", "similarity", "text", "train_text"], limit))
+
+    errors = report["label_errors"]
+    parts.append("<h2>Likely label errors</h2>")
+    if errors.get("method") == "off":
+        parts.append(f"<p>not run{': ' + html.escape(errors['note']) if 'note' in errors else ''}</p>")
+    else:
+        parts.append(f"<p>{errors['method']} out-of-fold probabilities, {errors['folds']} folds; out-of-fold "
+                     f"accuracy against the given labels {errors['out_of_fold_accuracy']:.3f}; "
+                     f"{len(errors['suspects'])} suspects, most likely first.</p>")  # fmt: skip
+
+        def draw_confidence(axes):
+            axes.hist(errors["_given_probability"], bins=40, color="grey")
+            axes.set_xlabel("out-of-fold probability of the given label")
+            axes.set_ylabel("rows")
+            axes.set_yscale("log")
+
+        parts.append(f"<img src='data:image/png;base64,{_figure_png(draw_confidence)}'>")
+        parts.append(_table(errors["suspects"], ["row", "given_label", "suggested_label", "given_label_probability",
+                                                 "text"], limit))  # fmt: skip
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
+             "margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px;vertical-align:top}"
+             ".none{color:#080}")  # fmt: skip
+    return f"<!doctype html><meta charset=utf-8><title>tunesmith inspect</title><style>{style}</style>" + "".join(parts)

@@ -1,0 +1,110 @@
+"""Likely label errors: out-of-fold predicted probabilities from K folds, ranked by cleanlab.
+
+Two ways to get the probabilities:
+- ``embedding`` (default, fast): the pretrained encoder's mean-pooled token embeddings, frozen,
+  and a logistic regression trained on K-1 folds and applied to the K-th;
+- ``finetune``: the encoder fine-tuned on K-1 folds (a full tunesmith run per fold).
+Every row is scored by a model that never saw it, which is what ``find_label_issues`` needs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+
+from tunesmith.errors import TunesmithError
+
+
+def embed(texts: list[str], model_name: str, *, max_length: int, batch_size: int = 64,
+          progress: Callable[[int], None] | None = None) -> np.ndarray:  # fmt: skip
+    """Mean-pooled last hidden states of the encoder (no gradient), one row per text."""
+    import torch
+    from transformers import AutoModel
+
+    from tunesmith.models.load import load_tokenizer, resolve_model
+
+    resolved = resolve_model(model_name)
+    tokenizer = load_tokenizer(resolved)
+    model = AutoModel.from_pretrained(resolved.location).eval()
+    lengths = [len(t) for t in texts]
+    order = np.argsort(lengths, kind="stable")  # similar lengths together: little padding
+    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(texts), batch_size):
+            rows = order[start : start + batch_size]
+            batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=max_length,
+                              return_tensors="pt")  # fmt: skip
+            hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            out[rows] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
+            if progress is not None:
+                progress(len(rows))
+    return out
+
+
+def _folds(labels: np.ndarray, folds: int, seed: int):
+    from sklearn.model_selection import StratifiedKFold
+
+    smallest = np.bincount(labels).min()
+    if smallest < folds:
+        raise TunesmithError(
+            f"label-error detection with {folds} folds needs at least {folds} rows of every class; "
+            f"the smallest class has {smallest} (lower --folds or add rows)"
+        )
+    return StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)
+
+
+def out_of_fold_probabilities_embedding(embeddings: np.ndarray, labels: np.ndarray, *, folds: int,
+                                        seed: int) -> np.ndarray:  # fmt: skip
+    """Logistic regression on standardised frozen embeddings, out of fold."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    classes = int(labels.max()) + 1
+    probabilities = np.zeros((len(labels), classes))
+    for train_rows, held_rows in _folds(labels, folds, seed):
+        classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
+        classifier.fit(embeddings[train_rows], labels[train_rows])
+        probabilities[np.ix_(held_rows, classifier.classes_)] = classifier.predict_proba(embeddings[held_rows])
+    return probabilities
+
+
+def out_of_fold_probabilities_finetune(texts: list[str], labels: np.ndarray, *, folds: int, seed: int,
+                                       model_name: str, config: dict | None = None) -> np.ndarray:  # fmt: skip
+    """One fine-tuning run per fold (tunesmith's TextClassifier), out of fold."""
+    from tunesmith.estimator import TextClassifier
+
+    classes = int(labels.max()) + 1
+    probabilities = np.zeros((len(labels), classes))
+    texts_array = np.asarray(texts, dtype=object)
+    for train_rows, held_rows in _folds(labels, folds, seed):
+        classifier = TextClassifier(model=model_name, seed=seed, val_fraction=0.1, progress=False, config=config)
+        classifier.fit(list(texts_array[train_rows]), [int(v) for v in labels[train_rows]])
+        fitted = [int(c) for c in classifier.classes_]
+        probabilities[np.ix_(held_rows, fitted)] = classifier.predict_proba(list(texts_array[held_rows]))
+    return probabilities
+
+
+def rank_label_issues(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """Row positions cleanlab flags as likely mislabelled, most likely first."""
+    from cleanlab.filter import find_label_issues
+
+    return find_label_issues(labels, probabilities, return_indices_ranked_by="self_confidence")
+
+
+def label_issue_table(frame: pd.DataFrame, label_names: list[str], labels: np.ndarray,
+                      probabilities: np.ndarray, ranked: np.ndarray) -> pd.DataFrame:  # fmt: skip
+    """The suspects: position, text, given label, suggested label, and the model's confidence
+    in each."""
+    suggested = probabilities.argmax(1)
+    return pd.DataFrame({
+        "position": ranked,
+        "text": frame["text"].to_numpy()[ranked],
+        "given_label": [label_names[labels[i]] for i in ranked],
+        "suggested_label": [label_names[suggested[i]] for i in ranked],
+        "given_label_probability": probabilities[ranked, labels[ranked]],
+        "suggested_label_probability": probabilities[ranked, suggested[ranked]],
+    })  # fmt: skip

@@ -1,0 +1,213 @@
+"""`tunesmith inspect`: every check on small constructed tables, the report files, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import sentiment_rows
+from tunesmith.config import load_config
+from tunesmith.data import quality
+from tunesmith.data.inspection import inspect_data
+from tunesmith.data.label_errors import out_of_fold_probabilities_embedding, rank_label_issues
+from tunesmith.errors import TunesmithError
+
+CLI = [sys.executable, "-m", "tunesmith.cli"]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("", "empty"),
+        ("   ", "empty"),
+        ("bell\x07 here", "control characters"),
+        ("cafÃ© au lait", "mojibake"),
+        ("?! ...", "only punctuation or symbols"),
+        ("https://example.com/page", "only URLs"),
+        ("www.example.org !", "only URLs"),
+        ("10,000", "only digits"),
+        ("https://example.com 42", "only digits"),
+        ("a fine film", None),
+        ("café au lait", None),
+        ("visit https://example.com for more", None),
+    ],
+)
+def test_junk_reasons(text, reason):
+    assert quality.junk_reason(text) == reason
+
+
+def test_normalise_and_similarity_by_hand():
+    assert quality.normalise("  The FILM, was   GREAT!! ") == "the film was great"
+    assert quality.similarity("a b c d e", "a b c d e") == 1.0
+    # one word changed of five: 2 * 4 matching / 10 words
+    assert quality.similarity("the film is great fun", "the film is good fun") == pytest.approx(0.8)
+    # one word changed of ten: 2 * 9 / 20
+    ten = "one two three four five six seven eight nine ten"
+    assert quality.similarity(ten, ten.replace("six", "SIX")) == pytest.approx(0.9)
+    assert quality.similarity("a b", "c d") == 0.0
+    assert quality.similarity("", "a") == 0.0
+
+
+def _table(texts, labels):
+    return pd.DataFrame({"text": texts, "label": labels})
+
+
+def test_exact_and_near_duplicates_and_conflicts():
+    frame = _table(
+        [
+            "the acting was superb and the plot was gripping",  # 0
+            "The acting was superb, and the plot was gripping!",  # 1 near 0 (case, punctuation)
+            "the acting was superb and the plot was thrilling",  # 2 near 0 (one word of nine)
+            "a completely different sentence about weather",  # 3
+            "the acting was superb and the plot was gripping",  # 4 exact copy of 0
+            "short one",  # 5
+            "short one",  # 6 exact copy of 5, other label
+            "nothing like the others at all here",  # 7
+        ],
+        ["pos", "pos", "neg", "neg", "pos", "pos", "neg", "pos"],
+    )
+    exact, near = quality.duplicate_groups(frame, threshold=0.8)
+    assert sorted(exact) == [[0, 4], [5, 6]]
+    assert near == [[0, 1, 2, 4]]
+    conflicts = quality.conflicting_labels(frame, exact + near)
+    assert [5, 6] in conflicts and [0, 1, 2, 4] in conflicts and [0, 4] not in conflicts
+
+
+def test_near_duplicate_threshold_is_respected():
+    frame = _table(["the film is great fun", "the film is good fun", "an entirely new text"], ["a", "a", "b"])
+    assert quality.duplicate_groups(frame, threshold=0.8)[1] == [[0, 1]]
+    assert quality.duplicate_groups(frame, threshold=0.85)[1] == []
+
+
+def test_leakage_exact_and_edited_copies():
+    rng = np.random.default_rng(0)
+    vocabulary = [f"word{i}" for i in range(400)]
+    train_texts = [" ".join(rng.choice(vocabulary, 12)) for _ in range(300)]
+    held = [train_texts[3], train_texts[10]]  # verbatim
+    edited = train_texts[20].split()
+    edited[4] = "changed"
+    held += [train_texts[15].upper() + " !", " ".join(edited)]  # case and punctuation; one word
+    held += [" ".join(rng.choice(vocabulary, 12)) for _ in range(5)]  # new
+    train = _table(train_texts, ["x"] * 300)
+    exact, near = quality.leakage(train, _table(held, ["x"] * len(held)), threshold=0.8)
+    assert exact == [(0, 3), (1, 10)]
+    assert [(p, q) for p, q, _ in near] == [(2, 15), (3, 20)]
+    assert near[1][2] == pytest.approx(2 * 11 / 24)
+
+
+def test_class_distribution_imbalance_and_rare_classes():
+    labels = pd.Series(["a"] * 40 + ["b"] * 10 + ["c"] * 3)
+    found = quality.class_distribution(labels, min_rows=5)
+    assert found["counts"] == {"a": 40, "b": 10, "c": 3}
+    assert found["imbalance_ratio"] == pytest.approx(40 / 3)
+    assert found["rare_classes"] == ["c"]
+
+
+def test_length_summary_counts_truncation():
+    summary = quality.length_summary(np.array([5, 10, 20, 40, 41]), max_length=40)
+    assert summary["truncated"] == 1 and summary["max"] == 41 and summary["p50"] == 20
+
+
+def test_label_errors_found_in_separable_data():
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 100)
+    centres = rng.normal(0, 4, size=(3, 8))
+    embeddings = centres[labels] + rng.normal(0, 1, size=(300, 8))
+    noisy = labels.copy()
+    flipped = rng.choice(300, 15, replace=False)
+    noisy[flipped] = (noisy[flipped] + 1) % 3
+    probabilities = out_of_fold_probabilities_embedding(embeddings, noisy, folds=5, seed=0)
+    flagged = set(rank_label_issues(noisy, probabilities).tolist())
+    assert len(flagged & set(flipped.tolist())) >= 14
+    assert len(flagged - set(flipped.tolist())) <= 3
+
+
+def test_label_errors_need_enough_rows_per_class():
+    embeddings = np.zeros((7, 2))
+    with pytest.raises(TunesmithError, match="at least 5 rows of every class"):
+        out_of_fold_probabilities_embedding(embeddings, np.array([0, 0, 0, 0, 0, 1, 1]), folds=5, seed=0)
+
+
+@pytest.fixture
+def dirty_files(tmp_path):
+    rows = sentiment_rows(120, seed=1)
+    train = pd.DataFrame(rows)
+    extra = pd.DataFrame(
+        {
+            "text": ["", "!!!", "12345", rows[0]["text"], rows[1]["text"].upper(), "x" * 5],
+            "label": ["positive", "negative", "positive", rows[0]["label"], "positive", "negative"],
+        }
+    )
+    train = pd.concat([train, extra], ignore_index=True)
+    test = pd.DataFrame(
+        {
+            "text": [rows[2]["text"], rows[3]["text"] + " !", "fresh words never seen before today", "a new one"],
+            "label": [rows[2]["label"], rows[3]["label"], "positive", "negative"],
+        }
+    )
+    train_path, test_path = tmp_path / "train.csv", tmp_path / "test.csv"
+    train.to_csv(train_path, index=False)
+    test.to_csv(test_path, index=False)
+    return train_path, test_path
+
+
+def test_inspect_report_on_constructed_files(tmp_path, tiny_model_dir, dirty_files):
+    train_path, test_path = dirty_files
+    config = load_config(None, [f"model.name={tiny_model_dir}", "model.max_length=6", "inspect.folds=3"])
+    out = tmp_path / "report"
+    report = inspect_data(config, [str(train_path), str(test_path)], out, progress=False, log=lambda m: None)
+    written = json.loads((out / "report.json").read_text())
+    assert written["sources"]["train"]["rows"] == 126 and written["sources"]["test"]["rows"] == 4
+    assert written["sources"]["train"]["missing_values"]["text"] == 1  # the empty row reads as missing
+    junk = {r["row"]: r["reason"] for r in written["junk"]["train"]["rows"]}
+    assert junk == {121: "empty", 122: "only punctuation or symbols", 123: "only digits"}
+    assert written["duplicates"]["train"]["exact_extra_rows"] == 1  # row 124 repeats row 1
+    # row 125 is row 2 upper-cased with another label: a near conflict
+    assert any(g["rows"] == [2, 125] for g in written["conflicting_labels"]["train"]["near"])
+    assert written["leakage"]["test"]["exact"] == [
+        {"row": 1, "train_row": 3, "text": report["leakage"]["test"]["exact"][0]["text"]}
+    ]
+    assert [(r["row"], r["train_row"]) for r in written["leakage"]["test"]["near"]] == [(2, 4)]
+    assert written["lengths"]["train"]["max_length"] == 6 and written["lengths"]["train"]["truncated"] >= 120
+    assert written["classes"]["train"]["counts"] == {"negative": 62, "positive": 64}
+    assert written["label_errors"]["method"] == "embedding" and written["label_errors"]["rows_scored"] == 125
+    assert "_given_probability" not in written["label_errors"]
+    assert written["recommendations"]
+    page = (out / "report.html").read_text()
+    assert "Likely label errors" in page and page.count("data:image/png;base64,") == 3
+    with pytest.raises(TunesmithError, match="already holds a report"):
+        inspect_data(config, [str(train_path)], out, progress=False, log=lambda m: None)
+
+
+def test_inspect_bad_input_is_named(tmp_path, tiny_model_dir):
+    broken = tmp_path / "broken.csv"
+    broken.write_text('text,label\n"unclosed quote,positive\n')
+    config = load_config(None, [f"model.name={tiny_model_dir}"])
+    with pytest.raises(TunesmithError, match="broken.csv"):
+        inspect_data(config, [str(broken)], tmp_path / "r", progress=False)
+    plain = tmp_path / "plain.csv"
+    pd.DataFrame({"a": ["x"], "b": ["y"], "c": ["z"]}).to_csv(plain, index=False)
+    with pytest.raises(TunesmithError, match="cannot tell which columns"):
+        inspect_data(config, [str(plain)], tmp_path / "r", progress=False)
+    generative = load_config(None, ["task.type=causal_lm"])
+    with pytest.raises(TunesmithError, match="not supported yet"):
+        inspect_data(generative, [str(plain)], tmp_path / "r", progress=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_inspect_cli(tmp_path, tiny_model_dir, dirty_files):
+    train_path, test_path = dirty_files
+    out = tmp_path / "cli-report"
+    done = subprocess.run([*CLI, "inspect", str(train_path), str(test_path), "--out", str(out), "--label-errors",
+                           "off", "--set", f"model.name={tiny_model_dir}"], capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(out)
+    assert "test: 4 rows" in done.stderr and "leaked from train: 1 exact, 1 near" in done.stderr
+    assert json.loads((out / "report.json").read_text())["label_errors"] == {"method": "off"}
+    again = subprocess.run([*CLI, "inspect", str(train_path), "--out", str(out)], capture_output=True, text=True)
+    assert again.returncode == 2 and "already holds a report" in again.stderr
