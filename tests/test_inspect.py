@@ -211,3 +211,123 @@ def test_inspect_cli(tmp_path, tiny_model_dir, dirty_files):
     assert json.loads((out / "report.json").read_text())["label_errors"] == {"method": "off"}
     again = subprocess.run([*CLI, "inspect", str(train_path), "--out", str(out)], capture_output=True, text=True)
     assert again.returncode == 2 and "already holds a report" in again.stderr
+
+
+# ---- fixing: data.clean and inspect --fix ----
+
+from tunesmith.config import CleanConfig  # noqa: E402
+from tunesmith.data.fix import drop_leaked, fix_frame, fix_label_errors  # noqa: E402
+
+
+def _rows_table(texts, labels):
+    return pd.DataFrame({"text": texts, "label": labels, "row": range(1, len(texts) + 1)})
+
+
+CONFLICTED = _rows_table(
+    [
+        "the acting was superb and the plot was gripping",  # 1
+        "The acting was superb, and the plot was gripping!",  # 2 near 1
+        "the acting was superb and the plot was thrilling",  # 3 near 1, other label
+        "!!!",  # 4 junk
+        "short one",  # 5
+        "short one",  # 6 other label: a tie
+        "something else entirely different here",  # 7
+    ],
+    ["pos", "pos", "neg", "pos", "pos", "neg", "neg"],
+)
+
+
+def test_fix_frame_majority_relabels_and_ties_drop():
+    changes = []
+    clean = CleanConfig(drop_junk=True, conflicting_labels="majority")
+    fixed = fix_frame(CONFLICTED, clean, similarity=0.8, source="f.csv", changes=changes)
+    by_row = {c["row"]: c for c in changes}
+    assert by_row[4]["action"] == "dropped" and by_row[4]["reason"].startswith("junk text")
+    assert by_row[3]["action"] == "relabelled" and by_row[3]["new_label"] == "pos" and by_row[3]["label"] == "neg"
+    assert by_row[5]["action"] == by_row[6]["action"] == "dropped" and "tie" in by_row[5]["reason"]
+    assert sorted(by_row) == [3, 4, 5, 6]
+    assert fixed["row"].tolist() == [1, 2, 3, 7] and fixed["label"].tolist() == ["pos", "pos", "pos", "neg"]
+
+
+def test_fix_frame_drop_conflicts_and_near_duplicates():
+    changes = []
+    fixed = fix_frame(CONFLICTED, CleanConfig(conflicting_labels="drop"), similarity=0.8, source="f", changes=changes)
+    assert fixed["row"].tolist() == [4, 7]
+    assert sorted(c["row"] for c in changes) == [1, 2, 3, 5, 6]
+    changes = []
+    fixed = fix_frame(CONFLICTED, CleanConfig(drop_near_duplicates=True), similarity=0.8, source="f", changes=changes)
+    # the first row of each (group, label) stays: 1 for pos, 3 for neg; exact text groups too
+    assert [c["row"] for c in changes] == [2] and changes[0]["reason"] == "near duplicate of row 1"
+    assert fixed["row"].tolist() == [1, 3, 4, 5, 6, 7]
+    unchanged = fix_frame(CONFLICTED, CleanConfig(), similarity=0.8, source="f", changes=(changes := []))
+    assert changes == [] and unchanged["row"].tolist() == list(range(1, 8))
+
+
+def test_drop_leaked_rows_from_train():
+    train = _rows_table(["a b c d e f", "the film was a delight from start to end", "unrelated words here"],
+                        ["x", "y", "x"])  # fmt: skip
+    test = _rows_table(["A B C D E F!", "the film was a joy from start to end", "brand new"], ["x", "y", "x"])
+    changes = []
+    kept = drop_leaked(train, {"test": test}, similarity=0.8, source="train.csv", changes=changes)
+    assert kept["row"].tolist() == [3]
+    assert [c["row"] for c in changes] == [1, 2] and "near copy" in changes[1]["reason"]
+
+
+def test_fix_label_errors_relabel_and_drop():
+    train = _rows_table(["a", "b", "c"], ["x", "y", "x"])
+
+    def find(frame):
+        return [(1, "x", 0.02)]
+
+    changes = []
+    relabelled = fix_label_errors(train, "relabel", find, source="t", changes=changes)
+    assert relabelled["label"].tolist() == ["x", "x", "x"] and changes[0]["new_label"] == "x"
+    dropped = fix_label_errors(train, "drop", find, source="t", changes=(changes := []))
+    assert dropped["row"].tolist() == [1, 3] and changes[0]["action"] == "dropped"
+
+
+def test_train_applies_data_clean_with_a_changelog(tmp_path, tiny_model_dir, dirty_files):
+    from tunesmith.api import train
+    from tests.conftest import tiny_config
+
+    train_path, test_path = dirty_files
+    config = tiny_config(tiny_model_dir, train_path, tmp_path / "run",
+                         data={"test": str(test_path), "test_fraction": 0.0, "val_fraction": 0.0,
+                               "clean": {"drop_junk": True, "conflicting_labels": "drop", "drop_leaked": True}},
+                         train={"num_epochs": 1})  # fmt: skip
+    result = train(config)
+    changes = [json.loads(line) for line in (result.run_dir / "data_changelog.jsonl").read_text().splitlines()]
+    manifest = json.loads((result.run_dir / "data_manifest.json").read_text())
+    cleaning = manifest["sources"]["train"]["cleaning"]
+    train_changes = [c for c in changes if c["source"].endswith("train.csv")]
+    splits = manifest["splits"]
+    assert len(train_changes) == cleaning["rows_in"] - splits["train"]["rows"]
+    reasons = {c["row"]: c["reason"] for c in train_changes}
+    assert reasons[121] == "empty text" and reasons[124].startswith("exact duplicate of row 1")
+    assert reasons[122].startswith("junk text") and reasons[2].startswith("conflicting labels")
+    assert reasons[3].startswith("exact copy of a test row")
+    saved = pd.read_parquet(result.run_dir / "data" / "train.parquet")
+    assert not set(saved["row"]) & set(reasons)
+
+
+def test_inspect_fix_writes_clean_copies_and_leaves_the_originals(tmp_path, tiny_model_dir, dirty_files):
+    import hashlib
+
+    train_path, test_path = dirty_files
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (train_path, test_path)}
+    out, fixed = tmp_path / "report", tmp_path / "fixed"
+    done = subprocess.run([*CLI, "inspect", str(train_path), str(test_path), "--out", str(out), "--fix", str(fixed),
+                           "--label-errors", "off", "--set", f"model.name={tiny_model_dir}",
+                           "--set", "data.clean.drop_junk=true", "--set", "data.clean.drop_leaked=true"],
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert before == {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (train_path, test_path)}
+    cleaned = pd.read_csv(fixed / "train.csv")
+    changes = [json.loads(line) for line in (fixed / "changelog.jsonl").read_text().splitlines()]
+    dropped = {c["row"] for c in changes if c["source"].endswith("train.csv") and c["action"] == "dropped"}
+    assert len(cleaned) == 126 - len(dropped)
+    assert {121, 122, 123, 124, 3, 4} <= dropped  # empty, junk, exact duplicate, leaked into test
+    assert list(cleaned.columns) == ["text", "label"]
+    assert len(pd.read_csv(fixed / "test.csv")) == 4
+    again = subprocess.run([*CLI, "inspect", str(train_path), "--fix", str(fixed)], capture_output=True, text=True)
+    assert again.returncode == 2 and "not empty" in again.stderr

@@ -119,7 +119,9 @@ def train(
     if task.type in GENERATIVE:
         data = prepare_records(config.data, seed=config.runtime.seed, pairs=task.type == "seq2seq")
     else:
-        data = prepare_data(config.data, task, seed=config.runtime.seed)
+        data = prepare_data(config.data, task, seed=config.runtime.seed,
+                            similarity=config.inspect.near_duplicate_similarity,
+                            find_label_errors=_label_error_finder(config))  # fmt: skip
     _setup_runtime(config)
     log = _plain(console) if main else (lambda message: None)
     _report_data(data, log)
@@ -145,6 +147,7 @@ def train(
     for name, frame in data.splits.items():
         frame.to_parquet(run.data_dir / f"{name}.parquet", index=False)
     run.write_json("data_manifest.json", data.manifest)
+    run.write_text("data_changelog.jsonl", "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in data.changes))
     try:
         return _fit(run, config, task, data, console, callbacks or [], resume=False)
     except TunesmithError:
@@ -172,12 +175,42 @@ def resume(run_dir: str | Path, *, console=None, callbacks: list | None = None) 
     return _fit(run, config, task, data, console, callbacks or [], resume=True)
 
 
+def _label_error_finder(config: Config):
+    """For data.clean.label_errors: the suspects of a training table, found as inspect finds them."""
+
+    def find(frame: pd.DataFrame) -> list[tuple[int, str, float]]:
+        from tunesmith.data.inspection import label_error_training
+        from tunesmith.data.label_errors import find_suspects
+
+        method = config.inspect.label_errors if config.inspect.label_errors != "off" else "embedding"
+        names, ids, probabilities, ranked = find_suspects(
+            frame["text"].tolist(), frame["label"].map(str).tolist(), method=method, folds=config.inspect.folds,
+            seed=config.runtime.seed, model_name=config.model.name, max_length=config.model.max_length,
+            train_overrides=label_error_training(config),
+        )  # fmt: skip
+        return [(int(p), names[int(probabilities[p].argmax())], float(probabilities[p, ids[p]])) for p in ranked]
+
+    return find
+
+
 def _report_data(data: PreparedData, log) -> None:
     for name, entry in data.manifest["sources"].items():
         log(f"Loaded {name} from {entry['source']}: cleaning {entry['cleaning']}")
         if entry["replaced_characters"]:
             log(f"  {entry['replaced_characters']} bytes that were not UTF-8 were replaced by U+FFFD")
+    if data.manifest.get("changes"):
+        log(f"Data changes (each row in data_changelog.jsonl): {data.manifest['changes']}")
     log("Splits: " + ", ".join(f"{n} {info['rows']}" for n, info in data.manifest["splits"].items()))
+    balance = data.manifest.get("balance")
+    if balance:
+        log(f"Balanced train by {balance['method']}: {balance['rows_before']} -> {balance['rows_after']} rows, "
+            f"per class {balance['labels_after']}")  # fmt: skip
+    labels = data.manifest["splits"]["train"].get("labels")
+    if isinstance(labels, dict) and labels and all(isinstance(v, int) for v in labels.values()):
+        ratio = max(labels.values()) / max(min(labels.values()), 1)
+        if ratio >= 3 and data.manifest.get("balance_method", "none") == "none":
+            log(f"Class imbalance {ratio:.1f}:1 in train {labels}: consider data.balance.method=class_weights "
+                "(or oversample)")  # fmt: skip
 
 
 def _fit(run: RunDir, config: Config, task, data: PreparedData, console, callbacks, *, resume: bool) -> TrainResult:

@@ -145,6 +145,12 @@ def inspect(
     label_errors: Annotated[
         str | None, typer.Option("--label-errors", help="embedding (default), finetune or off.")
     ] = None,
+    fix: Annotated[
+        Path | None,
+        typer.Option(
+            "--fix", help="Also write the data with data.clean applied, and a changelog, into this new directory."
+        ),
+    ] = None,
 ) -> None:
     """Check data before training: junk, lengths, duplicates, conflicts, leakage, classes, label errors."""
 
@@ -157,6 +163,8 @@ def inspect(
         from tunesmith.data.inspection import inspect_data, summary_lines
 
         items = list(sources or [])
+        if fix is not None and fix.exists() and any(fix.iterdir()):  # before the slow part
+            raise TunesmithError(f"--fix {fix} is not empty; give a new directory (the input files stay as they are)")
         config_path = items.pop(0) if items and Path(items[0]).suffix.lower() in (".yaml", ".yml") else None
         overrides = list(set_) + ([f"inspect.label_errors={label_errors}"] if label_errors else [])
         config = load_config(config_path, overrides)
@@ -166,6 +174,10 @@ def inspect(
                               log=lambda m: console.print(m, markup=False, highlight=False))  # fmt: skip
         for line in summary_lines(report):
             console.print(line, markup=False, highlight=False)
+        if fix is not None:
+            from tunesmith.data.inspection import write_fixed
+
+            write_fixed(config, items or None, fix, log=lambda m: console.print(m, markup=False, highlight=False))
         typer.echo(str(target))
 
     _guarded(work)

@@ -38,6 +38,21 @@ class CleanConfig(Section):
     """Drop rows with no label (otherwise they are an error)."""
     drop_duplicates: bool = True
     """Drop exact duplicates of (text, label); keeps the first."""
+    drop_junk: bool = False
+    """Drop rows whose text carries nothing to learn: only punctuation, URLs or digits, mojibake,
+    control characters."""
+    drop_near_duplicates: bool = False
+    """Keep only the first row of each group of near-duplicates with the same label (similarity
+    as inspect.near_duplicate_similarity)."""
+    conflicting_labels: Literal["keep", "drop", "majority"] = "keep"
+    """Rows whose text is the same or nearly the same but whose labels differ: keep them, drop the
+    whole group, or relabel it to its most common label (a tie drops the group)."""
+    drop_leaked: bool = False
+    """Drop training rows that are exact or near copies of validation or test rows."""
+    label_errors: Literal["keep", "drop", "relabel"] = "keep"
+    """Likely label errors in the training split, found as `tunesmith inspect` finds them (with the
+    inspect section's method and folds): keep them, drop them, or relabel them to the suggested
+    label. Single-label tasks."""
 
 
 class BalanceConfig(Section):

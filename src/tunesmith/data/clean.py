@@ -23,8 +23,15 @@ def clean_frame(
     drop_missing_labels: bool,
     drop_duplicates: bool,
     source: str,
+    changes: list[dict] | None = None,
+    **fixes,
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """Cleans a ``text``/``label`` table.
+
+    Args:
+        changes: when given, one changelog entry is appended per dropped row, and the result
+            keeps a ``row`` column: each row's 1-based position in ``frame``.
+        fixes: the other data.clean options (applied later, by data/fix.py).
 
     Returns:
         The cleaned table (index reset) and counts of what each step did.
@@ -34,6 +41,17 @@ def clean_frame(
     """
     counts = {"rows_in": len(frame)}
     frame = frame.copy()
+    if changes is not None:
+        frame["row"] = range(1, len(frame) + 1)
+
+    def log(dropped: pd.DataFrame, reason: str) -> None:
+        if changes is not None:
+            changes.extend(
+                {"source": source, "row": int(r.row), "action": "dropped", "reason": reason, "text": r.text,
+                 "label": None if _is_missing(r.label) else str(r.label)}
+                for r in dropped.itertuples()
+            )  # fmt: skip
+
     text = frame["text"].map(lambda v: "" if _is_missing(v) else str(v))
     if normalize_whitespace:
         text = text.str.split().str.join(" ")
@@ -42,6 +60,7 @@ def clean_frame(
     empty = frame["text"].str.len() == 0
     counts["empty_text"] = int(empty.sum())
     if drop_empty:
+        log(frame[empty], "empty text")
         frame = frame[~empty]
 
     missing = frame["label"].map(_is_missing).astype(bool)
@@ -52,12 +71,19 @@ def clean_frame(
             f"{source}: {counts['missing_label']} rows have no label (first at data row {first + 1}); "
             "fill them in or set data.clean.drop_missing_labels=true"
         )
+    log(frame[missing], "missing label")
     frame = frame[~missing]
 
     key = frame["text"] + "\0" + frame["label"].map(str)
     duplicated = key.duplicated()
     counts["exact_duplicates"] = int(duplicated.sum())
     if drop_duplicates:
+        if changes is not None:
+            first = key.groupby(key).transform(lambda k: frame.loc[k.index, "row"].iloc[0])
+            for r, original in zip(frame[duplicated].itertuples(), first[duplicated]):
+                changes.append({"source": source, "row": int(r.row), "action": "dropped",
+                                "reason": f"exact duplicate of row {int(original)}", "text": r.text,
+                                "label": str(r.label)})  # fmt: skip
         frame = frame[~duplicated]
     labels_per_text = frame.groupby("text")["label"].agg(lambda s: s.map(str).nunique())
     counts["texts_with_conflicting_labels"] = int((labels_per_text > 1).sum())

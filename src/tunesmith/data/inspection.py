@@ -281,21 +281,14 @@ def _label_errors(config: Config, train: pd.DataFrame, bars: _Progress, log) -> 
     names = sorted({str(v) for v in usable["label"]})
     if len(names) < 2:
         return {"method": "off", "note": "one class only: nothing to compare labels against"}
-    labels = usable["label"].map(str).map({n: i for i, n in enumerate(names)}).to_numpy()
     texts = usable["text"].tolist()
     log(f"Label errors: {method} out-of-fold probabilities, {folds} folds, {len(texts)} rows")
-    if method == "embedding":
-        with bars.task("embedding train", len(texts)) as advance:
-            embeddings = le.embed(texts, config.model.name, max_length=config.model.max_length, progress=advance)
-        probabilities = le.out_of_fold_probabilities_embedding(
-            embeddings, labels, folds=folds, seed=config.runtime.seed
-        )
-    else:
-        overrides = {"train": config.train.model_dump(include={"num_epochs", "batch_size", "learning_rate"})}
-        probabilities = le.out_of_fold_probabilities_finetune(
-            texts, labels, folds=folds, seed=config.runtime.seed, model_name=config.model.name, config=overrides
-        )
-    ranked = le.rank_label_issues(labels, probabilities)
+    with bars.task("embedding train" if method == "embedding" else "fine-tuning per fold", len(texts)) as advance:
+        names, labels, probabilities, ranked = le.find_suspects(
+            texts, usable["label"].map(str).tolist(), method=method, folds=folds, seed=config.runtime.seed,
+            model_name=config.model.name, max_length=config.model.max_length,
+            train_overrides=label_error_training(config), progress=advance,
+        )  # fmt: skip
     table = le.label_issue_table(usable.reset_index(drop=True), names, labels, probabilities, ranked)
     positions = usable.index.to_numpy()
     suspects = [
@@ -310,6 +303,12 @@ def _label_errors(config: Config, train: pd.DataFrame, bars: _Progress, log) -> 
         "suspects": suspects,
         "_given_probability": probabilities[np.arange(len(labels)), labels].tolist(),
     }  # fmt: skip
+
+
+def label_error_training(config: Config) -> dict:
+    """The training settings of the per-fold runs of the finetune method: the config's own."""
+    return {"train": config.train.model_dump(include={"num_epochs", "batch_size", "learning_rate"}),
+            "model": {"max_length": config.model.max_length}}  # fmt: skip
 
 
 def _recommend(config: Config, report: dict) -> list[str]:
@@ -468,3 +467,74 @@ def _html(report: dict, out_dir: Path, limit: int) -> str:
              "margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px;vertical-align:top}"
              ".none{color:#080}")  # fmt: skip
     return f"<!doctype html><meta charset=utf-8><title>tunesmith inspect</title><style>{style}</style>" + "".join(parts)
+
+
+def write_fixed(config: Config, files: list[str] | None, out_dir: Path, *, log: Callable[[str], None] = print) -> dict:
+    """Applies data.clean to the files (no splits are carved) and writes the surviving rows,
+    with cleaned text and fixed labels, into ``out_dir`` (same file names and formats; a folder
+    source becomes <name>.csv), plus changelog.jsonl with one line per row dropped or relabelled.
+    The input files are only read.
+
+    Returns:
+        Rows in and out per file, and the changelog's counts.
+    """
+    from collections import Counter
+
+    from tunesmith.api import _label_error_finder, _task_for
+    from tunesmith.data.clean import clean_frame
+    from tunesmith.data.fix import drop_leaked, fix_frame, fix_label_errors
+    from tunesmith.runs import atomic_write
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise TunesmithError(f"--fix {out_dir} is not empty; give a new directory (the input files stay as they are)")
+    clean, similarity = config.data.clean, config.inspect.near_duplicate_similarity
+    task = _task_for(config)
+    tables = load_tables(config, files)
+    changes: list[dict] = []
+    fixed: dict[str, pd.DataFrame] = {}
+    for table in tables:
+        frame = table.raw[[table.text_column, table.label_column]].set_axis(["text", "label"], axis=1)
+        frame, _ = clean_frame(frame, source=table.source, changes=changes, **clean.model_dump())
+        if not frame.empty:
+            frame["label"] = task.normalise_labels(frame["label"])
+            frame = fix_frame(frame, clean, similarity=similarity, source=table.source, changes=changes)
+        fixed[table.name] = frame
+    train_source = tables[0].source
+    if clean.drop_leaked and len(tables) > 1:
+        fixed["train"] = drop_leaked(fixed["train"], {n: f for n, f in fixed.items() if n != "train"},
+                                     similarity=similarity, source=train_source, changes=changes)  # fmt: skip
+    if clean.label_errors != "keep":
+        if config.task.type != "single_label":
+            raise TunesmithError("data.clean.label_errors needs a single_label task")
+        fixed["train"] = fix_label_errors(fixed["train"], clean.label_errors, _label_error_finder(config),
+                                          source=train_source, changes=changes)  # fmt: skip
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"files": {}, "changes": dict(Counter(f"{c['action']}: {c['reason'].split(' (')[0]}" for c in changes))}
+    for table in tables:
+        frame = fixed[table.name]
+        rows = table.raw.iloc[frame["row"].to_numpy() - 1].copy()
+        rows[table.text_column] = frame["text"].to_numpy()
+        rows[table.label_column] = frame["label"].to_numpy()
+        source = Path(table.source)
+        name = (
+            source.name
+            if source.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+            else f"{source.name}.csv"
+        )
+        target = out_dir / name
+        while target.exists():  # two inputs with one file name
+            target = target.with_stem(target.stem + "_")
+        suffix = target.suffix.lower()
+        if suffix == ".parquet":
+            rows.to_parquet(target, index=False)
+        elif suffix in (".jsonl", ".json"):
+            atomic_write(target, rows.to_json(orient="records", lines=suffix == ".jsonl", force_ascii=False))
+        else:
+            atomic_write(target, rows.to_csv(index=False, sep="\t" if suffix == ".tsv" else ","))
+        summary["files"][str(target)] = {"source": table.source, "rows_in": len(table.raw), "rows_out": len(rows)}
+        log(f"{table.source}: {len(table.raw)} rows -> {len(rows)} in {target}")
+    atomic_write(out_dir / "changelog.jsonl", "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in changes))
+    log(f"{len(changes)} changes, one line each in {out_dir / 'changelog.jsonl'}: {summary['changes']}")
+    return summary

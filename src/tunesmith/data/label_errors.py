@@ -108,3 +108,22 @@ def label_issue_table(frame: pd.DataFrame, label_names: list[str], labels: np.nd
         "given_label_probability": probabilities[ranked, labels[ranked]],
         "suggested_label_probability": probabilities[ranked, suggested[ranked]],
     })  # fmt: skip
+
+
+def find_suspects(texts: list[str], labels: list[str], *, method: str, folds: int, seed: int, model_name: str,
+                  max_length: int, train_overrides: dict | None = None,
+                  progress: Callable[[int], None] | None = None) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Out-of-fold probabilities for (texts, labels) by ``method`` and cleanlab's ranking.
+
+    Returns:
+        (label names, label ids, probabilities, flagged positions most likely first).
+    """
+    names = sorted(set(labels))
+    ids = pd.Series(labels).map({n: i for i, n in enumerate(names)}).to_numpy()
+    if method == "embedding":
+        embeddings = embed(texts, model_name, max_length=max_length, progress=progress)
+        probabilities = out_of_fold_probabilities_embedding(embeddings, ids, folds=folds, seed=seed)
+    else:
+        probabilities = out_of_fold_probabilities_finetune(texts, ids, folds=folds, seed=seed, model_name=model_name,
+                                                           config=train_overrides)  # fmt: skip
+    return names, ids, probabilities, rank_label_issues(ids, probabilities)

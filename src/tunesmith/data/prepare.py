@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +12,7 @@ import pandas as pd
 from tunesmith.config import DataConfig
 from tunesmith.data.balance import resample
 from tunesmith.data.clean import clean_frame
+from tunesmith.data.fix import drop_leaked, fix_frame, fix_label_errors
 from tunesmith.data.load import detect_columns, read_table
 from tunesmith.data.split import split_frame
 from tunesmith.errors import TunesmithError
@@ -22,17 +25,31 @@ class PreparedData:
 
     splits: dict[str, pd.DataFrame]
     manifest: dict[str, Any] = field(default_factory=dict)
+    changes: list[dict] = field(default_factory=list)
+    """One entry per row dropped or relabelled by cleaning (data/fix.py)."""
 
 
-def load_examples(spec: str, config: DataConfig, task: TextClassificationTask) -> tuple[pd.DataFrame, dict]:
-    """Reads one source into a clean two-column table (text, label) and a manifest entry."""
+def load_examples(
+    spec: str, config: DataConfig, task: TextClassificationTask, changes: list[dict] | None = None,
+    similarity: float = 0.8,
+) -> tuple[pd.DataFrame, dict]:  # fmt: skip
+    """Reads one source into a clean table (text, label, row: the 1-based data row) and a
+    manifest entry; what cleaning drops or relabels is appended to ``changes``."""
     table = read_table(spec, column_names=config.column_names, encoding_errors=config.encoding_errors)
     text_column, label_column = detect_columns(table.frame, config.text_column, config.label_column, table.source)
     frame = table.frame[[text_column, label_column]].set_axis(["text", "label"], axis=1)
-    frame, counts = clean_frame(frame, source=table.source, **config.clean.model_dump())
+    changes = [] if changes is None else changes
+    frame, counts = clean_frame(frame, source=table.source, changes=changes, **config.clean.model_dump())
+    before = len(changes)
+    if not frame.empty:
+        frame["label"] = task.normalise_labels(frame["label"])
+        frame = fix_frame(frame, config.clean, similarity=similarity, source=table.source, changes=changes)
+    for entry in changes[before:]:
+        key = f"{entry['action']}: {_reason_kind(entry['reason'])}"
+        counts[key] = counts.get(key, 0) + 1
+    counts["rows_out"] = len(frame)
     if frame.empty:
         raise TunesmithError(f"{table.source}: no usable rows left after cleaning ({counts})")
-    frame["label"] = task.normalise_labels(frame["label"])
     entry = {
         "source": table.source,
         "sha256": table.sha256,
@@ -58,19 +75,32 @@ def _distribution(frame: pd.DataFrame, task: TextClassificationTask) -> dict[str
     return frame["label"].value_counts().sort_index().to_dict()
 
 
-def prepare_data(config: DataConfig, task: TextClassificationTask, *, seed: int) -> PreparedData:
+def prepare_data(
+    config: DataConfig,
+    task: TextClassificationTask,
+    *,
+    seed: int,
+    similarity: float = 0.8,
+    find_label_errors: Callable[[pd.DataFrame], list[tuple[int, str, float]]] | None = None,
+) -> PreparedData:
     """Runs the whole data stage and fits the task's label set on the training split.
+
+    Args:
+        similarity: the near-duplicate threshold for data.clean's near-duplicate, conflict and
+            leakage fixes.
+        find_label_errors: finds likely label errors in a table, for data.clean.label_errors.
 
     Raises:
         TunesmithError: any problem with the files, columns, labels or split sizes.
     """
-    train, train_entry = load_examples(config.train, config, task)
+    changes: list[dict] = []
+    train, train_entry = load_examples(config.train, config, task, changes, similarity)
     sources = {"train": train_entry}
     splits = {"train": train}
     for name in ("validation", "test"):
         spec = getattr(config, name)
         if spec is not None:
-            splits[name], sources[name] = load_examples(spec, config, task)
+            splits[name], sources[name] = load_examples(spec, config, task, changes, similarity)
 
     stratify = task.type == "single_label"
     if config.max_rows is not None and len(train) > config.max_rows:
@@ -87,6 +117,18 @@ def prepare_data(config: DataConfig, task: TextClassificationTask, *, seed: int)
         stratify=stratify,
     )
     splits |= carved
+    train_source = sources["train"]["source"]
+    if config.clean.drop_leaked:
+        held_out = {n: f for n, f in splits.items() if n != "train"}
+        splits["train"] = drop_leaked(splits["train"], held_out, similarity=similarity, source=train_source,
+                                      changes=changes)  # fmt: skip
+    if config.clean.label_errors != "keep":
+        if find_label_errors is None or task.type != "single_label":
+            raise TunesmithError("data.clean.label_errors needs a single_label task")
+        splits["train"] = fix_label_errors(splits["train"], config.clean.label_errors, find_label_errors,
+                                           source=train_source, changes=changes)  # fmt: skip
+    if splits["train"].empty:
+        raise TunesmithError(f"{train_source}: cleaning left no training rows (see the changelog)")
     task.fit_labels(splits["train"]["label"], sources["train"]["source"])
     for name in ("validation", "test"):
         if name in splits:
@@ -97,15 +139,25 @@ def prepare_data(config: DataConfig, task: TextClassificationTask, *, seed: int)
     manifest = {
         "sources": sources,
         "splits": {name: {"rows": len(frame), "labels": _distribution(frame, task)} for name, frame in splits.items()},
+        "changes": dict(Counter(f"{c['action']}: {_reason_kind(c['reason'])}" for c in changes)),
+        "balance_method": config.balance.method,
     }
     if len(balanced) != len(splits["train"]):
         manifest["balance"] = {
             "method": config.balance.method,
             "rows_before": len(splits["train"]),
             "rows_after": len(balanced),
+            "labels_after": _distribution(balanced, task),
         }
         splits["train"] = balanced
-    return PreparedData(splits, manifest)
+    return PreparedData(splits, manifest, changes)
+
+
+def _reason_kind(reason: str) -> str:
+    """A changelog reason without its row-specific details, for counting."""
+    for marker in (" (", " of row", " among", ":"):
+        reason = reason.split(marker)[0]
+    return reason
 
 
 def load_records(spec: str, config: DataConfig) -> tuple[pd.DataFrame, dict]:
