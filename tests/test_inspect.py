@@ -287,8 +287,8 @@ def test_fix_label_errors_relabel_and_drop():
 
 
 def test_train_applies_data_clean_with_a_changelog(tmp_path, tiny_model_dir, dirty_files):
-    from tunesmith.api import train
     from tests.conftest import tiny_config
+    from tunesmith.api import train
 
     train_path, test_path = dirty_files
     config = tiny_config(tiny_model_dir, train_path, tmp_path / "run",
