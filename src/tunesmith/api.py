@@ -121,7 +121,8 @@ def train(
     else:
         data = prepare_data(config.data, task, seed=config.runtime.seed,
                             similarity=config.inspect.near_duplicate_similarity,
-                            find_label_errors=_label_error_finder(config))  # fmt: skip
+                            find_label_errors=_label_error_finder(config),
+                            synonyms=lambda words: _synonyms(config, words))  # fmt: skip
     _setup_runtime(config)
     log = _plain(console) if main else (lambda message: None)
     _report_data(data, log)
@@ -175,6 +176,12 @@ def resume(run_dir: str | Path, *, console=None, callbacks: list | None = None) 
     return _fit(run, config, task, data, console, callbacks or [], resume=True)
 
 
+def _synonyms(config: Config, words: set[str]) -> dict[str, list[str]]:
+    from tunesmith.data.augment import embedding_neighbours
+
+    return embedding_neighbours(config.model.name, words, config.data.augment.neighbours)
+
+
 def _label_error_finder(config: Config):
     """For data.clean.label_errors: the suspects of a training table, found as inspect finds them."""
 
@@ -201,6 +208,11 @@ def _report_data(data: PreparedData, log) -> None:
     if data.manifest.get("changes"):
         log(f"Data changes (each row in data_changelog.jsonl): {data.manifest['changes']}")
     log("Splits: " + ", ".join(f"{n} {info['rows']}" for n, info in data.manifest["splits"].items()))
+    augmented = data.manifest.get("augment")
+    if augmented:
+        log(
+            f"Augmented train: {augmented['rows_before']} -> {augmented['rows_after']} rows {augmented['by_operation']}"
+        )
     balance = data.manifest.get("balance")
     if balance:
         log(f"Balanced train by {balance['method']}: {balance['rows_before']} -> {balance['rows_after']} rows, "

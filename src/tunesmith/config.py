@@ -64,6 +64,24 @@ class BalanceConfig(Section):
     """With method=class_weights: "balanced" (n / (k * count)) or an explicit {label: weight}."""
 
 
+class AugmentConfig(Section):
+    """Augmentation of the training split only (data/augment.py): seeded, offline, label-preserving."""
+
+    ratio: float = Field(0.0, ge=0.0, le=20.0)
+    """Augmented rows added per training row (0: off; 1: one variant of every row)."""
+    operations: list[Literal["synonym", "insert", "swap", "delete", "char_noise"]] = Field(
+        default_factory=lambda: ["synonym", "insert", "swap", "delete"], min_length=1
+    )
+    """Each variant applies one of these, drawn at random. synonym/insert use the nearest
+    neighbours of a word in the model's input embeddings."""
+    word_share: float = Field(0.1, gt=0.0, le=1.0)
+    """Share of the words an operation touches (at least one)."""
+    char_share: float = Field(0.05, gt=0.0, le=1.0)
+    """char_noise: share of the characters swapped, dropped or inserted."""
+    neighbours: int = Field(5, gt=0)
+    """Candidate synonyms per word."""
+
+
 class DataConfig(Section):
     """Where the labelled data comes from and how it is split."""
 
@@ -90,6 +108,7 @@ class DataConfig(Section):
     auto picks by the columns present."""
     clean: CleanConfig = CleanConfig()
     balance: BalanceConfig = BalanceConfig()
+    augment: AugmentConfig = AugmentConfig()
 
 
 class InspectConfig(Section):
@@ -269,6 +288,8 @@ class Config(Section):
             raise ValueError("train.packing needs task.type=causal_lm (other tasks' batches are length-grouped)")
         if self.data.val_fraction + self.data.test_fraction >= 0.9:
             raise ValueError("data.val_fraction + data.test_fraction must stay below 0.9")
+        if self.data.augment.ratio and self.task.type in ("causal_lm", "seq2seq"):
+            raise ValueError("data.augment is for classification and regression text, not task.type=" + self.task.type)
         if self.data.balance.method != "none" and self.task.type != "single_label":
             raise ValueError(f"data.balance.method={self.data.balance.method!r} needs task.type=single_label")
         return self

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 
 from tunesmith.config import DataConfig
+from tunesmith.data.augment import augment_frame
 from tunesmith.data.balance import resample
 from tunesmith.data.clean import clean_frame
 from tunesmith.data.fix import drop_leaked, fix_frame, fix_label_errors
@@ -82,6 +83,7 @@ def prepare_data(
     seed: int,
     similarity: float = 0.8,
     find_label_errors: Callable[[pd.DataFrame], list[tuple[int, str, float]]] | None = None,
+    synonyms: Callable[[set[str]], dict[str, list[str]]] | None = None,
 ) -> PreparedData:
     """Runs the whole data stage and fits the task's label set on the training split.
 
@@ -89,6 +91,7 @@ def prepare_data(
         similarity: the near-duplicate threshold for data.clean's near-duplicate, conflict and
             leakage fixes.
         find_label_errors: finds likely label errors in a table, for data.clean.label_errors.
+        synonyms: candidate synonyms of words, for data.augment's synonym and insert operations.
 
     Raises:
         TunesmithError: any problem with the files, columns, labels or split sizes.
@@ -150,6 +153,19 @@ def prepare_data(
             "labels_after": _distribution(balanced, task),
         }
         splits["train"] = balanced
+    augment = config.augment
+    if augment.ratio > 0:
+        words = {w.lower() for t in splits["train"]["text"] for w in t.split()}
+        needs_synonyms = {"synonym", "insert"} & set(augment.operations)
+        neighbours = synonyms(words) if needs_synonyms and synonyms is not None else {}
+        before = len(splits["train"])
+        splits["train"], counts = augment_frame(
+            splits["train"], ratio=augment.ratio, operations=augment.operations, word_share=augment.word_share,
+            char_share=augment.char_share, neighbours=neighbours, seed=seed,
+        )  # fmt: skip
+        manifest["augment"] = {"rows_before": before, **counts, "rows_after": len(splits["train"]),
+                               "words_with_synonyms": len(neighbours)}  # fmt: skip
+        manifest["splits"]["train"] = {"rows": len(splits["train"]), "labels": _distribution(splits["train"], task)}
     return PreparedData(splits, manifest, changes)
 
 
