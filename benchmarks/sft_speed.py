@@ -5,7 +5,7 @@ its own), setups alternating when repeated:
 
     .venv/bin/python benchmarks/sft_speed.py --records 200 --repeats 1
 
-Setups: tunesmith (length-grouped padded batches), tunesmith with train.packing, TRL SFTTrainer
+Setups: tunesmith (its defaults: random batches, padded), tunesmith with train.packing, TRL SFTTrainer
 in its documented prompt/completion usage (completion-only loss, padded batches, its default
 gradient checkpointing; bf16 off, see below), and TRL with packing=True (best-fit-decreasing
 packing, padding-free). Every setup trains one epoch with LoRA
@@ -38,8 +38,9 @@ ROOT = Path(__file__).resolve().parent.parent
 ALPACA = ROOT.parent / "shared" / "data" / "alpaca" / "alpaca_5000.json"
 SETUPS = ("tunesmith", "tunesmith_packing", "trl", "trl_packing")
 # TRL turns on gradient checkpointing by default; this row turns it off (for --setups).
-# tunesmith_random draws batches at random instead of grouping them by length.
-EXTRA = ("trl_no_checkpointing", "tunesmith_random", "tunesmith_packing_random")
+# tunesmith_grouped batches rows of similar length (train.group_by_length: true); the default
+# for causal_lm draws batches at random, as TRL does.
+EXTRA = ("trl_no_checkpointing", "tunesmith_grouped", "tunesmith_packing_grouped")
 HYPER = {"batch_size": 8, "learning_rate": 1e-3, "weight_decay": 0.01, "warmup_ratio": 0.05, "max_length": 256,
          "lora_rank": 16, "lora_alpha": 32}  # fmt: skip
 
@@ -66,7 +67,9 @@ def _held_out_loss(model, tokenizer, test_features) -> float:
     return task.evaluate(model, test_features, batch_size=16, pad_token_id=tokenizer.pad_token_id, device="cpu")["loss"]
 
 
-def _run_tunesmith(train, test_features, tokenizer, seed: int, work: Path, packing: bool, grouped: bool = True) -> dict:
+def _run_tunesmith(
+    train, test_features, tokenizer, seed: int, work: Path, packing: bool, grouped: bool = False
+) -> dict:
     from tunesmith.api import train as tunesmith_train
     from tunesmith.train.callbacks import Callback
 
@@ -150,7 +153,7 @@ def worker(setup: str, records: int, test_records: int, seed: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         if setup.startswith("tunesmith"):
             result = _run_tunesmith(train, test_features, tokenizer, seed, Path(scratch), "packing" in setup,
-                                    grouped="random" not in setup)  # fmt: skip
+                                    grouped="grouped" in setup)  # fmt: skip
         else:
             result = _run_trl(train, test_features, tokenizer, seed, Path(scratch), setup.endswith("packing"),
                               checkpointing=setup != "trl_no_checkpointing")  # fmt: skip

@@ -211,9 +211,12 @@ class TrainConfig(Section):
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     max_grad_norm: float | None = Field(1.0, gt=0)
-    group_by_length: bool = True
+    group_by_length: bool | None = None
     """Batch rows of similar length (shuffled within megabatches of 50 batches): little padding.
-    False draws batches uniformly at random, as the Trainer does by default."""
+    False draws batches uniformly at random, as the Trainer does by default. None: true, except
+    for causal_lm, where the loss is a mean over a batch's tokens and length-grouped batches
+    measurably raised the held-out loss (benchmarks/RESULTS.md); packing removes the padding
+    that random batches would cost."""
     packing: bool = False
     """causal_lm: pack each batch's examples into rows of up to model.max_length tokens, each
     example attending only to itself (position ids restart per example; no padding inside a row)."""
@@ -284,6 +287,8 @@ class Config(Section):
             model.strategy = "lora" if generative else "full"
         if model.lora.target_modules is None and generative:
             model.lora.target_modules = "all-linear"
+        if self.train.group_by_length is None:
+            self.train.group_by_length = not generative
         if self.train.packing and not generative:
             raise ValueError("train.packing needs task.type=causal_lm (other tasks' batches are length-grouped)")
         if self.data.val_fraction + self.data.test_fraction >= 0.9:
