@@ -27,6 +27,7 @@ CLI = [sys.executable, "-m", "tunesmith.cli"]
         ("   ", "empty"),
         ("bell\x07 here", "control characters"),
         ("cafÃ© au lait", "mojibake"),
+        ("that\x92s fine", "mojibake (C1 control characters: Windows-1252 text read as Latin-1?)"),
         ("?! ...", "only punctuation or symbols"),
         ("https://example.com/page", "only URLs"),
         ("www.example.org !", "only URLs"),

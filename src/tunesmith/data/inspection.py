@@ -76,7 +76,12 @@ class _Progress:
     """rich progress bars on stderr, or nothing."""
 
     def __init__(self, console, enabled: bool) -> None:
-        self.console, self.enabled = console, enabled
+        if console is None:
+            from rich.console import Console
+
+            console = Console(stderr=True)
+        # Not a terminal (a log file, CI): no bars, which would only print blank lines there.
+        self.console, self.enabled = console, enabled and console.is_terminal
 
     @contextmanager
     def task(self, description: str, total: int):

@@ -9,6 +9,7 @@ Every row is scored by a model that never saw it, which is what ``find_label_iss
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
 
 import numpy as np
@@ -80,11 +81,15 @@ def out_of_fold_probabilities_finetune(texts: list[str], labels: np.ndarray, *, 
     classes = int(labels.max()) + 1
     probabilities = np.zeros((len(labels), classes))
     texts_array = np.asarray(texts, dtype=object)
-    for train_rows, held_rows in _folds(labels, folds, seed):
-        classifier = TextClassifier(model=model_name, seed=seed, val_fraction=0.1, progress=False, config=config)
-        classifier.fit(list(texts_array[train_rows]), [int(v) for v in labels[train_rows]])
-        fitted = [int(c) for c in classifier.classes_]
-        probabilities[np.ix_(held_rows, fitted)] = classifier.predict_proba(list(texts_array[held_rows]))
+    for fold, (train_rows, held_rows) in enumerate(_folds(labels, folds, seed)):
+        # No validation split: one run per fold trains on all of its rows; its run directory
+        # is scratch, removed with the fold.
+        with tempfile.TemporaryDirectory(prefix="tunesmith-fold-") as scratch:
+            classifier = TextClassifier(model=model_name, seed=seed, val_fraction=0.0, progress=False, config=config,
+                                        output_dir=f"{scratch}/fold-{fold}")  # fmt: skip
+            classifier.fit(list(texts_array[train_rows]), [int(v) for v in labels[train_rows]])
+            fitted = [int(c) for c in classifier.classes_]
+            probabilities[np.ix_(held_rows, fitted)] = classifier.predict_proba(list(texts_array[held_rows]))
     return probabilities
 
 

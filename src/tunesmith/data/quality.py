@@ -19,7 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+C1 = re.compile(r"[\x80-\x9f]")  # Windows-1252 punctuation decoded as Latin-1 lands here
 URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 NOT_WORD = re.compile(r"[^\w\s]|_")
 
@@ -30,6 +31,8 @@ def junk_reason(text: str) -> str | None:
         return "empty"
     if CONTROL.search(text):
         return "control characters"
+    if C1.search(text):
+        return "mojibake (C1 control characters: Windows-1252 text read as Latin-1?)"
     import ftfy.badness
 
     if ftfy.badness.is_bad(text):
