@@ -183,7 +183,7 @@ def test_lora_run_saves_adapter_and_merged_model(tiny_model_dir, tmp_path, senti
     assert not any("lora" in n for n, _ in merged.named_parameters())
 
 
-def test_class_weights_and_oversampling(tiny_model_dir, tmp_path):
+def test_class_weights_and_oversampling(tiny_model_dir, tmp_path, capfd):
     rows = sentiment_rows(90)
     rows = [r for i, r in enumerate(rows) if r["label"] == "positive" or i % 6 == 1]  # 45 pos vs 8 neg
     path = tmp_path / "imbalanced.jsonl"
@@ -198,3 +198,8 @@ def test_class_weights_and_oversampling(tiny_model_dir, tmp_path):
     train_rows = pd.read_parquet(over.run_dir / "data" / "train.parquet")
     counts = train_rows["label"].value_counts()
     assert counts["negative"] == counts["positive"]
+    assert manifest["balance"]["labels_after"] == {"negative": counts["negative"], "positive": counts["positive"]}
+    assert "Balanced train by oversample" in capfd.readouterr().err
+    unbalanced = train(tiny_config(tiny_model_dir, path, tmp_path / "n", train={"num_epochs": 1}))
+    assert unbalanced.metrics["test"]["count"] > 0
+    assert "Class imbalance 3.0:1 in train" in capfd.readouterr().err  # and the advice that goes with it
