@@ -67,6 +67,12 @@ def main() -> None:
                                                            config={"train": {"num_epochs": 1}})  # fmt: skip
     flagged = rank_label_issues(labels, probabilities)
     seconds = time.perf_counter() - start
+    np.savez(args.out.with_suffix(".npz"), probabilities=probabilities, labels=labels, flipped=flipped)
+    rules = {}  # the other ways cleanlab can decide how many rows to flag, on the same probabilities
+    for rule in ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given"):
+        found = set(rank_label_issues(labels, probabilities, filter_by=rule).tolist())
+        right = len(found & set(flipped.tolist()))
+        rules[rule] = {"flagged": len(found), "precision": right / max(len(found), 1), "recall": right / len(flipped)}
     hits = len(set(flagged.tolist()) & set(flipped.tolist()))
     precision = hits / len(flagged) if len(flagged) else 0.0
     recall = hits / len(flipped)
@@ -76,6 +82,7 @@ def main() -> None:
         "precision": precision, "recall": recall, "method": args.method, "folds": args.folds,
         "model": args.model, "seed": args.seed, "seconds": seconds,
         "out_of_fold_accuracy_on_noisy_labels": accuracy_vs_noisy, "noisy_table": str(noisy_path),
+        "by_filter_rule": rules,
     }  # fmt: skip
     print(json.dumps(result, indent=2))
     args.out.write_text(json.dumps(result, indent=2))

@@ -93,11 +93,17 @@ def out_of_fold_probabilities_finetune(texts: list[str], labels: np.ndarray, *, 
     return probabilities
 
 
-def rank_label_issues(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
-    """Row positions cleanlab flags as likely mislabelled, most likely first."""
+def rank_label_issues(labels: np.ndarray, probabilities: np.ndarray, filter_by: str = "prune_by_noise_rate") -> np.ndarray:
+    """Row positions cleanlab flags as likely mislabelled, most likely first.
+
+    Args:
+        filter_by: cleanlab's rule for how many rows to flag: ``prune_by_noise_rate`` (its
+            default), ``prune_by_class``, ``both`` (flagged by both: fewer rows, more of them real
+            errors), ``confident_learning`` or ``predicted_neq_given``.
+    """
     from cleanlab.filter import find_label_issues
 
-    return find_label_issues(labels, probabilities, return_indices_ranked_by="self_confidence")
+    return find_label_issues(labels, probabilities, filter_by=filter_by, return_indices_ranked_by="self_confidence")
 
 
 def label_issue_table(frame: pd.DataFrame, label_names: list[str], labels: np.ndarray,
