@@ -79,13 +79,13 @@ def clean_frame(
     counts["exact_duplicates"] = int(duplicated.sum())
     if drop_duplicates:
         if changes is not None:
-            first = key.groupby(key).transform(lambda k: frame.loc[k.index, "row"].iloc[0])
+            first = frame["row"].groupby(key).transform("first")
             for r, original in zip(frame[duplicated].itertuples(), first[duplicated]):
                 changes.append({"source": source, "row": int(r.row), "action": "dropped",
                                 "reason": f"exact duplicate of row {int(original)}", "text": r.text,
                                 "label": str(r.label)})  # fmt: skip
         frame = frame[~duplicated]
-    labels_per_text = frame.groupby("text")["label"].agg(lambda s: s.map(str).nunique())
+    labels_per_text = frame["label"].map(str).groupby(frame["text"]).nunique()
     counts["texts_with_conflicting_labels"] = int((labels_per_text > 1).sum())
     counts["rows_out"] = len(frame)
     return frame.reset_index(drop=True), counts
