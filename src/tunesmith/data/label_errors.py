@@ -93,7 +93,9 @@ def out_of_fold_probabilities_finetune(texts: list[str], labels: np.ndarray, *, 
     return probabilities
 
 
-def rank_label_issues(labels: np.ndarray, probabilities: np.ndarray, filter_by: str = "prune_by_noise_rate") -> np.ndarray:
+def rank_label_issues(
+    labels: np.ndarray, probabilities: np.ndarray, filter_by: str = "prune_by_noise_rate"
+) -> np.ndarray:
     """Row positions cleanlab flags as likely mislabelled, most likely first.
 
     Args:
