@@ -332,3 +332,72 @@ def test_inspect_fix_writes_clean_copies_and_leaves_the_originals(tmp_path, tiny
     assert len(pd.read_csv(fixed / "test.csv")) == 4
     again = subprocess.run([*CLI, "inspect", str(train_path), "--fix", str(fixed)], capture_output=True, text=True)
     assert again.returncode == 2 and "not empty" in again.stderr
+
+
+def test_majority_counts_the_identical_rows_that_cleaning_merged():
+    from tunesmith.data.clean import clean_frame
+
+    frame = pd.DataFrame({"text": ["great movie"] * 6 + ["other thing"], "label": ["pos"] * 5 + ["neg", "neg"]})
+    changes = []
+    cleaned, _ = clean_frame(frame, normalize_whitespace=True, drop_empty=True, drop_missing_labels=True,
+                             drop_duplicates=True, source="f", changes=changes)  # fmt: skip
+    fixed = fix_frame(cleaned, CleanConfig(conflicting_labels="majority"), similarity=0.8, source="f", changes=changes)
+    assert fixed["row"].tolist() == [1, 6, 7] and fixed["label"].tolist() == ["pos", "pos", "neg"]
+    assert changes[-1]["row"] == 6 and changes[-1]["action"] == "relabelled"
+
+
+def test_majority_keeps_numeric_labels_numeric():
+    frame = _rows_table(["a b c d e", "a b c d e f", "a b c d e g"], [0.5, 0.5, 1.0])
+    fixed = fix_frame(frame, CleanConfig(conflicting_labels="majority"), similarity=0.8, source="f", changes=[])
+    assert fixed["label"].tolist() == [0.5, 0.5, 0.5] and fixed["label"].dtype == float
+
+
+def test_near_duplicate_groups_do_not_chain():
+    texts = [
+        "one two three four five six",
+        "one two three four five SEVEN",
+        "one two three four EIGHT SEVEN",
+        "one two three NINE EIGHT SEVEN",
+    ]  # each a near copy of the one before, not of the first
+    exact, near = quality.duplicate_groups(_table(texts, ["a"] * 4), threshold=0.8)
+    assert near == [[0, 1], [2, 3]]
+    changes = []
+    fix_frame(_rows_table(texts, ["a"] * 4), CleanConfig(drop_near_duplicates=True), similarity=0.8, source="f",
+              changes=changes)  # fmt: skip
+    assert [(c["row"], c["reason"]) for c in changes] == [
+        (2, "near duplicate of row 1"),
+        (4, "near duplicate of row 3"),
+    ]
+
+
+def test_parquet_saved_with_its_index_is_numbered_by_position(tmp_path, tiny_model_dir):
+    path = tmp_path / "indexed.parquet"
+    pd.DataFrame({"text": ["fine text here", "!!!", "another good one"], "label": ["a", "b", "a"]},
+                 index=[5, 8, 9]).to_parquet(path)  # fmt: skip
+    config = load_config(None, [f"model.name={tiny_model_dir}", "inspect.label_errors=off"])
+    report = inspect_data(config, [str(path)], tmp_path / "r", progress=False, log=lambda m: None)
+    assert report["junk"]["train"]["rows"] == [{"row": 2, "reason": "only punctuation or symbols", "text": "!!!"}]
+
+
+def test_fix_writes_rows_as_read_with_integer_labels(tmp_path, tiny_model_dir):
+    from tunesmith.data.inspection import write_fixed
+
+    path = tmp_path / "ints.jsonl"
+    rows = [{"text": "  spaced   text one ", "label": 0}, {"text": "text two", "label": 1}, {"text": "!!!", "label": 0},
+            {"text": "text three", "label": 1}, {"text": "text three", "label": 1}]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = load_config(None, [f"model.name={tiny_model_dir}", "data.clean.drop_junk=true"])
+    write_fixed(config, [str(path)], tmp_path / "out", log=lambda m: None)
+    written = [json.loads(line) for line in (tmp_path / "out" / "ints.jsonl").read_text().splitlines()]
+    assert written == [rows[0], rows[1], rows[3]]
+    changes = [json.loads(line) for line in (tmp_path / "out" / "changelog.jsonl").read_text().splitlines()]
+    assert [(c["row"], c["action"]) for c in changes] == [(5, "dropped"), (3, "dropped")]
+
+
+def test_augmenting_with_a_tiny_ratio_adds_nothing():
+    from tunesmith.data.augment import augment_frame
+
+    frame = pd.DataFrame(sentiment_rows(10))
+    out, counts = augment_frame(frame, ratio=0.01, operations=["swap"], word_share=0.1, char_share=0.05,
+                                neighbours={}, seed=0)  # fmt: skip
+    assert len(out) == 10 and counts["rows_added"] == 0

@@ -113,6 +113,8 @@ def augment_frame(frame: pd.DataFrame, *, ratio: float, operations: list[str], w
     """
     rng = np.random.default_rng([seed, 7])
     total = round(ratio * len(frame))
+    if total == 0:
+        return frame.assign(augmented=""), {"rows_added": 0, "by_operation": {}}
     sources = np.concatenate([rng.permutation(len(frame)) for _ in range(-(-total // max(len(frame), 1)))])[:total]
     added, counts = [], Counter()
     texts = frame["text"].tolist()

@@ -30,7 +30,8 @@ def clean_frame(
 
     Args:
         changes: when given, one changelog entry is appended per dropped row, and the result
-            keeps a ``row`` column: each row's 1-based position in ``frame``.
+            keeps a ``row`` column (each row's 1-based position in ``frame``) and a ``copies``
+            column (how many identical rows it stands for).
         fixes: the other data.clean options (applied later, by data/fix.py).
 
     Returns:
@@ -77,6 +78,8 @@ def clean_frame(
     key = frame["text"] + "\0" + frame["label"].map(str)
     duplicated = key.duplicated()
     counts["exact_duplicates"] = int(duplicated.sum())
+    if changes is not None:  # how many rows each kept row stands for, for votes over conflicting labels
+        frame["copies"] = key.map(key.value_counts()) if drop_duplicates else 1
     if drop_duplicates:
         if changes is not None:
             first = frame["row"].groupby(key).transform("first")

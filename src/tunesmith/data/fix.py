@@ -40,14 +40,19 @@ def fix_frame(frame: pd.DataFrame, clean: CleanConfig, *, similarity: float, sou
 
     exact, near = quality.duplicate_groups(frame, threshold=similarity)
     labels = frame["label"].map(str).tolist()
+    # a row kept from identical copies votes for all of them (clean_frame's ``copies``)
+    weights = frame["copies"].tolist() if "copies" in frame else [1] * len(frame)
     rows = list(frame.itertuples())
     drop: dict[int, str] = {}
-    relabel: dict[int, tuple[str, str]] = {}
+    relabel: dict[int, tuple[object, str]] = {}
     if clean.conflicting_labels != "keep":
         # near groups contain the exact groups of their rows; exact groups outside them stand alone
         for group in quality.conflicting_labels(frame, near + exact):
             group = [p for p in group if p not in drop and p not in relabel]
-            votes = Counter(labels[p] for p in group).most_common()
+            votes = Counter()
+            for p in group:
+                votes[labels[p]] += weights[p]
+            votes = votes.most_common()
             if len(votes) < 2:
                 continue
             listed = ", ".join(str(rows[p].row) for p in group)
@@ -58,16 +63,17 @@ def fix_frame(frame: pd.DataFrame, clean: CleanConfig, *, similarity: float, sou
                     drop[p] = f"conflicting labels among rows {listed} ({why})"
             else:
                 winner = votes[0][0]
+                value = frame.at[next(p for p in group if labels[p] == winner), "label"]  # keeps the label's type
                 for p in group:
                     if labels[p] != winner:
-                        relabel[p] = (winner, f"conflicting labels among rows {listed}: majority label")
+                        relabel[p] = (value, f"conflicting labels among rows {listed}: majority label")
     if clean.drop_near_duplicates:
-        for group in near:
+        for group in near:  # every member is a near copy of the group's first row
             kept: dict[str, int] = {}
             for p in group:
                 if p in drop:
                     continue
-                label = relabel[p][0] if p in relabel else labels[p]
+                label = str(relabel[p][0]) if p in relabel else labels[p]
                 if label in kept:
                     drop[p] = f"near duplicate of row {rows[kept[label]].row}"
                 else:
@@ -76,7 +82,7 @@ def fix_frame(frame: pd.DataFrame, clean: CleanConfig, *, similarity: float, sou
         changes.append(_entry(source, rows[p], "dropped", reason))
     for p, (label, reason) in sorted(relabel.items()):
         if p not in drop:
-            changes.append(_entry(source, rows[p], "relabelled", reason, label))
+            changes.append(_entry(source, rows[p], "relabelled", reason, str(label)))
             frame.at[p, "label"] = label
     return frame.drop(index=list(drop)).reset_index(drop=True)
 

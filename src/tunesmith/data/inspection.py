@@ -475,8 +475,8 @@ def _html(report: dict, out_dir: Path, limit: int) -> str:
 
 
 def write_fixed(config: Config, files: list[str] | None, out_dir: Path, *, log: Callable[[str], None] = print) -> dict:
-    """Applies data.clean to the files (no splits are carved) and writes the surviving rows,
-    with cleaned text and fixed labels, into ``out_dir`` (same file names and formats; a folder
+    """Applies data.clean to the files (no splits are carved) and writes the surviving rows, as
+    they were read except for the labels of relabelled rows, into ``out_dir`` (same file names and formats; a folder
     source becomes <name>.csv), plus changelog.jsonl with one line per row dropped or relabelled.
     The input files are only read.
 
@@ -488,6 +488,7 @@ def write_fixed(config: Config, files: list[str] | None, out_dir: Path, *, log: 
     from tunesmith.api import _label_error_finder, _task_for
     from tunesmith.data.clean import clean_frame
     from tunesmith.data.fix import drop_leaked, fix_frame, fix_label_errors
+    from tunesmith.data.prepare import _reason_kind
     from tunesmith.runs import atomic_write
 
     out_dir = Path(out_dir)
@@ -504,7 +505,7 @@ def write_fixed(config: Config, files: list[str] | None, out_dir: Path, *, log: 
         if not frame.empty:
             frame["label"] = task.normalise_labels(frame["label"])
             frame = fix_frame(frame, clean, similarity=similarity, source=table.source, changes=changes)
-        fixed[table.name] = frame
+        fixed[table.name] = frame.drop(columns="copies", errors="ignore")
     train_source = tables[0].source
     if clean.drop_leaked and len(tables) > 1:
         fixed["train"] = drop_leaked(fixed["train"], {n: f for n, f in fixed.items() if n != "train"},
@@ -516,12 +517,19 @@ def write_fixed(config: Config, files: list[str] | None, out_dir: Path, *, log: 
                                           source=train_source, changes=changes)  # fmt: skip
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"files": {}, "changes": dict(Counter(f"{c['action']}: {c['reason'].split(' (')[0]}" for c in changes))}
+    summary = {"files": {}, "changes": dict(Counter(f"{c['action']}: {_reason_kind(c['reason'])}" for c in changes))}
     for table in tables:
+        # The surviving rows exactly as they were read; only relabelled rows change (their label).
         frame = fixed[table.name]
         rows = table.raw.iloc[frame["row"].to_numpy() - 1].copy()
-        rows[table.text_column] = frame["text"].to_numpy()
-        rows[table.label_column] = frame["label"].to_numpy()
+        column = rows[table.label_column]
+        position = {int(r): n for n, r in enumerate(frame["row"])}
+        for change in changes:
+            if change["action"] == "relabelled" and change["source"] == table.source and change["row"] in position:
+                value = change["new_label"]
+                if pd.api.types.is_numeric_dtype(column):
+                    value = pd.to_numeric(value)
+                rows.iloc[position[change["row"]], rows.columns.get_loc(table.label_column)] = value
         source = Path(table.source)
         name = (
             source.name

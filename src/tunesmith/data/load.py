@@ -154,6 +154,9 @@ def read_table(spec: str, *, column_names: list[str] | None = None, encoding_err
         raise TunesmithError(f"{path}: could not be read as {suffix[1:].upper()}: {error}") from None
     if frame.empty:
         raise TunesmithError(f"{path}: the file holds no rows")
+    # Rows are numbered by position: a Parquet file saved with its index brings that index back.
+    named_index = any(name is not None for name in frame.index.names)
+    frame = frame.reset_index(drop=not named_index)
     frame.columns = [str(c) for c in frame.columns]
     return LoadedTable(frame, str(path), digest, replaced)
 

@@ -45,6 +45,7 @@ def load_examples(
     if not frame.empty:
         frame["label"] = task.normalise_labels(frame["label"])
         frame = fix_frame(frame, config.clean, similarity=similarity, source=table.source, changes=changes)
+    frame = frame.drop(columns="copies", errors="ignore")
     for entry in changes[before:]:
         key = f"{entry['action']}: {_reason_kind(entry['reason'])}"
         counts[key] = counts.get(key, 0) + 1

@@ -101,30 +101,15 @@ class NearDuplicateIndex:
         return found
 
 
-class _Clusters:
-    """Union-find over row positions."""
-
-    def __init__(self, size: int) -> None:
-        self.parent = list(range(size))
-
-    def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
-    def union(self, i: int, j: int) -> None:
-        a, b = self.find(i), self.find(j)
-        if a != b:
-            self.parent[max(a, b)] = min(a, b)
-
-
 def duplicate_groups(
     frame: pd.DataFrame, *, threshold: float, progress: Callable[[int], None] | None = None
 ) -> tuple[list[list[int]], list[list[int]]]:
-    """Groups of row positions: exact duplicates (identical text) and near-duplicate clusters
-    (normalised texts at least ``threshold`` similar, exact groups merged in; only clusters that
-    are more than one exact group)."""
+    """Groups of row positions: exact duplicates (identical text) and near-duplicate groups.
+
+    A near-duplicate group is a leader (the first row of its normalised text) with every later
+    text at least ``threshold`` similar to it, so every member is a near copy of the group's first
+    row (groups do not chain through intermediate texts); identical and case/punctuation variants
+    join their text's group. Only groups holding more than one distinct text are returned."""
     texts = frame["text"].tolist()
     exact = defaultdict(list)
     for position, text in enumerate(texts):
@@ -137,7 +122,7 @@ def duplicate_groups(
         by_form[form].append(position)
     forms = list(by_form)
     index = NearDuplicateIndex(threshold=threshold)
-    clusters = _Clusters(len(forms))
+    leader_of = list(range(len(forms)))  # each text's group: the earliest similar leader, else itself
     step = 2000
     for start in range(0, len(forms), step):  # index everything, then look every text up
         chunk = forms[start : start + step]
@@ -147,13 +132,15 @@ def duplicate_groups(
     for start in range(0, len(forms), step):
         chunk = forms[start : start + step]
         for key, matches in zip(range(start, start + len(chunk)), index.query(chunk)):
-            for other, _ in matches:
-                clusters.union(key, other)
+            # keys are in row order, and earlier keys already know whether they lead a group
+            leaders = [other for other, _ in matches if other < key and leader_of[other] == other]
+            if leaders:
+                leader_of[key] = min(leaders)
         if progress is not None:
             progress(len(chunk))
     members = defaultdict(list)
     for key, form in enumerate(forms):
-        members[clusters.find(key)].extend(by_form[form])
+        members[leader_of[key]].extend(by_form[form])
     # A cluster is a near-duplicate group when its rows are not all the same text.
     near_groups = [sorted(rows) for rows in members.values() if len({texts[p] for p in rows}) > 1]
     return exact_groups, near_groups

@@ -318,6 +318,8 @@ def run_training(
         weights = sharding.full_model_state(model)
         if main:
             unsharded.load_state_dict(weights, assign=True)
+            if hasattr(unsharded, "tie_weights"):  # assign=True gives shared weights separate tensors
+                unsharded.tie_weights()
             final = unsharded
     if restored:
         log(f"Loaded the best weights: {metric_name} {state.best_metric:.4f} at step {state.best_step}")
