@@ -486,9 +486,8 @@ def write_fixed(config: Config, files: list[str] | None, out_dir: Path, *, log: 
     from collections import Counter
 
     from tunesmith.api import _label_error_finder, _task_for
-    from tunesmith.data.clean import clean_frame
-    from tunesmith.data.fix import drop_leaked, fix_frame, fix_label_errors
-    from tunesmith.data.prepare import _reason_kind
+    from tunesmith.data.fix import drop_leaked, fix_label_errors
+    from tunesmith.data.prepare import _reason_kind, clean_and_fix
     from tunesmith.runs import atomic_write
 
     out_dir = Path(out_dir)
@@ -501,11 +500,8 @@ def write_fixed(config: Config, files: list[str] | None, out_dir: Path, *, log: 
     fixed: dict[str, pd.DataFrame] = {}
     for table in tables:
         frame = table.raw[[table.text_column, table.label_column]].set_axis(["text", "label"], axis=1)
-        frame, _ = clean_frame(frame, source=table.source, changes=changes, **clean.model_dump())
-        if not frame.empty:
-            frame["label"] = task.normalise_labels(frame["label"])
-            frame = fix_frame(frame, clean, similarity=similarity, source=table.source, changes=changes)
-        fixed[table.name] = frame.drop(columns="copies", errors="ignore")
+        fixed[table.name], _ = clean_and_fix(frame, config.data, task, source=table.source, changes=changes,
+                                             similarity=similarity)  # fmt: skip
     train_source = tables[0].source
     if clean.drop_leaked and len(tables) > 1:
         fixed["train"] = drop_leaked(fixed["train"], {n: f for n, f in fixed.items() if n != "train"},

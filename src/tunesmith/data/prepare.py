@@ -40,16 +40,7 @@ def load_examples(
     text_column, label_column = detect_columns(table.frame, config.text_column, config.label_column, table.source)
     frame = table.frame[[text_column, label_column]].set_axis(["text", "label"], axis=1)
     changes = [] if changes is None else changes
-    frame, counts = clean_frame(frame, source=table.source, changes=changes, **config.clean.model_dump())
-    before = len(changes)
-    if not frame.empty:
-        frame["label"] = task.normalise_labels(frame["label"])
-        frame = fix_frame(frame, config.clean, similarity=similarity, source=table.source, changes=changes)
-    frame = frame.drop(columns="copies", errors="ignore")
-    for entry in changes[before:]:
-        key = f"{entry['action']}: {_reason_kind(entry['reason'])}"
-        counts[key] = counts.get(key, 0) + 1
-    counts["rows_out"] = len(frame)
+    frame, counts = clean_and_fix(frame, config, task, source=table.source, changes=changes, similarity=similarity)
     if frame.empty:
         raise TunesmithError(f"{table.source}: no usable rows left after cleaning ({counts})")
     entry = {
@@ -60,6 +51,22 @@ def load_examples(
         "replaced_characters": table.replaced_characters,
     }
     return frame, entry
+
+
+def clean_and_fix(frame: pd.DataFrame, config: DataConfig, task: TextClassificationTask, *, source: str,
+                  changes: list[dict], similarity: float) -> tuple[pd.DataFrame, dict[str, int]]:  # fmt: skip
+    """data.clean on one table of text/label: cleaning, label normalisation, then the fixes of
+    data/fix.py. Returns the table (with its ``row`` column) and counts per step."""
+    frame, counts = clean_frame(frame, source=source, changes=changes, **config.clean.model_dump())
+    before = len(changes)
+    if not frame.empty:
+        frame["label"] = task.normalise_labels(frame["label"])
+        frame = fix_frame(frame, config.clean, similarity=similarity, source=source, changes=changes)
+    for entry in changes[before:]:
+        key = f"{entry['action']}: {_reason_kind(entry['reason'])}"
+        counts[key] = counts.get(key, 0) + 1
+    counts["rows_out"] = len(frame)
+    return frame.drop(columns="copies", errors="ignore"), counts
 
 
 def _distribution(frame: pd.DataFrame, task: TextClassificationTask) -> dict[str, Any]:
