@@ -24,7 +24,6 @@ def clean_frame(
     drop_duplicates: bool,
     source: str,
     changes: list[dict] | None = None,
-    **fixes,
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """Cleans a ``text``/``label`` table.
 
@@ -32,7 +31,6 @@ def clean_frame(
         changes: when given, one changelog entry is appended per dropped row, and the result
             keeps a ``row`` column (each row's 1-based position in ``frame``) and a ``copies``
             column (how many identical rows it stands for).
-        fixes: the other data.clean options (applied later, by data/fix.py).
 
     Returns:
         The cleaned table (index reset) and counts of what each step did.

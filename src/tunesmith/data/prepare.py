@@ -57,7 +57,10 @@ def clean_and_fix(frame: pd.DataFrame, config: DataConfig, task: TextClassificat
                   changes: list[dict], similarity: float) -> tuple[pd.DataFrame, dict[str, int]]:  # fmt: skip
     """data.clean on one table of text/label: cleaning, label normalisation, then the fixes of
     data/fix.py. Returns the table (with its ``row`` column) and counts per step."""
-    frame, counts = clean_frame(frame, source=source, changes=changes, **config.clean.model_dump())
+    basic = config.clean.model_dump(
+        include={"normalize_whitespace", "drop_empty", "drop_missing_labels", "drop_duplicates"}
+    )
+    frame, counts = clean_frame(frame, source=source, changes=changes, **basic)
     before = len(changes)
     if not frame.empty:
         frame["label"] = task.normalise_labels(frame["label"])
