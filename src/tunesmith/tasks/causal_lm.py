@@ -327,22 +327,33 @@ class CausalLMTask:
         losses, _ = token_losses(model, batch, device)
         return losses.sum()
 
-    @torch.no_grad()
     def evaluate(self, model, features: list[dict], *, batch_size: int, pad_token_id: int, device) -> dict[str, Any]:
         """Mean loss per trained token and its perplexity."""
-        was_training = model.training
-        model.eval()
-        total, tokens = 0.0, 0
-        for indices in eval_batches([len(f["input_ids"]) for f in features], batch_size=batch_size):
-            batch = collate_lm([features[i] for i in indices], pad_token_id)
-            losses, _ = token_losses(model, batch, device)
-            total, tokens = total + float(losses.sum()), tokens + losses.numel()
-        model.train(was_training)
-        loss = total / max(tokens, 1)
-        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens}
+        return perplexity_metrics(
+            model, features, batch_size,
+            lambda batch: token_losses(model, collate_lm(batch, pad_token_id), device)[0],
+        )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, "loss_on": self.loss_on, "packing": self.packing, "label_names": []}
+
+
+@torch.no_grad()
+def perplexity_metrics(model, features: list[dict], batch_size: int, losses_of) -> dict[str, Any]:
+    """Mean loss per trained token over length-sorted batches, and its perplexity.
+
+    Args:
+        losses_of: a list of features -> the per-token losses of their trained tokens.
+    """
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for indices in eval_batches([len(f["input_ids"]) for f in features], batch_size=batch_size):
+        losses = losses_of([features[i] for i in indices])
+        total, tokens = total + float(losses.sum()), tokens + losses.numel()
+    model.train(was_training)
+    loss = total / max(tokens, 1)
+    return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens}
 
 
 # -- generation ---------------------------------------------------------------------------------

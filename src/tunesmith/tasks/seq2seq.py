@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from tunesmith.data.batching import eval_batches
 from tunesmith.errors import TunesmithError
+from tunesmith.tasks.causal_lm import perplexity_metrics
 
 IGNORE = -100
 # Column pairs recognised without data.text_column / data.label_column, in order of preference.
@@ -119,17 +120,10 @@ class Seq2SeqTask:
     def batch_loss(self, model, batch: dict, device) -> torch.Tensor:
         return token_losses(model, batch, device).sum()
 
-    @torch.no_grad()
     def evaluate(self, model, features: list[dict], *, batch_size: int, pad_token_id: int, device) -> dict[str, Any]:
-        was_training = model.training
-        model.eval()
-        total, tokens = 0.0, 0
-        for indices in eval_batches([len(f["input_ids"]) for f in features], batch_size=batch_size):
-            losses = token_losses(model, collate_pairs([features[i] for i in indices], pad_token_id), device)
-            total, tokens = total + float(losses.sum()), tokens + losses.numel()
-        model.train(was_training)
-        loss = total / max(tokens, 1)
-        return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens}
+        return perplexity_metrics(
+            model, features, batch_size, lambda batch: token_losses(model, collate_pairs(batch, pad_token_id), device)
+        )
 
     @torch.no_grad()
     def generate(self, model, tokenizer, sources: list[str], settings, *, max_length: int, device="cpu") -> list[str]:
