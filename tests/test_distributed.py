@@ -1,5 +1,5 @@
 """`tunesmith train --nproc 2`: two CPU processes (gloo) train one model data-parallel, with the
-model replicated (DDP) or sharded (FSDP2)."""
+model replicated (DDP), sharded (FSDP2) or under a DeepSpeed ZeRO engine."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ CLI = [sys.executable, "-m", "tunesmith.cli"]
 
 
 # FSDP with LoRA: frozen and trainable weights in the same sharded layers.
-@pytest.mark.parametrize(("distributed", "strategy"), [("ddp", "full"), ("fsdp", "lora")])
+# DeepSpeed: ZeRO stage 2 (the default), gradients and optimizer state partitioned.
+@pytest.mark.parametrize(("distributed", "strategy"), [("ddp", "full"), ("fsdp", "lora"), ("deepspeed", "full")])
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_model_dir, distributed, strategy):
     data = tmp_path / "data.csv"
     pd.DataFrame(sentiment_rows(160, seed=4)).to_csv(data, index=False)
@@ -64,7 +65,9 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_model
     assert torch.isfinite(torch.tensor([x for x, _ in losses])).all()
 
 
-def test_sharded_run_killed_and_resumed_matches_uninterrupted(tmp_path, tiny_model_dir):
+# The optimizer state lives in shards (FSDP) or per-rank partitions that DeepSpeed writes itself.
+@pytest.mark.parametrize("distributed", ["fsdp", "deepspeed"])
+def test_partitioned_run_killed_and_resumed_matches_uninterrupted(tmp_path, tiny_model_dir, distributed):
     data = tmp_path / "data.csv"
     pd.DataFrame(sentiment_rows(240, seed=5)).to_csv(data, index=False)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -72,7 +75,7 @@ def test_sharded_run_killed_and_resumed_matches_uninterrupted(tmp_path, tiny_mod
     def command(name: str) -> list[str]:
         config = tiny_config(tiny_model_dir, data, tmp_path / name,
                              train={"num_epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "eval_every_steps": 10},
-                             runtime={"distributed": "fsdp", "checkpoint_every_steps": 5, "log_every_steps": 5})  # fmt: skip
+                             runtime={"distributed": distributed, "checkpoint_every_steps": 5, "log_every_steps": 5})  # fmt: skip
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
         return [*CLI, "train", str(path), "--nproc", "2"]

@@ -420,7 +420,7 @@ def _finish(run, config, task, data, result, features, truncated, tokenizer, res
         "metric": metric_name, "best_metric": state.best_metric, "best_step": state.best_step,
         "stopped_early": state.stopped_early, "truncated_train": truncated.get("train", 0),
         "world_size": result.world_size, "rank_checksums": result.rank_checksums,
-        "parallelism": "fsdp" if result.sharded else "ddp" if result.world_size > 1 else "none",
+        "parallelism": result.parallelism,
         "truncated": truncated,
     }  # fmt: skip
     run.write_json("metrics.json", {**metrics, "training": training})

@@ -194,6 +194,14 @@ def _launch(nproc: int, config: Path | None, overrides: list[str], resume: Path 
         from tunesmith.config import load_config
 
         resolved = load_config(config, overrides)  # fail here, once, on a bad config
+        if resolved.runtime.distributed == "deepspeed":  # and on a DeepSpeed config that will not do
+            from tunesmith.train import zero
+
+            tc = resolved.train
+            zero.build_config(
+                resolved.runtime.deepspeed_config, batch_size=tc.batch_size, accumulation=tc.gradient_accumulation_steps,
+                max_grad_norm=tc.max_grad_norm, mixed_precision=resolved.runtime.mixed_precision, world=nproc,
+            )  # fmt: skip
         output_dir = resolved.runtime.output_dir
         if output_dir is None:  # every rank must agree on the run directory
             from datetime import datetime

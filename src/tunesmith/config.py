@@ -249,9 +249,14 @@ class RuntimeConfig(Section):
     """Run directory; must not exist yet. None means runs/<timestamp>."""
     seed: int = 42
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    distributed: Literal["ddp", "fsdp"] = "ddp"
+    distributed: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
     """With several processes: ddp replicates the model on every rank; fsdp (PyTorch FSDP2 through
-    accelerate) shards parameters, gradients and optimizer state per transformer layer."""
+    accelerate) shards parameters, gradients and optimizer state per transformer layer; deepspeed
+    runs a DeepSpeed ZeRO engine (stage 0-2) configured by ``deepspeed_config``."""
+    deepspeed_config: str | None = None
+    """A DeepSpeed JSON config passed through with ``distributed: deepspeed`` (None: ZeRO stage 2).
+    Batch sizes, accumulation, clipping and precision come from this config; the file may say
+    "auto" for them or leave them out, but not contradict them."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """bf16/fp16 only pay on a GPU; on a CPU without bf16 units they are ~100x slower."""
     checkpoint_every_steps: int | None = Field(None, gt=0)

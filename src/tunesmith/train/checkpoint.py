@@ -84,6 +84,20 @@ def _load_model_state(model, state: dict[str, torch.Tensor], path: Path, sharded
         raise RuntimeError(f"{path} does not match the model: missing {lost[:5]}, unexpected {unexpected[:5]}")
 
 
+def pending_checkpoint(directory: Path, step: int) -> Path:
+    """The hidden directory a checkpoint is written into before it is renamed into place."""
+    return directory / f".tmp-step-{step:08d}"
+
+
+def prepare_checkpoint(directory: Path, step: int) -> Path:
+    """Creates an empty :func:`pending_checkpoint` directory, for files other processes write
+    (DeepSpeed's optimizer partitions) before :func:`save_checkpoint` completes it."""
+    tmp = pending_checkpoint(directory, step)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
 def save_checkpoint(
     directory: Path,
     *,
@@ -98,15 +112,20 @@ def save_checkpoint(
     """Writes ``directory/step-NNNNNNNN`` atomically and prunes all but the newest ``keep``.
 
     Args:
+        optimizer: None when the optimizer state was already written into
+            :func:`prepare_checkpoint`'s directory (DeepSpeed partitions).
         gathered: (model state, optimizer state) already gathered in full from a sharded model.
     """
     final = directory / f"step-{state.step:08d}"
-    tmp = directory / f".tmp-step-{state.step:08d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    model_dict, optimizer_dict = gathered if gathered is not None else (None, optimizer.state_dict())
+    tmp = pending_checkpoint(directory, state.step)
+    if optimizer is not None:
+        prepare_checkpoint(directory, state.step)
+    model_dict, optimizer_dict = gathered if gathered is not None else (None, None)
+    if optimizer is not None and optimizer_dict is None:
+        optimizer_dict = optimizer.state_dict()
     torch.save(model_state(model, trainable_only=trainable_only, state=model_dict), tmp / "model.pt")
-    torch.save(optimizer_dict, tmp / "optimizer.pt")
+    if optimizer_dict is not None:
+        torch.save(optimizer_dict, tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng_state(), tmp / "rng.pt")
     (tmp / "state.json").write_text(json.dumps(asdict(state), indent=2), encoding="utf-8")
@@ -130,9 +149,16 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler, sharded: bool = 
     """Restores everything save_checkpoint wrote and returns the loop state.
 
     Args:
+        optimizer: None for a DeepSpeed run, whose engine restores its own optimizer partitions.
         sharded: the model and optimizer are FSDP-sharded (every rank calls this).
     """
-    optimizer_state = torch.load(path / "optimizer.pt", weights_only=True)
+    if (optimizer is None) == (path / "optimizer.pt").is_file():
+        written, now = ("a ddp, fsdp or one-process", "deepspeed") if optimizer is None else ("a deepspeed", "not")
+        raise TunesmithError(
+            f"{path} was written by {written} run and this run is {now}: resume with the runtime.distributed "
+            "setting it was written with"
+        )
+    optimizer_state = {} if optimizer is None else torch.load(path / "optimizer.pt", weights_only=True)
     if optimizer_state.get("state") and _keyed_by_name(optimizer_state) != sharded:
         written, now = ("an fsdp", "ddp or one process") if not sharded else ("a ddp or one-process", "fsdp")
         raise TunesmithError(
@@ -144,7 +170,7 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler, sharded: bool = 
         from tunesmith.train.sharding import load_full_optimizer_state
 
         load_full_optimizer_state(model, optimizer, optimizer_state)
-    else:
+    elif optimizer is not None:
         optimizer.load_state_dict(optimizer_state)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     set_rng_state(torch.load(path / "rng.pt", weights_only=False))

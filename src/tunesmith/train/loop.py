@@ -21,13 +21,15 @@ from tunesmith.config import Config
 from tunesmith.data.batching import epoch_batches
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import RunDir
-from tunesmith.train import sharding
+from tunesmith.train import sharding, zero
 from tunesmith.train.callbacks import Callback, Throughput
 from tunesmith.train.checkpoint import (
     LoopState,
     latest_checkpoint,
     load_best_weights,
     load_checkpoint,
+    pending_checkpoint,
+    prepare_checkpoint,
     save_best_weights,
     save_checkpoint,
 )
@@ -64,6 +66,8 @@ class LoopResult:
     rank_checksums: list[float] | None = None
     sharded: bool = False
     """Trained with FSDP (parameters sharded across the ranks)."""
+    parallelism: str = "none"
+    """none, ddp, fsdp or deepspeed."""
 
 
 def run_training(
@@ -93,10 +97,13 @@ def run_training(
 
     tc, rc = config.train, config.runtime
     # FSDP shards only when there are several processes; one process trains the plain model.
-    sharded = rc.distributed == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    sharded = rc.distributed == "fsdp" and several
+    # DeepSpeed: the engine takes the optimizer step, clipping and precision (train/zero.py).
+    deep = rc.distributed == "deepspeed" and several
     accelerator = Accelerator(
         cpu=resolve_device(rc.device) == "cpu",
-        mixed_precision=rc.mixed_precision,
+        mixed_precision="no" if deep else rc.mixed_precision,
         fsdp_plugin=sharding.fsdp_plugin() if sharded else None,
     )
     device = accelerator.device
@@ -126,7 +133,14 @@ def run_training(
     scheduler = build_scheduler(optimizer, tc, total_steps)
     # Rank 0 of a sharded run ends with an ordinary model: this weightless copy receives the weights.
     unsharded = sharding.meta_copy(model) if sharded and main else None
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if deep:
+        ds_config = zero.build_config(
+            rc.deepspeed_config, batch_size=tc.batch_size, accumulation=tc.gradient_accumulation_steps,
+            max_grad_norm=tc.max_grad_norm, mixed_precision=rc.mixed_precision, world=world,
+        )  # fmt: skip
+        model = zero.initialize(model.to(device), optimizer, scheduler, ds_config)
+    else:
+        model, optimizer = accelerator.prepare(model, optimizer)
     # Single-process CPU: the input embedding's gradient goes into one reused buffer
     # (train/embedding_grad.py). DDP needs the stock path: it all-reduces from autograd hooks.
     row_gradients = install_row_gradients(model) if world == 1 and device.type == "cpu" else None
@@ -140,10 +154,12 @@ def run_training(
             state = load_checkpoint(
                 checkpoint,
                 model=accelerator.unwrap_model(model),
-                optimizer=optimizer,
+                optimizer=None if deep else optimizer,
                 scheduler=scheduler,
                 sharded=sharded,
             )
+            if deep:
+                zero.load_partitions(model, checkpoint)
             if main:
                 run.truncate_metrics(state.metrics_lines)
             log(f"Resumed from {checkpoint} (step {state.step} of {total_steps}, epoch {state.epoch + 1})")
@@ -196,10 +212,16 @@ def run_training(
         gathered = None
         if sharded:  # every rank takes part in gathering the shards
             gathered = sharding.full_model_state(model), sharding.full_optimizer_state(model, optimizer)
+        if deep:  # every rank writes its optimizer partition into the checkpoint-to-be
+            if main:
+                prepare_checkpoint(run.checkpoints_dir, state.step)
+            accelerator.wait_for_everyone()
+            zero.save_partitions(model, pending_checkpoint(run.checkpoints_dir, state.step))
+            accelerator.wait_for_everyone()
         if main:
             state.metrics_lines = run.metrics_lines()
             save_checkpoint(
-                run.checkpoints_dir, model=accelerator.unwrap_model(model), optimizer=optimizer,
+                run.checkpoints_dir, model=accelerator.unwrap_model(model), optimizer=None if deep else optimizer,
                 scheduler=scheduler, state=state, keep=rc.keep_checkpoints, trainable_only=trainable_only,
                 gathered=gathered,
             )  # fmt: skip
@@ -229,20 +251,26 @@ def run_training(
                     batch = task.collate([train_features[i] for i in indices[rank::world]], pad_token_id)
                     # Gradients are all-reduced (averaged) once per step, on its last batch.
                     last = position == len(window) - 1
-                    with contextlib.nullcontext() if last else accelerator.no_sync(model):
+                    with contextlib.nullcontext() if last or deep else accelerator.no_sync(model):
                         with accelerator.autocast():
                             summed = task.batch_loss(model, batch, device)
                         # Summed loss over this rank's rows / all units of the step, times the world
-                        # size that DDP's averaging divides by: the single-process gradient.
+                        # size that DDP's (or ZeRO's) averaging divides by: the single-process gradient.
                         loss = summed * world / units
-                        accelerator.backward(loss)
+                        if deep:
+                            zero.backward(model, loss, last=last)
+                        else:
+                            accelerator.backward(loss)
                     step_loss += loss.item() / world
                     throughput.add(batch["num_examples"], batch["num_tokens"])
-                if tc.max_grad_norm is not None:
-                    accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                if deep:
+                    zero.step(model)  # clipping, optimizer, schedule, zeroing
+                else:
+                    if tc.max_grad_norm is not None:
+                        accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
                 state.step += 1
                 state.batches_done_in_epoch += len(window)
                 state.examples_seen += examples
@@ -325,4 +353,5 @@ def run_training(
         log(f"Loaded the best weights: {metric_name} {state.best_metric:.4f} at step {state.best_step}")
     for callback in callbacks:
         callback.on_train_end(state)
-    return LoopResult(state, final, restored, world, checksums, sharded)
+    parallelism = "fsdp" if sharded else "deepspeed" if deep else "ddp" if world > 1 else "none"
+    return LoopResult(state, final, restored, world, checksums, sharded, parallelism)
