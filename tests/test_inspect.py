@@ -128,6 +128,21 @@ def test_label_errors_found_in_separable_data():
     assert len(flagged - set(flipped.tolist())) <= 3
 
 
+def test_refitting_without_flagged_rows_still_scores_every_row_out_of_fold():
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1], 150)
+    embeddings = np.array([[-1.0], [1.0]])[labels] + rng.normal(0, 0.8, size=(300, 1))
+    noisy = labels.copy()
+    flipped = rng.choice(300, 30, replace=False)
+    noisy[flipped] = 1 - noisy[flipped]
+    once = out_of_fold_probabilities_embedding(embeddings, noisy, folds=5, seed=0, refit_rounds=0)
+    refit = out_of_fold_probabilities_embedding(embeddings, noisy, folds=5, seed=0, refit_rounds=1)
+    assert refit.shape == once.shape and np.allclose(refit.sum(1), 1)
+    assert not np.allclose(refit, once)  # the second pass trained on fewer rows
+    # Trained without the suspects, the classifier is surer where the given label is wrong.
+    assert refit[flipped, noisy[flipped]].mean() < once[flipped, noisy[flipped]].mean()
+
+
 def test_label_errors_need_enough_rows_per_class():
     embeddings = np.zeros((7, 2))
     with pytest.raises(TunesmithError, match="at least 5 rows of every class"):

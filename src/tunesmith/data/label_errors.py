@@ -2,7 +2,8 @@
 
 Two ways to get the probabilities:
 - ``embedding`` (default, fast): the pretrained encoder's mean-pooled token embeddings, frozen,
-  and a logistic regression trained on K-1 folds and applied to the K-th;
+  and a logistic regression trained on K-1 folds and applied to the K-th, refitted once without
+  the rows the first pass flags;
 - ``finetune``: the encoder fine-tuned on K-1 folds (a full tunesmith run per fold).
 Every row is scored by a model that never saw it, which is what ``find_label_issues`` needs.
 """
@@ -57,19 +58,36 @@ def _folds(labels: np.ndarray, folds: int, seed: int):
     return StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(np.zeros(len(labels)), labels)
 
 
-def out_of_fold_probabilities_embedding(embeddings: np.ndarray, labels: np.ndarray, *, folds: int,
-                                        seed: int) -> np.ndarray:  # fmt: skip
-    """Logistic regression on standardised frozen embeddings, out of fold."""
+def out_of_fold_probabilities_embedding(embeddings: np.ndarray, labels: np.ndarray, *, folds: int, seed: int,
+                                        refit_rounds: int = 1) -> np.ndarray:  # fmt: skip
+    """Logistic regression on standardised frozen embeddings, out of fold.
+
+    Args:
+        refit_rounds: after each pass, the rows cleanlab flags are left out of the *training*
+            folds and every row is scored again, so suspect labels do not teach the classifier
+            that scores them. Every row is still scored by a classifier that never saw it. One
+            round raised precision from 0.35 to 0.42 at the same recall on SST-2 with 10% of the
+            labels flipped (benchmarks/RESULTS.md).
+    """
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     classes = int(labels.max()) + 1
-    probabilities = np.zeros((len(labels), classes))
-    for train_rows, held_rows in _folds(labels, folds, seed):
-        classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.1))
-        classifier.fit(embeddings[train_rows], labels[train_rows])
-        probabilities[np.ix_(held_rows, classifier.classes_)] = classifier.predict_proba(embeddings[held_rows])
+    keep = np.ones(len(labels), dtype=bool)
+    splits = list(_folds(labels, folds, seed))
+    for round_ in range(refit_rounds + 1):
+        probabilities = np.zeros((len(labels), classes))
+        for train_rows, held_rows in splits:
+            trusted = train_rows[keep[train_rows]]
+            if len(np.unique(labels[trusted])) < 2:  # flags took a class away: train on the fold as given
+                trusted = train_rows
+            classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=0.01))
+            classifier.fit(embeddings[trusted], labels[trusted])
+            probabilities[np.ix_(held_rows, classifier.classes_)] = classifier.predict_proba(embeddings[held_rows])
+        if round_ < refit_rounds:
+            keep = np.ones(len(labels), dtype=bool)
+            keep[rank_label_issues(labels, probabilities)] = False
     return probabilities
 
 
