@@ -70,6 +70,33 @@ def train(
     _guarded(work)
 
 
+def _stamp(prefix: str) -> Path:
+    from datetime import datetime
+
+    return Path("runs") / f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+@app.command()
+def cv(
+    config: Annotated[Path | None, typer.Argument(help="YAML config; omit it for the embedded demo.")] = None,
+    folds: Annotated[int | None, typer.Option("--folds", min=2, help="Number of folds (default cv.folds).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="New CV directory (default runs/cv-TIME).")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a config value.")] = [],
+) -> None:
+    """K-fold cross-validation: one full train-and-test run per fold, then mean and std per metric."""
+
+    def work():
+        from tunesmith.api import _console
+        from tunesmith.config import load_config
+        from tunesmith.study.cv import run_cv
+
+        report = run_cv(load_config(config, list(set_)), out or _stamp("cv"), folds=folds, console=_console(None))
+        for name, values in report["summary"].items():
+            typer.echo(f"{name}: {values['mean']:.4f} ± {values['std']:.4f}")
+
+    _guarded(work)
+
+
 @app.command()
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],

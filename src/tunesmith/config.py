@@ -269,6 +269,67 @@ class RuntimeConfig(Section):
     """Show progress bars (rank 0 only)."""
 
 
+class CvConfig(Section):
+    """``tunesmith cv``: K-fold cross-validation, each fold a full train-and-evaluate run."""
+
+    folds: int = Field(5, ge=2)
+    """Number of folds (``--folds`` overrides it)."""
+    group_column: str | None = None
+    """Rows sharing a value of this column stay in the same fold (grouped K-fold); None:
+    stratified by label (plain K-fold for multi_label and regression)."""
+
+
+class SearchParameter(Section):
+    """One hyperparameter of a search space."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    """Sample on a log scale (float and int)."""
+    step: float | None = None
+    """Grid spacing for float/int (needed by the grid sampler unless choices are given)."""
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchParameter:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs a non-empty 'choices' list")
+        else:
+            if self.low is None or self.high is None:
+                raise ValueError(f"a {self.type} parameter needs 'low' and 'high'")
+            if self.low > self.high:
+                raise ValueError(f"low={self.low} is above high={self.high}")
+            if self.log and self.low <= 0:
+                raise ValueError("a log-scale parameter needs low > 0")
+            if self.log and self.step is not None:
+                raise ValueError("'log' and 'step' cannot be combined")
+        return self
+
+
+class TuneConfig(Section):
+    """``tunesmith tune``: a hyperparameter search with Optuna."""
+
+    space: dict[str, SearchParameter] = {}
+    """Config keys (dotted, e.g. ``train.learning_rate``) and how to sample each."""
+    n_trials: int = Field(12, gt=0)
+    """Trials in the study, counting finished and pruned ones from earlier (resumed) attempts."""
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    pruner: Literal["none", "median", "halving"] = "median"
+    """Stop unpromising trials early on their intermediate validation metric (median: below the
+    median of earlier trials at the same step; halving: successive halving)."""
+    objective: Literal["validation", "cv"] = "validation"
+    """What a trial scores: the best validation metric of one run, or the mean test metric of a
+    K-fold cross-validation (``cv.folds``; pruning then acts between folds)."""
+    metric: str | None = None
+    """The metric to optimise (default: train.metric, else the task's default)."""
+    storage: str | None = None
+    """An Optuna storage URL; None: SQLite in the study directory, so a study resumes."""
+    seed: int | None = None
+    """Sampler seed (None: runtime.seed)."""
+
+
 class Config(Section):
     """A whole run. Every section has defaults (the data defaults point at the BBC News demo)."""
 
@@ -278,6 +339,8 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     generation: GenerationConfig = GenerationConfig()
     inspect: InspectConfig = InspectConfig()
+    cv: CvConfig = CvConfig()
+    tune: TuneConfig = TuneConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")

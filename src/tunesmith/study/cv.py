@@ -1,0 +1,182 @@
+"""K-fold cross-validation: every fold is a full ``train`` run (data stage, training, test
+evaluation, model card) on the other folds, tested on its own fold.
+
+The training file is read and cleaned once, then split into K disjoint folds: stratified by
+label for single-label tasks, by group when ``cv.group_column`` is set (a group never straddles
+two folds), plain K-fold otherwise. Each fold's train and test rows are written under the CV
+directory, so every fold run is an ordinary run directory that can be inspected, evaluated or
+resumed on its own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tunesmith.config import Config, config_from_dict
+from tunesmith.errors import TunesmithError
+
+GENERATIVE = ("causal_lm", "seq2seq")
+
+
+def _load(config: Config, task) -> pd.DataFrame:
+    """The cleaned training table (text, label[, group]) the folds are cut from."""
+    from tunesmith.data.load import read_table
+    from tunesmith.data.prepare import load_examples
+    from tunesmith.data.split import split_frame
+
+    data = config.data
+    frame, entry = load_examples(data.train, data, task, [], config.inspect.near_duplicate_similarity)
+    group = config.cv.group_column
+    if group is not None:
+        raw = read_table(data.train, column_names=data.column_names, encoding_errors=data.encoding_errors).frame
+        if group not in raw.columns:
+            raise TunesmithError(
+                f"cv.group_column={group!r} is not a column of {entry['source']}; columns: {list(raw.columns)}"
+            )
+        values = raw[group].to_numpy()[frame["row"].to_numpy() - 1]
+        if pd.isna(values).any():
+            raise TunesmithError(f"{entry['source']}: cv.group_column {group!r} is empty on some rows")
+        frame = frame.assign(group=values)
+    if data.max_rows is not None and len(frame) > data.max_rows:
+        stratify = task.type == "single_label"
+        frame = split_frame(frame, val_fraction=0, test_fraction=1 - data.max_rows / len(frame),
+                            seed=config.runtime.seed, stratify=stratify)["train"]  # fmt: skip
+    return frame.reset_index(drop=True)
+
+
+def assign_folds(frame: pd.DataFrame, folds: int, *, seed: int, stratify: bool) -> np.ndarray:
+    """The fold (0..K-1) of every row: grouped when the frame has a ``group`` column,
+    stratified by ``label`` when ``stratify``, plain shuffled K-fold otherwise.
+
+    Raises:
+        TunesmithError: fewer rows, groups or members of a class than folds.
+    """
+    from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+
+    if len(frame) < folds:
+        raise TunesmithError(f"{folds} folds need at least {folds} rows; there are {len(frame)}")
+    labels = frame["label"].astype(str).to_numpy()
+    if stratify:
+        counts = pd.Series(labels).value_counts()
+        if counts.min() < folds:
+            rare = ", ".join(f"{name!r} ({n})" for name, n in counts[counts < folds].items())
+            raise TunesmithError(
+                f"stratified {folds}-fold needs at least {folds} rows of every label; too few: {rare} "
+                "(lower --folds, or drop or merge the rare labels)"
+            )
+    fold = np.full(len(frame), -1)
+    if "group" in frame:
+        groups = frame["group"].astype(str).to_numpy()
+        if len(set(groups)) < folds:
+            raise TunesmithError(f"{folds} folds need at least {folds} groups; there are {len(set(groups))}")
+        splitter = (StratifiedGroupKFold(folds, shuffle=True, random_state=seed) if stratify
+                    else GroupKFold(folds, shuffle=True, random_state=seed))  # fmt: skip
+        pieces = splitter.split(np.zeros(len(frame)), labels, groups)
+    elif stratify:
+        pieces = StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(frame)), labels)
+    else:
+        pieces = KFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(frame)))
+    for k, (_, held) in enumerate(pieces):
+        fold[held] = k
+    return fold
+
+
+def summarize(fold_metrics: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean, standard deviation (ddof=1) and per-fold values of every scalar test metric, and
+    of every per-class score."""
+    summary: dict[str, Any] = {}
+
+    def add(name: str, values: list[float]) -> None:
+        finite = [v for v in values if v is not None and math.isfinite(v)]
+        if not finite:
+            return
+        summary[name] = {
+            "mean": float(np.mean(finite)),
+            "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0,
+            "folds": values,
+        }
+
+    scalars = sorted({k for m in fold_metrics for k, v in m.items() if isinstance(v, (int, float)) and k != "count"})
+    for name in scalars:
+        add(name, [m.get(name) for m in fold_metrics])
+    classes = sorted({c for m in fold_metrics for c in m.get("per_class", {})})
+    for label in classes:
+        for score in ("precision", "recall", "f1"):
+            add(f"{label}/{score}", [m.get("per_class", {}).get(label, {}).get(score) for m in fold_metrics])
+    return summary
+
+
+def run_cv(config: Config, out: Path, *, folds: int | None = None, console=None,
+           train: Callable | None = None) -> dict[str, Any]:  # fmt: skip
+    """Cross-validates ``config`` into the new directory ``out``: ``out/fold-K`` run directories,
+    ``out/cv.json`` (per-metric mean ± std and per-fold values) and ``out/cv.md``.
+
+    Args:
+        folds: overrides ``cv.folds``.
+        train: the function that runs one fold (``tunesmith.api.train``); tests may wrap it.
+    """
+    from tunesmith.api import _task_for
+    from tunesmith.api import train as train_run
+
+    train = train or train_run
+    if folds is not None:
+        config = config.model_copy(update={"cv": config.cv.model_copy(update={"folds": folds})})
+    k = config.cv.folds
+    if config.task.type in GENERATIVE:
+        raise TunesmithError(f"tunesmith cv covers classification and regression, not task.type={config.task.type}")
+    if config.data.test is not None:
+        raise TunesmithError(
+            f"data.test={config.data.test!r}: cross-validation tests every fold on its own held-out rows; "
+            "remove data.test (or evaluate that file with `tunesmith evaluate` afterwards)"
+        )
+    out = Path(out)
+    if out.exists():
+        raise TunesmithError(f"CV directory {out} already exists; choose a new --out")
+    task = _task_for(config)
+    frame = _load(config, task)
+    fold = assign_folds(frame, k, seed=config.runtime.seed, stratify=task.type == "single_label")
+    out.mkdir(parents=True)
+    frame.assign(fold=fold).to_parquet(out / "folds.parquet", index=False)
+    log = (lambda message: console.print(message, markup=False, highlight=False)) if console else print
+    results = []
+    base = config.model_dump(mode="json")
+    for i in range(k):
+        fold_dir = out / f"fold-{i}"
+        data_dir = out / "data" / f"fold-{i}"
+        data_dir.mkdir(parents=True)
+        columns = ["text", "label"]
+        frame.loc[fold != i, columns].to_parquet(data_dir / "train.parquet", index=False)
+        frame.loc[fold == i, columns].to_parquet(data_dir / "test.parquet", index=False)
+        tree = json.loads(json.dumps(base))
+        tree["data"].update(train=str(data_dir / "train.parquet"), test=str(data_dir / "test.parquet"),
+                            text_column="text", label_column="label", column_names=None, max_rows=None)  # fmt: skip
+        tree["runtime"]["output_dir"] = str(fold_dir)
+        log(f"Fold {i + 1} of {k}: {int((fold != i).sum())} rows to train on, {int((fold == i).sum())} to test")
+        result = train(config_from_dict(tree, f"fold {i}"), console=console)
+        results.append({"fold": i, "run": str(fold_dir), "test": result.metrics.get("test", {})})
+    summary = summarize([r["test"] for r in results])
+    report = {"folds": k, "grouped_by": config.cv.group_column, "stratified": task.type == "single_label",
+              "rows": len(frame), "summary": summary, "runs": [{"fold": r["fold"], "run": r["run"]} for r in results]}  # fmt: skip
+    (out / "cv.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    (out / "cv.md").write_text(markdown(report), encoding="utf-8")
+    return report
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [f"# {report['folds']}-fold cross-validation", "",
+             f"{report['rows']} rows; folds {'grouped by ' + report['grouped_by'] if report['grouped_by'] else 'stratified by label' if report['stratified'] else 'shuffled'}.",
+             "", "| metric | mean | std | per fold |", "|---|---|---|---|"]  # fmt: skip
+    for name, values in report["summary"].items():
+        per_fold = ", ".join("-" if v is None else f"{v:.4f}" for v in values["folds"])
+        lines.append(f"| {name} | {values['mean']:.4f} | {values['std']:.4f} | {per_fold} |")
+    lines += ["", "Fold runs:", ""] + [
+        f"- fold {r['fold']}: [{r['run']}]({Path(r['run']).name}/README.md)" for r in report["runs"]
+    ]
+    return "\n".join(lines) + "\n"
