@@ -7,6 +7,7 @@ tunesmith.predict(result.run_dir, ["Shares rose sharply after the results"])
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,8 @@ def _setup_runtime(config: Config) -> None:
     from transformers import set_seed
 
     _quiet_transformers()
+    if not torch.cuda.is_available():  # accelerate imports deepspeed, which warns when it has to guess
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if config.runtime.num_threads:
         torch.set_num_threads(config.runtime.num_threads)
     set_seed(config.runtime.seed)

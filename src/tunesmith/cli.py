@@ -98,6 +98,41 @@ def cv(
 
 
 @app.command()
+def tune(
+    config: Annotated[Path | None, typer.Argument(help="YAML config with a tune: section.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Study directory; an existing one is resumed (default runs/tune-TIME).")
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes sharing the study.")] = 1,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a config value.")] = [],
+    worker: Annotated[bool, typer.Option("--worker", hidden=True)] = False,
+    worker_index: Annotated[int, typer.Option("--worker-index", hidden=True)] = 0,
+) -> None:
+    """Hyperparameter search with Optuna: trials, pruning, resumable SQLite study, best config."""
+
+    def work():
+        from tunesmith.api import _console
+        from tunesmith.config import load_config
+        from tunesmith.study import tune as study
+
+        resolved = load_config(config, list(set_))
+        directory = out or _stamp("tune")
+        if worker:
+            study.work(resolved, directory, _console(None), worker=worker_index)
+            return
+        command = [sys.executable, "-m", "tunesmith.cli", "tune", *([str(config)] if config else []),
+                   "--out", str(directory), "--worker", *[a for o in set_ for a in ("--set", o)]]  # fmt: skip
+        report = study.run_tune(resolved, directory, workers=workers, console=_console(None), worker_command=command)
+        typer.echo(f"{report['complete']} complete, {report['pruned']} pruned, {report['failed']} failed: {directory}")
+        if "best" in report:
+            best = report["best"]
+            typer.echo(f"best trial {best['number']}: {report['metric']} {best['value']:.4f} {best['params']}")
+            typer.echo(f"ready config: {directory / 'best.yaml'}")
+
+    _guarded(work)
+
+
+@app.command()
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
     data: Annotated[Path, typer.Option("--data", help="Labelled file with the training columns.")],
