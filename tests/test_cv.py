@@ -93,3 +93,19 @@ def test_cv_command_reports_errors_clearly(tmp_path, tiny_model_dir):
     assert result.exit_code == 2
     assert "cv.group_column='nope' is not a column of" in result.output
     assert not (tmp_path / "cv").exists()
+
+
+def test_seeds_repeat_training_and_report_the_spread(tmp_path, tiny_model_dir):
+    data = tmp_path / "data.csv"
+    pd.DataFrame(sentiment_rows(60, seed=8)).to_csv(data, index=False)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(tiny_model_dir, data, tmp_path / "seeds", train={"num_epochs": 1})))
+    result = CliRunner().invoke(app, ["train", str(config), "--seeds", "2"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "seeds" / "seeds.json").read_text())
+    assert report["seeds"] == [42, 43] and report["split"] == "test"
+    per_seed = [json.loads((tmp_path / "seeds" / f"seed-{s}" / "metrics.json").read_text())["test"]["accuracy"]
+                for s in (42, 43)]  # fmt: skip
+    assert report["summary"]["accuracy"]["folds"] == per_seed
+    assert report["summary"]["accuracy"]["std"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert "accuracy:" in result.output

@@ -387,6 +387,15 @@ def _finish(run, config, task, data, result, features, truncated, tokenizer, res
     device = next(model.parameters()).device
     metrics: dict[str, Any] = {}
     generate_on = "test" if features.get("test") else "validation"  # generation is slow: one split
+    temperature = None
+    if config.evaluation.temperature_scaling and task.type == "single_label" and features.get("validation"):
+        from tunesmith.evaluate.confidence import fit_temperature
+
+        validation_logits = compute_logits(model, features["validation"], batch_size=config.train.batch_size * 2,
+                                           pad_token_id=_pad_id(tokenizer), device=device)  # fmt: skip
+        temperature = fit_temperature(validation_logits, np.asarray([f["labels"] for f in features["validation"]]))
+        run.write_json("calibration.json", {"temperature": temperature, "fitted_on": "validation"})
+        log(f"Temperature scaling: T = {temperature:.3f} (fitted on the validation split)")
     for split in ("validation", "test"):
         if features.get(split) and task.type in GENERATIVE and split != generate_on:
             metrics[split] = task.evaluate(model, features[split], batch_size=config.train.batch_size * 2,
@@ -399,7 +408,10 @@ def _finish(run, config, task, data, result, features, truncated, tokenizer, res
         elif features.get(split):
             logits = compute_logits(model, features[split], batch_size=config.train.batch_size * 2,
                                     pad_token_id=_pad_id(tokenizer), device=device)  # fmt: skip
-            metrics[split] = task.metrics(logits, np.asarray([f["labels"] for f in features[split]]))
+            targets = np.asarray([f["labels"] for f in features[split]])
+            metrics[split] = task.metrics(logits, targets)
+            metrics[split] |= _confidence(config, task, logits, targets, run.path / f"reliability_{split}.png", split,
+                                          temperature)  # fmt: skip
             if "confusion_matrix" in metrics[split]:
                 plot_confusion_matrix(run.path / f"confusion_matrix_{split}.png", metrics[split]["confusion_matrix"],
                                       task.label_names, f"{split} confusion matrix")  # fmt: skip
@@ -440,6 +452,26 @@ def _finish(run, config, task, data, result, features, truncated, tokenizer, res
     return TrainResult(run.path, metrics)
 
 
+def _confidence(config, task, logits, targets, plot_path: Path, title: str, temperature: float | None) -> dict:
+    """Bootstrap intervals and calibration for one split's logits; the reliability diagram."""
+    from tunesmith.evaluate.confidence import confidence_report, plot_reliability
+
+    ev = config.evaluation
+    report = confidence_report(task, logits, targets, samples=ev.bootstrap_samples, level=ev.confidence_level,
+                               bins=ev.calibration_bins, seed=config.runtime.seed, temperature=temperature)  # fmt: skip
+    if "calibration_bins" in report and len(targets):
+        after = (
+            (report["ece_temperature_scaled"], report["calibration_bins_temperature_scaled"]) if temperature else None
+        )
+        plot_reliability(plot_path, report["calibration_bins"], report["ece"], f"{title} reliability", after=after)
+    return report
+
+
+def _temperature(run: RunDir) -> float | None:
+    path = run.path / "calibration.json"
+    return float(run.read_json("calibration.json")["temperature"]) if path.is_file() else None
+
+
 def _load_for_inference(run_dir: str | Path):
     from transformers import (
         AutoModelForCausalLM,
@@ -474,7 +506,7 @@ def _logits(model, tokenizer, config, texts: list[str], targets=None):
 def predict(run_dir: str | Path, texts: list[str]) -> list[dict[str, Any]]:
     """Predictions for texts with a trained run: label(s) or value, and the scores behind them;
     for a causal LM, the generated completion of each prompt (as a single user turn)."""
-    _, config, task, model, tokenizer = _load_for_inference(run_dir)
+    run, config, task, model, tokenizer = _load_for_inference(run_dir)
     if task.type == "causal_lm":
         from tunesmith.tasks.causal_lm import generate, generation_prompt
 
@@ -488,7 +520,9 @@ def predict(run_dir: str | Path, texts: list[str]) -> list[dict[str, Any]]:
         return [{"source": str(t), "generated": g} for t, g in zip(texts, outputs)]
     texts = [" ".join(str(t).split()) for t in texts]
     logits = _logits(model, tokenizer, config, texts)
-    predictions, scores = task.predict(logits), task.probabilities(logits)
+    temperature = _temperature(run) if task.type == "single_label" else None
+    predictions = task.predict(logits)
+    scores = task.probabilities(logits / temperature if temperature else logits)  # calibrated when fitted
     rows = []
     for text, prediction, score in zip(texts, predictions, scores):
         row: dict[str, Any] = {"text": text}
@@ -529,8 +563,10 @@ def evaluate(run_dir: str | Path, data: str | Path) -> dict[str, Any]:
     targets = task.encode(frame["label"], entry["source"])
     logits = _logits(model, tokenizer, config, frame["text"].tolist(), targets)
     metrics = task.metrics(logits, np.asarray(targets))
-    metrics["data"] = entry
     out.mkdir(exist_ok=True)
+    metrics |= _confidence(config, task, logits, np.asarray(targets), out / f"{stem}_reliability.png", stem,
+                           _temperature(run) if task.type == "single_label" else None)  # fmt: skip
+    metrics["data"] = entry
     RunDir(out).write_json(f"{stem}.json", metrics)
     if "confusion_matrix" in metrics:
         plot_confusion_matrix(

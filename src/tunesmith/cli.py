@@ -51,10 +51,26 @@ def train(
     nproc: Annotated[
         int, typer.Option("--nproc", min=1, help="Data-parallel processes on this machine (torchrun).")
     ] = 1,
+    seeds: Annotated[
+        int, typer.Option("--seeds", min=1, help="Train N times (seed, seed+1, ...) and report the spread.")
+    ] = 1,
 ) -> None:
     """Fine-tune a model as CONFIG says and write a run directory."""
 
     def work():
+        if seeds > 1:
+            if resume is not None or nproc > 1:
+                raise TunesmithError("--seeds runs one process per seed: it takes neither --resume nor --nproc")
+            from tunesmith.api import _console
+            from tunesmith.config import load_config
+            from tunesmith.study.seeds import run_seeds
+
+            resolved = load_config(config, list(set_))
+            report = run_seeds(resolved, Path(resolved.runtime.output_dir or _stamp("seeds")), seeds,
+                               console=_console(None))  # fmt: skip
+            for name, values in report["summary"].items():
+                typer.echo(f"{name}: {values['mean']:.4f} ± {values['std']:.4f}")
+            return
         if nproc > 1 and "RANK" not in os.environ:
             raise typer.Exit(_launch(nproc, config, list(set_), resume))
         from tunesmith import api

@@ -269,6 +269,19 @@ class RuntimeConfig(Section):
     """Show progress bars (rank 0 only)."""
 
 
+class EvaluationConfig(Section):
+    """How far the scores can be trusted: confidence intervals and calibration."""
+
+    bootstrap_samples: int = Field(1000, ge=0)
+    """Resamples for the bootstrap confidence intervals of every evaluated split (0: none)."""
+    confidence_level: float = Field(0.95, gt=0, lt=1)
+    calibration_bins: int = Field(15, gt=1)
+    """Equal-width confidence bins for the expected calibration error and reliability diagram."""
+    temperature_scaling: bool = False
+    """Fit a softmax temperature on the validation split (single_label); predictions then report
+    calibrated probabilities (the predicted class does not change)."""
+
+
 class CvConfig(Section):
     """``tunesmith cv``: K-fold cross-validation, each fold a full train-and-evaluate run."""
 
@@ -339,6 +352,7 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     generation: GenerationConfig = GenerationConfig()
     inspect: InspectConfig = InspectConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
     cv: CvConfig = CvConfig()
     tune: TuneConfig = TuneConfig()
     runtime: RuntimeConfig = RuntimeConfig()

@@ -72,8 +72,18 @@ def _per_class(metrics: dict[str, Any]) -> str:
 
 
 def _scalars(metrics: dict[str, Any]) -> str:
-    rows = [f"| {k} | {v:.4f} |" for k, v in metrics.items() if isinstance(v, float)]
-    return "\n".join(["| metric | value |", "|---|---|", *rows])
+    """The split's scalar metrics, with their bootstrap interval where there is one."""
+    intervals = metrics.get("confidence_intervals", {})
+    level = metrics.get("confidence_level")
+    header = f"| metric | value | {level:.0%} bootstrap interval |" if intervals else "| metric | value |"
+    rows = []
+    for key, value in metrics.items():
+        if not isinstance(value, float) or key in ("confidence_level", "temperature"):
+            continue
+        ci = intervals.get(key)
+        shown = f" {ci['low']:.4f} – {ci['high']:.4f} |" if ci else (" |" if intervals else "")
+        rows.append(f"| {key} | {value:.4f} |{shown}")
+    return "\n".join([header, "|---|---|---|" if intervals else "|---|---|", *rows])
 
 
 def model_card(
@@ -128,6 +138,12 @@ def model_card(
     for split in ("validation", "test"):
         if split in metrics:
             sections += [f"### {split} ({metrics[split].get('count', '?')} rows)\n", _scalars(metrics[split]) + "\n"]
+    test = metrics.get("test", {})
+    if "ece" in test:
+        scaled = (f"; after temperature scaling (T = {test['temperature']:.3f}, fitted on validation) "
+                  f"{test['ece_temperature_scaled']:.4f}" if "temperature" in test else "")  # fmt: skip
+        sections += [f"Calibration on test: expected calibration error {test['ece']:.4f}{scaled} "
+                     "(reliability diagram: reliability_test.png).\n"]  # fmt: skip
     if "per_class" in metrics.get("test", {}):
         sections += ["### test, per class\n", _per_class(metrics["test"]) + "\n"]
         if "confusion_matrix" in metrics["test"]:
