@@ -428,6 +428,8 @@ def _finish(run, config, task, data, result, features, truncated, tokenizer, res
     tokenizer.save_pretrained(tmp)
     replace_dir(tmp, run.model_dir)
 
+    if config.forgetting.retain is not None:
+        metrics["forgetting"] = _forgetting(config, task, model, tokenizer, resolved, log)
     state = result.state
     metric_name = config.train.metric or task.default_metric[0]
     training = {
@@ -449,7 +451,33 @@ def _finish(run, config, task, data, result, features, truncated, tokenizer, res
         shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))
         log(f"{split}: {shown}")
     log(f"Model saved to {run.model_dir}; model card {run.path / 'README.md'}")
+    forgetting = metrics.get("forgetting")
+    if forgetting is not None and not forgetting["passed"] and forgetting["action"] == "fail":
+        raise TunesmithError(f"forgetting check failed: {forgetting['message']} (the run is saved in {run.path})")
     return TrainResult(run.path, metrics)
+
+
+def _forgetting(config, task, model, tokenizer, resolved, log) -> dict[str, Any]:
+    """The catastrophic-forgetting check of config.forgetting on the final (merged) model."""
+    from tunesmith.evaluate import forgetting
+
+    settings, seed = config.forgetting, config.runtime.seed
+    model = model.cpu()
+    if task.type == "causal_lm":
+        from tunesmith.models.load import load_causal_lm
+
+        base, _ = load_causal_lm(resolved, dropout=None)
+        found = forgetting.causal_lm_check(settings, base_model=base, tuned_model=model, tokenizer=tokenizer,
+                                           max_length=config.model.max_length, seed=seed)  # fmt: skip
+    elif task.type in GENERATIVE:
+        raise TunesmithError("forgetting covers classifiers and causal LMs, not task.type=seq2seq")
+    else:
+        found = forgetting.classifier_check(settings, base_name=config.model.name, tuned_model=model,
+                                            tokenizer=tokenizer, max_length=config.model.max_length,
+                                            seed=seed)  # fmt: skip
+    log(("Forgetting: " if found["passed"] else "WARNING, forgetting: ") + found["message"]
+        + f" (base {found['base']:.4f}, tuned {found['tuned']:.4f})")  # fmt: skip
+    return found
 
 
 def _confidence(config, task, logits, targets, plot_path: Path, title: str, temperature: float | None) -> dict:

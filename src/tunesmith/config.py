@@ -282,6 +282,25 @@ class EvaluationConfig(Section):
     calibrated probabilities (the predicted class does not change)."""
 
 
+class ForgettingConfig(Section):
+    """Catastrophic-forgetting check after training: the base model and the tuned model on a
+    retain set (see evaluate/forgetting.py)."""
+
+    retain: str | None = None
+    """The retain set: a previous task's labelled file (classifiers) or general text, one text
+    per line or row (causal LMs). None: no check."""
+    text_column: str | None = None
+    label_column: str | None = None
+    method: Literal["probe", "head"] = "probe"
+    """Classifiers: a linear probe on frozen features, or the base model's own head (the base
+    model must be a classifier of the retain labels)."""
+    threshold: float = Field(0.05, ge=0)
+    """Largest allowed drop: in retain accuracy (classifiers) or relative perplexity rise (LMs)."""
+    action: Literal["warn", "fail"] = "warn"
+    """fail: the run exits with an error (everything already saved) when the drop is larger."""
+    max_rows: int = Field(2000, gt=3)
+
+
 class CvConfig(Section):
     """``tunesmith cv``: K-fold cross-validation, each fold a full train-and-evaluate run."""
 
@@ -353,6 +372,7 @@ class Config(Section):
     generation: GenerationConfig = GenerationConfig()
     inspect: InspectConfig = InspectConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
+    forgetting: ForgettingConfig = ForgettingConfig()
     cv: CvConfig = CvConfig()
     tune: TuneConfig = TuneConfig()
     runtime: RuntimeConfig = RuntimeConfig()

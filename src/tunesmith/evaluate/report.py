@@ -144,6 +144,11 @@ def model_card(
                   f"{test['ece_temperature_scaled']:.4f}" if "temperature" in test else "")  # fmt: skip
         sections += [f"Calibration on test: expected calibration error {test['ece']:.4f}{scaled} "
                      "(reliability diagram: reliability_test.png).\n"]  # fmt: skip
+    if "forgetting" in metrics:
+        f = metrics["forgetting"]
+        sections += ["### Forgetting check\n",
+                     f"Retain set `{f['retain']}` ({f['rows']} rows, {f['method']}): base {f['base']:.4f}, tuned "
+                     f"{f['tuned']:.4f}. {f['message']}.\n"]  # fmt: skip
     if "per_class" in metrics.get("test", {}):
         sections += ["### test, per class\n", _per_class(metrics["test"]) + "\n"]
         if "confusion_matrix" in metrics["test"]:
