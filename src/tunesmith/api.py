@@ -412,6 +412,7 @@ def _finish(run, config, task, data, result, features, truncated, tokenizer, res
             metrics[split] = task.metrics(logits, targets)
             metrics[split] |= _confidence(config, task, logits, targets, run.path / f"reliability_{split}.png", split,
                                           temperature)  # fmt: skip
+            metrics[split] |= _slices(config, task, logits, targets, data.splits[split])
             if "confusion_matrix" in metrics[split]:
                 plot_confusion_matrix(run.path / f"confusion_matrix_{split}.png", metrics[split]["confusion_matrix"],
                                       task.label_names, f"{split} confusion matrix")  # fmt: skip
@@ -493,6 +494,20 @@ def _confidence(config, task, logits, targets, plot_path: Path, title: str, temp
         )
         plot_reliability(plot_path, report["calibration_bins"], report["ece"], f"{title} reliability", after=after)
     return report
+
+
+def _slices(config, task, logits, targets, frame) -> dict:
+    """Per-slice metrics when the split carries data.slice_column (single-label tasks)."""
+    if task.type != "single_label" or "slice" not in frame.columns:
+        return {}
+    from tunesmith.evaluate.fairness import slice_metrics
+
+    try:
+        found = slice_metrics(logits.argmax(1), targets, frame["slice"].tolist(), task.label_names,
+                              column=config.data.slice_column, positive=config.evaluation.positive_label)  # fmt: skip
+    except ValueError as error:
+        raise TunesmithError(str(error)) from None
+    return {"slices": found}
 
 
 def _temperature(run: RunDir) -> float | None:
@@ -594,6 +609,7 @@ def evaluate(run_dir: str | Path, data: str | Path) -> dict[str, Any]:
     out.mkdir(exist_ok=True)
     metrics |= _confidence(config, task, logits, np.asarray(targets), out / f"{stem}_reliability.png", stem,
                            _temperature(run) if task.type == "single_label" else None)  # fmt: skip
+    metrics |= _slices(config, task, logits, np.asarray(targets), frame)
     metrics["data"] = entry
     RunDir(out).write_json(f"{stem}.json", metrics)
     if "confusion_matrix" in metrics:

@@ -101,6 +101,9 @@ class DataConfig(Section):
     """strict: a byte that is not UTF-8 is an error; replace: it becomes U+FFFD and is counted."""
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    slice_column: str | None = None
+    """A column to break the evaluation down by (a group, source or language): per-slice metrics
+    and the gaps between slices, in metrics.json and the model card (single_label)."""
     max_rows: int | None = Field(None, gt=0)
     """Use at most this many rows of the training file (a stratified sample, after cleaning)."""
     format: Literal["auto", "alpaca", "prompt_completion", "messages"] = "auto"
@@ -277,6 +280,9 @@ class EvaluationConfig(Section):
     confidence_level: float = Field(0.95, gt=0, lt=1)
     calibration_bins: int = Field(15, gt=1)
     """Equal-width confidence bins for the expected calibration error and reliability diagram."""
+    positive_label: str | None = None
+    """The label whose true-positive rate the equal-opportunity difference compares across
+    data.slice_column slices (binary tasks; unset: the second label in sorted order)."""
     temperature_scaling: bool = False
     """Fit a softmax temperature on the validation split (single_label); predictions then report
     calibrated probabilities (the predicted class does not change)."""

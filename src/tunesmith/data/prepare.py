@@ -43,6 +43,14 @@ def load_examples(
     frame, counts = clean_and_fix(frame, config, task, source=table.source, changes=changes, similarity=similarity)
     if frame.empty:
         raise TunesmithError(f"{table.source}: no usable rows left after cleaning ({counts})")
+    if config.slice_column is not None:  # carried beside the text for per-slice evaluation
+        if config.slice_column not in table.frame.columns:
+            raise TunesmithError(
+                f"data.slice_column={config.slice_column!r} is not a column of {table.source}; "
+                f"columns: {list(table.frame.columns)}"
+            )
+        values = table.frame[config.slice_column].to_numpy()[frame["row"].to_numpy() - 1]
+        frame = frame.assign(slice=["(missing)" if pd.isna(v) else str(v) for v in values])
     entry = {
         "source": table.source,
         "sha256": table.sha256,

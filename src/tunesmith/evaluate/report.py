@@ -144,6 +144,11 @@ def model_card(
                   f"{test['ece_temperature_scaled']:.4f}" if "temperature" in test else "")  # fmt: skip
         sections += [f"Calibration on test: expected calibration error {test['ece']:.4f}{scaled} "
                      "(reliability diagram: reliability_test.png).\n"]  # fmt: skip
+    if "slices" in metrics.get("test", {}):
+        from tunesmith.evaluate.fairness import markdown as slice_table
+
+        sections += [f"### test, per {metrics['test']['slices']['column']} slice\n",
+                     slice_table(metrics["test"]["slices"])]  # fmt: skip
     if "forgetting" in metrics:
         f = metrics["forgetting"]
         sections += ["### Forgetting check\n",
