@@ -89,6 +89,7 @@ def test_study_runs_trials_and_writes_best_config_report_and_plots(tmp_path, tin
     assert ready.runtime.output_dir is None and ready.tune.space == {}
     assert (tmp_path / "study" / "history.png").stat().st_size > 0
     assert "| trial | state |" in (tmp_path / "study" / "study.md").read_text()
+    assert "data:image/png;base64," in (tmp_path / "study" / "study.html").read_text()
     # Running it again resumes the finished study: nothing new is trained.
     again = tune.run_tune(config, tmp_path / "study")
     assert [t["value"] for t in again["trials"]] == [t["value"] for t in report["trials"]]

@@ -451,7 +451,10 @@ def _finish(run, config, task, data, result, features, truncated, tokenizer, res
     for split, values in metrics.items():
         shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))
         log(f"{split}: {shown}")
-    log(f"Model saved to {run.model_dir}; model card {run.path / 'README.md'}")
+    from tunesmith.evaluate.html import run_report
+
+    run_report(run.path)
+    log(f"Model saved to {run.model_dir}; model card {run.path / 'README.md'}; report {run.path / 'report.html'}")
     forgetting = metrics.get("forgetting")
     if forgetting is not None and not forgetting["passed"] and forgetting["action"] == "fail":
         raise TunesmithError(f"forgetting check failed: {forgetting['message']} (the run is saved in {run.path})")

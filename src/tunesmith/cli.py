@@ -149,6 +149,38 @@ def tune(
 
 
 @app.command()
+def compare(
+    runs: Annotated[list[Path], typer.Argument(help="Finished run directories.")],
+    out: Annotated[Path | None, typer.Option("--out", help="HTML file (default runs/compare-TIME.html).")] = None,
+) -> None:
+    """Compare finished runs: scores with intervals, config differences, validation curves."""
+
+    def work():
+        from tunesmith.evaluate.html import compare as compare_runs
+
+        target = out or _stamp("compare").with_suffix(".html")
+        report = compare_runs(runs, target)
+        for row in report["scores"]:
+            typer.echo("  ".join(f"{k}={v}" for k, v in row.items()))
+        typer.echo(str(target))
+
+    _guarded(work)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")]) -> None:
+    """(Re)write RUN_DIR/report.html from the run's files."""
+
+    def work():
+        from tunesmith.evaluate.html import run_report
+        from tunesmith.runs import RunDir
+
+        typer.echo(str(run_report(RunDir.open(run_dir).path)))
+
+    _guarded(work)
+
+
+@app.command()
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
     data: Annotated[Path, typer.Option("--data", help="Labelled file with the training columns.")],

@@ -308,6 +308,9 @@ def write_report(config: Config, directory: Path, study, *, seconds: float) -> d
     report["plots"] = _plots(study, directory)
     (directory / "study.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     (directory / "study.md").write_text(markdown(report), encoding="utf-8")
+    from tunesmith.evaluate.html import study_report
+
+    study_report(directory, report)
     return report
 
 

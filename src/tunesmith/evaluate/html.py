@@ -1,0 +1,237 @@
+"""Self-contained HTML reports (plots embedded): one per run, one comparing runs, one per study.
+
+A person should understand a run from its report.html without reading JSON: what was trained on
+what, how well it does (with intervals), where it errs (confusion matrix, per class, per slice),
+how sure it is (reliability), how training went (curves) and what it forgot.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+STYLE = (
+    "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;"
+    "margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;vertical-align:top;text-align:left}"
+    "th{background:#f3f3f3}img{max-width:100%;margin:.5em 1em .5em 0}.bad{color:#b00}.good{color:#080}"
+    "code{background:#f3f3f3;padding:0 3px}"
+)
+
+
+def page(title: str, parts: list[str]) -> str:
+    return (f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title><style>{STYLE}</style>"
+            + "".join(parts))  # fmt: skip
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    if not rows:
+        return "<p>none</p>"
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(r.get(c, ''))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return html.escape(str(value)) if value is not None else "-"
+
+
+def image(path: Path, alt: str) -> str:
+    """An existing PNG, embedded so the report travels as one file."""
+    if not path.is_file():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
+
+
+def _figure(draw, size=(7, 3.4)) -> str:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=size)
+    draw(axes)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return f"<img src='data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}'>"
+
+
+def _metric_rows(metrics: dict[str, Any]) -> list[dict]:
+    intervals = metrics.get("confidence_intervals", {})
+    rows = []
+    for key, value in metrics.items():
+        if isinstance(value, float) and key not in ("confidence_level", "temperature"):
+            ci = intervals.get(key)
+            rows.append({"metric": key, "value": value,
+                         "95% interval": f"{ci['low']:.4f} – {ci['high']:.4f}" if ci else ""})  # fmt: skip
+    return rows
+
+
+def _read(run: Path, name: str) -> Any:
+    path = run / name
+    if not path.is_file():
+        return None
+    text = path.read_text(encoding="utf-8")
+    return yaml.safe_load(text) if name.endswith(".yaml") else json.loads(text)
+
+
+def run_report(run: Path) -> Path:
+    """Writes ``run/report.html`` from the files the run wrote; returns its path."""
+    run = Path(run)
+    config, metrics = _read(run, "config.yaml") or {}, _read(run, "metrics.json") or {}
+    task, manifest = _read(run, "task.json") or {}, _read(run, "data_manifest.json") or {}
+    training = metrics.get("training", {})
+    model = config.get("model", {})
+    train = config.get("train", {})
+    parts = [f"<h1>{html.escape(task.get('type', 'run').replace('_', '-'))} run: {html.escape(run.name)}</h1>"]
+    overview = [
+        {"": "model", "value": model.get("name")}, {"": "strategy", "value": model.get("strategy")},
+        {"": "labels", "value": ", ".join(task.get("label_names", [])) or "-"},
+        {"": "rows", "value": ", ".join(f"{n} {s['rows']}" for n, s in manifest.get("splits", {}).items())},
+        {"": "training", "value": f"{train.get('num_epochs')} epochs, batch {train.get('batch_size')}, "
+                                  f"learning rate {train.get('learning_rate')}, {training.get('steps')} steps"},
+        {"": "best checkpoint", "value": f"{training.get('metric')} {training.get('best_metric')} at step "
+                                         f"{training.get('best_step')}" + (" (stopped early)" if training.get("stopped_early") else "")},
+        {"": "seed", "value": config.get("runtime", {}).get("seed")},
+    ]  # fmt: skip
+    parts += ["<h2>Overview</h2>", table(overview, ["", "value"])]
+    for split in ("test", "validation"):
+        if split in metrics:
+            parts += [f"<h2>{split} ({metrics[split].get('count', '?')} rows)</h2>",
+                      table(_metric_rows(metrics[split]), ["metric", "value", "95% interval"])]  # fmt: skip
+    parts += ["<h2>Learning curves</h2>", image(run / "training_curves.png", "training curves")]
+    test = metrics.get("test", {})
+    if "per_class" in test:
+        parts.append("<h2>Errors (test)</h2>")
+        parts.append(image(run / "confusion_matrix_test.png", "confusion matrix"))
+        parts.append(table([{"class": c, **v} for c, v in test["per_class"].items()],
+                           ["class", "precision", "recall", "f1", "support"]))  # fmt: skip
+    if "ece" in test:
+        scaled = (f"; with temperature {test['temperature']:.3f} (fitted on validation): "
+                  f"{test['ece_temperature_scaled']:.4f}" if "temperature" in test else "")  # fmt: skip
+        parts += ["<h2>Calibration (test)</h2>", f"<p>Expected calibration error {test['ece']:.4f}{scaled}. "
+                  "Points below the diagonal are over-confident.</p>", image(run / "reliability_test.png", "reliability")]  # fmt: skip
+    if "slices" in test:
+        s = test["slices"]
+        rows = [{s["column"]: k, **v} for k, v in s["slices"].items()]
+        rate = "true_positive_rate" if any("true_positive_rate" in r for r in rows) else "macro_recall"
+        parts += [f"<h2>Per {html.escape(s['column'])} slice (test)</h2>",
+                  table(rows, [s["column"], "count", "accuracy", "macro_f1", rate]),
+                  f"<p>Largest accuracy gap {s.get('accuracy_gap', float('nan')):.4f}; equal-opportunity difference "
+                  f"{s.get('equal_opportunity_difference', float('nan')):.4f}.</p>"]  # fmt: skip
+    if "forgetting" in metrics:
+        f = metrics["forgetting"]
+        verdict = "good" if f["passed"] else "bad"
+        parts += ["<h2>Forgetting</h2>", f"<p class={verdict}>Retain set <code>{html.escape(f['retain'])}</code> "
+                  f"({f['rows']} rows, {f['method']}): base {f['base']:.4f}, tuned {f['tuned']:.4f}. "
+                  f"{html.escape(f['message'])}.</p>"]  # fmt: skip
+    changes = manifest.get("changes")
+    if changes:
+        parts += ["<h2>Data cleaning</h2>", table([{"change": k, "rows": v} for k, v in changes.items()], ["change", "rows"]),
+                  "<p>Every row is listed in data_changelog.jsonl.</p>"]  # fmt: skip
+    parts.append("<p>Files: config.yaml (the full config), metrics.json, README.md (model card), model/.</p>")
+    out = run / "report.html"
+    out.write_text(page(f"tunesmith run {run.name}", parts), encoding="utf-8")
+    return out
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat |= _flatten(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}": value}
+    return flat
+
+
+def compare(runs: list[Path], out: Path) -> dict[str, Any]:
+    """Writes an HTML page (and a JSON beside it) comparing finished runs: their scores with
+    intervals, the config keys that differ, and their validation curves on one plot."""
+    from tunesmith.errors import TunesmithError
+
+    loaded = []
+    for run in map(Path, runs):
+        metrics = _read(run, "metrics.json")
+        if metrics is None:
+            raise TunesmithError(f"{run} is not a finished run directory (no metrics.json)")
+        loaded.append((run, _read(run, "config.yaml") or {}, metrics))
+    flat = [_flatten({k: v for k, v in c.items() if k != "tune"}) for _, c, _ in loaded]
+    keys = sorted(set().union(*flat))
+    differing = [
+        k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1 and k != "runtime.output_dir"
+    ]
+    names = [str(run) for run, _, _ in loaded]
+    scores = []
+    for run, _, metrics in loaded:
+        split = "test" if "test" in metrics else "validation"
+        row: dict[str, Any] = {"run": str(run), "split": split}
+        values = metrics.get(split, {})
+        for key in ("accuracy", "macro_f1", "mse", "loss", "perplexity", "rougeL", "ece"):
+            if isinstance(values.get(key), float):
+                ci = values.get("confidence_intervals", {}).get(key)
+                row[key] = f"{values[key]:.4f}" + (f" ({ci['low']:.4f}–{ci['high']:.4f})" if ci else "")
+        row["steps"] = metrics.get("training", {}).get("steps")
+        scores.append(row)
+    columns = ["run", "split"] + [k for k in ("accuracy", "macro_f1", "mse", "loss", "perplexity", "rougeL", "ece")
+                                  if any(k in r for r in scores)] + ["steps"]  # fmt: skip
+    differences = [{"key": k, **{n: json.dumps(f.get(k)) for n, f in zip(names, flat)}} for k in differing]
+
+    def curves(axes) -> None:
+        for run, _, metrics in loaded:
+            metric = metrics.get("training", {}).get("metric")
+            path = run / "metrics.jsonl"
+            if not path.is_file():
+                continue
+            records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+            points = [(r["step"], r[metric]) for r in records if r.get("split") == "validation" and metric in r]
+            if points:
+                axes.plot(*zip(*points), marker="o", label=f"{run.name} ({metric})")
+        axes.set_xlabel("step")
+        axes.set_ylabel("validation metric")
+        axes.legend(fontsize=8)
+
+    parts = ["<h1>Runs compared</h1>", "<h2>Scores (95% bootstrap interval)</h2>", table(scores, columns),
+             "<h2>Validation curves</h2>", _figure(curves), "<h2>Config differences</h2>",
+             table(differences, ["key", *names]) if differences else "<p>The configs are the same.</p>"]  # fmt: skip
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page("tunesmith compare", parts), encoding="utf-8")
+    report = {"runs": names, "scores": scores, "differences": differences}
+    out.with_suffix(".json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return report
+
+
+def study_report(directory: Path, report: dict[str, Any]) -> Path:
+    """``study.html``: the best trial, the history and importance plots, every trial."""
+    parts = [f"<h1>Hyperparameter study: {html.escape(report['metric'])} ({report['direction']})</h1>",
+             f"<p>{report['complete']} complete, {report['pruned']} pruned, {report['failed']} failed; sampler "
+             f"{report['sampler']}, pruner {report['pruner']}, objective {report['objective']}. Trial time in total "
+             f"{report['trial_seconds_total']:.0f} s.</p>"]  # fmt: skip
+    if "best" in report:
+        parts.append(f"<p class=good>Best: trial {report['best']['number']}, {report['metric']} "
+                     f"{report['best']['value']:.4f}, {html.escape(str(report['best']['params']))}; its config is "
+                     "best.yaml.</p>")  # fmt: skip
+    parts += [
+        image(directory / "history.png", "optimisation history"),
+        image(directory / "importances.png", "importances"),
+    ]
+    rows = [{**t, "params": ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+                                      for k, v in t["params"].items())} for t in report["trials"]]  # fmt: skip
+    parts += [
+        "<h2>Trials</h2>",
+        table(rows, ["number", "state", "value", "seconds", "pruned_at_step", "params", "run"]),
+    ]
+    out = directory / "study.html"
+    out.write_text(page("tunesmith study", parts), encoding="utf-8")
+    return out
