@@ -306,3 +306,15 @@ def test_defaults_follow_the_task():
     assert (classifier.model.strategy, classifier.model.max_length) == ("full", 128)
     with pytest.raises(TunesmithError, match="train.packing needs task.type=causal_lm"):
         config_from_dict({"train": {"packing": True}})
+
+
+def test_forgetting_check_compares_perplexity_on_general_text(tiny_llama_dir, tmp_path):
+    retain = tmp_path / "general.txt"
+    retain.write_text("The river runs past the old mill.\nPrices rose again this spring.\nShe reads by the window.\n")
+    config = _lm_config(tiny_llama_dir, _alpaca_file(tmp_path), tmp_path / "run", num_epochs=1)
+    config["forgetting"] = {"retain": str(retain), "threshold": 0.1}
+    found = tunesmith.train(config).metrics["forgetting"]
+    assert found["method"] == "perplexity" and found["rows"] == 3
+    assert found["base"] > 1 and found["tuned"] > 1
+    assert found["relative_increase"] == pytest.approx(found["tuned"] / found["base"] - 1)
+    assert found["passed"] == (found["relative_increase"] <= 0.1)
