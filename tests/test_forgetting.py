@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -64,3 +66,21 @@ def test_a_head_that_does_not_know_the_retain_labels_is_a_clear_error(tmp_path, 
     config = tiny_config(tiny_model_dir, second, tmp_path / "run", forgetting={"retain": str(retain), "method": "head"})
     with pytest.raises(TunesmithError, match="are not labels of the base model's head"):
         api.train(config)
+
+
+def test_rehearsal_mixes_earlier_rows_into_training_only(tmp_path, tiny_model_dir):
+    second = tmp_path / "second.csv"
+    pd.DataFrame(topic_rows(100)).to_csv(second, index=False)
+    earlier = tmp_path / "earlier.csv"
+    pd.DataFrame(sentiment_rows(50, seed=3)).to_csv(earlier, index=False)
+    config = tiny_config(tiny_model_dir, second, tmp_path / "run", train={"num_epochs": 1},
+                         forgetting={"rehearsal": str(earlier), "rehearsal_ratio": 0.25})  # fmt: skip
+    api.train(config)
+    manifest = json.loads((tmp_path / "run" / "data_manifest.json").read_text())
+    train = pd.read_parquet(tmp_path / "run" / "data" / "train.parquet")
+    test = pd.read_parquet(tmp_path / "run" / "data" / "test.parquet")
+    assert manifest["rehearsal"]["rows"] == 15  # a quarter of the 60 training rows
+    assert train["label"].isin(["positive", "negative"]).sum() == 15
+    assert not test["label"].isin(["positive", "negative"]).any()  # held-out splits are the new task's
+    labels = json.loads((tmp_path / "run" / "task.json").read_text())["label_names"]
+    assert set(labels) == {"feeling", "object", "positive", "negative"}

@@ -125,7 +125,8 @@ def train(
         data = prepare_data(config.data, task, seed=config.runtime.seed,
                             similarity=config.inspect.near_duplicate_similarity,
                             find_label_errors=_label_error_finder(config),
-                            synonyms=lambda words: _synonyms(config, words))  # fmt: skip
+                            synonyms=lambda words: _synonyms(config, words),
+                            rehearsal=_rehearsal(config, task))  # fmt: skip
     _setup_runtime(config)
     log = _plain(console) if main else (lambda message: None)
     _report_data(data, log)
@@ -201,6 +202,19 @@ def _label_error_finder(config: Config):
         return [(int(p), names[int(probabilities[p].argmax())], float(probabilities[p, ids[p]])) for p in ranked]
 
     return find
+
+
+def _rehearsal(config: Config, task):
+    """forgetting.rehearsal's rows (cleaned like training data), for prepare_data."""
+    settings = config.forgetting
+    if settings.rehearsal is None:
+        return None
+    if task.type != "single_label":
+        raise TunesmithError("forgetting.rehearsal mixes labelled rows into training: it needs task.type=single_label")
+    columns = config.data.model_copy(update={"text_column": settings.text_column, "label_column": settings.label_column,
+                                             "column_names": None, "slice_column": None})  # fmt: skip
+    frame, entry = load_examples(settings.rehearsal, columns, task)
+    return frame, entry["source"], settings.rehearsal_ratio
 
 
 def _report_data(data: PreparedData, log) -> None:

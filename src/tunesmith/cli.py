@@ -29,14 +29,20 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-def _guarded(work):
-    """Runs a command body; user mistakes become one message and exit code 2."""
+def _guarded(
+    work, interrupted: str = "a run can continue from its last checkpoint with: tunesmith train --resume RUN_DIR"
+):
+    """Runs a command body; user mistakes become one message and exit code 2.
+
+    Args:
+        interrupted: what to tell the user after Ctrl-C.
+    """
     try:
         return work()
     except TunesmithError as error:
         _fail(str(error))
     except KeyboardInterrupt:
-        _fail("interrupted; a run can continue from its last checkpoint with: tunesmith train --resume RUN_DIR")
+        _fail(f"interrupted; {interrupted}")
 
 
 @app.command()
@@ -145,7 +151,7 @@ def tune(
             typer.echo(f"best trial {best['number']}: {report['metric']} {best['value']:.4f} {best['params']}")
             typer.echo(f"ready config: {directory / 'best.yaml'}")
 
-    _guarded(work)
+    _guarded(work, "the same command with the same --out resumes the study (finished and pruned trials are kept)")
 
 
 @app.command()

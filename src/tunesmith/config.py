@@ -305,6 +305,11 @@ class ForgettingConfig(Section):
     action: Literal["warn", "fail"] = "warn"
     """fail: the run exits with an error (everything already saved) when the drop is larger."""
     max_rows: int = Field(2000, gt=3)
+    rehearsal: str | None = None
+    """Rehearsal: a labelled file of the earlier task (not the retain set, which scores it)
+    whose rows are mixed into training; its labels join the task's label set (single_label)."""
+    rehearsal_ratio: float = Field(0.1, gt=0, le=1)
+    """Rehearsal rows added, as a share of the training rows."""
 
 
 class CvConfig(Section):

@@ -103,6 +103,7 @@ def prepare_data(
     similarity: float = 0.8,
     find_label_errors: Callable[[pd.DataFrame], list[tuple[int, str, float]]] | None = None,
     synonyms: Callable[[set[str]], dict[str, list[str]]] | None = None,
+    rehearsal: tuple[pd.DataFrame, str, float] | None = None,
 ) -> PreparedData:
     """Runs the whole data stage and fits the task's label set on the training split.
 
@@ -111,6 +112,9 @@ def prepare_data(
             leakage fixes.
         find_label_errors: finds likely label errors in a table, for data.clean.label_errors.
         synonyms: candidate synonyms of words, for data.augment's synonym and insert operations.
+        rehearsal: (rows of an earlier task, their source, ratio): a seeded sample of
+            ratio x the training rows is added to the training split (only), with its labels, so
+            the model keeps practising the earlier task (forgetting.rehearsal).
 
     Raises:
         TunesmithError: any problem with the files, columns, labels or split sizes.
@@ -151,6 +155,14 @@ def prepare_data(
                                            source=train_source, changes=changes)  # fmt: skip
     if splits["train"].empty:
         raise TunesmithError(f"{train_source}: cleaning left no training rows (see the changelog)")
+    rehearsed = None
+    if rehearsal is not None:
+        old, old_source, ratio = rehearsal
+        count = min(len(old), max(1, round(ratio * len(splits["train"]))))
+        picked = old.sample(n=count, random_state=seed)[["text", "label"]]
+        splits["train"] = pd.concat([splits["train"], picked], ignore_index=True)
+        rehearsed = {"source": old_source, "rows": count, "ratio": ratio,
+                     "labels": {str(k): int(v) for k, v in picked["label"].value_counts().items()}}  # fmt: skip
     task.fit_labels(splits["train"]["label"], sources["train"]["source"])
     for name in ("validation", "test"):
         if name in splits:
@@ -164,6 +176,8 @@ def prepare_data(
         "changes": dict(Counter(f"{c['action']}: {_reason_kind(c['reason'])}" for c in changes)),
         "balance_method": config.balance.method,
     }
+    if rehearsed is not None:
+        manifest["rehearsal"] = rehearsed
     if len(balanced) != len(splits["train"]):
         manifest["balance"] = {
             "method": config.balance.method,
