@@ -77,7 +77,9 @@ def main() -> None:
                                   "learning_rate": rate, "seconds": seconds}  # fmt: skip
     (ROOT / "benchmarks" / "out" / "forgetting.json").write_text(json.dumps(result, indent=2))
     print(f"SST-2 model: test accuracy {result['sst2']['test_accuracy']:.4f}")
-    print("| strategy on AG News | lr | AG News test acc | SST-2 acc before -> after (head) | retention | within 0.05 |")
+    print(
+        "| strategy on AG News | lr | AG News test acc | SST-2 acc before -> after (head) | retention | within 0.05 |"
+    )
     print("|---|---|---|---|---|---|")
     for name, r in result["agnews"].items():
         print(f"| {name} | {r['learning_rate']:g} | {r['agnews_test_accuracy']:.4f} | {r['sst2_before']:.4f} -> "

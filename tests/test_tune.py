@@ -125,3 +125,15 @@ def test_interrupted_study_resumes_with_its_earlier_trials_intact(tmp_path, tiny
     retried = [t for t in report["trials"] if t["number"] > 1 and t["params"] == before[1].params]
     assert retried and retried[0]["state"] == "complete"  # ... and run again with the same values
     assert report["complete"] == 3
+
+
+def test_a_cv_objective_scores_trials_by_their_mean_over_folds(tmp_path, tiny_model_dir):
+    tree = study_config(tmp_path, tiny_model_dir, n_trials=2, objective="cv", metric="accuracy", pruner="none")
+    tree["cv"] = {"folds": 2}
+    tree["train"].pop("eval_every_steps")
+    report = tune.run_tune(config_from_dict(tree), tmp_path / "study")
+    assert report["complete"] == 2
+    for trial in report["trials"]:
+        cv = json.loads((tmp_path / "study" / "trials" / f"trial-{trial['number']:03d}" / "cv.json").read_text())
+        assert trial["value"] == pytest.approx(cv["summary"]["accuracy"]["mean"])
+        assert len(cv["summary"]["accuracy"]["folds"]) == 2

@@ -468,6 +468,7 @@ def _finish(run, config, task, data, result, features, truncated, tokenizer, res
     from tunesmith.evaluate.html import run_report
 
     run_report(run.path)
+    run.record_hashes()  # export and serve check the model against these
     log(f"Model saved to {run.model_dir}; model card {run.path / 'README.md'}; report {run.path / 'report.html'}")
     forgetting = metrics.get("forgetting")
     if forgetting is not None and not forgetting["passed"] and forgetting["action"] == "fail":

@@ -187,6 +187,113 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A finished run director
 
 
 @app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A finished classification or regression run.")],
+    out: Annotated[Path, typer.Option("--out", help="New export directory.")],
+    format_: Annotated[str, typer.Option("--format", help="hf (transformers) or onnx.")] = "onnx",
+    quantize: Annotated[str | None, typer.Option("--quantize", help="int8: also a quantized ONNX model.")] = None,
+    rows: Annotated[int | None, typer.Option("--rows", min=1, help="Parity rows (default: the whole split).")] = None,
+    min_agreement: Annotated[
+        float, typer.Option("--min-agreement", min=0, max=1, help="Smallest label agreement of an int8 model.")
+    ] = 0.98,
+) -> None:
+    """Export a run (hf or onnx, optionally int8), refused unless it matches the PyTorch model."""
+
+    def work():
+        from tunesmith.ship.export import export as run_export
+
+        report = run_export(run_dir, out, fmt=format_, quantize=quantize, rows=rows, min_agreement=min_agreement,
+                            log=lambda m: typer.echo(m, err=True))  # fmt: skip
+        typer.echo(json.dumps(report["models"], indent=2))
+        typer.echo(str(out))
+
+    _guarded(work)
+
+
+@app.command()
+def serve(
+    source: Annotated[Path, typer.Argument(help="A run directory or an export directory.")],
+    host: Annotated[str, typer.Option("--host", help="Interface (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 8000,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", envvar="TUNESMITH_API_KEY", help="Require this key (X-API-Key).")
+    ] = None,
+    log: Annotated[Path | None, typer.Option("--log", help="Append every prediction to this JSONL file.")] = None,
+    max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Texts per request and per model call.")] = 64,
+    max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", min=1)] = 1_000_000,
+) -> None:
+    """Serve predictions over HTTP: POST /predict, GET /health, /metadata, /metrics."""
+
+    def work():
+        from tunesmith.ship.serve import serve as run_server
+
+        run_server(source, host=host, port=port, api_key=api_key, log_path=log, max_batch=max_batch,
+                   max_body_bytes=max_body_bytes, log=lambda m: typer.echo(m, err=True))  # fmt: skip
+
+    _guarded(work, "the server stopped")
+
+
+@app.command()
+def monitor(
+    run_dir: Annotated[Path, typer.Argument(help="The deployed run directory (its data is the reference).")],
+    live: Annotated[Path, typer.Option("--live", help="Prediction log (serve --log) or a data file of live texts.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Report directory (default RUN_DIR/monitor-TIME).")] = None,
+    text_column: Annotated[str | None, typer.Option("--text-column")] = None,
+    max_rows: Annotated[int, typer.Option("--max-rows", min=10, help="Rows sampled from each side.")] = 2000,
+) -> None:
+    """Compare live inputs and predictions with the training reference; exit 1 on drift."""
+
+    def work():
+        from datetime import datetime
+
+        from tunesmith.ship.monitor import monitor as run_monitor
+
+        target = out or run_dir / f"monitor-{datetime.now():%Y%m%d-%H%M%S}"
+        report = run_monitor(run_dir, live, target, text_column=text_column, max_rows=max_rows,
+                             log=lambda m: typer.echo(m, err=True))  # fmt: skip
+        for name, check in report["checks"].items():
+            typer.echo(
+                f"{name}: {check['value']:.4f} (threshold {check['threshold']}){'  DRIFT' if check['drift'] else ''}"
+            )
+        typer.echo(str(target / "monitor.html"))
+        if report["drift"]:
+            raise typer.Exit(1)
+
+    _guarded(work)
+
+
+@app.command()
+def retrain(
+    run_dir: Annotated[Path, typer.Argument(help="The deployed run directory.")],
+    data: Annotated[Path, typer.Option("--data", help="New labelled data (same columns as training).")],
+    mix: Annotated[str, typer.Option("--mix", help="Share of old training rows in the mix, e.g. old=0.5.")] = "old=0.5",
+    out: Annotated[Path | None, typer.Option("--out", help="New run directory (default RUN_DIR-vN).")] = None,
+) -> None:
+    """Continue the deployed model on new data mixed with the old; score both on old and new test data."""
+
+    def work():
+        from tunesmith.api import _console
+        from tunesmith.ship.retrain import retrain as run_retrain
+
+        key, _, value = mix.partition("=")
+        try:
+            share = float(value)
+        except ValueError:
+            share = None
+        if key.strip() != "old" or share is None:
+            raise TunesmithError(f"--mix {mix!r}: expected old=SHARE, e.g. old=0.5")
+        report = run_retrain(run_dir, data, old_share=share, out=out, console=_console(None))
+        for name, splits in report["scores"].items():
+            typer.echo(name + ": " + ", ".join(f"{s} {v[report['metric']]:.4f}" for s, v in splits.items()))
+        verdict = "better" if report["better_on_new_test"] else "not better"
+        typer.echo(
+            f"retrained model is {verdict} on the new test data ({report['gain_on_new_test']:+.4f}): {report['retrained']}"
+        )
+
+    _guarded(work)
+
+
+@app.command()
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
     data: Annotated[Path, typer.Option("--data", help="Labelled file with the training columns.")],

@@ -312,6 +312,21 @@ class ForgettingConfig(Section):
     """Rehearsal rows added, as a share of the training rows."""
 
 
+class MonitorConfig(Section):
+    """``tunesmith monitor``: a check drifts when its value is above its threshold."""
+
+    length_ks: float = Field(0.2, gt=0, le=1)
+    """Kolmogorov-Smirnov statistic between reference and live text lengths."""
+    oov_rate_increase: float = Field(0.05, gt=0, le=1)
+    """Live out-of-vocabulary rate minus the held-out split's."""
+    domain_auc: float = Field(0.75, gt=0.5, le=1)
+    """ROC AUC of a classifier telling reference from live embeddings (0.5: indistinguishable)."""
+    psi: float = Field(0.2, gt=0)
+    """Population stability index of the predicted labels (0.1-0.2 moderate, above 0.2 large)."""
+    confidence_drop: float = Field(0.1, gt=0, le=1)
+    """Fall in the mean highest-class probability."""
+
+
 class CvConfig(Section):
     """``tunesmith cv``: K-fold cross-validation, each fold a full train-and-evaluate run."""
 
@@ -384,6 +399,7 @@ class Config(Section):
     inspect: InspectConfig = InspectConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     forgetting: ForgettingConfig = ForgettingConfig()
+    monitor: MonitorConfig = MonitorConfig()
     cv: CvConfig = CvConfig()
     tune: TuneConfig = TuneConfig()
     runtime: RuntimeConfig = RuntimeConfig()

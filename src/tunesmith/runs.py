@@ -123,11 +123,51 @@ class RunDir:
             return 0
         return sum(1 for _ in self.metrics_log.open(encoding="utf-8"))
 
+    HASHED = ("model", "adapter", "config.yaml", "task.json", "calibration.json")
+    """What a finished run's ``hashes.json`` covers: everything a deployed model is made of."""
+
+    def _hashed_files(self) -> dict[str, Path]:
+        found = {}
+        for name in self.HASHED:
+            path = self.path / name
+            files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] * path.is_file()
+            found |= {p.relative_to(self.path).as_posix(): p for p in files}
+        return found
+
+    def record_hashes(self) -> None:
+        """Writes ``hashes.json``: the SHA-256 of every file of the model, its config and labels."""
+        self.write_json("hashes.json", {name: sha256_file(path) for name, path in self._hashed_files().items()})
+
+    def verify_hashes(self) -> None:
+        """Raises TunesmithError naming every file that changed, went missing or appeared since
+        ``record_hashes``."""
+        if not (self.path / "hashes.json").is_file():
+            raise TunesmithError(f"{self.path} has no hashes.json: it did not finish, or predates recorded hashes")
+        recorded = self.read_json("hashes.json")
+        present = self._hashed_files()
+        changed = [n for n in recorded if n in present and sha256_file(present[n]) != recorded[n]]
+        missing = [n for n in recorded if n not in present]
+        added = [n for n in present if n not in recorded]
+        if changed or missing or added:
+            parts = [f"{label}: {', '.join(names[:5])}" for label, names in
+                     (("changed", changed), ("missing", missing), ("not recorded", added)) if names]  # fmt: skip
+            raise TunesmithError(f"{self.path}: files do not match hashes.json ({'; '.join(parts)})")
+
     def truncate_metrics(self, lines: int) -> None:
         """Keeps the first ``lines`` records (what was logged up to a checkpoint)."""
         if self.metrics_log.exists():
             kept = self.metrics_log.read_text(encoding="utf-8").splitlines(keepends=True)[:lines]
             atomic_write(self.metrics_log, "".join(kept))
+
+
+def sha256_file(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def is_main_process() -> bool:

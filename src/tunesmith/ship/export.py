@@ -1,0 +1,189 @@
+"""``tunesmith export``: a finished classification run as a plain transformers directory or an
+ONNX model (optionally int8-quantized), checked against the PyTorch model before it is kept.
+
+Every export:
+- refuses a run directory whose model, config or labels differ from its ``hashes.json``;
+- runs the exported model and the run's PyTorch model on held-out rows (the run's test split,
+  else its validation split) and records the largest logit difference and how often the
+  predicted labels agree (``parity.json``);
+- is written to a temporary directory and renamed into place only if parity holds, so a
+  failed export leaves nothing behind.
+
+The export directory also holds the tokenizer and ``tunesmith.json`` (task, labels, max
+length, text normalisation, temperature), everything ``tunesmith serve`` needs without the run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tunesmith.errors import TunesmithError
+
+FP32_MAX_LOGIT_DIFFERENCE = 1e-3
+FP32_MIN_AGREEMENT = 0.999
+
+
+def held_out_texts(run, rows: int | None) -> tuple[list[str], str]:
+    import pandas as pd
+
+    for split in ("test", "validation"):
+        path = run.data_dir / f"{split}.parquet"
+        if path.is_file():
+            texts = pd.read_parquet(path)["text"].astype(str).tolist()
+            return (texts[:rows] if rows else texts), split
+    raise TunesmithError(f"{run.path} has no test or validation split to check the export on")
+
+
+def _batches(tokenizer, texts: list[str], max_length: int, size: int = 64):
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    for start in range(0, len(texts), size):
+        rows = order[start : start + size]
+        yield rows, tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=max_length,
+                              return_tensors="np")  # fmt: skip
+
+
+def torch_logits(model, tokenizer, texts: list[str], max_length: int) -> np.ndarray:
+    import torch
+
+    out = None
+    with torch.inference_mode():
+        for rows, batch in _batches(tokenizer, texts, max_length):
+            logits = model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.float().numpy()
+            out = np.zeros((len(texts), logits.shape[1]), dtype=np.float32) if out is None else out
+            out[rows] = logits
+    return out
+
+
+def onnx_logits(session, tokenizer, texts: list[str], max_length: int) -> np.ndarray:
+    names = {i.name for i in session.get_inputs()}
+    out = None
+    for rows, batch in _batches(tokenizer, texts, max_length):
+        logits = session.run(["logits"], {k: v.astype(np.int64) for k, v in batch.items() if k in names})[0]
+        out = np.zeros((len(texts), logits.shape[1]), dtype=np.float32) if out is None else out
+        out[rows] = logits
+    return out
+
+
+def parity(reference: np.ndarray, exported: np.ndarray, task_type: str) -> dict[str, float]:
+    """Largest absolute logit difference and the share of rows with the same prediction."""
+    if task_type == "multi_label":
+        same = ((reference > 0) == (exported > 0)).all(1)
+    elif task_type == "regression":
+        same = np.abs(reference - exported)[:, 0] < 1e-2
+    else:
+        same = reference.argmax(1) == exported.argmax(1)
+    return {"rows": int(len(reference)), "max_logit_difference": float(np.abs(reference - exported).max()),
+            "label_agreement": float(same.mean())}  # fmt: skip
+
+
+def _export_onnx(model, tokenizer, path: Path) -> None:
+    import warnings
+
+    import torch
+
+    sample = tokenizer(["a short text", "a somewhat longer text to trace"], padding=True, return_tensors="pt")
+    names = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in sample]
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (), str(path), kwargs={n: sample[n] for n in names}, input_names=names, output_names=["logits"],
+            dynamic_shapes={n: {0: batch, 1: sequence} for n in names}, dynamo=True, external_data=False,
+            verbose=False,
+        )  # fmt: skip
+
+
+def export(run_dir: str | Path, out: str | Path, *, fmt: str, quantize: str | None = None, rows: int | None = None,
+           min_agreement: float = 0.98, log=print) -> dict[str, Any]:  # fmt: skip
+    """Exports a finished run; returns the parity report (also written to ``out/parity.json``).
+
+    Args:
+        fmt: "hf" or "onnx".
+        quantize: "int8" (onnx only): also write a dynamically quantized model, the default for serving.
+        rows: check parity on at most this many held-out rows (None: all).
+        min_agreement: the smallest label agreement an int8 model may have.
+
+    Raises:
+        TunesmithError: hashes do not match, the task cannot be exported, or parity fails.
+    """
+    from tunesmith.api import _load_for_inference, _temperature
+
+    if fmt not in ("hf", "onnx"):
+        raise TunesmithError(f"--format {fmt!r}: choose hf or onnx")
+    if quantize not in (None, "int8"):
+        raise TunesmithError(f"--quantize {quantize!r}: only int8 is supported")
+    if quantize and fmt != "onnx":
+        raise TunesmithError("--quantize int8 applies to --format onnx")
+    out = Path(out)
+    if out.exists():
+        raise TunesmithError(f"{out} already exists; choose a new --out")
+    from tunesmith.runs import RunDir
+
+    RunDir.open(run_dir).verify_hashes()  # before anything of it is loaded
+    run, config, task, model, tokenizer = _load_for_inference(run_dir)
+    if task.type not in ("single_label", "multi_label", "regression"):
+        raise TunesmithError(f"export covers classification and regression runs, not task.type={task.type}")
+    max_length = config.model.max_length
+    texts, split = held_out_texts(run, rows)
+    texts = [" ".join(t.split()) for t in texts]  # what training and predict feed the model
+    log(f"Checking the export on {len(texts)} rows of the run's {split} split")
+    reference = torch_logits(model, tokenizer, texts, max_length)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    report: dict[str, Any] = {"run": str(run.path), "format": fmt, "split": split, "models": {}}
+    try:
+        tokenizer.save_pretrained(tmp)
+        if fmt == "hf":
+            from transformers import AutoModelForSequenceClassification
+
+            model.save_pretrained(tmp)
+            exported = AutoModelForSequenceClassification.from_pretrained(tmp).eval()
+            report["models"]["model.safetensors"] = parity(reference, torch_logits(exported, tokenizer, texts, max_length),
+                                                           task.type)  # fmt: skip
+            default = "."
+        else:
+            import onnxruntime as ort
+
+            _export_onnx(model, tokenizer, tmp / "model.onnx")
+            session = ort.InferenceSession(str(tmp / "model.onnx"), providers=["CPUExecutionProvider"])
+            report["models"]["model.onnx"] = parity(reference, onnx_logits(session, tokenizer, texts, max_length),
+                                                    task.type)  # fmt: skip
+            default = "model.onnx"
+            if quantize == "int8":
+                from onnxruntime.quantization import QuantType, quantize_dynamic
+
+                quantize_dynamic(str(tmp / "model.onnx"), str(tmp / "model_int8.onnx"), weight_type=QuantType.QInt8)
+                session = ort.InferenceSession(str(tmp / "model_int8.onnx"), providers=["CPUExecutionProvider"])
+                report["models"]["model_int8.onnx"] = parity(reference, onnx_logits(session, tokenizer, texts,
+                                                                                    max_length), task.type)  # fmt: skip
+                default = "model_int8.onnx"
+        failures = []
+        for name, figures in report["models"].items():
+            quantized = "int8" in name
+            floor = min_agreement if quantized else FP32_MIN_AGREEMENT
+            if figures["label_agreement"] < floor:
+                failures.append(f"{name}: label agreement {figures['label_agreement']:.4f} < {floor}")
+            if not quantized and figures["max_logit_difference"] > FP32_MAX_LOGIT_DIFFERENCE:
+                failures.append(f"{name}: logits differ by up to {figures['max_logit_difference']:.2e} "
+                                f"(> {FP32_MAX_LOGIT_DIFFERENCE})")  # fmt: skip
+            log(f"{name}: label agreement {figures['label_agreement']:.4f}, max logit difference "
+                f"{figures['max_logit_difference']:.2e} on {figures['rows']} rows")  # fmt: skip
+        if failures:
+            raise TunesmithError("export refused, parity failed: " + "; ".join(failures))
+        (tmp / "tunesmith.json").write_text(json.dumps({
+            "task": task.to_dict(), "max_length": max_length, "format": fmt, "model": default,
+            "temperature": _temperature(run) if task.type == "single_label" else None,
+            "text_normalisation": "collapse whitespace", "source_run": str(run.path),
+            "source_hashes": run.read_json("hashes.json"),
+        }, indent=2), encoding="utf-8")  # fmt: skip
+        (tmp / "parity.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return report

@@ -1,0 +1,352 @@
+"""``tunesmith serve``: a FastAPI app around a run directory or an export directory.
+
+- ``POST /predict`` takes ``{"text": "..."}`` or ``{"texts": ["...", ...]}``;
+- ``GET /health``, ``GET /metadata`` (model, labels, metrics, data hash), ``GET /metrics``
+  (Prometheus text format);
+- bodies over ``max_body_bytes`` and batches over ``max_batch`` get 413, malformed bodies 422,
+  both with a ``detail`` that says what is wrong; with an API key, requests without it get 401;
+- requests that arrive together are batched: one worker runs the model; whatever queued while
+  it ran (up to ``max_batch`` texts, after an optional ``batch_window_ms`` wait) goes into the
+  next call;
+- with ``log_path``, every prediction is appended to a JSONL file for ``tunesmith monitor``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tunesmith.errors import TunesmithError
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Predictor:
+    """Tokenizer plus a PyTorch model (run or hf export) or an ONNX Runtime session (onnx export)."""
+
+    def __init__(self, source: str | Path, onnx_file: str | None = None):
+        """Args:
+        onnx_file: for an ONNX export, the model file to run (default: the export's choice,
+            the int8 model when there is one)."""
+        source = Path(source)
+        if (source / "tunesmith.json").is_file():
+            self._from_export(source, onnx_file)
+        else:
+            self._from_run(source)
+
+    def _from_run(self, source: Path) -> None:
+        from tunesmith.api import _load_for_inference, _temperature
+
+        run, config, task, model, tokenizer = _load_for_inference(source)
+        if task.type not in ("single_label", "multi_label", "regression"):
+            raise TunesmithError(f"serve covers classification and regression runs, not task.type={task.type}")
+        self.tokenizer, self.max_length, self.task = tokenizer, config.model.max_length, task.to_dict()
+        self.temperature = _temperature(run) if task.type == "single_label" else None
+        self.backend, self.model, self.session = "torch", model, None
+        metrics = run.read_json("metrics.json") if (run.path / "metrics.json").is_file() else {}
+        manifest = run.read_json("data_manifest.json") if (run.path / "data_manifest.json").is_file() else {}
+        self.metadata = {
+            "source": str(run.path), "kind": "run", "backend": "torch", "model": config.model.name,
+            "task": self.task, "max_length": self.max_length, "temperature": self.temperature,
+            "metrics": {s: {k: v for k, v in metrics.get(s, {}).items() if isinstance(v, (int, float))}
+                        for s in ("validation", "test") if s in metrics},
+            "data_sha256": {n: e.get("sha256") for n, e in manifest.get("sources", {}).items()},
+        }  # fmt: skip
+
+    def _from_export(self, source: Path, onnx_file: str | None) -> None:
+        from transformers import AutoTokenizer
+
+        meta = json.loads((source / "tunesmith.json").read_text(encoding="utf-8"))
+        self.tokenizer, self.max_length, self.task = (
+            AutoTokenizer.from_pretrained(source),
+            meta["max_length"],
+            meta["task"],
+        )
+        self.temperature = meta.get("temperature")
+        if meta["format"] == "onnx":
+            import onnxruntime as ort
+
+            meta["model"] = onnx_file or meta["model"]
+
+            options = ort.SessionOptions()
+            self.session = ort.InferenceSession(
+                str(source / meta["model"]), options, providers=["CPUExecutionProvider"]
+            )
+            self.backend, self.model = f"onnxruntime ({meta['model']})", None
+            self.inputs = {i.name for i in self.session.get_inputs()}
+        else:
+            from transformers import AutoModelForSequenceClassification
+
+            self.model, self.session = AutoModelForSequenceClassification.from_pretrained(source).eval(), None
+            self.backend = "torch"
+        parity = (
+            json.loads((source / "parity.json").read_text(encoding="utf-8"))
+            if (source / "parity.json").is_file()
+            else {}
+        )
+        self.metadata = {"source": str(source), "kind": "export", "backend": self.backend, "task": self.task,
+                         "max_length": self.max_length, "temperature": self.temperature, "parity": parity.get("models"),
+                         "source_run": meta.get("source_run")}  # fmt: skip
+
+    def logits(self, texts: list[str]) -> np.ndarray:
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
+        if self.session is not None:
+            feed = {k: v.astype(np.int64) for k, v in batch.items() if k in self.inputs}
+            return self.session.run(["logits"], feed)[0]
+        import torch
+
+        with torch.inference_mode():
+            return self.model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.float().numpy()
+
+    def predict(self, texts: list[str]) -> list[dict[str, Any]]:
+        texts = [" ".join(t.split()) for t in texts]
+        logits = self.logits(texts)
+        names, kind = self.task["label_names"], self.task["type"]
+        rows = []
+        if kind == "regression":
+            return [{"value": float(v)} for v in logits[:, 0]]
+        if kind == "multi_label":
+            scores = 1 / (1 + np.exp(-logits))
+            threshold = self.task.get("threshold", 0.5)
+            for row in scores:
+                rows.append({"labels": [names[j] for j in np.flatnonzero(row >= threshold)],
+                             "scores": {n: round(float(s), 6) for n, s in zip(names, row)}})  # fmt: skip
+            return rows
+        scaled = logits / (self.temperature or 1.0)
+        scaled = np.exp(scaled - scaled.max(1, keepdims=True))
+        scores = scaled / scaled.sum(1, keepdims=True)
+        for row in scores:
+            rows.append(
+                {"label": names[int(row.argmax())], "scores": {n: round(float(s), 6) for n, s in zip(names, row)}}
+            )
+        return rows
+
+
+@dataclass
+class Stats:
+    """Counters for /metrics (Prometheus text format)."""
+
+    requests: dict[str, int] = field(default_factory=dict)
+    predictions: int = 0
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * len(LATENCY_BUCKETS))
+    latency_sum: float = 0.0
+    latency_count: int = 0
+    batches: int = 0
+    batch_texts: int = 0
+
+    def request(self, status: int, seconds: float | None = None) -> None:
+        self.requests[str(status)] = self.requests.get(str(status), 0) + 1
+        if seconds is not None:
+            self.latency_sum += seconds
+            self.latency_count += 1
+            for i, bound in enumerate(LATENCY_BUCKETS):
+                if seconds <= bound:
+                    self.latency_buckets[i] += 1
+
+    def prometheus(self) -> str:
+        lines = ["# HELP tunesmith_requests_total Requests by HTTP status.", "# TYPE tunesmith_requests_total counter"]
+        lines += [f'tunesmith_requests_total{{status="{s}"}} {n}' for s, n in sorted(self.requests.items())]
+        lines += ["# HELP tunesmith_predictions_total Texts predicted.", "# TYPE tunesmith_predictions_total counter",
+                  f"tunesmith_predictions_total {self.predictions}",
+                  "# HELP tunesmith_request_seconds Latency of successful /predict requests.",
+                  "# TYPE tunesmith_request_seconds histogram"]  # fmt: skip
+        lines += [
+            f'tunesmith_request_seconds_bucket{{le="{b}"}} {n}' for b, n in zip(LATENCY_BUCKETS, self.latency_buckets)
+        ]
+        lines += [f'tunesmith_request_seconds_bucket{{le="+Inf"}} {self.latency_count}',
+                  f"tunesmith_request_seconds_sum {self.latency_sum}", f"tunesmith_request_seconds_count {self.latency_count}",
+                  "# HELP tunesmith_batch_texts Texts per model call.", "# TYPE tunesmith_batch_texts summary",
+                  f"tunesmith_batch_texts_sum {self.batch_texts}", f"tunesmith_batch_texts_count {self.batches}"]  # fmt: skip
+        return "\n".join(lines) + "\n"
+
+
+class Batcher:
+    """Collects concurrent requests into one model call (one worker thread runs the model)."""
+
+    def __init__(self, predictor: Predictor, stats: Stats, *, max_batch: int, window: float, log_path: Path | None):
+        self.predictor, self.stats, self.max_batch, self.window = predictor, stats, max_batch, window
+        self.log_path, self.log_lock = log_path, threading.Lock()
+        self.queue: asyncio.Queue | None = None
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunesmith-model")
+        self.task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self.task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self.executor.shutdown(wait=False)
+
+    async def submit(self, texts: list[str]) -> list[dict[str, Any]]:
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((texts, future))
+        return await future
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        carried = None  # a request that did not fit into the previous call
+        while True:
+            waiting = [carried if carried is not None else await self.queue.get()]
+            carried = None
+            if self.window > 0:
+                await asyncio.sleep(self.window)
+            count = len(waiting[0][0])
+            # Take what is already queued (no timeouts on get: nothing can be lost in between).
+            while not self.queue.empty():
+                item = self.queue.get_nowait()
+                if count + len(item[0]) > self.max_batch:
+                    carried = item
+                    break
+                waiting.append(item)
+                count += len(item[0])
+            texts = [t for texts, _ in waiting for t in texts]
+            try:
+                results = await loop.run_in_executor(self.executor, self._predict, texts)
+            except Exception as error:  # the model failed: every waiting request gets the error
+                for _, future in waiting:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            start = 0
+            for request_texts, future in waiting:
+                if not future.done():
+                    future.set_result(results[start : start + len(request_texts)])
+                start += len(request_texts)
+
+    def _predict(self, texts: list[str]) -> list[dict[str, Any]]:
+        results = self.predictor.predict(texts)
+        self.stats.batches += 1
+        self.stats.batch_texts += len(texts)
+        self.stats.predictions += len(texts)
+        if self.log_path is not None:
+            now = datetime.now(UTC).isoformat()
+            lines = "".join(
+                json.dumps({"time": now, "text": t, **r}, ensure_ascii=False) + "\n" for t, r in zip(texts, results)
+            )
+            with self.log_lock, self.log_path.open("a", encoding="utf-8") as handle:
+                handle.write(lines)
+        return results
+
+
+def create_app(source: str | Path, *, api_key: str | None = None, max_batch: int = 64, max_text_chars: int = 20_000,
+               max_body_bytes: int = 1_000_000, batch_window_ms: float = 0.0, log_path: str | Path | None = None,
+               predictor: Predictor | None = None):  # fmt: skip
+    """The FastAPI app serving ``source`` (a run or an export directory)."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, PlainTextResponse
+    from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+    predictor = predictor or Predictor(source)
+    stats = Stats()
+    log = Path(log_path) if log_path is not None else None
+    if log is not None:
+        log.parent.mkdir(parents=True, exist_ok=True)
+    batcher = Batcher(predictor, stats, max_batch=max_batch, window=batch_window_ms / 1000, log_path=log)
+
+    class PredictRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        text: str | None = None
+        texts: list[str] | None = None
+
+        @model_validator(mode="after")
+        def _one_of(self):
+            if (self.text is None) == (self.texts is None):
+                raise ValueError("give exactly one of 'text' (a string) or 'texts' (a list of strings)")
+            if self.texts is not None and not self.texts:
+                raise ValueError("'texts' is empty")
+            return self
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="tunesmith", lifespan=lifespan)
+    app.state.predictor, app.state.stats = predictor, stats
+
+    def refuse(status: int, detail: Any) -> JSONResponse:
+        stats.request(status)
+        return JSONResponse({"detail": detail}, status_code=status)
+
+    def authorised(request: Request) -> bool:
+        if api_key is None:
+            return True
+        given = request.headers.get("x-api-key")
+        bearer = request.headers.get("authorization", "")
+        if bearer.lower().startswith("bearer "):
+            given = given or bearer[7:]
+        return given == api_key
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "backend": predictor.backend}
+
+    @app.get("/metadata")
+    async def metadata(request: Request):
+        if not authorised(request):
+            return refuse(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)")
+        return predictor.metadata
+
+    @app.get("/metrics")
+    async def metrics(request: Request):
+        if not authorised(request):
+            return refuse(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)")
+        return PlainTextResponse(stats.prometheus(), media_type="text/plain; version=0.0.4")
+
+    @app.post("/predict")
+    async def predict(request: Request):
+        started = time.perf_counter()
+        if not authorised(request):
+            return refuse(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
+            return refuse(413, f"the body is {declared} bytes; the limit is {max_body_bytes}")
+        body = await request.body()
+        if len(body) > max_body_bytes:
+            return refuse(413, f"the body is {len(body)} bytes; the limit is {max_body_bytes}")
+        try:
+            parsed = PredictRequest.model_validate_json(body)
+        except ValidationError as error:
+            problems = [
+                {"field": ".".join(map(str, e["loc"])) or "(body)", "problem": e["msg"]} for e in error.errors()
+            ]
+            return refuse(422, problems)
+        texts = [parsed.text] if parsed.text is not None else parsed.texts
+        if len(texts) > max_batch:
+            return refuse(413, f"{len(texts)} texts in one request; the limit is {max_batch}")
+        longest = max(len(t) for t in texts)
+        if longest > max_text_chars:
+            return refuse(413, f"a text has {longest} characters; the limit is {max_text_chars}")
+        try:
+            results = await batcher.submit(texts)
+        except Exception as error:  # noqa: BLE001 - a failed model call must answer, not hang
+            return refuse(500, f"prediction failed: {type(error).__name__}: {error}")
+        stats.request(200, time.perf_counter() - started)
+        return results[0] if parsed.text is not None else {"predictions": results}
+
+    return app
+
+
+def serve(source: str | Path, *, host: str = "127.0.0.1", port: int = 8000, log=print, **options) -> None:
+    """Runs the app with uvicorn (one process; batching happens inside it)."""
+    import uvicorn
+
+    if host not in ("127.0.0.1", "localhost", "::1") and options.get("api_key") is None:
+        log(f"WARNING: serving on {host} without an API key: anyone who can reach this port can use the model")
+    app = create_app(source, **options)
+    log(f"Serving {app.state.predictor.metadata['source']} ({app.state.predictor.backend}) on http://{host}:{port}")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
