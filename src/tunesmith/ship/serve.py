@@ -18,12 +18,16 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fastapi import FastAPI, Request  # FastAPI reads the handlers' annotations: module level
+from fastapi.responses import JSONResponse, PlainTextResponse
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from tunesmith.errors import TunesmithError
 
@@ -243,11 +247,6 @@ def create_app(source: str | Path, *, api_key: str | None = None, max_batch: int
                max_body_bytes: int = 1_000_000, batch_window_ms: float = 0.0, log_path: str | Path | None = None,
                predictor: Predictor | None = None):  # fmt: skip
     """The FastAPI app serving ``source`` (a run or an export directory)."""
-    from contextlib import asynccontextmanager
-
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, PlainTextResponse
-    from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
     predictor = predictor or Predictor(source)
     stats = Stats()
