@@ -22,28 +22,15 @@ from tunesmith.errors import TunesmithError
 def embed(texts: list[str], model_name: str, *, max_length: int, batch_size: int = 64,
           progress: Callable[[int], None] | None = None) -> np.ndarray:  # fmt: skip
     """Mean-pooled last hidden states of the encoder (no gradient), one row per text."""
-    import torch
     from transformers import AutoModel
 
+    from tunesmith.models.embed import mean_pooled
     from tunesmith.models.load import load_tokenizer, resolve_model
 
     resolved = resolve_model(model_name)
-    tokenizer = load_tokenizer(resolved)
-    model = AutoModel.from_pretrained(resolved.location).eval()
-    lengths = [len(t) for t in texts]
-    order = np.argsort(lengths, kind="stable")  # similar lengths together: little padding
-    out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
-    with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            rows = order[start : start + batch_size]
-            batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=max_length,
-                              return_tensors="pt")  # fmt: skip
-            hidden = model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            out[rows] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
-            if progress is not None:
-                progress(len(rows))
-    return out
+    model = AutoModel.from_pretrained(resolved.location)
+    return mean_pooled(model, load_tokenizer(resolved), texts, max_length=max_length, batch_size=batch_size,
+                       progress=progress)  # fmt: skip
 
 
 def _folds(labels: np.ndarray, folds: int, seed: int):

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from tunesmith.errors import TunesmithError
+from tunesmith.models.embed import mean_pooled
 
 
 def read_retain(spec: str, settings, *, max_rows: int, seed: int, labelled: bool) -> tuple[list[str], list[str] | None]:
@@ -61,25 +62,6 @@ def read_retain(spec: str, settings, *, max_rows: int, seed: int, labelled: bool
         texts = [texts[i] for i in keep]
         labels = None if labels is None else [labels[i] for i in keep]
     return texts, labels
-
-
-@torch.no_grad()
-def encoder_features(encoder, tokenizer, texts: list[str], *, max_length: int, batch_size: int = 64) -> np.ndarray:
-    """Mean-pooled last hidden states of a (base) encoder, in the texts' order."""
-    encoder.eval()
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    out = None
-    for start in range(0, len(texts), batch_size):
-        rows = order[start : start + batch_size]
-        batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True, max_length=max_length,
-                          return_tensors="pt")  # fmt: skip
-        hidden = encoder(**batch).last_hidden_state
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1)).float().numpy()
-        if out is None:
-            out = np.zeros((len(texts), pooled.shape[1]), dtype=np.float32)
-        out[rows] = pooled
-    return out
 
 
 def probe_accuracy(features: np.ndarray, labels: list[str], seed: int) -> float:
@@ -158,8 +140,8 @@ def classifier_check(settings, *, base_name: str, tuned_model, tokenizer, max_le
                               source=settings.retain)  # fmt: skip
     else:
         base_encoder = AutoModel.from_pretrained(resolved.location)
-        before = probe_accuracy(encoder_features(base_encoder, tokenizer, texts, max_length=max_length), labels, seed)
-        tuned = encoder_features(_encoder(tuned_model), tokenizer, texts, max_length=max_length)
+        before = probe_accuracy(mean_pooled(base_encoder, tokenizer, texts, max_length=max_length), labels, seed)
+        tuned = mean_pooled(_encoder(tuned_model), tokenizer, texts, max_length=max_length)
         after = probe_accuracy(tuned, labels, seed)
     measure = f"retain accuracy ({settings.method})"
     return {"retain": settings.retain, "rows": len(texts), "method": settings.method, "base": before, "tuned": after,

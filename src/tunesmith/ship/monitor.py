@@ -99,7 +99,7 @@ def monitor(run_dir: str | Path, live_path: str | Path, out: str | Path, *, text
     import pandas as pd
     from scipy.stats import ks_2samp
 
-    from tunesmith.evaluate.forgetting import encoder_features
+    from tunesmith.models.embed import mean_pooled
     from tunesmith.ship.serve import Predictor
 
     predictor = Predictor(run_dir)
@@ -134,8 +134,8 @@ def monitor(run_dir: str | Path, live_path: str | Path, out: str | Path, *, text
 
     ref_lengths, live_lengths = [len(words(t)) for t in held], [len(words(t)) for t in live]
     encoder = model.base_model
-    ref_embed = encoder_features(encoder, tokenizer, held, max_length=config.model.max_length)
-    live_embed = encoder_features(encoder, tokenizer, live, max_length=config.model.max_length)
+    ref_embed = mean_pooled(encoder, tokenizer, held, max_length=config.model.max_length)
+    live_embed = mean_pooled(encoder, tokenizer, live, max_length=config.model.max_length)
     ref_pred, live_pred = predictor.predict(held), predictor.predict(live)
     checks: dict[str, dict[str, Any]] = {}
 
