@@ -84,3 +84,14 @@ def test_rehearsal_mixes_earlier_rows_into_training_only(tmp_path, tiny_model_di
     assert not test["label"].isin(["positive", "negative"]).any()  # held-out splits are the new task's
     labels = json.loads((tmp_path / "run" / "task.json").read_text())["label_names"]
     assert set(labels) == {"feeling", "object", "positive", "negative"}
+
+
+def test_a_classifier_of_another_task_starts_with_a_new_head(tmp_path, tiny_model_dir):
+    first = tmp_path / "first.csv"
+    pd.DataFrame(sentiment_rows(40, seed=1)).to_csv(first, index=False)
+    api.train(tiny_config(tiny_model_dir, first, tmp_path / "first", train={"num_epochs": 1}))
+    three = tmp_path / "three.csv"
+    pd.DataFrame(sentiment_rows(60, seed=2, classes=3)).to_csv(three, index=False)
+    result = api.train(tiny_config(tiny_model_dir, three, tmp_path / "second", train={"num_epochs": 1},
+                                   model={"name": str(tmp_path / "first" / "model")}))  # fmt: skip
+    assert json.loads((result.run_dir / "task.json").read_text())["label_names"] == ["negative", "neutral", "positive"]

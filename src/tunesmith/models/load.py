@@ -154,7 +154,8 @@ def load_sequence_classifier(
     label_names: list[str],
     dropout: float | None,
 ):
-    """Loads the pretrained encoder with a new sequence-classification head.
+    """Loads the pretrained encoder with a new sequence-classification head (a classifier keeps
+    its head when the number of labels matches).
 
     Returns:
         (model, names of newly initialised parameters).
@@ -173,12 +174,14 @@ def load_sequence_classifier(
             for attribute in DROPOUT_ATTRIBUTES:
                 if hasattr(config, attribute):
                     setattr(config, attribute, dropout)
+        # A classifier of another task (another number of labels) starts with a new head.
         model, info = AutoModelForSequenceClassification.from_pretrained(
-            resolved.location, config=config, output_loading_info=True
+            resolved.location, config=config, output_loading_info=True, ignore_mismatched_sizes=True
         )
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RuntimeError) as error:
         raise _load_failed(resolved, error) from None
-    return model, sorted(info.get("missing_keys", []))
+    replaced = [entry[0] if isinstance(entry, (tuple, list)) else entry for entry in info.get("mismatched_keys", [])]
+    return model, sorted(set(info.get("missing_keys", [])) | set(replaced))
 
 
 def load_causal_lm(resolved: ResolvedModel, *, dropout: float | None):

