@@ -24,11 +24,11 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
-STRATEGIES = {  # name: (model section, learning rate)
-    "full": ({"strategy": "full"}, 1e-4),
-    "full, lower learning rate": ({"strategy": "full"}, 2e-5),
-    "lora (rank 8)": ({"strategy": "lora"}, 5e-4),
-    "freeze (head + top 2 layers)": ({"strategy": "freeze", "freeze": {"trainable_layers": 2}}, 3e-4),
+STRATEGIES = {  # name: (run directory, model section, learning rate)
+    "full": ("full", {"strategy": "full"}, 1e-4),
+    "full, lower learning rate": ("full_low_lr", {"strategy": "full"}, 2e-5),
+    "lora (rank 8)": ("lora", {"strategy": "lora"}, 5e-4),
+    "freeze (head + top 2 layers)": ("freeze", {"strategy": "freeze", "freeze": {"trainable_layers": 2}}, 3e-4),
 }
 
 
@@ -59,8 +59,7 @@ def main() -> None:
     sst2["runtime"] = {**common["runtime"], "output_dir": str(args.out / "sst2")}
     first, seconds = run(sst2, args.out / "sst2")
     result = {"sst2": {"test_accuracy": first["test"]["accuracy"], "seconds": seconds}, "agnews": {}}
-    for name, (model, rate) in STRATEGIES.items():
-        slug = name.split(" ")[0] + ("_low_lr" if "lower" in name else "")
+    for name, (slug, model, rate) in STRATEGIES.items():
         config = {
             "data": {"train": str(DATA / "agnews/dev.tsv"), "column_names": ["text", "label"], "max_rows": args.rows,
                      "val_fraction": 0.1, "test_fraction": 0.2},
