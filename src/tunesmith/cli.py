@@ -92,6 +92,119 @@ def train(
     _guarded(work)
 
 
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    data: Annotated[Path, typer.Option("--data", help="Labelled file with the training columns.")],
+) -> None:
+    """Score a trained run on a labelled file; prints the metrics as JSON."""
+
+    def work():
+        from tunesmith import api
+
+        metrics = api.evaluate(run_dir, data)
+        metrics.pop("data", None)
+        typer.echo(json.dumps(metrics, indent=2))
+
+    _guarded(work)
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    text: Annotated[list[str], typer.Option("--text", help="Text to label (repeatable).")] = [],
+    input_: Annotated[
+        Path | None, typer.Option("--input", help="File of texts: .txt (one per line) or any data file.")
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", help="Write predictions here as JSONL.")] = None,
+) -> None:
+    """Label new text with a trained run; one JSON object per text."""
+
+    def work():
+        from tunesmith import api
+
+        texts = list(text)
+        if input_ is not None:
+            texts += _read_texts(input_)
+        if not texts:
+            raise TunesmithError("nothing to predict: give --text TEXT or --input FILE")
+        if output is not None and output.exists():
+            raise TunesmithError(f"{output} already exists; choose another --output path")
+        lines = [json.dumps(row, ensure_ascii=False) for row in api.predict(run_dir, texts)]
+        if output is None:
+            typer.echo("\n".join(lines))
+        else:
+            from tunesmith.runs import atomic_write
+
+            atomic_write(output, "\n".join(lines) + "\n")
+            typer.echo(f"{len(lines)} predictions written to {output}", err=True)
+
+    _guarded(work)
+
+
+@app.command()
+def chat(run_dir: Annotated[Path, typer.Argument(help="A finished causal_lm run directory.")]) -> None:
+    """Talk to an instruction-tuned run; the conversation so far is the prompt."""
+
+    def work():
+        from tunesmith import api
+
+        api.chat(run_dir)
+
+    _guarded(work)
+
+
+@app.command()
+def inspect(
+    sources: Annotated[
+        list[str] | None,
+        typer.Argument(help="A YAML config, or data files (the first is train; the others are held out)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Report directory (default reports/inspect-<time>).")
+    ] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a config value: --set inspect.folds=10")] = [],
+    label_errors: Annotated[
+        str | None, typer.Option("--label-errors", help="embedding (default), finetune or off.")
+    ] = None,
+    fix: Annotated[
+        Path | None,
+        typer.Option(
+            "--fix", help="Also write the data with data.clean applied, and a changelog, into this new directory."
+        ),
+    ] = None,
+) -> None:
+    """Check data before training: junk, lengths, duplicates, conflicts, leakage, classes, label errors."""
+
+    def work():
+        from datetime import datetime
+
+        from rich.console import Console
+
+        from tunesmith.config import load_config
+        from tunesmith.data.inspection import inspect_data, summary_lines
+
+        items = list(sources or [])
+        if fix is not None and fix.exists() and any(fix.iterdir()):  # before the slow part
+            raise TunesmithError(f"--fix {fix} is not empty; give a new directory (the input files stay as they are)")
+        config_path = items.pop(0) if items and Path(items[0]).suffix.lower() in (".yaml", ".yml") else None
+        overrides = list(set_) + ([f"inspect.label_errors={label_errors}"] if label_errors else [])
+        config = load_config(config_path, overrides)
+        target = out or Path("reports") / f"inspect-{datetime.now():%Y%m%d-%H%M%S}"
+        console = Console(stderr=True, soft_wrap=True)
+        report = inspect_data(config, items or None, target, console=console,
+                              log=lambda m: console.print(m, markup=False, highlight=False))  # fmt: skip
+        for line in summary_lines(report):
+            console.print(line, markup=False, highlight=False)
+        if fix is not None:
+            from tunesmith.data.inspection import write_fixed
+
+            write_fixed(config, items or None, fix, log=lambda m: console.print(m, markup=False, highlight=False))
+        typer.echo(str(target))
+
+    _guarded(work)
+
+
 def _stamp(prefix: str) -> Path:
     from datetime import datetime
 
@@ -289,119 +402,6 @@ def retrain(
         typer.echo(
             f"retrained model is {verdict} on the new test data ({report['gain_on_new_test']:+.4f}): {report['retrained']}"
         )
-
-    _guarded(work)
-
-
-@app.command()
-def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
-    data: Annotated[Path, typer.Option("--data", help="Labelled file with the training columns.")],
-) -> None:
-    """Score a trained run on a labelled file; prints the metrics as JSON."""
-
-    def work():
-        from tunesmith import api
-
-        metrics = api.evaluate(run_dir, data)
-        metrics.pop("data", None)
-        typer.echo(json.dumps(metrics, indent=2))
-
-    _guarded(work)
-
-
-@app.command()
-def predict(
-    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
-    text: Annotated[list[str], typer.Option("--text", help="Text to label (repeatable).")] = [],
-    input_: Annotated[
-        Path | None, typer.Option("--input", help="File of texts: .txt (one per line) or any data file.")
-    ] = None,
-    output: Annotated[Path | None, typer.Option("--output", help="Write predictions here as JSONL.")] = None,
-) -> None:
-    """Label new text with a trained run; one JSON object per text."""
-
-    def work():
-        from tunesmith import api
-
-        texts = list(text)
-        if input_ is not None:
-            texts += _read_texts(input_)
-        if not texts:
-            raise TunesmithError("nothing to predict: give --text TEXT or --input FILE")
-        if output is not None and output.exists():
-            raise TunesmithError(f"{output} already exists; choose another --output path")
-        lines = [json.dumps(row, ensure_ascii=False) for row in api.predict(run_dir, texts)]
-        if output is None:
-            typer.echo("\n".join(lines))
-        else:
-            from tunesmith.runs import atomic_write
-
-            atomic_write(output, "\n".join(lines) + "\n")
-            typer.echo(f"{len(lines)} predictions written to {output}", err=True)
-
-    _guarded(work)
-
-
-@app.command()
-def chat(run_dir: Annotated[Path, typer.Argument(help="A finished causal_lm run directory.")]) -> None:
-    """Talk to an instruction-tuned run; the conversation so far is the prompt."""
-
-    def work():
-        from tunesmith import api
-
-        api.chat(run_dir)
-
-    _guarded(work)
-
-
-@app.command()
-def inspect(
-    sources: Annotated[
-        list[str] | None,
-        typer.Argument(help="A YAML config, or data files (the first is train; the others are held out)."),
-    ] = None,
-    out: Annotated[
-        Path | None, typer.Option("--out", help="Report directory (default reports/inspect-<time>).")
-    ] = None,
-    set_: Annotated[list[str], typer.Option("--set", help="Override a config value: --set inspect.folds=10")] = [],
-    label_errors: Annotated[
-        str | None, typer.Option("--label-errors", help="embedding (default), finetune or off.")
-    ] = None,
-    fix: Annotated[
-        Path | None,
-        typer.Option(
-            "--fix", help="Also write the data with data.clean applied, and a changelog, into this new directory."
-        ),
-    ] = None,
-) -> None:
-    """Check data before training: junk, lengths, duplicates, conflicts, leakage, classes, label errors."""
-
-    def work():
-        from datetime import datetime
-
-        from rich.console import Console
-
-        from tunesmith.config import load_config
-        from tunesmith.data.inspection import inspect_data, summary_lines
-
-        items = list(sources or [])
-        if fix is not None and fix.exists() and any(fix.iterdir()):  # before the slow part
-            raise TunesmithError(f"--fix {fix} is not empty; give a new directory (the input files stay as they are)")
-        config_path = items.pop(0) if items and Path(items[0]).suffix.lower() in (".yaml", ".yml") else None
-        overrides = list(set_) + ([f"inspect.label_errors={label_errors}"] if label_errors else [])
-        config = load_config(config_path, overrides)
-        target = out or Path("reports") / f"inspect-{datetime.now():%Y%m%d-%H%M%S}"
-        console = Console(stderr=True, soft_wrap=True)
-        report = inspect_data(config, items or None, target, console=console,
-                              log=lambda m: console.print(m, markup=False, highlight=False))  # fmt: skip
-        for line in summary_lines(report):
-            console.print(line, markup=False, highlight=False)
-        if fix is not None:
-            from tunesmith.data.inspection import write_fixed
-
-            write_fixed(config, items or None, fix, log=lambda m: console.print(m, markup=False, highlight=False))
-        typer.echo(str(target))
 
     _guarded(work)
 
