@@ -57,6 +57,11 @@ def _task_for(config: Config, label_names: list[str] | None = None):
         from tunesmith.tasks.seq2seq import Seq2SeqTask
 
         return Seq2SeqTask(prefix=config.task.source_prefix)
+    if config.task.type == "token_classification":
+        from tunesmith.tasks.token_classification import TokenClassificationTask
+
+        return TokenClassificationTask(tag_names=list(label_names or []), scheme=config.task.tag_scheme,
+                                       all_subwords=config.task.label_all_subwords)  # fmt: skip
     return TextClassificationTask(
         type=config.task.type,
         label_names=list(label_names or []),
@@ -121,6 +126,12 @@ def train(
     task = _task_for(config)
     if task.type in GENERATIVE:
         data = prepare_records(config.data, seed=config.runtime.seed, pairs=task.type == "seq2seq")
+    elif task.type == "token_classification":
+        from tunesmith.tasks.token_classification import load_sentences
+
+        data = prepare_records(config.data, seed=config.runtime.seed,
+                               load=lambda spec, data_config: load_sentences(spec, data_config, task.scheme))  # fmt: skip
+        task.fit_tags(data.splits["train"])
     else:
         data = prepare_data(config.data, task, seed=config.runtime.seed,
                             similarity=config.inspect.near_duplicate_similarity,
@@ -256,6 +267,10 @@ def _fit(run: RunDir, config: Config, task, data: PreparedData, console, callbac
         model, new_parameters, features, truncated = _build_causal_lm(config, task, data, resolved, tokenizer, log)
     elif task.type == "seq2seq":
         model, new_parameters, features, truncated = _build_seq2seq(config, task, data, resolved, tokenizer, log)
+    elif task.type == "token_classification":
+        model, new_parameters, features, truncated = _build_token_classifier(
+            config, task, data, resolved, tokenizer, log
+        )
     else:
         model, new_parameters, features, truncated = _build_classifier(config, task, data, resolved, tokenizer, log)
     log(f"Loaded {resolved.description}; new head parameters: {', '.join(new_parameters) or 'none'}")
@@ -283,6 +298,23 @@ def _fit(run: RunDir, config: Config, task, data: PreparedData, console, callbac
     if not main:
         return TrainResult(run.path, {})
     return _finish(run, config, task, data, result, features, truncated, tokenizer, resolved, log)
+
+
+def _build_token_classifier(config, task, data, resolved, tokenizer, log):
+    from tunesmith.models.load import load_token_classifier
+    from tunesmith.tasks.token_classification import encode_sentences
+
+    if not getattr(tokenizer, "is_fast", False):
+        raise TunesmithError(f"{resolved.description}: token classification needs a fast tokenizer (word ids)")
+    features, truncated = {}, {}
+    for name, frame in data.splits.items():
+        features[name], truncated[name] = encode_sentences(tokenizer, frame, task.tag_names, config.model.max_length,
+                                                           all_subwords=task.all_subwords)  # fmt: skip
+        if truncated[name]:
+            log(f"{name}: {truncated[name]} of {len(frame)} sentences cut to {config.model.max_length} subwords")
+    log(f"Tags ({task.scheme}): {', '.join(task.tag_names)}")
+    model, new_parameters = load_token_classifier(resolved, label_names=task.tag_names, dropout=config.model.dropout)
+    return model, new_parameters, features, truncated
 
 
 def _pad_id(tokenizer) -> int:
@@ -414,6 +446,10 @@ def _finish(run, config, task, data, result, features, truncated, tokenizer, res
         if features.get(split) and task.type in GENERATIVE and split != generate_on:
             metrics[split] = task.evaluate(model, features[split], batch_size=config.train.batch_size * 2,
                                            pad_token_id=_pad_id(tokenizer), device=device)  # fmt: skip
+        elif features.get(split) and task.type == "token_classification":
+            metrics[split] = task.evaluate(model, features[split], batch_size=config.train.batch_size * 2,
+                                           pad_token_id=_pad_id(tokenizer), device=device,
+                                           gold=[list(t) for t in data.splits[split]["tags"]])  # fmt: skip
         elif features.get(split) and task.type in GENERATIVE:
             metrics[split] = _generative_metrics(
                 model, tokenizer, config, task, data.splits[split], features[split], split=split,
@@ -549,9 +585,10 @@ def _load_for_inference(run_dir: str | Path):
         )
     config = load_config(run.path / "config.yaml")
     task = _task_for(config, run.read_json("task.json")["label_names"])
-    auto = {"causal_lm": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM}.get(
-        task.type, AutoModelForSequenceClassification
-    )
+    from transformers import AutoModelForTokenClassification
+
+    auto = {"causal_lm": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM,
+            "token_classification": AutoModelForTokenClassification}.get(task.type, AutoModelForSequenceClassification)  # fmt: skip
     model = auto.from_pretrained(run.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(run.model_dir)
     return run, config, task, model.eval(), tokenizer
@@ -579,6 +616,8 @@ def predict(run_dir: str | Path, texts: list[str]) -> list[dict[str, Any]]:
         outputs = task.generate(model, tokenizer, [str(t) for t in texts], config.generation,
                                 max_length=config.model.max_length)  # fmt: skip
         return [{"source": str(t), "generated": g} for t, g in zip(texts, outputs)]
+    if task.type == "token_classification":
+        return _predict_entities(task, model, tokenizer, config, [str(t) for t in texts])
     texts = [" ".join(str(t).split()) for t in texts]
     logits = _logits(model, tokenizer, config, texts)
     temperature = _temperature(run) if task.type == "single_label" else None
@@ -593,6 +632,30 @@ def predict(run_dir: str | Path, texts: list[str]) -> list[dict[str, Any]]:
             row["label" if task.type == "single_label" else "labels"] = prediction
             row["scores"] = {name: round(float(s), 6) for name, s in zip(task.label_names, score)}
         rows.append(row)
+    return rows
+
+
+def _predict_entities(task, model, tokenizer, config, texts: list[str]) -> list[dict[str, Any]]:
+    """Entity spans with character offsets and scores (mean word probability) per text."""
+    import pandas as pd
+
+    from tunesmith.tasks.token_classification import (
+        encode_sentences,
+        entities_in_text,
+        word_predictions,
+        words_with_offsets,
+    )
+
+    words = [words_with_offsets(t) for t in texts]
+    frame = pd.DataFrame({"tokens": [[w for w, _, _ in ws] or ["."] for ws in words],
+                          "tags": [["O"] * max(len(ws), 1) for ws in words]})  # fmt: skip
+    features, _ = encode_sentences(tokenizer, frame, task.tag_names, config.model.max_length, all_subwords=False)
+    probabilities = task.probabilities(model, features, batch_size=32, pad_token_id=_pad_id(tokenizer), device="cpu")
+    rows = []
+    for text, ws, p, f in zip(texts, words, probabilities, features):
+        tags, scores = word_predictions(p, f["word_ids"], f["words"])
+        named = [task.tag_names[t] for t in tags][: len(ws)]
+        rows.append({"text": text, "entities": entities_in_text(text, named, scores, ws, task.scheme)})
     return rows
 
 
@@ -617,6 +680,17 @@ def evaluate(run_dir: str | Path, data: str | Path) -> dict[str, Any]:
             features = _encode_records(config, tokenizer, frame, entry["source"]).features
         metrics = _generative_metrics(model, tokenizer, config, task, frame, features, split=stem,
                                       out_path=out / f"{stem}_generations.jsonl", log=lambda message: None)  # fmt: skip
+        metrics["data"] = entry
+        RunDir(out).write_json(f"{stem}.json", metrics)
+        return metrics
+    if task.type == "token_classification":
+        from tunesmith.tasks.token_classification import encode_sentences, load_sentences
+
+        frame, entry = load_sentences(str(data), config.data, task.scheme)
+        features, _ = encode_sentences(tokenizer, frame, task.tag_names, config.model.max_length,
+                                       all_subwords=task.all_subwords)  # fmt: skip
+        metrics = task.evaluate(model, features, batch_size=64, pad_token_id=_pad_id(tokenizer), device="cpu",
+                                gold=[list(t) for t in frame["tags"]])  # fmt: skip
         metrics["data"] = entry
         RunDir(out).write_json(f"{stem}.json", metrics)
         return metrics

@@ -106,9 +106,10 @@ class DataConfig(Section):
     and the gaps between slices, in metrics.json and the model card (single_label)."""
     max_rows: int | None = Field(None, gt=0)
     """Use at most this many rows of the training file (a stratified sample, after cleaning)."""
-    format: Literal["auto", "alpaca", "prompt_completion", "messages"] = "auto"
+    format: Literal["auto", "alpaca", "prompt_completion", "messages", "conll", "tokens", "spans"] = "auto"
     """causal_lm records: instruction/input/output, prompt/completion, or a chat ``messages`` list;
-    auto picks by the columns present."""
+    token_classification: conll (``token TAG`` lines), tokens (JSONL tokens/tags) or spans (JSONL
+    text/entities with character offsets). auto picks by the columns or the file."""
     clean: CleanConfig = CleanConfig()
     balance: BalanceConfig = BalanceConfig()
     augment: AugmentConfig = AugmentConfig()
@@ -138,7 +139,9 @@ class InspectConfig(Section):
 class TaskConfig(Section):
     """What is predicted from the text."""
 
-    type: Literal["single_label", "multi_label", "regression", "causal_lm", "seq2seq"] = "single_label"
+    type: Literal["single_label", "multi_label", "regression", "causal_lm", "seq2seq", "token_classification"] = (
+        "single_label"
+    )
     """causal_lm: instruction tuning of a decoder (records in data.format); seq2seq: an
     encoder-decoder maps a source column to a target column (summarization, translation)."""
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
@@ -149,6 +152,12 @@ class TaskConfig(Section):
     """seq2seq: text put before every source, e.g. "summarize: " for T5."""
     loss_on: Literal["completion", "all"] = "completion"
     """causal_lm: the loss covers the completion (assistant) tokens only, or every token."""
+    tag_scheme: Literal["iob2", "bioes"] = "iob2"
+    """token_classification: the scheme of the tag files and of training (spans files are
+    converted); the other scheme's files are refused with the line named."""
+    label_all_subwords: bool = False
+    """token_classification: train on every subword of a word (inside tags after the first),
+    not only the first subword."""
 
 
 class FreezeConfig(Section):

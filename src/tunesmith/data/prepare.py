@@ -249,14 +249,14 @@ def load_pairs(spec: str, config: DataConfig) -> tuple[pd.DataFrame, dict]:
     return frame, entry
 
 
-def prepare_records(config: DataConfig, *, seed: int, pairs: bool = False) -> PreparedData:
+def prepare_records(config: DataConfig, *, seed: int, pairs: bool = False, load=None) -> PreparedData:
     """The data stage for generative tasks: load records (causal_lm) or source/target pairs
     (seq2seq), then random train/validation/test splits.
 
     Raises:
         TunesmithError: any problem with the files, records or split sizes (naming the record).
     """
-    load = load_pairs if pairs else load_records
+    load = load or (load_pairs if pairs else load_records)
     train, entry = load(config.train, config)
     sources, splits = {"train": entry}, {"train": train}
     for name in ("validation", "test"):

@@ -114,7 +114,7 @@ def model_card(
     else:
         title = f"# {task['type'].replace('_', '-')} text classifier\n"
         purpose = f"It predicts {labels}.\n"
-        described = f"Label distribution (train): {splits['train']['labels']}\n"
+        described = f"Label distribution (train): {splits['train'].get('labels', 'see data_manifest.json')}\n"
     sections = [
         title,
         f"Fine-tuned from {model_description} with tunesmith ({model['strategy']} strategy). {purpose}",

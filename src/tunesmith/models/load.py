@@ -184,6 +184,27 @@ def load_sequence_classifier(
     return model, sorted(set(info.get("missing_keys", [])) | set(replaced))
 
 
+def load_token_classifier(resolved: ResolvedModel, *, label_names: list[str], dropout: float | None):
+    """The pretrained encoder with a new token-classification head (one output per tag)."""
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    try:
+        config = AutoConfig.from_pretrained(resolved.location, num_labels=len(label_names),
+                                            id2label=dict(enumerate(label_names)),
+                                            label2id={n: i for i, n in enumerate(label_names)})  # fmt: skip
+        if dropout is not None:
+            for attribute in DROPOUT_ATTRIBUTES:
+                if hasattr(config, attribute):
+                    setattr(config, attribute, dropout)
+        model, info = AutoModelForTokenClassification.from_pretrained(
+            resolved.location, config=config, output_loading_info=True, ignore_mismatched_sizes=True
+        )
+    except (OSError, ValueError, RuntimeError) as error:
+        raise _load_failed(resolved, error) from None
+    replaced = [entry[0] if isinstance(entry, (tuple, list)) else entry for entry in info.get("mismatched_keys", [])]
+    return model, sorted(set(info.get("missing_keys", [])) | set(replaced))
+
+
 def load_causal_lm(resolved: ResolvedModel, *, dropout: float | None):
     """Loads a pretrained decoder-only language model in float32.
 

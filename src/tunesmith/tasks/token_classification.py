@@ -1,0 +1,383 @@
+"""Token classification (NER): one tag per word, entity-level metrics.
+
+Input formats (``data.format``, or detected):
+- ``conll``: ``token TAG`` per line (more columns are allowed; the tag is the last), a blank
+  line between sentences, ``-DOCSTART-`` lines skipped;
+- ``tokens``: JSONL records ``{"tokens": [...], "tags": [...]}``;
+- ``spans``: JSONL records ``{"text": "...", "entities": [{"start": 0, "end": 4, "label": "PER"}]}``
+  (character offsets, end exclusive); words are split on whitespace and punctuation, and the
+  words an entity covers are tagged.
+
+Tags are read as IOB2 or BIOES (``task.tag_scheme`` says which the files use and which the
+model trains with; the other is converted). A word's tag goes on its first subword, or on all
+of them (``task.label_all_subwords``; then later subwords of a B- word get I-). Metrics are
+seqeval's entity-level precision, recall and F1, overall and per entity type.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from tunesmith.errors import TunesmithError
+
+IGNORE = -100
+WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+
+
+# -- tag schemes ------------------------------------------------------------------------------------
+def _split(tag: str) -> tuple[str, str | None]:
+    if tag == "O":
+        return "O", None
+    prefix, _, kind = tag.partition("-")
+    return prefix, kind or None
+
+
+def check_tags(tags: list[str], scheme: str, where: str) -> None:
+    """Raises TunesmithError naming ``where`` when a tag is not valid in ``scheme``."""
+    allowed = {"iob2": {"B", "I"}, "bioes": {"B", "I", "E", "S"}}[scheme]
+    for position, tag in enumerate(tags):
+        prefix, kind = _split(tag)
+        if prefix == "O":
+            continue
+        if prefix not in allowed or kind is None:
+            raise TunesmithError(f"{where}: tag {tag!r} (word {position + 1}) is not a {scheme.upper()} tag "
+                                 f"(expected O or {'/'.join(sorted(allowed))}-TYPE)")  # fmt: skip
+
+
+def iob2_to_bioes(tags: list[str]) -> list[str]:
+    out = []
+    for i, tag in enumerate(tags):
+        prefix, kind = _split(tag)
+        if prefix == "O":
+            out.append("O")
+            continue
+        following = _split(tags[i + 1]) if i + 1 < len(tags) else ("O", None)
+        continues = following == ("I", kind)
+        if prefix == "B" or (prefix == "I" and (i == 0 or _split(tags[i - 1])[1] != kind or tags[i - 1] == "O")):
+            out.append(f"{'B' if continues else 'S'}-{kind}")
+        else:
+            out.append(f"{'I' if continues else 'E'}-{kind}")
+    return out
+
+
+def bioes_to_iob2(tags: list[str]) -> list[str]:
+    out = []
+    for tag in tags:
+        prefix, kind = _split(tag)
+        out.append("O" if prefix == "O" else f"{'B' if prefix in ('B', 'S') else 'I'}-{kind}")
+    return out
+
+
+# -- reading --------------------------------------------------------------------------------------------
+def read_conll(path: Path) -> list[dict]:
+    sentences, tokens, tags, first = [], [], [], None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise TunesmithError(f"{path}: not UTF-8 text (offset {error.start})") from None
+    for number, line in enumerate(lines + [""], 1):
+        parts = line.split()
+        if not parts or parts[0] == "-DOCSTART-":
+            if tokens:
+                sentences.append({"tokens": tokens, "tags": tags, "where": f"{path}, line {first}"})
+            tokens, tags, first = [], [], None
+            continue
+        if len(parts) < 2:
+            raise TunesmithError(f"{path}, line {number}: expected 'token TAG', got {line.strip()!r}")
+        first = first or number
+        tokens.append(parts[0])
+        tags.append(parts[-1])
+    return sentences
+
+
+def words_with_offsets(text: str) -> list[tuple[str, int, int]]:
+    return [(m.group(), m.start(), m.end()) for m in WORD.finditer(text)]
+
+
+def _read_jsonl(path: Path, fmt: str) -> list[dict]:
+    sentences = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise TunesmithError(f"{where}: not JSON ({error.msg})") from None
+        if fmt == "tokens":
+            tokens, tags = record.get("tokens"), record.get("tags")
+            if not isinstance(tokens, list) or not isinstance(tags, list) or len(tokens) != len(tags) or not tokens:
+                raise TunesmithError(f"{where}: needs 'tokens' and 'tags' lists of the same non-zero length")
+            sentences.append({"tokens": [str(t) for t in tokens], "tags": [str(t) for t in tags], "where": where})
+            continue
+        text, entities = record.get("text"), record.get("entities", [])
+        if not isinstance(text, str) or not isinstance(entities, list):
+            raise TunesmithError(f"{where}: needs a 'text' string and an 'entities' list")
+        words = words_with_offsets(text)
+        tags = ["O"] * len(words)
+        for entity in entities:
+            start, end, label = entity.get("start"), entity.get("end"), entity.get("label")
+            if not (
+                isinstance(start, int)
+                and isinstance(end, int)
+                and isinstance(label, str)
+                and 0 <= start < end <= len(text)
+            ):
+                raise TunesmithError(f"{where}: entity {entity} needs integer start < end within the text and a label")
+            covered = [i for i, (_, s, e) in enumerate(words) if s < end and e > start]
+            if not covered or any(tags[i] != "O" for i in covered):
+                raise TunesmithError(
+                    f"{where}: entity {text[start:end]!r} ({start}-{end}) covers no word, or overlaps another"
+                )
+            for k, i in enumerate(covered):
+                tags[i] = f"{'B' if k == 0 else 'I'}-{label}"
+        sentences.append({"tokens": [w for w, _, _ in words], "tags": tags, "where": where})
+    return sentences
+
+
+def detect_format(path: Path, wanted: str) -> str:
+    if wanted != "auto":
+        return wanted
+    if path.suffix.lower() != ".jsonl":
+        return "conll"
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            try:
+                return "tokens" if "tokens" in json.loads(line) else "spans"
+            except json.JSONDecodeError:
+                return "spans"  # the reader names the line
+    return "tokens"
+
+
+def load_sentences(spec: str, config, scheme: str) -> tuple[pd.DataFrame, dict]:
+    """One table (tokens, tags, where) for a file, in the training tag scheme."""
+    from tunesmith.runs import sha256_file
+
+    path = Path(spec)
+    if not path.is_file():
+        raise TunesmithError(f"Data file not found: {path}")
+    wanted = config.format if config.format in ("conll", "tokens", "spans") else "auto"
+    fmt = detect_format(path, wanted)
+    sentences = read_conll(path) if fmt == "conll" else _read_jsonl(path, fmt)
+    if not sentences:
+        raise TunesmithError(f"{path}: no sentences found")
+    # Files carry task.tag_scheme, except spans (always IOB2); the model trains in tag_scheme.
+    source_scheme = "iob2" if fmt == "spans" else scheme
+    for sentence in sentences:
+        check_tags(sentence["tags"], source_scheme, sentence["where"])
+        if source_scheme != scheme:
+            sentence["tags"] = iob2_to_bioes(sentence["tags"]) if scheme == "bioes" else bioes_to_iob2(sentence["tags"])
+    frame = pd.DataFrame(sentences)
+    entry = {"source": str(path), "sha256": sha256_file(path), "format": fmt, "replaced_characters": 0,
+             "cleaning": {"sentences": len(frame), "words": int(frame["tokens"].map(len).sum())}}  # fmt: skip
+    return frame, entry
+
+
+# -- encoding -------------------------------------------------------------------------------------------
+def align(word_ids: list[int | None], word_tags: list[int], tag_names: list[str], *, all_subwords: bool) -> list[int]:
+    """Subword labels from word labels: the first subword of each word gets its tag; later
+    subwords get IGNORE, or with ``all_subwords`` the inside tag of the word's type (I-TYPE
+    after a B-, S- or E- first subword; O and I- stay). Metrics always read the first subword."""
+    labels, previous = [], None
+    for word in word_ids:
+        if word is None:
+            labels.append(IGNORE)
+        elif word != previous:
+            labels.append(word_tags[word])
+        elif all_subwords:
+            tag = tag_names[word_tags[word]]
+            prefix, kind = _split(tag)
+            inner = f"I-{kind}" if prefix in ("B", "S", "E") else tag
+            labels.append(tag_names.index(inner) if inner in tag_names else word_tags[word])
+        else:
+            labels.append(IGNORE)
+        previous = word
+    return labels
+
+
+def encode_sentences(tokenizer, frame: pd.DataFrame, tag_names: list[str], max_length: int, *,
+                     all_subwords: bool) -> tuple[list[dict], int]:  # fmt: skip
+    """Features per sentence (input ids, labels, word ids) and how many were truncated."""
+    index = {t: i for i, t in enumerate(tag_names)}
+    features, truncated = [], 0
+    for tokens, tags in zip(frame["tokens"], frame["tags"]):
+        encoded = tokenizer(list(tokens), is_split_into_words=True, truncation=True, max_length=max_length)
+        word_ids = encoded.word_ids()
+        seen = {w for w in word_ids if w is not None}
+        truncated += len(seen) < len(tokens)
+        word_tags = [index.get(t, index.get("O", 0)) for t in tags]
+        feature = {"input_ids": encoded["input_ids"], "labels": align(word_ids, word_tags, tag_names, all_subwords=all_subwords),
+                   "word_ids": [-1 if w is None else w for w in word_ids], "words": len(tokens)}  # fmt: skip
+        if "token_type_ids" in encoded:
+            feature["token_type_ids"] = encoded["token_type_ids"]
+        features.append(feature)
+    return features, truncated
+
+
+def collate_tokens(features: list[dict], pad_token_id: int) -> dict:
+    width = max(len(f["input_ids"]) for f in features)
+    batch = {
+        "input_ids": torch.full((len(features), width), pad_token_id, dtype=torch.long),
+        "attention_mask": torch.zeros((len(features), width), dtype=torch.long),
+        "labels": torch.full((len(features), width), IGNORE, dtype=torch.long),
+    }
+    if "token_type_ids" in features[0]:
+        batch["token_type_ids"] = torch.zeros((len(features), width), dtype=torch.long)
+    for row, f in enumerate(features):
+        n = len(f["input_ids"])
+        batch["input_ids"][row, :n] = torch.tensor(f["input_ids"])
+        batch["attention_mask"][row, :n] = 1
+        batch["labels"][row, :n] = torch.tensor(f["labels"])
+        if "token_type_ids" in batch:
+            batch["token_type_ids"][row, :n] = torch.tensor(f["token_type_ids"])
+    batch["num_examples"], batch["num_tokens"] = len(features), int(batch["attention_mask"].sum())
+    return batch
+
+
+def word_predictions(probabilities: np.ndarray, word_ids: list[int], words: int) -> tuple[list[int], list[float]]:
+    """Each word's tag id and probability, read at its first subword (words cut off by
+    truncation get O's id 0 with probability 0)."""
+    tags, scores, seen = [0] * words, [0.0] * words, set()
+    for position, word in enumerate(word_ids):
+        if word < 0 or word in seen or position >= len(probabilities):
+            continue
+        seen.add(word)
+        tags[word], scores[word] = int(probabilities[position].argmax()), float(probabilities[position].max())
+    return tags, scores
+
+
+@dataclass
+class TokenClassificationTask:
+    """The loop's view of NER: summed token cross-entropy, seqeval metrics."""
+
+    tag_names: list[str] = field(default_factory=list)
+    scheme: str = "iob2"
+    all_subwords: bool = False
+    type: str = "token_classification"
+    peft_task_type: str = "TOKEN_CLS"
+    default_metric = ("f1", "max")
+    metric_names = ["f1", "precision", "recall", "accuracy", "loss"]
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.tag_names
+
+    def fit_tags(self, frame: pd.DataFrame) -> None:
+        found = sorted({t for tags in frame["tags"] for t in tags} | {"O"})
+        self.tag_names = ["O"] + [t for t in found if t != "O"]
+
+    def collate(self, features: list[dict], pad_token_id: int) -> dict:
+        return collate_tokens(features, pad_token_id)
+
+    def count(self, features: list[dict]) -> int:
+        """A step's loss is divided by its labelled subwords."""
+        return sum(sum(1 for label in f["labels"] if label != IGNORE) for f in features)
+
+    def batch_loss(self, model, batch: dict, device) -> torch.Tensor:
+        inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        logits = model(**inputs).logits.float()
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].to(device).reshape(-1),
+                               ignore_index=IGNORE, reduction="sum")  # fmt: skip
+
+    @torch.no_grad()
+    def probabilities(
+        self, model, features: list[dict], *, batch_size: int, pad_token_id: int, device
+    ) -> list[np.ndarray]:
+        from tunesmith.data.batching import eval_batches
+
+        was_training = model.training
+        model.eval()
+        out: list[np.ndarray | None] = [None] * len(features)
+        for indices in eval_batches([len(f["input_ids"]) for f in features], batch_size=batch_size):
+            batch = collate_tokens([features[i] for i in indices], pad_token_id)
+            inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+            probs = torch.softmax(model(**inputs).logits.float(), -1).cpu().numpy()
+            for row, i in enumerate(indices):
+                out[i] = probs[row, : len(features[i]["input_ids"])]
+        model.train(was_training)
+        return out
+
+    def word_tags(self, probabilities: list[np.ndarray], features: list[dict]) -> list[list[str]]:
+        return [[self.tag_names[t] for t in word_predictions(p, f["word_ids"], f["words"])[0]]
+                for p, f in zip(probabilities, features)]  # fmt: skip
+
+    def evaluate(self, model, features: list[dict], *, batch_size: int, pad_token_id: int, device,
+                 gold: list[list[str]] | None = None) -> dict[str, Any]:  # fmt: skip
+        probs = self.probabilities(model, features, batch_size=batch_size, pad_token_id=pad_token_id, device=device)
+        predicted = self.word_tags(probs, features)
+        if gold is None:  # the first-subword labels are the word tags (truncated words count as O)
+            gold = []
+            for f in features:
+                tags = ["O"] * f["words"]
+                seen = set()
+                for position, word in enumerate(f["word_ids"]):
+                    if word >= 0 and word not in seen:
+                        seen.add(word)
+                        tags[word] = self.tag_names[f["labels"][position]]
+                gold.append(tags)
+        metrics = entity_metrics(gold, predicted, self.scheme)
+        total, tokens = 0.0, 0
+        for p, f in zip(probs, features):
+            labels = np.asarray(f["labels"][: len(p)])
+            keep = labels != IGNORE
+            total -= float(np.log(np.clip(p[keep, labels[keep]], 1e-12, None)).sum())
+            tokens += int(keep.sum())
+        metrics["loss"] = total / max(tokens, 1)
+        return metrics
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "label_names": self.tag_names, "tag_scheme": self.scheme,
+                "label_all_subwords": self.all_subwords}  # fmt: skip
+
+
+def entity_metrics(gold: list[list[str]], predicted: list[list[str]], scheme: str) -> dict[str, Any]:
+    """seqeval entity-level scores (strict matching in the given scheme), overall and per type."""
+    from seqeval.metrics import accuracy_score, classification_report
+    from seqeval.scheme import BILOU, IOB2
+
+    mode = {"iob2": IOB2, "bioes": BILOU}[scheme]
+    if scheme == "bioes":  # seqeval's BILOU names: L for E, U for S
+        swap = {"E": "L", "S": "U"}
+        gold = [[swap.get(t[0], t[0]) + t[1:] if t != "O" else t for t in s] for s in gold]
+        predicted = [[swap.get(t[0], t[0]) + t[1:] if t != "O" else t for t in s] for s in predicted]
+    report = classification_report(gold, predicted, mode="strict", scheme=mode, output_dict=True, zero_division=0)
+    overall = report.get("micro avg", {"precision": 0.0, "recall": 0.0, "f1-score": 0.0})
+    per_type = {k: {"precision": float(v["precision"]), "recall": float(v["recall"]), "f1": float(v["f1-score"]),
+                    "support": int(v["support"])}
+                for k, v in report.items() if not k.endswith(" avg")}  # fmt: skip
+    return {"f1": float(overall["f1-score"]), "precision": float(overall["precision"]), "recall": float(overall["recall"]),
+            "accuracy": float(accuracy_score(gold, predicted)), "count": len(gold), "per_type": per_type}  # fmt: skip
+
+
+def entities_in_text(
+    text: str, tags: list[str], scores: list[float], words: list[tuple[str, int, int]], scheme: str
+) -> list[dict]:
+    """Entity spans (character offsets into ``text``) from word tags."""
+    iob = bioes_to_iob2(tags) if scheme == "bioes" else tags
+    spans, current = [], None
+    for i, tag in enumerate(iob):
+        prefix, kind = _split(tag)
+        if prefix == "B" or (prefix == "I" and (current is None or current["label"] != kind)):
+            if current:
+                spans.append(current)
+            current = {"label": kind, "first": i, "last": i}
+        elif prefix == "I":
+            current["last"] = i
+        else:
+            if current:
+                spans.append(current)
+            current = None
+    if current:
+        spans.append(current)
+    return [{"text": text[words[s["first"]][1] : words[s["last"]][2]], "label": s["label"],
+             "start": words[s["first"]][1], "end": words[s["last"]][2],
+             "score": round(float(np.mean(scores[s["first"] : s["last"] + 1])), 6)} for s in spans]  # fmt: skip

@@ -1,0 +1,127 @@
+"""NER: tag schemes, subword alignment, readers with clear errors, training and predict."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from transformers import AutoTokenizer
+
+from tests.conftest import tiny_config
+from tunesmith import api
+from tunesmith.errors import TunesmithError
+from tunesmith.tasks.token_classification import (
+    IGNORE,
+    align,
+    bioes_to_iob2,
+    check_tags,
+    entities_in_text,
+    entity_metrics,
+    iob2_to_bioes,
+    read_conll,
+    words_with_offsets,
+)
+
+
+def test_iob2_and_bioes_convert_both_ways():
+    iob2 = ["B-PER", "I-PER", "O", "B-LOC", "B-LOC", "I-LOC", "I-LOC", "O", "I-ORG"]
+    bioes = ["B-PER", "E-PER", "O", "S-LOC", "B-LOC", "I-LOC", "E-LOC", "O", "S-ORG"]
+    assert iob2_to_bioes(iob2) == bioes
+    assert bioes_to_iob2(bioes) == [t if t != "I-ORG" else "B-ORG" for t in iob2]  # a stray I- starts an entity
+    assert iob2_to_bioes(bioes_to_iob2(bioes)) == bioes
+
+
+def test_tags_outside_the_scheme_name_the_place():
+    check_tags(["B-PER", "I-PER", "O"], "iob2", "f")
+    with pytest.raises(TunesmithError, match=r"train.txt, line 7: tag 'E-PER' \(word 2\) is not a IOB2 tag"):
+        check_tags(["B-PER", "E-PER"], "iob2", "train.txt, line 7")
+    with pytest.raises(TunesmithError, match="tag 'PER' "):
+        check_tags(["PER"], "bioes", "x")
+
+
+def test_alignment_first_subword_and_all_subwords():
+    names = ["O", "B-PER", "I-PER"]
+    # words: [Blackburn (3 subwords), said (1)]; special tokens around
+    word_ids = [None, 0, 0, 0, 1, None]
+    assert align(word_ids, [1, 0], names, all_subwords=False) == [IGNORE, 1, IGNORE, IGNORE, 0, IGNORE]
+    assert align(word_ids, [1, 0], names, all_subwords=True) == [IGNORE, 1, 2, 2, 0, IGNORE]
+
+
+def test_conll_reader_names_a_malformed_line(tmp_path):
+    path = tmp_path / "train.txt"
+    path.write_text("-DOCSTART- O\n\nEU B-ORG\nrejects O\n\nPeter B-PER\nBlackburn\n")
+    with pytest.raises(TunesmithError, match=r"train.txt, line 7: expected 'token TAG'"):
+        read_conll(path)
+    path.write_text("EU B-ORG\nrejects O\n\nPeter B-PER\nBlackburn I-PER\n")
+    sentences = read_conll(path)
+    assert [s["tokens"] for s in sentences] == [["EU", "rejects"], ["Peter", "Blackburn"]]
+    assert sentences[1]["where"].endswith("line 4")
+
+
+def test_entities_get_character_offsets_and_metrics_are_entity_level():
+    text = "Peter Blackburn visited Paris."
+    words = words_with_offsets(text)
+    entities = entities_in_text(text, ["B-PER", "I-PER", "O", "B-LOC", "O"], [0.9, 0.7, 0.99, 0.8, 0.99], words, "iob2")
+    assert entities == [{"text": "Peter Blackburn", "label": "PER", "start": 0, "end": 15, "score": 0.8},
+                        {"text": "Paris", "label": "LOC", "start": 24, "end": 29, "score": 0.8}]  # fmt: skip
+    gold = [["B-PER", "I-PER", "O", "B-LOC", "O"]]
+    half = [["B-PER", "O", "O", "B-LOC", "O"]]  # the person is cut short: wrong entity
+    scores = entity_metrics(gold, half, "iob2")
+    assert scores["precision"] == pytest.approx(0.5) and scores["recall"] == pytest.approx(0.5)
+    assert scores["per_type"]["LOC"]["f1"] == 1.0 and scores["per_type"]["PER"]["f1"] == 0.0
+
+
+NAMES = ["Alice", "Bruno", "Chen", "Dana"]
+PLACES = ["Paris", "Lima", "Oslo", "Kyoto"]
+FILLER = ["went", "to", "see", "the", "river", "today", "and", "then"]
+
+
+def ner_file(path, count: int, seed: int) -> None:
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(count):
+        words = [(rng.choice(NAMES), "B-PER"), (rng.choice(FILLER), "O"), (rng.choice(FILLER), "O"),
+                 (rng.choice(PLACES), "B-LOC"), (rng.choice(FILLER), "O")]  # fmt: skip
+        rng.shuffle(words)
+        lines += [f"{w} {t}" for w, t in words] + [""]
+    path.write_text("\n".join(lines))
+
+
+def test_a_tiny_tagger_trains_evaluates_and_predicts_spans(tmp_path, tiny_model_dir):
+    data = tmp_path / "train.txt"
+    ner_file(data, 160, seed=1)
+    config = tiny_config(tiny_model_dir, data, tmp_path / "run", task={"type": "token_classification"},
+                         train={"num_epochs": 6, "learning_rate": 5e-3})  # fmt: skip
+    result = api.train(config)
+    test = result.metrics["test"]
+    assert test["f1"] > 0.6 and set(test["per_type"]) == {"LOC", "PER"}
+    assert json.loads((result.run_dir / "task.json").read_text())["label_names"] == ["O", "B-LOC", "B-PER"]
+    [row] = api.predict(result.run_dir, ["Alice went to Oslo today"])
+    found = {(e["text"], e["label"]) for e in row["entities"]}
+    assert ("Alice", "PER") in found or ("Oslo", "LOC") in found
+    for e in row["entities"]:
+        assert row["text"][e["start"] : e["end"]] == e["text"] and 0 < e["score"] <= 1
+    other = tmp_path / "other.txt"
+    ner_file(other, 20, seed=2)
+    assert api.evaluate(result.run_dir, other)["count"] == 20
+
+
+def test_jsonl_spans_become_iob2_tags_and_bad_spans_name_the_line(tmp_path, tiny_model_dir):
+    from tunesmith.config import DataConfig
+    from tunesmith.tasks.token_classification import load_sentences
+
+    path = tmp_path / "spans.jsonl"
+    path.write_text(json.dumps({"text": "Dana flew to New York.", "entities": [{"start": 13, "end": 21, "label": "LOC"},
+                                                                          {"start": 0, "end": 4, "label": "PER"}]}) + "\n")  # fmt: skip
+    frame, entry = load_sentences(str(path), DataConfig(train=str(path)), "bioes")
+    assert entry["format"] == "spans"
+    assert list(frame["tokens"][0]) == ["Dana", "flew", "to", "New", "York", "."]
+    assert list(frame["tags"][0]) == ["S-PER", "O", "O", "B-LOC", "E-LOC", "O"]  # converted to the training scheme
+    path.write_text(json.dumps({"text": "Dana", "entities": [{"start": 0, "end": 9, "label": "PER"}]}) + "\n")
+    with pytest.raises(
+        TunesmithError, match=r"spans.jsonl, line 1: entity .* needs integer start < end within the text"
+    ):
+        load_sentences(str(path), DataConfig(train=str(path)), "iob2")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert tokenizer.is_fast
