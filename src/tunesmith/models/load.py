@@ -146,6 +146,33 @@ def load_tokenizer(resolved: ResolvedModel):
         raise _load_failed(resolved, error) from None
 
 
+def _load_with_head(auto_class, resolved: ResolvedModel, *, label_names: list[str], dropout: float | None, **options):
+    """The pretrained encoder under ``auto_class`` with a head for ``label_names``. A checkpoint
+    that is already a classifier keeps its head when the number of outputs matches, and gets a
+    new one otherwise. Returns (model, names of newly initialised parameters)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(
+            resolved.location,
+            num_labels=len(label_names) or 1,
+            id2label=dict(enumerate(label_names)) if label_names else {0: "value"},
+            label2id={n: i for i, n in enumerate(label_names)} if label_names else {"value": 0},
+            **options,
+        )
+        if dropout is not None:
+            for attribute in DROPOUT_ATTRIBUTES:
+                if hasattr(config, attribute):
+                    setattr(config, attribute, dropout)
+        model, info = auto_class.from_pretrained(
+            resolved.location, config=config, output_loading_info=True, ignore_mismatched_sizes=True
+        )
+    except (OSError, ValueError, RuntimeError) as error:
+        raise _load_failed(resolved, error) from None
+    replaced = [entry[0] if isinstance(entry, (tuple, list)) else entry for entry in info.get("mismatched_keys", [])]
+    return model, sorted(set(info.get("missing_keys", [])) | set(replaced))
+
+
 def load_sequence_classifier(
     resolved: ResolvedModel,
     *,
@@ -154,55 +181,21 @@ def load_sequence_classifier(
     label_names: list[str],
     dropout: float | None,
 ):
-    """Loads the pretrained encoder with a new sequence-classification head (a classifier keeps
-    its head when the number of labels matches).
+    """The pretrained encoder with a sequence-classification head (``num_labels`` outputs; one,
+    named "value", for regression). Returns (model, names of newly initialised parameters)."""
+    from transformers import AutoModelForSequenceClassification
 
-    Returns:
-        (model, names of newly initialised parameters).
-    """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    try:
-        config = AutoConfig.from_pretrained(
-            resolved.location,
-            num_labels=num_labels,
-            problem_type=problem_type,
-            id2label=dict(enumerate(label_names)) if label_names else {0: "value"},
-            label2id={n: i for i, n in enumerate(label_names)} if label_names else {"value": 0},
-        )
-        if dropout is not None:
-            for attribute in DROPOUT_ATTRIBUTES:
-                if hasattr(config, attribute):
-                    setattr(config, attribute, dropout)
-        # A classifier of another task (another number of labels) starts with a new head.
-        model, info = AutoModelForSequenceClassification.from_pretrained(
-            resolved.location, config=config, output_loading_info=True, ignore_mismatched_sizes=True
-        )
-    except (OSError, ValueError, RuntimeError) as error:
-        raise _load_failed(resolved, error) from None
-    replaced = [entry[0] if isinstance(entry, (tuple, list)) else entry for entry in info.get("mismatched_keys", [])]
-    return model, sorted(set(info.get("missing_keys", [])) | set(replaced))
+    if label_names and len(label_names) != num_labels:
+        raise ValueError(f"{num_labels} outputs for {len(label_names)} labels")
+    return _load_with_head(AutoModelForSequenceClassification, resolved, label_names=label_names, dropout=dropout,
+                           problem_type=problem_type)  # fmt: skip
 
 
 def load_token_classifier(resolved: ResolvedModel, *, label_names: list[str], dropout: float | None):
-    """The pretrained encoder with a new token-classification head (one output per tag)."""
-    from transformers import AutoConfig, AutoModelForTokenClassification
+    """The pretrained encoder with a token-classification head (one output per tag)."""
+    from transformers import AutoModelForTokenClassification
 
-    try:
-        config = AutoConfig.from_pretrained(resolved.location, num_labels=len(label_names),
-                                            id2label=dict(enumerate(label_names)),
-                                            label2id={n: i for i, n in enumerate(label_names)})  # fmt: skip
-        if dropout is not None:
-            for attribute in DROPOUT_ATTRIBUTES:
-                if hasattr(config, attribute):
-                    setattr(config, attribute, dropout)
-        model, info = AutoModelForTokenClassification.from_pretrained(
-            resolved.location, config=config, output_loading_info=True, ignore_mismatched_sizes=True
-        )
-    except (OSError, ValueError, RuntimeError) as error:
-        raise _load_failed(resolved, error) from None
-    replaced = [entry[0] if isinstance(entry, (tuple, list)) else entry for entry in info.get("mismatched_keys", [])]
-    return model, sorted(set(info.get("missing_keys", [])) | set(replaced))
+    return _load_with_head(AutoModelForTokenClassification, resolved, label_names=label_names, dropout=dropout)
 
 
 def load_causal_lm(resolved: ResolvedModel, *, dropout: float | None):
