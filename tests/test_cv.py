@@ -84,6 +84,12 @@ def test_cv_runs_every_fold_and_summarises_their_test_metrics(tmp_path, tiny_mod
     assert "| accuracy |" in (tmp_path / "cv" / "cv.md").read_text()
 
 
+def test_cv_refuses_tasks_it_does_not_cover(tmp_path, tiny_model_dir):
+    tree = tiny_config(tiny_model_dir, tmp_path / "train.txt", tmp_path / "r", task={"type": "token_classification"})
+    with pytest.raises(TunesmithError, match="tunesmith cv covers classification and regression"):
+        run_cv(config_from_dict(tree), tmp_path / "cv", folds=2)
+
+
 def test_cv_command_reports_errors_clearly(tmp_path, tiny_model_dir):
     data = tmp_path / "data.csv"
     pd.DataFrame(sentiment_rows(30)).to_csv(data, index=False)

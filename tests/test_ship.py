@@ -14,7 +14,7 @@ from tunesmith import api
 from tunesmith.errors import TunesmithError
 from tunesmith.ship import export as export_module
 from tunesmith.ship.export import export
-from tunesmith.ship.serve import create_app
+from tunesmith.ship.serve import Predictor, create_app
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +50,8 @@ def test_export_refuses_failed_parity_and_tampered_runs(trained_run, tmp_path, m
         config.write_text(original + "\n# edited\n")
         with pytest.raises(TunesmithError, match="files do not match hashes.json \\(changed: config.yaml\\)"):
             export(trained_run, tmp_path / "tampered", fmt="hf", log=lambda m: None)
+        with pytest.raises(TunesmithError, match="files do not match hashes.json"):
+            Predictor(trained_run)  # serve refuses it too
     finally:
         config.write_text(original)
     with pytest.raises(TunesmithError, match="--quantize int8 applies to --format onnx"):

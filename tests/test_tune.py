@@ -137,3 +137,11 @@ def test_a_cv_objective_scores_trials_by_their_mean_over_folds(tmp_path, tiny_mo
         cv = json.loads((tmp_path / "study" / "trials" / f"trial-{trial['number']:03d}" / "cv.json").read_text())
         assert trial["value"] == pytest.approx(cv["summary"]["accuracy"]["mean"])
         assert len(cv["summary"]["accuracy"]["folds"]) == 2
+
+
+def test_a_loss_objective_is_read_from_the_loop(tmp_path, tiny_model_dir):
+    tree = study_config(tmp_path, tiny_model_dir, n_trials=1, metric="loss", pruner="none")
+    report = tune.run_tune(config_from_dict(tree), tmp_path / "study")
+    assert report["direction"] == "minimize" and report["complete"] == 1
+    metrics = json.loads((tmp_path / "study" / "trials" / "trial-000" / "metrics.json").read_text())
+    assert report["trials"][0]["value"] == pytest.approx(metrics["training"]["best_metric"])

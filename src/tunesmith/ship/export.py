@@ -69,10 +69,12 @@ def onnx_logits(session, tokenizer, texts: list[str], max_length: int) -> np.nda
     return out
 
 
-def parity(reference: np.ndarray, exported: np.ndarray, task_type: str) -> dict[str, float]:
-    """Largest absolute logit difference and the share of rows with the same prediction."""
+def parity(reference: np.ndarray, exported: np.ndarray, task_type: str, threshold: float = 0.5) -> dict[str, float]:
+    """Largest absolute logit difference and the share of rows with the same prediction
+    (multi-label: the same labels at the task's probability threshold)."""
     if task_type == "multi_label":
-        same = ((reference > 0) == (exported > 0)).all(1)
+        cut = float(np.log(threshold / (1 - threshold)))  # sigmoid(x) >= threshold  <=>  x >= logit(threshold)
+        same = ((reference >= cut) == (exported >= cut)).all(1)
     elif task_type == "regression":
         same = np.abs(reference - exported)[:, 0] < 1e-2
     else:
@@ -145,7 +147,7 @@ def export(run_dir: str | Path, out: str | Path, *, fmt: str, quantize: str | No
             model.save_pretrained(tmp)
             exported = AutoModelForSequenceClassification.from_pretrained(tmp).eval()
             report["models"]["model.safetensors"] = parity(reference, torch_logits(exported, tokenizer, texts, max_length),
-                                                           task.type)  # fmt: skip
+                                                           task.type, task.threshold)  # fmt: skip
             default = "."
         else:
             import onnxruntime as ort
@@ -153,7 +155,7 @@ def export(run_dir: str | Path, out: str | Path, *, fmt: str, quantize: str | No
             _export_onnx(model, tokenizer, tmp / "model.onnx")
             session = ort.InferenceSession(str(tmp / "model.onnx"), providers=["CPUExecutionProvider"])
             report["models"]["model.onnx"] = parity(reference, onnx_logits(session, tokenizer, texts, max_length),
-                                                    task.type)  # fmt: skip
+                                                    task.type, task.threshold)  # fmt: skip
             default = "model.onnx"
             if quantize == "int8":
                 from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -164,7 +166,7 @@ def export(run_dir: str | Path, out: str | Path, *, fmt: str, quantize: str | No
                                  per_channel=True, reduce_range=True)  # fmt: skip
                 session = ort.InferenceSession(str(tmp / "model_int8.onnx"), providers=["CPUExecutionProvider"])
                 report["models"]["model_int8.onnx"] = parity(reference, onnx_logits(session, tokenizer, texts,
-                                                                                    max_length), task.type)  # fmt: skip
+                                                                                    max_length), task.type, task.threshold)  # fmt: skip
                 default = "model_int8.onnx"
         failures = []
         for name, figures in report["models"].items():

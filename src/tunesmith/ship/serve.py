@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import threading
 import time
@@ -49,7 +50,9 @@ class Predictor:
 
     def _from_run(self, source: Path) -> None:
         from tunesmith.api import _load_for_inference, _temperature
+        from tunesmith.runs import RunDir
 
+        RunDir.open(source).verify_hashes()  # never serve a model that changed after training
         run, config, task, model, tokenizer = _load_for_inference(source)
         if task.type not in ("single_label", "multi_label", "regression"):
             raise TunesmithError(f"serve covers classification and regression runs, not task.type={task.type}")
@@ -101,7 +104,9 @@ class Predictor:
                          "max_length": self.max_length, "temperature": self.temperature, "parity": parity.get("models"),
                          "source_run": meta.get("source_run")}  # fmt: skip
 
-    def logits(self, texts: list[str]) -> np.ndarray:
+    def logits(self, texts: list[str], chunk: int = 64) -> np.ndarray:
+        if len(texts) > chunk:  # bounded memory for long lists (monitor, evaluation)
+            return np.concatenate([self.logits(texts[i : i + chunk], chunk) for i in range(0, len(texts), chunk)])
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
         if self.session is not None:
             feed = {k: v.astype(np.int64) for k, v in batch.items() if k in self.inputs}
@@ -288,7 +293,7 @@ def create_app(source: str | Path, *, api_key: str | None = None, max_batch: int
         bearer = request.headers.get("authorization", "")
         if bearer.lower().startswith("bearer "):
             given = given or bearer[7:]
-        return given == api_key
+        return given is not None and hmac.compare_digest(given.encode(), api_key.encode())
 
     @app.get("/health")
     async def health():
@@ -314,9 +319,11 @@ def create_app(source: str | Path, *, api_key: str | None = None, max_batch: int
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
             return refuse(413, f"the body is {declared} bytes; the limit is {max_body_bytes}")
-        body = await request.body()
-        if len(body) > max_body_bytes:
-            return refuse(413, f"the body is {len(body)} bytes; the limit is {max_body_bytes}")
+        body = bytearray()
+        async for chunk in request.stream():  # a body without Content-Length is cut off at the limit
+            body.extend(chunk)
+            if len(body) > max_body_bytes:
+                return refuse(413, f"the body is over {max_body_bytes} bytes; the limit is {max_body_bytes}")
         try:
             parsed = PredictRequest.model_validate_json(body)
         except ValidationError as error:

@@ -205,12 +205,19 @@ def work(config: Config, directory: Path, console=None, worker: int = 0) -> None
             if trial_run.train.metric is None:
                 trial_run.train.metric = metric  # the best checkpoint is chosen by the same metric
             result = api.train(trial_run, console=console, callbacks=[PruningReporter(trial, metric)])
-            return float(result.metrics["validation"][metric])
+            value = result.metrics.get("validation", {}).get(metric)
+            if value is None:  # e.g. loss: kept by the loop, not among the final split metrics
+                value = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["training"]["best_metric"]
+            if value is None or not math.isfinite(value):
+                raise TunesmithError(f"the trial's {metric} is {value}: nothing to compare")
+            return float(value)
         except TunesmithError as error:
             trial.set_user_attr("error", str(error))
             log(f"Trial {trial.number} failed: {error}")
             raise
 
+    # With several workers the last few trials can start together: a study may end a trial or
+    # two (workers - 1 at most) past n_trials.
     while _counted(study) < config.tune.n_trials:
         study.optimize(objective, n_trials=1, catch=(TunesmithError,))
         last = study.trials[-1]
@@ -229,7 +236,11 @@ def _cv_objective(trial, config: Config, out: Path, metric: str, console) -> flo
 
     def train_fold(fold_config, console=None):
         result = api.train(fold_config, console=console)
-        scores.append(float(result.metrics["test"][metric]))
+        value = result.metrics.get("test", {}).get(metric)
+        if value is None or not math.isfinite(value):
+            raise TunesmithError(f"tune.objective=cv: the fold's test {metric} is {value}; choose a test metric "
+                                 "(accuracy, macro_f1, mse, ...)")  # fmt: skip
+        scores.append(float(value))
         trial.report(float(np.mean(scores)), len(scores) - 1)  # the running CV mean after each fold
         if trial.should_prune():
             trial.set_user_attr("pruned_at_step", len(scores) - 1)

@@ -149,9 +149,9 @@ def load_partitions(engine, directory: Path) -> None:
         raise TunesmithError(
             f"{directory} was not written by a deepspeed run: resume with the runtime.distributed it was written with"
         )
-    ranks = len(list(path.glob("*optim_states.pt")))
+    ranks = len(list(path.glob("*optim_states.pt")))  # none at stage 0: the state is in the model file
     world = engine.world_size
-    if ranks != world:
+    if ranks and ranks != world:
         raise TunesmithError(
             f"{directory} holds DeepSpeed optimizer partitions for {ranks} processes; resume it with --nproc {ranks}, "
             f"not {world}"
