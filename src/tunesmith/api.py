@@ -621,18 +621,7 @@ def predict(run_dir: str | Path, texts: list[str]) -> list[dict[str, Any]]:
     texts = [" ".join(str(t).split()) for t in texts]
     logits = _logits(model, tokenizer, config, texts)
     temperature = _temperature(run) if task.type == "single_label" else None
-    predictions = task.predict(logits)
-    scores = task.probabilities(logits / temperature if temperature else logits)  # calibrated when fitted
-    rows = []
-    for text, prediction, score in zip(texts, predictions, scores):
-        row: dict[str, Any] = {"text": text}
-        if task.type == "regression":
-            row["value"] = prediction
-        else:
-            row["label" if task.type == "single_label" else "labels"] = prediction
-            row["scores"] = {name: round(float(s), 6) for name, s in zip(task.label_names, score)}
-        rows.append(row)
-    return rows
+    return [{"text": text, **row} for text, row in zip(texts, task.prediction_rows(logits, temperature))]
 
 
 def _predict_entities(task, model, tokenizer, config, texts: list[str]) -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from tunesmith.errors import TunesmithError
+from tunesmith.tasks.classification import TextClassificationTask
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -58,6 +59,7 @@ class Predictor:
             raise TunesmithError(f"serve covers classification and regression runs, not task.type={task.type}")
         self.tokenizer, self.max_length, self.task = tokenizer, config.model.max_length, task.to_dict()
         self.temperature = _temperature(run) if task.type == "single_label" else None
+        self.scorer = task
         self.backend, self.model, self.session = "torch", model, None
         metrics = run.read_json("metrics.json") if (run.path / "metrics.json").is_file() else {}
         manifest = run.read_json("data_manifest.json") if (run.path / "data_manifest.json").is_file() else {}
@@ -79,6 +81,7 @@ class Predictor:
             meta["task"],
         )
         self.temperature = meta.get("temperature")
+        self.scorer = TextClassificationTask(**meta["task"])  # turns logits into labels and scores
         if meta["format"] == "onnx":
             import onnxruntime as ort
 
@@ -119,25 +122,7 @@ class Predictor:
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
         texts = [" ".join(t.split()) for t in texts]
         logits = self.logits(texts)
-        names, kind = self.task["label_names"], self.task["type"]
-        rows = []
-        if kind == "regression":
-            return [{"value": float(v)} for v in logits[:, 0]]
-        if kind == "multi_label":
-            scores = 1 / (1 + np.exp(-logits))
-            threshold = self.task.get("threshold", 0.5)
-            for row in scores:
-                rows.append({"labels": [names[j] for j in np.flatnonzero(row >= threshold)],
-                             "scores": {n: round(float(s), 6) for n, s in zip(names, row)}})  # fmt: skip
-            return rows
-        scaled = logits / (self.temperature or 1.0)
-        scaled = np.exp(scaled - scaled.max(1, keepdims=True))
-        scores = scaled / scaled.sum(1, keepdims=True)
-        for row in scores:
-            rows.append(
-                {"label": names[int(row.argmax())], "scores": {n: round(float(s), 6) for n, s in zip(names, row)}}
-            )
-        return rows
+        return self.scorer.prediction_rows(logits, self.temperature)
 
 
 @dataclass

@@ -188,6 +188,17 @@ class TextClassificationTask:
             return [[self.label_names[j] for j in np.flatnonzero(row >= self.threshold)] for row in scores]
         return [self.label_names[i] for i in scores.argmax(axis=1)]
 
+    def prediction_rows(self, logits: np.ndarray, temperature: float | None = None) -> list[dict[str, Any]]:
+        """One dict per row as predict and serve return it: ``value``, or ``label``/``labels``
+        with every label's score (softmax at ``temperature`` when one was fitted)."""
+        predictions = self.predict(logits)
+        if self.type == "regression":
+            return [{"value": value} for value in predictions]
+        scores = self.probabilities(logits / temperature if temperature else logits)
+        key = "label" if self.type == "single_label" else "labels"
+        return [{key: prediction, "scores": {n: round(float(s), 6) for n, s in zip(self.label_names, row)}}
+                for prediction, row in zip(predictions, scores)]  # fmt: skip
+
     def metrics(self, logits: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
         """All metrics of the task for one split."""
         if self.type == "regression":
