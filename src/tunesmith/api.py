@@ -47,7 +47,8 @@ def _plain(console):
     return lambda message: console.print(message, markup=False, highlight=False)
 
 
-def _task_for(config: Config, label_names: list[str] | None = None):
+def _task_for(config: Config, label_names: list[str] | None = None, saved: dict | None = None):
+    """The task object for a config; ``saved`` is a run's task.json (what training learned)."""
     if config.task.type == "causal_lm":
         from tunesmith.tasks.causal_lm import CausalLMTask
 
@@ -62,6 +63,13 @@ def _task_for(config: Config, label_names: list[str] | None = None):
 
         return TokenClassificationTask(tag_names=list(label_names or []), scheme=config.task.tag_scheme,
                                        all_subwords=config.task.label_all_subwords)  # fmt: skip
+    if config.task.type == "question_answering":
+        from tunesmith.tasks.qa import QuestionAnsweringTask
+
+        t = config.task
+        return QuestionAnsweringTask(stride=t.doc_stride, n_best=t.n_best, max_answer_length=t.max_answer_length,
+                                     no_answer_threshold=t.no_answer_threshold,
+                                     allow_no_answer=bool((saved or {}).get("allow_no_answer", False)))  # fmt: skip
     return TextClassificationTask(
         type=config.task.type,
         label_names=list(label_names or []),
@@ -126,12 +134,9 @@ def train(
     task = _task_for(config)
     if task.type in GENERATIVE:
         data = prepare_records(config.data, seed=config.runtime.seed, pairs=task.type == "seq2seq")
-    elif task.type == "token_classification":
-        from tunesmith.tasks.token_classification import load_sentences
-
-        data = prepare_records(config.data, seed=config.runtime.seed,
-                               load=lambda spec, data_config: load_sentences(spec, data_config, task.scheme))  # fmt: skip
-        task.fit_tags(data.splits["train"])
+    elif getattr(task, "own_data", False):  # token classification, question answering
+        data = prepare_records(config.data, seed=config.runtime.seed, load=task.load)
+        task.fit(data.splits["train"])
     else:
         data = prepare_data(config.data, task, seed=config.runtime.seed,
                             similarity=config.inspect.near_duplicate_similarity,
@@ -183,7 +188,7 @@ def resume(run_dir: str | Path, *, console=None, callbacks: list | None = None) 
         raise TunesmithError(f"{run.path} already finished; there is nothing to resume")
     _setup_runtime(config)
     saved = run.read_json("task.json")
-    task = _task_for(config, saved["label_names"])
+    task = _task_for(config, saved["label_names"], saved)
     splits = {
         n: pd.read_parquet(run.data_dir / f"{n}.parquet") for n in SPLITS if (run.data_dir / f"{n}.parquet").exists()
     }
@@ -267,10 +272,8 @@ def _fit(run: RunDir, config: Config, task, data: PreparedData, console, callbac
         model, new_parameters, features, truncated = _build_causal_lm(config, task, data, resolved, tokenizer, log)
     elif task.type == "seq2seq":
         model, new_parameters, features, truncated = _build_seq2seq(config, task, data, resolved, tokenizer, log)
-    elif task.type == "token_classification":
-        model, new_parameters, features, truncated = _build_token_classifier(
-            config, task, data, resolved, tokenizer, log
-        )
+    elif getattr(task, "own_data", False):
+        model, new_parameters, features, truncated = _build_own_data(config, task, data, resolved, tokenizer, log)
     else:
         model, new_parameters, features, truncated = _build_classifier(config, task, data, resolved, tokenizer, log)
     log(f"Loaded {resolved.description}; new head parameters: {', '.join(new_parameters) or 'none'}")
@@ -300,20 +303,16 @@ def _fit(run: RunDir, config: Config, task, data: PreparedData, console, callbac
     return _finish(run, config, task, data, result, features, truncated, tokenizer, resolved, log)
 
 
-def _build_token_classifier(config, task, data, resolved, tokenizer, log):
-    from tunesmith.models.load import load_token_classifier
-    from tunesmith.tasks.token_classification import encode_sentences
-
-    if not getattr(tokenizer, "is_fast", False):
-        raise TunesmithError(f"{resolved.description}: token classification needs a fast tokenizer (word ids)")
+def _build_own_data(config, task, data, resolved, tokenizer, log):
+    """Features and model for a task that encodes its own tables (token classification, QA)."""
     features, truncated = {}, {}
     for name, frame in data.splits.items():
-        features[name], truncated[name] = encode_sentences(tokenizer, frame, task.tag_names, config.model.max_length,
-                                                           all_subwords=task.all_subwords)  # fmt: skip
+        features[name], truncated[name] = task.encode_frame(tokenizer, frame, config.model.max_length)
         if truncated[name]:
-            log(f"{name}: {truncated[name]} of {len(frame)} sentences cut to {config.model.max_length} subwords")
-    log(f"Tags ({task.scheme}): {', '.join(task.tag_names)}")
-    model, new_parameters = load_token_classifier(resolved, label_names=task.tag_names, dropout=config.model.dropout)
+            log(task.truncation_message(name, truncated[name], len(frame), config.model.max_length))
+    if task.label_names:
+        log(f"Labels: {', '.join(task.label_names)}")
+    model, new_parameters = task.load_model(resolved, config.model.dropout)
     return model, new_parameters, features, truncated
 
 
@@ -446,10 +445,10 @@ def _finish(run, config, task, data, result, features, truncated, tokenizer, res
         if features.get(split) and task.type in GENERATIVE and split != generate_on:
             metrics[split] = task.evaluate(model, features[split], batch_size=config.train.batch_size * 2,
                                            pad_token_id=_pad_id(tokenizer), device=device)  # fmt: skip
-        elif features.get(split) and task.type == "token_classification":
+        elif features.get(split) and getattr(task, "own_data", False):
             metrics[split] = task.evaluate(model, features[split], batch_size=config.train.batch_size * 2,
                                            pad_token_id=_pad_id(tokenizer), device=device,
-                                           gold=[list(t) for t in data.splits[split]["tags"]])  # fmt: skip
+                                           frame=data.splits[split])  # fmt: skip
         elif features.get(split) and task.type in GENERATIVE:
             metrics[split] = _generative_metrics(
                 model, tokenizer, config, task, data.splits[split], features[split], split=split,
@@ -497,6 +496,7 @@ def _finish(run, config, task, data, result, features, truncated, tokenizer, res
     run.write_text("README.md", model_card(
         config=config.model_dump(mode="json"), model_description=resolved.description, task=task.to_dict(),
         manifest=data.manifest, metrics=metrics, parameters=parameters, training=training,
+        card=getattr(task, "card", None),
     ))  # fmt: skip
     for split, values in metrics.items():
         shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))
@@ -584,11 +584,14 @@ def _load_for_inference(run_dir: str | Path):
             f"{run.path} has no trained model yet (resume it with: tunesmith train --resume {run.path})"
         )
     config = load_config(run.path / "config.yaml")
-    task = _task_for(config, run.read_json("task.json")["label_names"])
-    from transformers import AutoModelForTokenClassification
+    saved = run.read_json("task.json")
+    task = _task_for(config, saved["label_names"], saved)
+    import transformers
 
-    auto = {"causal_lm": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM,
-            "token_classification": AutoModelForTokenClassification}.get(task.type, AutoModelForSequenceClassification)  # fmt: skip
+    auto = {"causal_lm": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM}.get(task.type)
+    if auto is None:
+        card = getattr(task, "card", None)
+        auto = getattr(transformers, card["auto_class"]) if card else AutoModelForSequenceClassification
     model = auto.from_pretrained(run.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(run.model_dir)
     return run, config, task, model.eval(), tokenizer
@@ -601,9 +604,11 @@ def _logits(model, tokenizer, config, texts: list[str], targets=None):
     return compute_logits(model, features, batch_size=64, pad_token_id=tokenizer.pad_token_id or 0, device="cpu")
 
 
-def predict(run_dir: str | Path, texts: list[str]) -> list[dict[str, Any]]:
+def predict(run_dir: str | Path, texts: list) -> list[dict[str, Any]]:
     """Predictions for texts with a trained run: label(s) or value, and the scores behind them;
-    for a causal LM, the generated completion of each prompt (as a single user turn)."""
+    for a causal LM, the generated completion of each prompt (as a single user turn); entity
+    spans for a tagger; for question answering, ``texts`` are ``{"question", "context"}`` dicts
+    and each answer comes with its character offsets and score."""
     run, config, task, model, tokenizer = _load_for_inference(run_dir)
     if task.type == "causal_lm":
         from tunesmith.tasks.causal_lm import generate, generation_prompt
@@ -616,36 +621,12 @@ def predict(run_dir: str | Path, texts: list[str]) -> list[dict[str, Any]]:
         outputs = task.generate(model, tokenizer, [str(t) for t in texts], config.generation,
                                 max_length=config.model.max_length)  # fmt: skip
         return [{"source": str(t), "generated": g} for t, g in zip(texts, outputs)]
-    if task.type == "token_classification":
-        return _predict_entities(task, model, tokenizer, config, [str(t) for t in texts])
+    if getattr(task, "own_data", False):
+        return task.predict(model, tokenizer, list(texts), config.model.max_length, pad_token_id=_pad_id(tokenizer))
     texts = [" ".join(str(t).split()) for t in texts]
     logits = _logits(model, tokenizer, config, texts)
     temperature = _temperature(run) if task.type == "single_label" else None
     return [{"text": text, **row} for text, row in zip(texts, task.prediction_rows(logits, temperature))]
-
-
-def _predict_entities(task, model, tokenizer, config, texts: list[str]) -> list[dict[str, Any]]:
-    """Entity spans with character offsets and scores (mean word probability) per text."""
-    import pandas as pd
-
-    from tunesmith.tasks.token_classification import (
-        encode_sentences,
-        entities_in_text,
-        word_predictions,
-        words_with_offsets,
-    )
-
-    words = [words_with_offsets(t) for t in texts]
-    frame = pd.DataFrame({"tokens": [[w for w, _, _ in ws] or ["."] for ws in words],
-                          "tags": [["O"] * max(len(ws), 1) for ws in words]})  # fmt: skip
-    features, _ = encode_sentences(tokenizer, frame, task.tag_names, config.model.max_length, all_subwords=False)
-    probabilities = task.probabilities(model, features, batch_size=32, pad_token_id=_pad_id(tokenizer), device="cpu")
-    rows = []
-    for text, ws, p, f in zip(texts, words, probabilities, features):
-        tags, scores = word_predictions(p, f["word_ids"], f["words"])
-        named = [task.tag_names[t] for t in tags][: len(ws)]
-        rows.append({"text": text, "entities": entities_in_text(text, named, scores, ws, task.scheme)})
-    return rows
 
 
 def evaluate(run_dir: str | Path, data: str | Path) -> dict[str, Any]:
@@ -672,14 +653,11 @@ def evaluate(run_dir: str | Path, data: str | Path) -> dict[str, Any]:
         metrics["data"] = entry
         RunDir(out).write_json(f"{stem}.json", metrics)
         return metrics
-    if task.type == "token_classification":
-        from tunesmith.tasks.token_classification import encode_sentences, load_sentences
-
-        frame, entry = load_sentences(str(data), config.data, task.scheme)
-        features, _ = encode_sentences(tokenizer, frame, task.tag_names, config.model.max_length,
-                                       all_subwords=task.all_subwords)  # fmt: skip
+    if getattr(task, "own_data", False):
+        frame, entry = task.load(str(data), config.data)
+        features, _ = task.encode_frame(tokenizer, frame, config.model.max_length)
         metrics = task.evaluate(model, features, batch_size=64, pad_token_id=_pad_id(tokenizer), device="cpu",
-                                gold=[list(t) for t in frame["tags"]])  # fmt: skip
+                                frame=frame)  # fmt: skip
         metrics["data"] = entry
         RunDir(out).write_json(f"{stem}.json", metrics)
         return metrics

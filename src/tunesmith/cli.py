@@ -117,17 +117,24 @@ def predict(
         Path | None, typer.Option("--input", help="File of texts: .txt (one per line) or any data file.")
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", help="Write predictions here as JSONL.")] = None,
+    question: Annotated[
+        list[str], typer.Option("--question", help="Question answering: a question (repeatable, with --context).")
+    ] = [],
+    context: Annotated[list[str], typer.Option("--context", help="Question answering: the context of a question.")] = [],
 ) -> None:
-    """Label new text with a trained run; one JSON object per text."""
+    """Label new text with a trained run; one JSON object per text (per question for QA)."""
 
     def work():
         from tunesmith import api
 
-        texts = list(text)
+        if len(question) != len(context):
+            raise TunesmithError(f"give one --context per --question ({len(question)} questions, "
+                                 f"{len(context)} contexts)")  # fmt: skip
+        texts = list(text) + [{"question": q, "context": c} for q, c in zip(question, context)]
         if input_ is not None:
-            texts += _read_texts(input_)
+            texts += _read_questions(input_) if _task_type(run_dir) == "question_answering" else _read_texts(input_)
         if not texts:
-            raise TunesmithError("nothing to predict: give --text TEXT or --input FILE")
+            raise TunesmithError("nothing to predict: give --text TEXT, --question Q --context C, or --input FILE")
         if output is not None and output.exists():
             raise TunesmithError(f"{output} already exists; choose another --output path")
         lines = [json.dumps(row, ensure_ascii=False) for row in api.predict(run_dir, texts)]
@@ -439,6 +446,30 @@ def _launch(nproc: int, config: Path | None, overrides: list[str], resume: Path 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "tunesmith.cli", *args]  # fmt: skip
     return subprocess.run(command, env=env).returncode
+
+
+def _task_type(run_dir: Path) -> str | None:
+    path = run_dir / "task.json"
+    return json.loads(path.read_text(encoding="utf-8")).get("type") if path.is_file() else None
+
+
+def _read_questions(path: Path) -> list[dict]:
+    """Question/context records from a JSONL file (a SQuAD JSON file gives its questions)."""
+    from tunesmith.tasks.qa import load_questions
+
+    if path.suffix.lower() == ".json":
+        frame, _ = load_questions(str(path), None)
+        return frame[["question", "context"]].to_dict("records")
+    if not path.is_file():
+        raise TunesmithError(f"Input file not found: {path}")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise TunesmithError(f"{path}, line {number}: not JSON ({error.msg})") from None
+    return records
 
 
 def _read_texts(path: Path) -> list[str]:

@@ -139,11 +139,11 @@ class InspectConfig(Section):
 class TaskConfig(Section):
     """What is predicted from the text."""
 
-    type: Literal["single_label", "multi_label", "regression", "causal_lm", "seq2seq", "token_classification"] = (
-        "single_label"
-    )
+    type: Literal["single_label", "multi_label", "regression", "causal_lm", "seq2seq", "token_classification",
+                  "question_answering"] = "single_label"  # fmt: skip
     """causal_lm: instruction tuning of a decoder (records in data.format); seq2seq: an
-    encoder-decoder maps a source column to a target column (summarization, translation)."""
+    encoder-decoder maps a source column to a target column (summarization, translation);
+    question_answering: extractive answers from SQuAD JSON or question/context/answers JSONL."""
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     """multi_label: a label is predicted when its probability reaches this."""
     label_separator: str = "|"
@@ -158,6 +158,16 @@ class TaskConfig(Section):
     label_all_subwords: bool = False
     """token_classification: train on every subword of a word (inside tags after the first),
     not only the first subword."""
+    doc_stride: int = Field(128, gt=0)
+    """question_answering: tokens shared by consecutive windows of a context longer than
+    model.max_length."""
+    max_answer_length: int = Field(30, gt=0)
+    """question_answering: the longest answer predicted, in tokens."""
+    n_best: int = Field(20, gt=0)
+    """question_answering: start and end tokens considered per window."""
+    no_answer_threshold: float = 0.0
+    """question_answering (with unanswerable training questions): answer nothing when the
+    no-answer score beats the best span's by more than this."""
 
 
 class FreezeConfig(Section):
@@ -420,11 +430,15 @@ class Config(Section):
         if model.name is None:
             model.name = {"causal_lm": DEFAULT_CAUSAL_LM, "seq2seq": DEFAULT_SEQ2SEQ}.get(self.task.type, DEFAULT_MODEL)
         if model.max_length is None:
-            model.max_length = 512 if generative else 128
+            model.max_length = 512 if generative else 384 if self.task.type == "question_answering" else 128
         if model.strategy is None:
             model.strategy = "lora" if generative else "full"
         if model.lora.target_modules is None and generative:
             model.lora.target_modules = "all-linear"
+        room = model.max_length - model.max_length // 2 - 3  # context tokens left beside the longest question
+        if self.task.type == "question_answering" and self.task.doc_stride >= room:
+            raise ValueError(f"task.doc_stride={self.task.doc_stride} must be below {room}, the context room of a "
+                             f"window at model.max_length={model.max_length} (questions take up to half)")  # fmt: skip
         if self.train.group_by_length is None:
             self.train.group_by_length = not generative
         if self.train.packing and not generative:

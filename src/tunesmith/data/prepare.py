@@ -250,8 +250,9 @@ def load_pairs(spec: str, config: DataConfig) -> tuple[pd.DataFrame, dict]:
 
 
 def prepare_records(config: DataConfig, *, seed: int, pairs: bool = False, load=None) -> PreparedData:
-    """The data stage for generative tasks: load records (causal_lm) or source/target pairs
-    (seq2seq), then random train/validation/test splits.
+    """The data stage for tasks that read records: load records (causal_lm), source/target pairs
+    (seq2seq) or a task's own table (``load``), then random train/validation/test splits (whole
+    groups at a time when the table has a ``group`` column, e.g. questions on one paragraph).
 
     Raises:
         TunesmithError: any problem with the files, records or split sizes (naming the record).
@@ -269,7 +270,7 @@ def prepare_records(config: DataConfig, *, seed: int, pairs: bool = False, load=
              for name in ("test", "validation") if name not in splits}  # fmt: skip
     splits |= split_frame(
         train, val_fraction=carve.get("validation", 0.0), test_fraction=carve.get("test", 0.0), seed=seed,
-        stratify=False,
+        stratify=False, groups="group" if "group" in train.columns else None,
     )  # fmt: skip
     manifest = {"sources": sources, "splits": {name: {"rows": len(frame)} for name, frame in splits.items()}}
     return PreparedData(splits, manifest)

@@ -8,7 +8,16 @@ from sklearn.model_selection import train_test_split
 from tunesmith.errors import TunesmithError
 
 
-def _carve(frame: pd.DataFrame, fraction: float, seed: int, stratify: pd.Series | None):
+def _carve(frame: pd.DataFrame, fraction: float, seed: int, stratify: pd.Series | None, groups: str | None = None):
+    if groups is not None:  # whole groups (e.g. all questions on one paragraph) go one way
+        from sklearn.model_selection import GroupShuffleSplit
+
+        if frame[groups].nunique() < 2:
+            raise TunesmithError(f"Only one {groups} in the data: too few to hold out {fraction:.0%} for evaluation; "
+                                 "give explicit data.validation / data.test files")  # fmt: skip
+        splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
+        keep, held = next(splitter.split(frame, groups=frame[groups]))
+        return frame.iloc[keep], frame.iloc[held]
     size = max(1, round(len(frame) * fraction))
     if stratify is not None:
         size = max(size, stratify.nunique())
@@ -27,6 +36,7 @@ def split_frame(
     test_fraction: float,
     seed: int,
     stratify: bool,
+    groups: str | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Splits one table into train/validation/test.
 
@@ -36,6 +46,7 @@ def split_frame(
         test_fraction: share of all rows for test (0 for none).
         seed: the split's random seed.
         stratify: keep label proportions equal across splits (single-label tasks).
+        groups: a column whose values never straddle splits (fractions then count groups).
 
     Raises:
         TunesmithError: a class is too small to appear in every split.
@@ -55,7 +66,7 @@ def split_frame(
         if fraction <= 0:
             continue
         share = fraction / (len(rest) / len(frame))
-        rest, held = _carve(rest, share, seed, rest["label"] if stratify else None)
+        rest, held = _carve(rest, share, seed, rest["label"] if stratify else None, groups)
         splits[name] = held.reset_index(drop=True)
     splits["train"] = rest.reset_index(drop=True)
     return splits

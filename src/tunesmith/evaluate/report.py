@@ -95,6 +95,7 @@ def model_card(
     metrics: dict[str, Any],
     parameters: tuple[int, int],
     training: dict[str, Any],
+    card: dict[str, str] | None = None,
 ) -> str:
     """The run's README.md: what the model is, what it was trained on, how well it does,
     what it should not be trusted with, and how to load it."""
@@ -111,6 +112,9 @@ def model_card(
         purpose = (f"It answers prompts in the style of its training completions (loss on {task['loss_on']} "
                    "tokens).\n")  # fmt: skip
         described = f"Record format: {manifest['sources']['train'].get('format')}.\n"
+    elif card:  # a task that describes itself (token classification, question answering)
+        title, purpose = f"# {card['title']}\n", card["purpose"] + "\n"
+        described = f"Format: {manifest['sources']['train'].get('format')}; {manifest['sources']['train'].get('cleaning')}.\n"
     else:
         title = f"# {task['type'].replace('_', '-')} text classifier\n"
         purpose = f"It predicts {labels}.\n"
@@ -173,17 +177,23 @@ def model_card(
             'or `tunesmith predict RUN_DIR --text "..."`'
             + (", or `tunesmith chat RUN_DIR`.\n" if task["type"] == "causal_lm" else ".\n"),
         ])  # fmt: skip
+    auto = card["auto_class"] if card else "AutoModelForSequenceClassification"
     sections += [
         "## Limitations\n",
-        f"- Texts longer than {model['max_length']} tokens are truncated: the model sees only their start "
-        f"({training['truncated_train']} of the training rows were truncated).",
+        (f"- Contexts longer than {model['max_length']} tokens are read in windows overlapping by "
+         f"{task.get('doc_stride')} tokens; questions are cut to {model['max_length'] // 2} tokens "
+         f"({training['truncated_train']} training questions were)."
+         if task["type"] == "question_answering" else
+         f"- Texts longer than {model['max_length']} tokens are truncated: the model sees only their start "
+         f"({training['truncated_train']} of the training rows were truncated)."),
         "- Scores hold for data like the test split above; other domains, time periods or writing styles "
         "can score far lower. Check per-class scores in metrics.json before relying on rare classes.",
         "- The model inherits the biases of its pretrained encoder and of the training labels.\n",
         "## How to load\n",
-        "```python\nfrom transformers import AutoModelForSequenceClassification, AutoTokenizer\n\n"
-        'model = AutoModelForSequenceClassification.from_pretrained("model")\n'
+        f"```python\nfrom transformers import {auto}, AutoTokenizer\n\n"
+        f'model = {auto}.from_pretrained("model")\n'
         'tokenizer = AutoTokenizer.from_pretrained("model")\n```\n',
-        'or `tunesmith predict RUN_DIR --text "..."`.\n',
+        ('or `tunesmith predict RUN_DIR --question "..." --context "..."`.\n' if task["type"] == "question_answering"
+         else 'or `tunesmith predict RUN_DIR --text "..."`.\n'),
     ]
     return "\n".join(sections)

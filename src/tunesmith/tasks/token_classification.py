@@ -266,14 +266,50 @@ class TokenClassificationTask:
     peft_task_type: str = "TOKEN_CLS"
     default_metric = ("f1", "max")
     metric_names = ["f1", "precision", "recall", "accuracy", "loss"]
+    own_data = True
+    card = {"title": "Named-entity tagger", "auto_class": "AutoModelForTokenClassification",
+            "purpose": "It tags the words of a text with entity types."}  # fmt: skip
 
     @property
     def label_names(self) -> list[str]:
         return self.tag_names
 
-    def fit_tags(self, frame: pd.DataFrame) -> None:
+    # The stages the pipeline calls for a task that reads its own files.
+    def load(self, spec: str, data_config) -> tuple[pd.DataFrame, dict]:
+        return load_sentences(spec, data_config, self.scheme)
+
+    def fit(self, frame: pd.DataFrame) -> None:
+        """The tag set: O first, then every tag of the training split."""
         found = sorted({t for tags in frame["tags"] for t in tags} | {"O"})
         self.tag_names = ["O"] + [t for t in found if t != "O"]
+
+    def encode_frame(self, tokenizer, frame: pd.DataFrame, max_length: int) -> tuple[list[dict], int]:
+        if not getattr(tokenizer, "is_fast", False):
+            raise TunesmithError("token classification needs a fast tokenizer (word ids)")
+        return encode_sentences(tokenizer, frame, self.tag_names, max_length, all_subwords=self.all_subwords)
+
+    def truncation_message(self, split: str, cut: int, rows: int, max_length: int) -> str:
+        return f"{split}: {cut} of {rows} sentences cut to {max_length} subwords"
+
+    def load_model(self, resolved, dropout: float | None):
+        from tunesmith.models.load import load_token_classifier
+
+        return load_token_classifier(resolved, label_names=self.tag_names, dropout=dropout)
+
+    def predict(self, model, tokenizer, texts: list, max_length: int, *, pad_token_id: int) -> list[dict]:
+        """Entity spans with character offsets and scores (mean word probability) per text."""
+        texts = [str(t) for t in texts]
+        words = [words_with_offsets(t) for t in texts]
+        frame = pd.DataFrame({"tokens": [[w for w, _, _ in ws] or ["."] for ws in words],
+                              "tags": [["O"] * max(len(ws), 1) for ws in words]})  # fmt: skip
+        features, _ = encode_sentences(tokenizer, frame, self.tag_names, max_length, all_subwords=False)
+        probabilities = self.probabilities(model, features, batch_size=32, pad_token_id=pad_token_id, device="cpu")
+        rows = []
+        for text, ws, p, f in zip(texts, words, probabilities, features):
+            tags, scores = word_predictions(p, f["word_ids"], f["words"])
+            named = [self.tag_names[t] for t in tags][: len(ws)]
+            rows.append({"text": text, "entities": entities_in_text(text, named, scores, ws, self.scheme)})
+        return rows
 
     def collate(self, features: list[dict], pad_token_id: int) -> dict:
         return collate_tokens(features, pad_token_id)
@@ -311,9 +347,12 @@ class TokenClassificationTask:
                 for p, f in zip(probabilities, features)]  # fmt: skip
 
     def evaluate(self, model, features: list[dict], *, batch_size: int, pad_token_id: int, device,
-                 gold: list[list[str]] | None = None) -> dict[str, Any]:  # fmt: skip
+                 frame: pd.DataFrame | None = None) -> dict[str, Any]:  # fmt: skip
+        """Entity scores against the frame's word tags (or, without it, the features' first-subword
+        labels, where words cut off by truncation count as O)."""
         probs = self.probabilities(model, features, batch_size=batch_size, pad_token_id=pad_token_id, device=device)
         predicted = self.word_tags(probs, features)
+        gold = [list(t) for t in frame["tags"]] if frame is not None else None
         if gold is None:  # the first-subword labels are the word tags (truncated words count as O)
             gold = []
             for f in features:

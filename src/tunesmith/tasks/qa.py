@@ -1,0 +1,412 @@
+"""Extractive question answering: the answer is a span of the context.
+
+Input (detected by the file name):
+- SQuAD JSON (``.json``, v1.1 or v2.0): ``data[].paragraphs[].{context, qas[]}``, each question
+  with ``answers[{text, answer_start}]`` and, in v2.0, ``is_impossible``;
+- flat JSONL: one ``{"question", "context", "answers"}`` record per line, ``answers`` as
+  ``{"text": [...], "answer_start": [...]}`` or a list of ``{text, answer_start}`` (an empty
+  list: no answer); ``answer_start`` may be left out, and the text is then looked up.
+
+Every answer must be found in its context at its offset; the error names the file and the
+question. Contexts longer than the model's window are cut into overlapping windows
+(``task.doc_stride`` tokens of overlap); a window that does not hold the whole answer learns to
+point at the first token ([CLS]), as for a question with no answer. Predictions take the
+``task.n_best`` best start and end tokens of every window, keep spans of at most
+``task.max_answer_length`` tokens, and pick the best-scoring span over all windows; with
+unanswerable questions in training, the empty answer wins when its score beats the best span
+by ``task.no_answer_threshold``. Metrics are SQuAD's exact match and token F1.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import re
+import string
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from tunesmith.errors import TunesmithError
+
+
+# -- reading ----------------------------------------------------------------------------------------
+def _row(question, context, texts, starts, *, qid: str, group: str, where: str) -> dict:
+    if not isinstance(question, str) or not question.strip():
+        raise TunesmithError(f"{where}: needs a non-empty 'question' string")
+    if not isinstance(context, str) or not context.strip():
+        raise TunesmithError(f"{where}: needs a non-empty 'context' string")
+    found = []
+    for text, start in zip(texts, starts):
+        if not isinstance(text, str) or not text:
+            raise TunesmithError(f"{where}: answer {text!r} is not a non-empty string")
+        if start is None:
+            start = context.find(text)
+            if start < 0:
+                raise TunesmithError(f"{where}: answer {text!r} is not found in its context")
+        elif not isinstance(start, int) or context[start : start + len(text)] != text:
+            seen = context[start : start + len(text)] if isinstance(start, int) else None
+            raise TunesmithError(f"{where}: answer {text!r} is not in its context at answer_start={start!r} "
+                                 f"(the context there reads {seen!r})")  # fmt: skip
+        found.append(start)
+    return {"id": qid, "question": question.strip(), "context": context, "answers": list(texts),
+            "starts": found, "group": group, "where": where}  # fmt: skip
+
+
+def read_squad(path: Path) -> list[dict]:
+    """One row per question of a SQuAD v1.1/v2.0 file; ``group`` is the paragraph."""
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise TunesmithError(f"{path}: not a SQuAD JSON file ({error})") from None
+    if not isinstance(document, dict) or not isinstance(document.get("data"), list):
+        raise TunesmithError(f"{path}: a SQuAD file needs a top-level 'data' list of articles")
+    rows = []
+    for a, article in enumerate(document["data"]):
+        for p, paragraph in enumerate(article.get("paragraphs", [])):
+            for q, qa in enumerate(paragraph.get("qas", [])):
+                qid = str(qa.get("id", f"{a}.{p}.{q}"))
+                where = f"{path}, article {a + 1} paragraph {p + 1} question {qid}"
+                answers = [] if qa.get("is_impossible") else qa.get("answers", [])
+                if not isinstance(answers, list) or any(not isinstance(x, dict) for x in answers):
+                    raise TunesmithError(f"{where}: 'answers' must be a list of {{text, answer_start}}")
+                rows.append(_row(qa.get("question"), paragraph.get("context"), [x.get("text") for x in answers],
+                                 [x.get("answer_start") for x in answers], qid=qid, group=f"{a}.{p}",
+                                 where=where))  # fmt: skip
+    return rows
+
+
+def read_qa_jsonl(path: Path) -> list[dict]:
+    """One row per line of a flat question/context/answers JSONL file; ``group`` is the context."""
+    rows = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise TunesmithError(f"{path}: not UTF-8 text (offset {error.start})") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise TunesmithError(f"{where}: not JSON ({error.msg})") from None
+        if not isinstance(record, dict):
+            raise TunesmithError(f"{where}: expected a JSON object with question, context and answers")
+        answers = record.get("answers", [])
+        if isinstance(answers, dict):
+            texts = answers.get("text", [])
+            starts = answers.get("answer_start", [None] * len(texts))
+        elif isinstance(answers, list) and all(isinstance(x, dict) for x in answers):
+            texts, starts = [x.get("text") for x in answers], [x.get("answer_start") for x in answers]
+        else:
+            raise TunesmithError(f"{where}: 'answers' must be {{text: [...], answer_start: [...]}} or a list")
+        if not isinstance(texts, list) or not isinstance(starts, list) or len(texts) != len(starts):
+            raise TunesmithError(f"{where}: 'answers' needs as many answer_start values as texts")
+        rows.append(_row(record.get("question"), record.get("context"), texts, starts,
+                         qid=str(record.get("id", number)), group=str(record.get("context")), where=where))  # fmt: skip
+    return rows
+
+
+def load_questions(spec: str, config) -> tuple[pd.DataFrame, dict]:
+    """One table (id, question, context, answers, starts, group, where) for a file."""
+    from tunesmith.runs import sha256_file
+
+    path = Path(spec)
+    if not path.is_file():
+        raise TunesmithError(f"Data file not found: {path}")
+    fmt = "squad" if path.suffix.lower() == ".json" else "jsonl"
+    rows = read_squad(path) if fmt == "squad" else read_qa_jsonl(path)
+    if not rows:
+        raise TunesmithError(f"{path}: no questions found")
+    frame = pd.DataFrame(rows)
+    entry = {"source": str(path), "sha256": sha256_file(path), "format": fmt, "replaced_characters": 0,
+             "cleaning": {"questions": len(frame), "contexts": int(frame["group"].nunique()),
+                          "unanswerable": int((frame["answers"].map(len) == 0).sum())}}  # fmt: skip
+    return frame, entry
+
+
+# -- windows and labels ---------------------------------------------------------------------------------
+def answer_positions(offsets: list, sequence_ids: list, start_char: int, end_char: int) -> tuple[int, int]:
+    """The first and last token of the answer ``[start_char, end_char)`` in one window, or (0, 0)
+    when the window does not hold the whole answer."""
+    context = [i for i, s in enumerate(sequence_ids) if s == 1]
+    if not context or offsets[context[0]][0] > start_char or offsets[context[-1]][1] < end_char:
+        return 0, 0
+    start = next(i for i in context if offsets[i][1] > start_char)
+    end = next(i for i in reversed(context) if offsets[i][0] < end_char)
+    return start, end
+
+
+def encode_questions(tokenizer, frame: pd.DataFrame, max_length: int, stride: int) -> tuple[list[dict], int]:
+    """Windows over each context (features), labelled with the first answer's tokens. Returns the
+    features and how many questions were cut to fit (at most half the window each)."""
+    budget = max_length // 2
+    questions, cut, longest = [], 0, 0
+    for question in frame["question"]:
+        ids = tokenizer(question, add_special_tokens=False)["input_ids"]
+        if len(ids) > budget:
+            cut += 1
+            ids = ids[:budget]
+            question = tokenizer.decode(ids)
+        questions.append(question)
+        longest = max(longest, len(ids))
+    room = max_length - longest - 3  # context tokens in the window of the longest question
+    if stride >= room:
+        raise TunesmithError(f"task.doc_stride={stride} must be below the room a window leaves for the context "
+                             f"({room} tokens at model.max_length={max_length}); lower it or raise max_length")  # fmt: skip
+    encoded = tokenizer(questions, frame["context"].tolist(), truncation="only_second", max_length=max_length,
+                        stride=stride, return_overflowing_tokens=True, return_offsets_mapping=True)  # fmt: skip
+    features = []
+    answers, starts, contexts = frame["answers"].tolist(), frame["starts"].tolist(), frame["context"].tolist()
+    for i, example in enumerate(encoded["overflow_to_sample_mapping"]):
+        sequence_ids = encoded.sequence_ids(i)
+        offsets = [list(o) if s == 1 else None for o, s in zip(encoded["offset_mapping"][i], sequence_ids)]
+        if len(answers[example]):
+            start_char = int(starts[example][0])
+            position = answer_positions(encoded["offset_mapping"][i], sequence_ids, start_char,
+                                        start_char + len(answers[example][0]))  # fmt: skip
+        else:
+            position = (0, 0)
+        feature = {"input_ids": encoded["input_ids"][i], "offsets": offsets, "example": int(example),
+                   "start_positions": position[0], "end_positions": position[1],
+                   "context": contexts[example], "answers": list(answers[example])}  # fmt: skip
+        if "token_type_ids" in encoded:
+            feature["token_type_ids"] = encoded["token_type_ids"][i]
+        features.append(feature)
+    return features, cut
+
+
+def collate_windows(features: list[dict], pad_token_id: int) -> dict:
+    width = max(len(f["input_ids"]) for f in features)
+    batch = {"input_ids": torch.full((len(features), width), pad_token_id, dtype=torch.long),
+             "attention_mask": torch.zeros((len(features), width), dtype=torch.long)}  # fmt: skip
+    if "token_type_ids" in features[0]:
+        batch["token_type_ids"] = torch.zeros((len(features), width), dtype=torch.long)
+    for row, f in enumerate(features):
+        n = len(f["input_ids"])
+        batch["input_ids"][row, :n] = torch.tensor(f["input_ids"])
+        batch["attention_mask"][row, :n] = 1
+        if "token_type_ids" in batch:
+            batch["token_type_ids"][row, :n] = torch.tensor(f["token_type_ids"])
+    batch["start_positions"] = torch.tensor([f["start_positions"] for f in features])
+    batch["end_positions"] = torch.tensor([f["end_positions"] for f in features])
+    batch["num_examples"], batch["num_tokens"] = len(features), int(batch["attention_mask"].sum())
+    return batch
+
+
+# -- answers from logits ---------------------------------------------------------------------------------
+def best_answer(windows: list[tuple[np.ndarray, np.ndarray, list]], context: str, *, n_best: int,
+                max_answer_length: int, allow_no_answer: bool, no_answer_threshold: float = 0.0) -> dict:  # fmt: skip
+    """The answer to one question from its windows' (start logits, end logits, offsets), where
+    offsets are (char start, char end) for context tokens and None elsewhere.
+
+    Spans are scored start + end logit; the same characters found in two overlapping windows
+    count once, at their best score. The no-answer score is the smallest [CLS] start + end
+    over the windows. ``score`` is the softmax probability of the returned answer among the
+    ``n_best`` best spans (and no answer, when allowed).
+    """
+    spans: dict[tuple[int, int], float] = {}
+    null = None
+    for start_logits, end_logits, offsets in windows:
+        null = min(null, start_logits[0] + end_logits[0]) if null is not None else start_logits[0] + end_logits[0]
+        context_tokens = np.asarray([i for i, o in enumerate(offsets) if o is not None], dtype=int)
+        if not len(context_tokens):
+            continue
+        starts = context_tokens[np.argsort(-start_logits[context_tokens], kind="stable")[:n_best]]
+        ends = context_tokens[np.argsort(-end_logits[context_tokens], kind="stable")[:n_best]]
+        for s in starts:
+            for e in ends:
+                if e < s or e - s + 1 > max_answer_length:
+                    continue
+                span = (offsets[s][0], offsets[e][1])
+                score = float(start_logits[s] + end_logits[e])
+                if score > spans.get(span, -np.inf):
+                    spans[span] = score
+    ranked = sorted(spans.items(), key=lambda item: -item[1])[:n_best]
+    candidates = [{"text": context[s:e], "start": int(s), "end": int(e), "logit": v} for (s, e), v in ranked]
+    if allow_no_answer or not candidates:
+        candidates.append({"text": "", "start": None, "end": None, "logit": float(null if null is not None else 0.0),
+                           "no_answer": True})  # fmt: skip
+    logits = np.asarray([c["logit"] for c in candidates])
+    probabilities = np.exp(logits - logits.max())
+    probabilities /= probabilities.sum()
+    best = 0
+    if allow_no_answer and ranked and candidates[-1]["logit"] > ranked[0][1] + no_answer_threshold:
+        best = len(candidates) - 1
+    choice = candidates[best]
+    return {"text": choice["text"], "start": choice["start"], "end": choice["end"],
+            "score": round(float(probabilities[best]), 6), "no_answer": bool(choice.get("no_answer", False))}  # fmt: skip
+
+
+# -- SQuAD metrics -------------------------------------------------------------------------------------------
+_ARTICLES = re.compile(r"\b(a|an|the)\b", re.UNICODE)
+_PUNCTUATION = set(string.punctuation)
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD's normalisation: lower case, no punctuation, no articles, single spaces."""
+    text = "".join(ch for ch in text.lower() if ch not in _PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def _f1(prediction: str, gold: str) -> float:
+    predicted, truth = normalize_answer(prediction).split(), normalize_answer(gold).split()
+    if not predicted or not truth:
+        return float(predicted == truth)
+    common = sum((collections.Counter(predicted) & collections.Counter(truth)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(truth)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_scores(predictions: list[str], golds: list[list[str]]) -> dict[str, Any]:
+    """Exact match and F1 (in [0, 1]), each the best over a question's gold answers; a question
+    without gold answers scores 1 only for the empty prediction. HasAns/NoAns parts when both occur."""
+    exact, f1 = [], []
+    for prediction, answers in zip(predictions, golds):
+        answers = list(answers) or [""]
+        exact.append(max(float(normalize_answer(prediction) == normalize_answer(a)) for a in answers))
+        f1.append(max(_f1(prediction, a) for a in answers))
+    exact_arr, f1_arr = np.asarray(exact), np.asarray(f1)
+    out: dict[str, Any] = {"exact_match": float(exact_arr.mean()) if exact else 0.0,
+                           "f1": float(f1_arr.mean()) if f1 else 0.0, "count": len(exact)}  # fmt: skip
+    has = np.asarray([len(a) > 0 for a in golds], dtype=bool)
+    if has.any() and not has.all():
+        for name, mask in (("has_answer", has), ("no_answer", ~has)):
+            out[name] = {"exact_match": float(exact_arr[mask].mean()), "f1": float(f1_arr[mask].mean()),
+                         "count": int(mask.sum())}  # fmt: skip
+    return out
+
+
+@dataclass
+class QuestionAnsweringTask:
+    """The loop's view of extractive QA: start/end cross-entropy, SQuAD EM and F1."""
+
+    stride: int = 128
+    n_best: int = 20
+    max_answer_length: int = 30
+    no_answer_threshold: float = 0.0
+    allow_no_answer: bool = False
+    type: str = "question_answering"
+    peft_task_type: str = "QUESTION_ANS"
+    default_metric = ("f1", "max")
+    metric_names = ["f1", "exact_match", "loss"]
+    own_data = True
+    card = {"title": "Extractive question-answering model", "auto_class": "AutoModelForQuestionAnswering",
+            "purpose": "It answers a question with a span of the context it is given."}  # fmt: skip
+
+    @property
+    def label_names(self) -> list[str]:
+        return []
+
+    # The stages the pipeline calls for a task that reads its own files.
+    def load(self, spec: str, data_config) -> tuple[pd.DataFrame, dict]:
+        return load_questions(spec, data_config)
+
+    def fit(self, train: pd.DataFrame) -> None:
+        self.allow_no_answer = bool((train["answers"].map(len) == 0).any())
+
+    def encode_frame(self, tokenizer, frame: pd.DataFrame, max_length: int) -> tuple[list[dict], int]:
+        if not getattr(tokenizer, "is_fast", False):
+            raise TunesmithError("question answering needs a fast tokenizer (offset mappings)")
+        return encode_questions(tokenizer, frame, max_length, self.stride)
+
+    def truncation_message(self, split: str, cut: int, rows: int, max_length: int) -> str:
+        return f"{split}: {cut} of {rows} questions cut to {max_length // 2} tokens (half the window)"
+
+    def load_model(self, resolved, dropout: float | None):
+        from transformers import AutoModelForQuestionAnswering
+
+        from tunesmith.models.load import _load_with_head
+
+        return _load_with_head(AutoModelForQuestionAnswering, resolved, label_names=["start", "end"], dropout=dropout)
+
+    # The loop's interface.
+    def collate(self, features: list[dict], pad_token_id: int) -> dict:
+        return collate_windows(features, pad_token_id)
+
+    def count(self, features: list[dict]) -> int:
+        return len(features)
+
+    def _logits(self, model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
+        inputs = {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+        out = model(**inputs)
+        padding = batch["attention_mask"].to(device) == 0
+        return (out.start_logits.float().masked_fill(padding, -1e4),
+                out.end_logits.float().masked_fill(padding, -1e4))  # fmt: skip
+
+    @staticmethod
+    def _loss(start: torch.Tensor, end: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Mean of the start and end cross-entropies, summed over the windows."""
+        return (F.cross_entropy(start, batch["start_positions"].to(start.device), reduction="sum")
+                + F.cross_entropy(end, batch["end_positions"].to(end.device), reduction="sum")) / 2  # fmt: skip
+
+    def batch_loss(self, model, batch: dict, device) -> torch.Tensor:
+        return self._loss(*self._logits(model, batch, device), batch)
+
+    @torch.no_grad()
+    def window_logits(self, model, features: list[dict], *, batch_size: int, pad_token_id: int, device):
+        """(start logits, end logits) per feature, and the summed loss."""
+        from tunesmith.data.batching import eval_batches
+
+        was_training = model.training
+        model.eval()
+        out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(features)
+        total = 0.0
+        for indices in eval_batches([len(f["input_ids"]) for f in features], batch_size=batch_size):
+            batch = collate_windows([features[i] for i in indices], pad_token_id)
+            start, end = self._logits(model, batch, device)
+            total += float(self._loss(start, end, batch))
+            start, end = start.cpu().numpy(), end.cpu().numpy()
+            for row, i in enumerate(indices):
+                n = len(features[i]["input_ids"])
+                out[i] = (start[row, :n], end[row, :n])
+        model.train(was_training)
+        return out, total
+
+    def answers(self, logits, features: list[dict]) -> list[dict]:
+        """The best answer per question (in the order of the questions' first windows)."""
+        grouped: dict[int, list] = {}
+        for (start, end), f in zip(logits, features):
+            grouped.setdefault(f["example"], []).append((start, end, f["offsets"], f))
+        return [best_answer([(s, e, o) for s, e, o, _ in windows], windows[0][3]["context"], n_best=self.n_best,
+                            max_answer_length=self.max_answer_length, allow_no_answer=self.allow_no_answer,
+                            no_answer_threshold=self.no_answer_threshold) | {"gold": windows[0][3]["answers"]}
+                for _, windows in sorted(grouped.items())]  # fmt: skip
+
+    def evaluate(self, model, features: list[dict], *, batch_size: int, pad_token_id: int, device,
+                 frame: pd.DataFrame | None = None) -> dict[str, Any]:  # fmt: skip
+        logits, total = self.window_logits(model, features, batch_size=batch_size, pad_token_id=pad_token_id,
+                                           device=device)  # fmt: skip
+        found = self.answers(logits, features)
+        metrics = squad_scores([a["text"] for a in found], [a["gold"] for a in found])
+        metrics["loss"] = total / max(len(features), 1)
+        metrics["windows"] = len(features)
+        return metrics
+
+    def predict(self, model, tokenizer, inputs: list[dict], max_length: int, *, pad_token_id: int) -> list[dict]:
+        """Answers for ``{"question", "context"}`` records: text, character offsets, score."""
+        rows = []
+        for number, record in enumerate(inputs, 1):
+            if not isinstance(record, dict) or not all(isinstance(record.get(k), str) and record[k].strip()
+                                                       for k in ("question", "context")):  # fmt: skip
+                raise TunesmithError(f"input {number}: question answering needs non-empty 'question' and 'context'")
+            rows.append({"question": record["question"], "context": record["context"], "answers": [], "starts": []})
+        frame = pd.DataFrame(rows)
+        features, _ = self.encode_frame(tokenizer, frame, max_length)
+        logits, _ = self.window_logits(model, features, batch_size=32, pad_token_id=pad_token_id, device="cpu")
+        found = self.answers(logits, features)
+        return [{"question": q, "answer": a["text"], "start": a["start"], "end": a["end"], "score": a["score"],
+                 "no_answer": a["no_answer"]} for q, a in zip(frame["question"], found)]  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "label_names": [], "doc_stride": self.stride, "n_best": self.n_best,
+                "max_answer_length": self.max_answer_length, "no_answer_threshold": self.no_answer_threshold,
+                "allow_no_answer": self.allow_no_answer}  # fmt: skip

@@ -1,0 +1,236 @@
+"""Extractive QA: windows over long contexts, answer post-processing, SQuAD scores, readers
+with clear errors, and a tiny model that trains, evaluates and answers."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+from transformers import AutoTokenizer
+
+from tests.conftest import NEUTRAL, tiny_config
+from tunesmith import api
+from tunesmith.data.prepare import prepare_records
+from tunesmith.errors import TunesmithError
+from tunesmith.tasks.qa import (
+    answer_positions,
+    best_answer,
+    encode_questions,
+    load_questions,
+    normalize_answer,
+    squad_scores,
+)
+
+CONTEXT = "one two three four five six seven eight nine ten"
+
+
+def _frame(question: str, context: str, answer: str | None) -> pd.DataFrame:
+    answers, starts = ([answer], [context.index(answer)]) if answer else ([], [])
+    return pd.DataFrame([{"question": question, "context": context, "answers": answers, "starts": starts}])
+
+
+def test_windows_overlap_by_the_stride_and_an_answer_across_a_boundary_is_labelled_where_whole(tiny_model_dir):
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    # [CLS] which number [SEP] + 5 context words + [SEP] per window of 10; stride 2 -> windows
+    # start at words 0, 3, 6. "five six" (words 4-5) crosses the end of window 0 (words 0-4).
+    features, cut = encode_questions(tokenizer, _frame("which number", CONTEXT, "five six"), 10, 2)
+    words = CONTEXT.split()
+    assert cut == 0 and len(features) == 3
+    seen = [[CONTEXT[o[0] : o[1]] for o in f["offsets"] if o is not None] for f in features]
+    assert seen == [words[0:5], words[3:8], words[6:10]]
+    assert [(f["start_positions"], f["end_positions"]) for f in features] == [(0, 0), (5, 6), (0, 0)]
+    assert all(f["example"] == 0 and f["offsets"][:4] == [None] * 4 for f in features)
+    # unanswerable: every window points at [CLS]
+    features, _ = encode_questions(tokenizer, _frame("which number", CONTEXT, None), 10, 2)
+    assert {(f["start_positions"], f["end_positions"]) for f in features} == {(0, 0)}
+    with pytest.raises(TunesmithError, match="task.doc_stride=5 must be below the room"):
+        encode_questions(tokenizer, _frame("which number", CONTEXT, "five six"), 10, 5)
+
+
+def test_answer_positions_by_hand():
+    # [CLS] q [SEP] "ab" "cd" "ef" [SEP]; characters: ab 0-2, cd 3-5, ef 6-8
+    offsets = [(0, 0), (0, 1), (0, 0), (0, 2), (3, 5), (6, 8), (0, 0)]
+    sequence = [None, 0, None, 1, 1, 1, None]
+    assert answer_positions(offsets, sequence, 3, 8) == (4, 5)
+    assert answer_positions(offsets, sequence, 4, 5) == (4, 4)  # inside one token
+    assert answer_positions(offsets, sequence, 6, 10) == (0, 0)  # runs past the window
+
+
+def _window(offsets, starts: dict, ends: dict, null: float = -10.0):
+    start, end = np.full(len(offsets), -10.0), np.full(len(offsets), -10.0)
+    start[0] = end[0] = null / 2
+    for i, v in starts.items():
+        start[i] = v
+    for i, v in ends.items():
+        end[i] = v
+    return start, end, offsets
+
+
+def test_post_processing_picks_the_whole_answer_from_the_window_that_holds_it():
+    context = "alpha beta gamma delta epsilon"  # alpha 0-5 beta 6-10 gamma 11-16 delta 17-22 epsilon 23-30
+    first = [None, None, (0, 5), (6, 10), (11, 16), None]  # words 0-2
+    second = [None, None, (11, 16), (17, 22), (23, 30), None]  # words 2-4
+    # window 0 sees the answer's start at its last token: its best span is "gamma" (5 + 1 = 6);
+    # window 1 holds "gamma delta" (4 + 4 = 8) and "gamma" again (4 + 1 = 5, counted once at 6).
+    windows = [_window(first, {4: 5.0}, {4: 1.0}), _window(second, {2: 4.0}, {2: 1.0, 3: 4.0})]
+    answer = best_answer(windows, context, n_best=5, max_answer_length=10, allow_no_answer=False)
+    assert (answer["text"], answer["start"], answer["end"]) == ("gamma delta", 11, 22)
+    assert context[answer["start"] : answer["end"]] == answer["text"]
+    # candidates: gamma delta 8, gamma 6 (the better of 6 and 5), and spans at -10 + x for the rest
+    assert answer["score"] > 1 / (1 + math.exp(-2)) - 0.01
+    # max_answer_length of one token rules "gamma delta" out
+    short = best_answer(windows, context, n_best=5, max_answer_length=1, allow_no_answer=False)
+    assert short["text"] == "gamma"
+
+
+def test_post_processing_n_best_score_and_no_answer():
+    context = "ab cd ef"
+    offsets = [None, (0, 2), (3, 5), (6, 8), None]
+    window = _window(offsets, {1: 2.0, 2: 1.0}, {2: 2.0, 3: 1.0})
+    # spans: ab-cd 4, ab-ef 3, cd-cd 3, cd-ef 2; n_best=1 keeps only the top start and end
+    found = best_answer([window], context, n_best=1, max_answer_length=5, allow_no_answer=False)
+    assert found["text"] == "ab cd" and found["score"] == 1.0
+    # the score is the answer's softmax share among the n_best best spans
+    found = best_answer([window], context, n_best=2, max_answer_length=5, allow_no_answer=False)
+    assert found["text"] == "ab cd" and found["score"] == pytest.approx(math.exp(4) / (math.exp(4) + math.exp(3)), abs=1e-6)
+    found = best_answer([window], context, n_best=4, max_answer_length=5, allow_no_answer=False)
+    expected = math.exp(4) / (math.exp(4) + 2 * math.exp(3) + math.exp(2))  # ab-ab and ef-ef sit at -8, -9
+    assert found["score"] == pytest.approx(expected, abs=1e-6)
+    # no answer: [CLS] start + end = 6 beats the best span (4) ...
+    loud = _window(offsets, {1: 2.0, 2: 1.0}, {2: 2.0, 3: 1.0}, null=6.0)
+    found = best_answer([loud], context, n_best=2, max_answer_length=5, allow_no_answer=True)
+    assert found["no_answer"] and found["text"] == "" and found["start"] is None
+    # ... unless the threshold asks for a margin above 2
+    found = best_answer([loud], context, n_best=2, max_answer_length=5, allow_no_answer=True, no_answer_threshold=2.5)
+    assert found["text"] == "ab cd"
+    # without unanswerable training questions the null score is never chosen
+    assert best_answer([loud], context, n_best=2, max_answer_length=5, allow_no_answer=False)["text"] == "ab cd"
+
+
+def test_squad_scores_by_hand():
+    assert normalize_answer("The  Broncos!") == "broncos"
+    scores = squad_scores(["Denver Broncos team", "the Panthers", "", "Santa Clara"],
+                          [["Denver Broncos"], ["Carolina Panthers", "Panthers"], [], ["Levi's Stadium"]])  # fmt: skip
+    # F1: 0.8 (P 2/3, R 1), 1.0 (second gold), 1.0 (no answer, empty prediction), 0.0
+    assert scores["f1"] == pytest.approx((0.8 + 1 + 1 + 0) / 4)
+    assert scores["exact_match"] == pytest.approx(2 / 4)
+    assert scores["no_answer"] == {"exact_match": 1.0, "f1": 1.0, "count": 1}
+    assert scores["has_answer"]["count"] == 3
+
+
+def _squad(contexts_questions) -> dict:
+    paragraphs = []
+    for context, qas in contexts_questions:
+        paragraphs.append({"context": context, "qas": [
+            {"id": qid, "question": q, "answers": [{"text": a, "answer_start": s}] if a else [],
+             **({"is_impossible": True} if a is None else {})} for qid, q, a, s in qas]})  # fmt: skip
+    return {"version": "v2.0", "data": [{"title": "T", "paragraphs": paragraphs}]}
+
+
+def test_readers_check_every_answer_against_its_context(tmp_path):
+    path = tmp_path / "train.json"
+    good = _squad([("Denver won the game.", [("q1", "Who won?", "Denver", 0), ("q2", "Who lost?", None, None)])])
+    path.write_text(json.dumps(good))
+    frame, entry = load_questions(str(path), None)
+    assert frame["answers"].tolist() == [["Denver"], []] and entry["cleaning"]["unanswerable"] == 1
+    bad = _squad([("Denver won the game.", [("q1", "Who won?", "Denver", 0)]),
+                  ("Carolina lost.", [("q7", "Who lost?", "Carolina", 3)])])  # fmt: skip
+    path.write_text(json.dumps(bad))
+    with pytest.raises(TunesmithError, match=r"train.json, article 1 paragraph 2 question q7: answer 'Carolina' "
+                                             r"is not in its context at answer_start=3"):  # fmt: skip
+        load_questions(str(path), None)
+    flat = tmp_path / "train.jsonl"
+    flat.write_text(json.dumps({"question": "Who won?", "context": "Denver won.", "answers": {"text": ["won"]}}) + "\n"
+                    + json.dumps({"question": "Who?", "context": "Denver won.", "answers": [{"text": "Miami"}]}) + "\n")  # fmt: skip
+    with pytest.raises(TunesmithError, match=r"train.jsonl, line 2: answer 'Miami' is not found in its context"):
+        load_questions(str(flat), None)
+    flat.write_text(json.dumps({"question": "Who won?", "context": "Denver won.", "answers": {"text": ["won"]}}) + "\n")
+    frame, _ = load_questions(str(flat), None)
+    assert frame["starts"].tolist() == [[7]]  # looked up
+    flat.write_text("{not json\n")
+    with pytest.raises(TunesmithError, match=r"train.jsonl, line 1: not JSON"):
+        load_questions(str(flat), None)
+
+
+FIELDS = {"colour": ["red", "blue", "green", "pink"], "animal": ["cat", "dog", "owl", "fox"],
+          "city": ["paris", "rome", "oslo", "lima"]}  # fmt: skip
+
+
+def _qa_file(path, count: int, seed: int) -> None:
+    """Short paragraphs "colour : red . animal : cat . city : oslo ." in a shuffled field order;
+    the question names a field (three questions per paragraph)."""
+    rng = random.Random(seed)
+    lines = []
+    for i in range(count):
+        order = rng.sample(list(FIELDS), 3)
+        values = {k: rng.choice(v) for k, v in FIELDS.items()}
+        context = " ".join(f"{k} : {values[k]} ." for k in order) + f" item {i} ."
+        for field in FIELDS:
+            start = context.index(f"{field} : ") + len(field) + 3
+            lines.append(json.dumps({"id": f"{i}-{field}", "question": f"what {field} ?", "context": context,
+                                     "answers": {"text": [values[field]], "answer_start": [start]}}))  # fmt: skip
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_questions_of_one_context_stay_in_one_split(tmp_path, tiny_model_dir):
+    path = tmp_path / "qa.jsonl"
+    _qa_file(path, 40, seed=0)
+    from tunesmith.config import config_from_dict
+
+    config = config_from_dict(tiny_config(tiny_model_dir, path, tmp_path / "run", task={"type": "question_answering", "doc_stride": 4}))
+    data = prepare_records(config.data, seed=0, load=lambda spec, c: load_questions(spec, c))
+    contexts = {name: set(frame["context"]) for name, frame in data.splits.items()}
+    assert sum(len(frame) for frame in data.splits.values()) == 120
+    assert not contexts["train"] & contexts["validation"] and not contexts["train"] & contexts["test"]
+    assert all(len(frame) % 3 == 0 for frame in data.splits.values())  # three questions per paragraph
+
+
+def _colour_file(path, count: int, seed: int) -> None:
+    """A colour phrase ("red", or "light red": one or two words) at a random place among filler
+    words; the question asks for it. A tiny model learns to point at it in a few epochs, which it
+    can only do when the start and end labels sit on the right tokens."""
+    rng = random.Random(seed)
+    lines = []
+    for i in range(count):
+        words = rng.sample([w for w in NEUTRAL if w not in FIELDS["colour"]], 5) + [str(i)]
+        phrase = ("light " if rng.random() < 0.5 else "") + rng.choice(FIELDS["colour"])
+        words.insert(rng.randrange(len(words) + 1), phrase)
+        context = " ".join(words)
+        lines.append(json.dumps({"question": "what colour is it ?", "context": context,
+                                 "answers": [{"text": phrase, "answer_start": context.index(phrase)}]}))  # fmt: skip
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_a_tiny_model_learns_to_answer_evaluates_and_predicts(tmp_path, tiny_model_dir):
+    train = tmp_path / "qa.jsonl"
+    _colour_file(train, 200, seed=1)
+    config = tiny_config(tiny_model_dir, train, tmp_path / "run", task={"type": "question_answering", "doc_stride": 16},
+                         model={"name": str(tiny_model_dir), "max_length": 64, "dropout": 0.0},
+                         train={"num_epochs": 8, "batch_size": 16, "learning_rate": 3e-3, "warmup_ratio": 0.0})  # fmt: skip
+    result = api.train(config)
+    test = result.metrics["test"]
+    assert set(test) >= {"exact_match", "f1", "loss", "count", "windows"}
+    assert test["exact_match"] >= 0.8, test
+    card = (result.run_dir / "README.md").read_text()
+    assert "AutoModelForQuestionAnswering" in card and "question-answering" in card
+    held = tmp_path / "held.jsonl"
+    _colour_file(held, 30, seed=2)
+    scored = api.evaluate(result.run_dir, held)
+    assert scored["count"] == 30 and scored["exact_match"] >= 0.8
+    contexts = ["table river light blue paper window 7", "pink seven stone train table paper 8"]
+    answers = api.predict(result.run_dir, [{"question": "what colour is it ?", "context": c} for c in contexts])
+    assert [a["answer"] for a in answers] == ["light blue", "pink"]
+    assert all(c[a["start"] : a["end"]] == a["answer"] and 0 < a["score"] <= 1 for c, a in zip(contexts, answers))
+    with pytest.raises(TunesmithError, match="input 1: question answering needs"):
+        api.predict(result.run_dir, ["no context"])
+
+
+def test_a_stride_that_leaves_no_room_is_refused_by_the_config():
+    from tunesmith.config import config_from_dict
+
+    with pytest.raises(TunesmithError, match="task.doc_stride=128 must be below 29"):
+        config_from_dict({"task": {"type": "question_answering"}, "model": {"max_length": 64}})
