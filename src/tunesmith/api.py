@@ -63,6 +63,11 @@ def _task_for(config: Config, label_names: list[str] | None = None, saved: dict 
 
         return TokenClassificationTask(tag_names=list(label_names or []), scheme=config.task.tag_scheme,
                                        all_subwords=config.task.label_all_subwords)  # fmt: skip
+    if config.task.type == "image_classification":
+        from tunesmith.tasks.image_classification import ImageClassificationTask
+
+        return ImageClassificationTask(type="single_label", label_names=list(label_names or []),
+                                       augment=config.data.image, image_size=config.data.image.size)  # fmt: skip
     if config.task.type == "question_answering":
         from tunesmith.tasks.qa import QuestionAnsweringTask
 
@@ -240,6 +245,11 @@ def _report_data(data: PreparedData, log) -> None:
             log(f"  {entry['replaced_characters']} bytes that were not UTF-8 were replaced by U+FFFD")
     if data.manifest.get("changes"):
         log(f"Data changes (each row in data_changelog.jsonl): {data.manifest['changes']}")
+    skipped = [c for c in data.changes if c.get("change") == "skipped_unreadable_image"]
+    for change in skipped[:10]:
+        log(f"  skipped unreadable image {change['path']}: {change['reason']}")
+    if len(skipped) > 10:
+        log(f"  ... and {len(skipped) - 10} more (data_changelog.jsonl lists them)")
     log("Splits: " + ", ".join(f"{n} {info['rows']}" for n, info in data.manifest["splits"].items()))
     augmented = data.manifest.get("augment")
     if augmented:
@@ -267,7 +277,7 @@ def _fit(run: RunDir, config: Config, task, data: PreparedData, console, callbac
     main = is_main_process()
     log = _plain(console) if main else (lambda message: None)
     resolved = resolve_model(config.model.name)
-    tokenizer = load_tokenizer(resolved)
+    tokenizer = task.load_processor(resolved.location) if hasattr(task, "load_processor") else load_tokenizer(resolved)
     if task.type == "causal_lm":
         model, new_parameters, features, truncated = _build_causal_lm(config, task, data, resolved, tokenizer, log)
     elif task.type == "seq2seq":
@@ -307,7 +317,7 @@ def _build_own_data(config, task, data, resolved, tokenizer, log):
     """Features and model for a task that encodes its own tables (token classification, QA)."""
     features, truncated = {}, {}
     for name, frame in data.splits.items():
-        features[name], truncated[name] = task.encode_frame(tokenizer, frame, config.model.max_length)
+        features[name], truncated[name] = task.encode_frame(tokenizer, frame, config.model.max_length, split=name)
         if truncated[name]:
             log(task.truncation_message(name, truncated[name], len(frame), config.model.max_length))
     if task.label_names:
@@ -317,9 +327,18 @@ def _build_own_data(config, task, data, resolved, tokenizer, log):
 
 
 def _pad_id(tokenizer) -> int:
-    if tokenizer.pad_token_id is not None:
+    if getattr(tokenizer, "pad_token_id", None) is not None:
         return tokenizer.pad_token_id
-    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    return tokenizer.eos_token_id if getattr(tokenizer, "eos_token_id", None) is not None else 0
+
+
+def _split_logits(task, model, features, *, batch_size: int, tokenizer, device):
+    """Logits of a classifier on one split: the task's own (images) or from token ids."""
+    from tunesmith.tasks.classification import compute_logits
+
+    if hasattr(task, "logits"):
+        return task.logits(model, features, batch_size=batch_size, device=device)
+    return compute_logits(model, features, batch_size=batch_size, pad_token_id=_pad_id(tokenizer), device=device)
 
 
 def _build_classifier(config, task, data, resolved, tokenizer, log):
@@ -436,8 +455,8 @@ def _finish(run, config, task, data, result, features, truncated, tokenizer, res
     if config.evaluation.temperature_scaling and task.type == "single_label" and features.get("validation"):
         from tunesmith.evaluate.confidence import fit_temperature
 
-        validation_logits = compute_logits(model, features["validation"], batch_size=config.train.batch_size * 2,
-                                           pad_token_id=_pad_id(tokenizer), device=device)  # fmt: skip
+        validation_logits = _split_logits(task, model, features["validation"], batch_size=config.train.batch_size * 2,
+                                          tokenizer=tokenizer, device=device)  # fmt: skip
         temperature = fit_temperature(validation_logits, np.asarray([f["labels"] for f in features["validation"]]))
         run.write_json("calibration.json", {"temperature": temperature, "fitted_on": "validation"})
         log(f"Temperature scaling: T = {temperature:.3f} (fitted on the validation split)")
@@ -445,7 +464,7 @@ def _finish(run, config, task, data, result, features, truncated, tokenizer, res
         if features.get(split) and task.type in GENERATIVE and split != generate_on:
             metrics[split] = task.evaluate(model, features[split], batch_size=config.train.batch_size * 2,
                                            pad_token_id=_pad_id(tokenizer), device=device)  # fmt: skip
-        elif features.get(split) and getattr(task, "own_data", False):
+        elif features.get(split) and getattr(task, "own_data", False) and not hasattr(task, "logits"):
             metrics[split] = task.evaluate(model, features[split], batch_size=config.train.batch_size * 2,
                                            pad_token_id=_pad_id(tokenizer), device=device,
                                            frame=data.splits[split])  # fmt: skip
@@ -455,13 +474,15 @@ def _finish(run, config, task, data, result, features, truncated, tokenizer, res
                 out_path=run.path / f"generations_{split}.jsonl", log=log, device=device,
             )  # fmt: skip
         elif features.get(split):
-            logits = compute_logits(model, features[split], batch_size=config.train.batch_size * 2,
-                                    pad_token_id=_pad_id(tokenizer), device=device)  # fmt: skip
+            logits = _split_logits(task, model, features[split], batch_size=config.train.batch_size * 2,
+                                   tokenizer=tokenizer, device=device)  # fmt: skip
             targets = np.asarray([f["labels"] for f in features[split]])
             metrics[split] = task.metrics(logits, targets)
             metrics[split] |= _confidence(config, task, logits, targets, run.path / f"reliability_{split}.png", split,
                                           temperature)  # fmt: skip
             metrics[split] |= _slices(config, task, logits, targets, data.splits[split])
+            if split == "test" and hasattr(task, "plot_misclassified"):
+                task.plot_misclassified(run.path / "misclassified_test.png", logits, features[split])
             if "confusion_matrix" in metrics[split]:
                 plot_confusion_matrix(run.path / f"confusion_matrix_{split}.png", metrics[split]["confusion_matrix"],
                                       task.label_names, f"{split} confusion matrix")  # fmt: skip
@@ -592,8 +613,13 @@ def _load_for_inference(run_dir: str | Path):
     if auto is None:
         card = getattr(task, "card", None)
         auto = getattr(transformers, card["auto_class"]) if card else AutoModelForSequenceClassification
+    if hasattr(task, "load_processor"):
+        import tunesmith.models.efficientnet  # noqa: F401 (registers the packaged image backbone)
+
+        tokenizer = task.load_processor(run.model_dir, trained=True)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(run.model_dir)
     model = auto.from_pretrained(run.model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(run.model_dir)
     return run, config, task, model.eval(), tokenizer
 
 
@@ -621,8 +647,11 @@ def predict(run_dir: str | Path, texts: list) -> list[dict[str, Any]]:
         outputs = task.generate(model, tokenizer, [str(t) for t in texts], config.generation,
                                 max_length=config.model.max_length)  # fmt: skip
         return [{"source": str(t), "generated": g} for t, g in zip(texts, outputs)]
+    if hasattr(task, "load_processor"):
+        return task.predict_inputs(model, tokenizer, list(texts), config.model.max_length, pad_token_id=0,
+                            temperature=_temperature(run))  # fmt: skip
     if getattr(task, "own_data", False):
-        return task.predict(model, tokenizer, list(texts), config.model.max_length, pad_token_id=_pad_id(tokenizer))
+        return task.predict_inputs(model, tokenizer, list(texts), config.model.max_length, pad_token_id=_pad_id(tokenizer))
     texts = [" ".join(str(t).split()) for t in texts]
     logits = _logits(model, tokenizer, config, texts)
     temperature = _temperature(run) if task.type == "single_label" else None
@@ -653,7 +682,7 @@ def evaluate(run_dir: str | Path, data: str | Path) -> dict[str, Any]:
         metrics["data"] = entry
         RunDir(out).write_json(f"{stem}.json", metrics)
         return metrics
-    if getattr(task, "own_data", False):
+    if getattr(task, "own_data", False) and not hasattr(task, "logits"):
         frame, entry = task.load(str(data), config.data)
         features, _ = task.encode_frame(tokenizer, frame, config.model.max_length)
         metrics = task.evaluate(model, features, batch_size=64, pad_token_id=_pad_id(tokenizer), device="cpu",
@@ -661,9 +690,15 @@ def evaluate(run_dir: str | Path, data: str | Path) -> dict[str, Any]:
         metrics["data"] = entry
         RunDir(out).write_json(f"{stem}.json", metrics)
         return metrics
-    frame, entry = load_examples(str(data), config.data, task)
-    targets = task.encode(frame["label"], entry["source"])
-    logits = _logits(model, tokenizer, config, frame["text"].tolist(), targets)
+    if hasattr(task, "logits"):  # images: the classifier's metrics on logits the task computes
+        frame, entry = task.load(str(data), config.data)
+        features, _ = task.encode_frame(tokenizer, frame, config.model.max_length)
+        targets = [f["labels"] for f in features]
+        logits = task.logits(model, features, batch_size=32, device="cpu")
+    else:
+        frame, entry = load_examples(str(data), config.data, task)
+        targets = task.encode(frame["label"], entry["source"])
+        logits = _logits(model, tokenizer, config, frame["text"].tolist(), targets)
     metrics = task.metrics(logits, np.asarray(targets))
     out.mkdir(exist_ok=True)
     metrics |= _confidence(config, task, logits, np.asarray(targets), out / f"{stem}_reliability.png", stem,

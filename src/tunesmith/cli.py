@@ -114,7 +114,8 @@ def predict(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
     text: Annotated[list[str], typer.Option("--text", help="Text to label (repeatable).")] = [],
     input_: Annotated[
-        Path | None, typer.Option("--input", help="File of texts: .txt (one per line) or any data file.")
+        Path | None, typer.Option("--input", help="File of texts: .txt (one per line) or any data file; for an "
+                                                  "image classifier, an image or a folder of images.")
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", help="Write predictions here as JSONL.")] = None,
     question: Annotated[
@@ -132,7 +133,11 @@ def predict(
                                  f"{len(context)} contexts)")  # fmt: skip
         texts = list(text) + [{"question": q, "context": c} for q, c in zip(question, context)]
         if input_ is not None:
-            texts += _read_questions(input_) if _task_type(run_dir) == "question_answering" else _read_texts(input_)
+            kind = _task_type(run_dir)
+            if kind == "image_classification":
+                texts.append(input_)  # an image file or a folder of images
+            else:
+                texts += _read_questions(input_) if kind == "question_answering" else _read_texts(input_)
         if not texts:
             raise TunesmithError("nothing to predict: give --text TEXT, --question Q --context C, or --input FILE")
         if output is not None and output.exists():

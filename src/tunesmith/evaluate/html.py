@@ -115,6 +115,9 @@ def run_report(run: Path) -> Path:
     if "per_class" in test:
         parts.append("<h2>Errors (test)</h2>")
         parts.append(image(run / "confusion_matrix_test.png", "confusion matrix"))
+        if (run / "misclassified_test.png").is_file():
+            parts += ["<h3>Misclassified test images (most confident first)</h3>",
+                      image(run / "misclassified_test.png", "misclassified test images")]  # fmt: skip
         parts.append(table([{"class": c, **v} for c, v in test["per_class"].items()],
                            ["class", "precision", "recall", "f1", "support"]))  # fmt: skip
     if "ece" in test:

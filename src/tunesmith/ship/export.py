@@ -128,8 +128,9 @@ def export(run_dir: str | Path, out: str | Path, *, fmt: str, quantize: str | No
 
     RunDir.open(run_dir).verify_hashes()  # before anything of it is loaded
     run, config, task, model, tokenizer = _load_for_inference(run_dir)
-    if task.type not in ("single_label", "multi_label", "regression"):
-        raise TunesmithError(f"export covers classification and regression runs, not task.type={task.type}")
+    if task.type not in ("single_label", "multi_label", "regression") or getattr(task, "own_data", False):
+        raise TunesmithError(f"export covers text classification and regression runs, not task.type="
+                             f"{config.task.type} (the run's model/ folder loads with plain transformers)")  # fmt: skip
     max_length = config.model.max_length
     texts, split = held_out_texts(run, rows)
     texts = [" ".join(t.split()) for t in texts]  # what training and predict feed the model

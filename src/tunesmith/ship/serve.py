@@ -55,8 +55,9 @@ class Predictor:
 
         RunDir.open(source).verify_hashes()  # never serve a model that changed after training
         run, config, task, model, tokenizer = _load_for_inference(source)
-        if task.type not in ("single_label", "multi_label", "regression"):
-            raise TunesmithError(f"serve covers classification and regression runs, not task.type={task.type}")
+        if task.type not in ("single_label", "multi_label", "regression") or getattr(task, "own_data", False):
+            raise TunesmithError(f"serve covers text classification and regression runs, not task.type="
+                                 f"{config.task.type}")  # fmt: skip
         self.tokenizer, self.max_length, self.task = tokenizer, config.model.max_length, task.to_dict()
         self.temperature = _temperature(run) if task.type == "single_label" else None
         self.scorer = task

@@ -129,7 +129,7 @@ def run_cv(config: Config, out: Path, *, folds: int | None = None, console=None,
     if folds is not None:
         config = config.model_copy(update={"cv": config.cv.model_copy(update={"folds": folds})})
     k = config.cv.folds
-    if config.task.type in (*GENERATIVE, "token_classification", "question_answering"):
+    if config.task.type in (*GENERATIVE, "token_classification", "question_answering", "image_classification"):
         raise TunesmithError(f"tunesmith cv covers classification and regression, not task.type={config.task.type}")
     if config.data.test is not None:
         raise TunesmithError(

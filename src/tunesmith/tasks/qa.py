@@ -313,7 +313,7 @@ class QuestionAnsweringTask:
     def fit(self, train: pd.DataFrame) -> None:
         self.allow_no_answer = bool((train["answers"].map(len) == 0).any())
 
-    def encode_frame(self, tokenizer, frame: pd.DataFrame, max_length: int) -> tuple[list[dict], int]:
+    def encode_frame(self, tokenizer, frame: pd.DataFrame, max_length: int, *, split: str = "test"):
         if not getattr(tokenizer, "is_fast", False):
             raise TunesmithError("question answering needs a fast tokenizer (offset mappings)")
         return encode_questions(tokenizer, frame, max_length, self.stride)
@@ -391,7 +391,7 @@ class QuestionAnsweringTask:
         metrics["windows"] = len(features)
         return metrics
 
-    def predict(self, model, tokenizer, inputs: list[dict], max_length: int, *, pad_token_id: int) -> list[dict]:
+    def predict_inputs(self, model, tokenizer, inputs: list[dict], max_length: int, *, pad_token_id: int) -> list[dict]:
         """Answers for ``{"question", "context"}`` records: text, character offsets, score."""
         rows = []
         for number, record in enumerate(inputs, 1):

