@@ -96,7 +96,9 @@ def test_post_processing_n_best_score_and_no_answer():
     assert found["text"] == "ab cd" and found["score"] == 1.0
     # the score is the answer's softmax share among the n_best best spans
     found = best_answer([window], context, n_best=2, max_answer_length=5, allow_no_answer=False)
-    assert found["text"] == "ab cd" and found["score"] == pytest.approx(math.exp(4) / (math.exp(4) + math.exp(3)), abs=1e-6)
+    assert found["text"] == "ab cd" and found["score"] == pytest.approx(
+        math.exp(4) / (math.exp(4) + math.exp(3)), abs=1e-6
+    )
     found = best_answer([window], context, n_best=4, max_answer_length=5, allow_no_answer=False)
     expected = math.exp(4) / (math.exp(4) + 2 * math.exp(3) + math.exp(2))  # ab-ab and ef-ef sit at -8, -9
     assert found["score"] == pytest.approx(expected, abs=1e-6)
@@ -181,7 +183,9 @@ def test_questions_of_one_context_stay_in_one_split(tmp_path, tiny_model_dir):
     _qa_file(path, 40, seed=0)
     from tunesmith.config import config_from_dict
 
-    config = config_from_dict(tiny_config(tiny_model_dir, path, tmp_path / "run", task={"type": "question_answering", "doc_stride": 4}))
+    config = config_from_dict(
+        tiny_config(tiny_model_dir, path, tmp_path / "run", task={"type": "question_answering", "doc_stride": 4})
+    )
     data = prepare_records(config.data, seed=0, load=lambda spec, c: load_questions(spec, c))
     contexts = {name: set(frame["context"]) for name, frame in data.splits.items()}
     assert sum(len(frame) for frame in data.splits.values()) == 120

@@ -445,7 +445,6 @@ def _finish(run, config, task, data, result, features, truncated, tokenizer, res
     from tunesmith.evaluate.report import model_card, plot_confusion_matrix, plot_training_curves
     from tunesmith.models.adapt import count_parameters
     from tunesmith.runs import replace_dir
-    from tunesmith.tasks.classification import compute_logits
 
     model = result.model
     device = next(model.parameters()).device
@@ -651,7 +650,9 @@ def predict(run_dir: str | Path, texts: list) -> list[dict[str, Any]]:
         return task.predict_inputs(model, tokenizer, list(texts), config.model.max_length, pad_token_id=0,
                             temperature=_temperature(run))  # fmt: skip
     if getattr(task, "own_data", False):
-        return task.predict_inputs(model, tokenizer, list(texts), config.model.max_length, pad_token_id=_pad_id(tokenizer))
+        return task.predict_inputs(
+            model, tokenizer, list(texts), config.model.max_length, pad_token_id=_pad_id(tokenizer)
+        )
     texts = [" ".join(str(t).split()) for t in texts]
     logits = _logits(model, tokenizer, config, texts)
     temperature = _temperature(run) if task.type == "single_label" else None

