@@ -231,6 +231,29 @@ def test_a_tiny_model_learns_to_answer_evaluates_and_predicts(tmp_path, tiny_mod
     assert all(c[a["start"] : a["end"]] == a["answer"] and 0 < a["score"] <= 1 for c, a in zip(contexts, answers))
     with pytest.raises(TunesmithError, match="input 1: question answering needs"):
         api.predict(result.run_dir, ["no context"])
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    shown = CliRunner().invoke(app, ["predict", str(result.run_dir), "--question", "what colour is it ?",
+                                     "--context", contexts[0]])  # fmt: skip
+    assert shown.exit_code == 0 and json.loads(shown.stdout.strip())["answer"] == "light blue"
+    unpaired = CliRunner().invoke(app, ["predict", str(result.run_dir), "--question", "what colour is it ?"])
+    assert unpaired.exit_code != 0 and "one --context per --question" in unpaired.output
+
+
+def test_lora_trains_a_question_answering_head(tmp_path, tiny_model_dir):
+    train = tmp_path / "qa.jsonl"
+    _colour_file(train, 60, seed=3)
+    config = tiny_config(tiny_model_dir, train, tmp_path / "run", task={"type": "question_answering", "doc_stride": 16},
+                         model={"name": str(tiny_model_dir), "max_length": 64, "strategy": "lora",
+                                "lora": {"target_modules": ["query", "value"]}},
+                         train={"num_epochs": 1, "batch_size": 16, "learning_rate": 3e-3})  # fmt: skip
+    result = api.train(config)
+    assert (result.run_dir / "adapter" / "adapter_config.json").is_file()
+    saved = json.loads((result.run_dir / "adapter" / "adapter_config.json").read_text())
+    assert saved["task_type"] == "QUESTION_ANS" and "qa_outputs" in saved["modules_to_save"]
+    assert set(result.metrics["test"]) >= {"exact_match", "f1"}
 
 
 def test_a_stride_that_leaves_no_room_is_refused_by_the_config():

@@ -107,6 +107,19 @@ def test_a_tiny_tagger_trains_evaluates_and_predicts_spans(tmp_path, tiny_model_
     assert api.evaluate(result.run_dir, other)["count"] == 20
 
 
+def test_lora_tagger_keeps_a_full_classifier_head_and_learns(tmp_path, tiny_model_dir):
+    data = tmp_path / "train.txt"
+    ner_file(data, 160, seed=1)
+    config = tiny_config(tiny_model_dir, data, tmp_path / "run", task={"type": "token_classification"},
+                         model={"name": str(tiny_model_dir), "max_length": 32, "strategy": "lora",
+                                "lora": {"target_modules": ["query", "value"], "rank": 8}},
+                         train={"num_epochs": 6, "learning_rate": 1e-2})  # fmt: skip
+    result = api.train(config)
+    saved = json.loads((result.run_dir / "adapter" / "adapter_config.json").read_text())
+    assert saved["task_type"] == "TOKEN_CLS" and "classifier" in saved["modules_to_save"]
+    assert result.metrics["test"]["f1"] > 0.5, result.metrics["test"]
+
+
 def test_jsonl_spans_become_iob2_tags_and_bad_spans_name_the_line(tmp_path, tiny_model_dir):
     from tunesmith.config import DataConfig
     from tunesmith.tasks.token_classification import load_sentences
