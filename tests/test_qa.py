@@ -242,6 +242,30 @@ def test_a_tiny_model_learns_to_answer_evaluates_and_predicts(tmp_path, tiny_mod
     assert unpaired.exit_code != 0 and "one --context per --question" in unpaired.output
 
 
+def test_unanswerable_questions_turn_on_the_empty_answer(tmp_path, tiny_model_dir):
+    """SQuAD v2.0 style: a third of the questions have no answer in their context."""
+    train = tmp_path / "qa.jsonl"
+    _colour_file(train, 120, seed=4)
+    rng = random.Random(0)
+    lines = train.read_text().splitlines()
+    for i in range(0, len(lines), 3):
+        record = json.loads(lines[i])
+        record["context"] = " ".join(rng.sample([w for w in NEUTRAL if w not in FIELDS["colour"]], 6))
+        record["answers"] = []
+        lines[i] = json.dumps(record)
+    train.write_text("\n".join(lines) + "\n")
+    config = tiny_config(tiny_model_dir, train, tmp_path / "run", task={"type": "question_answering", "doc_stride": 16},
+                         model={"name": str(tiny_model_dir), "max_length": 64, "dropout": 0.0},
+                         train={"num_epochs": 8, "batch_size": 16, "learning_rate": 3e-3})  # fmt: skip
+    result = api.train(config)
+    assert json.loads((result.run_dir / "task.json").read_text())["allow_no_answer"] is True
+    test = result.metrics["test"]
+    assert test["no_answer"]["count"] + test["has_answer"]["count"] == test["count"]
+    assert test["no_answer"]["exact_match"] >= 0.7 and test["has_answer"]["exact_match"] >= 0.7, test
+    [empty] = api.predict(result.run_dir, [{"question": "what colour is it ?", "context": "table river stone 9"}])
+    assert empty["no_answer"] and empty["answer"] == "" and empty["start"] is None
+
+
 def test_lora_trains_a_question_answering_head(tmp_path, tiny_model_dir):
     train = tmp_path / "qa.jsonl"
     _colour_file(train, 60, seed=3)

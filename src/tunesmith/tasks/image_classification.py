@@ -127,6 +127,13 @@ class ImagePreprocessor:
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> ImagePreprocessor:
         path = Path(folder) / "preprocessor_config.json"
+        if not Path(folder).is_dir():  # a hub id: the file from the hub cache (or the network)
+            from transformers.utils import cached_file
+
+            try:
+                path = Path(cached_file(str(folder), "preprocessor_config.json"))
+            except OSError as error:
+                raise TunesmithError(f"{folder}: cannot read its preprocessor_config.json ({error})") from None
         if not path.is_file():
             raise TunesmithError(f"{folder} has no preprocessor_config.json: tunesmith cannot tell the image size "
                                  "and normalisation this model expects")  # fmt: skip
