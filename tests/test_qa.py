@@ -209,6 +209,27 @@ def _colour_file(path, count: int, seed: int) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def test_group_splits_hold_out_whole_groups_near_the_asked_share():
+    from tunesmith.data.split import split_frame
+
+    # one paragraph with 90 questions and twenty with one: no seed may hand the big one to evaluation
+    frame = pd.DataFrame({"group": ["big"] * 90 + [f"p{i}" for i in range(20)], "n": range(110)})
+    for seed in range(40):
+        splits = split_frame(frame, val_fraction=0.1, test_fraction=0.1, seed=seed, stratify=False, groups="group")
+        assert set(splits["train"]["group"]) == {"big"}
+        assert len(splits["test"]) == 11 and len(splits["validation"]) == 9  # the singles left after test
+    # with only ten singles, test takes them all and validation cannot be carved: a clear error
+    with pytest.raises(TunesmithError, match="cannot hold out about 11% of the rows in whole groups"):
+        split_frame(frame.iloc[:100], val_fraction=0.1, test_fraction=0.1, seed=0, stratify=False, groups="group")
+    equal = pd.DataFrame({"group": [i // 4 for i in range(200)], "n": range(200)})
+    splits = split_frame(equal, val_fraction=0.1, test_fraction=0.2, seed=0, stratify=False, groups="group")
+    assert [len(splits[n]) for n in ("train", "validation", "test")] == [140, 20, 40]
+    assert not set(splits["train"]["group"]) & (set(splits["test"]["group"]) | set(splits["validation"]["group"]))
+    with pytest.raises(TunesmithError, match="in whole groups"):
+        split_frame(pd.DataFrame({"group": ["a"] * 50 + ["b"] * 50}), val_fraction=0.1, test_fraction=0.0, seed=0,
+                    stratify=False, groups="group")  # fmt: skip
+
+
 def test_a_tiny_model_learns_to_answer_evaluates_and_predicts(tmp_path, tiny_model_dir):
     train = tmp_path / "qa.jsonl"
     _colour_file(train, 200, seed=1)

@@ -476,6 +476,11 @@ class Config(Section):
             raise ValueError("data.val_fraction + data.test_fraction must stay below 0.9")
         if self.data.augment.ratio and self.task.type in ("causal_lm", "seq2seq"):
             raise ValueError("data.augment is for classification and regression text, not task.type=" + self.task.type)
+        if self.task.type in ("token_classification", "question_answering", "image_classification") and (
+            self.forgetting.retain or self.forgetting.rehearsal
+        ):
+            raise ValueError(f"forgetting.retain and forgetting.rehearsal cover text classifiers and causal LMs, "
+                             f"not task.type={self.task.type}")  # fmt: skip
         if self.data.balance.method != "none" and self.task.type != "single_label":
             raise ValueError(f"data.balance.method={self.data.balance.method!r} needs task.type=single_label")
         return self

@@ -10,14 +10,25 @@ from tunesmith.errors import TunesmithError
 
 def _carve(frame: pd.DataFrame, fraction: float, seed: int, stratify: pd.Series | None, groups: str | None = None):
     if groups is not None:  # whole groups (e.g. all questions on one paragraph) go one way
-        from sklearn.model_selection import GroupShuffleSplit
+        import numpy as np
 
-        if frame[groups].nunique() < 2:
-            raise TunesmithError(f"Only one {groups} in the data: too few to hold out {fraction:.0%} for evaluation; "
-                                 "give explicit data.validation / data.test files")  # fmt: skip
-        splitter = GroupShuffleSplit(n_splits=1, test_size=fraction, random_state=seed)
-        keep, held = next(splitter.split(frame, groups=frame[groups]))
-        return frame.iloc[keep], frame.iloc[held]
+        target = max(1, round(len(frame) * fraction))
+        sizes = frame.groupby(groups, sort=False).size()
+        order = sizes.index[np.random.default_rng(seed).permutation(len(sizes))]
+        held_groups, held_rows = [], 0
+        for group in order:  # whole groups, in a seeded order, until the row target is reached
+            if held_rows >= target:
+                break
+            if held_rows + sizes[group] > 2 * target:
+                continue  # a group that would overshoot the target twice over waits for smaller ones
+            held_groups.append(group)
+            held_rows += int(sizes[group])
+        held = frame[groups].isin(held_groups)
+        if not held.any() or (~held).sum() < target:
+            raise TunesmithError(f"cannot hold out about {fraction:.0%} of the rows in whole {groups}s and keep the "
+                                 f"rest for training ({sizes.size} {groups}s left, the largest with {sizes.max()} of "
+                                 f"{len(frame)} rows); give explicit data.validation / data.test files")  # fmt: skip
+        return frame[~held], frame[held]
     size = max(1, round(len(frame) * fraction))
     if stratify is not None:
         size = max(size, stratify.nunique())

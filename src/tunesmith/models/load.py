@@ -53,6 +53,7 @@ DROPOUT_ATTRIBUTES = (
     "dropout",
     "attention_dropout",
     "seq_classif_dropout",
+    "dropout_rate",
 )
 
 

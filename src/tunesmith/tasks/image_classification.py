@@ -45,13 +45,12 @@ def read_image(path: str | Path):
 
 
 def _check(paths: list[Path], labels: list[str], wheres: list[str]) -> tuple[list[dict], list[dict]]:
-    from PIL import UnidentifiedImageError
-
     rows, skipped = [], []
     for path, label, where in zip(paths, labels, wheres):
+        path = path.resolve()  # a resumed run or a report may start from another directory
         try:
             read_image(path)
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+        except Exception as error:  # noqa: BLE001 (any decoder failure, decompression bombs included)
             reason = str(error) or type(error).__name__
             skipped.append({"change": "skipped_unreadable_image", "path": str(path), "where": where, "reason": reason})
             continue

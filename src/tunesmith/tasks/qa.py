@@ -152,11 +152,11 @@ def encode_questions(tokenizer, frame: pd.DataFrame, max_length: int, stride: in
         ids = tokenizer(question, add_special_tokens=False)["input_ids"]
         if len(ids) > budget:
             cut += 1
-            ids = ids[:budget]
-            question = tokenizer.decode(ids)
+            question = tokenizer.decode(ids[:budget])
+            ids = tokenizer(question, add_special_tokens=False)["input_ids"]  # decoding can re-tokenise longer
         questions.append(question)
         longest = max(longest, len(ids))
-    room = max_length - longest - 3  # context tokens in the window of the longest question
+    room = max_length - longest - tokenizer.num_special_tokens_to_add(pair=True)  # context tokens per window
     if stride >= room:
         raise TunesmithError(f"task.doc_stride={stride} must be below the room a window leaves for the context "
                              f"({room} tokens at model.max_length={max_length}); lower it or raise max_length")  # fmt: skip
@@ -316,6 +316,10 @@ class QuestionAnsweringTask:
     def encode_frame(self, tokenizer, frame: pd.DataFrame, max_length: int, *, split: str = "test"):
         if not getattr(tokenizer, "is_fast", False):
             raise TunesmithError("question answering needs a fast tokenizer (offset mappings)")
+        if self.allow_no_answer and getattr(tokenizer, "cls_token_id", None) is None:
+            raise TunesmithError("the training data has unanswerable questions, which are learned at the first "
+                                 "token: that needs an encoder whose inputs start with a [CLS]-like token (this "
+                                 "tokenizer has none); drop the unanswerable questions or use an encoder")  # fmt: skip
         return encode_questions(tokenizer, frame, max_length, self.stride)
 
     def truncation_message(self, split: str, cut: int, rows: int, max_length: int) -> str:
