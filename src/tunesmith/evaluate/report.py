@@ -114,8 +114,9 @@ def model_card(
         described = f"Record format: {manifest['sources']['train'].get('format')}.\n"
     elif card:  # a task that describes itself (token classification, question answering)
         title, purpose = f"# {card['title']}\n", card["purpose"] + "\n"
-        described = (
-            f"Format: {manifest['sources']['train'].get('format')}; {manifest['sources']['train'].get('cleaning')}.\n"
+        source = manifest["sources"]["train"]
+        described = f"Format: {source.get('format')}; {source.get('cleaning')}.\n" + (
+            f"Label distribution (train): {splits['train']['labels']}\n" if "labels" in splits["train"] else ""
         )
     else:
         title = f"# {task['type'].replace('_', '-')} text classifier\n"
