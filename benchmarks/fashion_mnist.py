@@ -55,7 +55,11 @@ def per_class(labels: np.ndarray, count: int, seed: int) -> list[int]:
 
 
 def random_backbone(folder: Path) -> Path:
-    """EfficientNet-lite0 with fresh weights, and the packaged model's preprocessing."""
+    """EfficientNet-lite0 with fresh weights, and the packaged model's preprocessing. Its batch
+    norm keeps 0.9 of the running statistics per step (torch's default) rather than the
+    pretrained network's 0.99: from scratch the activations move fast, and with 0.99 the
+    running statistics lag so far behind that evaluation scores near chance while the training
+    loss falls (first run: validation 0.10, 0.10, 0.31 at train loss 0.52)."""
     from tunesmith.models.efficientnet import (
         LITE_PREPROCESSING,
         EfficientNetLiteConfig,
@@ -66,7 +70,8 @@ def random_backbone(folder: Path) -> Path:
         import torch
 
         torch.manual_seed(0)
-        EfficientNetLiteForImageClassification(EfficientNetLiteConfig(num_labels=1000)).save_pretrained(folder)
+        config = EfficientNetLiteConfig(num_labels=1000, batch_norm_momentum=0.9)
+        EfficientNetLiteForImageClassification(config).save_pretrained(folder)
         (folder / "preprocessor_config.json").write_text(json.dumps(LITE_PREPROCESSING))
     return folder
 

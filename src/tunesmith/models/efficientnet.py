@@ -32,8 +32,12 @@ class EfficientNetLiteConfig(PretrainedConfig):
     model_type = MODEL_TYPE
 
     def __init__(self, variant: str = "efficientnet-lite0", image_size: int = 224, dropout_rate: float = 0.2,
-                 **kwargs):  # fmt: skip
+                 batch_norm_momentum: float = 0.99, **kwargs):  # fmt: skip
+        """``batch_norm_momentum`` is TensorFlow's (the share of the old running statistic kept per
+        step): 0.99 as the pretrained network was trained; a network trained from scratch wants
+        its statistics to follow faster (0.9, torch's default)."""
         self.variant, self.image_size, self.dropout_rate = variant, image_size, dropout_rate
+        self.batch_norm_momentum = batch_norm_momentum
         super().__init__(**kwargs)
 
 
@@ -48,7 +52,8 @@ class EfficientNetLiteForImageClassification(PreTrainedModel):
         from efficientnet_lite_pytorch import EfficientNet
 
         self.efficientnet = EfficientNet.from_name(config.variant, num_classes=config.num_labels,
-                                                   dropout_rate=config.dropout_rate)  # fmt: skip
+                                                   dropout_rate=config.dropout_rate,
+                                                   batch_norm_momentum=config.batch_norm_momentum)  # fmt: skip
         _plain_pointwise_convolutions(self.efficientnet)
         self.post_init()
 
