@@ -197,6 +197,29 @@ def test_a_tiny_cnn_trains_evaluates_predicts_and_reports(tmp_path, tiny_cnn_dir
     assert sum(right) / len(right) >= 0.8
     assert all(abs(sum(row["scores"].values()) - 1) < 1e-4 for row in found[:-1])
 
+    # export: ONNX (+ int8) and transformers format, parity-checked on the test images; the ONNX
+    # model runs with nothing but onnxruntime, PIL and the preprocessor_config.json beside it
+    from tunesmith.ship.export import export
+
+    report = export(run, tmp_path / "onnx", fmt="onnx", quantize="int8", log=lambda m: None)
+    assert report["models"]["model.onnx"]["label_agreement"] == 1.0
+    assert report["models"]["model.onnx"]["max_logit_difference"] < 1e-4
+    assert export(run, tmp_path / "hf", fmt="hf", log=lambda m: None)["models"]["model.safetensors"]["rows"] == 16
+    import onnxruntime as ort
+
+    settings = json.loads((tmp_path / "onnx" / "preprocessor_config.json").read_text())
+    size = (settings["size"]["width"], settings["size"]["height"])
+    image = Image.open(root / "vertical" / "3.png").convert("RGB").resize(size, Image.BILINEAR)
+    pixels = (np.asarray(image, np.float32) * settings["rescale_factor"] - settings["image_mean"]) / settings["image_std"]
+    session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], {"pixel_values": pixels.transpose(2, 0, 1)[None].astype(np.float32)})[0]
+    labels = json.loads((tmp_path / "onnx" / "tunesmith.json").read_text())["task"]["label_names"]
+    assert labels[int(logits.argmax())] == found[40]["label"]  # predict's answer for vertical/3.png
+    from tunesmith.ship.serve import Predictor
+
+    with pytest.raises(TunesmithError, match="serve covers text classification"):
+        Predictor(tmp_path / "onnx")
+
 
 def test_lora_and_freeze_on_the_packaged_backbone_wrapper(tmp_path):
     """LoRA reaches the 1x1 convolutions of an EfficientNet-lite; freezing leaves the stem."""

@@ -83,6 +83,44 @@ def parity(reference: np.ndarray, exported: np.ndarray, task_type: str, threshol
             "label_agreement": float(same.mean())}  # fmt: skip
 
 
+def _image_scorers(run, task, model, rows: int | None):
+    """For an image classifier: held-out images, and functions giving the logits of a torch model
+    or an ONNX session on them (the run's own preprocessing, no augmentation)."""
+    import pandas as pd
+
+    for split in ("test", "validation"):
+        path = run.data_dir / f"{split}.parquet"
+        if path.is_file():
+            paths = pd.read_parquet(path)["path"].astype(str).tolist()
+            break
+    else:
+        raise TunesmithError(f"{run.path} has no test or validation split to check the export on")
+    features = [{"path": p, "labels": 0, "augment": False} for p in (paths[:rows] if rows else paths)]
+
+    def torch_scores(candidate) -> np.ndarray:
+        return task.logits(candidate, features, batch_size=32, device="cpu")
+
+    def onnx_scores(session) -> np.ndarray:
+        return np.concatenate([session.run(["logits"], {"pixel_values": task.pixels(features[i : i + 32]).numpy()})[0]
+                               for i in range(0, len(features), 32)])  # fmt: skip
+
+    def export_onnx(path: Path) -> None:
+        import warnings
+
+        import torch
+
+        sample = task.pixels(features[:2])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model, (), str(path), kwargs={"pixel_values": sample}, input_names=["pixel_values"],
+                output_names=["logits"], dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch")}}, dynamo=True,
+                external_data=False, verbose=False,
+            )  # fmt: skip
+
+    return len(features), split, torch_scores, onnx_scores, export_onnx
+
+
 def _export_onnx(model, tokenizer, path: Path) -> None:
     import warnings
 
@@ -128,14 +166,31 @@ def export(run_dir: str | Path, out: str | Path, *, fmt: str, quantize: str | No
 
     RunDir.open(run_dir).verify_hashes()  # before anything of it is loaded
     run, config, task, model, tokenizer = _load_for_inference(run_dir)
-    if task.type not in ("single_label", "multi_label", "regression") or getattr(task, "own_data", False):
-        raise TunesmithError(f"export covers text classification and regression runs, not task.type="
+    image = config.task.type == "image_classification"
+    if not image and (
+        task.type not in ("single_label", "multi_label", "regression") or getattr(task, "own_data", False)
+    ):
+        raise TunesmithError(f"export covers text and image classification and regression runs, not task.type="
                              f"{config.task.type} (the run's model/ folder loads with plain transformers)")  # fmt: skip
     max_length = config.model.max_length
-    texts, split = held_out_texts(run, rows)
-    texts = [" ".join(t.split()) for t in texts]  # what training and predict feed the model
-    log(f"Checking the export on {len(texts)} rows of the run's {split} split")
-    reference = torch_logits(model, tokenizer, texts, max_length)
+    if image:  # pixels in, preprocessing (preprocessor_config.json) beside the model
+        count, split, torch_scores, onnx_scores, export_onnx = _image_scorers(run, task, model, rows)
+    else:
+        texts, split = held_out_texts(run, rows)
+        texts = [" ".join(t.split()) for t in texts]  # what training and predict feed the model
+        count = len(texts)
+
+        def torch_scores(candidate) -> np.ndarray:
+            return torch_logits(candidate, tokenizer, texts, max_length)
+
+        def onnx_scores(session) -> np.ndarray:
+            return onnx_logits(session, tokenizer, texts, max_length)
+
+        def export_onnx(path: Path) -> None:
+            _export_onnx(model, tokenizer, path)
+
+    log(f"Checking the export on {count} rows of the run's {split} split")
+    reference = torch_scores(model)
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -143,20 +198,19 @@ def export(run_dir: str | Path, out: str | Path, *, fmt: str, quantize: str | No
     try:
         tokenizer.save_pretrained(tmp)
         if fmt == "hf":
-            from transformers import AutoModelForSequenceClassification
+            from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
 
             model.save_pretrained(tmp)
-            exported = AutoModelForSequenceClassification.from_pretrained(tmp).eval()
-            report["models"]["model.safetensors"] = parity(reference, torch_logits(exported, tokenizer, texts, max_length),
-                                                           task.type, task.threshold)  # fmt: skip
+            auto = AutoModelForImageClassification if image else AutoModelForSequenceClassification
+            exported = auto.from_pretrained(tmp).eval()
+            report["models"]["model.safetensors"] = parity(reference, torch_scores(exported), task.type, task.threshold)
             default = "."
         else:
             import onnxruntime as ort
 
-            _export_onnx(model, tokenizer, tmp / "model.onnx")
+            export_onnx(tmp / "model.onnx")
             session = ort.InferenceSession(str(tmp / "model.onnx"), providers=["CPUExecutionProvider"])
-            report["models"]["model.onnx"] = parity(reference, onnx_logits(session, tokenizer, texts, max_length),
-                                                    task.type, task.threshold)  # fmt: skip
+            report["models"]["model.onnx"] = parity(reference, onnx_scores(session), task.type, task.threshold)
             default = "model.onnx"
             if quantize == "int8":
                 from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -166,8 +220,8 @@ def export(run_dir: str | Path, out: str | Path, *, fmt: str, quantize: str | No
                 quantize_dynamic(str(tmp / "model.onnx"), str(tmp / "model_int8.onnx"), weight_type=QuantType.QInt8,
                                  per_channel=True, reduce_range=True)  # fmt: skip
                 session = ort.InferenceSession(str(tmp / "model_int8.onnx"), providers=["CPUExecutionProvider"])
-                report["models"]["model_int8.onnx"] = parity(reference, onnx_logits(session, tokenizer, texts,
-                                                                                    max_length), task.type, task.threshold)  # fmt: skip
+                report["models"]["model_int8.onnx"] = parity(reference, onnx_scores(session), task.type,
+                                                             task.threshold)  # fmt: skip
                 default = "model_int8.onnx"
         failures = []
         for name, figures in report["models"].items():
@@ -185,7 +239,8 @@ def export(run_dir: str | Path, out: str | Path, *, fmt: str, quantize: str | No
         (tmp / "tunesmith.json").write_text(json.dumps({
             "task": task.to_dict(), "max_length": max_length, "format": fmt, "model": default,
             "temperature": _temperature(run) if task.type == "single_label" else None,
-            "text_normalisation": "collapse whitespace", "source_run": str(run.path),
+            "text_normalisation": None if image else "collapse whitespace", "source_run": str(run.path),
+            "inputs": "pixel_values (see preprocessor_config.json)" if image else "token ids",
             "source_hashes": run.read_json("hashes.json"),
         }, indent=2), encoding="utf-8")  # fmt: skip
         (tmp / "parity.json").write_text(json.dumps(report, indent=2), encoding="utf-8")

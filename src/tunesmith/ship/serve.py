@@ -76,6 +76,9 @@ class Predictor:
         from transformers import AutoTokenizer
 
         meta = json.loads((source / "tunesmith.json").read_text(encoding="utf-8"))
+        if meta["task"]["type"] not in ("single_label", "multi_label", "regression"):
+            raise TunesmithError(f"serve covers text classification and regression exports, not "
+                                 f"{meta['task']['type']} ({source})")  # fmt: skip
         self.tokenizer, self.max_length, self.task = (
             AutoTokenizer.from_pretrained(source),
             meta["max_length"],
