@@ -118,7 +118,32 @@ def _image_scorers(run, task, model, rows: int | None):
                 external_data=False, verbose=False,
             )  # fmt: skip
 
-    return len(features), split, torch_scores, onnx_scores, export_onnx
+    def quantize(source: Path, target: Path) -> None:
+        """Static int8 (QDQ, per-channel weights), activation ranges calibrated on up to 256
+        training images. Dynamic quantization, the text default, agreed on 0.75 of the labels of
+        the Fashion-MNIST EfficientNet; this agreed on 0.99."""
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        train = pd.read_parquet(run.data_dir / "train.parquet")["path"].astype(str).tolist()
+        chosen = np.random.default_rng(0).permutation(len(train))[:256]
+        calibration = [{"path": train[i], "labels": 0, "augment": False} for i in chosen]
+
+        class Batches(CalibrationDataReader):
+            def __init__(self):
+                self.starts = iter(range(0, len(calibration), 32))
+
+            def get_next(self):
+                start = next(self.starts, None)
+                return None if start is None else {"pixel_values": task.pixels(calibration[start : start + 32]).numpy()}
+
+        prepared = source.with_name("prepared.onnx")
+        quant_pre_process(str(source), str(prepared))
+        quantize_static(str(prepared), str(target), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, reduce_range=True)  # fmt: skip
+        prepared.unlink()
+
+    return len(features), split, torch_scores, onnx_scores, export_onnx, quantize
 
 
 def _export_onnx(model, tokenizer, path: Path) -> None:
@@ -174,7 +199,7 @@ def export(run_dir: str | Path, out: str | Path, *, fmt: str, quantize: str | No
                              f"{config.task.type} (the run's model/ folder loads with plain transformers)")  # fmt: skip
     max_length = config.model.max_length
     if image:  # pixels in, preprocessing (preprocessor_config.json) beside the model
-        count, split, torch_scores, onnx_scores, export_onnx = _image_scorers(run, task, model, rows)
+        count, split, torch_scores, onnx_scores, export_onnx, quantize_int8 = _image_scorers(run, task, model, rows)
     else:
         texts, split = held_out_texts(run, rows)
         texts = [" ".join(t.split()) for t in texts]  # what training and predict feed the model
@@ -188,6 +213,14 @@ def export(run_dir: str | Path, out: str | Path, *, fmt: str, quantize: str | No
 
         def export_onnx(path: Path) -> None:
             _export_onnx(model, tokenizer, path)
+
+        def quantize_int8(source: Path, target: Path) -> None:
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            # Per-channel weight scales, and 7-bit ranges: without VNNI (AVX2, AVX-512) int8
+            # products can saturate. On the SST-2 model this took agreement from 0.976 to 0.989.
+            quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
+                             reduce_range=True)  # fmt: skip
 
     log(f"Checking the export on {count} rows of the run's {split} split")
     reference = torch_scores(model)
@@ -213,12 +246,7 @@ def export(run_dir: str | Path, out: str | Path, *, fmt: str, quantize: str | No
             report["models"]["model.onnx"] = parity(reference, onnx_scores(session), task.type, task.threshold)
             default = "model.onnx"
             if quantize == "int8":
-                from onnxruntime.quantization import QuantType, quantize_dynamic
-
-                # Per-channel weight scales, and 7-bit ranges: without VNNI (AVX2, AVX-512) int8
-                # products can saturate. On the SST-2 model this took agreement from 0.976 to 0.989.
-                quantize_dynamic(str(tmp / "model.onnx"), str(tmp / "model_int8.onnx"), weight_type=QuantType.QInt8,
-                                 per_channel=True, reduce_range=True)  # fmt: skip
+                quantize_int8(tmp / "model.onnx", tmp / "model_int8.onnx")
                 session = ort.InferenceSession(str(tmp / "model_int8.onnx"), providers=["CPUExecutionProvider"])
                 report["models"]["model_int8.onnx"] = parity(reference, onnx_scores(session), task.type,
                                                              task.threshold)  # fmt: skip
