@@ -210,7 +210,9 @@ def test_a_tiny_cnn_trains_evaluates_predicts_and_reports(tmp_path, tiny_cnn_dir
     settings = json.loads((tmp_path / "onnx" / "preprocessor_config.json").read_text())
     size = (settings["size"]["width"], settings["size"]["height"])
     image = Image.open(root / "vertical" / "3.png").convert("RGB").resize(size, Image.BILINEAR)
-    pixels = (np.asarray(image, np.float32) * settings["rescale_factor"] - settings["image_mean"]) / settings["image_std"]
+    pixels = (np.asarray(image, np.float32) * settings["rescale_factor"] - settings["image_mean"]) / settings[
+        "image_std"
+    ]
     session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
     logits = session.run(["logits"], {"pixel_values": pixels.transpose(2, 0, 1)[None].astype(np.float32)})[0]
     labels = json.loads((tmp_path / "onnx" / "tunesmith.json").read_text())["task"]["label_names"]
@@ -235,6 +237,15 @@ def test_lora_and_freeze_on_the_packaged_backbone_wrapper(tmp_path):
     assert "efficientnet._fc.weight" in trainable and not any("_conv_stem" in n for n in trainable)
     assert any(n.startswith("efficientnet._blocks.15.") for n in trainable)
     assert not any(n.startswith("efficientnet._blocks.14.") for n in trainable)
+    # a training step leaves the frozen blocks' batch-norm statistics as they were
+    task = ImageClassificationTask(type="single_label", label_names=["a", "b", "c"])
+    frozen.train()
+    stem_mean = frozen.efficientnet._bn0.running_mean.clone()
+    top_mean = frozen.efficientnet._blocks[15]._bn0.running_mean.clone()
+    batch = {"pixel_values": torch.randn(4, 3, 32, 32), "labels": torch.tensor([0, 1, 2, 0])}
+    task.batch_loss(frozen, batch, "cpu").backward()
+    assert torch.equal(frozen.efficientnet._bn0.running_mean, stem_mean)
+    assert not torch.equal(frozen.efficientnet._blocks[15]._bn0.running_mean, top_mean)
     fresh = EfficientNetLiteForImageClassification(EfficientNetLiteConfig(num_labels=3, image_size=32))
     adapted, _ = apply_strategy(fresh, ModelConfig(strategy="lora"), head, peft_task_type=None)
     names = [n for n, p in adapted.named_parameters() if p.requires_grad]

@@ -214,6 +214,16 @@ def augment_image(image, settings):
     return image
 
 
+def keep_frozen_statistics(model) -> None:
+    """Batch-norm layers whose parameters are frozen (strategy freeze, or not yet unfrozen) run
+    in eval mode, so their running statistics stay the pretrained ones; the others train."""
+    from torch import nn
+
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.train(any(p.requires_grad for p in module.parameters(recurse=False)))
+
+
 # -- the task -----------------------------------------------------------------------------------------------
 @dataclass
 class ImageClassificationTask(TextClassificationTask):
@@ -273,6 +283,8 @@ class ImageClassificationTask(TextClassificationTask):
                 "num_examples": len(features), "num_tokens": 0}  # fmt: skip
 
     def batch_loss(self, model, batch: dict, device) -> torch.Tensor:
+        if model.training:
+            keep_frozen_statistics(model)
         logits = model(pixel_values=batch["pixel_values"].to(device)).logits
         return self.loss(logits.float(), batch["labels"].to(device))
 
