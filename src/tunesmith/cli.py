@@ -473,14 +473,9 @@ def _read_questions(path: Path) -> list[dict]:
         return frame[["question", "context"]].to_dict("records")
     if not path.is_file():
         raise TunesmithError(f"Input file not found: {path}")
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise TunesmithError(f"{path}, line {number}: not JSON ({error.msg})") from None
-    return records
+    from tunesmith.data.load import jsonl_records
+
+    return [record for _, record in jsonl_records(path)]
 
 
 def _read_texts(path: Path) -> list[str]:

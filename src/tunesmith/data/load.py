@@ -30,6 +30,26 @@ class LoadedTable:
     notes: list[str] = field(default_factory=list)
 
 
+def jsonl_records(path: Path):
+    """Yields ("FILE, line N", parsed value) for every non-empty line of a JSONL file.
+
+    Raises:
+        TunesmithError: the file is not UTF-8, or a line is not JSON (naming the file and line).
+    """
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise TunesmithError(f"{path}: not UTF-8 text (offset {error.start})") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as error:
+            raise TunesmithError(f"{where}: not JSON ({error.msg})") from None
+
+
 def resolve_source(spec: str) -> Path:
     """Turns a data spec into a path: a plain path, or ``package:NAME/sub/path`` inside an
     installed Python package.

@@ -13,8 +13,6 @@ imported. Preprocessing is written beside it as a ViTImageProcessor config: RGB 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -94,19 +92,12 @@ LITE_PREPROCESSING = {
 def convert_lite0(weights: Path, target: Path) -> None:
     """Writes the ImageNet EfficientNet-lite0 state dict as a transformers folder at ``target``
     (config, safetensors, preprocessor config); written beside it and renamed into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
+    from tunesmith.models.load import staged_dir
+
+    with staged_dir(target) as tmp:
         config = EfficientNetLiteConfig(num_labels=1000)
         model = EfficientNetLiteForImageClassification(config)
         state = torch.load(weights, map_location="cpu", weights_only=True)
         model.efficientnet.load_state_dict(state, strict=True)
         model.save_pretrained(tmp)
         (tmp / "preprocessor_config.json").write_text(json.dumps(LITE_PREPROCESSING, indent=2))
-        try:
-            tmp.rename(target)
-        except OSError:  # another process converted it first
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

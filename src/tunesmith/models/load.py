@@ -7,6 +7,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -71,19 +72,34 @@ def model_cache_dir() -> Path:
     return Path(os.environ.get("TUNESMITH_CACHE") or Path.home() / ".cache" / "tunesmith") / "models"
 
 
+@contextmanager
+def staged_dir(target: Path):
+    """A temporary folder beside ``target`` that becomes ``target`` when the block succeeds, so
+    an interrupted conversion leaves nothing half-written (if another process finished first,
+    its folder stays)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        yield tmp
+        try:
+            tmp.rename(target)
+        except OSError:  # another process converted it first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _convert_gguf(folder: Path, filename: str, target: Path) -> None:
     """Dequantises a GGUF causal LM into a float32 safetensors checkpoint at ``target``.
 
     transformers cannot save a model loaded from GGUF, so the weights move into a fresh model
-    built from the same config. The folder is written beside the target and renamed into place,
-    so an interrupted conversion leaves nothing half-written.
+    built from the same config (written through staged_dir).
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
+    with staged_dir(target) as tmp:
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=filename)
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=filename, dtype=torch.float32)
         config = loaded.config
@@ -94,13 +110,6 @@ def _convert_gguf(folder: Path, filename: str, target: Path) -> None:
         fresh.generation_config = loaded.generation_config
         fresh.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        try:
-            tmp.rename(target)
-        except OSError:  # another process converted it first
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def resolve_model(name: str) -> ResolvedModel:

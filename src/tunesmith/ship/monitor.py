@@ -65,16 +65,12 @@ def read_live(path: Path, text_column: str | None) -> list[str]:
     if not path.is_file():
         raise TunesmithError(f"--live: file not found: {path}")
     if path.suffix.lower() == ".jsonl":
+        from tunesmith.data.load import jsonl_records
+
         texts = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise TunesmithError(f"{path}, line {number}: not JSON ({error.msg})") from None
+        for where, record in jsonl_records(path):
             if not isinstance(record, dict) or not isinstance(record.get(text_column or "text"), str):
-                raise TunesmithError(f"{path}, line {number}: no {(text_column or 'text')!r} string field")
+                raise TunesmithError(f"{where}: no {(text_column or 'text')!r} string field")
             texts.append(record[text_column or "text"])
     else:
         from tunesmith.data.load import detect_columns, read_table

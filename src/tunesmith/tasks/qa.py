@@ -83,19 +83,10 @@ def read_squad(path: Path) -> list[dict]:
 
 def read_qa_jsonl(path: Path) -> list[dict]:
     """One row per line of a flat question/context/answers JSONL file; ``group`` is the context."""
+    from tunesmith.data.load import jsonl_records
+
     rows = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as error:
-        raise TunesmithError(f"{path}: not UTF-8 text (offset {error.start})") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise TunesmithError(f"{where}: not JSON ({error.msg})") from None
+    for where, record in jsonl_records(path):
         if not isinstance(record, dict):
             raise TunesmithError(f"{where}: expected a JSON object with question, context and answers")
         answers = record.get("answers", [])
@@ -109,7 +100,8 @@ def read_qa_jsonl(path: Path) -> list[dict]:
         if not isinstance(texts, list) or not isinstance(starts, list) or len(texts) != len(starts):
             raise TunesmithError(f"{where}: 'answers' needs as many answer_start values as texts")
         rows.append(_row(record.get("question"), record.get("context"), texts, starts,
-                         qid=str(record.get("id", number)), group=str(record.get("context")), where=where))  # fmt: skip
+                         qid=str(record.get("id", where.rsplit(" ", 1)[-1])), group=str(record.get("context")),
+                         where=where))  # fmt: skip
     return rows
 
 

@@ -104,15 +104,12 @@ def words_with_offsets(text: str) -> list[tuple[str, int, int]]:
 
 
 def _read_jsonl(path: Path, fmt: str) -> list[dict]:
+    from tunesmith.data.load import jsonl_records
+
     sentences = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}, line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise TunesmithError(f"{where}: not JSON ({error.msg})") from None
+    for where, record in jsonl_records(path):
+        if not isinstance(record, dict):
+            raise TunesmithError(f"{where}: expected a JSON object")
         if fmt == "tokens":
             tokens, tags = record.get("tokens"), record.get("tags")
             if not isinstance(tokens, list) or not isinstance(tags, list) or len(tokens) != len(tags) or not tokens:
