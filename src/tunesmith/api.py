@@ -646,13 +646,10 @@ def predict(run_dir: str | Path, texts: list) -> list[dict[str, Any]]:
         outputs = task.generate(model, tokenizer, [str(t) for t in texts], config.generation,
                                 max_length=config.model.max_length)  # fmt: skip
         return [{"source": str(t), "generated": g} for t, g in zip(texts, outputs)]
-    if hasattr(task, "load_processor"):
-        return task.predict_inputs(model, tokenizer, list(texts), config.model.max_length, pad_token_id=0,
-                            temperature=_temperature(run))  # fmt: skip
-    if getattr(task, "own_data", False):
-        return task.predict_inputs(
-            model, tokenizer, list(texts), config.model.max_length, pad_token_id=_pad_id(tokenizer)
-        )
+    if getattr(task, "own_data", False):  # NER, QA, images (a single-label classifier: calibrated scores)
+        calibrated = {"temperature": _temperature(run)} if task.type == "single_label" else {}
+        return task.predict_inputs(model, tokenizer, list(texts), config.model.max_length,
+                                   pad_token_id=_pad_id(tokenizer), **calibrated)  # fmt: skip
     texts = [" ".join(str(t).split()) for t in texts]
     logits = _logits(model, tokenizer, config, texts)
     temperature = _temperature(run) if task.type == "single_label" else None
@@ -683,18 +680,16 @@ def evaluate(run_dir: str | Path, data: str | Path) -> dict[str, Any]:
         metrics["data"] = entry
         RunDir(out).write_json(f"{stem}.json", metrics)
         return metrics
-    if getattr(task, "own_data", False) and not hasattr(task, "logits"):
+    if getattr(task, "own_data", False):
         frame, entry = task.load(str(data), config.data)
         features, _ = task.encode_frame(tokenizer, frame, config.model.max_length)
-        metrics = task.evaluate(model, features, batch_size=64, pad_token_id=_pad_id(tokenizer), device="cpu",
-                                frame=frame)  # fmt: skip
-        metrics["data"] = entry
-        RunDir(out).write_json(f"{stem}.json", metrics)
-        return metrics
-    if hasattr(task, "logits"):  # images: the classifier's metrics on logits the task computes
-        frame, entry = task.load(str(data), config.data)
-        features, _ = task.encode_frame(tokenizer, frame, config.model.max_length)
-        targets = [f["labels"] for f in features]
+        if not hasattr(task, "logits"):  # NER, QA: the task's own metrics
+            metrics = task.evaluate(model, features, batch_size=64, pad_token_id=_pad_id(tokenizer), device="cpu",
+                                    frame=frame)  # fmt: skip
+            metrics["data"] = entry
+            RunDir(out).write_json(f"{stem}.json", metrics)
+            return metrics
+        targets = [f["labels"] for f in features]  # images: the classifier's metrics below
         logits = task.logits(model, features, batch_size=32, device="cpu")
     else:
         frame, entry = load_examples(str(data), config.data, task)

@@ -46,19 +46,22 @@ def eval_batches(lengths: list[int] | np.ndarray, *, batch_size: int) -> list[li
     return [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
 
 
-def pad_batch(features: list[dict], pad_token_id: int, pad_to_multiple_of: int | None = None) -> dict:
+def pad_batch(
+    features: list[dict], pad_token_id: int, pad_to_multiple_of: int | None = None, fills: dict[str, int] | None = None
+) -> dict:
     """Pads token sequences to the longest in the batch and stacks everything into tensors.
 
-    Keys other than the token sequences (labels, index) are stacked as they are.
+    ``fills`` names more per-token sequences and their padding value (e.g. token labels with
+    -100). Keys other than the token sequences (labels, index) are stacked as they are.
     """
     longest = max(len(f["input_ids"]) for f in features)
     if pad_to_multiple_of:
         longest = -(-longest // pad_to_multiple_of) * pad_to_multiple_of
     batch: dict[str, torch.Tensor] = {}
-    token_keys = [k for k in ("input_ids", "token_type_ids") if k in features[0]]
+    fills = {"input_ids": pad_token_id, "token_type_ids": 0, **(fills or {})}
+    token_keys = [k for k in fills if k in features[0]]
     for key in token_keys:
-        fill = pad_token_id if key == "input_ids" else 0
-        batch[key] = torch.tensor([f[key] + [fill] * (longest - len(f[key])) for f in features])
+        batch[key] = torch.tensor([list(f[key]) + [fills[key]] * (longest - len(f[key])) for f in features])
     batch["attention_mask"] = torch.tensor(
         [[1] * len(f["input_ids"]) + [0] * (longest - len(f["input_ids"])) for f in features]
     )

@@ -227,7 +227,10 @@ class TextClassificationTask:
     def evaluate(self, model, features: list[dict], *, batch_size: int, pad_token_id: int, device) -> dict[str, Any]:
         """Every metric of the task on features, plus the mean loss (as ``loss``)."""
         logits = compute_logits(model, features, batch_size=batch_size, pad_token_id=pad_token_id, device=device)
-        targets = np.asarray([f["labels"] for f in features])
+        return self.scores(logits, np.asarray([f["labels"] for f in features]))
+
+    def scores(self, logits: np.ndarray, targets: np.ndarray) -> dict[str, Any]:
+        """Every metric of the task for these logits, plus the mean loss (as ``loss``)."""
         metrics = self.metrics(logits, targets)
         metrics["loss"] = float(
             self.loss(torch.from_numpy(logits), torch.as_tensor(targets)).item() / max(len(targets), 1)

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from tunesmith.errors import TunesmithError
 from tunesmith.tasks.classification import TextClassificationTask
@@ -256,9 +255,6 @@ class ImageClassificationTask(TextClassificationTask):
         augment = split == "train" and self.augment is not None and self.augment.active
         return [{"path": p, "labels": t, "augment": augment} for p, t in zip(frame["path"], targets)], 0
 
-    def truncation_message(self, split: str, cut: int, rows: int, max_length: int) -> str:
-        return ""
-
     def load_model(self, resolved, dropout: float | None):
         from transformers import AutoModelForImageClassification
 
@@ -272,7 +268,7 @@ class ImageClassificationTask(TextClassificationTask):
     def pixels(self, features: list[dict]) -> torch.Tensor:
         tensors = []
         for f in features:
-            image = read_image(f["path"])
+            image = f["image"] if "image" in f else read_image(f["path"])  # predict decodes up front
             if f.get("augment"):
                 image = augment_image(image, self.augment)
             tensors.append(self.processor.tensor(image))
@@ -302,10 +298,7 @@ class ImageClassificationTask(TextClassificationTask):
     def evaluate(self, model, features: list[dict], *, batch_size: int, pad_token_id: int, device,
                  frame: pd.DataFrame | None = None) -> dict[str, Any]:  # fmt: skip
         logits = self.logits(model, features, batch_size=batch_size, device=device)
-        targets = np.asarray([f["labels"] for f in features])
-        metrics = self.metrics(logits, targets)
-        metrics["loss"] = float(F.cross_entropy(torch.from_numpy(logits), torch.as_tensor(targets), reduction="mean"))
-        return metrics
+        return self.scores(logits, np.asarray([f["labels"] for f in features]))
 
     def predict_inputs(self, model, processor, inputs: list, max_length: int, *, pad_token_id: int,
                 temperature: float | None = None) -> list[dict]:  # fmt: skip
@@ -319,17 +312,15 @@ class ImageClassificationTask(TextClassificationTask):
                 paths.append(path)
             else:
                 raise TunesmithError(f"{path}: no such image file or folder")
-        rows, readable = [], []
+        rows, features = [], []
         for path in paths:
             try:
-                read_image(path)
-                readable.append(path)
+                features.append({"path": str(path), "image": read_image(path), "labels": 0, "augment": False})
             except Exception as error:  # noqa: BLE001 (reported per file, the rest still predicted)
                 rows.append({"path": str(path), "error": f"unreadable image: {error}"})
-        features = [{"path": str(p), "labels": 0, "augment": False} for p in readable]
         logits = self.logits(model, features, batch_size=32, device="cpu") if features else np.empty((0, 0))
         found = self.prediction_rows(logits, temperature) if features else []
-        return [{"path": str(p), **row} for p, row in zip(readable, found)] + rows
+        return [{"path": f["path"], **row} for f, row in zip(features, found)] + rows
 
     def plot_misclassified(self, path: Path, logits: np.ndarray, features: list[dict], limit: int = 24) -> int:
         """A grid of the misclassified images, most confidently wrong first, each titled

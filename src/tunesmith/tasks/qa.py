@@ -175,19 +175,10 @@ def encode_questions(tokenizer, frame: pd.DataFrame, max_length: int, stride: in
 
 
 def collate_windows(features: list[dict], pad_token_id: int) -> dict:
-    width = max(len(f["input_ids"]) for f in features)
-    batch = {"input_ids": torch.full((len(features), width), pad_token_id, dtype=torch.long),
-             "attention_mask": torch.zeros((len(features), width), dtype=torch.long)}  # fmt: skip
-    if "token_type_ids" in features[0]:
-        batch["token_type_ids"] = torch.zeros((len(features), width), dtype=torch.long)
-    for row, f in enumerate(features):
-        n = len(f["input_ids"])
-        batch["input_ids"][row, :n] = torch.tensor(f["input_ids"])
-        batch["attention_mask"][row, :n] = 1
-        if "token_type_ids" in batch:
-            batch["token_type_ids"][row, :n] = torch.tensor(f["token_type_ids"])
-    batch["start_positions"] = torch.tensor([f["start_positions"] for f in features])
-    batch["end_positions"] = torch.tensor([f["end_positions"] for f in features])
+    from tunesmith.data.batching import pad_batch
+
+    keys = ("input_ids", "token_type_ids", "start_positions", "end_positions")  # not offsets, context, answers
+    batch = pad_batch([{k: f[k] for k in keys if k in f} for f in features], pad_token_id)
     batch["num_examples"], batch["num_tokens"] = len(features), int(batch["attention_mask"].sum())
     return batch
 

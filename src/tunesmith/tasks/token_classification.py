@@ -221,21 +221,10 @@ def encode_sentences(tokenizer, frame: pd.DataFrame, tag_names: list[str], max_l
 
 
 def collate_tokens(features: list[dict], pad_token_id: int) -> dict:
-    width = max(len(f["input_ids"]) for f in features)
-    batch = {
-        "input_ids": torch.full((len(features), width), pad_token_id, dtype=torch.long),
-        "attention_mask": torch.zeros((len(features), width), dtype=torch.long),
-        "labels": torch.full((len(features), width), IGNORE, dtype=torch.long),
-    }
-    if "token_type_ids" in features[0]:
-        batch["token_type_ids"] = torch.zeros((len(features), width), dtype=torch.long)
-    for row, f in enumerate(features):
-        n = len(f["input_ids"])
-        batch["input_ids"][row, :n] = torch.tensor(f["input_ids"])
-        batch["attention_mask"][row, :n] = 1
-        batch["labels"][row, :n] = torch.tensor(f["labels"])
-        if "token_type_ids" in batch:
-            batch["token_type_ids"][row, :n] = torch.tensor(f["token_type_ids"])
+    from tunesmith.data.batching import pad_batch
+
+    keys = ("input_ids", "token_type_ids", "labels")
+    batch = pad_batch([{k: f[k] for k in keys if k in f} for f in features], pad_token_id, fills={"labels": IGNORE})
     batch["num_examples"], batch["num_tokens"] = len(features), int(batch["attention_mask"].sum())
     return batch
 
