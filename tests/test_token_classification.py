@@ -9,6 +9,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from tests.conftest import tiny_config
+from tests.makers import ner_lines
 from tunesmith import api
 from tunesmith.errors import TunesmithError
 from tunesmith.tasks.token_classification import (
@@ -72,20 +73,8 @@ def test_entities_get_character_offsets_and_metrics_are_entity_level():
     assert scores["per_type"]["LOC"]["f1"] == 1.0 and scores["per_type"]["PER"]["f1"] == 0.0
 
 
-NAMES = ["Alice", "Bruno", "Chen", "Dana"]
-PLACES = ["Paris", "Lima", "Oslo", "Kyoto"]
-FILLER = ["went", "to", "see", "the", "river", "today", "and", "then"]
-
-
 def ner_file(path, count: int, seed: int) -> None:
-    rng = random.Random(seed)
-    lines = []
-    for _ in range(count):
-        words = [(rng.choice(NAMES), "B-PER"), (rng.choice(FILLER), "O"), (rng.choice(FILLER), "O"),
-                 (rng.choice(PLACES), "B-LOC"), (rng.choice(FILLER), "O")]  # fmt: skip
-        rng.shuffle(words)
-        lines += [f"{w} {t}" for w, t in words] + [""]
-    path.write_text("\n".join(lines))
+    path.write_text(ner_lines(count, seed))
 
 
 def test_a_tiny_tagger_trains_evaluates_and_predicts_spans(tmp_path, tiny_model_dir):

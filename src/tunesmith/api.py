@@ -6,9 +6,10 @@ tunesmith.predict(result.run_dir, ["Shares rose sharply after the results"])
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,11 @@ import pandas as pd
 
 from tunesmith.config import Config, config_from_dict, dump_config, load_config
 from tunesmith.data.balance import class_weights
+from tunesmith.data.overlap import overlap_warnings
 from tunesmith.data.prepare import PreparedData, load_examples, prepare_data, prepare_records
-from tunesmith.errors import TunesmithError
-from tunesmith.runs import RunDir, environment_lock, is_main_process
-from tunesmith.tasks.classification import TextClassificationTask, encode_features
+from tunesmith.errors import TunesmithError, disk_full
+from tunesmith.runs import RunDir, claim_output, environment_lock, is_main_process, unused_path
+from tunesmith.tasks.classification import TextClassificationTask, encode_features, text_warning
 
 SPLITS = ("train", "validation", "test")
 GENERATIVE = ("causal_lm", "seq2seq")
@@ -62,7 +64,8 @@ def _task_for(config: Config, label_names: list[str] | None = None, saved: dict 
         from tunesmith.tasks.token_classification import TokenClassificationTask
 
         return TokenClassificationTask(tag_names=list(label_names or []), scheme=config.task.tag_scheme,
-                                       all_subwords=config.task.label_all_subwords)  # fmt: skip
+                                       all_subwords=config.task.label_all_subwords,
+                                       invalid_tags=config.task.invalid_tags)  # fmt: skip
     if config.task.type == "image_classification":
         from tunesmith.tasks.image_classification import ImageClassificationTask
 
@@ -136,11 +139,14 @@ def train(
         raise TunesmithError("a distributed run needs runtime.output_dir (tunesmith train --nproc sets it)")
     if main and out is not None and Path(out).exists():
         RunDir.create(out)  # raises the clear "already exists" error before any work
+    if main and out is not None:  # a run inside another would break that run's hashes and resume
+        claim_output(out, kind="dir", what="runtime.output_dir", run=True)
     task = _task_for(config)
     if task.type in GENERATIVE:
-        data = prepare_records(config.data, seed=config.runtime.seed, pairs=task.type == "seq2seq")
+        data = prepare_records(config.data, seed=config.runtime.seed, pairs=task.type == "seq2seq",
+                               inputs=task.overlap_inputs)
     elif getattr(task, "own_data", False):  # token classification, question answering
-        data = prepare_records(config.data, seed=config.runtime.seed, load=task.load)
+        data = prepare_records(config.data, seed=config.runtime.seed, load=task.load, inputs=task.overlap_inputs)
         task.fit(data.splits["train"])
     else:
         data = prepare_data(config.data, task, seed=config.runtime.seed,
@@ -166,39 +172,75 @@ def train(
     if not main:  # only rank 0 writes; the others train on the same data in memory
         return _fit(RunDir(out), config, task, data, console, [], resume=False)
     run = RunDir.create(out)
-    log(f"Run directory: {run.path}")
-    run.write_text("config.yaml", dump_config(config))
-    run.write_json("task.json", task.to_dict())
-    run.data_dir.mkdir()
-    for name, frame in data.splits.items():
-        frame.to_parquet(run.data_dir / f"{name}.parquet", index=False)
-    run.write_json("data_manifest.json", data.manifest)
-    run.write_text("data_changelog.jsonl", "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in data.changes))
     try:
-        return _fit(run, config, task, data, console, callbacks or [], resume=False)
-    except TunesmithError:
-        # A mistake found before the first step (model name, LoRA targets) leaves nothing worth
-        # keeping: remove the directory this call created, so the same command can run again.
-        if not run.metrics_log.exists() and not run.checkpoints_dir.exists():
-            shutil.rmtree(run.path, ignore_errors=True)
-        raise
+        log(f"Run directory: {run.path}")
+        run.write_text("config.yaml", dump_config(config))
+        run.write_json("task.json", task.to_dict())
+        run.data_dir.mkdir()
+        for name, frame in data.splits.items():
+            frame.to_parquet(run.data_dir / f"{name}.parquet", index=False)
+        run.write_json("data_manifest.json", data.manifest)
+        run.write_text("data_changelog.jsonl", "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in data.changes))
+        with run.lock():  # a resume started while this run trains is refused
+            return _fit(run, config, task, data, console, callbacks or [], resume=False)
+    except BaseException as error:  # Ctrl-C and a full disk included
+        failure = _after_failed_run(run, error, fresh=True)
+        if failure is error:
+            raise
+        raise failure from error
+
+
+def _after_failed_run(run: RunDir, error: BaseException, *, fresh: bool) -> BaseException:
+    """Leaves a run that failed either gone or resumable, never half-made, and says which.
+
+    A fresh run without a checkpoint has nothing to continue: the directory this call created is
+    removed, so the same command can start again. Otherwise the directory is kept without its
+    half-written files. The error to raise gets a note saying what became of the run.
+
+    Returns:
+        ``error``, or a DiskFullError for it when the disk filled up.
+    """
+    full = None if isinstance(error, TunesmithError) else disk_full(error, written=run.path)  # before space is freed
+    failure = error if full is None else full
+    if fresh and not run.has_checkpoint():
+        run.discard()
+        failure.add_note(f"the run had no checkpoint yet, so its directory {run.path} was removed")
+    else:
+        run.remove_temporary()
+        again = ", or start again with another runtime.output_dir" if fresh else ""
+        failure.add_note(f"{run.path} is kept: continue it with tunesmith train --resume {run.path}{again}")
+    return failure
 
 
 def resume(run_dir: str | Path, *, console=None, callbacks: list | None = None) -> TrainResult:
-    """Continues an interrupted run from its latest checkpoint, exactly where it stopped."""
+    """Continues an interrupted run from its newest intact checkpoint, exactly where it stopped.
+
+    Raises:
+        TunesmithError: the run finished, another process is training it (``RUN_DIR/.lock``), or
+            none of its checkpoints is intact.
+    """
     run = RunDir.open(run_dir)
     console = _console(console)
-    config = load_config(run.path / "config.yaml")
-    if (run.model_dir / "config.json").exists() and (run.path / "metrics.json").exists():
-        raise TunesmithError(f"{run.path} already finished; there is nothing to resume")
-    _setup_runtime(config)
-    saved = run.read_json("task.json")
-    task = _task_for(config, saved["label_names"], saved)
-    splits = {
-        n: pd.read_parquet(run.data_dir / f"{n}.parquet") for n in SPLITS if (run.data_dir / f"{n}.parquet").exists()
-    }
-    data = PreparedData(splits, run.read_json("data_manifest.json"))
-    return _fit(run, config, task, data, console, callbacks or [], resume=True)
+    # Rank 0 holds the run's lock throughout, so the "finished" check sees a run nobody is changing.
+    with run.lock() if is_main_process() else contextlib.nullcontext():
+        config = load_config(run.path / "config.yaml")
+        if (run.model_dir / "config.json").exists() and (run.path / "metrics.json").exists():
+            raise TunesmithError(f"{run.path} already finished; there is nothing to resume")
+        _setup_runtime(config)
+        saved = run.read_json("task.json")
+        task = _task_for(config, saved["label_names"], saved)
+        splits = {
+            n: pd.read_parquet(run.data_dir / f"{n}.parquet") for n in SPLITS
+            if (run.data_dir / f"{n}.parquet").exists()
+        }  # fmt: skip
+        data = PreparedData(splits, run.read_json("data_manifest.json"))
+        try:
+            return _fit(run, config, task, data, console, callbacks or [], resume=True)
+        except BaseException as error:  # a full disk, Ctrl-C: the checkpoints stay, half-written files go
+            failure = _after_failed_run(run, error, fresh=False)
+            if failure is error:
+                raise
+            raise failure from error
 
 
 def _synonyms(config: Config, words: set[str]) -> dict[str, list[str]]:
@@ -243,6 +285,8 @@ def _report_data(data: PreparedData, log) -> None:
         log(f"Loaded {name} from {entry['source']}: cleaning {entry['cleaning']}")
         if entry["replaced_characters"]:
             log(f"  {entry['replaced_characters']} bytes that were not UTF-8 were replaced by U+FFFD")
+        for note in entry.get("notes", []):  # control characters replaced, I- starts converted
+            log(f"  warning: {note}")
     if data.manifest.get("changes"):
         log(f"Data changes (each row in data_changelog.jsonl): {data.manifest['changes']}")
     skipped = [c for c in data.changes if c.get("change") == "skipped_unreadable_image"]
@@ -251,6 +295,8 @@ def _report_data(data: PreparedData, log) -> None:
     if len(skipped) > 10:
         log(f"  ... and {len(skipped) - 10} more (data_changelog.jsonl lists them)")
     log("Splits: " + ", ".join(f"{n} {info['rows']}" for n, info in data.manifest["splits"].items()))
+    for line in overlap_warnings(data.manifest.get("overlap", {})):
+        log(line)
     augmented = data.manifest.get("augment")
     if augmented:
         log(
@@ -277,7 +323,8 @@ def _fit(run: RunDir, config: Config, task, data: PreparedData, console, callbac
     main = is_main_process()
     log = _plain(console) if main else (lambda message: None)
     resolved = resolve_model(config.model.name)
-    tokenizer = task.load_processor(resolved.location) if hasattr(task, "load_processor") else load_tokenizer(resolved)
+    tokenizer = (task.load_processor(resolved.location) if hasattr(task, "load_processor")
+                 else load_tokenizer(resolved, max_length=config.model.max_length))  # fmt: skip
     if task.type == "causal_lm":
         model, new_parameters, features, truncated = _build_causal_lm(config, task, data, resolved, tokenizer, log)
     elif task.type == "seq2seq":
@@ -597,6 +644,8 @@ def _load_for_inference(run_dir: str | Path):
         AutoTokenizer,
     )
 
+    from tunesmith.models.load import check_weights
+
     _quiet_transformers()
     run = RunDir.open(run_dir)
     if not (run.model_dir / "config.json").is_file():
@@ -618,6 +667,7 @@ def _load_for_inference(run_dir: str | Path):
         tokenizer = task.load_processor(run.model_dir, trained=True)
     else:
         tokenizer = AutoTokenizer.from_pretrained(run.model_dir)
+    check_weights(run.model_dir, "restore the run from a backup or train it again")  # not a traceback
     model = auto.from_pretrained(run.model_dir)
     return run, config, task, model.eval(), tokenizer
 
@@ -653,19 +703,27 @@ def predict(run_dir: str | Path, texts: list) -> list[dict[str, Any]]:
     texts = [" ".join(str(t).split()) for t in texts]
     logits = _logits(model, tokenizer, config, texts)
     temperature = _temperature(run) if task.type == "single_label" else None
-    return [{"text": text, **row} for text, row in zip(texts, task.prediction_rows(logits, temperature))]
+    return [{"text": text, **row, **text_warning(text)}
+            for text, row in zip(texts, task.prediction_rows(logits, temperature))]  # fmt: skip
 
 
-def evaluate(run_dir: str | Path, data: str | Path) -> dict[str, Any]:
+def evaluate(run_dir: str | Path, data: str | Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Scores a trained run on a labelled file (same columns as training) and saves the result
-    under ``RUN_DIR/evaluations/``."""
+    under ``RUN_DIR/evaluations/`` as ``NAME.json`` (NAME: the data file's name without suffix).
+
+    An earlier evaluation is kept: when ``NAME.json`` exists, this one is saved as ``NAME-2.json``
+    (``-3``, ...), with its plots named alike, and ``log`` says so.
+    """
     import numpy as np
 
     from tunesmith.evaluate.report import plot_confusion_matrix
 
+    out = Path(run_dir) / "evaluations"
+    wanted = Path(str(data)).stem
+    stem = unused_path(out / f"{wanted}.json").stem  # chosen before the model loads
+    if stem != wanted:
+        log(f"{out / wanted}.json exists (an earlier evaluation, kept); this one is saved as {out / stem}.json")
     run, config, task, model, tokenizer = _load_for_inference(run_dir)
-    stem = Path(str(data)).stem
-    out = run.path / "evaluations"
     if task.type in GENERATIVE:
         from tunesmith.data.prepare import load_pairs, load_records
 

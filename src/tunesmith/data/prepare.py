@@ -15,6 +15,7 @@ from tunesmith.data.balance import resample
 from tunesmith.data.clean import clean_frame
 from tunesmith.data.fix import drop_leaked, fix_frame, fix_label_errors
 from tunesmith.data.load import detect_columns, read_table
+from tunesmith.data.overlap import find_overlap
 from tunesmith.data.split import split_frame
 from tunesmith.errors import TunesmithError
 from tunesmith.tasks.classification import TextClassificationTask
@@ -56,7 +57,7 @@ def load_examples(
         "sha256": table.sha256,
         "columns": {"text": text_column, "label": label_column},
         "cleaning": counts,
-        "replaced_characters": table.replaced_characters,
+        **table.manifest_fields(),
     }
     return frame, entry
 
@@ -71,7 +72,7 @@ def clean_and_fix(frame: pd.DataFrame, config: DataConfig, task: TextClassificat
     frame, counts = clean_frame(frame, source=source, changes=changes, **basic)
     before = len(changes)
     if not frame.empty:
-        frame["label"] = task.normalise_labels(frame["label"])
+        frame["label"] = task.normalise_labels(frame["label"], source=source, rows=frame["row"].tolist())
         frame = fix_frame(frame, config.clean, similarity=similarity, source=source, changes=changes)
     for entry in changes[before:]:
         key = f"{entry['action']}: {_reason_kind(entry['reason'])}"
@@ -176,6 +177,8 @@ def prepare_data(
         "changes": dict(Counter(f"{c['action']}: {_reason_kind(c['reason'])}" for c in changes)),
         "balance_method": config.balance.method,
     }
+    manifest["overlap"] = {"splits": find_overlap(splits, task.overlap_inputs, sources=_source_files(sources)),
+                           "remedy": "data.clean.drop_leaked=true drops the training rows that copy them"}  # fmt: skip
     if rehearsed is not None:
         manifest["rehearsal"] = rehearsed
     if len(balanced) != len(splits["train"]):
@@ -200,6 +203,10 @@ def prepare_data(
                                "words_with_synonyms": len(neighbours)}  # fmt: skip
         manifest["splits"]["train"] = {"rows": len(splits["train"]), "labels": _distribution(splits["train"], task)}
     return PreparedData(splits, manifest, changes)
+
+
+def _source_files(sources: dict[str, dict]) -> dict[str, str]:
+    return {name: entry["source"] for name, entry in sources.items()}
 
 
 def _reason_kind(reason: str) -> str:
@@ -227,7 +234,7 @@ def load_records(spec: str, config: DataConfig) -> tuple[pd.DataFrame, dict]:
         "sha256": table.sha256,
         "format": fmt,
         "cleaning": counts,
-        "replaced_characters": table.replaced_characters,
+        **table.manifest_fields(),
     }
     return frame, entry
 
@@ -245,14 +252,17 @@ def load_pairs(spec: str, config: DataConfig) -> tuple[pd.DataFrame, dict]:
         frame = frame.drop_duplicates(["source", "target"]).reset_index(drop=True)
     counts["rows_out"] = len(frame)
     entry = {"source": table.source, "sha256": table.sha256, "columns": dict(zip(("source", "target"), columns)),
-             "cleaning": counts, "replaced_characters": table.replaced_characters}  # fmt: skip
+             "cleaning": counts, **table.manifest_fields()}  # fmt: skip
     return frame, entry
 
 
-def prepare_records(config: DataConfig, *, seed: int, pairs: bool = False, load=None) -> PreparedData:
+def prepare_records(config: DataConfig, *, seed: int, pairs: bool = False, load=None,
+                    inputs: Callable[[pd.DataFrame], list[str]] | None = None) -> PreparedData:  # fmt: skip
     """The data stage for tasks that read records: load records (causal_lm), source/target pairs
     (seq2seq) or a task's own table (``load``), then random train/validation/test splits (whole
     groups at a time when the table has a ``group`` column, e.g. questions on one paragraph).
+    ``inputs`` (the task's ``overlap_inputs``) gives each row's input, to count the held-out rows
+    whose input is also in train.
 
     Raises:
         TunesmithError: any problem with the files, records or split sizes (naming the record).
@@ -280,4 +290,7 @@ def prepare_records(config: DataConfig, *, seed: int, pairs: bool = False, load=
             manifest["splits"][name]["labels"] = {str(k): int(v) for k, v in frame["label"].value_counts().items()}
     if changes:
         manifest["changes"] = {"skipped": len(changes)}
+    if inputs is not None:
+        manifest["overlap"] = {"splits": find_overlap(splits, inputs, sources=_source_files(sources)),
+                               "remedy": "keep each input in one split only (data_manifest.json lists examples)"}  # fmt: skip
     return PreparedData(splits, manifest, changes)

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+from tunesmith.data.load import CONTROL_CHARACTERS
+
+CONTROL = CONTROL_CHARACTERS
 C1 = re.compile(r"[\x80-\x9f]")  # Windows-1252 punctuation decoded as Latin-1 lands here
 URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 NOT_WORD = re.compile(r"[^\w\s]|_")

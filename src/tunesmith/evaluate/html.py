@@ -15,6 +15,9 @@ from typing import Any
 
 import yaml
 
+from tunesmith.data.overlap import describe
+from tunesmith.errors import TunesmithError
+
 STYLE = (
     "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;"
     "margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px;vertical-align:top;text-align:left}"
@@ -82,13 +85,39 @@ def _read(run: Path, name: str) -> Any:
     path = run / name
     if not path.is_file():
         return None
-    text = path.read_text(encoding="utf-8")
-    return yaml.safe_load(text) if name.endswith(".yaml") else json.loads(text)
+    try:
+        text = path.read_text(encoding="utf-8")
+        loaded = yaml.safe_load(text) if name.endswith(".yaml") else json.loads(text)
+    except (ValueError, UnicodeDecodeError, yaml.YAMLError) as error:  # JSONDecodeError is a ValueError
+        raise TunesmithError(f"{path} is damaged ({str(error).splitlines()[0]}); restore it from a backup or "
+                             "train the run again") from None  # fmt: skip
+    if loaded is not None and not isinstance(loaded, dict):
+        raise TunesmithError(f"{path} is damaged: it holds a {type(loaded).__name__}, not a mapping; restore it "
+                             "from a backup or train the run again")  # fmt: skip
+    return loaded
 
 
 def run_report(run: Path) -> Path:
-    """Writes ``run/report.html`` from the files the run wrote; returns its path."""
+    """Writes ``run/report.html`` from the files the run wrote; returns its path.
+
+    Raises:
+        TunesmithError: a run file is not valid JSON/YAML or not laid out as tunesmith writes it.
+    """
     run = Path(run)
+    try:
+        parts = _run_parts(run)
+    except (AttributeError, KeyError, TypeError, ValueError) as error:  # valid JSON, but not what a run writes
+        raise TunesmithError(
+            f"the files of {run} (metrics.json, task.json, data_manifest.json, config.yaml) are not laid out as "
+            f"tunesmith writes them ({type(error).__name__}: {error}); restore them from a backup or train the "
+            "run again"
+        ) from None
+    out = run / "report.html"
+    out.write_text(page(f"tunesmith run {run.name}", parts), encoding="utf-8")
+    return out
+
+
+def _run_parts(run: Path) -> list[str]:
     config, metrics = _read(run, "config.yaml") or {}, _read(run, "metrics.json") or {}
     task, manifest = _read(run, "task.json") or {}, _read(run, "data_manifest.json") or {}
     training = metrics.get("training", {})
@@ -143,10 +172,14 @@ def run_report(run: Path) -> Path:
     if changes:
         parts += ["<h2>Data cleaning</h2>", table([{"change": k, "rows": v} for k, v in changes.items()], ["change", "rows"]),
                   "<p>Every row is listed in data_changelog.jsonl.</p>"]  # fmt: skip
+    shared = {n: e for n, e in manifest.get("overlap", {}).get("splits", {}).items() if e["rows"]}
+    if shared:
+        parts += ["<h2>Overlap with training</h2>", *(f"<p class=bad>{html.escape(describe(n, e))}; scores on them "
+                  "measure memory, not generalisation.</p>" for n, e in shared.items()),
+                  table([{"split": n, **x} for n, e in shared.items() for x in e["examples"]],
+                        ["split", "row", "train_row", "input"])]  # fmt: skip
     parts.append("<p>Files: config.yaml (the full config), metrics.json, README.md (model card), model/.</p>")
-    out = run / "report.html"
-    out.write_text(page(f"tunesmith run {run.name}", parts), encoding="utf-8")
-    return out
+    return parts
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -160,9 +193,17 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
 
 def compare(runs: list[Path], out: Path) -> dict[str, Any]:
     """Writes an HTML page (and a JSON beside it) comparing finished runs: their scores with
-    intervals, the config keys that differ, and their validation curves on one plot."""
+    intervals, the config keys that differ, and their validation curves on one plot. Neither
+    file may exist yet."""
     from tunesmith.errors import TunesmithError
+    from tunesmith.runs import atomic_write, claim_output
 
+    out = claim_output(out, kind="file", what="--out")
+    beside = out.with_suffix(".json")
+    if beside == out:
+        raise TunesmithError(f"--out {out}: name the HTML page (e.g. {out.with_suffix('.html')}); "
+                             "its JSON is written beside it")  # fmt: skip
+    claim_output(beside, kind="file", what="the JSON report beside --out")
     loaded = []
     for run in map(Path, runs):
         metrics = _read(run, "metrics.json")
@@ -207,11 +248,9 @@ def compare(runs: list[Path], out: Path) -> dict[str, Any]:
     parts = ["<h1>Runs compared</h1>", "<h2>Scores (95% bootstrap interval)</h2>", table(scores, columns),
              "<h2>Validation curves</h2>", _figure(curves), "<h2>Config differences</h2>",
              table(differences, ["key", *names]) if differences else "<p>The configs are the same.</p>"]  # fmt: skip
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page("tunesmith compare", parts), encoding="utf-8")
     report = {"runs": names, "scores": scores, "differences": differences}
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2), encoding="utf-8")
+    atomic_write(out, page("tunesmith compare", parts))
+    atomic_write(beside, json.dumps(report, indent=2))
     return report
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tunesmith.data.overlap import describe
+
 
 def plot_confusion_matrix(path: Path, matrix: list[list[int]], label_names: list[str], title: str) -> None:
     """Saves a row-normalised confusion matrix with raw counts in each cell as a PNG."""
@@ -86,6 +88,16 @@ def _scalars(metrics: dict[str, Any]) -> str:
     return "\n".join([header, "|---|---|---|" if intervals else "|---|---|", *rows])
 
 
+def _overlap_lines(manifest: dict[str, Any]) -> list[str]:
+    """The card's warning for held-out rows whose input is also a training input (none if no such row)."""
+    shared = [describe(name, entry) for name, entry in manifest.get("overlap", {}).get("splits", {}).items()
+              if entry["rows"]]  # fmt: skip
+    if not shared:
+        return []
+    return [f"**Overlap with training:** {'; '.join(shared)}. Scores on those rows measure memory, not "
+            "generalisation; data_manifest.json lists examples.\n"]
+
+
 def model_card(
     *,
     config: dict[str, Any],
@@ -130,6 +142,7 @@ def model_card(
         + ", ".join(f"{name} {info['rows']}" for name, info in splits.items())
         + ".\n",
         described,
+        *_overlap_lines(manifest),
         "## Training\n",
         f"- epochs {train['num_epochs']}, batch size {train['batch_size']} x {train['gradient_accumulation_steps']} accumulation, "
         f"learning rate {train['learning_rate']} ({train['scheduler']}, warmup {train['warmup_ratio']}), "

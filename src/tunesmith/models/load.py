@@ -4,6 +4,7 @@ or a hub id (only when online)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -112,15 +113,104 @@ def _convert_gguf(folder: Path, filename: str, target: Path) -> None:
         tokenizer.save_pretrained(tmp)
 
 
+PICKLE_WEIGHTS = ("pytorch_model.bin", "*.bin", "*.pt", "*.pth", "*.ckpt")
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a .safetensors file's layout (None: a whole file).
+
+    Reads only the header: 8 bytes of header length, a JSON header whose tensors' byte ranges
+    must end exactly where the file does (a truncated copy ends early).
+    """
+    size = path.stat().st_size
+    try:
+        with path.open("rb") as handle:
+            header_length = int.from_bytes(handle.read(8), "little")
+            if size < 8 or header_length > min(size - 8, 100_000_000):
+                return f"it is not a safetensors file, or its header is cut off (the file has {size} bytes)"
+            header = json.loads(handle.read(header_length))
+        ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return "it is not a safetensors file (its header is not the JSON table of tensors)"
+    expected = 8 + header_length + max(ends, default=0)
+    if expected != size:
+        return f"it has {size} bytes where its header describes {expected} (truncated or appended to)"
+    return None
+
+
+def check_weights(folder: str | Path, fix: str = "copy or download the model folder again (model.name)") -> None:
+    """Refuses a local model folder whose weights tunesmith will not load: a damaged safetensors
+    file, or only pickle checkpoints (which could run code when unpickled).
+
+    Args:
+        folder: the model directory.
+        fix: how to get a whole copy, for the message.
+
+    Raises:
+        TunesmithError: naming the file and how to fix it.
+    """
+    folder = Path(folder)
+    weights = sorted(folder.glob("*.safetensors"))
+    for path in weights:
+        problem = _safetensors_problem(path)
+        if problem:
+            raise TunesmithError(f"{path} is damaged: {problem}; {fix}")
+    if weights:
+        return
+    pickles = sorted({p.name for pattern in PICKLE_WEIGHTS for p in folder.glob(pattern)})
+    if pickles:
+        raise TunesmithError(
+            f"{folder} holds only a pickle checkpoint {', '.join(pickles)}; tunesmith loads safetensors only "
+            "(unpickling can run code): convert it where you trust the file, e.g. with transformers: "
+            "AutoModel.from_pretrained(FOLDER).save_pretrained(FOLDER, safe_serialization=True)"
+        )
+
+
+def _looks_like_path(name: str) -> bool:
+    """A path, not a hub id: absolute, relative to . or ~, or deeper than owner/name."""
+    separators = name.count(os.sep) + (name.count(os.altsep) if os.altsep else 0)
+    return name.startswith(("/", ".", "~")) or separators > 1 or (os.sep != "/" and os.sep in name)
+
+
+def _hub_problem(name: str) -> str | None:
+    """Why ``name`` cannot be loaded from the hub here (None: it may be)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return (
+            f"model.name={name!r} is not a local directory, an installed model package "
+            f"({', '.join(PACKAGED_MODELS)}) or a hub id (owner/name)"
+        )
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return (
+            f"model.name={name!r} is not a local directory (model directory not found: {Path(name).absolute()}) "
+            "or an installed model package, and as a hub id it is not in the local hub cache while the hub is "
+            "offline (HF_HUB_OFFLINE=1): check the path, give a local model "
+            f"directory, an installed package ({', '.join(PACKAGED_MODELS)}), or download it where the hub "
+            "is reachable"
+        )
+    return None
+
+
 def resolve_model(name: str) -> ResolvedModel:
     """Finds a model by local path, installed package (see PACKAGED_MODELS) or hub id.
 
     Raises:
-        TunesmithError: a packaged model whose package is not installed.
+        TunesmithError: a packaged model whose package is not installed, a path that is not a
+            model directory, damaged or pickle-only weights, or a hub id that cannot be reached.
     """
     path = Path(name).expanduser()
     if path.is_dir():
+        check_weights(path)
         return ResolvedModel(str(path.resolve()), f"local directory {path.resolve()}")
+    if path.exists():
+        raise TunesmithError(f"model.name={name!r} is a file; give the model directory that holds config.json "
+                             "and the weights")  # fmt: skip
+    if _looks_like_path(name):
+        raise TunesmithError(f"model directory not found: {path} (model.name); check the path")
     package = ALIASES.get(name, name)
     if package in PACKAGED_MODELS:
         packaged = PACKAGED_MODELS[package]
@@ -149,7 +239,58 @@ def resolve_model(name: str) -> ResolvedModel:
         return ResolvedModel(
             str(location), f"{packaged.hub_id} from installed package {package} {version} ({note})", packaged.hub_id
         )
+    problem = _hub_problem(name)
+    if problem:
+        raise TunesmithError(problem)
     return ResolvedModel(name, f"hub id {name} (downloaded or from the local hub cache)", name)
+
+
+POSITION_ATTRIBUTES = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+UNBOUNDED = 1_000_000  # transformers sets model_max_length to ~1e30 when a tokenizer knows no limit
+
+
+def position_limit(resolved: ResolvedModel, tokenizer=None) -> tuple[int, str] | None:
+    """The most tokens the model takes per sequence, and where that number comes from.
+
+    The config's absolute position table, lowered by the tokenizer's ``model_max_length`` when
+    that is smaller (RoBERTa's table has 514 rows for 512 tokens). Models with relative
+    positions only (T5) have no hard limit: None.
+    """
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(resolved.location)
+    except (OSError, ValueError) as error:
+        raise _load_failed(resolved, error) from None
+    limits = []
+    for source in (config, getattr(config, "text_config", None)):
+        for attribute in POSITION_ATTRIBUTES:
+            value = getattr(source, attribute, None) if source is not None else None
+            if isinstance(value, int) and value > 0:
+                limits.append((value, f"the model's {attribute}"))
+                break
+        if limits:
+            break
+    stated = getattr(tokenizer, "model_max_length", None)
+    if limits and isinstance(stated, int) and 0 < stated < min(limits)[0]:
+        limits.append((stated, "the tokenizer's model_max_length"))
+    return min(limits) if limits else None
+
+
+def check_max_length(resolved: ResolvedModel, tokenizer, max_length: int) -> None:
+    """Refuses ``model.max_length`` above the model's position limit before anything trains
+    (past it, the position embeddings fail with a tensor-size error mid-training).
+
+    Raises:
+        TunesmithError: naming both numbers.
+    """
+    found = position_limit(resolved, tokenizer)
+    if found is not None and max_length > found[0]:
+        limit, source = found
+        raise TunesmithError(
+            f"model.max_length={max_length} is above {limit}, {source} ({resolved.location}): "
+            f"set model.max_length to {limit} or less"
+        )
 
 
 def _load_failed(resolved: ResolvedModel, error: Exception) -> TunesmithError:
@@ -160,13 +301,18 @@ def _load_failed(resolved: ResolvedModel, error: Exception) -> TunesmithError:
     )
 
 
-def load_tokenizer(resolved: ResolvedModel):
+def load_tokenizer(resolved: ResolvedModel, *, max_length: int | None = None):
+    """The model's tokenizer; with ``max_length`` (model.max_length), first checks that the model
+    takes sequences that long (see check_max_length)."""
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(resolved.location)
+        tokenizer = AutoTokenizer.from_pretrained(resolved.location)
     except (OSError, ValueError) as error:
         raise _load_failed(resolved, error) from None
+    if max_length is not None:
+        check_max_length(resolved, tokenizer, max_length)
+    return tokenizer
 
 
 def _load_with_head(auto_class, resolved: ResolvedModel, *, label_names: list[str], dropout: float | None, **options):

@@ -7,7 +7,8 @@ Every export:
   else its validation split) and records the largest logit difference and how often the
   predicted labels agree (``parity.json``);
 - is written to a temporary directory and renamed into place only if parity holds, so a
-  failed export leaves nothing behind.
+  failed export leaves nothing behind. An int8 model below ``min_agreement`` is the exception:
+  it is left out, with a warning in the log and in ``parity.json``, and the fp32 model ships.
 
 The export directory also holds the tokenizer and ``tunesmith.json`` (task, labels, max
 length, text normalisation, temperature), everything ``tunesmith serve`` needs without the run.
@@ -16,7 +17,9 @@ length, text normalisation, temperature), everything ``tunesmith serve`` needs w
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +149,19 @@ def _image_scorers(run, task, model, rows: int | None):
     return len(features), split, torch_scores, onnx_scores, export_onnx, quantize
 
 
+def int8_refused(name: str, figures: dict[str, Any], min_agreement: float, split: str) -> str:
+    """The warning for an int8 model left out of an export, with what to do about it."""
+    agreement = figures["label_agreement"]
+    lower = math.floor(agreement * 100) / 100
+    return (
+        f"{name} was not kept: its label agreement with the PyTorch model, {agreement:.4f} on {figures['rows']} "
+        f"{split} rows, is below --min-agreement {min_agreement}. The parity-checked fp32 model.onnx is exported "
+        f"and is what serve runs. To ship int8 anyway, export again with --min-agreement {lower} if that agreement "
+        "is enough for you, or quantize model.onnx statically (onnxruntime.quantization.quantize_static) "
+        "calibrated on more of your training rows"
+    )
+
+
 def _export_onnx(model, tokenizer, path: Path) -> None:
     import warnings
 
@@ -171,10 +187,11 @@ def export(run_dir: str | Path, out: str | Path, *, fmt: str, quantize: str | No
         fmt: "hf" or "onnx".
         quantize: "int8" (onnx only): also write a dynamically quantized model, the default for serving.
         rows: check parity on at most this many held-out rows (None: all).
-        min_agreement: the smallest label agreement an int8 model may have.
+        min_agreement: the smallest label agreement an int8 model may have; below it the int8
+            model is left out (report["warnings"] says why) and the fp32 model is exported.
 
     Raises:
-        TunesmithError: hashes do not match, the task cannot be exported, or parity fails.
+        TunesmithError: hashes do not match, the task cannot be exported, or fp32 parity fails.
     """
     from tunesmith.api import _load_for_inference, _temperature
 
@@ -184,10 +201,9 @@ def export(run_dir: str | Path, out: str | Path, *, fmt: str, quantize: str | No
         raise TunesmithError(f"--quantize {quantize!r}: only int8 is supported")
     if quantize and fmt != "onnx":
         raise TunesmithError("--quantize int8 applies to --format onnx")
-    out = Path(out)
-    if out.exists():
-        raise TunesmithError(f"{out} already exists; choose a new --out")
-    from tunesmith.runs import RunDir
+    from tunesmith.runs import RunDir, claim_output
+
+    out = claim_output(out, kind="dir", what="--out")  # new or empty, and not inside a run's model
 
     RunDir.open(run_dir).verify_hashes()  # before anything of it is loaded
     run, config, task, model, tokenizer = _load_for_inference(run_dir)
@@ -224,9 +240,9 @@ def export(run_dir: str | Path, out: str | Path, *, fmt: str, quantize: str | No
 
     log(f"Checking the export on {count} rows of the run's {split} split")
     reference = torch_scores(model)
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))  # a fresh name: nothing else is removed
+    tmp.chmod(out.parent.stat().st_mode & 0o777)  # mkdtemp makes it private; give it its folder's permissions
     report: dict[str, Any] = {"run": str(run.path), "format": fmt, "split": split, "models": {}}
     try:
         tokenizer.save_pretrained(tmp)
@@ -255,7 +271,11 @@ def export(run_dir: str | Path, out: str | Path, *, fmt: str, quantize: str | No
         for name, figures in report["models"].items():
             quantized = "int8" in name
             floor = min_agreement if quantized else FP32_MIN_AGREEMENT
-            if figures["label_agreement"] < floor:
+            if quantized and figures["label_agreement"] < floor:  # the fp32 model still ships
+                (tmp / name).unlink()
+                default, figures["kept"] = "model.onnx", False
+                report["warnings"] = [int8_refused(name, figures, min_agreement, split)]
+            elif figures["label_agreement"] < floor:
                 failures.append(f"{name}: label agreement {figures['label_agreement']:.4f} < {floor}")
             if not quantized and figures["max_logit_difference"] > FP32_MAX_LOGIT_DIFFERENCE:
                 failures.append(f"{name}: logits differ by up to {figures['max_logit_difference']:.2e} "
@@ -264,6 +284,8 @@ def export(run_dir: str | Path, out: str | Path, *, fmt: str, quantize: str | No
                 f"{figures['max_logit_difference']:.2e} on {figures['rows']} rows")  # fmt: skip
         if failures:
             raise TunesmithError("export refused, parity failed: " + "; ".join(failures))
+        for warning in report.get("warnings", []):
+            log(f"WARNING: {warning}")
         (tmp / "tunesmith.json").write_text(json.dumps({
             "task": task.to_dict(), "max_length": max_length, "format": fmt, "model": default,
             "temperature": _temperature(run) if task.type == "single_label" else None,

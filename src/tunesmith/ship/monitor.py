@@ -91,13 +91,16 @@ def read_live(path: Path, text_column: str | None) -> list[str]:
 def monitor(run_dir: str | Path, live_path: str | Path, out: str | Path, *, text_column: str | None = None,
             max_rows: int = 2000, log=print) -> dict[str, Any]:  # fmt: skip
     """Compares live inputs and predictions with the run's reference; writes ``out/monitor.json``
-    and ``out/monitor.html``. ``report["drift"]`` is True when any check passes its threshold."""
+    and ``out/monitor.html`` (``out`` must be new or empty: an earlier report is never replaced).
+    ``report["drift"]`` is True when any check passes its threshold."""
     import pandas as pd
     from scipy.stats import ks_2samp
 
     from tunesmith.models.embed import mean_pooled
+    from tunesmith.runs import atomic_write, claim_output
     from tunesmith.ship.serve import Predictor
 
+    out = claim_output(out, kind="dir", what="--out")  # before the model loads
     predictor = Predictor(run_dir)
     if predictor.metadata["kind"] != "run":
         raise TunesmithError(f"{run_dir}: monitor needs the run directory (its training data is the reference)")
@@ -160,15 +163,14 @@ def monitor(run_dir: str | Path, live_path: str | Path, out: str | Path, *, text
     report = {"run": str(run.path), "live": str(live_path), "reference_split": held_split, "rows": {"reference": len(held),
               "live": len(live)}, "checks": checks, "drift": any(c["drift"] for c in checks.values()),
               "drifted": [n for n, c in checks.items() if c["drift"]]}  # fmt: skip
-    out = Path(out)
+    page = _html(report, ref_lengths, live_lengths, ref_labels, live_labels, ref_conf, live_conf, label_names)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "monitor.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
-    _html(out / "monitor.html", report, ref_lengths, live_lengths, ref_labels, live_labels, ref_conf, live_conf,
-          label_names)  # fmt: skip
+    atomic_write(out / "monitor.json", json.dumps(report, indent=2))
+    atomic_write(out / "monitor.html", page)
     return report
 
 
-def _html(path: Path, report, ref_lengths, live_lengths, ref_labels, live_labels, ref_conf, live_conf, names) -> None:
+def _html(report, ref_lengths, live_lengths, ref_labels, live_labels, ref_conf, live_conf, names) -> str:
     from tunesmith.evaluate.html import _figure, page, table
 
     def lengths(axes):
@@ -207,4 +209,4 @@ def _html(path: Path, report, ref_lengths, live_lengths, ref_labels, live_labels
             axes.legend()
 
         parts += ["<h2>Predicted labels</h2>", _figure(labels), "<h2>Confidence</h2>", _figure(confidence)]
-    path.write_text(page("tunesmith monitor", parts), encoding="utf-8")
+    return page("tunesmith monitor", parts)

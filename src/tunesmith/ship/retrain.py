@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,11 @@ from tunesmith.errors import TunesmithError
 
 
 def next_version(run: Path) -> Path:
-    """``name-vN`` beside ``run`` with the first N (from 2) that does not exist yet."""
+    """``name-vN`` beside ``run`` with the first N (from 2) that does not exist yet, nor its
+    ``name-vN-data`` folder."""
     stem = re.sub(r"-v\d+$", "", run.name)
     version = 2
-    while (run.parent / f"{stem}-v{version}").exists():
+    while (run.parent / f"{stem}-v{version}").exists() or (run.parent / f"{stem}-v{version}-data").exists():
         version += 1
     return run.parent / f"{stem}-v{version}"
 
@@ -37,11 +39,14 @@ def retrain(run_dir: str | Path, data: str | Path, *, old_share: float = 0.5, ou
     from tunesmith.config import config_from_dict, load_config
     from tunesmith.data.prepare import load_examples
     from tunesmith.data.split import split_frame
-    from tunesmith.runs import RunDir
+    from tunesmith.runs import RunDir, claim_output
 
     if not 0 <= old_share < 1:
         raise TunesmithError(f"--mix old={old_share}: the old share must be at least 0 and below 1")
     run = RunDir.open(run_dir)
+    target = claim_output(out if out is not None else next_version(run.path), kind="dir", what="--out", run=True)
+    staging = claim_output(target.with_name(f"{target.name}-data"), kind="dir", what="--out",
+                           note="retrain writes the new run's data files there")  # fmt: skip
     if not (run.path / "metrics.json").is_file():
         raise TunesmithError(f"{run.path} has not finished; retrain continues from a finished run")
     run.verify_hashes()
@@ -66,11 +71,7 @@ def retrain(run_dir: str | Path, data: str | Path, *, old_share: float = 0.5, ou
         raise TunesmithError(
             f"the retraining mix has no rows of {missing}: add them to the new data or raise --mix old"
         )
-    target = Path(out) if out is not None else next_version(run.path)
-    if target.exists():
-        raise TunesmithError(f"{target} already exists; choose a new --out")
-    staging = target.with_name(f"{target.name}-data")  # the files the new run's config.yaml names
-    staging.mkdir(parents=True, exist_ok=True)
+    staging.mkdir(parents=True, exist_ok=True)  # the files the new run's config.yaml names
     files = {
         "train": staging / "train.parquet",
         "validation": staging / "validation.parquet",
@@ -84,7 +85,11 @@ def retrain(run_dir: str | Path, data: str | Path, *, old_share: float = 0.5, ou
     tree["data"].update(train=str(files["train"]), validation=str(files["validation"]), test=str(files["test"]),
                         text_column="text", label_column="label", column_names=None, max_rows=None, slice_column=None)  # fmt: skip
     tree["runtime"]["output_dir"] = str(target)
-    result = api.train(config_from_dict(tree, f"retrain of {run.path}"), console=console)
+    try:
+        result = api.train(config_from_dict(tree, f"retrain of {run.path}"), console=console)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # only its own files: the same command can run again
+        raise
     old_test = run.data_dir / "test.parquet"
     metric = config.train.metric or task.default_metric[0]
     scores = {}
@@ -92,7 +97,7 @@ def retrain(run_dir: str | Path, data: str | Path, *, old_share: float = 0.5, ou
         scores[name] = {}
         for split, file in (("old_test", old_test), ("new_test", files["test"])):
             if file.is_file():
-                evaluated = api.evaluate(path, file)
+                evaluated = api.evaluate(path, file, log=lambda message: None)  # both named test: test-2.json
                 scores[name][split] = {metric: evaluated[metric], "accuracy": evaluated["accuracy"],
                                        "interval": evaluated.get("confidence_intervals", {}).get(metric)}  # fmt: skip
     new_gain = scores["retrained"]["new_test"][metric] - scores["deployed"]["new_test"][metric]

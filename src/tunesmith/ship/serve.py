@@ -4,7 +4,8 @@
 - ``GET /health``, ``GET /metadata`` (model, labels, metrics, data hash), ``GET /metrics``
   (Prometheus text format);
 - bodies over ``max_body_bytes`` and batches over ``max_batch`` get 413, malformed bodies 422,
-  both with a ``detail`` that says what is wrong; with an API key, requests without it get 401;
+  both with a ``detail`` that says what is wrong; with an API key, requests without it get 401
+  (``/docs``, ``/redoc`` and ``/openapi.json`` included; ``/health`` stays open);
 - requests that arrive together are batched: one worker runs the model; whatever queued while
   it ran (up to ``max_batch`` texts, after an optional ``batch_window_ms`` wait) goes into the
   next call;
@@ -14,8 +15,10 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import json
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -100,6 +103,9 @@ class Predictor:
         else:
             from transformers import AutoModelForSequenceClassification
 
+            from tunesmith.models.load import check_weights
+
+            check_weights(source, "export the run again")
             self.model, self.session = AutoModelForSequenceClassification.from_pretrained(source).eval(), None
             self.backend = "torch"
         parity = (
@@ -268,7 +274,9 @@ def create_app(source: str | Path, *, api_key: str | None = None, max_batch: int
         yield
         await batcher.stop()
 
-    app = FastAPI(title="tunesmith", lifespan=lifespan)
+    # With a key, the schema and its viewers need it too (they describe the private API).
+    public_docs = {} if api_key is None else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(title="tunesmith", lifespan=lifespan, **public_docs)
     app.state.predictor, app.state.stats = predictor, stats
 
     def refuse(status: int, detail: Any) -> JSONResponse:
@@ -287,6 +295,27 @@ def create_app(source: str | Path, *, api_key: str | None = None, max_batch: int
     @app.get("/health")
     async def health():
         return {"status": "ok", "backend": predictor.backend}
+
+    if api_key is not None:
+        from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+
+        @app.get("/openapi.json", include_in_schema=False)
+        async def openapi(request: Request):
+            if not authorised(request):
+                return refuse(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)")
+            return JSONResponse(app.openapi())
+
+        @app.get("/docs", include_in_schema=False)
+        async def docs(request: Request):
+            if not authorised(request):
+                return refuse(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)")
+            return get_swagger_ui_html(openapi_url="/openapi.json", title="tunesmith")
+
+        @app.get("/redoc", include_in_schema=False)
+        async def redoc(request: Request):
+            if not authorised(request):
+                return refuse(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)")
+            return get_redoc_html(openapi_url="/openapi.json", title="tunesmith")
 
     @app.get("/metadata")
     async def metadata(request: Request):
@@ -342,6 +371,36 @@ def serve(source: str | Path, *, host: str = "127.0.0.1", port: int = 8000, log=
 
     if host not in ("127.0.0.1", "localhost", "::1") and options.get("api_key") is None:
         log(f"WARNING: serving on {host} without an API key: anyone who can reach this port can use the model")
-    app = create_app(source, **options)
-    log(f"Serving {app.state.predictor.metadata['source']} ({app.state.predictor.backend}) on http://{host}:{port}")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    sock = bind(host, port)  # before the model loads: a taken port fails fast, and stays ours
+    try:
+        app = create_app(source, **options)
+        log(f"Serving {app.state.predictor.metadata['source']} ({app.state.predictor.backend}) on "
+            f"http://{host}:{port}")  # fmt: skip
+        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run(sockets=[sock])
+    finally:
+        sock.close()
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (what uvicorn would open).
+
+    Raises:
+        TunesmithError: the port is taken, or the host is not an address of this machine.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as error:
+        raise TunesmithError(f"--host {host}: not a name or address this machine resolves ({error})") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a closed port in TIME_WAIT is free
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise TunesmithError(f"port {port} on {host} is in use; choose another with --port") from None
+        raise TunesmithError(f"cannot listen on {host}:{port} ({error.strerror}); choose another --host or "
+                             "--port (ports below 1024 need administrator rights)") from None  # fmt: skip
+    sock.set_inheritable(True)
+    return sock

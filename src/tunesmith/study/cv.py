@@ -21,6 +21,7 @@ import pandas as pd
 
 from tunesmith.config import Config, config_from_dict
 from tunesmith.errors import TunesmithError
+from tunesmith.runs import claim_output
 
 GENERATIVE = ("causal_lm", "seq2seq")
 
@@ -136,13 +137,11 @@ def run_cv(config: Config, out: Path, *, folds: int | None = None, console=None,
             f"data.test={config.data.test!r}: cross-validation tests every fold on its own held-out rows; "
             "remove data.test (or evaluate that file with `tunesmith evaluate` afterwards)"
         )
-    out = Path(out)
-    if out.exists():
-        raise TunesmithError(f"CV directory {out} already exists; choose a new --out")
+    out = claim_output(out, kind="dir", what="--out")
     task = _task_for(config)
     frame = _load(config, task)
     fold = assign_folds(frame, k, seed=config.runtime.seed, stratify=task.type == "single_label")
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)  # new, or empty as claimed
     frame.assign(fold=fold).to_parquet(out / "folds.parquet", index=False)
     log = (lambda message: console.print(message, markup=False, highlight=False)) if console else print
     results = []

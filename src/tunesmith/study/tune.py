@@ -8,6 +8,7 @@ marked failed and run again) and several worker processes can share it.
 
 Study directory::
 
+    tune_config.yaml    the study's config; `--out` resumes only a folder that holds one
     study.db            Optuna storage (unless tune.storage names another)
     trials/trial-NNN/   the run (or CV) directory of each trial
     best.yaml           the best trial's config, ready for `tunesmith train`
@@ -29,6 +30,7 @@ import yaml
 
 from tunesmith.config import Config, SearchParameter, config_from_dict, dump_config
 from tunesmith.errors import TunesmithError
+from tunesmith.runs import claim_output
 from tunesmith.train.callbacks import Callback
 
 HEARTBEAT_SECONDS = 5
@@ -136,11 +138,21 @@ class PruningReporter(Callback):
 
 def _storage(config: Config, directory: Path):
     optuna = _optuna()
+    from sqlalchemy.exc import SQLAlchemyError
+
     url = config.tune.storage or f"sqlite:///{(directory / 'study.db').resolve()}"
-    return optuna.storages.RDBStorage(
-        url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-    )  # fmt: skip
+    try:
+        return optuna.storages.RDBStorage(
+            url, heartbeat_interval=HEARTBEAT_SECONDS, grace_period=GRACE_SECONDS,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+        )  # fmt: skip
+    except (SQLAlchemyError, ImportError, ValueError) as error:  # no driver, unreachable, not a database
+        key = f"tune.storage={config.tune.storage!r}" if config.tune.storage else f"the study database {url}"
+        raise TunesmithError(
+            f"{key} cannot be opened: {str(error).splitlines()[0]}. Give a reachable database URL "
+            "(sqlite:///path/study.db, postgresql://user@host/db with its driver installed) or leave tune.storage "
+            "unset for SQLite in the study directory"
+        ) from None
 
 
 def _sampler(config: Config, worker: int = 0):
@@ -262,8 +274,10 @@ def run_tune(config: Config, directory: Path, *, workers: int = 1, console=None,
     """
     check(config)
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     saved = directory / "tune_config.yaml"
+    if not saved.is_file():  # only a folder this command started (its tune_config.yaml) is resumed
+        claim_output(directory, kind="dir", what="--out", note="no study to resume in it: no tune_config.yaml")
+    directory.mkdir(parents=True, exist_ok=True)
     if saved.exists():
         if yaml.safe_load(saved.read_text(encoding="utf-8")) != yaml.safe_load(dump_config(config)):
             raise TunesmithError(

@@ -207,6 +207,13 @@ def generation_prompt(tokenizer, messages: list[dict], chat_template: str | None
     return _render(tokenizer, messages[:last], chat_template, add_generation_prompt=True), messages[last]["content"]
 
 
+def prompt_side(messages: list[dict]) -> str:
+    """The turns before the last assistant turn as ``role: content`` lines: what the model is
+    given before the completion it is scored on."""
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages[:last])
+
+
 # -- batches ------------------------------------------------------------------------------------
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
     """First-fit decreasing: indices grouped into rows of at most ``capacity`` tokens."""
@@ -333,6 +340,10 @@ class CausalLMTask:
             model, features, batch_size,
             lambda batch: token_losses(model, collate_lm(batch, pad_token_id), device)[0],
         )  # fmt: skip
+
+    def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
+        """Each record's prompt side: its turns before the last assistant turn, as role: content lines."""
+        return [prompt_side(json.loads(m)) for m in frame["messages"]]
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, "loss_on": self.loss_on, "packing": self.packing, "label_names": []}

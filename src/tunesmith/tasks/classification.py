@@ -27,6 +27,38 @@ PROBLEM_TYPES = {
 }
 
 
+def _label_kind(value: Any) -> str:
+    """What a raw label value is, in words: text, number, boolean, list, dict (or its type)."""
+    if isinstance(value, (bool, np.bool_)):
+        return "boolean"
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return "number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, dict):
+        return "dict"
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return "list"
+    return type(value).__name__
+
+
+def _shown(value: Any) -> str:
+    text = repr(value.tolist() if isinstance(value, np.ndarray) else value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _looks_continuous(names: set[str]) -> bool:
+    """Whether class names are all numbers and some have decimals (regression targets?)."""
+    try:
+        values = [float(n) for n in names]
+    except ValueError:
+        return False
+    return any(np.isfinite(v) and not float(v).is_integer() for v in values)
+
+
+REGRESSION_HINT = "did you mean task.type: regression?"
+
+
 def _sort_labels(values: set[str]) -> list[str]:
     """Numeric labels sort as numbers ("2" before "10"), others alphabetically."""
     try:
@@ -87,9 +119,79 @@ class TextClassificationTask:
 
         return [split(v) for v in labels]
 
-    def normalise_labels(self, labels: pd.Series) -> pd.Series:
+    def check_labels(self, labels: pd.Series, source: str, rows: list[int] | None = None) -> None:
+        """Refuses label values that cannot be what the task learns, naming the row (``rows``:
+        each value's 1-based data row in ``source``; by default its position).
+
+        single_label: one text or whole number per row; multi_label: text (``a|b``) or a list of
+        them; regression: a finite number. Lists, dicts and booleans are refused, and so is a
+        column that mixes text with numbers ("1" and 1 would silently become one class).
+
+        Raises:
+            TunesmithError: the first bad value, with its row and what to do.
+        """
+        rows = list(rows) if rows is not None else list(range(1, len(labels) + 1))
+        if self.type == "regression":
+            for row, value in zip(rows, labels.tolist()):
+                self._check_target(value, f"{source}, row {row}")
+            return
+        first: dict[str, tuple[int, Any]] = {}  # kind of scalar label -> its first row and value
+        for row, value in zip(rows, labels.tolist()):
+            where = f"{source}, row {row}"
+            kind = _label_kind(value)
+            if kind == "list" and self.type == "multi_label":
+                for item in value:
+                    self._check_class(item, where, f"label {_shown(item)} in {_shown(value)}")
+                    first.setdefault(_label_kind(item), (row, item))
+                continue
+            self._check_class(value, where, f"label {_shown(value)}")
+            first.setdefault(kind, (row, value))
+        if len(first) > 1:
+            (kind, (row, value)), (other, (other_row, other_value)) = sorted(first.items(), key=lambda k: k[1][0])[:2]
+            words = {"text": "text", "number": "a number"}
+            raise TunesmithError(
+                f"{source}, row {other_row}: label {_shown(other_value)} is {words[other]}, but row {row}'s label "
+                f"{_shown(value)} is {words[kind]}; one label column must hold one kind of value (\"1\" and 1 "
+                "would become one class): write every label the same way, e.g. all as text"
+            )
+
+    def _check_class(self, value: Any, where: str, what: str) -> None:
+        kind = _label_kind(value)
+        several = "several labels per row need task.type: multi_label" if self.type == "single_label" else (
+            "a multi_label row holds text such as \"a|b\" or a list of texts")  # fmt: skip
+        if kind in ("list", "dict"):
+            raise TunesmithError(f"{where}: {what} is a {kind}, not a class name ({several})")
+        if kind == "boolean":
+            raise TunesmithError(f"{where}: {what} is a boolean; write the classes as text (e.g. \"yes\"/\"no\") "
+                                 "or as 0/1, the same way in every row")  # fmt: skip
+        if kind == "number" and not np.isfinite(value):
+            raise TunesmithError(f"{where}: {what} is not a finite number, not a class name")
+        if kind == "number" and not float(value).is_integer():
+            raise TunesmithError(f"{where}: {what} is a number with decimals, not a class name; {REGRESSION_HINT}")
+        if kind not in ("text", "number"):
+            raise TunesmithError(f"{where}: {what} is a {kind}, not a class name")
+
+    @staticmethod
+    def _check_target(value: Any, where: str) -> None:
+        kind = _label_kind(value)
+        if kind in ("boolean", "list", "dict"):
+            raise TunesmithError(f"{where}: regression target {_shown(value)} is a {kind}, not a number")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise TunesmithError(f"{where}: regression target {_shown(value)} is not a number") from None
+        if not np.isfinite(number):
+            raise TunesmithError(f"{where}: regression target {_shown(value)} is not a finite number "
+                                 "(NaN and infinity cannot be learned); fix or drop the row")  # fmt: skip
+
+    def normalise_labels(self, labels: pd.Series, *, source: str = "the labels", rows: list[int] | None = None) -> pd.Series:
         """Canonical label values (strings; sorted joined sets for multi-label), for
-        cleaning, splitting and stratification."""
+        cleaning, splitting and stratification, after :meth:`check_labels`.
+
+        Raises:
+            TunesmithError: a label the task cannot learn, naming ``source`` and the row.
+        """
+        self.check_labels(labels, source, rows)
         if self.type == "multi_label":
             return pd.Series(
                 [self.label_separator.join(sorted(set(s))) for s in self._label_sets(labels)],
@@ -126,13 +228,12 @@ class TextClassificationTask:
             TunesmithError: a label that the training split does not have, or a bad number.
         """
         if self.type == "regression":
-            values = pd.to_numeric(labels, errors="coerce")
-            if values.isna().any():
-                row = int(values.isna().to_numpy().nonzero()[0][0])
-                raise TunesmithError(
-                    f"{source}: regression target {labels.iloc[row]!r} at row {row + 1} is not a number"
-                )
-            return values.astype(float).tolist()
+            values = pd.to_numeric(labels, errors="coerce").astype(float)
+            bad = ~np.isfinite(values.to_numpy())
+            if bad.any():  # check_labels names the file's row; here only the position is known
+                position = int(bad.nonzero()[0][0])
+                self._check_target(labels.iloc[position], f"{source}, position {position + 1}")
+            return values.tolist()
         index = {name: i for i, name in enumerate(self.label_names)}
         if self.type == "multi_label":
             sets = self._label_sets(labels)
@@ -141,9 +242,11 @@ class TextClassificationTask:
             sets = [[str(v)] for v in labels]
             unknown = sorted({s[0] for s in sets} - index.keys())
         if unknown:
+            hint = f"; the labels are numbers with decimals: {REGRESSION_HINT}" if _looks_continuous(
+                set(unknown) | set(self.label_names)) else ""  # fmt: skip
             raise TunesmithError(
                 f"{source}: labels {unknown} do not occur in the training data "
-                f"(known: {self.label_names}); the model could never predict them"
+                f"(known: {self.label_names}); the model could never predict them{hint}"
             )
         if self.type == "single_label":
             return [index[s[0]] for s in sets]
@@ -237,6 +340,10 @@ class TextClassificationTask:
         )
         return metrics
 
+    def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
+        """What the model reads in each row of a split table (for the train/held-out overlap check)."""
+        return frame["text"].tolist()
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "type": self.type,
@@ -244,6 +351,14 @@ class TextClassificationTask:
             "threshold": self.threshold,
             "label_separator": self.label_separator,
         }
+
+
+def text_warning(text: str) -> dict[str, str]:
+    """``{"warning": ...}`` for a prediction row whose input text is empty or only whitespace
+    (its scores say what the model guesses with nothing to read), else nothing."""
+    if str(text).strip():
+        return {}
+    return {"warning": "empty text: there was nothing to read, so the scores only reflect the model's bias"}
 
 
 def encode_features(tokenizer, texts: list[str], targets: list | None, max_length: int) -> tuple[list[dict], int]:

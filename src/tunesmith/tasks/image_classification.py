@@ -352,5 +352,11 @@ class ImageClassificationTask(TextClassificationTask):
         plt.close(figure)
         return len(wrong)
 
+    def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
+        """Each image's content hash: the same picture under two names is the same input."""
+        from tunesmith.runs import sha256_file
+
+        return [sha256_file(Path(p)) for p in frame["path"]]
+
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.kind, "label_names": self.label_names, "image_size": self.image_size}

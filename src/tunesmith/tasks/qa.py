@@ -393,6 +393,10 @@ class QuestionAnsweringTask:
         return [{"question": q, "answer": a["text"], "start": a["start"], "end": a["end"], "score": a["score"],
                  "no_answer": a["no_answer"]} for q, a in zip(frame["question"], found)]  # fmt: skip
 
+    def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
+        """Each row's question with its context: the same question on another paragraph is a new input."""
+        return [f"{q}\n{c}" for q, c in zip(frame["question"], frame["context"])]
+
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, "label_names": [], "doc_stride": self.stride, "n_best": self.n_best,
                 "max_answer_length": self.max_answer_length, "no_answer_threshold": self.no_answer_threshold,

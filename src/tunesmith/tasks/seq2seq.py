@@ -146,5 +146,9 @@ class Seq2SeqTask:
         model.train(was_training)
         return out
 
+    def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
+        """Each pair's source text (for the train/held-out overlap check)."""
+        return frame["source"].tolist()
+
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, "prefix": self.prefix, "label_names": []}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,18 @@ def check_tags(tags: list[str], scheme: str, where: str) -> None:
                                  f"(expected O or {'/'.join(sorted(allowed))}-TYPE)")  # fmt: skip
 
 
+def fix_inside_starts(tags: list[str]) -> tuple[list[str], list[int]]:
+    """IOB2 tags with every entity that starts with I- (after O, another type, or at the start)
+    started with B- instead, and the word positions that were changed."""
+    fixed, changed = list(tags), []
+    for position, tag in enumerate(tags):
+        prefix, kind = _split(tag)
+        if prefix == "I" and (position == 0 or _split(tags[position - 1])[1] != kind):
+            fixed[position] = f"B-{kind}"
+            changed.append(position)
+    return fixed, changed
+
+
 def iob2_to_bioes(tags: list[str]) -> list[str]:
     out = []
     for i, tag in enumerate(tags):
@@ -79,12 +92,26 @@ def bioes_to_iob2(tags: list[str]) -> list[str]:
 
 # -- reading --------------------------------------------------------------------------------------------
 def read_conll(path: Path) -> list[dict]:
+    """Sentences of a CoNLL file; ``where`` names the line of the sentence's first word (the
+    words follow on consecutive lines).
+
+    Raises:
+        TunesmithError: not UTF-8, a line without a tag, or a control character (columns are
+            split on whitespace, so replacing one could shift them), naming the line.
+    """
+    from tunesmith.data.load import CONTROL_CHARACTERS, NUL_HINT
+
     sentences, tokens, tags, first = [], [], [], None
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8").split("\n")
     except UnicodeDecodeError as error:
         raise TunesmithError(f"{path}: not UTF-8 text (offset {error.start})") from None
     for number, line in enumerate(lines + [""], 1):
+        bad = CONTROL_CHARACTERS.search(line)
+        if bad:
+            hint = NUL_HINT if bad.group() == "\0" else "remove it (CoNLL columns are split on whitespace)"
+            raise TunesmithError(f"{path}, line {number}: holds the control character \\x{ord(bad.group()):02x}; "
+                                 f"{hint}")  # fmt: skip
         parts = line.split()
         if not parts or parts[0] == "-DOCSTART-":
             if tokens:
@@ -103,13 +130,13 @@ def words_with_offsets(text: str) -> list[tuple[str, int, int]]:
     return [(m.group(), m.start(), m.end()) for m in WORD.finditer(text)]
 
 
-def _read_jsonl(path: Path, fmt: str) -> list[dict]:
-    from tunesmith.data.load import jsonl_records
+def _read_jsonl(path: Path, fmt: str, counts: Counter | None = None) -> list[dict]:
+    from tunesmith.data.load import jsonl_records, record_error
 
     sentences = []
-    for where, record in jsonl_records(path):
+    for where, record in jsonl_records(path, counts=counts):
         if not isinstance(record, dict):
-            raise TunesmithError(f"{where}: expected a JSON object")
+            raise record_error(where, record)
         if fmt == "tokens":
             tokens, tags = record.get("tokens"), record.get("tags")
             if not isinstance(tokens, list) or not isinstance(tags, list) or len(tokens) != len(tags) or not tokens:
@@ -146,17 +173,39 @@ def detect_format(path: Path, wanted: str) -> str:
         return wanted
     if path.suffix.lower() != ".jsonl":
         return "conll"
-    for line in path.read_text(encoding="utf-8").splitlines():
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError:
+        return "tokens"  # the reader names the offset
+    for line in lines:
         if line.strip():
             try:
-                return "tokens" if "tokens" in json.loads(line) else "spans"
+                record = json.loads(line, strict=False)
             except json.JSONDecodeError:
                 return "spans"  # the reader names the line
+            return "tokens" if isinstance(record, dict) and "tokens" in record else "spans"
     return "tokens"
 
 
-def load_sentences(spec: str, config, scheme: str) -> tuple[pd.DataFrame, dict]:
-    """One table (tokens, tags, where) for a file, in the training tag scheme."""
+def _word_where(sentence: dict, position: int, fmt: str) -> str:
+    """Where a word is: its own line in a CoNLL file, else the record's line and word number."""
+    if fmt == "conll":
+        path, _, line = sentence["where"].rpartition(", line ")
+        return f"{path}, line {int(line) + position}"
+    return f"{sentence['where']} (word {position + 1})"
+
+
+def load_sentences(spec: str, config, scheme: str, invalid_tags: str = "convert") -> tuple[pd.DataFrame, dict]:
+    """One table (tokens, tags, where) for a file, in the training tag scheme.
+
+    Args:
+        invalid_tags: an IOB2 entity that starts with I- is started with B- and counted, with a
+            note naming the lines ("convert"), or refused with its line ("error").
+
+    Raises:
+        TunesmithError: a missing or malformed file, a tag outside the scheme, naming the line.
+    """
+    from tunesmith.data.load import describe_characters
     from tunesmith.runs import sha256_file
 
     path = Path(spec)
@@ -164,18 +213,44 @@ def load_sentences(spec: str, config, scheme: str) -> tuple[pd.DataFrame, dict]:
         raise TunesmithError(f"Data file not found: {path}")
     wanted = config.format if config.format in ("conll", "tokens", "spans") else "auto"
     fmt = detect_format(path, wanted)
-    sentences = read_conll(path) if fmt == "conll" else _read_jsonl(path, fmt)
+    control: Counter = Counter()
+    sentences = read_conll(path) if fmt == "conll" else _read_jsonl(path, fmt, control)
     if not sentences:
         raise TunesmithError(f"{path}: no sentences found")
     # Files carry task.tag_scheme, except spans (always IOB2); the model trains in tag_scheme.
     source_scheme = "iob2" if fmt == "spans" else scheme
+    converted: list[str] = []
     for sentence in sentences:
         check_tags(sentence["tags"], source_scheme, sentence["where"])
+        if source_scheme == "iob2":
+            fixed, changed = fix_inside_starts(sentence["tags"])
+            if changed and invalid_tags == "error":
+                tag = sentence["tags"][changed[0]]
+                raise TunesmithError(
+                    f"{_word_where(sentence, changed[0], fmt)}: tag {tag!r} starts an entity, but IOB2 starts "
+                    f"every entity with B- (B-{tag[2:]}); fix the file, or set task.invalid_tags=convert to start "
+                    "such entities with B-"
+                )
+            converted += [_word_where(sentence, p, fmt) for p in changed]
+            sentence["tags"] = fixed
         if source_scheme != scheme:
             sentence["tags"] = iob2_to_bioes(sentence["tags"]) if scheme == "bioes" else bioes_to_iob2(sentence["tags"])
     frame = pd.DataFrame(sentences)
+    cleaning = {"sentences": len(frame), "words": int(frame["tokens"].map(len).sum())}
+    notes = []
+    if converted:
+        cleaning["inside_starts_converted"] = len(converted)
+        more = f" and {len(converted) - 5} more" if len(converted) > 5 else ""
+        notes.append(f"{len(converted)} entities started with I- instead of B- and were converted to B- "
+                     f"({'; '.join(converted[:5])}{more}); task.invalid_tags=error refuses such files")  # fmt: skip
+    if control:
+        cleaning["control_characters"] = sum(control.values())
+        notes.append(f"{path}: {sum(control.values())} control characters ({describe_characters(control)}) were "
+                     "replaced by spaces")  # fmt: skip
     entry = {"source": str(path), "sha256": sha256_file(path), "format": fmt, "replaced_characters": 0,
-             "cleaning": {"sentences": len(frame), "words": int(frame["tokens"].map(len).sum())}}  # fmt: skip
+             "cleaning": cleaning}  # fmt: skip
+    if notes:
+        entry["notes"] = notes
     return frame, entry
 
 
@@ -248,6 +323,8 @@ class TokenClassificationTask:
     tag_names: list[str] = field(default_factory=list)
     scheme: str = "iob2"
     all_subwords: bool = False
+    invalid_tags: str = "convert"
+    """IOB2 entities that start with I-: "convert" (to B-, with a warning) or "error"."""
     type: str = "token_classification"
     peft_task_type: str = "TOKEN_CLS"
     default_metric = ("f1", "max")
@@ -262,7 +339,7 @@ class TokenClassificationTask:
 
     # The stages the pipeline calls for a task that reads its own files.
     def load(self, spec: str, data_config) -> tuple[pd.DataFrame, dict]:
-        return load_sentences(spec, data_config, self.scheme)
+        return load_sentences(spec, data_config, self.scheme, self.invalid_tags)
 
     def fit(self, frame: pd.DataFrame) -> None:
         """The tag set: O first, then every tag of the training split."""
@@ -358,6 +435,10 @@ class TokenClassificationTask:
             tokens += int(keep.sum())
         metrics["loss"] = total / max(tokens, 1)
         return metrics
+
+    def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
+        """Each sentence's words, space-separated (for the train/held-out overlap check)."""
+        return [" ".join(tokens) for tokens in frame["tokens"]]
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, "label_names": self.tag_names, "tag_scheme": self.scheme,

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from tunesmith.config import Config
+from tunesmith.config import Config, TrainConfig
 from tunesmith.data.batching import epoch_batches
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import RunDir
@@ -25,9 +25,8 @@ from tunesmith.train import sharding, zero
 from tunesmith.train.callbacks import Callback, Throughput
 from tunesmith.train.checkpoint import (
     LoopState,
-    latest_checkpoint,
     load_best_weights,
-    load_checkpoint,
+    load_latest_checkpoint,
     pending_checkpoint,
     prepare_checkpoint,
     save_best_weights,
@@ -55,6 +54,35 @@ def plan_steps(num_batches: int, config: Config) -> tuple[int, int]:
     if config.train.max_steps is not None:
         total = min(total, config.train.max_steps) if config.train.num_epochs else config.train.max_steps
     return per_epoch, max(total, 1)
+
+
+def _finite(value: Any) -> bool:
+    """False for a NaN or infinite float, or a float tensor or list holding one."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, torch.Tensor):
+        return not value.is_floating_point() or bool(torch.isfinite(value).all())
+    if isinstance(value, (list, tuple)):
+        return all(_finite(v) for v in value if isinstance(v, (float, list, tuple)))
+    return True
+
+
+def non_finite_loss(loss: float, step: int, train: TrainConfig, features: list[dict]) -> str:
+    """The message for a NaN or infinite training loss: the step's own rows when they hold a
+    non-finite number (a target, a feature), else the optimisation settings to check. It
+    promises nothing about the run directory: what happens to it is the caller's business."""
+    bad = sorted({key for feature in features for key, value in feature.items() if not _finite(value)})
+    if bad:
+        return (
+            f"the training loss became {loss} at step {step}: the step's rows hold non-finite values (NaN or "
+            f"infinity) in {', '.join(bad)}; remove or fix those rows in the training data (for regression, "
+            "every target must be a finite number)"
+        )
+    return (
+        f"the training loss became {loss} (not a finite number) at step {step}. Check the training data for "
+        f"extreme or non-finite values, then lower train.learning_rate (now {train.learning_rate}) or set "
+        f"train.max_grad_norm (now {train.max_grad_norm}); runtime.mixed_precision=fp16 can also overflow"
+    )
 
 
 @dataclass
@@ -149,15 +177,17 @@ def run_training(
     trainable_only = unfreezer is None
     state = LoopState()
     if resume:
-        checkpoint = latest_checkpoint(run.checkpoints_dir)
-        if checkpoint is not None:
-            state = load_checkpoint(
-                checkpoint,
-                model=accelerator.unwrap_model(model),
-                optimizer=None if deep else optimizer,
-                scheduler=scheduler,
-                sharded=sharded,
-            )
+        # The newest intact checkpoint: damaged ones are named in the log and skipped.
+        resumed = load_latest_checkpoint(
+            run.checkpoints_dir,
+            model=accelerator.unwrap_model(model),
+            optimizer=None if deep else optimizer,
+            scheduler=scheduler,
+            sharded=sharded,
+            log=log,
+        )
+        if resumed is not None:
+            checkpoint, state = resumed
             if deep:
                 zero.load_partitions(model, checkpoint)
             if main:
@@ -277,10 +307,8 @@ def run_training(
                 state.loss_since_log += step_loss
                 state.steps_since_log += 1
                 if not math.isfinite(step_loss):
-                    raise TunesmithError(
-                        f"the training loss became {step_loss} at step {state.step}; lower train.learning_rate "
-                        f"(now {tc.learning_rate}) or set train.max_grad_norm. Checkpoints so far are kept."
-                    )
+                    raise TunesmithError(non_finite_loss(step_loss, state.step, tc, [
+                        train_features[i] for b in window for i in b]))  # fmt: skip
 
                 logs = None
                 if state.step % rc.log_every_steps == 0 or state.step == total_steps:
