@@ -63,7 +63,7 @@ def test_ner_tokens_file_with_a_scalar_line(tmp_path):
 # -- NUL and other control characters ------------------------------------------------------------
 def test_nul_in_a_csv_is_refused_with_its_line(tmp_path):
     path = tmp_path / "t.csv"
-    path.write_bytes(b"text,label\nfine day,pos\n\"grim\x00 and cold\",neg\nwarm\x00,pos\n")
+    path.write_bytes(b'text,label\nfine day,pos\n"grim\x00 and cold",neg\nwarm\x00,pos\n')
     message = _error(read_table, str(path))
     assert "t.csv, line 3: holds a NUL byte" in message and "2 NUL bytes in all" in message and "tr -d" in message
     assert "UTF-16" not in message
@@ -77,7 +77,7 @@ def test_a_utf16_file_gets_a_hint(tmp_path):
 
 def test_inspect_mode_keeps_the_whole_text_of_a_nul_row(tmp_path):
     path = tmp_path / "t.csv"
-    path.write_bytes(b"text,label\n\"grim\x00 and cold\",neg\nfine,pos\n")
+    path.write_bytes(b'text,label\n"grim\x00 and cold",neg\nfine,pos\n')
     table = read_table(str(path), control_characters="keep")
     assert table.frame["text"].tolist() == ["grim\x00 and cold", "fine"]  # the C parser would keep only "grim"
     assert control_character_cells(table.frame) == [(0, "text", Counter({"\x00": 1}))]
@@ -89,7 +89,9 @@ def test_other_control_characters_become_spaces_and_are_counted(tmp_path):
     table = read_table(str(path))
     assert table.frame["text"].tolist() == ["fine", "bell  and [0m escape", "ok "]
     assert table.control_characters == 3
-    assert table.notes == [f"{path}: 3 control characters (\\x07, \\x0c, \\x1b) in data rows 2, 3 were replaced by spaces"]
+    assert table.notes == [
+        f"{path}: 3 control characters (\\x07, \\x0c, \\x1b) in data rows 2, 3 were replaced by spaces"
+    ]
     assert table.manifest_fields() == {"replaced_characters": 0, "control_characters": 3, "notes": table.notes}
 
 
@@ -249,3 +251,14 @@ def test_invalid_tags_is_a_task_option(tmp_path):
 def test_empty_texts_get_a_warning():
     assert text_warning("   \n")["warning"].startswith("empty text")
     assert text_warning("fine") == {}
+
+
+def test_question_answering_control_characters_keep_answer_offsets(tmp_path):
+    from tunesmith.tasks.qa import load_questions
+
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"question": "what?", "context": "a\\u0007b red .", "answers": {"text": ["red"], '
+                    '"answer_start": [4]}}\n', encoding="utf-8")  # fmt: skip
+    frame, entry = load_questions(str(path), None)
+    assert frame["context"].iat[0] == "a b red ." and frame["context"].iat[0][4:7] == "red"
+    assert entry["control_characters"] == 1 and "replaced by spaces" in entry["notes"][0]

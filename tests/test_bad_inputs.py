@@ -130,6 +130,12 @@ def _matches(root: Path, pattern: str) -> list[Path]:
 
 def _apply_edit(root: Path, edit: dict) -> None:
     (action, pattern), options = next(iter(edit.items())), dict(list(edit.items())[1:])
+    if action == "create":  # a new file, e.g. inside the copied run
+        path = root / pattern
+        assert not path.exists(), f"create {pattern}: it exists already"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(options["text"], encoding="utf-8")
+        return
     for path in _matches(root, pattern):
         if action == "truncate":
             data = path.read_bytes()

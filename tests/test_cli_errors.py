@@ -155,7 +155,8 @@ def test_existing_run_directory_is_left_untouched(tmp_path, tiny_model_dir, sent
     run.mkdir()
     (run / "sentinel.txt").write_text("precious results", encoding="utf-8")
     config = _config(tmp_path, tiny_model_dir, sentiment_csv)
-    _fails_cleanly(tmp_path, ["train", config], "Run directory", "already exists", "--resume")
+    result = _fails_cleanly(tmp_path, ["train", config], "Run directory", "already exists", "runtime.output_dir")
+    assert "--resume" not in result.output  # nothing in it to resume from
     assert sorted(p.name for p in run.iterdir()) == ["sentinel.txt"]
     assert (run / "sentinel.txt").read_text(encoding="utf-8") == "precious results"
 

@@ -144,17 +144,20 @@ def test_every_command_goes_through_the_one_place():
         assert "_guarded(" in inspect.getsource(command.callback), command.callback.__name__
 
 
-def test_installed_command_prints_no_traceback_for_an_internal_error(tmp_path):
-    """Outside the test runner: a bug (simulated by a broken run directory) gives exit 3, one line."""
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.yaml").write_text("data: {train: x.csv}\n", encoding="utf-8")
-    (run / "task.json").write_text('{"type": "single_label"}', encoding="utf-8")  # no label_names: a KeyError
-    env = dict(os.environ, TMPDIR=str(tempfile.gettempdir()))
-    command = [str(Path(sys.executable).with_name("tunesmith")), "train", "--resume", str(run)]
-    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
-    assert done.returncode in (2, 3), done.stderr
-    assert "Traceback" not in done.stderr and done.stderr.count("error:") == 1, done.stderr
+def test_real_process_prints_one_line_for_an_internal_error(tmp_path, _in_tmp):
+    """A real interpreter and terminal streams, not the test runner: exit 3, one line, the log."""
+    program = ("import sys, tunesmith.api as api\n"
+               "def broken(*args, **kwargs):\n    raise ZeroDivisionError('a bug')\n"
+               "api.predict = broken\nfrom tunesmith.cli import main\nsys.argv[0] = 'tunesmith'\nmain()\n")  # fmt: skip
+    env = dict(os.environ, TMPDIR=str(_in_tmp))
+    for debug in ([], ["--debug"]):
+        command = [sys.executable, "-c", program, *debug, "predict", "somewhere", "--text", "hello"]
+        done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+        assert done.returncode == 3, done.stderr
+        assert done.stdout == "" and done.stderr.count("error:") == 1, done.stderr
+        assert "ZeroDivisionError: a bug" in done.stderr
+        assert ("Traceback" in done.stderr) == bool(debug), done.stderr
+    assert len(list(_in_tmp.glob("tunesmith-error-*.log"))) == 1  # from the run without --debug
 
 
 # -- the write helpers ----------------------------------------------------------------------
@@ -244,6 +247,18 @@ def test_failed_run_without_a_checkpoint_is_removed_with_the_parents_it_made(tmp
     result = runner.invoke(app, ["train", str(config)])
     _one_line(result, 3, "RuntimeError: model went wrong", "no checkpoint yet", "was removed")
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["mine.txt"]  # runs/ went, the rest stays
+
+
+def test_ctrl_c_before_the_first_checkpoint_removes_the_run(tmp_path, tiny_model_dir, monkeypatch):
+    config = _write_config(tmp_path, tiny_model_dir, tmp_path / "run")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "_fit", interrupted)
+    result = runner.invoke(app, ["train", str(config)])
+    _one_line(result, 2, "interrupted; the run had no checkpoint yet", f"{tmp_path / 'run'} was removed")
+    assert "--resume" not in result.output and not (tmp_path / "run").exists()
 
 
 def test_existing_directory_suggests_resume_only_with_a_checkpoint(tmp_path):

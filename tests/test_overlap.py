@@ -12,7 +12,7 @@ from rich.console import Console
 
 import tunesmith
 from tests.conftest import sentiment_rows, tiny_config
-from tests.makers import alpaca_rows, image_folder, write_table
+from tests.makers import alpaca_rows, image_folder, qa_records, write_table
 from tunesmith.config import config_from_dict
 from tunesmith.data.overlap import find_overlap, overlap_warnings
 from tunesmith.data.prepare import prepare_data, prepare_records
@@ -102,6 +102,18 @@ def test_each_task_names_its_input_side(tmp_path):
                                     str(folder / "horizontal" / "1.png")]})  # fmt: skip
     hashes = ImageClassificationTask(type="single_label").overlap_inputs(images)
     assert hashes[0] == hashes[1] != hashes[2]
+
+
+def test_own_data_tasks_name_overlapping_rows_by_their_file_line(tmp_path):
+    train = write_table(tmp_path / "train.jsonl", qa_records(10))  # 10 paragraphs, 3 questions each
+    test = write_table(tmp_path / "test.jsonl", qa_records(2) + qa_records(1, seed=5))  # 2 paragraphs repeated
+    config = config_from_dict({"task": {"type": "question_answering"}, "model": {"name": "x"},
+                               "data": {"train": str(train), "test": str(test), "val_fraction": 0.0}})  # fmt: skip
+    task = QuestionAnsweringTask()
+    data = prepare_records(config.data, seed=0, load=task.load, inputs=task.overlap_inputs)
+    entry = data.manifest["overlap"]["splits"]["test"]
+    assert (entry["rows"], entry["of"], entry["distinct_inputs"]) == (6, 9, 6)
+    assert entry["examples"][0]["row"] == f"{test}, line 1" and entry["examples"][0]["train_row"] == f"{train}, line 1"
 
 
 def _classification_files(tmp_path):

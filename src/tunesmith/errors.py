@@ -90,7 +90,7 @@ PATH_PROBLEMS = {
     errno.EISDIR: "this is a directory where a file was expected: choose another path",
     errno.ENAMETOOLONG: "the name is too long: choose a shorter path",
     errno.ELOOP: "too many symbolic links: choose another path",
-    errno.EEXIST: "something else already exists there: choose another path",
+    errno.EEXIST: "it already exists: choose another path",
 }
 
 
@@ -106,7 +106,10 @@ def path_error(error: BaseException) -> TunesmithError | None:
     if full is not None:
         return full
     if isinstance(error, OSError) and error.errno in PATH_PROBLEMS and error.filename:
-        return TunesmithError(f"cannot use {error.filename}: {PATH_PROBLEMS[error.errno]}")
+        problem = PATH_PROBLEMS[error.errno]
+        if error.errno == errno.EEXIST and os.path.isfile(error.filename):  # making a directory where a file is
+            problem = "it is a file, and a directory is needed there: choose another path"
+        return TunesmithError(f"cannot use {error.filename}: {problem}")
     return None
 
 

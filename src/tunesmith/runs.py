@@ -91,7 +91,8 @@ class RunDir:
         """Makes a new run directory; refuses to reuse one that exists.
 
         Raises:
-            TunesmithError: the directory already exists (nothing in it is touched).
+            TunesmithError: the directory already exists (nothing in it is touched), or it cannot
+                be made there (a file in the way, no permission, a full disk).
         """
         if path is None:
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -103,7 +104,8 @@ class RunDir:
         path = Path(path)
         if path.exists():
             # Resume is only worth suggesting when there is something to resume from.
-            resumable = (path / "config.yaml").is_file() and cls(path).has_checkpoint()
+            existing = cls(path)
+            resumable = (path / "config.yaml").is_file() and existing.has_checkpoint() and not existing.finished
             hint = f" or resume it with: tunesmith train --resume {path}" if resumable else ""
             raise TunesmithError(
                 f"Run directory {path} already exists; choose a new runtime.output_dir "
@@ -113,13 +115,13 @@ class RunDir:
         try:
             path.mkdir(parents=True)
         except OSError as error:
+            for made in missing:  # parents made before the failure (rmdir refuses anything else)
+                with contextlib.suppress(OSError):
+                    made.rmdir()
             if disk_full(error) is not None:
                 raise DiskFullError(path) from error
-            if error.errno not in PATH_PROBLEMS:
-                raise
-            raise TunesmithError(
-                f"cannot create the run directory {path} (runtime.output_dir): {PATH_PROBLEMS[error.errno]}"
-            ) from error
+            reason = PATH_PROBLEMS.get(error.errno, f"{error.strerror}: choose another path")
+            raise TunesmithError(f"cannot create the run directory {path} (runtime.output_dir): {reason}") from error
         run = cls(path)
         run.created_dirs = missing
         return run
@@ -163,6 +165,11 @@ class RunDir:
     @property
     def metrics_log(self) -> Path:
         return self.path / "metrics.jsonl"
+
+    @property
+    def finished(self) -> bool:
+        """True once the run wrote its model and final metrics: there is nothing left to resume."""
+        return (self.model_dir / "config.json").is_file() and (self.path / "metrics.json").is_file()
 
     def has_checkpoint(self) -> bool:
         """True when ``checkpoints/`` holds a complete checkpoint that a resume can start from."""

@@ -186,6 +186,7 @@ def inspect_data(
         )
 
     report["classes"] = {name: _classes(config, frame) for name, frame in frames.items()}
+    report["label_kinds"] = {t.name: _label_kind_problem(config, t) for t in tables}
     report["label_errors"] = _label_errors(config, train, bars, log)
     report["recommendations"] = _recommend(config, report)
 
@@ -214,6 +215,21 @@ def _control_characters(table: Table) -> dict:
                      "text": shown if len(shown) <= 300 else shown[:299] + "…"})  # fmt: skip
     return {"counts": {describe_characters(Counter({c: 1})): int(n) for c, n in sorted(total.items())},
             "rows": rows}  # fmt: skip
+
+
+def _label_kind_problem(config: Config, table: Table) -> str | None:
+    """The first label that training would refuse for its kind (a list, dict or boolean, a
+    number with decimals for a classifier, text and numbers mixed, a non-finite target)."""
+    from tunesmith.tasks.classification import TextClassificationTask
+
+    labels = table.raw[table.label_column]
+    present = ~labels.map(_is_missing).astype(bool)
+    rows = [int(p) + 1 for p in present.to_numpy().nonzero()[0]]
+    try:
+        TextClassificationTask(type=config.task.type).check_labels(labels[present], table.source, rows)
+    except TunesmithError as error:
+        return str(error)
+    return None
 
 
 def _public(value):
@@ -352,6 +368,8 @@ def _recommend(config: Config, report: dict) -> list[str]:
             advice.append(f"{name}: {len(control['rows'])} cells hold control characters {control['counts']} (first: "
                           f"row {first['row']}, column {first['column']!r}):{nul} training replaces the others by "
                           "spaces; remove them from the file")  # fmt: skip
+    advice += [f"training refuses these labels: {problem}" for problem in report.get("label_kinds", {}).values()
+               if problem]  # fmt: skip
     junk = sum(sum(v["counts"].values()) for v in report["junk"].values())
     if junk:
         advice.append(f"{junk} rows hold empty or junk text: drop or fix them (empty ones are dropped by default)")

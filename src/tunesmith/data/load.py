@@ -57,7 +57,7 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not a number JSON allows (write null for a missing value)")
 
 
-def parse_json(text: str, where: str) -> Any:
+def parse_json(text: str, where: str, *, problem: str = "not valid JSON") -> Any:
     """``json.loads`` that accepts control characters inside strings (they are reported and
     replaced later, with their row) and refuses NaN/Infinity, which are not JSON.
 
@@ -69,17 +69,17 @@ def parse_json(text: str, where: str) -> Any:
         return json.loads(text, strict=False, parse_constant=_no_constant)
     except json.JSONDecodeError as error:
         at = f", line {error.lineno}" if "\n" in text.strip() else ""
-        raise TunesmithError(f"{where}{at}: not valid JSON ({error.msg})") from None
+        raise TunesmithError(f"{where}{at}: {problem} ({error.msg})") from None
     except ValueError as error:
         raise TunesmithError(f"{where}: {error}") from None
 
 
-def refuse_nul(text: str, where: str, *, first_line: int = 1) -> None:
+def refuse_nul(text: str, where: str) -> None:
     """Raises TunesmithError naming the line of the first NUL in ``text``, if it holds one."""
     first = text.find("\0")
     if first < 0:
         return
-    line = first_line + text.count("\n", 0, first)
+    line = 1 + text.count("\n", 0, first)
     total = text.count("\0")
     more = f" ({total} NUL bytes in all)" if total > 1 else ""
     utf16 = " The file is probably UTF-16: re-save it as UTF-8." if total * 4 > len(text) else ""
@@ -110,7 +110,7 @@ def scrub(value: Any) -> tuple[Any, Counter]:
 
 
 def describe_characters(counts: Counter) -> str:
-    """``Counter({"\x01": 2, "\x1b": 1})`` as ``"\\x01 x2, \\x1b"``."""
+    """Counts per control character as text, e.g. ``\\x01 x2, \\x1b``."""
     return ", ".join(f"\\x{ord(c):02x}" + (f" x{n}" if n > 1 else "") for c, n in sorted(counts.items()))
 
 
@@ -133,7 +133,7 @@ def jsonl_records(path: Path, *, counts: Counter | None = None):
         if not line.strip():
             continue
         where = f"{path}, line {number}"
-        record, found = scrub(parse_json(line, where))
+        record, found = scrub(parse_json(line, where, problem="not JSON"))
         if found.get("\0"):
             raise TunesmithError(f"{where}: holds a NUL character (\\u0000). {NUL_HINT}.")
         if counts is not None:

@@ -151,7 +151,7 @@ class TextClassificationTask:
             words = {"text": "text", "number": "a number"}
             raise TunesmithError(
                 f"{source}, row {other_row}: label {_shown(other_value)} is {words[other]}, but row {row}'s label "
-                f"{_shown(value)} is {words[kind]}; one label column must hold one kind of value (\"1\" and 1 "
+                f'{_shown(value)} is {words[kind]}; one label column must hold one kind of value ("1" and 1 '
                 "would become one class): write every label the same way, e.g. all as text"
             )
 
@@ -184,7 +184,9 @@ class TextClassificationTask:
             raise TunesmithError(f"{where}: regression target {_shown(value)} is not a finite number "
                                  "(NaN and infinity cannot be learned); fix or drop the row")  # fmt: skip
 
-    def normalise_labels(self, labels: pd.Series, *, source: str = "the labels", rows: list[int] | None = None) -> pd.Series:
+    def normalise_labels(
+        self, labels: pd.Series, *, source: str = "the labels", rows: list[int] | None = None
+    ) -> pd.Series:
         """Canonical label values (strings; sorted joined sets for multi-label), for
         cleaning, splitting and stratification, after :meth:`check_labels`.
 

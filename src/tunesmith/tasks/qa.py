@@ -68,7 +68,14 @@ def read_squad(path: Path) -> list[dict]:
         raise TunesmithError(f"{path}: a SQuAD file needs a top-level 'data' list of articles")
     rows = []
     for a, article in enumerate(document["data"]):
-        for p, paragraph in enumerate(article.get("paragraphs", [])):
+        paragraphs = article.get("paragraphs", []) if isinstance(article, dict) else None
+        if not isinstance(paragraphs, list) or not all(
+            isinstance(p, dict) and isinstance(p.get("qas", []), list) and all(isinstance(q, dict) for q in p.get("qas", []))
+            for p in paragraphs
+        ):  # a list or number where SQuAD has an object would end in an AttributeError
+            raise TunesmithError(f"{path}, article {a + 1}: expected {{\"paragraphs\": [{{\"context\": ..., "
+                                 "\"qas\": [{...}]}]}, with an object for each article, paragraph and question")
+        for p, paragraph in enumerate(paragraphs):
             for q, qa in enumerate(paragraph.get("qas", [])):
                 qid = str(qa.get("id", f"{a}.{p}.{q}"))
                 where = f"{path}, article {a + 1} paragraph {p + 1} question {qid}"
@@ -81,12 +88,12 @@ def read_squad(path: Path) -> list[dict]:
     return rows
 
 
-def read_qa_jsonl(path: Path) -> list[dict]:
+def read_qa_jsonl(path: Path, counts=None) -> list[dict]:
     """One row per line of a flat question/context/answers JSONL file; ``group`` is the context."""
     from tunesmith.data.load import jsonl_records
 
     rows = []
-    for where, record in jsonl_records(path):
+    for where, record in jsonl_records(path, counts=counts):  # control characters: spaces, counted
         if not isinstance(record, dict):
             raise TunesmithError(f"{where}: expected a JSON object with question, context and answers")
         answers = record.get("answers", [])
@@ -113,13 +120,19 @@ def load_questions(spec: str, config) -> tuple[pd.DataFrame, dict]:
     if not path.is_file():
         raise TunesmithError(f"Data file not found: {path}")
     fmt = "squad" if path.suffix.lower() == ".json" else "jsonl"
-    rows = read_squad(path) if fmt == "squad" else read_qa_jsonl(path)
+    from collections import Counter
+
+    control = Counter()
+    rows = read_squad(path) if fmt == "squad" else read_qa_jsonl(path, control)
     if not rows:
         raise TunesmithError(f"{path}: no questions found")
     frame = pd.DataFrame(rows)
     entry = {"source": str(path), "sha256": sha256_file(path), "format": fmt, "replaced_characters": 0,
              "cleaning": {"questions": len(frame), "contexts": int(frame["group"].nunique()),
                           "unanswerable": int((frame["answers"].map(len) == 0).sum())}}  # fmt: skip
+    if control:
+        entry["control_characters"] = sum(control.values())
+        entry["notes"] = [f"{path}: {entry['control_characters']} control characters were replaced by spaces"]
     return frame, entry
 
 
