@@ -185,8 +185,8 @@ def test_damaged_best_weights_are_reported_before_training_resumes(tmp_path, mon
 @pytest.fixture
 def interrupted_run(tmp_path, tiny_model_dir, sentiment_csv) -> Path:
     """A tiny finished run made to look interrupted (its final model and metrics removed)."""
-    from tunesmith.api import train
     from tests.conftest import tiny_config
+    from tunesmith.api import train
 
     config = tiny_config(tiny_model_dir, sentiment_csv, tmp_path / "run", model={"dropout": 0.1},
                          train={"num_epochs": 2}, runtime={"checkpoint_every_steps": 2, "keep_checkpoints": 2})  # fmt: skip
@@ -240,3 +240,24 @@ def test_resume_from_an_earlier_checkpoint_when_the_latest_is_damaged_matches_th
     assert all(torch.equal(expected[name], got[name]) for name in expected)
     straight = json.loads((tmp_path / "finished" / "metrics.json").read_text())
     assert json.loads((interrupted_run / "metrics.json").read_text())["test"] == straight["test"]
+
+
+def test_deepspeed_partitions_load_without_unpickling_code(tmp_path, monkeypatch):
+    pytest.importorskip("deepspeed")
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    from tunesmith.train.zero import load_without_code
+
+    monkeypatch.chdir(tmp_path)
+    # What a ZeRO stage 2 optimizer partition holds besides tensors and plain data.
+    partition = {"loss_scaler": LossScaler(1.0), "zero_stage": ZeroStageEnum.gradients,
+                 "param_slice_mappings": [{"w": fragment_address(numel=4, start=0)}], "state": torch.ones(3)}  # fmt: skip
+    torch.save(partition, tmp_path / "good.pt")
+    loaded = load_without_code(str(tmp_path / "good.pt"), map_location=lambda storage, location: storage)
+    assert loaded["zero_stage"] == ZeroStageEnum.gradients and loaded["param_slice_mappings"][0]["w"].numel == 4
+    torch.save({"optimizer_state_dict": _Payload()}, tmp_path / "bad.pt")
+    with pytest.raises(TunesmithError, match="bad.pt holds objects a DeepSpeed checkpoint of tunesmith never holds"):
+        load_without_code(str(tmp_path / "bad.pt"))
+    assert not (tmp_path / "PWNED").exists()

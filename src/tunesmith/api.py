@@ -20,7 +20,7 @@ from tunesmith.config import Config, config_from_dict, dump_config, load_config
 from tunesmith.data.balance import class_weights
 from tunesmith.data.overlap import overlap_warnings
 from tunesmith.data.prepare import PreparedData, load_examples, prepare_data, prepare_records
-from tunesmith.errors import TunesmithError, disk_full
+from tunesmith.errors import NotResumable, TunesmithError, disk_full
 from tunesmith.runs import RunDir, claim_output, environment_lock, is_main_process, unused_path
 from tunesmith.tasks.classification import TextClassificationTask, encode_features, text_warning
 
@@ -205,6 +205,8 @@ def _after_failed_run(run: RunDir, error: BaseException, *, fresh: bool) -> Base
     if fresh and not run.has_checkpoint():
         run.discard()
         failure.add_note(f"the run had no checkpoint yet, so its directory {run.path} was removed")
+    elif isinstance(failure, NotResumable):  # its message says what to do instead
+        run.remove_temporary()
     else:
         run.remove_temporary()
         again = ", or start again with another runtime.output_dir" if fresh else ""
@@ -679,12 +681,25 @@ def _logits(model, tokenizer, config, texts: list[str], targets=None):
     return compute_logits(model, features, batch_size=64, pad_token_id=tokenizer.pad_token_id or 0, device="cpu")
 
 
+def _check_texts(texts: list, kind: str) -> None:
+    """Refuses inputs that are not texts (a question/context pair, a number) for a run that reads text."""
+    for number, item in enumerate(texts, 1):
+        if not isinstance(item, str):
+            shown = str(item)[:80]
+            raise TunesmithError(
+                f"input {number}: a {kind} run takes texts, not a {type(item).__name__} ({shown!r}); "
+                "--question/--context are for question_answering runs"
+            )
+
+
 def predict(run_dir: str | Path, texts: list) -> list[dict[str, Any]]:
     """Predictions for texts with a trained run: label(s) or value, and the scores behind them;
     for a causal LM, the generated completion of each prompt (as a single user turn); entity
     spans for a tagger; for question answering, ``texts`` are ``{"question", "context"}`` dicts
     and each answer comes with its character offsets and score."""
     run, config, task, model, tokenizer = _load_for_inference(run_dir)
+    if not getattr(task, "own_data", False):
+        _check_texts(texts, task.type)
     if task.type == "causal_lm":
         from tunesmith.tasks.causal_lm import generate, generation_prompt
 

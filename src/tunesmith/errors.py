@@ -21,6 +21,11 @@ class TunesmithError(Exception):
     """
 
 
+class NotResumable(TunesmithError):
+    """A run that cannot be continued as it is (none of its checkpoints can be read back): the
+    message says what to do instead, and nothing may suggest ``--resume``."""
+
+
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # How libraries that do their own I/O (safetensors, pyarrow, torch's zip writer) word the same
 # failure when they hand it on without an errno.

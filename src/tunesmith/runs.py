@@ -11,9 +11,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from importlib import metadata
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 

@@ -34,7 +34,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from tunesmith.errors import TunesmithError
-from tunesmith.tasks.classification import TextClassificationTask
+from tunesmith.tasks.classification import TextClassificationTask, text_warning
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -132,7 +132,8 @@ class Predictor:
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
         texts = [" ".join(t.split()) for t in texts]
         logits = self.logits(texts)
-        return self.scorer.prediction_rows(logits, self.temperature)
+        rows = self.scorer.prediction_rows(logits, self.temperature)
+        return [{**row, **text_warning(text)} for text, row in zip(texts, rows)]
 
 
 @dataclass

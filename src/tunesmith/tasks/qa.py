@@ -70,11 +70,15 @@ def read_squad(path: Path) -> list[dict]:
     for a, article in enumerate(document["data"]):
         paragraphs = article.get("paragraphs", []) if isinstance(article, dict) else None
         if not isinstance(paragraphs, list) or not all(
-            isinstance(p, dict) and isinstance(p.get("qas", []), list) and all(isinstance(q, dict) for q in p.get("qas", []))
+            isinstance(p, dict)
+            and isinstance(p.get("qas", []), list)
+            and all(isinstance(q, dict) for q in p.get("qas", []))
             for p in paragraphs
         ):  # a list or number where SQuAD has an object would end in an AttributeError
-            raise TunesmithError(f"{path}, article {a + 1}: expected {{\"paragraphs\": [{{\"context\": ..., "
-                                 "\"qas\": [{...}]}]}, with an object for each article, paragraph and question")
+            raise TunesmithError(
+                f'{path}, article {a + 1}: expected {{"paragraphs": [{{"context": ..., '
+                '"qas": [{...}]}]}, with an object for each article, paragraph and question'
+            )
         for p, paragraph in enumerate(paragraphs):
             for q, qa in enumerate(paragraph.get("qas", [])):
                 qid = str(qa.get("id", f"{a}.{p}.{q}"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import NotResumable, TunesmithError
 from tunesmith.runs import atomic_write, replace_dir, sha256_file
 
 MANIFEST = "manifest.json"
@@ -252,13 +253,22 @@ class CheckpointContents:
     state: LoopState
 
 
+def load_error_reason(error: Exception) -> str:
+    """One line saying why ``torch.load`` failed. For a refused pickle, the object it refused
+    (torch's own message goes on to suggest ``weights_only=False``, which must not be followed)."""
+    text = str(error).strip()
+    refused = re.search(r"WeightsUnpickler error: ([^\n]*?)(?: Please use|\n|$)", text)
+    if refused:
+        return f"it holds an object that is not plain data: {refused.group(1).rstrip('. ')}"
+    return re.split(r"(?<=\w)\. ", text.splitlines()[0])[0][:200] if text else type(error).__name__
+
+
 def _load_tensors(path: Path):
     """``torch.load`` that never unpickles code: anything but tensors and plain data is refused."""
     try:
         return torch.load(path, weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torn zip, refused pickle, EOF: all mean an unusable file
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DamagedCheckpoint(f"{path} cannot be read ({reason[:200]})") from None
+    except Exception as error:  # a torn zip, a refused pickle, an early EOF: all mean an unusable file
+        raise DamagedCheckpoint(f"{path} cannot be read ({load_error_reason(error)})") from None
 
 
 def _load_json(path: Path) -> dict:
@@ -358,14 +368,14 @@ def load_latest_checkpoint(
         try:
             state = load_checkpoint(path, model=model, optimizer=optimizer, scheduler=scheduler, sharded=sharded)
         except DamagedCheckpoint as error:
-            log(f"Checkpoint {path.name} is unusable, trying the one before it: {error}")
-            problems.append(f"{path.name}: {error}")
+            log(f"Checkpoint {path.name} is unusable, skipping it: {error}")
+            problems.append(str(error))
             continue
         _check_best_weights(directory / "best.pt")
         return path, state
     if problems:
-        raise TunesmithError(
-            f"no checkpoint in {directory} can be resumed from ({'; '.join(problems)}). Restore the run "
+        raise NotResumable(
+            f"no checkpoint in {directory} can be resumed from: {'; '.join(problems)}. Restore the run "
             "directory from a copy, or train again from the start into a new runtime.output_dir"
         )
     return None
@@ -378,7 +388,7 @@ def _check_best_weights(path: Path) -> None:
     try:
         _load_tensors(path)
     except DamagedCheckpoint as error:
-        raise TunesmithError(
+        raise NotResumable(
             f"{error}; the best weights so far are lost: delete {path} to resume anyway (the run then keeps the "
             "best weights it finds from here on, or its last ones)"
         ) from None

@@ -238,7 +238,11 @@ def run_training(
             callback.on_eval_end(state, metrics)
         return metrics
 
+    checkpointed = None  # where the last checkpoint left the loop
+
     def checkpoint() -> None:
+        nonlocal checkpointed
+        checkpointed = (state.step, state.epoch, len(state.history))
         gathered = None
         if sharded:  # every rank takes part in gathering the shards
             gathered = sharding.full_model_state(model), sharding.full_optimizer_state(model, optimizer)
@@ -361,6 +365,8 @@ def run_training(
 
     if val_features and (not state.history or state.history[-1]["step"] != state.step):
         evaluate()  # the run ended mid-epoch (max_steps, fractional epochs): judge the last weights too
+    if checkpointed != (state.step, state.epoch, len(state.history)):
+        checkpoint()  # the end of training: a run that fails while saving its model resumes from here
     accelerator.wait_for_everyone()
     restored = load_best_weights(run.checkpoints_dir, accelerator.unwrap_model(model), sharded=sharded)
     if sharded:

@@ -10,6 +10,11 @@ optimizer state are partitioned), so weights are read and saved as in a DDP run.
 state of a checkpoint is written by DeepSpeed itself, one partition per rank, beside
 tunesmith's files; resuming needs the same number of processes. For sharded parameters use
 ``runtime.distributed: fsdp``.
+
+Resume reads those partitions without unpickling code: DeepSpeed's own loader calls
+``torch.load(weights_only=False)``, so the engine is given one that loads with
+``weights_only=True``, allowing only the few DeepSpeed classes its ZeRO files hold. The files
+are also covered by the checkpoint's manifest (train/checkpoint.py), checked before this.
 """
 
 from __future__ import annotations
@@ -17,10 +22,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import pickle
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from tunesmith.errors import TunesmithError
+from tunesmith.train.checkpoint import load_error_reason
 
 CHECKPOINT_TAG = "deepspeed"
 """The folder inside a tunesmith checkpoint that holds DeepSpeed's own files."""
@@ -156,7 +165,31 @@ def load_partitions(engine, directory: Path) -> None:
             f"{directory} holds DeepSpeed optimizer partitions for {ranks} processes; resume it with --nproc {ranks}, "
             f"not {world}"
         )
+    engine.checkpoint_engine.load = load_without_code  # instead of DeepSpeed's unpickling loader
     engine.load_checkpoint(
         str(directory), tag=CHECKPOINT_TAG, load_optimizer_states=True, load_lr_scheduler_states=False,
         load_module_strict=False,
     )  # fmt: skip
+
+
+def load_without_code(path: str, map_location=None):
+    """Loads one DeepSpeed checkpoint file with ``torch.load(weights_only=True)``: tensors, plain
+    data and the DeepSpeed classes a ZeRO stage 0-2 file holds (its loss scaler, stage and
+    parameter fragment addresses), nothing that could run code.
+
+    Raises:
+        TunesmithError: the file holds anything else.
+    """
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    try:
+        with torch.serialization.safe_globals([LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise TunesmithError(
+            f"{path} holds objects a DeepSpeed checkpoint of tunesmith never holds, so it is not loaded "
+            f"({load_error_reason(error)}); restore the run directory from a copy, or train again into a new "
+            "runtime.output_dir"
+        ) from None
