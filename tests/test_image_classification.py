@@ -23,6 +23,7 @@ from tunesmith.tasks.image_classification import (
     load_images,
 )
 
+
 def test_preprocessing_shapes_and_value_ranges(tiny_cnn_dir):
     processor = ImagePreprocessor.from_pretrained(tiny_cnn_dir)
     grey = Image.fromarray(np.full((10, 20), 255, np.uint8), "L").convert("RGB")

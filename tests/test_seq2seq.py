@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 import tunesmith
 from tunesmith.errors import TunesmithError

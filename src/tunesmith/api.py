@@ -143,8 +143,9 @@ def train(
         claim_output(out, kind="dir", what="runtime.output_dir", run=True)
     task = _task_for(config)
     if task.type in GENERATIVE:
-        data = prepare_records(config.data, seed=config.runtime.seed, pairs=task.type == "seq2seq",
-                               inputs=task.overlap_inputs)
+        data = prepare_records(
+            config.data, seed=config.runtime.seed, pairs=task.type == "seq2seq", inputs=task.overlap_inputs
+        )
     elif getattr(task, "own_data", False):  # token classification, question answering
         data = prepare_records(config.data, seed=config.runtime.seed, load=task.load, inputs=task.overlap_inputs)
         task.fit(data.splits["train"])

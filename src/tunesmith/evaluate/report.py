@@ -94,8 +94,10 @@ def _overlap_lines(manifest: dict[str, Any]) -> list[str]:
               if entry["rows"]]  # fmt: skip
     if not shared:
         return []
-    return [f"**Overlap with training:** {'; '.join(shared)}. Scores on those rows measure memory, not "
-            "generalisation; data_manifest.json lists examples.\n"]
+    return [
+        f"**Overlap with training:** {'; '.join(shared)}. Scores on those rows measure memory, not "
+        "generalisation; data_manifest.json lists examples.\n"
+    ]
 
 
 def model_card(
