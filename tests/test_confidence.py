@@ -12,6 +12,7 @@ from sklearn.metrics import f1_score
 from tests.conftest import sentiment_rows, tiny_config
 from tunesmith import api
 from tunesmith.evaluate.confidence import bootstrap_intervals, calibration_bins, fit_temperature, softmax
+from tunesmith.tasks.run import load_run
 
 
 def test_bootstrap_interval_covers_the_true_accuracy_about_95_percent_of_the_time():
@@ -87,8 +88,8 @@ def test_a_run_reports_intervals_calibration_and_applies_its_temperature(tmp_pat
     assert "95% bootstrap interval" in card and "expected calibration error" in card
     text = sentiment_rows(1, seed=9)[0]["text"]
     scores = api.predict(tmp_path / "run", [text])[0]["scores"]
-    _, _, _, model, tokenizer = api._load_for_inference(tmp_path / "run")
-    logits = api._logits(model, tokenizer, api.load_config(tmp_path / "run" / "config.yaml"), [text])
+    loaded = load_run(tmp_path / "run")
+    logits = api._logits(loaded.model, loaded.tokenizer, api.load_config(tmp_path / "run" / "config.yaml"), [text])
     expected = softmax(logits, temperature)[0]
     assert list(scores.values()) == pytest.approx(expected.tolist(), abs=1e-5)
     evaluated = api.evaluate(tmp_path / "run", data)

@@ -16,6 +16,7 @@ from tunesmith.data import quality
 from tunesmith.data.inspection import inspect_data
 from tunesmith.data.label_errors import out_of_fold_probabilities_embedding, rank_label_issues
 from tunesmith.errors import TunesmithError
+from tunesmith.tasks import build_task
 
 CLI = [sys.executable, "-m", "tunesmith.cli"]
 
@@ -176,7 +177,8 @@ def test_inspect_report_on_constructed_files(tmp_path, tiny_model_dir, dirty_fil
     train_path, test_path = dirty_files
     config = load_config(None, [f"model.name={tiny_model_dir}", "model.max_length=6", "inspect.folds=3"])
     out = tmp_path / "report"
-    report = inspect_data(config, [str(train_path), str(test_path)], out, progress=False, log=lambda m: None)
+    report = inspect_data(config, [str(train_path), str(test_path)], out, task=build_task(config), progress=False,
+                          log=lambda m: None)  # fmt: skip
     written = json.loads((out / "report.json").read_text())
     assert written["sources"]["train"]["rows"] == 126 and written["sources"]["test"]["rows"] == 4
     assert written["sources"]["train"]["missing_values"]["text"] == 1  # the empty row reads as missing
@@ -197,7 +199,7 @@ def test_inspect_report_on_constructed_files(tmp_path, tiny_model_dir, dirty_fil
     page = (out / "report.html").read_text()
     assert "Likely label errors" in page and page.count("data:image/png;base64,") == 3
     with pytest.raises(TunesmithError, match="already holds a report"):
-        inspect_data(config, [str(train_path)], out, progress=False, log=lambda m: None)
+        inspect_data(config, [str(train_path)], out, task=build_task(config), progress=False, log=lambda m: None)
 
 
 def test_inspect_bad_input_is_named(tmp_path, tiny_model_dir):
@@ -205,14 +207,14 @@ def test_inspect_bad_input_is_named(tmp_path, tiny_model_dir):
     broken.write_text('text,label\n"unclosed quote,positive\n')
     config = load_config(None, [f"model.name={tiny_model_dir}"])
     with pytest.raises(TunesmithError, match="broken.csv"):
-        inspect_data(config, [str(broken)], tmp_path / "r", progress=False)
+        inspect_data(config, [str(broken)], tmp_path / "r", task=build_task(config), progress=False)
     plain = tmp_path / "plain.csv"
     pd.DataFrame({"a": ["x"], "b": ["y"], "c": ["z"]}).to_csv(plain, index=False)
     with pytest.raises(TunesmithError, match="cannot tell which columns"):
-        inspect_data(config, [str(plain)], tmp_path / "r", progress=False)
+        inspect_data(config, [str(plain)], tmp_path / "r", task=build_task(config), progress=False)
     generative = load_config(None, ["task.type=causal_lm"])
     with pytest.raises(TunesmithError, match="not supported yet"):
-        inspect_data(generative, [str(plain)], tmp_path / "r", progress=False)
+        inspect_data(generative, [str(plain)], tmp_path / "r", task=build_task(generative), progress=False)
     assert not (tmp_path / "r").exists()
 
 
@@ -390,7 +392,8 @@ def test_parquet_saved_with_its_index_is_numbered_by_position(tmp_path, tiny_mod
     pd.DataFrame({"text": ["fine text here", "!!!", "another good one"], "label": ["a", "b", "a"]},
                  index=[5, 8, 9]).to_parquet(path)  # fmt: skip
     config = load_config(None, [f"model.name={tiny_model_dir}", "inspect.label_errors=off"])
-    report = inspect_data(config, [str(path)], tmp_path / "r", progress=False, log=lambda m: None)
+    report = inspect_data(config, [str(path)], tmp_path / "r", task=build_task(config), progress=False,
+                          log=lambda m: None)  # fmt: skip
     assert report["junk"]["train"]["rows"] == [{"row": 2, "reason": "only punctuation or symbols", "text": "!!!"}]
 
 
@@ -402,7 +405,7 @@ def test_fix_writes_rows_as_read_with_integer_labels(tmp_path, tiny_model_dir):
             {"text": "text three", "label": 1}, {"text": "text three", "label": 1}]  # fmt: skip
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = load_config(None, [f"model.name={tiny_model_dir}", "data.clean.drop_junk=true"])
-    write_fixed(config, [str(path)], tmp_path / "out", log=lambda m: None)
+    write_fixed(config, [str(path)], tmp_path / "out", task=build_task(config), log=lambda m: None)
     written = [json.loads(line) for line in (tmp_path / "out" / "ints.jsonl").read_text().splitlines()]
     assert written == [rows[0], rows[1], rows[3]]
     changes = [json.loads(line) for line in (tmp_path / "out" / "changelog.jsonl").read_text().splitlines()]

@@ -71,7 +71,8 @@ def test_causal_lm_explicit_test_file_sharing_prompts_is_counted(tmp_path):
     train, test = _shared_prompt_files(tmp_path)
     config = config_from_dict({"task": {"type": "causal_lm"}, "model": {"name": "x"},
                                "data": {"train": str(train), "test": str(test), "val_fraction": 0.0}})  # fmt: skip
-    data = prepare_records(config.data, seed=0, inputs=CausalLMTask().overlap_inputs)
+    task = CausalLMTask()
+    data = prepare_records(config.data, seed=0, load=task.load, inputs=task.overlap_inputs)
     entry = data.manifest["overlap"]["splits"]["test"]
     assert (entry["rows"], entry["of"], entry["distinct_inputs"]) == (4, 10, 3)
     assert entry["examples"][0] == {"input": "user: Item 3: repeat the word amber.",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 def test_api_functions_are_not_shadowed_by_subpackages():
     import tunesmith
-    import tunesmith.evaluate.metrics  # noqa: F401  (the subpackages share these names)
+    import tunesmith.evaluate.report  # noqa: F401  (the subpackages share these names)
     import tunesmith.train.loop  # noqa: F401
 
     assert callable(tunesmith.train) and callable(tunesmith.evaluate)

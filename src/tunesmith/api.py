@@ -21,8 +21,11 @@ from tunesmith.data.balance import class_weights
 from tunesmith.data.overlap import overlap_warnings
 from tunesmith.data.prepare import PreparedData, load_examples, prepare_data, prepare_records
 from tunesmith.errors import NotResumable, TunesmithError, disk_full
+from tunesmith.models.load import quiet_transformers
 from tunesmith.runs import RunDir, claim_output, environment_lock, is_main_process, unused_path
-from tunesmith.tasks.classification import TextClassificationTask, encode_features, text_warning
+from tunesmith.tasks import build_task
+from tunesmith.tasks.classification import encode_features, text_warning
+from tunesmith.tasks.run import load_run
 
 SPLITS = ("train", "validation", "test")
 GENERATIVE = ("causal_lm", "seq2seq")
@@ -49,59 +52,11 @@ def _plain(console):
     return lambda message: console.print(message, markup=False, highlight=False)
 
 
-def _task_for(config: Config, label_names: list[str] | None = None, saved: dict | None = None):
-    """The task object for a config; ``saved`` is a run's task.json (what training learned)."""
-    if config.task.type == "causal_lm":
-        from tunesmith.tasks.causal_lm import CausalLMTask
-
-        return CausalLMTask(loss_on=config.task.loss_on, packing=config.train.packing,
-                            max_length=config.model.max_length)  # fmt: skip
-    if config.task.type == "seq2seq":
-        from tunesmith.tasks.seq2seq import Seq2SeqTask
-
-        return Seq2SeqTask(prefix=config.task.source_prefix)
-    if config.task.type == "token_classification":
-        from tunesmith.tasks.token_classification import TokenClassificationTask
-
-        return TokenClassificationTask(tag_names=list(label_names or []), scheme=config.task.tag_scheme,
-                                       all_subwords=config.task.label_all_subwords,
-                                       invalid_tags=config.task.invalid_tags)  # fmt: skip
-    if config.task.type == "image_classification":
-        from tunesmith.tasks.image_classification import ImageClassificationTask
-
-        return ImageClassificationTask(type="single_label", label_names=list(label_names or []),
-                                       augment=config.data.image, image_size=config.data.image.size)  # fmt: skip
-    if config.task.type == "question_answering":
-        from tunesmith.tasks.qa import QuestionAnsweringTask
-
-        t = config.task
-        return QuestionAnsweringTask(stride=t.doc_stride, n_best=t.n_best, max_answer_length=t.max_answer_length,
-                                     no_answer_threshold=t.no_answer_threshold,
-                                     allow_no_answer=bool((saved or {}).get("allow_no_answer", False)))  # fmt: skip
-    return TextClassificationTask(
-        type=config.task.type,
-        label_names=list(label_names or []),
-        threshold=config.task.threshold,
-        label_separator=config.task.label_separator,
-    )
-
-
-def _quiet_transformers() -> None:
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    # PEFT still calls a transformers method that is deprecated for v6; nothing a user can act on.
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-    hf_logging.set_verbosity_error()  # the log says what was loaded, in its own words
-    hf_logging.disable_progress_bar()  # one progress display: ours
-
-
 def _setup_runtime(config: Config) -> None:
     import torch
     from transformers import set_seed
 
-    _quiet_transformers()
+    quiet_transformers()
     if not torch.cuda.is_available():  # accelerate imports deepspeed, which warns when it has to guess
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
     if config.runtime.num_threads:
@@ -141,11 +96,9 @@ def train(
         RunDir.create(out)  # raises the clear "already exists" error before any work
     if main and out is not None:  # a run inside another would break that run's hashes and resume
         claim_output(out, kind="dir", what="runtime.output_dir", run=True)
-    task = _task_for(config)
+    task = build_task(config)
     if task.type in GENERATIVE:
-        data = prepare_records(
-            config.data, seed=config.runtime.seed, pairs=task.type == "seq2seq", inputs=task.overlap_inputs
-        )
+        data = prepare_records(config.data, seed=config.runtime.seed, load=task.load, inputs=task.overlap_inputs)
     elif getattr(task, "own_data", False):  # token classification, question answering
         data = prepare_records(config.data, seed=config.runtime.seed, load=task.load, inputs=task.overlap_inputs)
         task.fit(data.splits["train"])
@@ -231,7 +184,7 @@ def resume(run_dir: str | Path, *, console=None, callbacks: list | None = None) 
             raise TunesmithError(f"{run.path} already finished; there is nothing to resume")
         _setup_runtime(config)
         saved = run.read_json("task.json")
-        task = _task_for(config, saved["label_names"], saved)
+        task = build_task(config, saved)
         splits = {
             n: pd.read_parquet(run.data_dir / f"{n}.parquet") for n in SPLITS
             if (run.data_dir / f"{n}.parquet").exists()
@@ -634,47 +587,6 @@ def _slices(config, task, logits, targets, frame) -> dict:
     return {"slices": found}
 
 
-def _temperature(run: RunDir) -> float | None:
-    path = run.path / "calibration.json"
-    return float(run.read_json("calibration.json")["temperature"]) if path.is_file() else None
-
-
-def _load_for_inference(run_dir: str | Path):
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoModelForSeq2SeqLM,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-    )
-
-    from tunesmith.models.load import check_weights
-
-    _quiet_transformers()
-    run = RunDir.open(run_dir)
-    if not (run.model_dir / "config.json").is_file():
-        raise TunesmithError(
-            f"{run.path} has no trained model yet (resume it with: tunesmith train --resume {run.path})"
-        )
-    config = load_config(run.path / "config.yaml")
-    saved = run.read_json("task.json")
-    task = _task_for(config, saved["label_names"], saved)
-    import transformers
-
-    auto = {"causal_lm": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM}.get(task.type)
-    if auto is None:
-        card = getattr(task, "card", None)
-        auto = getattr(transformers, card["auto_class"]) if card else AutoModelForSequenceClassification
-    if hasattr(task, "load_processor"):
-        import tunesmith.models.efficientnet  # noqa: F401 (registers the packaged image backbone)
-
-        tokenizer = task.load_processor(run.model_dir, trained=True)
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(run.model_dir)
-    check_weights(run.model_dir, "restore the run from a backup or train it again")  # not a traceback
-    model = auto.from_pretrained(run.model_dir)
-    return run, config, task, model.eval(), tokenizer
-
-
 def _logits(model, tokenizer, config, texts: list[str], targets=None):
     from tunesmith.tasks.classification import compute_logits
 
@@ -698,7 +610,8 @@ def predict(run_dir: str | Path, texts: list) -> list[dict[str, Any]]:
     for a causal LM, the generated completion of each prompt (as a single user turn); entity
     spans for a tagger; for question answering, ``texts`` are ``{"question", "context"}`` dicts
     and each answer comes with its character offsets and score."""
-    run, config, task, model, tokenizer = _load_for_inference(run_dir)
+    loaded = load_run(run_dir)
+    run, config, task, model, tokenizer = loaded.run, loaded.config, loaded.task, loaded.model, loaded.tokenizer
     if not getattr(task, "own_data", False):
         _check_texts(texts, task.type)
     if task.type == "causal_lm":
@@ -713,12 +626,12 @@ def predict(run_dir: str | Path, texts: list) -> list[dict[str, Any]]:
                                 max_length=config.model.max_length)  # fmt: skip
         return [{"source": str(t), "generated": g} for t, g in zip(texts, outputs)]
     if getattr(task, "own_data", False):  # NER, QA, images (a single-label classifier: calibrated scores)
-        calibrated = {"temperature": _temperature(run)} if task.type == "single_label" else {}
+        calibrated = {"temperature": run.temperature()} if task.type == "single_label" else {}
         return task.predict_inputs(model, tokenizer, list(texts), config.model.max_length,
                                    pad_token_id=_pad_id(tokenizer), **calibrated)  # fmt: skip
     texts = [" ".join(str(t).split()) for t in texts]
     logits = _logits(model, tokenizer, config, texts)
-    temperature = _temperature(run) if task.type == "single_label" else None
+    temperature = run.temperature() if task.type == "single_label" else None
     return [{"text": text, **row, **text_warning(text)}
             for text, row in zip(texts, task.prediction_rows(logits, temperature))]  # fmt: skip
 
@@ -739,15 +652,13 @@ def evaluate(run_dir: str | Path, data: str | Path, *, log: Callable[[str], None
     stem = unused_path(out / f"{wanted}.json").stem  # chosen before the model loads
     if stem != wanted:
         log(f"{out / wanted}.json exists (an earlier evaluation, kept); this one is saved as {out / stem}.json")
-    run, config, task, model, tokenizer = _load_for_inference(run_dir)
+    loaded = load_run(run_dir)
+    run, config, task, model, tokenizer = loaded.run, loaded.config, loaded.task, loaded.model, loaded.tokenizer
     if task.type in GENERATIVE:
-        from tunesmith.data.prepare import load_pairs, load_records
-
+        frame, entry = task.load(str(data), config.data)
         if task.type == "seq2seq":
-            frame, entry = load_pairs(str(data), config.data)
             features = _encode_pairs(config, tokenizer, frame)[0]
         else:
-            frame, entry = load_records(str(data), config.data)
             features = _encode_records(config, tokenizer, frame, entry["source"]).features
         metrics = _generative_metrics(model, tokenizer, config, task, frame, features, split=stem,
                                       out_path=out / f"{stem}_generations.jsonl", log=lambda message: None)  # fmt: skip
@@ -772,7 +683,7 @@ def evaluate(run_dir: str | Path, data: str | Path, *, log: Callable[[str], None
     metrics = task.metrics(logits, np.asarray(targets))
     out.mkdir(exist_ok=True)
     metrics |= _confidence(config, task, logits, np.asarray(targets), out / f"{stem}_reliability.png", stem,
-                           _temperature(run) if task.type == "single_label" else None)  # fmt: skip
+                           run.temperature() if task.type == "single_label" else None)  # fmt: skip
     metrics |= _slices(config, task, logits, np.asarray(targets), frame)
     metrics["data"] = entry
     RunDir(out).write_json(f"{stem}.json", metrics)
@@ -793,7 +704,8 @@ def chat(run_dir: str | Path, *, read=input, write=print) -> None:
     """
     from tunesmith.tasks.causal_lm import generate, generation_prompt
 
-    run, config, task, model, tokenizer = _load_for_inference(run_dir)
+    loaded = load_run(run_dir)
+    run, config, task, model, tokenizer = loaded.run, loaded.config, loaded.task, loaded.model, loaded.tokenizer
     if task.type != "causal_lm":
         raise TunesmithError(f"{run.path} is a {task.type} run; chat needs task.type=causal_lm")
     messages: list[dict[str, str]] = []

@@ -54,6 +54,13 @@ def _fail(message: str, code: int = EXIT_USER_ERROR, error: BaseException | None
     raise typer.Exit(code)
 
 
+def _console():
+    """The terminal that a command reports progress on: stderr, so that stdout holds only results."""
+    from rich.console import Console  # rich loads only for a command that prints progress
+
+    return Console(stderr=True, soft_wrap=True)
+
+
 def _guarded(
     work, interrupted: str = "a run can continue from its last checkpoint with: tunesmith train --resume RUN_DIR"
 ):
@@ -128,13 +135,12 @@ def train(
         if seeds > 1:
             if resume is not None or nproc > 1:
                 raise TunesmithError("--seeds runs one process per seed: it takes neither --resume nor --nproc")
-            from tunesmith.api import _console
             from tunesmith.config import load_config
             from tunesmith.study.seeds import run_seeds
 
             resolved = load_config(config, list(set_))
             report = run_seeds(resolved, Path(resolved.runtime.output_dir or _stamp("seeds")), seeds,
-                               console=_console(None))  # fmt: skip
+                               console=_console())  # fmt: skip
             for name, values in report["summary"].items():
                 typer.echo(f"{name}: {values['mean']:.4f} ± {values['std']:.4f}")
             return
@@ -263,6 +269,7 @@ def inspect(
         from tunesmith.config import InspectConfig, load_config
         from tunesmith.data.inspection import inspect_data, summary_lines
         from tunesmith.runs import claim_output, unused_path
+        from tunesmith.tasks import build_task
 
         items = list(sources or [])
         if fix is not None:  # before the slow part (inspect_data checks --out itself)
@@ -275,14 +282,16 @@ def inspect(
         config = load_config(config_path, overrides)
         target = out or unused_path(Path("reports") / f"inspect-{datetime.now():%Y%m%d-%H%M%S}")
         console = Console(stderr=True, soft_wrap=True)
-        report = inspect_data(config, items or None, target, console=console,
+        task = build_task(config)
+        report = inspect_data(config, items or None, target, task=task, console=console,
                               log=lambda m: console.print(m, markup=False, highlight=False))  # fmt: skip
         for line in summary_lines(report):
             console.print(line, markup=False, highlight=False)
         if fix is not None:
             from tunesmith.data.inspection import write_fixed
 
-            write_fixed(config, items or None, fix, log=lambda m: console.print(m, markup=False, highlight=False))
+            write_fixed(config, items or None, fix, task=task,
+                        log=lambda m: console.print(m, markup=False, highlight=False))  # fmt: skip
         typer.echo(str(target))
 
     _guarded(work)
@@ -306,11 +315,10 @@ def cv(
     """K-fold cross-validation: one full train-and-test run per fold, then mean and std per metric."""
 
     def work():
-        from tunesmith.api import _console
         from tunesmith.config import load_config
         from tunesmith.study.cv import run_cv
 
-        report = run_cv(load_config(config, list(set_)), out or _stamp("cv"), folds=folds, console=_console(None))
+        report = run_cv(load_config(config, list(set_)), out or _stamp("cv"), folds=folds, console=_console())
         for name, values in report["summary"].items():
             typer.echo(f"{name}: {values['mean']:.4f} ± {values['std']:.4f}")
 
@@ -334,18 +342,17 @@ def tune(
     """Hyperparameter search with Optuna: trials, pruning, resumable SQLite study, best config."""
 
     def work():
-        from tunesmith.api import _console
         from tunesmith.config import load_config
         from tunesmith.study import tune as study
 
         resolved = load_config(config, list(set_))
         directory = out or _stamp("tune")
         if worker:
-            study.work(resolved, directory, _console(None), worker=worker_index)
+            study.work(resolved, directory, _console(), worker=worker_index)
             return
         command = [sys.executable, "-m", "tunesmith.cli", "tune", *([str(config)] if config else []),
                    "--out", str(directory), "--worker", *[a for o in set_ for a in ("--set", o)]]  # fmt: skip
-        report = study.run_tune(resolved, directory, workers=workers, console=_console(None), worker_command=command)
+        report = study.run_tune(resolved, directory, workers=workers, console=_console(), worker_command=command)
         typer.echo(f"{report['complete']} complete, {report['pruned']} pruned, {report['failed']} failed: {directory}")
         if "best" in report:
             best = report["best"]
@@ -475,7 +482,6 @@ def retrain(
     """Continue the deployed model on new data mixed with the old; score both on old and new test data."""
 
     def work():
-        from tunesmith.api import _console
         from tunesmith.ship.retrain import retrain as run_retrain
 
         key, _, value = mix.partition("=")
@@ -485,7 +491,7 @@ def retrain(
             share = None
         if key.strip() != "old" or share is None:
             raise TunesmithError(f"--mix {mix!r}: expected old=SHARE, e.g. old=0.5")
-        report = run_retrain(run_dir, data, old_share=share, out=out, console=_console(None))
+        report = run_retrain(run_dir, data, old_share=share, out=out, console=_console())
         for name, splits in report["scores"].items():
             typer.echo(name + ": " + ", ".join(f"{s} {v[report['metric']]:.4f}" for s, v in splits.items()))
         verdict = "better" if report["better_on_new_test"] else "not better"

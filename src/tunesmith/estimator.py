@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from tunesmith.errors import TunesmithError
+from tunesmith.tasks.run import load_run
 
 
 class TextClassifier:
@@ -97,9 +98,9 @@ class TextClassifier:
         return self
 
     def _load(self) -> None:
-        from tunesmith.api import _load_for_inference
-
-        _, self.config_, self.task_, self.model_, self.tokenizer_ = _load_for_inference(self.run_dir_)
+        loaded = load_run(self.run_dir_)
+        self.config_, self.task_ = loaded.config, loaded.task
+        self.model_, self.tokenizer_ = loaded.model, loaded.tokenizer
         self.classes_ = np.asarray(self.task_.label_names)
 
     def _check_fitted(self) -> None:

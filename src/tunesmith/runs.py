@@ -195,6 +195,12 @@ class RunDir:
     def read_json(self, name: str) -> Any:
         return json.loads((self.path / name).read_text(encoding="utf-8"))
 
+    def temperature(self) -> float | None:
+        """The softmax temperature fitted on the validation split (``calibration.json``), or None
+        when the run has none (not a single-label classifier, or no validation split)."""
+        path = self.path / "calibration.json"
+        return float(self.read_json("calibration.json")["temperature"]) if path.is_file() else None
+
     def append_metrics(self, record: dict[str, Any]) -> None:
         with self.metrics_log.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, default=float) + "\n")

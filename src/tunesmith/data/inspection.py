@@ -24,6 +24,7 @@ from tunesmith.config import Config
 from tunesmith.data import quality
 from tunesmith.data.clean import _is_missing
 from tunesmith.data.load import detect_columns, read_table
+from tunesmith.data.prepare import LabelledTask
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import claim_output
 
@@ -105,12 +106,18 @@ def inspect_data(
     files: list[str] | None,
     out_dir: Path,
     *,
+    task: LabelledTask,
     console=None,
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Runs every check and writes report.json and report.html into ``out_dir`` (new, or an
-    empty directory). Returns the report."""
+    empty directory). Returns the report.
+
+    Args:
+        task: the config's task (``tasks.build_task(config)``); it says which label values
+            training would refuse.
+    """
     if config.task.type not in (*CLASSIFICATION, "regression"):
         raise TunesmithError(
             f"inspect covers labelled text for classification and regression; task.type={config.task.type!r} "
@@ -186,7 +193,7 @@ def inspect_data(
         )
 
     report["classes"] = {name: _classes(config, frame) for name, frame in frames.items()}
-    report["label_kinds"] = {t.name: _label_kind_problem(config, t) for t in tables}
+    report["label_kinds"] = {t.name: _label_kind_problem(task, t) for t in tables}
     report["label_errors"] = _label_errors(config, train, bars, log)
     report["recommendations"] = _recommend(config, report)
 
@@ -217,16 +224,14 @@ def _control_characters(table: Table) -> dict:
             "rows": rows}  # fmt: skip
 
 
-def _label_kind_problem(config: Config, table: Table) -> str | None:
+def _label_kind_problem(task: LabelledTask, table: Table) -> str | None:
     """The first label that training would refuse for its kind (a list, dict or boolean, a
     number with decimals for a classifier, text and numbers mixed, a non-finite target)."""
-    from tunesmith.tasks.classification import TextClassificationTask
-
     labels = table.raw[table.label_column]
     present = ~labels.map(_is_missing).astype(bool)
     rows = [int(p) + 1 for p in present.to_numpy().nonzero()[0]]
     try:
-        TextClassificationTask(type=config.task.type).check_labels(labels[present], table.source, rows)
+        task.check_labels(labels[present], table.source, rows)
     except TunesmithError as error:
         return str(error)
     return None
@@ -530,25 +535,28 @@ def _html(report: dict, out_dir: Path, limit: int) -> str:
     return f"<!doctype html><meta charset=utf-8><title>tunesmith inspect</title><style>{style}</style>" + "".join(parts)
 
 
-def write_fixed(config: Config, files: list[str] | None, out_dir: Path, *, log: Callable[[str], None] = print) -> dict:
+def write_fixed(config: Config, files: list[str] | None, out_dir: Path, *, task: LabelledTask,
+                log: Callable[[str], None] = print) -> dict:  # fmt: skip
     """Applies data.clean to the files (no splits are carved) and writes the surviving rows, as
     they were read except for the labels of relabelled rows, into ``out_dir`` (same file names and formats; a folder
     source becomes <name>.csv), plus changelog.jsonl with one line per row dropped or relabelled.
     The input files are only read.
+
+    Args:
+        task: the config's task (``tasks.build_task(config)``), which normalises the labels.
 
     Returns:
         Rows in and out per file, and the changelog's counts.
     """
     from collections import Counter
 
-    from tunesmith.api import _label_error_finder, _task_for
+    from tunesmith.api import _label_error_finder
     from tunesmith.data.fix import drop_leaked, fix_label_errors
     from tunesmith.data.prepare import _reason_kind, clean_and_fix
     from tunesmith.runs import atomic_write
 
     out_dir = claim_output(out_dir, kind="dir", what="--fix")
     clean, similarity = config.data.clean, config.inspect.near_duplicate_similarity
-    task = _task_for(config)
     tables = load_tables(config, files, control_characters="replace")  # the copies are what training reads
     changes: list[dict] = []
     fixed: dict[str, pd.DataFrame] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import pandas as pd
 
@@ -18,7 +18,35 @@ from tunesmith.data.load import detect_columns, read_table
 from tunesmith.data.overlap import find_overlap
 from tunesmith.data.split import split_frame
 from tunesmith.errors import TunesmithError
-from tunesmith.tasks.classification import TextClassificationTask
+
+
+class LabelledTask(Protocol):
+    """What the data stage asks of a task whose rows are a text and a label (the classification
+    and regression tasks of tasks/classification.py). The task is passed in: data/ sits below
+    tasks/ and does not import it."""
+
+    type: str
+    label_separator: str
+
+    def check_labels(self, labels: pd.Series, source: str, rows: list[int] | None = None) -> None:
+        """Refuses a label value the task cannot learn, naming its row."""
+        ...
+
+    def normalise_labels(self, labels: pd.Series, *, source: str = ..., rows: list[int] | None = None) -> pd.Series:
+        """The labels in their canonical form; refuses a bad one, naming its row."""
+        ...
+
+    def fit_labels(self, train_labels: pd.Series, source: str) -> None:
+        """Learns the label space from the training labels."""
+        ...
+
+    def encode(self, labels: pd.Series, source: str) -> Any:
+        """The labels as targets; refuses one outside the label space, naming ``source``."""
+        ...
+
+    def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
+        """Each row's input, for the train/held-out overlap check."""
+        ...
 
 
 @dataclass
@@ -32,7 +60,7 @@ class PreparedData:
 
 
 def load_examples(
-    spec: str, config: DataConfig, task: TextClassificationTask, changes: list[dict] | None = None,
+    spec: str, config: DataConfig, task: LabelledTask, changes: list[dict] | None = None,
     similarity: float = 0.8,
 ) -> tuple[pd.DataFrame, dict]:  # fmt: skip
     """Reads one source into a clean table (text, label, row: the 1-based data row) and a
@@ -62,7 +90,7 @@ def load_examples(
     return frame, entry
 
 
-def clean_and_fix(frame: pd.DataFrame, config: DataConfig, task: TextClassificationTask, *, source: str,
+def clean_and_fix(frame: pd.DataFrame, config: DataConfig, task: LabelledTask, *, source: str,
                   changes: list[dict], similarity: float) -> tuple[pd.DataFrame, dict[str, int]]:  # fmt: skip
     """data.clean on one table of text/label: cleaning, label normalisation, then the fixes of
     data/fix.py. Returns the table (with its ``row`` column) and counts per step."""
@@ -81,7 +109,7 @@ def clean_and_fix(frame: pd.DataFrame, config: DataConfig, task: TextClassificat
     return frame.drop(columns="copies", errors="ignore"), counts
 
 
-def _distribution(frame: pd.DataFrame, task: TextClassificationTask) -> dict[str, Any]:
+def _distribution(frame: pd.DataFrame, task: LabelledTask) -> dict[str, Any]:
     if task.type == "regression":
         values = frame["label"].astype(float)
         return {
@@ -98,7 +126,7 @@ def _distribution(frame: pd.DataFrame, task: TextClassificationTask) -> dict[str
 
 def prepare_data(
     config: DataConfig,
-    task: TextClassificationTask,
+    task: LabelledTask,
     *,
     seed: int,
     similarity: float = 0.8,
@@ -216,58 +244,18 @@ def _reason_kind(reason: str) -> str:
     return reason
 
 
-def load_records(spec: str, config: DataConfig) -> tuple[pd.DataFrame, dict]:
-    """Reads one source of generative records into ``messages``/``record`` rows (exact
-    duplicates dropped when data.clean.drop_duplicates) and a manifest entry. The text is kept
-    as written: whitespace can matter in a completion."""
-    from tunesmith.tasks.causal_lm import detect_format, records_frame
-
-    table = read_table(spec, column_names=config.column_names, encoding_errors=config.encoding_errors)
-    fmt = detect_format(list(table.frame.columns), config.format, table.source)
-    frame = records_frame(table.frame, fmt, table.source)
-    counts = {"rows_in": len(frame), "exact_duplicates": int(frame["messages"].duplicated().sum())}
-    if config.clean.drop_duplicates:
-        frame = frame.drop_duplicates("messages").reset_index(drop=True)
-    counts["rows_out"] = len(frame)
-    entry = {
-        "source": table.source,
-        "sha256": table.sha256,
-        "format": fmt,
-        "cleaning": counts,
-        **table.manifest_fields(),
-    }
-    return frame, entry
-
-
-def load_pairs(spec: str, config: DataConfig) -> tuple[pd.DataFrame, dict]:
-    """Reads one source of seq2seq pairs into ``source``/``target``/``record`` rows (exact
-    duplicate pairs dropped when data.clean.drop_duplicates) and a manifest entry."""
-    from tunesmith.tasks.seq2seq import detect_pair, pairs_frame
-
-    table = read_table(spec, column_names=config.column_names, encoding_errors=config.encoding_errors)
-    columns = detect_pair(list(table.frame.columns), config.text_column, config.label_column, table.source)
-    frame = pairs_frame(table.frame, *columns, table.source)
-    counts = {"rows_in": len(frame), "exact_duplicates": int(frame.duplicated(["source", "target"]).sum())}
-    if config.clean.drop_duplicates:
-        frame = frame.drop_duplicates(["source", "target"]).reset_index(drop=True)
-    counts["rows_out"] = len(frame)
-    entry = {"source": table.source, "sha256": table.sha256, "columns": dict(zip(("source", "target"), columns)),
-             "cleaning": counts, **table.manifest_fields()}  # fmt: skip
-    return frame, entry
-
-
-def prepare_records(config: DataConfig, *, seed: int, pairs: bool = False, load=None,
+def prepare_records(config: DataConfig, *, seed: int, load: Callable[[str, DataConfig], tuple[pd.DataFrame, dict]],
                     inputs: Callable[[pd.DataFrame], list[str]] | None = None) -> PreparedData:  # fmt: skip
-    """The data stage for tasks that read records: load records (causal_lm), source/target pairs
-    (seq2seq) or a task's own table (``load``), then random train/validation/test splits (whole
-    groups at a time when the table has a ``group`` column, e.g. questions on one paragraph).
-    ``inputs`` (the task's ``overlap_inputs``) gives each row's input, to count the held-out rows
-    whose input is also in train.
+    """The data stage for tasks that read their own records (causal LM, seq2seq, token
+    classification, question answering, images): load each source with ``load`` (the task's
+    ``load``: records, source/target pairs, sentences, ...), then random train/validation/test
+    splits (whole groups at a time when the table has a ``group`` column, e.g. questions on one
+    paragraph). ``inputs`` (the task's ``overlap_inputs``) gives each row's input, to count the
+    held-out rows whose input is also in train.
 
     Raises:
         TunesmithError: any problem with the files, records or split sizes (naming the record).
     """
-    load = load or (load_pairs if pairs else load_records)
     train, entry = load(config.train, config)
     changes = entry.pop("changes", [])  # rows a loader skipped (unreadable images), for the changelog
     sources, splits = {"train": entry}, {"train": train}

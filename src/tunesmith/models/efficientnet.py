@@ -91,13 +91,11 @@ LITE_PREPROCESSING = {
 
 def convert_lite0(weights: Path, target: Path) -> None:
     """Writes the ImageNet EfficientNet-lite0 state dict as a transformers folder at ``target``
-    (config, safetensors, preprocessor config); written beside it and renamed into place."""
-    from tunesmith.models.load import staged_dir
-
-    with staged_dir(target) as tmp:
-        config = EfficientNetLiteConfig(num_labels=1000)
-        model = EfficientNetLiteForImageClassification(config)
-        state = torch.load(weights, map_location="cpu", weights_only=True)
-        model.efficientnet.load_state_dict(state, strict=True)
-        model.save_pretrained(tmp)
-        (tmp / "preprocessor_config.json").write_text(json.dumps(LITE_PREPROCESSING, indent=2))
+    (config, safetensors, preprocessor config). The caller stages ``target`` (models/load.py
+    writes into a temporary folder that it renames into place)."""
+    config = EfficientNetLiteConfig(num_labels=1000)
+    model = EfficientNetLiteForImageClassification(config)
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    model.efficientnet.load_state_dict(state, strict=True)
+    model.save_pretrained(target)
+    (target / "preprocessor_config.json").write_text(json.dumps(LITE_PREPROCESSING, indent=2))

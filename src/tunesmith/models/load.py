@@ -166,6 +166,18 @@ def check_weights(folder: str | Path, fix: str = "copy or download the model fol
         )
 
 
+def quiet_transformers() -> None:
+    """Silences transformers' own logging and progress bars before a model is loaded."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    # PEFT still calls a transformers method that is deprecated for v6; nothing a user can act on.
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    hf_logging.set_verbosity_error()  # the log says what was loaded, in its own words
+    hf_logging.disable_progress_bar()  # one progress display: ours
+
+
 def _looks_like_path(name: str) -> bool:
     """A path, not a hub id: absolute, relative to . or ~, or deeper than owner/name."""
     separators = name.count(os.sep) + (name.count(os.altsep) if os.altsep else 0)
@@ -231,7 +243,8 @@ def resolve_model(name: str) -> ResolvedModel:
                 else:
                     from tunesmith.models.efficientnet import convert_lite0
 
-                    convert_lite0(location, converted)
+                    with staged_dir(converted) as tmp:
+                        convert_lite0(location, tmp)
             note = f"{'dequantised' if packaged.gguf else 'converted'} from {location} into {converted}"
             location = converted
         else:

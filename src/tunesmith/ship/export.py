@@ -26,6 +26,8 @@ from typing import Any
 import numpy as np
 
 from tunesmith.errors import TunesmithError
+from tunesmith.runs import claim_output
+from tunesmith.tasks.run import load_run
 
 FP32_MAX_LOGIT_DIFFERENCE = 1e-3
 FP32_MIN_AGREEMENT = 0.999
@@ -193,20 +195,16 @@ def export(run_dir: str | Path, out: str | Path, *, fmt: str, quantize: str | No
     Raises:
         TunesmithError: hashes do not match, the task cannot be exported, or fp32 parity fails.
     """
-    from tunesmith.api import _load_for_inference, _temperature
-
     if fmt not in ("hf", "onnx"):
         raise TunesmithError(f"--format {fmt!r}: choose hf or onnx")
     if quantize not in (None, "int8"):
         raise TunesmithError(f"--quantize {quantize!r}: only int8 is supported")
     if quantize and fmt != "onnx":
         raise TunesmithError("--quantize int8 applies to --format onnx")
-    from tunesmith.runs import RunDir, claim_output
-
     out = claim_output(out, kind="dir", what="--out")  # new or empty, and not inside a run's model
 
-    RunDir.open(run_dir).verify_hashes()  # before anything of it is loaded
-    run, config, task, model, tokenizer = _load_for_inference(run_dir)
+    loaded = load_run(run_dir, verify_hashes=True)  # the hashes are checked before anything is loaded
+    run, config, task, model, tokenizer = loaded.run, loaded.config, loaded.task, loaded.model, loaded.tokenizer
     image = config.task.type == "image_classification"
     if not image and (
         task.type not in ("single_label", "multi_label", "regression") or getattr(task, "own_data", False)
@@ -288,7 +286,7 @@ def export(run_dir: str | Path, out: str | Path, *, fmt: str, quantize: str | No
             log(f"WARNING: {warning}")
         (tmp / "tunesmith.json").write_text(json.dumps({
             "task": task.to_dict(), "max_length": max_length, "format": fmt, "model": default,
-            "temperature": _temperature(run) if task.type == "single_label" else None,
+            "temperature": run.temperature() if task.type == "single_label" else None,
             "text_normalisation": None if image else "collapse whitespace", "source_run": str(run.path),
             "inputs": "pixel_values (see preprocessor_config.json)" if image else "token ids",
             "source_hashes": run.read_json("hashes.json"),

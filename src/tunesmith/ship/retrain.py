@@ -21,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from tunesmith.errors import TunesmithError
+from tunesmith.tasks import build_task
 
 
 def next_version(run: Path) -> Path:
@@ -53,8 +54,8 @@ def retrain(run_dir: str | Path, data: str | Path, *, old_share: float = 0.5, ou
     config = load_config(run.path / "config.yaml")
     if config.task.type != "single_label":
         raise TunesmithError(f"retrain covers single_label classification runs, not task.type={config.task.type}")
-    labels = run.read_json("task.json")["label_names"]
-    task = api._task_for(config, labels)
+    saved = run.read_json("task.json")
+    labels, task = saved["label_names"], build_task(config, saved)
     new, entry = load_examples(str(data), config.data, task)
     unknown = sorted(set(new["label"].astype(str)) - set(labels))
     if unknown:

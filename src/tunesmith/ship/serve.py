@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from tunesmith.errors import TunesmithError
 from tunesmith.tasks.classification import TextClassificationTask, text_warning
+from tunesmith.tasks.run import load_run
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -53,16 +54,13 @@ class Predictor:
             self._from_run(source)
 
     def _from_run(self, source: Path) -> None:
-        from tunesmith.api import _load_for_inference, _temperature
-        from tunesmith.runs import RunDir
-
-        RunDir.open(source).verify_hashes()  # never serve a model that changed after training
-        run, config, task, model, tokenizer = _load_for_inference(source)
+        loaded = load_run(source, verify_hashes=True)  # never serve a model that changed after training
+        run, config, task, model, tokenizer = loaded.run, loaded.config, loaded.task, loaded.model, loaded.tokenizer
         if task.type not in ("single_label", "multi_label", "regression") or getattr(task, "own_data", False):
             raise TunesmithError(f"serve covers text classification and regression runs, not task.type="
                                  f"{config.task.type}")  # fmt: skip
         self.tokenizer, self.max_length, self.task = tokenizer, config.model.max_length, task.to_dict()
-        self.temperature = _temperature(run) if task.type == "single_label" else None
+        self.temperature = run.temperature() if task.type == "single_label" else None
         self.scorer = task
         self.backend, self.model, self.session = "torch", model, None
         metrics = run.read_json("metrics.json") if (run.path / "metrics.json").is_file() else {}

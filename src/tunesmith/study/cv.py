@@ -22,6 +22,7 @@ import pandas as pd
 from tunesmith.config import Config, config_from_dict
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import claim_output
+from tunesmith.tasks import build_task
 
 GENERATIVE = ("causal_lm", "seq2seq")
 
@@ -123,7 +124,6 @@ def run_cv(config: Config, out: Path, *, folds: int | None = None, console=None,
         folds: overrides ``cv.folds``.
         train: the function that runs one fold (``tunesmith.api.train``); tests may wrap it.
     """
-    from tunesmith.api import _task_for
     from tunesmith.api import train as train_run
 
     train = train or train_run
@@ -138,7 +138,7 @@ def run_cv(config: Config, out: Path, *, folds: int | None = None, console=None,
             "remove data.test (or evaluate that file with `tunesmith evaluate` afterwards)"
         )
     out = claim_output(out, kind="dir", what="--out")
-    task = _task_for(config)
+    task = build_task(config)
     frame = _load(config, task)
     fold = assign_folds(frame, k, seed=config.runtime.seed, stratify=task.type == "single_label")
     out.mkdir(parents=True, exist_ok=True)  # new, or empty as claimed

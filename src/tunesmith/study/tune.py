@@ -31,6 +31,7 @@ import yaml
 from tunesmith.config import Config, SearchParameter, config_from_dict, dump_config
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import claim_output
+from tunesmith.tasks import build_task
 from tunesmith.train.callbacks import Callback
 
 HEARTBEAT_SECONDS = 5
@@ -50,9 +51,7 @@ def _optuna():
 
 def objective_metric(config: Config) -> tuple[str, str]:
     """(metric name, "maximize" or "minimize") that trials are scored by."""
-    from tunesmith.api import _task_for
-
-    task = _task_for(config)
+    task = build_task(config)
     name = config.tune.metric or config.train.metric or task.default_metric[0]
     if name not in task.metric_names:
         raise TunesmithError(f"tune.metric={name!r} is not a metric of this task; choose one of {task.metric_names}")

@@ -25,7 +25,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from tunesmith.config import DataConfig
 from tunesmith.data.batching import eval_batches
+from tunesmith.data.load import read_table
 from tunesmith.errors import TunesmithError
 
 IGNORE = -100
@@ -115,6 +117,31 @@ def records_frame(frame: pd.DataFrame, fmt: str, source: str, first_row: int = 1
         for i, row in enumerate(rows)
     ]
     return pd.DataFrame({"messages": conversations, "record": range(first_row, first_row + len(rows))})
+
+
+def load_records(spec: str, config: DataConfig) -> tuple[pd.DataFrame, dict]:
+    """Reads one source of records into ``messages``/``record`` rows (exact duplicates dropped
+    when data.clean.drop_duplicates) and a manifest entry. The text is kept as written:
+    whitespace can matter in a completion.
+
+    Raises:
+        TunesmithError: an unreadable source, an unknown record format or a bad record (naming it).
+    """
+    table = read_table(spec, column_names=config.column_names, encoding_errors=config.encoding_errors)
+    fmt = detect_format(list(table.frame.columns), config.format, table.source)
+    frame = records_frame(table.frame, fmt, table.source)
+    counts = {"rows_in": len(frame), "exact_duplicates": int(frame["messages"].duplicated().sum())}
+    if config.clean.drop_duplicates:
+        frame = frame.drop_duplicates("messages").reset_index(drop=True)
+    counts["rows_out"] = len(frame)
+    entry = {
+        "source": table.source,
+        "sha256": table.sha256,
+        "format": fmt,
+        "cleaning": counts,
+        **table.manifest_fields(),
+    }
+    return frame, entry
 
 
 # -- rendering and tokenization -----------------------------------------------------------------
@@ -322,6 +349,10 @@ class CausalLMTask:
 
     default_metric = ("loss", "min")
     metric_names = ["loss", "perplexity"]
+
+    def load(self, spec: str, data_config: DataConfig) -> tuple[pd.DataFrame, dict]:
+        """One source's records and its manifest entry (see ``load_records``)."""
+        return load_records(spec, data_config)
 
     def collate(self, features: list[dict], pad_token_id: int) -> dict:
         return collate_lm(features, pad_token_id, packing=self.packing, capacity=self.max_length)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from tunesmith.data.batching import eval_batches, pad_batch
 from tunesmith.errors import TunesmithError
-from tunesmith.evaluate import metrics as metric_fns
+from tunesmith.tasks import metrics as metric_fns
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 

@@ -11,7 +11,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from tunesmith.config import DataConfig
 from tunesmith.data.batching import eval_batches
+from tunesmith.data.load import read_table
 from tunesmith.errors import TunesmithError
 from tunesmith.tasks.causal_lm import perplexity_metrics
 
@@ -52,6 +54,26 @@ def pairs_frame(frame: pd.DataFrame, source_column: str, target_column: str, whe
                 raise TunesmithError(f"{where}, record {number}: the {role} is missing or empty")
         rows.append({"source": str(source), "target": str(target), "record": number})
     return pd.DataFrame(rows)
+
+
+def load_pairs(spec: str, config: DataConfig) -> tuple[pd.DataFrame, dict]:
+    """Reads one source of pairs into ``source``/``target``/``record`` rows (exact duplicate
+    pairs dropped when data.clean.drop_duplicates) and a manifest entry.
+
+    Raises:
+        TunesmithError: an unreadable source, unknown columns or an empty source or target
+            (naming the record).
+    """
+    table = read_table(spec, column_names=config.column_names, encoding_errors=config.encoding_errors)
+    columns = detect_pair(list(table.frame.columns), config.text_column, config.label_column, table.source)
+    frame = pairs_frame(table.frame, *columns, table.source)
+    counts = {"rows_in": len(frame), "exact_duplicates": int(frame.duplicated(["source", "target"]).sum())}
+    if config.clean.drop_duplicates:
+        frame = frame.drop_duplicates(["source", "target"]).reset_index(drop=True)
+    counts["rows_out"] = len(frame)
+    entry = {"source": table.source, "sha256": table.sha256, "columns": dict(zip(("source", "target"), columns)),
+             "cleaning": counts, **table.manifest_fields()}  # fmt: skip
+    return frame, entry
 
 
 def encode_pairs(
@@ -110,6 +132,10 @@ class Seq2SeqTask:
 
     default_metric = ("loss", "min")
     metric_names = ["loss", "perplexity"]
+
+    def load(self, spec: str, data_config: DataConfig) -> tuple[pd.DataFrame, dict]:
+        """One source's pairs and its manifest entry (see ``load_pairs``)."""
+        return load_pairs(spec, data_config)
 
     def collate(self, features: list[dict], pad_token_id: int) -> dict:
         return collate_pairs(features, pad_token_id)

@@ -1,0 +1,69 @@
+"""Loading a finished run for inference: ``load_run``, shared by predict, evaluate, chat, export,
+serve and the estimator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunesmith.config import Config, load_config
+from tunesmith.errors import TunesmithError
+from tunesmith.models.load import check_weights, quiet_transformers
+from tunesmith.runs import RunDir
+from tunesmith.tasks.build import build_task
+
+
+@dataclass
+class LoadedRun:
+    """A finished run, ready to predict."""
+
+    run: RunDir
+    config: Config
+    task: Any
+    """The task rebuilt from the run's config and ``task.json``."""
+    model: Any
+    """The trained model, in eval mode."""
+    tokenizer: Any
+    """The run's tokenizer, or its image processor for an image classifier."""
+
+
+def load_run(run_dir: str | Path, *, verify_hashes: bool = False) -> LoadedRun:
+    """Loads a finished run's config, task, model and tokenizer (or image processor).
+
+    Args:
+        run_dir: the run directory.
+        verify_hashes: first check every file of the model against the run's ``hashes.json``
+            (export and serve: never ship a model that changed after training).
+
+    Raises:
+        TunesmithError: not a run directory, the run has no trained model yet, its files do not
+            match ``hashes.json`` (with ``verify_hashes``), or its weights are damaged.
+    """
+    # transformers takes seconds to import; only loading a model needs it (the CLI starts fast).
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
+
+    quiet_transformers()
+    run = RunDir.open(run_dir)
+    if verify_hashes:
+        run.verify_hashes()  # before anything of it is loaded
+    if not (run.model_dir / "config.json").is_file():
+        raise TunesmithError(
+            f"{run.path} has no trained model yet (resume it with: tunesmith train --resume {run.path})"
+        )
+    config = load_config(run.path / "config.yaml")
+    task = build_task(config, run.read_json("task.json"))
+    auto = {"causal_lm": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM}.get(task.type)
+    if auto is None:
+        card = getattr(task, "card", None)
+        auto = getattr(transformers, card["auto_class"]) if card else AutoModelForSequenceClassification
+    if hasattr(task, "load_processor"):
+        import tunesmith.models.efficientnet  # noqa: F401 (registers the packaged image backbone)
+
+        tokenizer = task.load_processor(run.model_dir, trained=True)
+    else:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(run.model_dir)
+    check_weights(run.model_dir, "restore the run from a backup or train it again")  # not a traceback
+    model = auto.from_pretrained(run.model_dir)
+    return LoadedRun(run=run, config=config, task=task, model=model.eval(), tokenizer=tokenizer)
