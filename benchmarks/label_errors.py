@@ -64,9 +64,16 @@ def main() -> None:
         probabilities = out_of_fold_probabilities_embedding(embeddings, labels, folds=args.folds, seed=args.seed,
                                                             refit_rounds=args.refit_rounds)  # fmt: skip
     else:
+        from tunesmith.estimator import TextClassifier
+
+        def fit_fold(texts, fold_labels, held, output_dir):
+            classifier = TextClassifier(model=args.model, seed=args.seed, val_fraction=0.0, progress=False,
+                                        config={"train": {"num_epochs": 1}}, output_dir=output_dir)  # fmt: skip
+            classifier.fit(texts, fold_labels)
+            return list(classifier.classes_), classifier.predict_proba(held)
+
         probabilities = out_of_fold_probabilities_finetune(frame["text"].tolist(), labels, folds=args.folds,
-                                                           seed=args.seed, model_name=args.model,
-                                                           config={"train": {"num_epochs": 1}})  # fmt: skip
+                                                           seed=args.seed, fit_fold=fit_fold)  # fmt: skip
     flagged = rank_label_issues(labels, probabilities)
     seconds = time.perf_counter() - start
     np.savez(args.out.with_suffix(".npz"), probabilities=probabilities, labels=labels, flipped=flipped)

@@ -261,4 +261,116 @@ def test_question_answering_control_characters_keep_answer_offsets(tmp_path):
                     '"answer_start": [4]}}\n', encoding="utf-8")  # fmt: skip
     frame, entry = load_questions(str(path), None)
     assert frame["context"].iat[0] == "a b red ." and frame["context"].iat[0][4:7] == "red"
-    assert entry["control_characters"] == 1 and "replaced by spaces" in entry["notes"][0]
+    assert entry["control_characters"] == 1
+    assert entry["notes"] == [f"{path}: 1 control character (\\x07) in line 1 was replaced by spaces"]
+
+
+# -- SQuAD files and one rule for control characters in every reader ------------------------------
+def _squad_file(path, paragraphs) -> None:
+    """Writes a SQuAD file; ``paragraphs`` holds (context, [(id, question, answer, start)])."""
+    import json
+
+    data = [{"context": c, "qas": [{"id": i, "question": q, "answers": [{"text": a, "answer_start": s}]}
+                                   for i, q, a, s in qas]} for c, qas in paragraphs]  # fmt: skip
+    path.write_text(json.dumps({"version": "v1.1", "data": [{"title": "T", "paragraphs": data}]}), encoding="utf-8")
+
+
+def test_squad_nul_is_refused_with_its_article_paragraph_and_question(tmp_path):
+    from tunesmith.tasks.qa import load_questions
+
+    path = tmp_path / "s.json"
+    _squad_file(path, [("colour : red .", [("q1", "what colour ?", "red", 9)]),
+                       ("colour :\0 blue .", [("q2", "what colour ?", "blue", 10)])])  # fmt: skip
+    message = _error(load_questions, str(path), None)
+    assert f"{path}, article 1 paragraph 2, key 'context': holds a NUL character (\\x00)" in message
+    assert "\\u0000 escapes" in message
+    _squad_file(path, [("colour : red .", [("q7", "what\0 colour ?", "red", 9)])])
+    message = _error(load_questions, str(path), None)
+    assert f"{path}, article 1 paragraph 1 question q7, key 'question': holds a NUL" in message
+    _squad_file(path, [("colour : red .", [("q7", "what colour ?", "r\0d", 9)])])
+    assert "question q7, key 'answers': holds a NUL" in _error(load_questions, str(path), None)
+    _squad_file(path, [("colour : red .", [("q\0", "what colour ?", "red", 9)])])
+    assert "article 1 paragraph 1 question 1, key 'id': holds a NUL" in _error(load_questions, str(path), None)
+
+
+def test_squad_control_characters_become_spaces_with_offsets_kept_and_a_note(tmp_path):
+    from tunesmith.tasks.qa import load_questions
+
+    path = tmp_path / "s.json"
+    _squad_file(path, [("colour\x07: red .", [("q1", "what\x01 colour ?", "red", 9), ("q2", "which ?", "red", 9)]),
+                       ("animal : cat .", [("q3", "what\x1b\x01 animal ?", "cat", 9)])])  # fmt: skip
+    frame, entry = load_questions(str(path), None)
+    assert frame["context"].tolist() == ["colour : red .", "colour : red .", "animal : cat ."]
+    assert frame["question"].tolist() == ["what  colour ?", "which ?", "what   animal ?"]
+    assert [c[s[0] : s[0] + 3] for c, s in zip(frame["context"], frame["starts"])] == ["red", "red", "cat"]
+    assert entry["control_characters"] == 4
+    assert entry["notes"] == [f"{path}: 4 control characters (\\x01 x2, \\x07, \\x1b) in article 1 paragraph 1, "
+                              "question q1, question q3 were replaced by spaces"]  # fmt: skip
+
+
+def test_squad_non_finite_numbers_and_bad_bytes_are_refused(tmp_path):
+    from tunesmith.tasks.qa import load_questions
+
+    path = tmp_path / "s.json"
+    path.write_text('{"data": [{"paragraphs": [{"context": "colour : red .", "qas": [{"id": "q1", "question": '
+                    '"what ?", "answers": [{"text": "red", "answer_start": Infinity}]}]}]}]}', encoding="utf-8")  # fmt: skip
+    assert f"{path}: Infinity is not a number JSON allows" in _error(load_questions, str(path), None)
+    path.write_text('{"data": [}', encoding="utf-8")
+    assert f"{path}: not a SQuAD JSON file" in _error(load_questions, str(path), None)
+    path.write_bytes('{"data": []}'.encode("utf-16-le"))
+    assert "probably UTF-16" in _error(load_questions, str(path), None)
+    path.write_bytes(b'{"data": ["\xff"]}')
+    assert f"{path}: not UTF-8 text" in _error(load_questions, str(path), None)
+
+
+def test_qa_jsonl_scalar_line_is_a_record_error(tmp_path):
+    from tunesmith.tasks.qa import load_questions
+
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"question": "what ?", "context": "red .", "answers": {"text": ["red"]}}\n42\n', encoding="utf-8")
+    message = _error(load_questions, str(path), None)
+    assert f"{path}, line 2 holds 42 (a number), not a record {{...}}" in message and '"question": "..."' in message
+
+
+def test_qa_jsonl_note_names_characters_and_lines(tmp_path):
+    from tunesmith.tasks.qa import load_questions
+
+    path = tmp_path / "t.jsonl"
+    line = '{{"question": "what{0} ?", "context": "red{0} .", "answers": {{"text": ["red"], "answer_start": [0]}}}}\n'
+    path.write_text(line.format("") + line.format("\\u0001") + line.format("\\u001b"), encoding="utf-8")
+    _, entry = load_questions(str(path), None)
+    note = f"{path}: 4 control characters (\\x01 x2, \\x1b x2) in lines 2, 3 were replaced by spaces"
+    assert entry["notes"] == [note]
+
+
+def test_ner_jsonl_note_names_its_lines(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"tokens": ["a"], "tags": ["O"]}\n{"tokens": ["b\\u0007"], "tags": ["O"]}\n', encoding="utf-8")
+    _, entry = load_sentences(str(path), SimpleNamespace(format="auto"), "iob2")
+    assert entry["notes"] == [f"{path}: 1 control character (\\x07) in line 2 was replaced by spaces"]
+
+
+def test_conll_refuses_every_control_character_in_the_shared_shape(tmp_path):
+    path = tmp_path / "t.txt"
+    path.write_text("Alice B-PER\nsaw\x1b O\n", encoding="utf-8")
+    message = _error(load_sentences, str(path), SimpleNamespace(format="auto"), "iob2")
+    assert message.startswith(f"{path}, line 2: holds the control character \\x1b. Remove it: CoNLL columns")
+    path.write_text("Alice B-PER\nsaw\0 O\n", encoding="utf-8")
+    message = _error(load_sentences, str(path), SimpleNamespace(format="auto"), "iob2")
+    assert message.startswith(f"{path}, line 2: holds a NUL character (\\x00). NUL bytes are never text")
+
+
+def test_one_helper_writes_every_control_character_note():
+    from tunesmith.data.load import control_character_error, control_character_note
+
+    assert control_character_note("f.csv", Counter(), []) == (0, [])
+    count, notes = control_character_note("f.csv", Counter({"\x07": 11, "\x01": 1}), list(range(1, 13)))
+    assert count == 12
+    assert notes == ["f.csv: 12 control characters (\\x01, \\x07 x11) in data rows 1, 2, 3, 4, 5, 6, 7, 8, 9, 10 "
+                     "and 2 more were replaced by spaces"]  # fmt: skip
+    assert control_character_note("f.jsonl", Counter({"\x02": 1}), [4], "lines")[1] == [
+        "f.jsonl: 1 control character (\\x02) in line 4 was replaced by spaces"
+    ]
+    assert str(control_character_error("f.txt, line 3", "\x1b", "remove it")) == (
+        "f.txt, line 3: holds the control character \\x1b. remove it."
+    )

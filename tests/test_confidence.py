@@ -12,6 +12,7 @@ from sklearn.metrics import f1_score
 from tests.conftest import sentiment_rows, tiny_config
 from tunesmith import api
 from tunesmith.evaluate.confidence import bootstrap_intervals, calibration_bins, fit_temperature, softmax
+from tunesmith.tasks.classification import text_logits
 from tunesmith.tasks.run import load_run
 
 
@@ -89,7 +90,7 @@ def test_a_run_reports_intervals_calibration_and_applies_its_temperature(tmp_pat
     text = sentiment_rows(1, seed=9)[0]["text"]
     scores = api.predict(tmp_path / "run", [text])[0]["scores"]
     loaded = load_run(tmp_path / "run")
-    logits = api._logits(loaded.model, loaded.tokenizer, api.load_config(tmp_path / "run" / "config.yaml"), [text])
+    logits = text_logits(loaded.model, loaded.tokenizer, [text], max_length=loaded.config.model.max_length)
     expected = softmax(logits, temperature)[0]
     assert list(scores.values()) == pytest.approx(expected.tolist(), abs=1e-5)
     evaluated = api.evaluate(tmp_path / "run", data)

@@ -11,6 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from tests.conftest import sentiment_rows, tiny_config
+from tunesmith import api
 from tunesmith.cli import app
 from tunesmith.config import config_from_dict
 from tunesmith.errors import TunesmithError
@@ -62,7 +63,7 @@ def test_cv_runs_every_fold_and_summarises_their_test_metrics(tmp_path, tiny_mod
     pd.DataFrame(rows).assign(group=[i // 3 for i in range(90)]).to_csv(data, index=False)
     tree = tiny_config(tiny_model_dir, data, tmp_path / "unused", cv={"group_column": "group"},
                        data={"train": str(data), "val_fraction": 0.2, "test_fraction": 0.1})  # fmt: skip
-    report = run_cv(config_from_dict(tree), tmp_path / "cv", folds=3)
+    report = run_cv(config_from_dict(tree), tmp_path / "cv", train=api.train, folds=3)
     assert report["folds"] == 3 and report["grouped_by"] == "group"
     folds = pd.read_parquet(tmp_path / "cv" / "folds.parquet")
     tested = []
@@ -87,7 +88,7 @@ def test_cv_runs_every_fold_and_summarises_their_test_metrics(tmp_path, tiny_mod
 def test_cv_refuses_tasks_it_does_not_cover(tmp_path, tiny_model_dir):
     tree = tiny_config(tiny_model_dir, tmp_path / "train.txt", tmp_path / "r", task={"type": "token_classification"})
     with pytest.raises(TunesmithError, match="tunesmith cv covers classification and regression"):
-        run_cv(config_from_dict(tree), tmp_path / "cv", folds=2)
+        run_cv(config_from_dict(tree), tmp_path / "cv", train=api.train, folds=2)
 
 
 def test_cv_command_reports_errors_clearly(tmp_path, tiny_model_dir):

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 from tests.conftest import sentiment_rows, tiny_config
 from tunesmith import api
 from tunesmith.cli import app
-from tunesmith.errors import DiskFullError, disk_full
+from tunesmith.errors import DiskFullError, TunesmithError, disk_full
 from tunesmith.runs import RunDir, atomic_write, replace_dir
 from tunesmith.train.callbacks import Callback
 
@@ -269,6 +269,10 @@ def test_existing_directory_suggests_resume_only_with_a_checkpoint(tmp_path):
         RunDir.create(run)
     assert "--resume" not in str(refused.value)
     (run / "checkpoints" / "step-00000004" / "state.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(Exception, match="already exists") as refused:  # no manifest: not a complete checkpoint
+        RunDir.create(run)
+    assert "--resume" not in str(refused.value)
+    (run / "checkpoints" / "step-00000004" / "manifest.json").write_text("{}", encoding="utf-8")
     with pytest.raises(Exception, match=f"resume it with: tunesmith train --resume {run}"):
         RunDir.create(run)
 
@@ -304,6 +308,18 @@ def test_failed_run_with_a_checkpoint_is_kept_and_resumes(tmp_path, tiny_model_d
     _one_line(again, 2, "already exists", f"resume it with: tunesmith train --resume {run}")
     resumed = runner.invoke(app, ["train", "--resume", str(run)])
     assert resumed.exit_code == 0, resumed.output
+    assert (run / "metrics.json").is_file()
+
+
+def test_failed_run_that_a_resume_would_repeat_is_removed_even_with_a_checkpoint(tmp_path, tiny_model_dir):
+    run = tmp_path / "run"
+    config = _write_config(tmp_path, tiny_model_dir, run, runtime={"checkpoint_every_steps": 2})
+    with pytest.raises(TunesmithError, match="non-finite") as failed:  # after the checkpoint of step 2
+        api.train(config, console=_quiet(), callbacks=[_StopAfter(3, TunesmithError("non-finite loss at step 3"))])
+    assert "a resume would fail the same way" in "; ".join(failed.value.__notes__)
+    assert "--resume" not in "; ".join(failed.value.__notes__) and not run.exists()
+    again = runner.invoke(app, ["train", str(config)])  # the same command starts again
+    assert again.exit_code == 0, again.output
     assert (run / "metrics.json").is_file()
 
 

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from tests.conftest import sentiment_rows, tiny_config
+from tunesmith import api
 from tunesmith.config import config_from_dict, load_config
 from tunesmith.errors import TunesmithError
 from tunesmith.study import tune
@@ -75,7 +76,7 @@ def test_pruning_reporter_stops_a_trial_behind_the_median():
 
 def test_study_runs_trials_and_writes_best_config_report_and_plots(tmp_path, tiny_model_dir):
     config = config_from_dict(study_config(tmp_path, tiny_model_dir, n_trials=3))
-    report = tune.run_tune(config, tmp_path / "study")
+    report = tune.run_tune(config, tmp_path / "study", train=api.train)
     assert report["complete"] + report["pruned"] == 3 and report["failed"] == 0
     complete = [t for t in report["trials"] if t["state"] == "complete"]
     best = max(complete, key=lambda t: t["value"])
@@ -91,11 +92,11 @@ def test_study_runs_trials_and_writes_best_config_report_and_plots(tmp_path, tin
     assert "| trial | state |" in (tmp_path / "study" / "study.md").read_text()
     assert "data:image/png;base64," in (tmp_path / "study" / "study.html").read_text()
     # Running it again resumes the finished study: nothing new is trained.
-    again = tune.run_tune(config, tmp_path / "study")
+    again = tune.run_tune(config, tmp_path / "study", train=api.train)
     assert [t["value"] for t in again["trials"]] == [t["value"] for t in report["trials"]]
     changed = config_from_dict(study_config(tmp_path, tiny_model_dir, n_trials=3, sampler="tpe"))
     with pytest.raises(TunesmithError, match="holds a study with a different config"):
-        tune.run_tune(changed, tmp_path / "study")
+        tune.run_tune(changed, tmp_path / "study", train=api.train)
 
 
 def test_interrupted_study_resumes_with_its_earlier_trials_intact(tmp_path, tiny_model_dir, monkeypatch):
@@ -118,7 +119,7 @@ def test_interrupted_study_resumes_with_its_earlier_trials_intact(tmp_path, tiny
 
     monkeypatch.setattr(tune, "GRACE_SECONDS", 1)  # the killed trial's heartbeat is already stale
     time.sleep(1.5)
-    report = tune.run_tune(config, directory)
+    report = tune.run_tune(config, directory, train=api.train)
     after = {t["number"]: t for t in report["trials"]}
     assert after[0]["value"] == before[0].value and after[0]["params"] == before[0].params  # kept as it was
     assert after[1]["state"] == "fail"  # killed midway ...
@@ -131,7 +132,7 @@ def test_a_cv_objective_scores_trials_by_their_mean_over_folds(tmp_path, tiny_mo
     tree = study_config(tmp_path, tiny_model_dir, n_trials=2, objective="cv", metric="accuracy", pruner="none")
     tree["cv"] = {"folds": 2}
     tree["train"].pop("eval_every_steps")
-    report = tune.run_tune(config_from_dict(tree), tmp_path / "study")
+    report = tune.run_tune(config_from_dict(tree), tmp_path / "study", train=api.train)
     assert report["complete"] == 2
     for trial in report["trials"]:
         cv = json.loads((tmp_path / "study" / "trials" / f"trial-{trial['number']:03d}" / "cv.json").read_text())
@@ -141,7 +142,7 @@ def test_a_cv_objective_scores_trials_by_their_mean_over_folds(tmp_path, tiny_mo
 
 def test_a_loss_objective_is_read_from_the_loop(tmp_path, tiny_model_dir):
     tree = study_config(tmp_path, tiny_model_dir, n_trials=1, metric="loss", pruner="none")
-    report = tune.run_tune(config_from_dict(tree), tmp_path / "study")
+    report = tune.run_tune(config_from_dict(tree), tmp_path / "study", train=api.train)
     assert report["direction"] == "minimize" and report["complete"] == 1
     metrics = json.loads((tmp_path / "study" / "trials" / "trial-000" / "metrics.json").read_text())
     assert report["trials"][0]["value"] == pytest.approx(metrics["training"]["best_metric"])

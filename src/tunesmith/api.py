@@ -18,13 +18,15 @@ import pandas as pd
 
 from tunesmith.config import Config, config_from_dict, dump_config, load_config
 from tunesmith.data.balance import class_weights
+from tunesmith.data.label_errors import label_error_finder
 from tunesmith.data.overlap import overlap_warnings
 from tunesmith.data.prepare import PreparedData, load_examples, prepare_data, prepare_records
-from tunesmith.errors import NotResumable, TunesmithError, disk_full
+from tunesmith.errors import DiskFullError, TunesmithError, disk_full
 from tunesmith.models.load import quiet_transformers
 from tunesmith.runs import RunDir, claim_output, environment_lock, is_main_process, unused_path
+from tunesmith.study.cv import fold_classifier
 from tunesmith.tasks import build_task
-from tunesmith.tasks.classification import encode_features, text_warning
+from tunesmith.tasks.classification import encode_features, text_logits, text_warning
 from tunesmith.tasks.run import load_run
 
 SPLITS = ("train", "validation", "test")
@@ -92,8 +94,6 @@ def train(
     main = is_main_process()
     if not main and out is None:
         raise TunesmithError("a distributed run needs runtime.output_dir (tunesmith train --nproc sets it)")
-    if main and out is not None and Path(out).exists():
-        RunDir.create(out)  # raises the clear "already exists" error before any work
     if main and out is not None:  # a run inside another would break that run's hashes and resume
         claim_output(out, kind="dir", what="runtime.output_dir", run=True)
     task = build_task(config)
@@ -105,7 +105,7 @@ def train(
     else:
         data = prepare_data(config.data, task, seed=config.runtime.seed,
                             similarity=config.inspect.near_duplicate_similarity,
-                            find_label_errors=_label_error_finder(config),
+                            find_label_errors=label_error_finder(config, fit_fold=fold_classifier(config, train=train)),
                             synonyms=lambda words: _synonyms(config, words),
                             rehearsal=_rehearsal(config, task))  # fmt: skip
     _setup_runtime(config)
@@ -147,19 +147,27 @@ def train(
 def _after_failed_run(run: RunDir, error: BaseException, *, fresh: bool) -> BaseException:
     """Leaves a run that failed either gone or resumable, never half-made, and says which.
 
-    A fresh run without a checkpoint has nothing to continue: the directory this call created is
-    removed, so the same command can start again. Otherwise the directory is kept without its
-    half-written files. The error to raise gets a note saying what became of the run.
+    A fresh run without a checkpoint has nothing to continue, and one that failed on a mistake a
+    resume would meet again (a TunesmithError such as a non-finite loss; not a full disk or
+    Ctrl-C) is not worth continuing: the directory this call created is removed, so the same
+    command can start again. Otherwise the directory is kept without its half-written files. The
+    error to raise gets a note saying what became of the run. A finished run is never removed.
 
     Returns:
         ``error``, or a DiskFullError for it when the disk filled up.
     """
     full = None if isinstance(error, TunesmithError) else disk_full(error, written=run.path)  # before space is freed
     failure = error if full is None else full
+    recurs = isinstance(failure, TunesmithError) and not isinstance(failure, DiskFullError)
+    if run.finished:  # e.g. a failed forgetting check: the run is complete and its message says so
+        return failure
     if fresh and not run.has_checkpoint():
         run.discard()
         failure.add_note(f"the run had no checkpoint yet, so its directory {run.path} was removed")
-    elif isinstance(failure, NotResumable):  # its message says what to do instead
+    elif fresh and recurs:
+        run.discard()
+        failure.add_note(f"a resume would fail the same way, so the run directory {run.path} was removed")
+    elif recurs:  # its message says what to do; the run stays as it was
         run.remove_temporary()
     else:
         run.remove_temporary()
@@ -203,24 +211,6 @@ def _synonyms(config: Config, words: set[str]) -> dict[str, list[str]]:
     from tunesmith.data.augment import embedding_neighbours
 
     return embedding_neighbours(config.model.name, words, config.data.augment.neighbours)
-
-
-def _label_error_finder(config: Config):
-    """For data.clean.label_errors: the suspects of a training table, found as inspect finds them."""
-
-    def find(frame: pd.DataFrame) -> list[tuple[int, str, float]]:
-        from tunesmith.data.inspection import label_error_training
-        from tunesmith.data.label_errors import find_suspects
-
-        method = config.inspect.label_errors if config.inspect.label_errors != "off" else "embedding"
-        names, ids, probabilities, ranked = find_suspects(
-            frame["text"].tolist(), frame["label"].map(str).tolist(), method=method, folds=config.inspect.folds,
-            seed=config.runtime.seed, model_name=config.model.name, max_length=config.model.max_length,
-            train_overrides=label_error_training(config),
-        )  # fmt: skip
-        return [(int(p), names[int(probabilities[p].argmax())], float(probabilities[p, ids[p]])) for p in ranked]
-
-    return find
 
 
 def _rehearsal(config: Config, task):
@@ -587,13 +577,6 @@ def _slices(config, task, logits, targets, frame) -> dict:
     return {"slices": found}
 
 
-def _logits(model, tokenizer, config, texts: list[str], targets=None):
-    from tunesmith.tasks.classification import compute_logits
-
-    features, _ = encode_features(tokenizer, texts, targets, config.model.max_length)
-    return compute_logits(model, features, batch_size=64, pad_token_id=tokenizer.pad_token_id or 0, device="cpu")
-
-
 def _check_texts(texts: list, kind: str) -> None:
     """Refuses inputs that are not texts (a question/context pair, a number) for a run that reads text."""
     for number, item in enumerate(texts, 1):
@@ -630,7 +613,7 @@ def predict(run_dir: str | Path, texts: list) -> list[dict[str, Any]]:
         return task.predict_inputs(model, tokenizer, list(texts), config.model.max_length,
                                    pad_token_id=_pad_id(tokenizer), **calibrated)  # fmt: skip
     texts = [" ".join(str(t).split()) for t in texts]
-    logits = _logits(model, tokenizer, config, texts)
+    logits = text_logits(model, tokenizer, texts, max_length=config.model.max_length)
     temperature = run.temperature() if task.type == "single_label" else None
     return [{"text": text, **row, **text_warning(text)}
             for text, row in zip(texts, task.prediction_rows(logits, temperature))]  # fmt: skip
@@ -679,7 +662,9 @@ def evaluate(run_dir: str | Path, data: str | Path, *, log: Callable[[str], None
     else:
         frame, entry = load_examples(str(data), config.data, task)
         targets = task.encode(frame["label"], entry["source"])
-        logits = _logits(model, tokenizer, config, frame["text"].tolist(), targets)
+        logits = text_logits(
+            model, tokenizer, frame["text"].tolist(), max_length=config.model.max_length, targets=targets
+        )
     metrics = task.metrics(logits, np.asarray(targets))
     out.mkdir(exist_ok=True)
     metrics |= _confidence(config, task, logits, np.asarray(targets), out / f"{stem}_reliability.png", stem,

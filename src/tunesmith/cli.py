@@ -135,12 +135,13 @@ def train(
         if seeds > 1:
             if resume is not None or nproc > 1:
                 raise TunesmithError("--seeds runs one process per seed: it takes neither --resume nor --nproc")
+            from tunesmith import api
             from tunesmith.config import load_config
             from tunesmith.study.seeds import run_seeds
 
             resolved = load_config(config, list(set_))
             report = run_seeds(resolved, Path(resolved.runtime.output_dir or _stamp("seeds")), seeds,
-                               console=_console())  # fmt: skip
+                               train=api.train, console=_console())  # fmt: skip
             for name, values in report["summary"].items():
                 typer.echo(f"{name}: {values['mean']:.4f} ± {values['std']:.4f}")
             return
@@ -266,9 +267,11 @@ def inspect(
 
         from rich.console import Console
 
+        from tunesmith import api
         from tunesmith.config import InspectConfig, load_config
         from tunesmith.data.inspection import inspect_data, summary_lines
         from tunesmith.runs import claim_output, unused_path
+        from tunesmith.study.cv import fold_classifier
         from tunesmith.tasks import build_task
 
         items = list(sources or [])
@@ -282,15 +285,15 @@ def inspect(
         config = load_config(config_path, overrides)
         target = out or unused_path(Path("reports") / f"inspect-{datetime.now():%Y%m%d-%H%M%S}")
         console = Console(stderr=True, soft_wrap=True)
-        task = build_task(config)
-        report = inspect_data(config, items or None, target, task=task, console=console,
+        task, fit_fold = build_task(config), fold_classifier(config, train=api.train)
+        report = inspect_data(config, items or None, target, task=task, fit_fold=fit_fold, console=console,
                               log=lambda m: console.print(m, markup=False, highlight=False))  # fmt: skip
         for line in summary_lines(report):
             console.print(line, markup=False, highlight=False)
         if fix is not None:
             from tunesmith.data.inspection import write_fixed
 
-            write_fixed(config, items or None, fix, task=task,
+            write_fixed(config, items or None, fix, task=task, fit_fold=fit_fold,
                         log=lambda m: console.print(m, markup=False, highlight=False))  # fmt: skip
         typer.echo(str(target))
 
@@ -315,10 +318,12 @@ def cv(
     """K-fold cross-validation: one full train-and-test run per fold, then mean and std per metric."""
 
     def work():
+        from tunesmith import api
         from tunesmith.config import load_config
         from tunesmith.study.cv import run_cv
 
-        report = run_cv(load_config(config, list(set_)), out or _stamp("cv"), folds=folds, console=_console())
+        report = run_cv(load_config(config, list(set_)), out or _stamp("cv"), train=api.train, folds=folds,
+                        console=_console())  # fmt: skip
         for name, values in report["summary"].items():
             typer.echo(f"{name}: {values['mean']:.4f} ± {values['std']:.4f}")
 
@@ -342,17 +347,19 @@ def tune(
     """Hyperparameter search with Optuna: trials, pruning, resumable SQLite study, best config."""
 
     def work():
+        from tunesmith import api
         from tunesmith.config import load_config
         from tunesmith.study import tune as study
 
         resolved = load_config(config, list(set_))
         directory = out or _stamp("tune")
         if worker:
-            study.work(resolved, directory, _console(), worker=worker_index)
+            study.work(resolved, directory, _console(), worker=worker_index, train=api.train)
             return
         command = [sys.executable, "-m", "tunesmith.cli", "tune", *([str(config)] if config else []),
                    "--out", str(directory), "--worker", *[a for o in set_ for a in ("--set", o)]]  # fmt: skip
-        report = study.run_tune(resolved, directory, workers=workers, console=_console(), worker_command=command)
+        report = study.run_tune(resolved, directory, train=api.train, workers=workers, console=_console(),
+                                worker_command=command)  # fmt: skip
         typer.echo(f"{report['complete']} complete, {report['pruned']} pruned, {report['failed']} failed: {directory}")
         if "best" in report:
             best = report["best"]
@@ -482,6 +489,7 @@ def retrain(
     """Continue the deployed model on new data mixed with the old; score both on old and new test data."""
 
     def work():
+        from tunesmith import api
         from tunesmith.ship.retrain import retrain as run_retrain
 
         key, _, value = mix.partition("=")
@@ -491,7 +499,8 @@ def retrain(
             share = None
         if key.strip() != "old" or share is None:
             raise TunesmithError(f"--mix {mix!r}: expected old=SHARE, e.g. old=0.5")
-        report = run_retrain(run_dir, data, old_share=share, out=out, console=_console())
+        report = run_retrain(run_dir, data, train=api.train, evaluate=api.evaluate, old_share=share, out=out,
+                             console=_console())  # fmt: skip
         for name, splits in report["scores"].items():
             typer.echo(name + ": " + ", ".join(f"{s} {v[report['metric']]:.4f}" for s, v in splits.items()))
         verdict = "better" if report["better_on_new_test"] else "not better"
@@ -526,8 +535,6 @@ def _launch(nproc: int, config: Path | None, overrides: list[str], resume: Path 
             from datetime import datetime
 
             output_dir = f"runs/{datetime.now():%Y%m%d-%H%M%S}"
-        if Path(output_dir).exists():
-            raise TunesmithError(f"Run directory {output_dir} already exists; choose a new runtime.output_dir")
         from tunesmith.runs import claim_output
 
         claim_output(output_dir, kind="dir", what="runtime.output_dir", run=True)  # once, before torchrun starts

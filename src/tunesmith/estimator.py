@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from tunesmith.errors import TunesmithError
+from tunesmith.tasks.classification import text_logits
 from tunesmith.tasks.run import load_run
 
 
@@ -108,10 +109,9 @@ class TextClassifier:
             raise TunesmithError("This TextClassifier is not fitted yet: call fit(X, y) or TextClassifier.load(path)")
 
     def _logits(self, X) -> np.ndarray:
-        from tunesmith.api import _logits
-
         self._check_fitted()
-        return _logits(self.model_, self.tokenizer_, self.config_, [" ".join(str(t).split()) for t in X])
+        return text_logits(self.model_, self.tokenizer_, [" ".join(str(t).split()) for t in X],
+                           max_length=self.config_.model.max_length)  # fmt: skip
 
     def predict(self, X) -> np.ndarray | list:
         """Labels (single-label), lists of labels (multi-label) or values (regression)."""

@@ -103,14 +103,7 @@ class RunDir:
                 path = Path("runs") / f"{stamp}-{suffix}"
         path = Path(path)
         if path.exists():
-            # Resume is only worth suggesting when there is something to resume from.
-            existing = cls(path)
-            resumable = (path / "config.yaml").is_file() and existing.has_checkpoint() and not existing.finished
-            hint = f" or resume it with: tunesmith train --resume {path}" if resumable else ""
-            raise TunesmithError(
-                f"Run directory {path} already exists; choose a new runtime.output_dir "
-                f"(--set runtime.output_dir=...){hint}"
-            )
+            raise TunesmithError(existing_run_message(path))
         missing = [p for p in (path, *path.parents) if not p.exists()]
         try:
             path.mkdir(parents=True)
@@ -173,7 +166,12 @@ class RunDir:
 
     def has_checkpoint(self) -> bool:
         """True when ``checkpoints/`` holds a complete checkpoint that a resume can start from."""
-        return any((step / "state.json").is_file() for step in self.checkpoints_dir.glob("step-*"))
+        # manifest.json is written last into every checkpoint (train/checkpoint.py); older ones lack it
+        # and are refused by resume, so they do not count.
+        return any(
+            (step / "state.json").is_file() and (step / "manifest.json").is_file()
+            for step in self.checkpoints_dir.glob("step-*")
+        )
 
     def remove_temporary(self) -> list[Path]:
         """Removes tunesmith's own half-written files (:data:`TEMPORARY_NAMES`) anywhere in the run
@@ -290,6 +288,21 @@ def is_run_dir(path: Path) -> bool:
         return False
 
 
+def existing_run_message(path: Path, what: str = "runtime.output_dir") -> str:
+    """Why a new run may not go to ``path``, which exists; resume is suggested only when there is
+    something to resume from.
+
+    Args:
+        what: the option or key that named the path.
+    """
+    existing = RunDir(path)
+    resumable = (path / "config.yaml").is_file() and existing.has_checkpoint() and not existing.finished
+    hint = f" or resume it with: tunesmith train --resume {path}" if resumable else ""
+    if what != "runtime.output_dir":
+        return f"{what} {path} already exists; choose a new path (tunesmith never overwrites a run){hint}"
+    return f"Run directory {path} already exists; choose a new runtime.output_dir (--set runtime.output_dir=...){hint}"
+
+
 def claim_output(path: str | Path, *, kind: Literal["dir", "file"], what: str, run: bool = False,
                  note: str = "") -> Path:  # fmt: skip
     """Checks that a command may write ``path``; the one rule of every command that writes.
@@ -320,7 +333,9 @@ def claim_output(path: str | Path, *, kind: Literal["dir", "file"], what: str, r
     if path.is_symlink() or path.exists():
         if kind == "file" and path.is_dir():
             raise TunesmithError(f"{what} {path} is a directory{why}; give the path of a new file")
-        if kind == "file" or run or not path.is_dir():  # a run directory must not exist yet
+        if run:  # a run directory must not exist yet, not even empty
+            raise TunesmithError(existing_run_message(path, what))
+        if kind == "file" or not path.is_dir():
             raise TunesmithError(f"{what} {path} already exists{why}; choose a new path ({never})")
         if any(path.iterdir()):
             raise TunesmithError(

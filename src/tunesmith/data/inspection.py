@@ -23,6 +23,7 @@ import pandas as pd
 from tunesmith.config import Config
 from tunesmith.data import quality
 from tunesmith.data.clean import _is_missing
+from tunesmith.data.label_errors import FitFold, label_error_finder
 from tunesmith.data.load import detect_columns, read_table
 from tunesmith.data.prepare import LabelledTask
 from tunesmith.errors import TunesmithError
@@ -107,6 +108,7 @@ def inspect_data(
     out_dir: Path,
     *,
     task: LabelledTask,
+    fit_fold: FitFold | None = None,
     console=None,
     progress: bool = True,
     log: Callable[[str], None] = print,
@@ -117,6 +119,7 @@ def inspect_data(
     Args:
         task: the config's task (``tasks.build_task(config)``); it says which label values
             training would refuse.
+        fit_fold: trains one fold for ``inspect.label_errors=finetune`` (``study.cv.fold_classifier``).
     """
     if config.task.type not in (*CLASSIFICATION, "regression"):
         raise TunesmithError(
@@ -194,7 +197,7 @@ def inspect_data(
 
     report["classes"] = {name: _classes(config, frame) for name, frame in frames.items()}
     report["label_kinds"] = {t.name: _label_kind_problem(task, t) for t in tables}
-    report["label_errors"] = _label_errors(config, train, bars, log)
+    report["label_errors"] = _label_errors(config, train, bars, log, fit_fold)
     report["recommendations"] = _recommend(config, report)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -322,7 +325,7 @@ def _classes(config: Config, frame: pd.DataFrame) -> dict:
     return quality.class_distribution(labels, min_rows=config.inspect.min_class_rows)
 
 
-def _label_errors(config: Config, train: pd.DataFrame, bars: _Progress, log) -> dict:
+def _label_errors(config: Config, train: pd.DataFrame, bars: _Progress, log, fit_fold: FitFold | None) -> dict:
     from tunesmith.data import label_errors as le
 
     method, folds = config.inspect.label_errors, config.inspect.folds
@@ -340,7 +343,7 @@ def _label_errors(config: Config, train: pd.DataFrame, bars: _Progress, log) -> 
         names, labels, probabilities, ranked = le.find_suspects(
             texts, usable["label"].map(str).tolist(), method=method, folds=folds, seed=config.runtime.seed,
             model_name=config.model.name, max_length=config.model.max_length,
-            train_overrides=label_error_training(config), progress=advance,
+            fit_fold=fit_fold, progress=advance,
         )  # fmt: skip
     table = le.label_issue_table(usable.reset_index(drop=True), names, labels, probabilities, ranked)
     positions = usable.index.to_numpy()
@@ -356,12 +359,6 @@ def _label_errors(config: Config, train: pd.DataFrame, bars: _Progress, log) -> 
         "suspects": suspects,
         "_given_probability": probabilities[np.arange(len(labels)), labels].tolist(),
     }  # fmt: skip
-
-
-def label_error_training(config: Config) -> dict:
-    """The training settings of the per-fold runs of the finetune method: the config's own."""
-    return {"train": config.train.model_dump(include={"num_epochs", "batch_size", "learning_rate"}),
-            "model": {"max_length": config.model.max_length}}  # fmt: skip
 
 
 def _recommend(config: Config, report: dict) -> list[str]:
@@ -536,7 +533,7 @@ def _html(report: dict, out_dir: Path, limit: int) -> str:
 
 
 def write_fixed(config: Config, files: list[str] | None, out_dir: Path, *, task: LabelledTask,
-                log: Callable[[str], None] = print) -> dict:  # fmt: skip
+                fit_fold: FitFold | None = None, log: Callable[[str], None] = print) -> dict:  # fmt: skip
     """Applies data.clean to the files (no splits are carved) and writes the surviving rows, as
     they were read except for the labels of relabelled rows, into ``out_dir`` (same file names and formats; a folder
     source becomes <name>.csv), plus changelog.jsonl with one line per row dropped or relabelled.
@@ -544,13 +541,14 @@ def write_fixed(config: Config, files: list[str] | None, out_dir: Path, *, task:
 
     Args:
         task: the config's task (``tasks.build_task(config)``), which normalises the labels.
+        fit_fold: trains one fold when data.clean.label_errors finds suspects with
+            ``inspect.label_errors=finetune`` (``study.cv.fold_classifier``).
 
     Returns:
         Rows in and out per file, and the changelog's counts.
     """
     from collections import Counter
 
-    from tunesmith.api import _label_error_finder
     from tunesmith.data.fix import drop_leaked, fix_label_errors
     from tunesmith.data.prepare import _reason_kind, clean_and_fix
     from tunesmith.runs import atomic_write
@@ -571,8 +569,10 @@ def write_fixed(config: Config, files: list[str] | None, out_dir: Path, *, task:
     if clean.label_errors != "keep":
         if config.task.type != "single_label":
             raise TunesmithError("data.clean.label_errors needs a single_label task")
-        fixed["train"] = fix_label_errors(fixed["train"], clean.label_errors, _label_error_finder(config),
-                                          source=train_source, changes=changes)  # fmt: skip
+        find = label_error_finder(config, fit_fold=fit_fold)
+        fixed["train"] = fix_label_errors(
+            fixed["train"], clean.label_errors, find, source=train_source, changes=changes
+        )
 
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = {"files": {}, "changes": dict(Counter(f"{c['action']}: {_reason_kind(c['reason'])}" for c in changes))}

@@ -4,7 +4,8 @@ Two ways to get the probabilities:
 - ``embedding`` (default, fast): the pretrained encoder's mean-pooled token embeddings, frozen,
   and a logistic regression trained on K-1 folds and applied to the K-th, refitted once without
   the rows the first pass flags;
-- ``finetune``: the encoder fine-tuned on K-1 folds (a full tunesmith run per fold).
+- ``finetune``: the encoder fine-tuned on K-1 folds (a full tunesmith run per fold, trained by
+  a ``FitFold`` the caller passes in: training is a higher layer than data).
 Every row is scored by a model that never saw it, which is what ``find_label_issues`` needs.
 """
 
@@ -16,7 +17,13 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from tunesmith.config import Config
 from tunesmith.errors import TunesmithError
+
+FitFold = Callable[[list[str], list[int], list[str], str], tuple[list, np.ndarray]]
+"""The finetune method's training of one fold: (training texts, their label ids, held-out texts,
+a scratch run directory) -> (the label ids the model learned, in its class order; its
+probabilities for the held-out texts, one column per learned id)."""
 
 
 def embed(texts: list[str], model_name: str, *, max_length: int, batch_size: int = 64,
@@ -79,10 +86,8 @@ def out_of_fold_probabilities_embedding(embeddings: np.ndarray, labels: np.ndarr
 
 
 def out_of_fold_probabilities_finetune(texts: list[str], labels: np.ndarray, *, folds: int, seed: int,
-                                       model_name: str, config: dict | None = None) -> np.ndarray:  # fmt: skip
-    """One fine-tuning run per fold (tunesmith's TextClassifier), out of fold."""
-    from tunesmith.estimator import TextClassifier
-
+                                       fit_fold: FitFold) -> np.ndarray:  # fmt: skip
+    """One fine-tuning run per fold (``fit_fold``), out of fold."""
     classes = int(labels.max()) + 1
     probabilities = np.zeros((len(labels), classes))
     texts_array = np.asarray(texts, dtype=object)
@@ -90,11 +95,9 @@ def out_of_fold_probabilities_finetune(texts: list[str], labels: np.ndarray, *, 
         # No validation split: one run per fold trains on all of its rows; its run directory
         # is scratch, removed with the fold.
         with tempfile.TemporaryDirectory(prefix="tunesmith-fold-") as scratch:
-            classifier = TextClassifier(model=model_name, seed=seed, val_fraction=0.0, progress=False, config=config,
-                                        output_dir=f"{scratch}/fold-{fold}")  # fmt: skip
-            classifier.fit(list(texts_array[train_rows]), [int(v) for v in labels[train_rows]])
-            fitted = [int(c) for c in classifier.classes_]
-            probabilities[np.ix_(held_rows, fitted)] = classifier.predict_proba(list(texts_array[held_rows]))
+            learned, held = fit_fold(list(texts_array[train_rows]), [int(v) for v in labels[train_rows]],
+                                     list(texts_array[held_rows]), f"{scratch}/fold-{fold}")  # fmt: skip
+            probabilities[np.ix_(held_rows, [int(c) for c in learned])] = held
     return probabilities
 
 
@@ -129,9 +132,12 @@ def label_issue_table(frame: pd.DataFrame, label_names: list[str], labels: np.nd
 
 
 def find_suspects(texts: list[str], labels: list[str], *, method: str, folds: int, seed: int, model_name: str,
-                  max_length: int, train_overrides: dict | None = None,
+                  max_length: int, fit_fold: FitFold | None = None,
                   progress: Callable[[int], None] | None = None) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """Out-of-fold probabilities for (texts, labels) by ``method`` and cleanlab's ranking.
+
+    Args:
+        fit_fold: trains one fold for the ``finetune`` method (the ``embedding`` method needs none).
 
     Returns:
         (label names, label ids, probabilities, flagged positions most likely first).
@@ -142,6 +148,39 @@ def find_suspects(texts: list[str], labels: list[str], *, method: str, folds: in
         embeddings = embed(texts, model_name, max_length=max_length, progress=progress)
         probabilities = out_of_fold_probabilities_embedding(embeddings, ids, folds=folds, seed=seed)
     else:
-        probabilities = out_of_fold_probabilities_finetune(texts, ids, folds=folds, seed=seed, model_name=model_name,
-                                                           config=train_overrides)  # fmt: skip
+        if fit_fold is None:
+            raise ValueError("the finetune method needs fit_fold, the training of one fold")
+        probabilities = out_of_fold_probabilities_finetune(texts, ids, folds=folds, seed=seed, fit_fold=fit_fold)
     return names, ids, probabilities, rank_label_issues(ids, probabilities)
+
+
+def label_error_training(config: Config) -> dict:
+    """The training settings of the per-fold runs of the finetune method: the config's own."""
+    return {"train": config.train.model_dump(include={"num_epochs", "batch_size", "learning_rate"}),
+            "model": {"max_length": config.model.max_length}}  # fmt: skip
+
+
+def label_error_finder(
+    config: Config, *, fit_fold: FitFold | None
+) -> Callable[[pd.DataFrame], list[tuple[int, str, float]]]:
+    """For data.clean.label_errors: finds the suspects of a training table as ``inspect`` finds
+    them (``inspect.label_errors``; ``embedding`` when that is ``off``).
+
+    Args:
+        fit_fold: trains one fold for the ``finetune`` method.
+
+    Returns:
+        A function from a (text, label) table to its suspects: (position, suggested label,
+        probability of the given label), most likely first.
+    """
+
+    def find(frame: pd.DataFrame) -> list[tuple[int, str, float]]:
+        method = config.inspect.label_errors if config.inspect.label_errors != "off" else "embedding"
+        names, ids, probabilities, ranked = find_suspects(
+            frame["text"].tolist(), frame["label"].map(str).tolist(), method=method, folds=config.inspect.folds,
+            seed=config.runtime.seed, model_name=config.model.name, max_length=config.model.max_length,
+            fit_fold=fit_fold,
+        )  # fmt: skip
+        return [(int(p), names[int(probabilities[p].argmax())], float(probabilities[p, ids[p]])) for p in ranked]
+
+    return find

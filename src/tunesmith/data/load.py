@@ -27,6 +27,7 @@ NUL_HINT = (
     "NUL bytes are never text, and a CSV reader silently cuts a text at the first one: "
     "remove them, e.g. tr -d '\\000' < FILE > FIXED"
 )
+JSON_NUL_HINT = "NUL characters are never text: remove the \\u0000 escapes from the JSON strings"
 
 
 @dataclass
@@ -114,10 +115,49 @@ def describe_characters(counts: Counter) -> str:
     return ", ".join(f"\\x{ord(c):02x}" + (f" x{n}" if n > 1 else "") for c, n in sorted(counts.items()))
 
 
-def jsonl_records(path: Path, *, counts: Counter | None = None):
+def control_character_error(where: str, character: str, hint: str = NUL_HINT) -> TunesmithError:
+    """The error for a control character a reader refuses: a NUL in any reader, and every one
+    in a reader where a space would change the data (CoNLL columns are split on whitespace).
+
+    Args:
+        where: the file and the place in it (line, row and column, or question).
+        character: the character found.
+        hint: how to fix it; the default says how to remove NUL bytes.
+    """
+    name = "a NUL character (\\x00)" if character == "\0" else f"the control character \\x{ord(character):02x}"
+    return TunesmithError(f"{where}: holds {name}. {hint.rstrip('.')}.")
+
+
+def control_character_note(
+    source: str, counts: Counter, places: list, unit: str = "data rows"
+) -> tuple[int, list[str]]:
+    """How many control characters a reader replaced by spaces, and the note (log, data manifest)
+    that names them per character and where they were; ``(0, [])`` when there were none.
+
+    Every reader that replaces control characters reports them through this one function, so a
+    note reads the same for a CSV row, a JSONL line and a SQuAD question.
+
+    Args:
+        source: the file (or folder) read.
+        counts: count per control character replaced.
+        places: where they were, in file order (row or line numbers, or question names); the
+            first ten are shown.
+        unit: what ``places`` are ("data rows", "lines"; "" when each place names itself).
+    """
+    total = sum(counts.values())
+    if not total:
+        return 0, []
+    shown = ", ".join(map(str, places[:10])) + (f" and {len(places) - 10} more" if len(places) > 10 else "")
+    unit = unit if len(places) > 1 else unit.removesuffix("s")
+    where = " in " + " ".join(part for part in (unit, shown) if part) if places else ""
+    what = f"{total} control character{'s' if total > 1 else ''} ({describe_characters(counts)})"
+    return total, [f"{source}: {what}{where} {'were' if total > 1 else 'was'} replaced by spaces"]
+
+
+def jsonl_records(path: Path, *, counts: Counter | None = None, lines: list[int] | None = None):
     """Yields ("FILE, line N", parsed value) for every non-empty line of a JSONL file. Control
-    characters in strings are replaced by spaces (counted per character in ``counts`` when
-    given); a NUL is refused with its line.
+    characters in strings are replaced by spaces (counted per character in ``counts`` and their
+    line numbers appended to ``lines``, when given); a NUL is refused with its line.
 
     Raises:
         TunesmithError: the file is not UTF-8, or a line is not JSON or holds a NUL (naming the
@@ -135,21 +175,23 @@ def jsonl_records(path: Path, *, counts: Counter | None = None):
         where = f"{path}, line {number}"
         record, found = scrub(parse_json(line, where, problem="not JSON"))
         if found.get("\0"):
-            raise TunesmithError(f"{where}: holds a NUL character (\\u0000). {NUL_HINT}.")
+            raise control_character_error(where, "\0", JSON_NUL_HINT)  # raw NUL bytes were refused above
         if counts is not None:
             counts += found
+        if found and lines is not None:
+            lines.append(number)
         yield where, record
 
 
-def record_error(where: str, value: Any) -> TunesmithError:
-    """The error for a JSON value that should have been a record (an object)."""
+def record_error(where: str, value: Any, example: str = '{"text": "...", "label": "..."}') -> TunesmithError:
+    """The error for a JSON value that should have been a record (an object); ``example`` shows
+    a record of the task's kind."""
     shown = json.dumps(value, ensure_ascii=False)
     shown = shown if len(shown) <= 60 else shown[:57] + "..."
     kinds = ((bool, "a boolean"), (int, "a number"), (float, "a number"), (str, "a string"), (list, "a list"))
     kind = next((name for t, name in kinds if isinstance(value, t)), "null")
     return TunesmithError(
-        f"{where} holds {shown} ({kind}), not a record {{...}}: each record must be a JSON object "
-        'such as {"text": "...", "label": "..."}'
+        f"{where} holds {shown} ({kind}), not a record {{...}}: each record must be a JSON object such as {example}"
     )
 
 
@@ -279,14 +321,12 @@ def _replace_control_characters(frame: pd.DataFrame, source: str) -> tuple[pd.Da
     total: Counter = Counter()
     for position, column, counts in cells:
         if counts.get("\0"):
-            raise TunesmithError(f"{source}, row {position + 1}, column {column!r}: holds a NUL character. {NUL_HINT}.")
+            hint = JSON_NUL_HINT if source.lower().endswith((".json", ".jsonl")) else NUL_HINT
+            raise control_character_error(f"{source}, row {position + 1}, column {column!r}", "\0", hint)
         frame.iat[position, frame.columns.get_loc(column)] = scrub(frame[column].iat[position])[0]
         total += counts
-    rows = sorted({position + 1 for position, _, _ in cells})
-    shown = ", ".join(map(str, rows[:10])) + (f" and {len(rows) - 10} more" if len(rows) > 10 else "")
-    note = (f"{source}: {sum(total.values())} control characters ({describe_characters(total)}) in data rows "
-            f"{shown} were replaced by spaces")  # fmt: skip
-    return frame, sum(total.values()), [note]
+    count, notes = control_character_note(source, total, sorted({position + 1 for position, _, _ in cells}))
+    return frame, count, notes
 
 
 def read_table(

@@ -21,7 +21,6 @@ import pandas as pd
 
 from tunesmith.data.load import CONTROL_CHARACTERS
 
-CONTROL = CONTROL_CHARACTERS
 C1 = re.compile(r"[\x80-\x9f]")  # Windows-1252 punctuation decoded as Latin-1 lands here
 URL = re.compile(r"(?:https?://|www\.)\S+", re.IGNORECASE)
 NOT_WORD = re.compile(r"[^\w\s]|_")
@@ -31,7 +30,7 @@ def junk_reason(text: str) -> str | None:
     """Why a text carries nothing to learn from, or None when it looks like real text."""
     if not text.strip():
         return "empty"
-    if CONTROL.search(text):
+    if CONTROL_CHARACTERS.search(text):
         return "control characters"
     if C1.search(text):
         return "mojibake (C1 control characters: Windows-1252 text read as Latin-1?)"

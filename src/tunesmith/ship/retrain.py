@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +35,14 @@ def next_version(run: Path) -> Path:
     return run.parent / f"{stem}-v{version}"
 
 
-def retrain(run_dir: str | Path, data: str | Path, *, old_share: float = 0.5, out: str | Path | None = None,
-            console=None) -> dict[str, Any]:  # fmt: skip
-    from tunesmith import api
+def retrain(run_dir: str | Path, data: str | Path, *, train: Callable, evaluate: Callable, old_share: float = 0.5,
+            out: str | Path | None = None, console=None) -> dict[str, Any]:  # fmt: skip
+    """Trains the new run and writes ``retrain.json`` in it; returns that report.
+
+    Args:
+        train: the function that trains the new run (``tunesmith.api.train``).
+        evaluate: the function that scores a run on a labelled file (``tunesmith.api.evaluate``).
+    """
     from tunesmith.config import config_from_dict, load_config
     from tunesmith.data.prepare import load_examples
     from tunesmith.data.split import split_frame
@@ -87,7 +93,7 @@ def retrain(run_dir: str | Path, data: str | Path, *, old_share: float = 0.5, ou
                         text_column="text", label_column="label", column_names=None, max_rows=None, slice_column=None)  # fmt: skip
     tree["runtime"]["output_dir"] = str(target)
     try:
-        result = api.train(config_from_dict(tree, f"retrain of {run.path}"), console=console)
+        result = train(config_from_dict(tree, f"retrain of {run.path}"), console=console)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # only its own files: the same command can run again
         raise
@@ -98,7 +104,7 @@ def retrain(run_dir: str | Path, data: str | Path, *, old_share: float = 0.5, ou
         scores[name] = {}
         for split, file in (("old_test", old_test), ("new_test", files["test"])):
             if file.is_file():
-                evaluated = api.evaluate(path, file, log=lambda message: None)  # both named test: test-2.json
+                evaluated = evaluate(path, file, log=lambda message: None)  # both named test: test-2.json
                 scores[name][split] = {metric: evaluated[metric], "accuracy": evaluated["accuracy"],
                                        "interval": evaluated.get("confidence_intervals", {}).get(metric)}  # fmt: skip
     new_gain = scores["retrained"]["new_test"][metric] - scores["deployed"]["new_test"][metric]

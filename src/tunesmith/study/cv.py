@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,9 +21,12 @@ import numpy as np
 import pandas as pd
 
 from tunesmith.config import Config, config_from_dict
+from tunesmith.data.label_errors import FitFold, label_error_training
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import claim_output
 from tunesmith.tasks import build_task
+from tunesmith.tasks.classification import text_logits
+from tunesmith.tasks.run import load_run
 
 GENERATIVE = ("causal_lm", "seq2seq")
 
@@ -115,18 +119,15 @@ def summarize(fold_metrics: list[dict[str, Any]]) -> dict[str, Any]:
     return summary
 
 
-def run_cv(config: Config, out: Path, *, folds: int | None = None, console=None,
-           train: Callable | None = None) -> dict[str, Any]:  # fmt: skip
+def run_cv(config: Config, out: Path, *, train: Callable, folds: int | None = None,
+           console=None) -> dict[str, Any]:  # fmt: skip
     """Cross-validates ``config`` into the new directory ``out``: ``out/fold-K`` run directories,
     ``out/cv.json`` (per-metric mean ± std and per-fold values) and ``out/cv.md``.
 
     Args:
+        train: the function that runs one fold (``tunesmith.api.train``, or a wrapper of it).
         folds: overrides ``cv.folds``.
-        train: the function that runs one fold (``tunesmith.api.train``); tests may wrap it.
     """
-    from tunesmith.api import train as train_run
-
-    train = train or train_run
     if folds is not None:
         config = config.model_copy(update={"cv": config.cv.model_copy(update={"folds": folds})})
     k = config.cv.folds
@@ -166,6 +167,36 @@ def run_cv(config: Config, out: Path, *, folds: int | None = None, console=None,
     (out / "cv.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     (out / "cv.md").write_text(markdown(report), encoding="utf-8")
     return report
+
+
+def fold_classifier(config: Config, *, train: Callable) -> FitFold:
+    """The training of one fold for the finetune label-error method (``data.label_errors``): a
+    single-label run of ``config``'s model with its label-error training settings, on all of the
+    fold's rows (no validation split), scored on the held-out texts.
+
+    Args:
+        train: the function that runs the fold (``tunesmith.api.train``).
+    """
+    settings = label_error_training(config)
+
+    def fit(texts: list[str], labels: list[int], held: list[str], output_dir: str) -> tuple[list, np.ndarray]:
+        with tempfile.TemporaryDirectory(prefix="tunesmith-data-") as scratch:
+            train_file = Path(scratch) / "train.parquet"
+            pd.DataFrame({"text": list(texts), "label": list(labels)}).to_parquet(train_file)
+            tree: dict[str, Any] = {
+                "data": {"train": str(train_file), "test_fraction": 0.0, "val_fraction": 0.0},
+                "task": {"type": "single_label"},
+                "model": {"name": config.model.name, "strategy": "full", **settings["model"]},
+                "train": settings["train"],
+                "runtime": {"seed": config.runtime.seed, "output_dir": output_dir, "progress": False},
+            }  # fmt: skip
+            result = train(config_from_dict(tree))
+        loaded = load_run(result.run_dir)
+        logits = text_logits(loaded.model, loaded.tokenizer, [" ".join(str(t).split()) for t in held],
+                             max_length=loaded.config.model.max_length)  # fmt: skip
+        return list(loaded.task.label_names), loaded.task.probabilities(logits)
+
+    return fit
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -5,6 +5,7 @@ much it moves with the seed (initialisation of the head, data order, dropout).""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,12 +14,14 @@ from tunesmith.errors import TunesmithError
 from tunesmith.study.cv import summarize
 
 
-def run_seeds(config: Config, out: Path, seeds: int, *, console=None) -> dict[str, Any]:
+def run_seeds(config: Config, out: Path, seeds: int, *, train: Callable, console=None) -> dict[str, Any]:
     """Runs ``seeds`` trainings into ``out/seed-S`` (S = runtime.seed, +1, ...) and writes
     ``out/seeds.json`` and ``out/seeds.md`` with the mean, std and per-seed test metrics
-    (validation metrics when there is no test split)."""
-    from tunesmith.api import train
+    (validation metrics when there is no test split).
 
+    Args:
+        train: the function that runs one training (``tunesmith.api.train``).
+    """
     out = Path(out)
     if out.exists():
         raise TunesmithError(f"{out} already exists; choose a new runtime.output_dir")

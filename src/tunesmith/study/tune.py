@@ -22,6 +22,7 @@ import math
 import subprocess
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -195,10 +196,12 @@ def _counted(study) -> int:
     )
 
 
-def work(config: Config, directory: Path, console=None, worker: int = 0) -> None:
-    """One worker: runs trials until the study has ``tune.n_trials`` of them."""
-    from tunesmith import api
+def work(config: Config, directory: Path, console=None, worker: int = 0, *, train: Callable) -> None:
+    """One worker: runs trials until the study has ``tune.n_trials`` of them.
 
+    Args:
+        train: the function that runs one trial (``tunesmith.api.train``).
+    """
     metric, _ = objective_metric(config)
     study = open_study(config, directory, worker)
     log = (lambda m: console.print(m, markup=False, highlight=False)) if console else print
@@ -212,10 +215,10 @@ def work(config: Config, directory: Path, console=None, worker: int = 0) -> None
         try:
             trial_run = trial_config(config, values, out)
             if config.tune.objective == "cv":
-                return _cv_objective(trial, trial_run, out, metric, console)
+                return _cv_objective(trial, trial_run, out, metric, console, train)
             if trial_run.train.metric is None:
                 trial_run.train.metric = metric  # the best checkpoint is chosen by the same metric
-            result = api.train(trial_run, console=console, callbacks=[PruningReporter(trial, metric)])
+            result = train(trial_run, console=console, callbacks=[PruningReporter(trial, metric)])
             value = result.metrics.get("validation", {}).get(metric)
             if value is None:  # e.g. loss: kept by the loop, not among the final split metrics
                 value = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["training"]["best_metric"]
@@ -239,14 +242,13 @@ def work(config: Config, directory: Path, console=None, worker: int = 0) -> None
             log(f"Trial {last.number}: {last.state.name.lower()} {value}")
 
 
-def _cv_objective(trial, config: Config, out: Path, metric: str, console) -> float:
-    from tunesmith import api
+def _cv_objective(trial, config: Config, out: Path, metric: str, console, train: Callable) -> float:
     from tunesmith.study.cv import run_cv
 
     scores: list[float] = []
 
     def train_fold(fold_config, console=None):
-        result = api.train(fold_config, console=console)
+        result = train(fold_config, console=console)
         value = result.metrics.get("test", {}).get(metric)
         if value is None or not math.isfinite(value):
             raise TunesmithError(f"tune.objective=cv: the fold's test {metric} is {value}; choose a test metric "
@@ -258,16 +260,17 @@ def _cv_objective(trial, config: Config, out: Path, metric: str, console) -> flo
             raise _optuna().TrialPruned(f"CV mean {np.mean(scores):.4f} after {len(scores)} folds")
         return result
 
-    report = run_cv(config, out, console=console, train=train_fold)
+    report = run_cv(config, out, train=train_fold, console=console)
     return float(report["summary"][metric]["mean"])
 
 
-def run_tune(config: Config, directory: Path, *, workers: int = 1, console=None,
+def run_tune(config: Config, directory: Path, *, train: Callable, workers: int = 1, console=None,
              worker_command: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """Runs (or resumes) the study in ``directory`` with ``workers`` processes and writes the
     report, plots and best config.
 
     Args:
+        train: the function that runs one trial (``tunesmith.api.train``).
         worker_command: the command that starts one more worker process (the CLI passes
             itself); needed when ``workers`` > 1.
     """
@@ -294,7 +297,7 @@ def run_tune(config: Config, directory: Path, *, workers: int = 1, console=None,
             raise TunesmithError("several workers need a worker command")
         helpers = [subprocess.Popen([*worker_command, "--worker-index", str(i)]) for i in range(1, workers)]
     try:
-        work(config, directory, console)
+        work(config, directory, console, train=train)
     finally:
         codes = [helper.wait() for helper in helpers]
     if any(codes):

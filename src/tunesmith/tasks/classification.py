@@ -398,3 +398,15 @@ def compute_logits(model, features: list[dict], *, batch_size: int, pad_token_id
         out[indices] = logits
     model.train(was_training)
     return out if out is not None else np.empty((0, 0), dtype=np.float32)
+
+
+def text_logits(model, tokenizer, texts: list[str], *, max_length: int, targets: list | None = None) -> np.ndarray:
+    """Logits of a trained text model for ``texts`` (on the CPU, 64 at a time): the scores behind
+    predict, evaluate and the estimator's predict_proba.
+
+    Args:
+        max_length: the run's model.max_length; longer texts are truncated as in training.
+        targets: the encoded labels, when the features should carry them.
+    """
+    features, _ = encode_features(tokenizer, texts, targets, max_length)
+    return compute_logits(model, features, batch_size=64, pad_token_id=tokenizer.pad_token_id or 0, device="cpu")

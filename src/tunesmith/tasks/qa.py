@@ -20,9 +20,9 @@ by ``task.no_answer_threshold``. Metrics are SQuAD's exact match and token F1.
 from __future__ import annotations
 
 import collections
-import json
 import re
 import string
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,20 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from tunesmith.data.load import (
+    JSON_NUL_HINT,
+    NUL_HINT,
+    control_character_error,
+    control_character_note,
+    jsonl_records,
+    parse_json,
+    record_error,
+    refuse_nul,
+    scrub,
+)
 from tunesmith.errors import TunesmithError
+
+QA_RECORD = '{"question": "...", "context": "...", "answers": {"text": [...], "answer_start": [...]}}'
 
 
 # -- reading ----------------------------------------------------------------------------------------
@@ -58,12 +71,41 @@ def _row(question, context, texts, starts, *, qid: str, group: str, where: str) 
             "starts": found, "group": group, "where": where}  # fmt: skip
 
 
-def read_squad(path: Path) -> list[dict]:
-    """One row per question of a SQuAD v1.1/v2.0 file; ``group`` is the paragraph."""
+def read_squad(path: Path, counts: Counter | None = None, places: list[str] | None = None) -> list[dict]:
+    """One row per question of a SQuAD v1.1/v2.0 file; ``group`` is the paragraph.
+
+    As in every other reader, control characters in contexts, questions, ids and answers become
+    spaces, one for one so that answer offsets stay right (counted per character in ``counts``,
+    with the paragraph or question appended to ``places``).
+
+    Raises:
+        TunesmithError: not UTF-8 or not JSON, NaN or Infinity (not JSON), a NUL (naming the
+            article, paragraph and question), or a record that does not fit SQuAD's shape.
+    """
+    counts = Counter() if counts is None else counts
+    places = [] if places is None else places
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise TunesmithError(f"{path}: not a SQuAD JSON file ({error})") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise TunesmithError(f"{path}: not UTF-8 text (offset {error.start})") from None
+    try:
+        document = parse_json(text, str(path), problem="not a SQuAD JSON file")
+    except TunesmithError:
+        refuse_nul(text, str(path))  # NUL bytes between values, or a UTF-16 file: say that instead
+        raise
+
+    nul_hint = NUL_HINT if "\0" in text else JSON_NUL_HINT  # raw NUL bytes, or \u0000 escapes
+
+    def clean(value, where: str, key: str, place: str):
+        value, found = scrub(value)
+        if found.get("\0"):
+            raise control_character_error(f"{where}, key {key!r}", "\0", nul_hint)
+        if found:
+            counts.update(found)
+            if place not in places:
+                places.append(place)
+        return value
+
     if not isinstance(document, dict) or not isinstance(document.get("data"), list):
         raise TunesmithError(f"{path}: a SQuAD file needs a top-level 'data' list of articles")
     rows = []
@@ -80,26 +122,28 @@ def read_squad(path: Path) -> list[dict]:
                 '"qas": [{...}]}]}, with an object for each article, paragraph and question'
             )
         for p, paragraph in enumerate(paragraphs):
+            place = f"article {a + 1} paragraph {p + 1}"
+            context = clean(paragraph.get("context"), f"{path}, {place}", "context", place)
             for q, qa in enumerate(paragraph.get("qas", [])):
-                qid = str(qa.get("id", f"{a}.{p}.{q}"))
-                where = f"{path}, article {a + 1} paragraph {p + 1} question {qid}"
+                qid = str(clean(qa.get("id", f"{a}.{p}.{q}"), f"{path}, {place} question {q + 1}", "id", place))
+                where = f"{path}, {place} question {qid}"
                 answers = [] if qa.get("is_impossible") else qa.get("answers", [])
                 if not isinstance(answers, list) or any(not isinstance(x, dict) for x in answers):
                     raise TunesmithError(f"{where}: 'answers' must be a list of {{text, answer_start}}")
-                rows.append(_row(qa.get("question"), paragraph.get("context"), [x.get("text") for x in answers],
-                                 [x.get("answer_start") for x in answers], qid=qid, group=f"{a}.{p}",
-                                 where=where))  # fmt: skip
+                question = clean(qa.get("question"), where, "question", f"question {qid}")
+                texts = clean([x.get("text") for x in answers], where, "answers", f"question {qid}")
+                rows.append(_row(question, context, texts, [x.get("answer_start") for x in answers], qid=qid,
+                                 group=f"{a}.{p}", where=where))  # fmt: skip
     return rows
 
 
-def read_qa_jsonl(path: Path, counts=None) -> list[dict]:
-    """One row per line of a flat question/context/answers JSONL file; ``group`` is the context."""
-    from tunesmith.data.load import jsonl_records
-
+def read_qa_jsonl(path: Path, counts: Counter | None = None, lines: list[int] | None = None) -> list[dict]:
+    """One row per line of a flat question/context/answers JSONL file; ``group`` is the context.
+    Control characters become spaces (counted in ``counts``, their lines in ``lines``)."""
     rows = []
-    for where, record in jsonl_records(path, counts=counts):  # control characters: spaces, counted
+    for where, record in jsonl_records(path, counts=counts, lines=lines):
         if not isinstance(record, dict):
-            raise TunesmithError(f"{where}: expected a JSON object with question, context and answers")
+            raise record_error(where, record, QA_RECORD)
         answers = record.get("answers", [])
         if isinstance(answers, dict):
             texts = answers.get("text", [])
@@ -124,19 +168,17 @@ def load_questions(spec: str, config) -> tuple[pd.DataFrame, dict]:
     if not path.is_file():
         raise TunesmithError(f"Data file not found: {path}")
     fmt = "squad" if path.suffix.lower() == ".json" else "jsonl"
-    from collections import Counter
-
-    control = Counter()
-    rows = read_squad(path) if fmt == "squad" else read_qa_jsonl(path, control)
+    control, places = Counter(), []
+    rows = read_squad(path, control, places) if fmt == "squad" else read_qa_jsonl(path, control, places)
     if not rows:
         raise TunesmithError(f"{path}: no questions found")
     frame = pd.DataFrame(rows)
     entry = {"source": str(path), "sha256": sha256_file(path), "format": fmt, "replaced_characters": 0,
              "cleaning": {"questions": len(frame), "contexts": int(frame["group"].nunique()),
                           "unanswerable": int((frame["answers"].map(len) == 0).sum())}}  # fmt: skip
-    if control:
-        entry["control_characters"] = sum(control.values())
-        entry["notes"] = [f"{path}: {entry['control_characters']} control characters were replaced by spaces"]
+    count, notes = control_character_note(str(path), control, places, "lines" if fmt == "jsonl" else "")
+    if count:
+        entry["control_characters"], entry["notes"] = count, notes
     return frame, entry
 
 

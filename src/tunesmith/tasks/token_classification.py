@@ -99,7 +99,7 @@ def read_conll(path: Path) -> list[dict]:
         TunesmithError: not UTF-8, a line without a tag, or a control character (columns are
             split on whitespace, so replacing one could shift them), naming the line.
     """
-    from tunesmith.data.load import CONTROL_CHARACTERS, NUL_HINT
+    from tunesmith.data.load import CONTROL_CHARACTERS, NUL_HINT, control_character_error
 
     sentences, tokens, tags, first = [], [], [], None
     try:
@@ -107,11 +107,13 @@ def read_conll(path: Path) -> list[dict]:
     except UnicodeDecodeError as error:
         raise TunesmithError(f"{path}: not UTF-8 text (offset {error.start})") from None
     for number, line in enumerate(lines + [""], 1):
+        # Unlike the CSV/JSONL readers, which replace control characters by spaces, CoNLL refuses
+        # them all: its columns are split on whitespace, so a space would split a token in two
+        # (or turn "word\x1bB-PER" into a token and a tag) and change the data silently.
         bad = CONTROL_CHARACTERS.search(line)
         if bad:
-            hint = NUL_HINT if bad.group() == "\0" else "remove it (CoNLL columns are split on whitespace)"
-            raise TunesmithError(f"{path}, line {number}: holds the control character \\x{ord(bad.group()):02x}; "
-                                 f"{hint}")  # fmt: skip
+            hint = NUL_HINT if bad.group() == "\0" else "Remove it: CoNLL columns are split on whitespace"
+            raise control_character_error(f"{path}, line {number}", bad.group(), hint)
         parts = line.split()
         if not parts or parts[0] == "-DOCSTART-":
             if tokens:
@@ -130,13 +132,14 @@ def words_with_offsets(text: str) -> list[tuple[str, int, int]]:
     return [(m.group(), m.start(), m.end()) for m in WORD.finditer(text)]
 
 
-def _read_jsonl(path: Path, fmt: str, counts: Counter | None = None) -> list[dict]:
+def _read_jsonl(path: Path, fmt: str, counts: Counter | None = None, lines: list[int] | None = None) -> list[dict]:
     from tunesmith.data.load import jsonl_records, record_error
 
     sentences = []
-    for where, record in jsonl_records(path, counts=counts):
+    for where, record in jsonl_records(path, counts=counts, lines=lines):
         if not isinstance(record, dict):
-            raise record_error(where, record)
+            example = '{"tokens": [...], "tags": [...]}' if fmt == "tokens" else '{"text": "...", "entities": [...]}'
+            raise record_error(where, record, example)
         if fmt == "tokens":
             tokens, tags = record.get("tokens"), record.get("tags")
             if not isinstance(tokens, list) or not isinstance(tags, list) or len(tokens) != len(tags) or not tokens:
@@ -205,7 +208,7 @@ def load_sentences(spec: str, config, scheme: str, invalid_tags: str = "convert"
     Raises:
         TunesmithError: a missing or malformed file, a tag outside the scheme, naming the line.
     """
-    from tunesmith.data.load import describe_characters
+    from tunesmith.data.load import control_character_note
     from tunesmith.runs import sha256_file
 
     path = Path(spec)
@@ -214,7 +217,8 @@ def load_sentences(spec: str, config, scheme: str, invalid_tags: str = "convert"
     wanted = config.format if config.format in ("conll", "tokens", "spans") else "auto"
     fmt = detect_format(path, wanted)
     control: Counter = Counter()
-    sentences = read_conll(path) if fmt == "conll" else _read_jsonl(path, fmt, control)
+    control_lines: list[int] = []
+    sentences = read_conll(path) if fmt == "conll" else _read_jsonl(path, fmt, control, control_lines)
     if not sentences:
         raise TunesmithError(f"{path}: no sentences found")
     # Files carry task.tag_scheme, except spans (always IOB2); the model trains in tag_scheme.
@@ -243,10 +247,10 @@ def load_sentences(spec: str, config, scheme: str, invalid_tags: str = "convert"
         more = f" and {len(converted) - 5} more" if len(converted) > 5 else ""
         notes.append(f"{len(converted)} entities started with I- instead of B- and were converted to B- "
                      f"({'; '.join(converted[:5])}{more}); task.invalid_tags=error refuses such files")  # fmt: skip
-    if control:
-        cleaning["control_characters"] = sum(control.values())
-        notes.append(f"{path}: {sum(control.values())} control characters ({describe_characters(control)}) were "
-                     "replaced by spaces")  # fmt: skip
+    count, control_notes = control_character_note(str(path), control, control_lines, "lines")
+    if count:
+        cleaning["control_characters"] = count
+        notes += control_notes
     entry = {"source": str(path), "sha256": sha256_file(path), "format": fmt, "replaced_characters": 0,
              "cleaning": cleaning}  # fmt: skip
     if notes:

@@ -1,0 +1,43 @@
+"""The finetune label-error method trains its folds with ``study.cv.fold_classifier`` (data/ may
+not import the estimator): it must be the same run, with the same probabilities, as the
+TextClassifier the method used before."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tests.conftest import sentiment_rows
+from tunesmith import api
+from tunesmith.config import load_config
+from tunesmith.data.label_errors import label_error_training, out_of_fold_probabilities_finetune
+from tunesmith.estimator import TextClassifier
+from tunesmith.study.cv import fold_classifier
+
+
+def test_fold_classifier_predicts_what_the_estimator_predicts(tmp_path, tiny_model_dir):
+    config = load_config(None, [f"model.name={tiny_model_dir}", "model.max_length=32", "train.num_epochs=1",
+                                "train.batch_size=8", "train.learning_rate=3e-3"])  # fmt: skip
+    texts = [row["text"] for row in sentiment_rows(24)]
+    labels = [i % 2 for i in range(24)]
+    held = ["a new text to score", "  spaced   out  text "]
+    learned, probabilities = fold_classifier(config, train=api.train)(texts, labels, held, str(tmp_path / "fold"))
+    estimator = TextClassifier(model=str(tiny_model_dir), seed=config.runtime.seed, val_fraction=0.0, progress=False,
+                               config=label_error_training(config), output_dir=str(tmp_path / "estimator"))  # fmt: skip
+    estimator.fit(texts, labels)
+    assert [int(c) for c in learned] == [int(c) for c in estimator.classes_] == [0, 1]
+    assert probabilities.shape == (2, 2)
+    np.testing.assert_allclose(probabilities, estimator.predict_proba(held), atol=1e-6)
+
+
+def test_finetune_scores_every_row_out_of_fold():
+    seen = []
+
+    def fit_fold(texts, labels, held, output_dir):  # a stand-in model: certain of label 1
+        seen.append((set(texts), set(held)))
+        return [0, 1], np.tile([0.25, 0.75], (len(held), 1))
+
+    texts = [f"text {i}" for i in range(9)]
+    probabilities = out_of_fold_probabilities_finetune(texts, np.array([0, 1, 1] * 3), folds=3, seed=0,
+                                                       fit_fold=fit_fold)  # fmt: skip
+    assert probabilities.tolist() == [[0.25, 0.75]] * 9
+    assert all(not trained & held for trained, held in seen) and set().union(*(h for _, h in seen)) == set(texts)
