@@ -56,21 +56,21 @@ def before(config_path: Path, held: Path) -> dict:
     """The untuned encoder with a new QA head, scored like the tuned model."""
     import torch
 
-    from tunesmith.api import _pad_id, _quiet_transformers, _task_for
     from tunesmith.config import load_config
-    from tunesmith.models.load import load_tokenizer, resolve_model
+    from tunesmith.models.load import load_tokenizer, quiet_transformers, resolve_model
+    from tunesmith.tasks import build_task
 
-    _quiet_transformers()
+    quiet_transformers()
     config = load_config(config_path)
     torch.manual_seed(config.runtime.seed)
-    task = _task_for(config)
+    task = build_task(config)
     frame, _ = task.load(str(held), config.data)
     task.fit(frame)
     resolved = resolve_model(config.model.name)
     tokenizer = load_tokenizer(resolved)
     model, _ = task.load_model(resolved, None)
     features, _ = task.encode_frame(tokenizer, frame, config.model.max_length)
-    return task.evaluate(model, features, batch_size=32, pad_token_id=_pad_id(tokenizer), device="cpu")
+    return task.evaluate(model, features, batch_size=32, pad_token_id=tokenizer.pad_token_id, device="cpu")
 
 
 def main() -> None:
