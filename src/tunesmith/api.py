@@ -22,7 +22,7 @@ from tunesmith.data.label_errors import label_error_finder
 from tunesmith.data.overlap import overlap_warnings
 from tunesmith.data.prepare import PreparedData, load_examples, prepare_data, prepare_records
 from tunesmith.errors import DiskFullError, TunesmithError, disk_full
-from tunesmith.models.load import quiet_transformers
+from tunesmith.models.load import check_max_length, quiet_transformers, resolve_model
 from tunesmith.runs import RunDir, claim_output, environment_lock, is_main_process, unused_path
 from tunesmith.study.cv import fold_classifier
 from tunesmith.tasks import build_task
@@ -97,6 +97,8 @@ def train(
     if main and out is not None:  # a run inside another would break that run's hashes and resume
         claim_output(out, kind="dir", what="runtime.output_dir", run=True)
     task = build_task(config)
+    # The model's name and model.max_length are checked before the data work and the run directory.
+    check_max_length(resolve_model(config.model.name), None, config.model.max_length)
     if task.type in GENERATIVE:
         data = prepare_records(config.data, seed=config.runtime.seed, load=task.load, inputs=task.overlap_inputs)
     elif getattr(task, "own_data", False):  # token classification, question answering
@@ -262,7 +264,7 @@ def _report_data(data: PreparedData, log) -> None:
 
 def _fit(run: RunDir, config: Config, task, data: PreparedData, console, callbacks, *, resume: bool) -> TrainResult:
     from tunesmith.models.adapt import apply_strategy, count_parameters
-    from tunesmith.models.load import load_tokenizer, resolve_model
+    from tunesmith.models.load import load_tokenizer
     from tunesmith.train.callbacks import ProgressBar
     from tunesmith.train.loop import resolve_device, run_training
 

@@ -248,21 +248,25 @@ class RunDir:
         ``record_hashes``."""
         if not (self.path / "hashes.json").is_file():
             raise TunesmithError(f"{self.path} has no hashes.json: it did not finish, or predates recorded hashes")
-        recorded = self.read_json("hashes.json")
-        present = self._hashed_files()
-        changed = [n for n in recorded if n in present and sha256_file(present[n]) != recorded[n]]
-        missing = [n for n in recorded if n not in present]
-        added = [n for n in present if n not in recorded]
-        if changed or missing or added:
-            parts = [f"{label}: {', '.join(names[:5])}" for label, names in
-                     (("changed", changed), ("missing", missing), ("not recorded", added)) if names]  # fmt: skip
-            raise TunesmithError(f"{self.path}: files do not match hashes.json ({'; '.join(parts)})")
+        mismatch = hash_mismatch(self.read_json("hashes.json"), self._hashed_files())
+        if mismatch:
+            raise TunesmithError(f"{self.path}: files do not match hashes.json ({mismatch})")
 
     def truncate_metrics(self, lines: int) -> None:
         """Keeps the first ``lines`` records (what was logged up to a checkpoint)."""
         if self.metrics_log.exists():
             kept = self.metrics_log.read_text(encoding="utf-8").splitlines(keepends=True)[:lines]
             atomic_write(self.metrics_log, "".join(kept))
+
+
+def hash_mismatch(recorded: dict[str, str], present: dict[str, Path]) -> str:
+    """How the files ``present`` differ from the SHA-256 hashes ``recorded`` for them (names that
+    changed, went missing or were not recorded), or "" when they match."""
+    changed = [n for n in recorded if n in present and sha256_file(present[n]) != recorded[n]]
+    missing = [n for n in recorded if n not in present]
+    added = [n for n in present if n not in recorded]
+    return "; ".join(f"{label}: {', '.join(names[:5])}" for label, names in
+                     (("changed", changed), ("missing", missing), ("not recorded", added)) if names)  # fmt: skip
 
 
 def sha256_file(path: Path) -> str:

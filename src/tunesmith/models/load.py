@@ -298,7 +298,7 @@ def check_max_length(resolved: ResolvedModel, tokenizer, max_length: int) -> Non
         TunesmithError: naming both numbers.
     """
     found = position_limit(resolved, tokenizer)
-    if found is not None and max_length > found[0]:
+    if found is not None and max_length is not None and max_length > found[0]:
         limit, source = found
         raise TunesmithError(
             f"model.max_length={max_length} is above {limit}, {source} ({resolved.location}): "

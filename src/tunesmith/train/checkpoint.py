@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from tunesmith.errors import NotResumable, TunesmithError
-from tunesmith.runs import atomic_write, replace_dir, sha256_file
+from tunesmith.runs import atomic_write, hash_mismatch, replace_dir, sha256_file
 
 MANIFEST = "manifest.json"
 """The file written last into every checkpoint: ``{"files": {relative path: SHA-256}}``."""
@@ -231,14 +231,9 @@ def verify_checkpoint(path: Path) -> None:
         readable = False
     if not readable:
         raise DamagedCheckpoint(f"{path / MANIFEST} is not a manifest tunesmith wrote")
-    present = _checkpoint_files(path)
-    changed = [name for name in recorded if name in present and sha256_file(present[name]) != recorded[name]]
-    missing = [name for name in recorded if name not in present]
-    added = [name for name in present if name not in recorded]
-    if changed or missing or added:
-        parts = [f"{label}: {', '.join(names[:5])}" for label, names in
-                 (("changed", changed), ("missing", missing), ("not recorded", added)) if names]  # fmt: skip
-        raise DamagedCheckpoint(f"{path}: files do not match {MANIFEST} ({'; '.join(parts)})")
+    mismatch = hash_mismatch(recorded, _checkpoint_files(path))
+    if mismatch:
+        raise DamagedCheckpoint(f"{path}: files do not match {MANIFEST} ({mismatch})")
 
 
 @dataclass
