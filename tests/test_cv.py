@@ -87,7 +87,7 @@ def test_cv_runs_every_fold_and_summarises_their_test_metrics(tmp_path, tiny_mod
 
 def test_cv_refuses_tasks_it_does_not_cover(tmp_path, tiny_model_dir):
     tree = tiny_config(tiny_model_dir, tmp_path / "train.txt", tmp_path / "r", task={"type": "token_classification"})
-    with pytest.raises(TunesmithError, match="tunesmith cv covers classification and regression"):
+    with pytest.raises(TunesmithError, match="cv does not cover token_classification runs yet"):
         run_cv(config_from_dict(tree), tmp_path / "cv", train=api.train, folds=2)
 
 

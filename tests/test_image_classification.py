@@ -178,7 +178,7 @@ def test_a_tiny_cnn_trains_evaluates_predicts_and_reports(tmp_path, tiny_cnn_dir
     assert labels[int(logits.argmax())] == found[40]["label"]  # predict's answer for vertical/3.png
     from tunesmith.ship.serve import Predictor
 
-    with pytest.raises(TunesmithError, match="serve covers text classification"):
+    with pytest.raises(TunesmithError, match="serve does not cover image_classification runs yet"):
         Predictor(tmp_path / "onnx")
 
 

@@ -25,7 +25,7 @@ from tunesmith.errors import DiskFullError, TunesmithError, disk_full
 from tunesmith.models.load import check_max_length, quiet_transformers, resolve_model
 from tunesmith.runs import RunDir, claim_output, environment_lock, is_main_process, unused_path
 from tunesmith.study.cv import fold_classifier
-from tunesmith.tasks import build_task
+from tunesmith.tasks import build_task, require_stage
 from tunesmith.tasks.classification import encode_features, text_logits, text_warning
 from tunesmith.tasks.run import load_run
 
@@ -539,9 +539,8 @@ def _forgetting(config, task, model, tokenizer, resolved, log) -> dict[str, Any]
         base, _ = load_causal_lm(resolved, dropout=None)
         found = forgetting.causal_lm_check(settings, base_model=base, tuned_model=model, tokenizer=tokenizer,
                                            max_length=config.model.max_length, seed=seed)  # fmt: skip
-    elif task.type in GENERATIVE:
-        raise TunesmithError("forgetting covers classifiers and causal LMs, not task.type=seq2seq")
     else:
+        require_stage(task, "forgetting")
         found = forgetting.classifier_check(settings, base_name=config.model.name, tuned_model=model,
                                             tokenizer=tokenizer, max_length=config.model.max_length,
                                             seed=seed)  # fmt: skip
@@ -693,8 +692,7 @@ def chat(run_dir: str | Path, *, read=input, write=print) -> None:
 
     loaded = load_run(run_dir)
     run, config, task, model, tokenizer = loaded.run, loaded.config, loaded.task, loaded.model, loaded.tokenizer
-    if task.type != "causal_lm":
-        raise TunesmithError(f"{run.path} is a {task.type} run; chat needs task.type=causal_lm")
+    require_stage(task, "chat", what=str(run.path))
     messages: list[dict[str, str]] = []
     write("Chatting with " + str(run.model_dir) + " (/reset starts over, an empty line or /exit stops)")
     while True:

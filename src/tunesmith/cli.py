@@ -272,7 +272,7 @@ def inspect(
         from tunesmith.data.inspection import inspect_data, summary_lines
         from tunesmith.runs import claim_output, unused_path
         from tunesmith.study.cv import fold_classifier
-        from tunesmith.tasks import build_task
+        from tunesmith.tasks import build_task, require_stage
 
         items = list(sources or [])
         if fix is not None:  # before the slow part (inspect_data checks --out itself)
@@ -283,6 +283,7 @@ def inspect(
             raise TunesmithError(f"--label-errors {label_errors}: choose {', '.join(methods[:-1])} or {methods[-1]}")
         overrides = list(set_) + ([f"inspect.label_errors={label_errors}"] if label_errors else [])
         config = load_config(config_path, overrides)
+        require_stage(build_task(config), "inspect")  # before --out is claimed (data/ does not know tasks)
         target = out or unused_path(Path("reports") / f"inspect-{datetime.now():%Y%m%d-%H%M%S}")
         console = Console(stderr=True, soft_wrap=True)
         task, fit_fold = build_task(config), fold_classifier(config, train=api.train)

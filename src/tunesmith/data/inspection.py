@@ -121,11 +121,6 @@ def inspect_data(
             training would refuse.
         fit_fold: trains one fold for ``inspect.label_errors=finetune`` (``study.cv.fold_classifier``).
     """
-    if config.task.type not in (*CLASSIFICATION, "regression"):
-        raise TunesmithError(
-            f"inspect covers labelled text for classification and regression; task.type={config.task.type!r} "
-            "is not supported yet"
-        )
     held = (Path(out_dir) / "report.json").is_file()
     out_dir = claim_output(out_dir, kind="dir", what="--out", note="it already holds a report" if held else "")
     options = config.inspect

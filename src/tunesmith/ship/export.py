@@ -27,6 +27,7 @@ import numpy as np
 
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import claim_output
+from tunesmith.tasks import require_stage
 from tunesmith.tasks.run import load_run
 
 FP32_MAX_LOGIT_DIFFERENCE = 1e-3
@@ -205,12 +206,8 @@ def export(run_dir: str | Path, out: str | Path, *, fmt: str, quantize: str | No
 
     loaded = load_run(run_dir, verify_hashes=True)  # the hashes are checked before anything is loaded
     run, config, task, model, tokenizer = loaded.run, loaded.config, loaded.task, loaded.model, loaded.tokenizer
+    require_stage(task, "export", what=str(run.path))
     image = config.task.type == "image_classification"
-    if not image and (
-        task.type not in ("single_label", "multi_label", "regression") or getattr(task, "own_data", False)
-    ):
-        raise TunesmithError(f"export covers text and image classification and regression runs, not task.type="
-                             f"{config.task.type} (the run's model/ folder loads with plain transformers)")  # fmt: skip
     max_length = config.model.max_length
     if image:  # pixels in, preprocessing (preprocessor_config.json) beside the model
         count, split, torch_scores, onnx_scores, export_onnx, quantize_int8 = _image_scorers(run, task, model, rows)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from tunesmith.errors import TunesmithError
+from tunesmith.tasks import require_stage
 
 WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -100,6 +101,9 @@ def monitor(run_dir: str | Path, live_path: str | Path, out: str | Path, *, text
     from tunesmith.runs import atomic_write, claim_output
     from tunesmith.ship.serve import Predictor
 
+    task_file = Path(run_dir) / "task.json"
+    if task_file.is_file():  # a run's kind, before serve's loader would refuse it in its own words
+        require_stage(json.loads(task_file.read_text(encoding="utf-8"))["type"], "monitor", what=str(run_dir))
     out = claim_output(out, kind="dir", what="--out")  # before the model loads
     predictor = Predictor(run_dir)
     if predictor.metadata["kind"] != "run":

@@ -22,7 +22,7 @@ from typing import Any
 import pandas as pd
 
 from tunesmith.errors import TunesmithError
-from tunesmith.tasks import build_task
+from tunesmith.tasks import build_task, require_stage
 
 
 def next_version(run: Path) -> Path:
@@ -58,10 +58,9 @@ def retrain(run_dir: str | Path, data: str | Path, *, train: Callable, evaluate:
         raise TunesmithError(f"{run.path} has not finished; retrain continues from a finished run")
     run.verify_hashes()
     config = load_config(run.path / "config.yaml")
-    if config.task.type != "single_label":
-        raise TunesmithError(f"retrain covers single_label classification runs, not task.type={config.task.type}")
     saved = run.read_json("task.json")
     labels, task = saved["label_names"], build_task(config, saved)
+    require_stage(task, "retrain", what=str(run.path))
     new, entry = load_examples(str(data), config.data, task)
     unknown = sorted(set(new["label"].astype(str)) - set(labels))
     if unknown:

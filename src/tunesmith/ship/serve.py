@@ -34,6 +34,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from tunesmith.errors import TunesmithError
+from tunesmith.tasks import require_stage
 from tunesmith.tasks.classification import TextClassificationTask, text_warning
 from tunesmith.tasks.run import load_run
 
@@ -56,9 +57,7 @@ class Predictor:
     def _from_run(self, source: Path) -> None:
         loaded = load_run(source, verify_hashes=True)  # never serve a model that changed after training
         run, config, task, model, tokenizer = loaded.run, loaded.config, loaded.task, loaded.model, loaded.tokenizer
-        if task.type not in ("single_label", "multi_label", "regression") or getattr(task, "own_data", False):
-            raise TunesmithError(f"serve covers text classification and regression runs, not task.type="
-                                 f"{config.task.type}")  # fmt: skip
+        require_stage(task, "serve", what=str(run.path))
         self.tokenizer, self.max_length, self.task = tokenizer, config.model.max_length, task.to_dict()
         self.temperature = run.temperature() if task.type == "single_label" else None
         self.scorer = task
@@ -77,9 +76,7 @@ class Predictor:
         from transformers import AutoTokenizer
 
         meta = json.loads((source / "tunesmith.json").read_text(encoding="utf-8"))
-        if meta["task"]["type"] not in ("single_label", "multi_label", "regression"):
-            raise TunesmithError(f"serve covers text classification and regression exports, not "
-                                 f"{meta['task']['type']} ({source})")  # fmt: skip
+        require_stage(meta["task"]["type"], "serve", what=str(source))  # an export's kind, from its metadata
         self.tokenizer, self.max_length, self.task = (
             AutoTokenizer.from_pretrained(source),
             meta["max_length"],

@@ -24,11 +24,9 @@ from tunesmith.config import Config, config_from_dict
 from tunesmith.data.label_errors import FitFold, label_error_training
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import claim_output
-from tunesmith.tasks import build_task
+from tunesmith.tasks import build_task, require_stage
 from tunesmith.tasks.classification import text_logits
 from tunesmith.tasks.run import load_run
-
-GENERATIVE = ("causal_lm", "seq2seq")
 
 
 def _load(config: Config, task) -> pd.DataFrame:
@@ -131,8 +129,7 @@ def run_cv(config: Config, out: Path, *, train: Callable, folds: int | None = No
     if folds is not None:
         config = config.model_copy(update={"cv": config.cv.model_copy(update={"folds": folds})})
     k = config.cv.folds
-    if config.task.type in (*GENERATIVE, "token_classification", "question_answering", "image_classification"):
-        raise TunesmithError(f"tunesmith cv covers classification and regression, not task.type={config.task.type}")
+    require_stage(build_task(config), "cv")
     if config.data.test is not None:
         raise TunesmithError(
             f"data.test={config.data.test!r}: cross-validation tests every fold on its own held-out rows; "

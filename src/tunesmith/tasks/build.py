@@ -1,16 +1,30 @@
-"""The one place that picks a task class for a config: ``build_task``."""
+"""The one place that picks a task class for a config (``build_task``), and the one place that
+says which stages after training a task supports (``require_stage``, ``stage_table``).
+
+Each task class declares ``stages``, the stages that work for it today, and ``kind``, the
+``task.type`` it implements (the image task reports ``type="single_label"`` for the classifier
+code it shares, so stages go by ``kind``, never by ``type``).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
-from tunesmith.config import Config
+from tunesmith.config import Config, TaskConfig
+from tunesmith.errors import TunesmithError
 from tunesmith.tasks.causal_lm import CausalLMTask
 from tunesmith.tasks.classification import TextClassificationTask
 from tunesmith.tasks.image_classification import ImageClassificationTask
 from tunesmith.tasks.qa import QuestionAnsweringTask
 from tunesmith.tasks.seq2seq import Seq2SeqTask
 from tunesmith.tasks.token_classification import TokenClassificationTask
+
+Stage = Literal["evaluate", "predict", "chat", "cv", "tune", "inspect", "export", "serve", "monitor", "retrain",
+                "forgetting"]  # fmt: skip
+"""The stages after training, each of which a task kind supports or not (the README's table)."""
+
+STAGES: tuple[str, ...] = get_args(Stage)
+TASK_KINDS: tuple[str, ...] = get_args(TaskConfig.model_fields["type"].annotation)
 
 
 def build_task(config: Config, saved: dict[str, Any] | None = None):
@@ -50,3 +64,37 @@ def build_task(config: Config, saved: dict[str, Any] | None = None):
                                           label_separator=task.label_separator)  # fmt: skip
         case other:  # config validation allows only the types above
             raise ValueError(f"no task class for task.type={other!r}")
+
+
+def stages_of(kind: str) -> frozenset[str]:
+    """The stages a task kind (a ``task.type`` value) supports, as its task class declares them."""
+    return build_task(Config.model_validate({"task": {"type": kind}})).stages
+
+
+def require_stage(task: Any, stage: Stage, what: str | None = None) -> None:
+    """Refuses, in one clear line, a stage that the task does not support yet.
+
+    Args:
+        task: a task object (``build_task``), or a task kind (``task.type``) where no task object
+            exists (an export directory's metadata).
+        stage: the stage about to run.
+        what: the run or export being used, named in the message.
+
+    Raises:
+        TunesmithError: the stage does not cover this task kind; the message lists the kinds it covers.
+    """
+    kind = task if isinstance(task, str) else task.kind
+    if stage in (stages_of(kind) if isinstance(task, str) else task.stages):
+        return
+    covered = ", ".join(k for k in TASK_KINDS if stage in stages_of(k))
+    where = f"{what}: " if what else ""
+    raise TunesmithError(f"{where}{stage} does not cover {kind} runs yet; it covers: {covered}")
+
+
+def stage_table() -> str:
+    """The task kind x stage table as Markdown (✓ supported, — not yet), for the README."""
+    lines = ["| task.type | " + " | ".join(STAGES) + " |", "|---" * (len(STAGES) + 1) + "|"]
+    for kind in TASK_KINDS:
+        supported = stages_of(kind)
+        lines.append(f"| {kind} | " + " | ".join("✓" if s in supported else "—" for s in STAGES) + " |")
+    return "\n".join(lines)

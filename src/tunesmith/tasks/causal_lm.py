@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -345,6 +345,8 @@ class CausalLMTask:
     packing: bool = False
     max_length: int = 512
     type: str = "causal_lm"
+    kind: ClassVar[str] = "causal_lm"
+    stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "chat", "tune", "forgetting"})
     peft_task_type: str = "CAUSAL_LM"
 
     default_metric = ("loss", "min")

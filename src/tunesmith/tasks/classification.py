@@ -7,7 +7,7 @@ and computes its metrics. The training loop knows nothing else about the task.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -84,6 +84,21 @@ class TextClassificationTask:
     threshold: float = 0.5
     label_separator: str = "|"
     class_weights: list[float] | None = None
+
+    # Every stage but chat; retrain (new labelled rows, same classes) is single-label only.
+    STAGES: ClassVar[frozenset[str]] = frozenset(
+        {"evaluate", "predict", "cv", "tune", "inspect", "export", "serve", "monitor", "forgetting"}
+    )
+
+    @property
+    def kind(self) -> str:
+        """The ``task.type`` this task implements."""
+        return self.type
+
+    @property
+    def stages(self) -> frozenset[str]:
+        """The stages after training that this task supports (see ``tasks.build.require_stage``)."""
+        return self.STAGES | {"retrain"} if self.type == "single_label" else self.STAGES
 
     # -- labels -----------------------------------------------------------------
     @property

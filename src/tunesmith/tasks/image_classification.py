@@ -234,6 +234,7 @@ class ImageClassificationTask(TextClassificationTask):
     processor: ImagePreprocessor | None = None
     own_data = True
     kind = "image_classification"
+    stages = frozenset({"evaluate", "predict", "tune", "export"})
     peft_task_type = None
     card = {"title": "Image classifier", "auto_class": "AutoModelForImageClassification",
             "purpose": "It assigns one label to each image."}  # fmt: skip

@@ -25,7 +25,7 @@ import string
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -337,6 +337,8 @@ class QuestionAnsweringTask:
     no_answer_threshold: float = 0.0
     allow_no_answer: bool = False
     type: str = "question_answering"
+    kind: ClassVar[str] = "question_answering"
+    stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "tune"})
     peft_task_type: str = "QUESTION_ANS"
     default_metric = ("f1", "max")
     metric_names = ["f1", "exact_match", "loss"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import pandas as pd
 import torch
@@ -128,6 +128,8 @@ class Seq2SeqTask:
 
     prefix: str = ""
     type: str = "seq2seq"
+    kind: ClassVar[str] = "seq2seq"
+    stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "tune"})
     peft_task_type: str = "SEQ_2_SEQ_LM"
 
     default_metric = ("loss", "min")

@@ -21,7 +21,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -330,6 +330,8 @@ class TokenClassificationTask:
     invalid_tags: str = "convert"
     """IOB2 entities that start with I-: "convert" (to B-, with a warning) or "error"."""
     type: str = "token_classification"
+    kind: ClassVar[str] = "token_classification"
+    stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "tune"})
     peft_task_type: str = "TOKEN_CLS"
     default_metric = ("f1", "max")
     metric_names = ["f1", "precision", "recall", "accuracy", "loss"]

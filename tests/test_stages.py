@@ -1,0 +1,72 @@
+"""Which stages each task kind supports: declared by the task classes, refused in one place
+(``tasks.require_stage``), and shown in the README's table, generated from the code."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import get_args
+
+import pytest
+
+from tunesmith.config import load_config
+from tunesmith.errors import TunesmithError
+from tunesmith.tasks import Stage, build_task, require_stage, stage_table
+from tunesmith.tasks.build import TASK_KINDS, stages_of
+
+CLI = [sys.executable, "-m", "tunesmith.cli"]
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_table_is_the_one_the_code_declares():
+    text = README.read_text(encoding="utf-8")
+    found = re.search(r"<!-- stages:begin -->\n(.*?)\n<!-- stages:end -->", text, re.S)
+    assert found, "README.md lacks the <!-- stages:begin --> ... <!-- stages:end --> table"
+    assert found.group(1).strip() == stage_table(), (
+        "README's task x stage table is stale: paste the output of "
+        '`python -c "from tunesmith.tasks import stage_table; print(stage_table())"`'
+    )
+
+
+@pytest.mark.parametrize("kind", TASK_KINDS)
+def test_every_declared_stage_is_a_stage(kind):
+    declared = stages_of(kind)
+    assert declared <= set(get_args(Stage)), declared - set(get_args(Stage))
+    assert {"evaluate", "predict"} <= declared  # every task kind trains, scores and predicts
+
+
+def test_the_image_task_goes_by_its_kind_not_its_single_label_type():
+    image = build_task(load_config(None, ["task.type=image_classification"]))
+    assert image.type == "single_label" and image.kind == "image_classification"
+    assert "export" in image.stages and "serve" not in image.stages and "retrain" not in image.stages
+    with pytest.raises(TunesmithError, match="^serve does not cover image_classification runs yet; it covers: "
+                                              "single_label, multi_label, regression$"):  # fmt: skip
+        require_stage(image, "serve")
+    require_stage(build_task(load_config(None, [])), "retrain")  # single_label text: supported, no error
+
+
+def test_require_stage_takes_a_kind_and_names_what_it_refused():
+    with pytest.raises(TunesmithError, match=r"^exported/: serve does not cover seq2seq runs yet; it covers: "):
+        require_stage("seq2seq", "serve", what="exported/")
+    require_stage("regression", "serve")
+
+
+@pytest.mark.parametrize(
+    ("command", "kind", "message"),
+    [
+        (["cv"], "token_classification",
+         "cv does not cover token_classification runs yet; it covers: single_label, multi_label, regression"),
+        (["inspect"], "question_answering",
+         "inspect does not cover question_answering runs yet; it covers: single_label, multi_label, regression"),
+    ],
+)  # fmt: skip
+def test_the_cli_refuses_an_unsupported_stage_in_one_line(tmp_path, command, kind, message):
+    config = tmp_path / "config.yaml"
+    config.write_text(f"task:\n  type: {kind}\ndata:\n  train: {tmp_path / 'missing.txt'}\n", encoding="utf-8")
+    done = subprocess.run([*CLI, *command, str(config), "--out", str(tmp_path / "out")], capture_output=True,
+                          text=True, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == f"error: {message}", done.stderr
+    assert not (tmp_path / "out").exists()
