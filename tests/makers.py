@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from tests.conftest import sentiment_rows
+from tests.conftest import sentiment_rows, tiny_config
 
 COLOURS = ["red", "green", "blue", "amber", "violet"]
 QA_FIELDS = {"colour": ["red", "blue", "green", "pink"], "animal": ["cat", "dog", "owl", "fox"],
@@ -129,3 +129,24 @@ def write_examples(task: str, path: Path, count: int, seed: int = 0) -> Path:
         "causal_lm": lambda: alpaca_rows(count),
     }[task]()
     return write_table(path, rows)
+
+
+DATA_FILE = {"token_classification": "train.txt", "question_answering": "train.jsonl", "causal_lm": "train.jsonl",
+             "image_classification": "images"}  # fmt: skip
+"""The training file's name per task kind (its suffix picks the format ``write_examples`` writes)."""
+TASK_SECTIONS = {
+    "question_answering": {"task": {"doc_stride": 16}, "model": {"max_length": 64}},
+    "seq2seq": {"model": {"max_length": 48, "max_target_length": 8}, "generation": {"max_new_tokens": 4}},
+    "causal_lm": {"model": {"max_length": 96, "strategy": "full"},
+                  "generation": {"max_new_tokens": 4, "max_examples": 4}},
+}  # fmt: skip
+
+
+def tiny_task_config(task: str, model_dir: Path, train_file: Path, output_dir: Path) -> dict:
+    """A nested config dict for a fast run of ``task`` on its tiny model (tests/conftest.py)."""
+    config = tiny_config(model_dir, train_file, output_dir, task={"type": task})
+    for section, values in TASK_SECTIONS.get(task, {}).items():
+        config.setdefault(section, {}).update(values)
+    if task == "image_classification":  # a CNN has no token length or dropout setting
+        config["model"] = {"name": str(model_dir)}
+    return config

@@ -18,21 +18,12 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from tests.conftest import tiny_config
-from tests.makers import write_examples
+from tests.makers import DATA_FILE, tiny_task_config, write_examples
 
 CORPUS = Path(__file__).parent / "bad_inputs"
 TASKS = ("single_label", "multi_label", "regression", "token_classification", "question_answering", "seq2seq",
          "causal_lm", "image_classification")  # fmt: skip
-DATA_FILE = {"token_classification": "train.txt", "question_answering": "train.jsonl", "causal_lm": "train.jsonl",
-             "image_classification": "images"}  # fmt: skip
 TINY_MODEL = {"seq2seq": "tiny_t5_dir", "causal_lm": "tiny_llama_dir", "image_classification": "tiny_cnn_dir"}
-TASK_SECTIONS = {
-    "question_answering": {"task": {"doc_stride": 16}, "model": {"max_length": 64}},
-    "seq2seq": {"model": {"max_length": 48, "max_target_length": 8}, "generation": {"max_new_tokens": 4}},
-    "causal_lm": {"model": {"max_length": 96, "strategy": "full"},
-                  "generation": {"max_new_tokens": 4, "max_examples": 4}},
-}  # fmt: skip
 CASE_KEYS = {"id", "why", "task", "files", "config", "run", "edit", "command", "exit", "message", "creates",
              "not_created", "env", "request", "serve", "status"}  # fmt: skip
 
@@ -63,13 +54,7 @@ def test_the_corpus_is_well_formed():
 
 
 def _base_config(task: str, model_dir: Path) -> dict:
-    config = tiny_config(model_dir, Path(DATA_FILE.get(task, "train.csv")), Path("new-run"), task={"type": task})
-    config["model"]["name"] = str(model_dir)
-    for section, values in TASK_SECTIONS.get(task, {}).items():
-        config.setdefault(section, {}).update(values)
-    if task == "image_classification":  # a CNN has no token length or dropout setting
-        config["model"] = {"name": str(model_dir)}
-    return config
+    return tiny_task_config(task, model_dir, Path(DATA_FILE.get(task, "train.csv")), Path("new-run"))
 
 
 def _merge(base: dict, extra: dict) -> dict:
