@@ -99,11 +99,11 @@ def train(
     task = build_task(config)
     # The model's name and model.max_length are checked before the data work and the run directory.
     check_max_length(resolve_model(config.model.name), None, config.model.max_length)
-    if task.type in GENERATIVE:
+    own_data = getattr(task, "own_data", False)  # token classification, question answering, images
+    if task.type in GENERATIVE or own_data:  # tasks that read their own record files
         data = prepare_records(config.data, seed=config.runtime.seed, load=task.load, inputs=task.overlap_inputs)
-    elif getattr(task, "own_data", False):  # token classification, question answering
-        data = prepare_records(config.data, seed=config.runtime.seed, load=task.load, inputs=task.overlap_inputs)
-        task.fit(data.splits["train"])
+        if own_data:
+            task.fit(data.splits["train"])
     else:
         data = prepare_data(config.data, task, seed=config.runtime.seed,
                             similarity=config.inspect.near_duplicate_similarity,
@@ -128,7 +128,7 @@ def train(
     if not main:  # only rank 0 writes; the others train on the same data in memory
         return _fit(RunDir(out), config, task, data, console, [], resume=False)
     run = RunDir.create(out)
-    try:
+    with _settled_on_failure(run, fresh=True):
         log(f"Run directory: {run.path}")
         run.write_text("config.yaml", dump_config(config))
         run.write_json("task.json", task.to_dict())
@@ -139,8 +139,16 @@ def train(
         run.write_text("data_changelog.jsonl", "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in data.changes))
         with run.lock():  # a resume started while this run trains is refused
             return _fit(run, config, task, data, console, callbacks or [], resume=False)
-    except BaseException as error:  # Ctrl-C and a full disk included
-        failure = _after_failed_run(run, error, fresh=True)
+
+
+@contextlib.contextmanager
+def _settled_on_failure(run: RunDir, *, fresh: bool):
+    """Any failure inside (Ctrl-C and a full disk included) leaves the run as
+    :func:`_after_failed_run` says and is raised again, as a DiskFullError when the disk filled up."""
+    try:
+        yield
+    except BaseException as error:
+        failure = _after_failed_run(run, error, fresh=fresh)
         if failure is error:
             raise
         raise failure from error
@@ -169,12 +177,11 @@ def _after_failed_run(run: RunDir, error: BaseException, *, fresh: bool) -> Base
     elif fresh and recurs:
         run.discard()
         failure.add_note(f"a resume would fail the same way, so the run directory {run.path} was removed")
-    elif recurs:  # its message says what to do; the run stays as it was
-        run.remove_temporary()
     else:
         run.remove_temporary()
-        again = ", or start again with another runtime.output_dir" if fresh else ""
-        failure.add_note(f"{run.path} is kept: continue it with tunesmith train --resume {run.path}{again}")
+        if not recurs:  # a TunesmithError's own message says what to do; resuming would not help
+            again = ", or start again with another runtime.output_dir" if fresh else ""
+            failure.add_note(f"{run.path} is kept: continue it with tunesmith train --resume {run.path}{again}")
     return failure
 
 
@@ -190,7 +197,7 @@ def resume(run_dir: str | Path, *, console=None, callbacks: list | None = None) 
     # Rank 0 holds the run's lock throughout, so the "finished" check sees a run nobody is changing.
     with run.lock() if is_main_process() else contextlib.nullcontext():
         config = load_config(run.path / "config.yaml")
-        if (run.model_dir / "config.json").exists() and (run.path / "metrics.json").exists():
+        if run.finished:
             raise TunesmithError(f"{run.path} already finished; there is nothing to resume")
         _setup_runtime(config)
         saved = run.read_json("task.json")
@@ -200,13 +207,8 @@ def resume(run_dir: str | Path, *, console=None, callbacks: list | None = None) 
             if (run.data_dir / f"{n}.parquet").exists()
         }  # fmt: skip
         data = PreparedData(splits, run.read_json("data_manifest.json"))
-        try:
+        with _settled_on_failure(run, fresh=False):  # the checkpoints stay, half-written files go
             return _fit(run, config, task, data, console, callbacks or [], resume=True)
-        except BaseException as error:  # a full disk, Ctrl-C: the checkpoints stay, half-written files go
-            failure = _after_failed_run(run, error, fresh=False)
-            if failure is error:
-                raise
-            raise failure from error
 
 
 def _synonyms(config: Config, words: set[str]) -> dict[str, list[str]]:
@@ -594,8 +596,7 @@ def predict(run_dir: str | Path, texts: list) -> list[dict[str, Any]]:
     for a causal LM, the generated completion of each prompt (as a single user turn); entity
     spans for a tagger; for question answering, ``texts`` are ``{"question", "context"}`` dicts
     and each answer comes with its character offsets and score."""
-    loaded = load_run(run_dir)
-    run, config, task, model, tokenizer = loaded.run, loaded.config, loaded.task, loaded.model, loaded.tokenizer
+    run, config, task, model, tokenizer = load_run(run_dir)
     if not getattr(task, "own_data", False):
         _check_texts(texts, task.type)
     if task.type == "causal_lm":
@@ -636,8 +637,7 @@ def evaluate(run_dir: str | Path, data: str | Path, *, log: Callable[[str], None
     stem = unused_path(out / f"{wanted}.json").stem  # chosen before the model loads
     if stem != wanted:
         log(f"{out / wanted}.json exists (an earlier evaluation, kept); this one is saved as {out / stem}.json")
-    loaded = load_run(run_dir)
-    run, config, task, model, tokenizer = loaded.run, loaded.config, loaded.task, loaded.model, loaded.tokenizer
+    run, config, task, model, tokenizer = load_run(run_dir)
     if task.type in GENERATIVE:
         frame, entry = task.load(str(data), config.data)
         if task.type == "seq2seq":
@@ -690,8 +690,7 @@ def chat(run_dir: str | Path, *, read=input, write=print) -> None:
     """
     from tunesmith.tasks.causal_lm import generate, generation_prompt
 
-    loaded = load_run(run_dir)
-    run, config, task, model, tokenizer = loaded.run, loaded.config, loaded.task, loaded.model, loaded.tokenizer
+    run, config, task, model, tokenizer = load_run(run_dir)
     require_stage(task, "chat", what=str(run.path))
     messages: list[dict[str, str]] = []
     write("Chatting with " + str(run.model_dir) + " (/reset starts over, an empty line or /exit stops)")

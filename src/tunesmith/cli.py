@@ -43,14 +43,13 @@ def _options(
 
 def _fail(message: str, code: int = EXIT_USER_ERROR, error: BaseException | None = None) -> None:
     """Prints ``error: MESSAGE`` on stderr (after the traceback of ``error`` with --debug) and exits."""
-    from rich.console import Console
     from rich.markup import escape
 
     if error is not None and _debug:
         import traceback
 
         traceback.print_exception(error, file=sys.stderr)
-    Console(stderr=True, soft_wrap=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    _console().print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 
@@ -265,8 +264,6 @@ def inspect(
         from datetime import datetime
         from typing import get_args
 
-        from rich.console import Console
-
         from tunesmith import api
         from tunesmith.config import InspectConfig, load_config
         from tunesmith.data.inspection import inspect_data, summary_lines
@@ -283,10 +280,11 @@ def inspect(
             raise TunesmithError(f"--label-errors {label_errors}: choose {', '.join(methods[:-1])} or {methods[-1]}")
         overrides = list(set_) + ([f"inspect.label_errors={label_errors}"] if label_errors else [])
         config = load_config(config_path, overrides)
-        require_stage(build_task(config), "inspect")  # before --out is claimed (data/ does not know tasks)
+        task = build_task(config)
+        require_stage(task, "inspect")  # before --out is claimed (data/ does not know tasks)
         target = out or unused_path(Path("reports") / f"inspect-{datetime.now():%Y%m%d-%H%M%S}")
-        console = Console(stderr=True, soft_wrap=True)
-        task, fit_fold = build_task(config), fold_classifier(config, train=api.train)
+        console = _console()
+        fit_fold = fold_classifier(config, train=api.train)
         report = inspect_data(config, items or None, target, task=task, fit_fold=fit_fold, console=console,
                               log=lambda m: console.print(m, markup=False, highlight=False))  # fmt: skip
         for line in summary_lines(report):

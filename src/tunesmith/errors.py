@@ -57,18 +57,24 @@ def disk_full(error: BaseException, written: Path | None = None) -> DiskFullErro
                 return DiskFullError(written)
         except OSError:
             pass
-    seen: set[int] = set()
     found = None
+    for link in _chain(error):
+        if isinstance(link, DiskFullError):
+            return link
+        if isinstance(link, OSError) and link.errno in DISK_FULL_ERRNOS:
+            return DiskFullError(link.filename or written)
+        if found is None and any(words in str(link) for words in _DISK_FULL_WORDS):
+            found = DiskFullError(written)
+    return found
+
+
+def _chain(error: BaseException | None):
+    """``error``, then the error that caused it (or was being handled), and so on, each once."""
+    seen: set[int] = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, DiskFullError):
-            return error
-        if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
-            return DiskFullError(error.filename or written)
-        if found is None and any(words in str(error) for words in _DISK_FULL_WORDS):
-            found = DiskFullError(written)
+        yield error
         error = error.__cause__ or error.__context__
-    return found
 
 
 _NEARLY_FULL_BYTES = 1 << 20
@@ -76,13 +82,10 @@ _TORCH_WRITE_WORDS = ("inline_container.cc", "PytorchStreamWriter")
 
 
 def _torch_write_failed(error: BaseException | None) -> bool:
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, RuntimeError) and any(words in str(error) for words in _TORCH_WRITE_WORDS):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
+    return any(
+        isinstance(link, RuntimeError) and any(words in str(link) for words in _TORCH_WRITE_WORDS)
+        for link in _chain(error)
+    )
 
 
 # Errors of the file system that a user fixes by choosing another path or changing permissions,

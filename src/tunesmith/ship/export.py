@@ -204,8 +204,8 @@ def export(run_dir: str | Path, out: str | Path, *, fmt: str, quantize: str | No
         raise TunesmithError("--quantize int8 applies to --format onnx")
     out = claim_output(out, kind="dir", what="--out")  # new or empty, and not inside a run's model
 
-    loaded = load_run(run_dir, verify_hashes=True)  # the hashes are checked before anything is loaded
-    run, config, task, model, tokenizer = loaded.run, loaded.config, loaded.task, loaded.model, loaded.tokenizer
+    # The hashes are checked before anything is loaded.
+    run, config, task, model, tokenizer = load_run(run_dir, verify_hashes=True)
     require_stage(task, "export", what=str(run.path))
     image = config.task.type == "image_classification"
     max_length = config.model.max_length

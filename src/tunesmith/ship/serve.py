@@ -55,8 +55,8 @@ class Predictor:
             self._from_run(source)
 
     def _from_run(self, source: Path) -> None:
-        loaded = load_run(source, verify_hashes=True)  # never serve a model that changed after training
-        run, config, task, model, tokenizer = loaded.run, loaded.config, loaded.task, loaded.model, loaded.tokenizer
+        # Never serve a model that changed after training.
+        run, config, task, model, tokenizer = load_run(source, verify_hashes=True)
         require_stage(task, "serve", what=str(run.path))
         self.tokenizer, self.max_length, self.task = tokenizer, config.model.max_length, task.to_dict()
         self.temperature = run.temperature() if task.type == "single_label" else None

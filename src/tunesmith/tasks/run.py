@@ -3,9 +3,8 @@ serve and the estimator."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tunesmith.config import Config, load_config
 from tunesmith.errors import TunesmithError
@@ -14,9 +13,8 @@ from tunesmith.runs import RunDir
 from tunesmith.tasks.build import build_task
 
 
-@dataclass
-class LoadedRun:
-    """A finished run, ready to predict."""
+class LoadedRun(NamedTuple):
+    """A finished run, ready to predict (it unpacks as ``run, config, task, model, tokenizer``)."""
 
     run: RunDir
     config: Config
