@@ -421,3 +421,11 @@ def load_seq2seq(resolved: ResolvedModel, *, dropout: float | None):
     except (OSError, ValueError) as error:
         raise _load_failed(resolved, error) from None
     return model, sorted(info.get("missing_keys", []))
+
+
+def pad_token_id(processor) -> int:
+    """The id that pads a batch: the tokenizer's pad token, else its end-of-sequence token, else 0
+    (an image processor, which never pads)."""
+    if getattr(processor, "pad_token_id", None) is not None:
+        return processor.pad_token_id
+    return processor.eos_token_id if getattr(processor, "eos_token_id", None) is not None else 0
