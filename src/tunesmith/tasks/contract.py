@@ -113,6 +113,12 @@ class Task(Protocol):
     """How the forgetting check measures the base model's skill: "perplexity" (a language
     model's), "embedding" (an encoder's), or None (no check for this kind)."""
 
+    @classmethod
+    def from_config(cls, config: Config, saved: dict[str, Any] | None = None) -> Task:
+        """The task for a config (its ``task`` section and whatever else it needs, e.g.
+        ``model.max_length``, ``generation``), with a run's ``task.json`` as ``saved``."""
+        ...
+
     @property
     def label_names(self) -> list[str]:
         """The label space in id order (classes, tags); empty when the task has none."""
@@ -139,13 +145,18 @@ class Task(Protocol):
         ...
 
     # -- model ---------------------------------------------------------------------------
-    def load_processor(self, location: str | Path, *, trained: bool = False) -> Any:
-        """The tokenizer (or image processor) at a resolved model's location, or a trained
-        run's ``model/`` directory (``trained=True``)."""
+    def load_processor(self, resolved: ResolvedModel, *, trained: bool = False) -> Any:
+        """The tokenizer (or image processor) of the pretrained model, checked against
+        model.max_length; with ``trained=True``, of a trained run (``resolved.location`` is its
+        ``model/`` directory), as saved."""
         ...
 
     def load_model(self, resolved: ResolvedModel, dropout: float | None) -> tuple[Any, list[str]]:
         """The pretrained model with this task's head, and the names of the new parameters."""
+        ...
+
+    def load_trained(self, model_dir: Path) -> Any:
+        """A trained run's model from its ``model/`` directory (plain transformers format)."""
         ...
 
     # -- training ------------------------------------------------------------------------
