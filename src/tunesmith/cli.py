@@ -207,16 +207,10 @@ def predict(
         if len(question) != len(context):
             raise TunesmithError(f"give one --context per --question ({len(question)} questions, "
                                  f"{len(context)} contexts)")  # fmt: skip
-        texts = list(text) + [{"question": q, "context": c} for q, c in zip(question, context)]
-        if input_ is not None:
-            kind = _task_type(run_dir)
-            if kind == "image_classification":
-                texts.append(input_)  # an image file or a folder of images
-            else:
-                texts += _read_questions(input_) if kind == "question_answering" else _read_texts(input_)
-        if not texts:
+        inputs = list(text) + [{"question": q, "context": c} for q, c in zip(question, context)]
+        if not inputs and input_ is None:
             raise TunesmithError("nothing to predict: give --text TEXT, --question Q --context C, or --input FILE")
-        lines = [json.dumps(row, ensure_ascii=False) for row in api.predict(run_dir, texts)]
+        lines = [json.dumps(row, ensure_ascii=False) for row in api.predict(run_dir, inputs, input_file=input_)]
         if output is None:
             typer.echo("\n".join(lines))
         else:
@@ -544,41 +538,6 @@ def _launch(nproc: int, config: Path | None, overrides: list[str], resume: Path 
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
                "-m", "tunesmith.cli", *args]  # fmt: skip
     return subprocess.run(command, env=env).returncode
-
-
-def _task_type(run_dir: Path) -> str | None:
-    path = run_dir / "task.json"
-    return json.loads(path.read_text(encoding="utf-8")).get("type") if path.is_file() else None
-
-
-def _read_questions(path: Path) -> list[dict]:
-    """Question/context records from a JSONL file (a SQuAD JSON file gives its questions)."""
-    from tunesmith.tasks.qa import load_questions
-
-    if path.suffix.lower() == ".json":
-        frame, _ = load_questions(str(path), None)
-        return frame[["question", "context"]].to_dict("records")
-    if not path.is_file():
-        raise TunesmithError(f"Input file not found: {path}")
-    from tunesmith.data.load import jsonl_records
-
-    return [record for _, record in jsonl_records(path)]
-
-
-def _read_texts(path: Path) -> list[str]:
-    if path.suffix.lower() == ".txt":
-        if not path.is_file():
-            raise TunesmithError(f"Input file not found: {path}")
-        try:
-            return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except UnicodeDecodeError as error:
-            raise TunesmithError(f"{path}: not UTF-8 text (offset {error.start})") from None
-    from tunesmith.data.load import detect_columns, read_table
-
-    table = read_table(str(path))
-    columns = list(table.frame.columns)
-    text_column = columns[0] if len(columns) == 1 else detect_columns(table.frame, None, None, table.source)[0]
-    return table.frame[text_column].fillna("").astype(str).tolist()
 
 
 def main() -> None:

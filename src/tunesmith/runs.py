@@ -411,3 +411,47 @@ def environment_lock(device: str) -> dict[str, Any]:
         "git_commit": git_commit(),
         "command": sys.argv,
     }
+
+
+@contextlib.contextmanager
+def settled_on_failure(run: RunDir, *, fresh: bool) -> Iterator[None]:
+    """Any failure inside (Ctrl-C and a full disk included) leaves the run as
+    :func:`after_failed_run` says and is raised again, as a DiskFullError when the disk filled up."""
+    try:
+        yield
+    except BaseException as error:
+        failure = after_failed_run(run, error, fresh=fresh)
+        if failure is error:
+            raise
+        raise failure from error
+
+
+def after_failed_run(run: RunDir, error: BaseException, *, fresh: bool) -> BaseException:
+    """Leaves a run that failed either gone or resumable, never half-made, and says which.
+
+    A fresh run without a checkpoint has nothing to continue, and one that failed on a mistake a
+    resume would meet again (a TunesmithError such as a non-finite loss; not a full disk or
+    Ctrl-C) is not worth continuing: the directory this call created is removed, so the same
+    command can start again. Otherwise the directory is kept without its half-written files. The
+    error to raise gets a note saying what became of the run. A finished run is never removed.
+
+    Returns:
+        ``error``, or a DiskFullError for it when the disk filled up.
+    """
+    full = None if isinstance(error, TunesmithError) else disk_full(error, written=run.path)  # before space is freed
+    failure = error if full is None else full
+    recurs = isinstance(failure, TunesmithError) and not isinstance(failure, DiskFullError)
+    if run.finished:  # e.g. a failed forgetting check: the run is complete and its message says so
+        return failure
+    if fresh and not run.has_checkpoint():
+        run.discard()
+        failure.add_note(f"the run had no checkpoint yet, so its directory {run.path} was removed")
+    elif fresh and recurs:
+        run.discard()
+        failure.add_note(f"a resume would fail the same way, so the run directory {run.path} was removed")
+    else:
+        run.remove_temporary()
+        if not recurs:  # a TunesmithError's own message says what to do; resuming would not help
+            again = ", or start again with another runtime.output_dir" if fresh else ""
+            failure.add_note(f"{run.path} is kept: continue it with tunesmith train --resume {run.path}{again}")
+    return failure

@@ -1,19 +1,19 @@
 """The one place that picks a task class for a config (``build_task``), and the one place that
 says which stages after training a task supports (``require_stage``, ``stage_table``).
 
-Each task class declares ``stages``, the stages that work for it today, and ``kind``, the
-``task.type`` it implements (the image task reports ``type="single_label"`` for the classifier
-code it shares, so stages go by ``kind``, never by ``type``).
+Each task class implements the contract of tasks/contract.py, including ``stages``, the stages
+that work for it today, and ``kind``, the ``task.type`` it implements.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal, get_args
 
-from tunesmith.config import Config, TaskConfig
+from tunesmith.config import TASK_TYPES, Config
 from tunesmith.errors import TunesmithError
 from tunesmith.tasks.causal_lm import CausalLMTask
 from tunesmith.tasks.classification import TextClassificationTask
+from tunesmith.tasks.contract import Task
 from tunesmith.tasks.image_classification import ImageClassificationTask
 from tunesmith.tasks.qa import QuestionAnsweringTask
 from tunesmith.tasks.seq2seq import Seq2SeqTask
@@ -24,10 +24,10 @@ Stage = Literal["evaluate", "predict", "chat", "cv", "tune", "inspect", "export"
 """The stages after training, each of which a task kind supports or not (the README's table)."""
 
 STAGES: tuple[str, ...] = get_args(Stage)
-TASK_KINDS: tuple[str, ...] = get_args(TaskConfig.model_fields["type"].annotation)
+TASK_KINDS: tuple[str, ...] = TASK_TYPES
 
 
-def build_task(config: Config, saved: dict[str, Any] | None = None):
+def build_task(config: Config, saved: dict[str, Any] | None = None) -> Task:
     """The task object for a config.
 
     Args:
@@ -39,29 +39,19 @@ def build_task(config: Config, saved: dict[str, Any] | None = None):
     Returns:
         The task (TextClassificationTask, TokenClassificationTask, ...).
     """
-    saved = saved or {}
-    label_names = list(saved.get("label_names") or [])
-    task = config.task
-    match task.type:
+    match config.task.type:
         case "causal_lm":
-            return CausalLMTask(loss_on=task.loss_on, packing=config.train.packing, max_length=config.model.max_length)
+            return CausalLMTask.from_config(config, saved)
         case "seq2seq":
-            return Seq2SeqTask(prefix=task.source_prefix)
+            return Seq2SeqTask.from_config(config, saved)
         case "token_classification":
-            return TokenClassificationTask(tag_names=label_names, scheme=task.tag_scheme,
-                                           all_subwords=task.label_all_subwords,
-                                           invalid_tags=task.invalid_tags)  # fmt: skip
+            return TokenClassificationTask.from_config(config, saved)
         case "image_classification":
-            return ImageClassificationTask(type="single_label", label_names=label_names, augment=config.data.image,
-                                           image_size=config.data.image.size)  # fmt: skip
+            return ImageClassificationTask.from_config(config, saved)
         case "question_answering":
-            return QuestionAnsweringTask(stride=task.doc_stride, n_best=task.n_best,
-                                         max_answer_length=task.max_answer_length,
-                                         no_answer_threshold=task.no_answer_threshold,
-                                         allow_no_answer=bool(saved.get("allow_no_answer", False)))  # fmt: skip
+            return QuestionAnsweringTask.from_config(config, saved)
         case "single_label" | "multi_label" | "regression":
-            return TextClassificationTask(type=task.type, label_names=label_names, threshold=task.threshold,
-                                          label_separator=task.label_separator)  # fmt: skip
+            return TextClassificationTask.from_config(config, saved)
         case other:  # config validation allows only the types above
             raise ValueError(f"no task class for task.type={other!r}")
 

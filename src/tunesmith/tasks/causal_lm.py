@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -25,10 +27,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from tunesmith.config import DataConfig
+from tunesmith.config import Config, DataConfig, GenerationConfig
 from tunesmith.data.batching import eval_batches
 from tunesmith.data.load import read_table
+from tunesmith.data.prepare import PreparedData, prepare_records
 from tunesmith.errors import TunesmithError
+from tunesmith.models.load import ResolvedModel, load_causal_lm, load_tokenizer, pad_token_id
+from tunesmith.runs import atomic_write
+from tunesmith.tasks.contract import CardText, Encoded, ScoreContext
 
 IGNORE = -100
 ROLES = ("system", "user", "assistant")
@@ -120,9 +126,10 @@ def records_frame(frame: pd.DataFrame, fmt: str, source: str, first_row: int = 1
 
 
 def load_records(spec: str, config: DataConfig) -> tuple[pd.DataFrame, dict]:
-    """Reads one source of records into ``messages``/``record`` rows (exact duplicates dropped
-    when data.clean.drop_duplicates) and a manifest entry. The text is kept as written:
-    whitespace can matter in a completion.
+    """Reads one source of records into ``messages``/``record``/``source`` rows (exact duplicates
+    dropped when data.clean.drop_duplicates) and a manifest entry. The text is kept as written:
+    whitespace can matter in a completion. ``source`` (the file) travels with every row, so a
+    record that fails to encode later is named by file and record.
 
     Raises:
         TunesmithError: an unreadable source, an unknown record format or a bad record (naming it).
@@ -134,6 +141,7 @@ def load_records(spec: str, config: DataConfig) -> tuple[pd.DataFrame, dict]:
     if config.clean.drop_duplicates:
         frame = frame.drop_duplicates("messages").reset_index(drop=True)
     counts["rows_out"] = len(frame)
+    frame["source"] = table.source
     entry = {
         "source": table.source,
         "sha256": table.sha256,
@@ -186,7 +194,9 @@ def render_with_spans(tokenizer, messages, template: str | None, where: str) -> 
 
 
 @dataclass
-class Encoded:
+class EncodedConversations:
+    """Features of a list of conversations and how many were cut to max_length."""
+
     features: list[dict]
     truncated: int
 
@@ -194,7 +204,7 @@ class Encoded:
 def encode_conversations(
     tokenizer, conversations: list[list[dict]], records: list[int], *, source: str, max_length: int,
     chat_template: str | None, loss_on: str,
-) -> Encoded:  # fmt: skip
+) -> EncodedConversations:  # fmt: skip
     """Tokenizes every conversation once, with labels that are IGNORE outside the trained tokens.
 
     Raises:
@@ -225,7 +235,7 @@ def encode_conversations(
             ids, labels = ids[:max_length], labels[:max_length]
             truncated += 1
         features.append({"input_ids": ids, "labels": labels})
-    return Encoded(features, truncated)
+    return EncodedConversations(features, truncated)
 
 
 def generation_prompt(tokenizer, messages: list[dict], chat_template: str | None) -> tuple[str, str]:

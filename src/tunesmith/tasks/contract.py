@@ -199,6 +199,11 @@ class Task(Protocol):
         paths, prompts: the kind says); an input of the wrong kind is refused, naming it."""
         ...
 
+    def read_inputs(self, path: Path) -> list:
+        """The raw inputs in a prediction input file (``tunesmith predict --input``), as
+        ``predict`` takes them: texts, question/context records, image paths."""
+        ...
+
     # -- shipping ------------------------------------------------------------------------
     def card(self, manifest: dict[str, Any], max_length: int, truncated_train: int) -> CardText:
         """This task's part of the model card."""

@@ -8,9 +8,10 @@ from typing import Any, NamedTuple
 
 from tunesmith.config import Config, load_config
 from tunesmith.errors import TunesmithError
-from tunesmith.models.load import check_weights, quiet_transformers
+from tunesmith.models.load import ResolvedModel, check_weights, quiet_transformers
 from tunesmith.runs import RunDir
 from tunesmith.tasks.build import build_task
+from tunesmith.tasks.contract import Task
 
 
 class LoadedRun(NamedTuple):
@@ -18,7 +19,7 @@ class LoadedRun(NamedTuple):
 
     run: RunDir
     config: Config
-    task: Any
+    task: Task
     """The task rebuilt from the run's config and ``task.json``."""
     model: Any
     """The trained model, in eval mode."""
@@ -38,10 +39,6 @@ def load_run(run_dir: str | Path, *, verify_hashes: bool = False) -> LoadedRun:
         TunesmithError: not a run directory, the run has no trained model yet, its files do not
             match ``hashes.json`` (with ``verify_hashes``), or its weights are damaged.
     """
-    # transformers takes seconds to import; only loading a model needs it (the CLI starts fast).
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoModelForSequenceClassification
-
     quiet_transformers()
     run = RunDir.open(run_dir)
     if verify_hashes:
@@ -52,16 +49,8 @@ def load_run(run_dir: str | Path, *, verify_hashes: bool = False) -> LoadedRun:
         )
     config = load_config(run.path / "config.yaml")
     task = build_task(config, run.read_json("task.json"))
-    auto = {"causal_lm": AutoModelForCausalLM, "seq2seq": AutoModelForSeq2SeqLM}.get(task.type)
-    if auto is None:
-        card = getattr(task, "card", None)
-        auto = getattr(transformers, card["auto_class"]) if card else AutoModelForSequenceClassification
-    if hasattr(task, "load_processor"):
-        import tunesmith.models.efficientnet  # noqa: F401 (registers the packaged image backbone)
-
-        tokenizer = task.load_processor(run.model_dir, trained=True)
-    else:
-        tokenizer = transformers.AutoTokenizer.from_pretrained(run.model_dir)
+    processor = task.load_processor(ResolvedModel(str(run.model_dir), f"the trained model in {run.model_dir}"),
+                                    trained=True)  # fmt: skip
     check_weights(run.model_dir, "restore the run from a backup or train it again")  # not a traceback
-    model = auto.from_pretrained(run.model_dir)
-    return LoadedRun(run=run, config=config, task=task, model=model.eval(), tokenizer=tokenizer)
+    model = task.load_trained(run.model_dir)
+    return LoadedRun(run=run, config=config, task=task, model=model.eval(), tokenizer=processor)

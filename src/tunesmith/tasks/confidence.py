@@ -8,7 +8,6 @@ comes from the size of the test set, not from training (repeat training over see
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -130,41 +129,22 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
     return float(np.exp(found.x))
 
 
-def plot_reliability(path: Path, table: list[dict], ece: float, title: str, *, after: tuple[float, list[dict]] | None = None) -> None:  # fmt: skip
-    """Accuracy against confidence per bin, with the diagonal of perfect calibration."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(4.8, 4.4))
-    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
-    series = [("model", ece, table, "tab:blue")]
-    if after is not None:
-        series.append(("temperature-scaled", after[0], after[1], "tab:orange"))
-    for name, value, bins, colour in series:
-        axes.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], marker="o", color=colour,
-                  label=f"{name} (ECE {value:.3f})")  # fmt: skip
-    axes.set_xlabel("confidence (highest class probability)")
-    axes.set_ylabel("accuracy")
-    axes.set_xlim(0, 1)
-    axes.set_ylim(0, 1.02)
-    axes.set_title(title)
-    axes.legend(loc="upper left", fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-
-
-def confidence_report(task, logits: np.ndarray, targets: np.ndarray, *, samples: int, level: float, bins: int,
+def confidence_report(logits: np.ndarray, targets: np.ndarray, *, kind: str, samples: int, level: float, bins: int,
                       seed: int, temperature: float | None = None) -> dict[str, Any]:  # fmt: skip
-    """What a split's metrics gain: ``confidence_intervals``, and for single-label tasks
-    ``ece`` and ``calibration_bins`` (and their temperature-scaled versions)."""
+    """What a split's metrics gain: ``confidence_intervals``, and for single-label scores ``ece``
+    and ``calibration_bins`` (and their temperature-scaled versions).
+
+    Args:
+        kind: what the logits score, as :func:`bootstrap_intervals` takes it: "single_label"
+            (class logits: intervals and calibration) or "regression" (one value per row:
+            intervals); any other kind gains nothing.
+        temperature: the fitted temperature, for the calibration after temperature scaling.
+    """
     report: dict[str, Any] = {}
-    if task.type == "single_label":
+    if kind == "single_label":
         report["confidence_intervals"] = bootstrap_intervals(
-            logits.argmax(1), targets, kind="single_label", num_classes=len(task.label_names), samples=samples,
-            level=level, seed=seed,
+            logits.argmax(1), targets, kind=kind, num_classes=logits.shape[1], samples=samples, level=level,
+            seed=seed,
         )  # fmt: skip
         report["ece"], report["calibration_bins"] = calibration_bins(softmax(logits), targets, bins)
         if temperature is not None:
@@ -172,9 +152,9 @@ def confidence_report(task, logits: np.ndarray, targets: np.ndarray, *, samples:
             report["ece_temperature_scaled"], report["calibration_bins_temperature_scaled"] = calibration_bins(
                 softmax(logits, temperature), targets, bins
             )
-    elif task.type == "regression":
+    elif kind == "regression":
         report["confidence_intervals"] = bootstrap_intervals(
-            logits[:, 0], targets, kind="regression", samples=samples, level=level, seed=seed
+            logits[:, 0], targets, kind=kind, samples=samples, level=level, seed=seed
         )
     if report.get("confidence_intervals") is not None:
         report["confidence_level"] = level
