@@ -293,3 +293,74 @@ def test_forgetting_check_compares_perplexity_on_general_text(tiny_llama_dir, tm
     assert found["base"] > 1 and found["tuned"] > 1
     assert found["relative_increase"] == pytest.approx(found["tuned"] / found["base"] - 1)
     assert found["passed"] == (found["relative_increase"] <= 0.1)
+
+
+def _context(tmp_path, **options):
+    from tunesmith.config import EvaluationConfig
+    from tunesmith.tasks.contract import ScoreContext
+
+    logged: list[str] = []
+    context = ScoreContext(artifact=lambda name, suffix: tmp_path / f"{name}_test{suffix}",
+                           evaluation=EvaluationConfig(bootstrap_samples=50), seed=0, batch_size=4,
+                           log=logged.append, **options)  # fmt: skip
+    return context, logged
+
+
+def test_the_task_contract_on_a_tiny_llama(tiny_llama_dir, tmp_path):
+    """from_config, prepare, encode, score, predict, reply and card, called as the stages call them."""
+    from tunesmith.config import config_from_dict
+    from tunesmith.models.load import resolve_model
+    from tunesmith.tasks.causal_lm import CausalLMTask
+
+    config = config_from_dict(_lm_config(tiny_llama_dir, _alpaca_file(tmp_path), tmp_path / "run"))
+    task = CausalLMTask.from_config(config)
+    assert (task.max_length, task.generation.max_examples) == (96, 4)
+    assert (task.auto_class, task.forgetting_probe, task.calibrates, task.label_names) == (
+        "AutoModelForCausalLM", "perplexity", False, [])  # fmt: skip
+    data = task.prepare(config)
+    assert set(data.splits) == {"train", "validation", "test"} and data.splits["test"]["source"].iloc[0].endswith(
+        "records.jsonl")  # fmt: skip
+    tokenizer = task.load_processor(resolve_model(str(tiny_llama_dir)))
+    encoded = task.encode(tokenizer, data.splits)
+    assert len(encoded.features["train"]) == len(data.splits["train"]) and encoded.truncated["train"] == 0
+    model, new = task.load_model(resolve_model(str(tiny_llama_dir)), None)
+    context, logged = _context(tmp_path)
+    metrics = task.score(model, tokenizer, data.splits["test"], encoded.features["test"], context)
+    assert metrics["generated"] == 4 and {"perplexity", "rougeL", "bleu"} <= metrics.keys()
+    assert set(metrics["confidence_intervals"]) == {"rouge1", "rouge2", "rougeL", "exact_match"}
+    assert logged == ["generating for 4 records"]
+    assert len((tmp_path / "generations_test.jsonl").read_text().splitlines()) == 4
+    quick, _ = _context(tmp_path, generate=False)
+    assert "generated" not in task.score(model, tokenizer, data.splits["test"], encoded.features["test"], quick)
+    assert task.calibrate(model, tokenizer, encoded.features["test"], batch_size=4, device="cpu") is None
+    rows = task.predict(model, tokenizer, ["Repeat the word red."])
+    assert rows[0]["prompt"] == "Repeat the word red." and isinstance(rows[0]["completion"], str)
+    with pytest.raises(TunesmithError, match="input 2: a causal_lm run takes texts, not a dict"):
+        task.predict(model, tokenizer, ["fine", {"question": "q", "context": "c"}])
+    assert isinstance(task.reply(model, tokenizer, [{"role": "user", "content": "Hi"}]), str)
+    (tmp_path / "prompts.txt").write_text("First prompt\n\nSecond prompt\n")
+    assert task.read_inputs(tmp_path / "prompts.txt") == ["First prompt", "Second prompt"]
+    card = task.card(data.manifest, 96, 0)
+    assert card.title == "Instruction-tuned language model" and "tunesmith chat RUN_DIR" in card.usage
+    assert "Record format: alpaca" in card.data and "96 tokens" in card.limitation
+
+
+def test_encode_notes_a_missing_chat_template_and_names_the_file_of_a_bad_record(tokenizer):
+    import pandas as pd
+
+    from tunesmith.tasks.causal_lm import CausalLMTask
+
+    plain = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    plain.chat_template = None
+    long = json.dumps([{"role": "user", "content": "word " * 300}, {"role": "assistant", "content": "ok"}])
+    short = json.dumps(to_messages(RECORDS["alpaca"], "alpaca", "r"))
+    chatty = json.dumps([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "word " * 50}])
+    frame = pd.DataFrame({"messages": [chatty], "record": [1], "source": ["data.jsonl"]})
+    encoded = CausalLMTask(max_length=16).encode(plain, {"train": frame})
+    assert encoded.notes[0].startswith("The tokenizer has no chat template")
+    assert encoded.notes[1] == "train: 1 of 1 records truncated to 16 tokens" and encoded.truncated == {"train": 1}
+    bad = pd.DataFrame({"messages": [short, long], "record": [1, 2], "source": ["data.jsonl"] * 2})
+    with pytest.raises(TunesmithError, match=r"^data.jsonl, record 2: the prompt is"):
+        CausalLMTask(max_length=64).encode(tokenizer, {"train": bad})
+    with pytest.raises(TunesmithError, match=r"^the test split, record 2: the prompt is"):  # a table without sources
+        CausalLMTask(max_length=64).encode(tokenizer, {"test": bad.drop(columns="source")})

@@ -11,8 +11,8 @@ from sklearn.metrics import f1_score
 
 from tests.conftest import sentiment_rows, tiny_config
 from tunesmith import api
-from tunesmith.evaluate.confidence import bootstrap_intervals, calibration_bins, fit_temperature, softmax
 from tunesmith.tasks.classification import text_logits
+from tunesmith.tasks.confidence import bootstrap_intervals, calibration_bins, fit_temperature, softmax
 from tunesmith.tasks.run import load_run
 
 

@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Literal, get_args
 
 import pytest
 import yaml
+from pydantic import Field
 
 from tunesmith.config import (
     BBC_NEWS,
+    DEFAULT_CAUSAL_LM,
+    DEFAULT_IMAGE,
     DEFAULT_MODEL,
+    DEFAULT_SEQ2SEQ,
+    TASK_MODELS,
+    TASK_TYPES,
     Config,
+    SingleLabelTaskConfig,
+    TaskConfig,
+    TaskSection,
     apply_overrides,
     config_from_dict,
     dump_config,
@@ -243,3 +253,133 @@ def test_malformed_override(item):
 def test_override_below_a_value_is_an_error():
     message = _error(overrides=["train=1", "train.learning_rate=1"])
     assert "'train' is a value, not a section" in message
+
+
+# -- the task section: one model per task.type ----------------------------------------------
+
+NON_DEFAULT_OPTION = {"multi_label": {"threshold": 0.3}, "causal_lm": {"loss_on": "all"},
+                      "seq2seq": {"source_prefix": "summarize: "}, "token_classification": {"tag_scheme": "bioes"},
+                      "question_answering": {"n_best": 5}}  # fmt: skip
+
+
+def test_task_types_are_the_union_members_in_order():
+    assert TASK_TYPES == ("single_label", "multi_label", "regression", "causal_lm", "seq2seq", "token_classification",
+                          "question_answering", "image_classification")  # fmt: skip
+    assert [TASK_MODELS[kind] for kind in TASK_TYPES] == list(get_args(get_args(TaskConfig)[0]))
+    assert all(TASK_MODELS[kind]().type == kind for kind in TASK_TYPES)
+
+
+@pytest.mark.parametrize("task", [None, {}, {"type": "single_label"}])
+def test_no_task_type_means_single_label(task):
+    config = config_from_dict({} if task is None else {"task": task})
+    assert config.task == SingleLabelTaskConfig()
+    assert config == Config()
+
+
+def test_a_key_of_another_kind_names_the_key_and_its_kind():
+    message = _error({"task": {"type": "single_label", "tag_scheme": "bioes"}})
+    assert (
+        "task.tag_scheme does not apply to task.type=single_label; it is an option of token_classification" in message
+    )
+    assert "unknown key" not in message and "Extra inputs" not in message
+    # Without a type the section is single_label, so a multi_label option says where it belongs.
+    message = _error({"task": {"threshold": 0.3}})
+    assert "task.threshold does not apply to task.type=single_label; it is an option of multi_label" in message
+
+
+def test_a_key_of_another_kind_from_set_overrides_is_reported_with_the_other_errors():
+    message = _error(overrides=["task.type=regression", "task.doc_stride=64", "train.batch_size=0"])
+    assert "task.doc_stride does not apply to task.type=regression; it is an option of question_answering" in message
+    assert "train.batch_size" in message
+
+
+def test_a_misspelled_task_key_is_an_unknown_key_without_the_kind_in_its_name():
+    message = _error({"task": {"type": "multi_label", "thresold": 0.3, "threshold": 2}})
+    assert "task.thresold: unknown key" in message
+    assert "task.threshold: Input should be less than 1 (got 2)" in message
+    assert "multi_label.thres" not in message
+
+
+@pytest.mark.parametrize("given", ["classification", None, 5])
+def test_an_unknown_task_type_lists_the_kinds(given):
+    message = _error({"task": {"type": given}})
+    assert "task.type: Input should be 'single_label', 'multi_label'" in message and f"(got {given!r})" in message
+    assert all(f"'{kind}'" in message for kind in TASK_TYPES)
+
+
+@pytest.mark.parametrize("kind", TASK_TYPES)
+def test_each_kind_dumps_only_its_own_options_and_loads_back(kind, tmp_path):
+    config = config_from_dict({"task": {"type": kind, **NON_DEFAULT_OPTION.get(kind, {})}})
+    assert config.task.type == kind and isinstance(config.task, TASK_MODELS[kind])
+    saved = yaml.safe_load(dump_config(config))["task"]
+    assert set(saved) == set(TASK_MODELS[kind].model_fields) and saved["type"] == kind
+    assert _contained(NON_DEFAULT_OPTION.get(kind, {}), saved)
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_config(config), encoding="utf-8")
+    assert load_config(path) == config
+
+
+def test_set_task_type_keeps_the_options_of_the_new_kind_only():
+    config = load_config(overrides=["task.type=token_classification", "task.label_all_subwords=true"])
+    assert config.task.label_all_subwords is True
+    message = _error(path=ROOT / "examples" / "conll2003.yaml", overrides=["task.type=multi_label"])
+    assert "task.tag_scheme does not apply to task.type=multi_label; it is an option of token_classification" in message
+
+
+def test_a_config_saved_with_every_kinds_task_options_still_loads():
+    """A run directory written before the per-kind sections holds every kind's options in task."""
+    flat = {"type": "question_answering", "threshold": 0.5, "label_separator": "|", "source_prefix": "",
+            "loss_on": "completion", "tag_scheme": "iob2", "label_all_subwords": False, "invalid_tags": "convert",
+            "doc_stride": 100, "max_answer_length": 30, "n_best": 20, "no_answer_threshold": 0.0}  # fmt: skip
+    assert config_from_dict({"task": flat}).task.doc_stride == 100
+    # Only that exact shape is read leniently: one stray option of another kind is still an error.
+    assert "task.threshold does not apply" in _error({"task": {"type": "question_answering", "threshold": 0.5}})
+
+
+@pytest.mark.parametrize(
+    "kind, name, max_length, strategy, targets, grouped",
+    [
+        ("single_label", DEFAULT_MODEL, 128, "full", None, True),
+        ("multi_label", DEFAULT_MODEL, 128, "full", None, True),
+        ("regression", DEFAULT_MODEL, 128, "full", None, True),
+        ("causal_lm", DEFAULT_CAUSAL_LM, 512, "lora", "all-linear", False),
+        ("seq2seq", DEFAULT_SEQ2SEQ, 128, "full", None, True),
+        ("token_classification", DEFAULT_MODEL, 128, "full", None, True),
+        ("question_answering", DEFAULT_MODEL, 384, "full", None, True),
+        ("image_classification", DEFAULT_IMAGE, 128, "full", None, False),
+    ],
+)
+def test_each_kind_fills_its_model_and_train_defaults(kind, name, max_length, strategy, targets, grouped):
+    config = config_from_dict({"task": {"type": kind}})
+    assert (config.model.name, config.model.max_length, config.model.strategy) == (name, max_length, strategy)
+    assert (config.model.lora.target_modules, config.train.group_by_length) == (targets, grouped)
+
+
+def test_a_new_kind_like_single_label_needs_only_its_model():
+    class NewKindTaskConfig(TaskSection):
+        type: Literal["new_kind"] = "new_kind"
+
+    class WiderConfig(Config):
+        task: Annotated[get_args(TaskConfig)[0] | NewKindTaskConfig, Field(discriminator="type")] = (
+            SingleLabelTaskConfig()
+        )
+
+    config = WiderConfig.model_validate({"task": {"type": "new_kind"}})
+    assert config.model == Config().model and config.train == Config().train
+
+
+@pytest.mark.parametrize(
+    "tree, fragment",
+    [
+        ({"task": {"type": "regression"}, "train": {"packing": True}}, "train.packing needs task.type=causal_lm"),
+        ({"task": {"type": "multi_label"}, "data": {"balance": {"method": "oversample"}}},
+         "data.balance.method='oversample' needs task.type=single_label"),
+        ({"task": {"type": "image_classification"}, "data": {"augment": {"ratio": 1}}}, "images are augmented by"),
+        ({"task": {"type": "seq2seq"}, "data": {"augment": {"ratio": 1}}}, "not task.type=seq2seq"),
+        ({"task": {"type": "token_classification"}, "forgetting": {"retain": "r.csv"}},
+         "not task.type=token_classification"),
+        ({"task": {"type": "question_answering", "doc_stride": 189}}, "task.doc_stride=189 must be below 189"),
+    ],
+)  # fmt: skip
+def test_each_kind_refuses_what_it_does_not_support(tree, fragment):
+    assert fragment in _error(tree)

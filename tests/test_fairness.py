@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import sentiment_rows, tiny_config
 from tunesmith import api
 from tunesmith.errors import TunesmithError
-from tunesmith.evaluate.fairness import slice_metrics
+from tunesmith.tasks.fairness import slice_metrics
 
 
 def test_gaps_match_a_hand_computed_case():

@@ -16,6 +16,7 @@ from tests.makers import image_folder, stripes
 from tunesmith import api
 from tunesmith.config import ImageConfig
 from tunesmith.errors import TunesmithError
+from tunesmith.models.load import ResolvedModel
 from tunesmith.tasks.image_classification import (
     ImageClassificationTask,
     ImagePreprocessor,
@@ -73,11 +74,12 @@ def test_augmentation_is_seeded_and_touches_the_train_split_only(tmp_path, tiny_
     root = image_folder(tmp_path / "images", 3)
     settings = ImageConfig(flip=0.5, rotation=15, crop_scale=0.6, brightness=0.3, contrast=0.3, saturation=0.3)
     task = ImageClassificationTask(type="single_label", augment=settings)
-    task.load_processor(tiny_cnn_dir)
+    processor = task.load_processor(ResolvedModel(str(tiny_cnn_dir), "a tiny CNN"))
     frame, _ = load_images(str(root), None)
-    task.fit(frame)
-    train, _ = task.encode_frame(task.processor, frame, 0, split="train")
-    test, _ = task.encode_frame(task.processor, frame, 0, split="test")
+    task.fit_labels(frame["label"], "the training images")
+    encoded = task.encode(processor, {"train": frame, "test": frame})
+    train, test = encoded.features["train"], encoded.features["test"]
+    assert encoded.truncated == {"train": 0, "test": 0} and encoded.notes == ["Labels: horizontal, vertical"]
     assert all(f["augment"] for f in train) and not any(f["augment"] for f in test)
     plain = task.collate(test, 0)["pixel_values"]
     assert torch.equal(plain, task.collate(test, 0)["pixel_values"])  # evaluation batches never change
@@ -95,6 +97,38 @@ def test_augmentation_is_seeded_and_touches_the_train_split_only(tmp_path, tiny_
         changed = augment_image(image, ImageConfig(**{name: value}))
         assert changed.size == image.size and not np.array_equal(np.asarray(changed), np.asarray(image)), name
     assert np.array_equal(np.asarray(augment_image(image, ImageConfig())), np.asarray(image))
+
+
+def test_the_contract_pieces_of_the_image_task(tmp_path, tiny_cnn_dir):
+    """read refuses an unknown label by image, predict a non-path input by position; the trained
+    model's logits, export inputs and prediction rows line up; the card names the input size."""
+    from tunesmith.config import Config
+
+    root = image_folder(tmp_path / "images", 2)
+    config = Config.model_validate({"task": {"type": "image_classification"}, "data": {"image": {"size": 16}}})
+    task = ImageClassificationTask.from_config(config, {"label_names": ["horizontal", "vertical"]})
+    assert (task.kind, task.auto_class, task.calibrates, task.quantization) == (
+        "image_classification", "AutoModelForImageClassification", True, "static")  # fmt: skip
+    frame, entry = task.read(str(root), config.data)
+    assert len(frame) == 4 and entry["format"] == "images"
+    with pytest.raises(TunesmithError, match=r"vertical/0.png: label 'vertical' does not occur in the training"):
+        ImageClassificationTask.from_config(config, {"label_names": ["horizontal", "other"]}).read(str(root), None)
+    processor = task.load_processor(ResolvedModel(str(tiny_cnn_dir), "a tiny CNN"))
+    assert (processor.height, processor.width) == (16, 16)
+    model = task.load_trained(tiny_cnn_dir)
+    features = task.encode(processor, {"test": frame}).features["test"]
+    batch = task.export_inputs(processor, features)
+    assert batch.inputs["pixel_values"].shape == (4, 3, 16, 16) and batch.dynamic_axes == {"pixel_values": {0: "batch"}}
+    logits = task.split_logits(model, processor, features, batch_size=3, device="cpu")
+    direct = model(pixel_values=torch.from_numpy(batch.inputs["pixel_values"])).logits.detach().numpy()
+    assert np.allclose(logits, direct, atol=1e-5)
+    rows = task.predict(model, processor, task.read_inputs(root / "vertical"))
+    assert [Path(r["path"]).name for r in rows] == ["0.png", "1.png"] and all(r["label"] for r in rows)
+    with pytest.raises(TunesmithError, match=r"input 2: an image_classification run takes image files or folders"):
+        task.predict(model, processor, [root / "vertical" / "0.png", {"question": "q", "context": "c"}])
+    card = task.card({"sources": {"train": {"format": "images", "cleaning": {}}},
+                      "splits": {"train": {"labels": {"vertical": 2}}}}, 128, 0)  # fmt: skip
+    assert "16 x 16 pixels" in card.limitation and "--input" in card.usage
 
 
 def test_the_packaged_efficientnet_lite0_matches_its_reference_network(tmp_path):

@@ -292,3 +292,62 @@ def test_a_stride_that_leaves_no_room_is_refused_by_the_config():
 
     with pytest.raises(TunesmithError, match="task.doc_stride=128 must be below 29"):
         config_from_dict({"task": {"type": "question_answering"}, "model": {"max_length": 64}})
+
+
+def test_the_question_answerer_speaks_the_task_contract(tmp_path, tiny_model_dir):
+    """prepare -> load_processor -> encode -> load_model -> a few steps -> evaluate, score (with
+    question-bootstrap intervals), predict, read_inputs and card, with no api in between."""
+    import torch
+
+    from tunesmith.config import config_from_dict
+    from tunesmith.models.load import pad_token_id, resolve_model
+    from tunesmith.tasks.contract import ScoreContext
+    from tunesmith.tasks.qa import QuestionAnsweringTask
+
+    data_file = tmp_path / "qa.jsonl"
+    _colour_file(data_file, 60, seed=1)
+    config = config_from_dict(tiny_config(tiny_model_dir, data_file, tmp_path / "run",
+                                          task={"type": "question_answering", "doc_stride": 16},
+                                          model={"name": str(tiny_model_dir), "max_length": 64}))  # fmt: skip
+    task = QuestionAnsweringTask.from_config(config)
+    assert (task.max_length, task.stride, task.allow_no_answer) == (64, 16, False) and not task.label_names
+    data = task.prepare(config)
+    assert sum(len(frame) for frame in data.splits.values()) == 60 and "overlap" in data.manifest
+    resolved = resolve_model(config.model.name)
+    tokenizer = task.load_processor(resolved)
+    encoded = task.encode(tokenizer, data.splits)
+    assert encoded.notes == [] and set(encoded.truncated) == set(data.splits)
+    model, new = task.load_model(resolved, 0.0)
+    assert any(name.startswith("qa_outputs") for name in new)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    train = encoded.features["train"]
+    for start in range(0, len(train), 16):
+        batch = task.collate(train[start : start + 16], pad_token_id(tokenizer))
+        (task.batch_loss(model, batch, "cpu") / task.count(train[start : start + 16])).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    loop = task.evaluate(model, encoded.features["validation"], batch_size=8, pad_token_id=pad_token_id(tokenizer),
+                         device="cpu")  # fmt: skip
+    assert set(loop) >= set(task.metric_names)
+    context = ScoreContext(artifact=lambda name, suffix: tmp_path / f"{name}{suffix}", evaluation=config.evaluation,
+                           seed=0, batch_size=8)  # fmt: skip
+    assert task.calibrate(model, tokenizer, encoded.features["validation"], batch_size=8, device="cpu") is None
+    scored = task.score(model, tokenizer, data.splits["test"], encoded.features["test"], context)
+    assert scored["count"] == len(data.splits["test"]) and scored["windows"] == len(encoded.features["test"])
+    for name in ("exact_match", "f1"):
+        interval = scored["confidence_intervals"][name]
+        assert (
+            interval["estimate"] == pytest.approx(scored[name]) and interval["low"] <= scored[name] <= interval["high"]
+        )
+    records = [{"question": "what colour is it ?", "context": "table river light blue paper window 7"}]
+    [answer] = task.predict(model, tokenizer, records)
+    assert set(answer) == {"question", "answer", "start", "end", "score", "no_answer"}
+    with pytest.raises(TunesmithError, match="input 2: question answering needs"):
+        task.predict(model, tokenizer, records + ["no context"])
+    (tmp_path / "ask.jsonl").write_text(json.dumps(records[0]) + "\n")
+    assert task.read_inputs(tmp_path / "ask.jsonl") == records
+    card = task.card(data.manifest, 64, 0)
+    assert card.usage == '`tunesmith predict RUN_DIR --question "..." --context "..."`.'
+    assert "windows overlapping by 16 tokens; questions are cut to 32 tokens" in card.limitation
+    again = QuestionAnsweringTask.from_config(config, task.to_dict())
+    assert again.to_dict() == task.to_dict() and again.max_length == 64

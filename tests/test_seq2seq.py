@@ -68,3 +68,45 @@ def test_tiny_t5_trains_generates_and_is_scored(tiny_t5_dir, tmp_path):
     assert "Sequence-to-sequence model" in (result.run_dir / "README.md").read_text()
     out = tunesmith.predict(result.run_dir, ["Note 99: the colour of the day is blue, as agreed."])
     assert out[0]["source"].startswith("Note 99") and isinstance(out[0]["generated"], str)
+
+
+def test_the_task_contract_on_a_tiny_t5(tiny_t5_dir, tmp_path):
+    """from_config, prepare, encode, score, predict and card, called as the stages call them."""
+    from tunesmith.config import EvaluationConfig, config_from_dict
+    from tunesmith.models.load import resolve_model
+    from tunesmith.tasks.contract import ScoreContext
+    from tunesmith.tasks.seq2seq import Seq2SeqTask
+
+    config = config_from_dict({
+        "task": {"type": "seq2seq", "source_prefix": "summarize: "},
+        "data": {"train": str(_pairs_file(tmp_path)), "val_fraction": 0.1, "test_fraction": 0.1},
+        "model": {"name": str(tiny_t5_dir), "max_length": 12, "max_target_length": 8},
+        "generation": {"max_new_tokens": 4, "max_examples": 3},
+    })  # fmt: skip
+    task = Seq2SeqTask.from_config(config)
+    assert (task.prefix, task.max_length, task.max_target_length) == ("summarize: ", 12, 8)
+    assert (task.auto_class, task.forgetting_probe, task.peft_task_type) == ("AutoModelForSeq2SeqLM", None,
+                                                                              "SEQ_2_SEQ_LM")  # fmt: skip
+    data = task.prepare(config)
+    resolved = resolve_model(str(tiny_t5_dir))
+    tokenizer = task.load_processor(resolved)
+    encoded = task.encode(tokenizer, data.splits)
+    assert encoded.truncated["train"] == len(data.splits["train"])  # every source is longer than 12 tokens
+    assert encoded.notes[0] == f"train: {len(data.splits['train'])} of {len(data.splits['train'])} pairs truncated " \
+        "(source 12, target 8 tokens)"  # fmt: skip
+    model, _ = task.load_model(resolved, None)
+    logged: list[str] = []
+    context = ScoreContext(artifact=lambda name, suffix: tmp_path / f"held_{name}{suffix}",
+                           evaluation=EvaluationConfig(bootstrap_samples=0), seed=0, batch_size=4,
+                           log=logged.append)  # fmt: skip
+    metrics = task.score(model, tokenizer, data.splits["test"], encoded.features["test"], context)
+    assert metrics["generated"] == 3 and "confidence_intervals" not in metrics and metrics["perplexity"] > 1
+    assert logged == ["generating for 3 records"]
+    assert json.loads((tmp_path / "held_generations.jsonl").read_text().splitlines()[0])["prompt"].startswith("Note")
+    rows = task.predict(model, tokenizer, ["Note 1: blue."])
+    assert rows[0]["source"] == "Note 1: blue." and isinstance(rows[0]["generated"], str)
+    with pytest.raises(TunesmithError, match="input 1: a seq2seq run takes texts, not a int"):
+        task.predict(model, tokenizer, [3])
+    card = task.card(data.manifest, 12, 5)
+    assert card.title == "Sequence-to-sequence model" and "chat" not in card.usage
+    assert "Columns: {'source': 'document', 'target': 'summary'}" in card.data and "(5 in training)" in card.limitation

@@ -36,6 +36,15 @@ def test_onnx_and_int8_exports_match_pytorch_and_record_parity(trained_run, tmp_
     assert json.loads((tmp_path / "onnx" / "parity.json").read_text())["models"] == report["models"]
     hf = export(trained_run, tmp_path / "hf", fmt="hf", log=lambda m: None)
     assert hf["models"]["model.safetensors"]["max_logit_difference"] == 0.0
+    # serve rebuilds the task from the export's own config (no run needed)
+    texts = ["good great lovely", "bad awful"]
+    served = Predictor(tmp_path / "hf").predict(texts)
+    assert [s["label"] for s in served] == [p["label"] for p in api.predict(trained_run, texts)]
+    older = json.loads((tmp_path / "hf" / "tunesmith.json").read_text())
+    del older["config"]
+    (tmp_path / "hf" / "tunesmith.json").write_text(json.dumps(older))
+    with pytest.raises(TunesmithError, match="exported by an older tunesmith .*export the run again"):
+        Predictor(tmp_path / "hf")
 
 
 def test_export_refuses_failed_parity_and_tampered_runs(trained_run, tmp_path, monkeypatch):

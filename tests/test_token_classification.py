@@ -126,3 +126,63 @@ def test_jsonl_spans_become_iob2_tags_and_bad_spans_name_the_line(tmp_path, tiny
         load_sentences(str(path), DataConfig(train=str(path)), "iob2")
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     assert tokenizer.is_fast
+
+
+def test_the_tagger_speaks_the_task_contract(tmp_path, tiny_model_dir):
+    """prepare -> load_processor -> encode -> load_model -> a few steps -> evaluate, score (with
+    sentence-bootstrap intervals), predict and card, with no api in between."""
+    import torch
+
+    from tunesmith.config import config_from_dict
+    from tunesmith.models.load import pad_token_id, resolve_model
+    from tunesmith.tasks.contract import ScoreContext
+    from tunesmith.tasks.token_classification import TokenClassificationTask
+
+    data_file = tmp_path / "train.txt"
+    ner_file(data_file, 60, seed=1)
+    config = config_from_dict(tiny_config(tiny_model_dir, data_file, tmp_path / "run",
+                                          task={"type": "token_classification"}))  # fmt: skip
+    task = TokenClassificationTask.from_config(config)
+    assert task.max_length == 32 and not task.label_names and task.auto_class == "AutoModelForTokenClassification"
+    data = task.prepare(config)
+    assert task.label_names == ["O", "B-LOC", "B-PER"] and set(data.splits) == {"train", "validation", "test"}
+    resolved = resolve_model(config.model.name)
+    tokenizer = task.load_processor(resolved)
+    encoded = task.encode(tokenizer, data.splits)
+    assert encoded.notes == ["Labels: O, B-LOC, B-PER"] and encoded.truncated == {
+        "train": 0,
+        "validation": 0,
+        "test": 0,
+    }
+    model, new = task.load_model(resolved, 0.0)
+    assert any(name.startswith("classifier") for name in new)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    for start in range(0, len(encoded.features["train"]), 8):
+        batch = task.collate(encoded.features["train"][start : start + 8], pad_token_id(tokenizer))
+        (task.batch_loss(model, batch, "cpu") / task.count(encoded.features["train"][start : start + 8])).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    loop = task.evaluate(model, encoded.features["validation"], batch_size=8, pad_token_id=pad_token_id(tokenizer),
+                         device="cpu")  # fmt: skip
+    assert set(loop) >= set(task.metric_names)
+    context = ScoreContext(artifact=lambda name, suffix: tmp_path / f"{name}{suffix}", evaluation=config.evaluation,
+                           seed=0, batch_size=8)  # fmt: skip
+    assert task.calibrate(model, tokenizer, encoded.features["validation"], batch_size=8, device="cpu") is None
+    scored = task.score(model, tokenizer, data.splits["test"], encoded.features["test"], context)
+    assert scored["count"] == len(data.splits["test"]) and scored["confidence_level"] == 0.95
+    for name in ("f1", "precision", "recall"):
+        interval = scored["confidence_intervals"][name]
+        assert (
+            interval["estimate"] == pytest.approx(scored[name]) and interval["low"] <= scored[name] <= interval["high"]
+        )
+    [row] = task.predict(model, tokenizer, ["Alice went to Oslo today"])
+    assert row["text"] == "Alice went to Oslo today" and isinstance(row["entities"], list)
+    with pytest.raises(TunesmithError, match=r"input 2: a token_classification run takes texts, not a dict"):
+        task.predict(model, tokenizer, ["Alice", {"question": "who?", "context": "Alice"}])
+    card = task.card(data.manifest, 32, 0)
+    assert card.title == "Named-entity tagger" and card.usage == '`tunesmith predict RUN_DIR --text "..."`.'
+    assert card.data.startswith("Format: conll; {'sentences': ")
+    again = TokenClassificationTask.from_config(config, task.to_dict())
+    assert again.label_names == task.label_names and again.to_dict() == task.to_dict()
+    frame, entry = again.read(str(data_file), config.data)
+    assert len(frame) == 60 and entry["format"] == "conll"

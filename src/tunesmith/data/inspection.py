@@ -22,14 +22,12 @@ import pandas as pd
 
 from tunesmith.config import Config
 from tunesmith.data import quality
-from tunesmith.data.clean import _is_missing
+from tunesmith.data.clean import is_missing
 from tunesmith.data.label_errors import FitFold, label_error_finder
 from tunesmith.data.load import detect_columns, read_table
 from tunesmith.data.prepare import LabelledTask
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import claim_output
-
-CLASSIFICATION = ("single_label", "multi_label")
 
 
 @dataclass
@@ -44,7 +42,7 @@ class Table:
 
     @property
     def frame(self) -> pd.DataFrame:
-        text = self.raw[self.text_column].map(lambda v: "" if _is_missing(v) else str(v))
+        text = self.raw[self.text_column].map(lambda v: "" if is_missing(v) else str(v))
         return pd.DataFrame({"text": text, "label": self.raw[self.label_column]})
 
 
@@ -133,7 +131,7 @@ def inspect_data(
     report["sources"] = {
         t.name: {
             "source": t.source, "rows": len(t.raw), "columns": {"text": t.text_column, "label": t.label_column},
-            "missing_values": {c: int(t.raw[c].map(_is_missing).sum()) for c in t.raw.columns},
+            "missing_values": {c: int(t.raw[c].map(is_missing).sum()) for c in t.raw.columns},
         }
         for t in tables
     }  # fmt: skip
@@ -190,9 +188,9 @@ def inspect_data(
             "(data.clean.drop_duplicates), but near-duplicates can land on both sides of the split"
         )
 
-    report["classes"] = {name: _classes(config, frame) for name, frame in frames.items()}
+    report["classes"] = {name: _classes(config, task, frame) for name, frame in frames.items()}
     report["label_kinds"] = {t.name: _label_kind_problem(task, t) for t in tables}
-    report["label_errors"] = _label_errors(config, train, bars, log, fit_fold)
+    report["label_errors"] = _label_errors(config, task, train, bars, log, fit_fold)
     report["recommendations"] = _recommend(config, report)
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -226,7 +224,7 @@ def _label_kind_problem(task: LabelledTask, table: Table) -> str | None:
     """The first label that training would refuse for its kind (a list, dict or boolean, a
     number with decimals for a classifier, text and numbers mixed, a non-finite target)."""
     labels = table.raw[table.label_column]
-    present = ~labels.map(_is_missing).astype(bool)
+    present = ~labels.map(is_missing).astype(bool)
     rows = [int(p) + 1 for p in present.to_numpy().nonzero()[0]]
     try:
         task.check_labels(labels[present], table.source, rows)
@@ -307,28 +305,27 @@ def _lengths(config: Config, frames: dict[str, pd.DataFrame], bars: _Progress) -
     return result
 
 
-def _classes(config: Config, frame: pd.DataFrame) -> dict:
-    labels = frame["label"][~frame["label"].map(_is_missing)]
-    if config.task.type == "regression":
+def _classes(config: Config, task: LabelledTask, frame: pd.DataFrame) -> dict:
+    """Rows per class (with the imbalance and the rare classes), or the summary of numeric targets."""
+    labels = frame["label"][~frame["label"].map(is_missing)]
+    classes = task.classes_of(labels)
+    if classes is None:
         values = pd.to_numeric(labels, errors="coerce")
         return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
                 "max": float(values.max()), "not_numeric": int(values.isna().sum())}  # fmt: skip
-    if config.task.type == "multi_label":
-        labels = labels.map(
-            lambda v: list(v) if isinstance(v, (list, tuple)) else str(v).split(config.task.label_separator)
-        ).explode()
-    return quality.class_distribution(labels, min_rows=config.inspect.min_class_rows)
+    return quality.class_distribution(classes, min_rows=config.inspect.min_class_rows)
 
 
-def _label_errors(config: Config, train: pd.DataFrame, bars: _Progress, log, fit_fold: FitFold | None) -> dict:
+def _label_errors(config: Config, task: LabelledTask, train: pd.DataFrame, bars: _Progress, log,
+                  fit_fold: FitFold | None) -> dict:  # fmt: skip
     from tunesmith.data import label_errors as le
 
     method, folds = config.inspect.label_errors, config.inspect.folds
     if method == "off":
         return {"method": "off"}
-    if config.task.type != "single_label":
+    if not task.detects_label_errors:
         return {"method": "off", "note": f"label-error detection covers single_label tasks, not {config.task.type}"}
-    usable = train[(train["text"].str.strip() != "") & ~train["label"].map(_is_missing)]
+    usable = train[(train["text"].str.strip() != "") & ~train["label"].map(is_missing)]
     names = sorted({str(v) for v in usable["label"]})
     if len(names) < 2:
         return {"method": "off", "note": "one class only: nothing to compare labels against"}
@@ -545,7 +542,7 @@ def write_fixed(config: Config, files: list[str] | None, out_dir: Path, *, task:
     from collections import Counter
 
     from tunesmith.data.fix import drop_leaked, fix_label_errors
-    from tunesmith.data.prepare import _reason_kind, clean_and_fix
+    from tunesmith.data.prepare import clean_and_fix, reason_kind
     from tunesmith.runs import atomic_write
 
     out_dir = claim_output(out_dir, kind="dir", what="--fix")
@@ -562,7 +559,7 @@ def write_fixed(config: Config, files: list[str] | None, out_dir: Path, *, task:
         fixed["train"] = drop_leaked(fixed["train"], {n: f for n, f in fixed.items() if n != "train"},
                                      similarity=similarity, source=train_source, changes=changes)  # fmt: skip
     if clean.label_errors != "keep":
-        if config.task.type != "single_label":
+        if not task.detects_label_errors:
             raise TunesmithError("data.clean.label_errors needs a single_label task")
         find = label_error_finder(config, fit_fold=fit_fold)
         fixed["train"] = fix_label_errors(
@@ -570,7 +567,7 @@ def write_fixed(config: Config, files: list[str] | None, out_dir: Path, *, task:
         )
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"files": {}, "changes": dict(Counter(f"{c['action']}: {_reason_kind(c['reason'])}" for c in changes))}
+    summary = {"files": {}, "changes": dict(Counter(f"{c['action']}: {reason_kind(c['reason'])}" for c in changes))}
     for table in tables:
         # The surviving rows exactly as they were read; only relabelled rows change (their label).
         frame = fixed[table.name]

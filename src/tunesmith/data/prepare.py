@@ -25,8 +25,10 @@ class LabelledTask(Protocol):
     and regression tasks of tasks/classification.py). The task is passed in: data/ sits below
     tasks/ and does not import it."""
 
-    type: str
-    label_separator: str
+    stratify: bool
+    """Whether splits keep the label distribution."""
+    detects_label_errors: bool
+    """Whether label-error detection (data.clean.label_errors) applies."""
 
     def check_labels(self, labels: pd.Series, source: str, rows: list[int] | None = None) -> None:
         """Refuses a label value the task cannot learn, naming its row."""
@@ -36,11 +38,15 @@ class LabelledTask(Protocol):
         """The labels in their canonical form; refuses a bad one, naming its row."""
         ...
 
+    def classes_of(self, labels: pd.Series) -> pd.Series | None:
+        """One entry per class a row carries, for counting; None when labels are numbers."""
+        ...
+
     def fit_labels(self, train_labels: pd.Series, source: str) -> None:
         """Learns the label space from the training labels."""
         ...
 
-    def encode(self, labels: pd.Series, source: str) -> Any:
+    def encode_labels(self, labels: pd.Series, source: str) -> Any:
         """The labels as targets; refuses one outside the label space, naming ``source``."""
         ...
 
@@ -103,14 +109,16 @@ def clean_and_fix(frame: pd.DataFrame, config: DataConfig, task: LabelledTask, *
         frame["label"] = task.normalise_labels(frame["label"], source=source, rows=frame["row"].tolist())
         frame = fix_frame(frame, config.clean, similarity=similarity, source=source, changes=changes)
     for entry in changes[before:]:
-        key = f"{entry['action']}: {_reason_kind(entry['reason'])}"
+        key = f"{entry['action']}: {reason_kind(entry['reason'])}"
         counts[key] = counts.get(key, 0) + 1
     counts["rows_out"] = len(frame)
     return frame.drop(columns="copies", errors="ignore"), counts
 
 
 def _distribution(frame: pd.DataFrame, task: LabelledTask) -> dict[str, Any]:
-    if task.type == "regression":
+    """Rows per class, or the summary of numeric targets."""
+    classes = task.classes_of(frame["label"])
+    if classes is None:
         values = frame["label"].astype(float)
         return {
             "mean": float(values.mean()),
@@ -118,10 +126,7 @@ def _distribution(frame: pd.DataFrame, task: LabelledTask) -> dict[str, Any]:
             "min": float(values.min()),
             "max": float(values.max()),
         }
-    if task.type == "multi_label":
-        labels = frame["label"].str.split(task.label_separator, regex=False).explode()
-        return labels.value_counts().sort_index().to_dict()
-    return frame["label"].value_counts().sort_index().to_dict()
+    return classes.value_counts().sort_index().to_dict()
 
 
 def prepare_data(
@@ -157,7 +162,7 @@ def prepare_data(
         if spec is not None:
             splits[name], sources[name] = load_examples(spec, config, task, changes, similarity)
 
-    stratify = task.type == "single_label"
+    stratify = task.stratify
     if config.max_rows is not None and len(train) > config.max_rows:
         train = split_frame(
             train, val_fraction=0, test_fraction=1 - config.max_rows / len(train), seed=seed, stratify=stratify
@@ -178,7 +183,7 @@ def prepare_data(
         splits["train"] = drop_leaked(splits["train"], held_out, similarity=similarity, source=train_source,
                                       changes=changes)  # fmt: skip
     if config.clean.label_errors != "keep":
-        if find_label_errors is None or task.type != "single_label":
+        if find_label_errors is None or not task.detects_label_errors:
             raise TunesmithError("data.clean.label_errors needs a single_label task")
         splits["train"] = fix_label_errors(splits["train"], config.clean.label_errors, find_label_errors,
                                            source=train_source, changes=changes)  # fmt: skip
@@ -196,13 +201,13 @@ def prepare_data(
     for name in ("validation", "test"):
         if name in splits:
             source = sources.get(name, sources["train"])["source"]
-            task.encode(splits[name]["label"], f"{source} ({name} split)")
+            task.encode_labels(splits[name]["label"], f"{source} ({name} split)")
 
     balanced = resample(splits["train"], method=config.balance.method, seed=seed)
     manifest = {
         "sources": sources,
         "splits": {name: {"rows": len(frame), "labels": _distribution(frame, task)} for name, frame in splits.items()},
-        "changes": dict(Counter(f"{c['action']}: {_reason_kind(c['reason'])}" for c in changes)),
+        "changes": dict(Counter(f"{c['action']}: {reason_kind(c['reason'])}" for c in changes)),
         "balance_method": config.balance.method,
     }
     manifest["overlap"] = {"splits": find_overlap(splits, task.overlap_inputs, sources=_source_files(sources)),
@@ -237,8 +242,9 @@ def _source_files(sources: dict[str, dict]) -> dict[str, str]:
     return {name: entry["source"] for name, entry in sources.items()}
 
 
-def _reason_kind(reason: str) -> str:
-    """A changelog reason without its row-specific details, for counting."""
+def reason_kind(reason: str) -> str:
+    """A changelog reason without its row-specific details, for counting ("exact duplicate of
+    row 4" -> "exact duplicate")."""
     for marker in (" (", " of row", " among", ":"):
         reason = reason.split(marker)[0]
     return reason

@@ -152,6 +152,7 @@ def classifier_check(settings, *, base_name: str, tuned_model, tokenizer, max_le
 def causal_lm_check(settings, *, base_model, tuned_model, tokenizer, max_length: int, seed: int) -> dict[str, Any]:
     """Perplexity of general text under the base and the tuned model; the change is judged on
     the relative increase."""
+    from tunesmith.models.load import pad_token_id
     from tunesmith.tasks.causal_lm import CausalLMTask
 
     texts, _ = read_retain(settings.retain, settings, max_rows=settings.max_rows, seed=seed, labelled=False)
@@ -160,7 +161,7 @@ def causal_lm_check(settings, *, base_model, tuned_model, tokenizer, max_length:
         ids = tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
         if len(ids) > 1:
             features.append({"input_ids": ids, "labels": list(ids)})
-    task, pad = CausalLMTask(), tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    task, pad = CausalLMTask(), pad_token_id(tokenizer)  # evaluate needs no config: defaults do
     before = task.evaluate(base_model, features, batch_size=8, pad_token_id=pad, device="cpu")["perplexity"]
     after = task.evaluate(tuned_model, features, batch_size=8, pad_token_id=pad, device="cpu")["perplexity"]
     rise = after / before - 1

@@ -53,7 +53,8 @@ def image(path: Path, alt: str) -> str:
     return f"<img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'>"
 
 
-def _figure(draw, size=(7, 3.4)) -> str:
+def plot(draw, size=(7, 3.4)) -> str:
+    """A matplotlib figure that ``draw(axes)`` fills, embedded as a PNG ``<img>``."""
     import io
 
     import matplotlib
@@ -246,7 +247,7 @@ def compare(runs: list[Path], out: Path) -> dict[str, Any]:
         axes.legend(fontsize=8)
 
     parts = ["<h1>Runs compared</h1>", "<h2>Scores (95% bootstrap interval)</h2>", table(scores, columns),
-             "<h2>Validation curves</h2>", _figure(curves), "<h2>Config differences</h2>",
+             "<h2>Validation curves</h2>", plot(curves), "<h2>Config differences</h2>",
              table(differences, ["key", *names]) if differences else "<p>The configs are the same.</p>"]  # fmt: skip
     report = {"runs": names, "scores": scores, "differences": differences}
     atomic_write(out, page("tunesmith compare", parts))

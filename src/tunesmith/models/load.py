@@ -328,7 +328,7 @@ def load_tokenizer(resolved: ResolvedModel, *, max_length: int | None = None):
     return tokenizer
 
 
-def _load_with_head(auto_class, resolved: ResolvedModel, *, label_names: list[str], dropout: float | None, **options):
+def load_with_head(auto_class, resolved: ResolvedModel, *, label_names: list[str], dropout: float | None, **options):
     """The pretrained encoder under ``auto_class`` with a head for ``label_names``. A checkpoint
     that is already a classifier keeps its head when the number of outputs matches, and gets a
     new one otherwise. Returns (model, names of newly initialised parameters)."""
@@ -369,7 +369,7 @@ def load_sequence_classifier(
 
     if label_names and len(label_names) != num_labels:
         raise ValueError(f"{num_labels} outputs for {len(label_names)} labels")
-    return _load_with_head(AutoModelForSequenceClassification, resolved, label_names=label_names, dropout=dropout,
+    return load_with_head(AutoModelForSequenceClassification, resolved, label_names=label_names, dropout=dropout,
                            problem_type=problem_type)  # fmt: skip
 
 
@@ -377,7 +377,7 @@ def load_token_classifier(resolved: ResolvedModel, *, label_names: list[str], dr
     """The pretrained encoder with a token-classification head (one output per tag)."""
     from transformers import AutoModelForTokenClassification
 
-    return _load_with_head(AutoModelForTokenClassification, resolved, label_names=label_names, dropout=dropout)
+    return load_with_head(AutoModelForTokenClassification, resolved, label_names=label_names, dropout=dropout)
 
 
 def load_causal_lm(resolved: ResolvedModel, *, dropout: float | None):

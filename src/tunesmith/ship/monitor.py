@@ -113,7 +113,7 @@ def monitor(run_dir: str | Path, live_path: str | Path, out: str | Path, *, text
 
     run = RunDir.open(run_dir)
     config = load_config(run.path / "config.yaml")
-    model, tokenizer, label_names = predictor.model, predictor.tokenizer, predictor.task["label_names"]
+    model, tokenizer, label_names = predictor.model, predictor.tokenizer, predictor.scorer.label_names
     settings, seed = config.monitor, config.runtime.seed
     rng = np.random.default_rng(seed)
 
@@ -154,7 +154,7 @@ def monitor(run_dir: str | Path, live_path: str | Path, out: str | Path, *, text
           {"reference_oov_rate": ref_oov, "live_oov_rate": live_oov})  # fmt: skip
     check("domain_auc", domain_auc(ref_embed, live_embed, seed), settings.domain_auc, {})
     ref_labels = ref_conf = live_labels = live_conf = None
-    if predictor.task["type"] == "single_label":
+    if predictor.scorer.calibrates:  # one label per row, with a probability per class
         ref_labels = np.array([p["label"] for p in ref_pred])
         live_labels = np.array([p["label"] for p in live_pred])
         check("prediction_psi", psi(ref_labels, live_labels, label_names), settings.psi,
@@ -175,7 +175,7 @@ def monitor(run_dir: str | Path, live_path: str | Path, out: str | Path, *, text
 
 
 def _html(report, ref_lengths, live_lengths, ref_labels, live_labels, ref_conf, live_conf, names) -> str:
-    from tunesmith.evaluate.html import _figure, page, table
+    from tunesmith.evaluate.html import page, plot, table
 
     def lengths(axes):
         top = max(np.percentile(ref_lengths, 99), np.percentile(live_lengths, 99)) + 1
@@ -194,7 +194,7 @@ def _html(report, ref_lengths, live_lengths, ref_labels, live_labels, ref_conf, 
             for n, c in report["checks"].items()]  # fmt: skip
     parts = ["<h1>Drift monitor</h1>", f"<p>Run {report['run']}; live data {report['live']} ({report['rows']['live']} rows) "
              f"against the run's {report['reference_split']} split ({report['rows']['reference']} rows).</p>", verdict,
-             table(rows, ["check", "value", "threshold", "drift"]), "<h2>Text length</h2>", _figure(lengths)]  # fmt: skip
+             table(rows, ["check", "value", "threshold", "drift"]), "<h2>Text length</h2>", plot(lengths)]  # fmt: skip
     if ref_labels is not None:
 
         def labels(axes):
@@ -212,5 +212,5 @@ def _html(report, ref_lengths, live_lengths, ref_labels, live_labels, ref_conf, 
             axes.set_xlabel("confidence (highest class probability)")
             axes.legend()
 
-        parts += ["<h2>Predicted labels</h2>", _figure(labels), "<h2>Confidence</h2>", _figure(confidence)]
+        parts += ["<h2>Predicted labels</h2>", plot(labels), "<h2>Confidence</h2>", plot(confidence)]
     return page("tunesmith monitor", parts)

@@ -67,7 +67,7 @@ def retrain(run_dir: str | Path, data: str | Path, *, train: Callable, evaluate:
         raise TunesmithError(f"{entry['source']}: labels {unknown[:5]} are not labels of the deployed model ({labels})")
     seed = config.runtime.seed
     splits = split_frame(new[["text", "label"]], val_fraction=config.data.val_fraction or 0.1,
-                         test_fraction=config.data.test_fraction or 0.2, seed=seed, stratify=True)  # fmt: skip
+                         test_fraction=config.data.test_fraction or 0.2, seed=seed, stratify=task.stratify)  # fmt: skip
     old_train = pd.read_parquet(run.data_dir / "train.parquet")[["text", "label"]]
     wanted = round(len(splits["train"]) * old_share / (1 - old_share))
     mixed_old = old_train.sample(n=min(wanted, len(old_train)), random_state=seed) if wanted else old_train.iloc[:0]

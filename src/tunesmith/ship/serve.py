@@ -33,16 +33,19 @@ from fastapi import FastAPI, Request  # FastAPI reads the handlers' annotations:
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
+from tunesmith.config import config_from_dict
 from tunesmith.errors import TunesmithError
-from tunesmith.tasks import require_stage
-from tunesmith.tasks.classification import TextClassificationTask, text_warning
+from tunesmith.models.load import ResolvedModel, check_weights
+from tunesmith.tasks import build_task, require_stage
 from tunesmith.tasks.run import load_run
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class Predictor:
-    """Tokenizer plus a PyTorch model (run or hf export) or an ONNX Runtime session (onnx export)."""
+    """Tokenizer plus a PyTorch model (run or hf export) or an ONNX Runtime session (onnx export);
+    ``scorer`` is the task (tasks.contract.Task) that turns logits into answers, ``task`` its
+    ``task.json``."""
 
     def __init__(self, source: str | Path, onnx_file: str | None = None):
         """Args:
@@ -59,7 +62,7 @@ class Predictor:
         run, config, task, model, tokenizer = load_run(source, verify_hashes=True)
         require_stage(task, "serve", what=str(run.path))
         self.tokenizer, self.max_length, self.task = tokenizer, config.model.max_length, task.to_dict()
-        self.temperature = run.temperature() if task.type == "single_label" else None
+        self.temperature = run.temperature() if task.calibrates else None
         self.scorer = task
         self.backend, self.model, self.session = "torch", model, None
         metrics = run.read_json("metrics.json") if (run.path / "metrics.json").is_file() else {}
@@ -73,17 +76,15 @@ class Predictor:
         }  # fmt: skip
 
     def _from_export(self, source: Path, onnx_file: str | None) -> None:
-        from transformers import AutoTokenizer
-
         meta = json.loads((source / "tunesmith.json").read_text(encoding="utf-8"))
         require_stage(meta["task"]["type"], "serve", what=str(source))  # an export's kind, from its metadata
-        self.tokenizer, self.max_length, self.task = (
-            AutoTokenizer.from_pretrained(source),
-            meta["max_length"],
-            meta["task"],
-        )
+        if "config" not in meta:
+            raise TunesmithError(f"{source}: exported by an older tunesmith (tunesmith.json has no config); "
+                                 "export the run again")  # fmt: skip
+        task = build_task(config_from_dict(meta["config"], str(source / "tunesmith.json")), meta["task"])
+        self.scorer, self.max_length, self.task = task, meta["max_length"], meta["task"]
+        self.tokenizer = task.load_processor(ResolvedModel(str(source), f"the export in {source}"), trained=True)
         self.temperature = meta.get("temperature")
-        self.scorer = TextClassificationTask(**meta["task"])  # turns logits into labels and scores
         if meta["format"] == "onnx":
             import onnxruntime as ort
 
@@ -96,12 +97,8 @@ class Predictor:
             self.backend, self.model = f"onnxruntime ({meta['model']})", None
             self.inputs = {i.name for i in self.session.get_inputs()}
         else:
-            from transformers import AutoModelForSequenceClassification
-
-            from tunesmith.models.load import check_weights
-
             check_weights(source, "export the run again")
-            self.model, self.session = AutoModelForSequenceClassification.from_pretrained(source).eval(), None
+            self.model, self.session = task.load_trained(source).eval(), None
             self.backend = "torch"
         parity = (
             json.loads((source / "parity.json").read_text(encoding="utf-8"))
@@ -126,9 +123,7 @@ class Predictor:
 
     def predict(self, texts: list[str]) -> list[dict[str, Any]]:
         texts = [" ".join(t.split()) for t in texts]
-        logits = self.logits(texts)
-        rows = self.scorer.prediction_rows(logits, self.temperature)
-        return [{**row, **text_warning(text)} for text, row in zip(texts, rows)]
+        return self.scorer.rows_from_logits(texts, self.logits(texts), temperature=self.temperature)
 
 
 @dataclass

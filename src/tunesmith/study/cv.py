@@ -49,9 +49,8 @@ def _load(config: Config, task) -> pd.DataFrame:
             raise TunesmithError(f"{entry['source']}: cv.group_column {group!r} is empty on some rows")
         frame = frame.assign(group=values)
     if data.max_rows is not None and len(frame) > data.max_rows:
-        stratify = task.type == "single_label"
         frame = split_frame(frame, val_fraction=0, test_fraction=1 - data.max_rows / len(frame),
-                            seed=config.runtime.seed, stratify=stratify)["train"]  # fmt: skip
+                            seed=config.runtime.seed, stratify=task.stratify)["train"]  # fmt: skip
     return frame.reset_index(drop=True)
 
 
@@ -138,7 +137,7 @@ def run_cv(config: Config, out: Path, *, train: Callable, folds: int | None = No
     out = claim_output(out, kind="dir", what="--out")
     task = build_task(config)
     frame = _load(config, task)
-    fold = assign_folds(frame, k, seed=config.runtime.seed, stratify=task.type == "single_label")
+    fold = assign_folds(frame, k, seed=config.runtime.seed, stratify=task.stratify)
     out.mkdir(parents=True, exist_ok=True)  # new, or empty as claimed
     frame.assign(fold=fold).to_parquet(out / "folds.parquet", index=False)
     log = (lambda message: console.print(message, markup=False, highlight=False)) if console else print
@@ -159,7 +158,7 @@ def run_cv(config: Config, out: Path, *, train: Callable, folds: int | None = No
         result = train(config_from_dict(tree, f"fold {i}"), console=console)
         results.append({"fold": i, "run": str(fold_dir), "test": result.metrics.get("test", {})})
     summary = summarize([r["test"] for r in results])
-    report = {"folds": k, "grouped_by": config.cv.group_column, "stratified": task.type == "single_label",
+    report = {"folds": k, "grouped_by": config.cv.group_column, "stratified": task.stratify,
               "rows": len(frame), "summary": summary, "runs": [{"fold": r["fold"], "run": r["run"]} for r in results]}  # fmt: skip
     (out / "cv.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     (out / "cv.md").write_text(markdown(report), encoding="utf-8")

@@ -35,6 +35,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.models.load import ResolvedModel, load_causal_lm, load_tokenizer, pad_token_id
 from tunesmith.runs import atomic_write
 from tunesmith.tasks.contract import CardText, Encoded, ScoreContext
+from tunesmith.tasks.inputs import check_texts, read_texts
 
 IGNORE = -100
 ROLES = ("system", "user", "assistant")
@@ -343,28 +344,99 @@ def token_losses(model, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor
 # -- the task -----------------------------------------------------------------------------------
 @dataclass
 class CausalLMTask:
-    """Loss, batches and metrics for instruction tuning; the loop's view of a causal LM.
+    """Instruction tuning of a decoder-only language model: the whole task contract
+    (tasks/contract.py) for ``task.type=causal_lm``.
 
     Attributes:
         loss_on: "completion" (assistant tokens only) or "all".
         packing: pack training batches (see the module docstring).
-        max_length: the row capacity when packing.
+        max_length: model.max_length: the longest record, and the row capacity when packing.
+        chat_template: model.chat_template (None: the tokenizer's own).
+        generation: how held-out records, predict and chat generate.
     """
 
     loss_on: str = "completion"
     packing: bool = False
     max_length: int = 512
-    type: str = "causal_lm"
+    chat_template: str | None = None
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    type: ClassVar[str] = "causal_lm"
     kind: ClassVar[str] = "causal_lm"
     stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "chat", "tune", "forgetting"})
-    peft_task_type: str = "CAUSAL_LM"
+    default_metric: ClassVar[tuple[str, str]] = ("loss", "min")
+    metric_names: ClassVar[list[str]] = ["loss", "perplexity"]
+    peft_task_type: ClassVar[str | None] = "CAUSAL_LM"
+    auto_class: ClassVar[str] = "AutoModelForCausalLM"
+    calibrates: ClassVar[bool] = False
+    stratify: ClassVar[bool] = False
+    forgetting_probe: ClassVar[str | None] = "perplexity"
 
-    default_metric = ("loss", "min")
-    metric_names = ["loss", "perplexity"]
+    @classmethod
+    def from_config(cls, config: Config, saved: dict[str, Any] | None = None) -> CausalLMTask:
+        """The task for a config; ``saved`` (task.json) adds nothing the config lacks."""
+        return cls(loss_on=config.task.loss_on, packing=config.train.packing, max_length=config.model.max_length,
+                   chat_template=config.model.chat_template, generation=config.generation)  # fmt: skip
 
-    def load(self, spec: str, data_config: DataConfig) -> tuple[pd.DataFrame, dict]:
+    @property
+    def label_names(self) -> list[str]:
+        """None: a generative task has no label space."""
+        return []
+
+    # -- data ----------------------------------------------------------------------------
+    def prepare(self, config: Config, *, find_label_errors: Callable | None = None) -> PreparedData:
+        """Reads every source of records and splits them at random (no labels to stratify by)."""
+        return prepare_records(config.data, seed=config.runtime.seed, load=self.read, inputs=self.overlap_inputs)
+
+    def read(self, spec: str, data: DataConfig) -> tuple[pd.DataFrame, dict]:
         """One source's records and its manifest entry (see ``load_records``)."""
-        return load_records(spec, data_config)
+        return load_records(spec, data)
+
+    def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
+        """Each record's prompt side: its turns before the last assistant turn, as role: content lines."""
+        return [prompt_side(json.loads(m)) for m in frame["messages"]]
+
+    # -- model ---------------------------------------------------------------------------
+    def load_processor(self, resolved: ResolvedModel, *, trained: bool = False) -> Any:
+        """The tokenizer, checked against model.max_length; a trained run's as saved."""
+        if trained:
+            from transformers import AutoTokenizer  # seconds to import: only when a model loads
+
+            return AutoTokenizer.from_pretrained(resolved.location)
+        return load_tokenizer(resolved, max_length=self.max_length)
+
+    def load_model(self, resolved: ResolvedModel, dropout: float | None) -> tuple[Any, list[str]]:
+        """The pretrained decoder with its own language-model head (no new parameters, normally)."""
+        return load_causal_lm(resolved, dropout=dropout)
+
+    def load_trained(self, model_dir: Path) -> Any:
+        """A trained run's model from its ``model/`` directory."""
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(model_dir)
+
+    # -- training ------------------------------------------------------------------------
+    def encode(self, processor: Any, splits: dict[str, pd.DataFrame]) -> Encoded:
+        """Each split's records rendered with the chat template and tokenized once (labels mask
+        all but the trained tokens).
+
+        Raises:
+            TunesmithError: a record with no token to train on within model.max_length, named by
+                its file (the frame's ``source`` column; the split where a table has none) and record.
+        """
+        encoded = Encoded(features={}, truncated={})
+        if self.chat_template is None and processor.chat_template is None:
+            encoded.notes.append("The tokenizer has no chat template: records are rendered as plain text "
+                                 "(set model.chat_template)")  # fmt: skip
+        for name, frame in splits.items():
+            source = frame["source"].iloc[0] if "source" in frame.columns and len(frame) else f"the {name} split"
+            found = encode_conversations(processor, [json.loads(m) for m in frame["messages"]],
+                                         frame["record"].tolist(), source=source, max_length=self.max_length,
+                                         chat_template=self.chat_template, loss_on=self.loss_on)  # fmt: skip
+            encoded.features[name], encoded.truncated[name] = found.features, found.truncated
+            if found.truncated:
+                encoded.notes.append(f"{name}: {found.truncated} of {len(frame)} records truncated to "
+                                     f"{self.max_length} tokens")  # fmt: skip
+        return encoded
 
     def collate(self, features: list[dict], pad_token_id: int) -> dict:
         return collate_lm(features, pad_token_id, packing=self.packing, capacity=self.max_length)
@@ -384,9 +456,66 @@ class CausalLMTask:
             lambda batch: token_losses(model, collate_lm(batch, pad_token_id), device)[0],
         )  # fmt: skip
 
-    def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
-        """Each record's prompt side: its turns before the last assistant turn, as role: content lines."""
-        return [prompt_side(json.loads(m)) for m in frame["messages"]]
+    # -- evaluation ----------------------------------------------------------------------
+    def calibrate(self, model, processor, features: list[dict], *, batch_size: int, device) -> float | None:
+        """None: temperature scaling is for a classifier's probabilities."""
+        return None
+
+    def score(self, model, processor, frame: pd.DataFrame, features: list[dict],
+              context: ScoreContext) -> dict[str, Any]:  # fmt: skip
+        """Loss and perplexity on every record; with ``context.generate``, generation metrics
+        (with bootstrap intervals) on up to generation.max_examples records, whose generations
+        go to ``context.artifact("generations", ".jsonl")``."""
+        metrics = self.evaluate(model, features, batch_size=context.batch_size, pad_token_id=pad_token_id(processor),
+                                device=context.device)  # fmt: skip
+        if not context.generate:
+            return metrics
+        rows, path = rows_to_generate(frame, self.generation, context)
+        prompts, references = zip(*(generation_prompt(processor, json.loads(m), self.chat_template)
+                                    for m in rows["messages"])) if len(rows) else ((), ())  # fmt: skip
+        predictions = generate(model, processor, list(prompts), self.generation, device=context.device)
+        return metrics | report_generations(path, rows["record"].tolist(), list(prompts), list(references),
+                                            predictions, context)  # fmt: skip
+
+    # -- prediction ----------------------------------------------------------------------
+    def predict(self, model, processor, inputs: list, *, temperature: float | None = None) -> list[dict]:
+        """The completion of each input, given as one user turn: ``{"prompt", "completion"}`` rows.
+
+        Raises:
+            TunesmithError: an input that is not a text, naming its number.
+        """
+        texts = check_texts(inputs, self.kind)
+        prompts = [self.prompt(processor, [{"role": "user", "content": text}]) for text in texts]
+        completions = generate(model, processor, prompts, self.generation, device=model_device(model))
+        return [{"prompt": text, "completion": completion} for text, completion in zip(texts, completions)]
+
+    def read_inputs(self, path: Path) -> list:
+        """The prompts of a prediction input file (one per line of .txt, or a table's text column)."""
+        return read_texts(path)
+
+    def prompt(self, tokenizer, messages: list[dict[str, str]]) -> str:
+        """The conversation so far, rendered as in training, ending where the assistant answers."""
+        return generation_prompt(tokenizer, [*messages, {"role": "assistant", "content": ""}], self.chat_template)[0]
+
+    def reply(self, model, tokenizer, messages: list[dict[str, str]]) -> str:
+        """The model's next assistant turn after a conversation (``tunesmith chat``).
+
+        Args:
+            messages: the whole conversation so far, ``{"role", "content"}`` turns ending with the user's.
+        """
+        return generate(model, tokenizer, [self.prompt(tokenizer, messages)], self.generation,
+                        device=model_device(model))[0]  # fmt: skip
+
+    # -- shipping ------------------------------------------------------------------------
+    def card(self, manifest: dict[str, Any], max_length: int, truncated_train: int) -> CardText:
+        """The model card's generative wording: what it generates, the data's format, and the limits."""
+        return CardText(
+            title="Instruction-tuned language model",
+            purpose=f"It answers prompts in the style of its training completions (loss on {self.loss_on} tokens).",
+            data=f"Record format: {manifest['sources']['train'].get('format')}.",
+            limitation=generation_limitation(max_length, truncated_train),
+            usage='`tunesmith predict RUN_DIR --text "..."`, or `tunesmith chat RUN_DIR`.',
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, "loss_on": self.loss_on, "packing": self.packing, "label_names": []}
@@ -419,7 +548,7 @@ def generate(model, tokenizer, prompts: list[str], settings, *, device="cpu", pr
     """
     was_training = model.training
     model.eval()
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     encoded = [tokenizer(p, add_special_tokens=tokenizer.chat_template is None)["input_ids"] for p in prompts]
     out: list[str] = [""] * len(prompts)
     options = {
@@ -444,20 +573,96 @@ def generate(model, tokenizer, prompts: list[str], settings, *, device="cpu", pr
     return out
 
 
-def generation_metrics(predictions: list[str], references: list[str]) -> dict[str, float]:
-    """Mean ROUGE-1/2/L F1 (rouge-score, stemmed), corpus BLEU and chrF (sacrebleu), and exact
-    match (case and whitespace ignored)."""
-    import sacrebleu
+def example_scores(predictions: list[str], references: list[str]) -> dict[str, np.ndarray]:
+    """Per-example ROUGE-1/2/L F1 (rouge-score, stemmed) and exact match (case and whitespace ignored)."""
     from rouge_score import rouge_scorer
 
     kinds = ["rouge1", "rouge2", "rougeL"]
     scorer = rouge_scorer.RougeScorer(kinds, use_stemmer=True)
     scores = [scorer.score(ref, pred) for pred, ref in zip(predictions, references)]
-    normal = [" ".join(p.split()).lower() == " ".join(r.split()).lower() for p, r in zip(predictions, references)]
+    found = {kind: np.asarray([s[kind].fmeasure for s in scores], dtype=float) for kind in kinds}
+    found["exact_match"] = np.asarray(
+        [" ".join(p.split()).lower() == " ".join(r.split()).lower() for p, r in zip(predictions, references)],
+        dtype=float,
+    )
+    return found
+
+
+def generation_metrics(
+    predictions: list[str], references: list[str], *, scores: dict[str, np.ndarray] | None = None
+) -> dict[str, float]:
+    """Mean ROUGE-1/2/L F1 (rouge-score, stemmed), corpus BLEU and chrF (sacrebleu), and exact
+    match (case and whitespace ignored).
+
+    Args:
+        scores: the ``example_scores`` of these predictions, when the caller has them already.
+    """
+    import sacrebleu
+
+    scores = example_scores(predictions, references) if scores is None else scores
+    mean = {kind: float(values.mean()) if len(values) else 0.0 for kind, values in scores.items()}
     return {
-        **{kind: float(np.mean([s[kind].fmeasure for s in scores])) if scores else 0.0 for kind in kinds},
+        **{kind: mean[kind] for kind in ("rouge1", "rouge2", "rougeL")},
         "bleu": float(sacrebleu.corpus_bleu(predictions, [references]).score),
         "chrf": float(sacrebleu.corpus_chrf(predictions, [references]).score),
-        "exact_match": float(np.mean(normal)) if normal else 0.0,
+        "exact_match": mean["exact_match"],
         "generated": len(predictions),
     }
+
+
+def bootstrap_means(scores: dict[str, np.ndarray], *, samples: int, level: float, seed: int) -> dict[str, dict]:
+    """Percentile bootstrap intervals of per-example means (the examples resampled with
+    replacement ``samples`` times): ``{metric: {"estimate", "low", "high"}}``; empty when there
+    is nothing to resample."""
+    count = len(next(iter(scores.values()), []))
+    if count == 0 or samples <= 0:
+        return {}
+    rows = np.random.default_rng(seed).integers(0, count, size=(samples, count))
+    tail = (1 - level) / 2 * 100
+    intervals = {}
+    for name, values in scores.items():
+        low, high = np.percentile(values[rows].mean(1), [tail, 100 - tail])
+        intervals[name] = {"estimate": float(values.mean()), "low": float(low), "high": float(high)}
+    return intervals
+
+
+def rows_to_generate(
+    frame: pd.DataFrame, settings: GenerationConfig, context: ScoreContext
+) -> tuple[pd.DataFrame, Path]:
+    """The first generation.max_examples rows of a split (generation is slow), and where their
+    generations go; says how many it generates for (``context.log`` names the split)."""
+    rows = frame.iloc[: settings.max_examples or len(frame)]
+    context.log(f"generating for {len(rows)} records")
+    return rows, context.artifact("generations", ".jsonl")
+
+
+def report_generations(path: Path, records: list[int], prompts: list[str], references: list[str],
+                       predictions: list[str], context: ScoreContext) -> dict[str, Any]:  # fmt: skip
+    """Generation metrics with bootstrap intervals of the per-example ones (ROUGE, exact match;
+    BLEU and chrF are corpus scores), and every generation written to ``path`` as JSONL."""
+    scores = example_scores(predictions, references)
+    metrics: dict[str, Any] = generation_metrics(predictions, references, scores=scores)
+    settings = context.evaluation
+    intervals = bootstrap_means(scores, samples=settings.bootstrap_samples, level=settings.confidence_level,
+                                seed=context.seed)  # fmt: skip
+    if intervals:
+        metrics |= {"confidence_intervals": intervals, "confidence_level": settings.confidence_level}
+    lines = [json.dumps({"record": int(r), "prompt": p, "reference": ref, "generated": g}, ensure_ascii=False)
+             for r, p, ref, g in zip(records, prompts, references, predictions)]  # fmt: skip
+    atomic_write(path, "".join(line + "\n" for line in lines))
+    return metrics
+
+
+def generation_limitation(max_length: int, truncated_train: int) -> str:
+    """The model card's limitation for a generative model: cut inputs and reference-based scores."""
+    return (
+        f"Inputs longer than {max_length} tokens were cut ({truncated_train} in training). Generation metrics "
+        "(ROUGE-L, BLEU, chrF, exact match) compare wording with one reference; a correct answer phrased "
+        "differently scores low. Read generations_test.jsonl before trusting the model. It can state "
+        "falsehoods fluently."
+    )
+
+
+def model_device(model) -> torch.device:
+    """Where the model's weights are (generation puts its inputs there)."""
+    return next(model.parameters()).device

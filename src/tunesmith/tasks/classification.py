@@ -1,12 +1,16 @@
 """Sequence-level tasks over text: single-label, multi-label and regression.
 
-A task turns raw labels into targets, owns the loss, turns logits into predictions
-and computes its metrics. The training loop knows nothing else about the task.
+One class, :class:`TextClassificationTask`, implements the task contract of tasks/contract.py
+for the three kinds: it reads and checks labelled tables, fits the label space, encodes texts,
+owns the loss, turns logits into predictions, and scores a split (metrics, bootstrap intervals,
+calibration, slices and plots). The training loop knows nothing else about the task.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -14,9 +18,20 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from tunesmith.config import BalanceConfig, Config, DataConfig
+from tunesmith.data.augment import embedding_neighbours
+from tunesmith.data.balance import class_weights
 from tunesmith.data.batching import eval_batches, pad_batch
+from tunesmith.data.prepare import PreparedData, load_examples, prepare_data
 from tunesmith.errors import TunesmithError
+from tunesmith.models.load import ResolvedModel, load_sequence_classifier, load_tokenizer, pad_token_id
 from tunesmith.tasks import metrics as metric_fns
+from tunesmith.tasks.confidence import confidence_report, fit_temperature
+from tunesmith.tasks.contract import CardText, Encoded, ExportBatch, ScoreContext
+from tunesmith.tasks.fairness import slice_metrics
+from tunesmith.tasks.inputs import check_texts, read_texts
+from tunesmith.tasks.labels import LabelSpace
+from tunesmith.tasks.plots import plot_confusion_matrix, plot_reliability
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -27,68 +42,51 @@ PROBLEM_TYPES = {
 }
 
 
-def _label_kind(value: Any) -> str:
-    """What a raw label value is, in words: text, number, boolean, list, dict (or its type)."""
-    if isinstance(value, (bool, np.bool_)):
-        return "boolean"
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        return "number"
-    if isinstance(value, str):
-        return "text"
-    if isinstance(value, dict):
-        return "dict"
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return "list"
-    return type(value).__name__
-
-
-def _shown(value: Any) -> str:
-    text = repr(value.tolist() if isinstance(value, np.ndarray) else value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _looks_continuous(names: set[str]) -> bool:
-    """Whether class names are all numbers and some have decimals (regression targets?)."""
-    try:
-        values = [float(n) for n in names]
-    except ValueError:
-        return False
-    return any(np.isfinite(v) and not float(v).is_integer() for v in values)
-
-
-REGRESSION_HINT = "did you mean task.type: regression?"
-
-
-def _sort_labels(values: set[str]) -> list[str]:
-    """Numeric labels sort as numbers ("2" before "10"), others alphabetically."""
-    try:
-        return sorted(values, key=float)
-    except ValueError:
-        return sorted(values)
+def _split_title(path: Path, name: str) -> str:
+    """The split's name in an artifact path of ``ScoreContext.artifact`` (``reliability_test.png``:
+    "test"; ``evaluations/NAME_reliability.png``: "NAME"), for the plot titles."""
+    stem = path.stem
+    if stem.startswith(f"{name}_"):
+        return stem[len(name) + 1 :]
+    return stem.removesuffix(f"_{name}")
 
 
 @dataclass
-class TextClassificationTask:
-    """Labels, loss, predictions and metrics for one of the three sequence tasks.
+class TextClassificationTask(LabelSpace):
+    """The task contract (tasks/contract.py) for one of the three sequence tasks over text; the
+    label space (``type``, ``label_names``, ``label_separator``, the label checks) is
+    :class:`~tunesmith.tasks.labels.LabelSpace`'s.
 
     Attributes:
-        type: "single_label", "multi_label" or "regression".
-        label_names: class names in id order (empty for regression).
         threshold: multi-label decision threshold on the sigmoid.
-        label_separator: splits a multi-label string such as "sport|politics".
-        class_weights: optional per-class loss weights (single-label).
+        class_weights: optional per-class loss weights (single-label; fitted by :meth:`encode`).
+        max_length: model.max_length: texts are cut to this many tokens.
+        balance: data.balance: class weights are fitted from the training split when its
+            method is "class_weights".
     """
 
-    type: str
-    label_names: list[str] = field(default_factory=list)
     threshold: float = 0.5
-    label_separator: str = "|"
     class_weights: list[float] | None = None
+    max_length: int = 128
+    balance: BalanceConfig = field(default_factory=BalanceConfig)
 
     # Every stage but chat; retrain (new labelled rows, same classes) is single-label only.
     STAGES: ClassVar[frozenset[str]] = frozenset(
         {"evaluate", "predict", "cv", "tune", "inspect", "export", "serve", "monitor", "forgetting"}
     )
+    auto_class: ClassVar[str] = "AutoModelForSequenceClassification"
+    peft_task_type: ClassVar[str | None] = "SEQ_CLS"
+    forgetting_probe: ClassVar[str | None] = "embedding"
+    quantization: ClassVar[str] = "dynamic"  # int8 weights; activation ranges measured per batch
+
+    @classmethod
+    def from_config(cls, config: Config, saved: dict[str, Any] | None = None) -> TextClassificationTask:
+        """The task of ``config`` (its task section, model.max_length and data.balance), with the
+        label space of a run's ``task.json`` (``saved``), or empty before training."""
+        options = config.task.model_dump(exclude={"type"})  # threshold and label_separator: multi_label only
+        return cls(type=config.task.type, label_names=list((saved or {}).get("label_names") or []),
+                   max_length=config.model.max_length, balance=config.data.balance,
+                   **{k: options[k] for k in ("threshold", "label_separator") if k in options})  # fmt: skip
 
     @property
     def kind(self) -> str:
@@ -99,6 +97,21 @@ class TextClassificationTask:
     def stages(self) -> frozenset[str]:
         """The stages after training that this task supports (see ``tasks.build.require_stage``)."""
         return self.STAGES | {"retrain"} if self.type == "single_label" else self.STAGES
+
+    @property
+    def calibrates(self) -> bool:
+        """Temperature scaling applies to a single-label classifier's probabilities."""
+        return self.type == "single_label"
+
+    @property
+    def stratify(self) -> bool:
+        """Splits and folds keep the label distribution of a single-label task."""
+        return self.type == "single_label"
+
+    @property
+    def detects_label_errors(self) -> bool:
+        """Label-error detection (one class per row, scored out of fold) applies: single-label."""
+        return self.type == "single_label"
 
     # -- labels -----------------------------------------------------------------
     @property
@@ -126,154 +139,98 @@ class TextClassificationTask:
         }[self.type]  # fmt: skip
         return names + ["loss"]
 
-    def _label_sets(self, labels: pd.Series) -> list[list[str]]:
-        def split(value: Any) -> list[str]:
-            if isinstance(value, (list, tuple, np.ndarray)):
-                return [str(v).strip() for v in value]
-            return [p.strip() for p in str(value).split(self.label_separator) if p.strip()]
+    # -- data stage ---------------------------------------------------------------
+    def prepare(self, config: Config, *, find_label_errors: Callable | None = None) -> PreparedData:
+        """The data stage of data/prepare.py (clean, split, balance, augment) with the label
+        space fitted on the training split; forgetting.rehearsal's rows join the training split.
 
-        return [split(v) for v in labels]
-
-    def check_labels(self, labels: pd.Series, source: str, rows: list[int] | None = None) -> None:
-        """Refuses label values that cannot be what the task learns, naming the row (``rows``:
-        each value's 1-based data row in ``source``; by default its position).
-
-        single_label: one text or whole number per row; multi_label: text (``a|b``) or a list of
-        them; regression: a finite number. Lists, dicts and booleans are refused, and so is a
-        column that mixes text with numbers ("1" and 1 would silently become one class).
+        Args:
+            config: the run's config (``data``, ``inspect``, ``forgetting``, ``model.name`` for
+                the synonyms of data.augment, ``runtime.seed``).
+            find_label_errors: finds the suspects of data.clean.label_errors.
 
         Raises:
-            TunesmithError: the first bad value, with its row and what to do.
+            TunesmithError: any problem with the files, columns, labels or split sizes.
         """
-        rows = list(rows) if rows is not None else list(range(1, len(labels) + 1))
-        if self.type == "regression":
-            for row, value in zip(rows, labels.tolist()):
-                self._check_target(value, f"{source}, row {row}")
-            return
-        first: dict[str, tuple[int, Any]] = {}  # kind of scalar label -> its first row and value
-        for row, value in zip(rows, labels.tolist()):
-            where = f"{source}, row {row}"
-            kind = _label_kind(value)
-            if kind == "list" and self.type == "multi_label":
-                for item in value:
-                    self._check_class(item, where, f"label {_shown(item)} in {_shown(value)}")
-                    first.setdefault(_label_kind(item), (row, item))
-                continue
-            self._check_class(value, where, f"label {_shown(value)}")
-            first.setdefault(kind, (row, value))
-        if len(first) > 1:
-            (kind, (row, value)), (other, (other_row, other_value)) = sorted(first.items(), key=lambda k: k[1][0])[:2]
-            words = {"text": "text", "number": "a number"}
-            raise TunesmithError(
-                f"{source}, row {other_row}: label {_shown(other_value)} is {words[other]}, but row {row}'s label "
-                f'{_shown(value)} is {words[kind]}; one label column must hold one kind of value ("1" and 1 '
-                "would become one class): write every label the same way, e.g. all as text"
-            )
 
-    def _check_class(self, value: Any, where: str, what: str) -> None:
-        kind = _label_kind(value)
-        several = "several labels per row need task.type: multi_label" if self.type == "single_label" else (
-            "a multi_label row holds text such as \"a|b\" or a list of texts")  # fmt: skip
-        if kind in ("list", "dict"):
-            raise TunesmithError(f"{where}: {what} is a {kind}, not a class name ({several})")
-        if kind == "boolean":
-            raise TunesmithError(f"{where}: {what} is a boolean; write the classes as text (e.g. \"yes\"/\"no\") "
-                                 "or as 0/1, the same way in every row")  # fmt: skip
-        if kind == "number" and not np.isfinite(value):
-            raise TunesmithError(f"{where}: {what} is not a finite number, not a class name")
-        if kind == "number" and not float(value).is_integer():
-            raise TunesmithError(f"{where}: {what} is a number with decimals, not a class name; {REGRESSION_HINT}")
-        if kind not in ("text", "number"):
-            raise TunesmithError(f"{where}: {what} is a {kind}, not a class name")
+        def synonyms(words: set[str]) -> dict[str, list[str]]:
+            return embedding_neighbours(config.model.name, words, config.data.augment.neighbours)
 
-    @staticmethod
-    def _check_target(value: Any, where: str) -> None:
-        kind = _label_kind(value)
-        if kind in ("boolean", "list", "dict"):
-            raise TunesmithError(f"{where}: regression target {_shown(value)} is a {kind}, not a number")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise TunesmithError(f"{where}: regression target {_shown(value)} is not a number") from None
-        if not np.isfinite(number):
-            raise TunesmithError(f"{where}: regression target {_shown(value)} is not a finite number "
-                                 "(NaN and infinity cannot be learned); fix or drop the row")  # fmt: skip
+        return prepare_data(config.data, self, seed=config.runtime.seed,
+                            similarity=config.inspect.near_duplicate_similarity,
+                            find_label_errors=find_label_errors, synonyms=synonyms,
+                            rehearsal=self._rehearsal(config))  # fmt: skip
 
-    def normalise_labels(
-        self, labels: pd.Series, *, source: str = "the labels", rows: list[int] | None = None
-    ) -> pd.Series:
-        """Canonical label values (strings; sorted joined sets for multi-label), for
-        cleaning, splitting and stratification, after :meth:`check_labels`.
+    def _rehearsal(self, config: Config) -> tuple[pd.DataFrame, str, float] | None:
+        """forgetting.rehearsal's rows (cleaned like training data), for prepare_data."""
+        settings = config.forgetting
+        if settings.rehearsal is None:
+            return None
+        if self.type != "single_label":
+            raise TunesmithError("forgetting.rehearsal mixes labelled rows into training: it needs "
+                                 "task.type=single_label")  # fmt: skip
+        columns = config.data.model_copy(update={"text_column": settings.text_column, "label_column": settings.label_column,
+                                                 "column_names": None, "slice_column": None})  # fmt: skip
+        frame, entry = load_examples(settings.rehearsal, columns, self)
+        return frame, entry["source"], settings.rehearsal_ratio
+
+    def read(self, spec: str, data: DataConfig) -> tuple[pd.DataFrame, dict]:
+        """One labelled file, cleaned as in training (``text``, ``label``, ``row``, and ``slice``
+        with data.slice_column), and its manifest entry.
 
         Raises:
-            TunesmithError: a label the task cannot learn, naming ``source`` and the row.
+            TunesmithError: a bad file or column, or a label outside the trained label space.
         """
-        self.check_labels(labels, source, rows)
-        if self.type == "multi_label":
-            return pd.Series(
-                [self.label_separator.join(sorted(set(s))) for s in self._label_sets(labels)],
-                index=labels.index,
-            )
-        if self.type == "single_label":
-            return labels.map(lambda v: str(int(v)) if isinstance(v, float) and v.is_integer() else str(v).strip())
-        return labels
+        frame, entry = load_examples(spec, data, self)
+        self.encode_labels(frame["label"], entry["source"])
+        return frame, entry
 
-    def fit_labels(self, train_labels: pd.Series, source: str) -> None:
-        """Learns the label set from the training split.
+    def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
+        """What the model reads in each row of a split table (for the train/held-out overlap check)."""
+        return frame["text"].tolist()
+
+    # -- model --------------------------------------------------------------------
+    def load_processor(self, resolved: ResolvedModel, *, trained: bool = False) -> Any:
+        """The pretrained model's tokenizer, checked against model.max_length; with
+        ``trained=True``, a trained run's tokenizer (``resolved.location``: its model directory)."""
+        if trained:
+            from transformers import AutoTokenizer  # transformers loads slowly: only when a model does
+
+            return AutoTokenizer.from_pretrained(resolved.location)
+        return load_tokenizer(resolved, max_length=self.max_length)
+
+    def load_model(self, resolved: ResolvedModel, dropout: float | None) -> tuple[Any, list[str]]:
+        """The pretrained encoder with a sequence-classification head for the label space."""
+        return load_sequence_classifier(resolved, num_labels=self.num_outputs, problem_type=self.problem_type,
+                                        label_names=self.label_names, dropout=dropout)  # fmt: skip
+
+    def load_trained(self, model_dir: Path) -> Any:
+        """A trained run's model (``auto_class``) from its ``model/`` directory."""
+        import transformers
+
+        return getattr(transformers, self.auto_class).from_pretrained(model_dir)
+
+    def encode(self, processor: Any, splits: dict[str, pd.DataFrame]) -> Encoded:
+        """Token ids and targets per split, cut to max_length; with data.balance.method
+        class_weights, the loss's class weights fitted on the train split.
 
         Raises:
-            TunesmithError: fewer than two classes, or regression targets that are not numbers.
+            TunesmithError: a label outside the label space, naming the split.
         """
-        if self.type == "regression":
-            self.encode(train_labels, source)
-            return
-        if self.type == "multi_label":
-            names = {name for s in self._label_sets(train_labels) for name in s}
-        else:
-            names = set(train_labels.map(str))
-        if len(names) < 2:
-            raise TunesmithError(
-                f"{source}: the training data has only one label ({', '.join(names) or 'none'}); "
-                "a classifier needs at least two"
-            )
-        self.label_names = _sort_labels(names)
-
-    def encode(self, labels: pd.Series, source: str) -> list:
-        """Targets for the loss: class ids, multi-hot rows, or floats.
-
-        Raises:
-            TunesmithError: a label that the training split does not have, or a bad number.
-        """
-        if self.type == "regression":
-            values = pd.to_numeric(labels, errors="coerce").astype(float)
-            bad = ~np.isfinite(values.to_numpy())
-            if bad.any():  # check_labels names the file's row; here only the position is known
-                position = int(bad.nonzero()[0][0])
-                self._check_target(labels.iloc[position], f"{source}, position {position + 1}")
-            return values.tolist()
-        index = {name: i for i, name in enumerate(self.label_names)}
-        if self.type == "multi_label":
-            sets = self._label_sets(labels)
-            unknown = sorted({n for s in sets for n in s} - index.keys())
-        else:
-            sets = [[str(v)] for v in labels]
-            unknown = sorted({s[0] for s in sets} - index.keys())
-        if unknown:
-            hint = f"; the labels are numbers with decimals: {REGRESSION_HINT}" if _looks_continuous(
-                set(unknown) | set(self.label_names)) else ""  # fmt: skip
-            raise TunesmithError(
-                f"{source}: labels {unknown} do not occur in the training data "
-                f"(known: {self.label_names}); the model could never predict them{hint}"
-            )
-        if self.type == "single_label":
-            return [index[s[0]] for s in sets]
-        rows = []
-        for names in sets:
-            row = [0.0] * len(index)
-            for name in names:
-                row[index[name]] = 1.0
-            rows.append(row)
-        return rows
+        features, truncated, notes = {}, {}, []
+        for name, frame in splits.items():
+            targets = self.encode_labels(frame["label"], name)
+            features[name], truncated[name] = encode_features(processor, frame["text"].tolist(), targets,
+                                                              self.max_length)  # fmt: skip
+            if truncated[name]:
+                notes.append(
+                    f"{name}: {truncated[name]} of {len(frame)} examples truncated to {self.max_length} tokens"
+                )
+        if self.balance.method == "class_weights" and "train" in features:
+            ids = np.asarray([f["labels"] for f in features["train"]])
+            self.class_weights = class_weights(ids, self.label_names, self.balance.class_weights)
+            notes.append(f"Class weights: {dict(zip(self.label_names, (round(w, 3) for w in self.class_weights)))}")
+        return Encoded(features, truncated, notes)
 
     # -- model side -------------------------------------------------------------
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -292,6 +249,7 @@ class TextClassificationTask:
         return F.cross_entropy(logits, targets, reduction="sum")
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Softmax (single-label) or sigmoid (multi-label) scores; a regression's values."""
         if self.type == "regression":
             return logits[:, 0]
         if self.type == "multi_label":
@@ -299,7 +257,7 @@ class TextClassificationTask:
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
         return shifted / shifted.sum(axis=1, keepdims=True)
 
-    def predict(self, logits: np.ndarray) -> list:
+    def decode(self, logits: np.ndarray) -> list:
         """Human-readable predictions: a label, a list of labels, or a number per row."""
         scores = self.probabilities(logits)
         if self.type == "regression":
@@ -311,7 +269,7 @@ class TextClassificationTask:
     def prediction_rows(self, logits: np.ndarray, temperature: float | None = None) -> list[dict[str, Any]]:
         """One dict per row as predict and serve return it: ``value``, or ``label``/``labels``
         with every label's score (softmax at ``temperature`` when one was fitted)."""
-        predictions = self.predict(logits)
+        predictions = self.decode(logits)
         if self.type == "regression":
             return [{"value": value} for value in predictions]
         scores = self.probabilities(logits / temperature if temperature else logits)
@@ -357,11 +315,139 @@ class TextClassificationTask:
         )
         return metrics
 
-    def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
-        """What the model reads in each row of a split table (for the train/held-out overlap check)."""
-        return frame["text"].tolist()
+    # -- evaluation -----------------------------------------------------------------
+    def split_logits(self, model, processor, features: list[dict], *, batch_size: int, device) -> np.ndarray:
+        """The model's logits for a split's features, in their order (what calibrate and score use)."""
+        return compute_logits(model, features, batch_size=batch_size, pad_token_id=pad_token_id(processor),
+                              device=device)  # fmt: skip
+
+    def calibrate(self, model, processor, features: list[dict], *, batch_size: int, device) -> float | None:
+        """The temperature that calibrates the softmax on these (validation) features
+        (single-label); None for the other kinds or without features."""
+        if not self.calibrates or not features:
+            return None
+        logits = self.split_logits(model, processor, features, batch_size=batch_size, device=device)
+        return fit_temperature(logits, np.asarray([f["labels"] for f in features]))
+
+    def score(self, model, processor, frame: pd.DataFrame, features: list[dict],
+              context: ScoreContext) -> dict[str, Any]:  # fmt: skip
+        """Every metric of one split, with bootstrap intervals, calibration and per-slice metrics
+        where they apply; the reliability diagram, the confusion matrix and (with
+        ``context.examples_plot``) the plot of misclassified examples under ``context.artifact``.
+
+        Raises:
+            TunesmithError: evaluation.positive_label is not a label.
+        """
+        logits = self.split_logits(model, processor, features, batch_size=context.batch_size, device=context.device)
+        targets = np.asarray([f["labels"] for f in features])
+        metrics = self.metrics(logits, targets)
+        metrics |= self._confidence(logits, targets, context)
+        metrics |= self._slices(logits, targets, frame, context)
+        if context.examples_plot:
+            self.plot_misclassified(context.artifact("misclassified", ".png"), logits, features)
+        if "confusion_matrix" in metrics:
+            path = context.artifact("confusion_matrix", ".png")
+            plot_confusion_matrix(path, metrics["confusion_matrix"], self.label_names,
+                                  f"{_split_title(path, 'confusion_matrix')} confusion matrix")  # fmt: skip
+        return metrics
+
+    def _confidence(self, logits: np.ndarray, targets: np.ndarray, context: ScoreContext) -> dict[str, Any]:
+        """Bootstrap intervals and calibration of one split; its reliability diagram."""
+        settings = context.evaluation
+        report = confidence_report(logits, targets, kind=self.type, samples=settings.bootstrap_samples,
+                                   level=settings.confidence_level, bins=settings.calibration_bins, seed=context.seed,
+                                   temperature=context.temperature if self.calibrates else None)  # fmt: skip
+        if "calibration_bins" in report and len(targets):
+            scaled = "ece_temperature_scaled" in report
+            after = (
+                (report["ece_temperature_scaled"], report["calibration_bins_temperature_scaled"]) if scaled else None
+            )
+            path = context.artifact("reliability", ".png")
+            plot_reliability(path, report["calibration_bins"], report["ece"],
+                             f"{_split_title(path, 'reliability')} reliability", after=after)  # fmt: skip
+        return report
+
+    def _slices(self, logits: np.ndarray, targets: np.ndarray, frame: pd.DataFrame,
+                context: ScoreContext) -> dict[str, Any]:  # fmt: skip
+        """Per-slice metrics when the split carries data.slice_column (single-label tasks)."""
+        if self.type != "single_label" or "slice" not in frame.columns:
+            return {}
+        try:
+            found = slice_metrics(logits.argmax(1), targets, frame["slice"].tolist(), self.label_names,
+                                  column=context.slice_column, positive=context.evaluation.positive_label)  # fmt: skip
+        except ValueError as error:
+            raise TunesmithError(str(error)) from None
+        return {"slices": found}
+
+    def plot_misclassified(self, path: Path, logits: np.ndarray, features: list[dict]) -> int:
+        """The plot of wrong examples: a text classifier draws none (the image task does)."""
+        return 0
+
+    # -- prediction -------------------------------------------------------------------
+    def predict(self, model, processor, inputs: list, *, temperature: float | None = None) -> list[dict]:
+        """Predictions for texts: label(s) or value, the scores behind them (softmax at the run's
+        ``temperature`` for a single-label classifier), and a warning for an empty text.
+
+        Raises:
+            TunesmithError: an input that is not a text, naming its position.
+        """
+        texts = [" ".join(text.split()) for text in check_texts(inputs, self.kind)]
+        logits = text_logits(model, processor, texts, max_length=self.max_length)
+        rows = self.prediction_rows(logits, temperature if self.calibrates else None)
+        return [{"text": text, **row, **text_warning(text)} for text, row in zip(texts, rows)]
+
+    def read_inputs(self, path: Path) -> list:
+        """The texts of a prediction input file (one per line of .txt, or a table's text column)."""
+        return read_texts(path)
+
+    # -- shipping -----------------------------------------------------------------------
+    def card(self, manifest: dict[str, Any], max_length: int, truncated_train: int) -> CardText:
+        """The text classifier's part of the model card."""
+        labels = manifest["splits"]["train"].get("labels", "see data_manifest.json")
+        return CardText(
+            title=f"{self.type.replace('_', '-')} text classifier",
+            purpose=f"It predicts {', '.join(self.label_names) or 'a number'}.",
+            data=f"Label distribution (train): {labels}",
+            limitation=f"Texts longer than {max_length} tokens are truncated: the model sees only their start "
+            f"({truncated_train} of the training rows were truncated).",
+            usage='`tunesmith predict RUN_DIR --text "..."`.',
+        )
+
+    def export_inputs(self, processor: Any, features: list[dict]) -> ExportBatch:
+        """Features (those of :meth:`encode`) as one batch of an exported model's int64 inputs,
+        padded to the batch's longest row; batch and sequence sizes vary."""
+        batch = pad_batch(features, pad_token_id(processor))
+        names = [name for name in MODEL_INPUTS if name in batch]
+        return ExportBatch(inputs={name: batch[name].numpy().astype(np.int64) for name in names},
+                           dynamic_axes={name: {0: "batch", 1: "sequence"} for name in names})  # fmt: skip
+
+    def export_parity(self, reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+        """The largest logit difference and the share of rows with the same prediction: the
+        class, the labels at the threshold (multi-label), the value within 0.01 (regression)."""
+        if self.type == "multi_label":
+            cut = float(
+                np.log(self.threshold / (1 - self.threshold))
+            )  # sigmoid(x) >= threshold <=> x >= logit(threshold)
+            same = ((reference >= cut) == (candidate >= cut)).all(1)
+        elif self.type == "regression":
+            same = np.abs(reference - candidate)[:, 0] < 1e-2
+        else:
+            same = reference.argmax(1) == candidate.argmax(1)
+        return {"rows": int(len(reference)), "max_logit_difference": float(np.abs(reference - candidate).max()),
+                "label_agreement": float(same.mean())}  # fmt: skip
+
+    def export_description(self) -> dict[str, Any]:
+        """An export reads token ids of texts whose whitespace was collapsed (as in training)."""
+        return {"inputs": "token ids", "text_normalisation": "collapse whitespace"}
+
+    def rows_from_logits(self, inputs: list, logits: np.ndarray, *, temperature: float | None = None) -> list[dict]:
+        """Label(s) or value and scores per text (softmax at ``temperature``, single-label), with
+        a warning for an empty text."""
+        rows = self.prediction_rows(logits, temperature if self.calibrates else None)
+        return [{**row, **text_warning(text)} for text, row in zip(inputs, rows)]
 
     def to_dict(self) -> dict[str, Any]:
+        """What training learned (``task.json``): the kind, the label space, the multi-label options."""
         return {
             "type": self.type,
             "label_names": self.label_names,

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # annotations only: the contract itself imports nothing heavy
+    import numpy as np
     import pandas as pd
     import torch
 
@@ -86,6 +87,17 @@ class CardText:
     """The input limit a user meets first (truncation, windows, image size)."""
     usage: str
     """How to call it from tunesmith (``tunesmith predict RUN_DIR --text "..."``)."""
+
+
+@dataclass
+class ExportBatch:
+    """One batch as an exported model reads it, from :meth:`Task.export_inputs`."""
+
+    inputs: dict[str, np.ndarray]
+    """The model's named inputs (``input_ids``, ``attention_mask``, ... or ``pixel_values``)."""
+    dynamic_axes: dict[str, dict[int, str]]
+    """Per input, the axes whose size changes from batch to batch (``{0: "batch", 1: "sequence"}``);
+    the ONNX model takes any size there."""
 
 
 @runtime_checkable
@@ -211,4 +223,48 @@ class Task(Protocol):
 
     def to_dict(self) -> dict[str, Any]:
         """What training learned and later stages need (``task.json``); ``type`` is ``kind``."""
+        ...
+
+
+@runtime_checkable
+class Exportable(Task, Protocol):
+    """What ``export`` (and ``serve``, which answers from an export's logits) asks beyond
+    :class:`Task`: every kind with "export" in ``stages`` implements it; the stage checks
+    ``require_stage`` first, so it never meets a kind that does not."""
+
+    quantization: ClassVar[str]
+    """How ``export --quantize int8`` quantizes: "dynamic" (int8 weights, activation ranges
+    measured per batch at run time: text encoders) or "static" (activation ranges calibrated
+    on up to 256 training rows: convolutional image models, where dynamic ranges cost labels)."""
+
+    def export_inputs(self, processor: Any, features: list[dict]) -> ExportBatch:
+        """A batch of features (those of ``encode``) as the exported model's named inputs; export
+        feeds the same batch to the PyTorch model and to the exported one."""
+        ...
+
+    def export_parity(self, reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+        """How an exported model's logits compare with the PyTorch model's on the same rows:
+        ``rows``, ``max_logit_difference``, and ``label_agreement`` (the share of rows whose
+        prediction is the same: the class, the label set at the threshold, the value within 0.01)."""
+        ...
+
+    def export_description(self) -> dict[str, Any]:
+        """What an export's ``tunesmith.json`` says about the model's input: ``inputs`` (in
+        words) and ``text_normalisation`` (done to a text before it is tokenized; None for images)."""
+        ...
+
+    def rows_from_logits(self, inputs: list, logits: np.ndarray, *, temperature: float | None = None) -> list[dict]:
+        """The rows serve answers with, from any backend's logits (PyTorch or an exported ONNX
+        model) for these raw inputs: label(s) or value with the scores (softmax at
+        ``temperature``), and a warning where an input gives cause."""
+        ...
+
+
+@runtime_checkable
+class Chat(Task, Protocol):
+    """What ``chat`` asks beyond :class:`Task` (kinds with "chat" in ``stages``)."""
+
+    def reply(self, model: Any, processor: Any, messages: list[dict[str, str]]) -> str:
+        """The model's next turn in a conversation (``{"role", "content"}`` messages), the chat
+        template applied exactly as in training."""
         ...

@@ -18,16 +18,26 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import torch
 
+from tunesmith.config import Config, DataConfig
+from tunesmith.data.load import read_table
+from tunesmith.data.prepare import PreparedData, prepare_records
 from tunesmith.errors import TunesmithError
+from tunesmith.runs import sha256_file
 from tunesmith.tasks.classification import TextClassificationTask
+from tunesmith.tasks.contract import CardText, Encoded, ExportBatch
+
+if TYPE_CHECKING:
+    from tunesmith.models.load import ResolvedModel
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 PATH_COLUMNS = ("path", "image", "file", "filename")
@@ -57,10 +67,8 @@ def _check(paths: list[Path], labels: list[str], wheres: list[str]) -> tuple[lis
     return rows, skipped
 
 
-def load_images(spec: str, config) -> tuple[pd.DataFrame, dict]:
+def load_images(spec: str, config: DataConfig | None) -> tuple[pd.DataFrame, dict]:
     """One table (path, label, where) for a folder of class folders or a table of paths."""
-    from tunesmith.runs import sha256_file
-
     source = Path(spec)
     if source.is_dir():
         folders = sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -76,8 +84,6 @@ def load_images(spec: str, config) -> tuple[pd.DataFrame, dict]:
         wheres = [str(p) for p in paths]
         fingerprint = {"files": len(paths)}
     elif source.is_file():
-        from tunesmith.data.load import read_table
-
         table = read_table(str(source)).frame
         path_column = config.text_column if config is not None and config.text_column else next(
             (c for c in PATH_COLUMNS if c in table.columns), None)  # fmt: skip
@@ -224,105 +230,168 @@ def keep_frozen_statistics(model) -> None:
 
 
 # -- the task -----------------------------------------------------------------------------------------------
+def image_paths(inputs: list) -> list[Path]:
+    """The image files that prediction inputs name: a file as it is, a folder as every image in
+    it (sorted).
+
+    Raises:
+        TunesmithError: an input that is not a path (naming its position), or a path that does
+            not exist.
+    """
+    paths = []
+    for number, value in enumerate(inputs, 1):
+        if not isinstance(value, (str, os.PathLike)):
+            raise TunesmithError(f"input {number}: an image_classification run takes image files or folders, "
+                                 f"not a {type(value).__name__} ({str(value)[:80]!r})")  # fmt: skip
+        path = Path(value)
+        if path.is_dir():
+            paths += sorted(p for p in path.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise TunesmithError(f"{path}: no such image file or folder")
+    return paths
+
+
 @dataclass
 class ImageClassificationTask(TextClassificationTask):
-    """Single-label classification of images: the text classifier's labels, loss, metrics and
-    reports, with its own data, preprocessing, batches and model."""
+    """Single-label classification of images (tasks.contract.Task): the text classifier's labels,
+    loss, metrics, calibration and reports, with its own data, preprocessing, batches and model.
+    ``type`` is "single_label" (the classifier code it shares); ``kind`` is what it implements."""
 
     augment: Any = None
+    """data.image: the train split's augmentation."""
     image_size: int | None = None
+    """data.image.size: the square input side; None keeps the backbone's."""
     processor: ImagePreprocessor | None = None
-    own_data = True
-    kind = "image_classification"
-    stages = frozenset({"evaluate", "predict", "tune", "export"})
-    peft_task_type = None
-    card = {"title": "Image classifier", "auto_class": "AutoModelForImageClassification",
-            "purpose": "It assigns one label to each image."}  # fmt: skip
+    """The preprocessing of ``load_processor``, which ``collate`` uses."""
 
-    def load(self, spec: str, data_config) -> tuple[pd.DataFrame, dict]:
-        return load_images(spec, data_config)
+    kind: ClassVar[str] = "image_classification"
+    stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "tune", "export"})
+    peft_task_type: ClassVar[str | None] = None
+    auto_class: ClassVar[str] = "AutoModelForImageClassification"
+    forgetting_probe: ClassVar[str | None] = None
+    detects_label_errors: ClassVar[bool] = False  # the label-error search reads texts
+    quantization: ClassVar[str] = "static"
+    """Dynamic int8 agreed on 0.75 of the labels of the Fashion-MNIST EfficientNet; static, 0.99."""
 
-    def fit(self, train: pd.DataFrame) -> None:
-        self.fit_labels(train["label"], "the training images")
+    @classmethod
+    def from_config(cls, config: Config, saved: dict[str, Any] | None = None) -> ImageClassificationTask:
+        """The image classifier of a config (data.image: input size and augmentation), with the
+        label set of a run's ``task.json`` as ``saved``."""
+        saved = saved or {}
+        return cls(type="single_label", label_names=list(saved.get("label_names") or []), augment=config.data.image,
+                   image_size=config.data.image.size)  # fmt: skip
 
-    def load_processor(self, location: str | Path, *, trained: bool = False) -> ImagePreprocessor:
-        """The backbone's preprocessing (at data.image_size when set), or a trained model's as saved."""
-        processor = ImagePreprocessor.from_pretrained(location)
+    # -- data ------------------------------------------------------------------------------------------
+    def prepare(self, config: Config, *, find_label_errors: Callable | None = None) -> PreparedData:
+        """The data stage: every image source read (an unreadable image is skipped, with a line in
+        the changelog), random splits, then the label set of the training images.
+        ``find_label_errors`` is not used: the label-error search reads texts."""
+        data = prepare_records(config.data, seed=config.runtime.seed, load=load_images, inputs=self.overlap_inputs)
+        self.fit_labels(data.splits["train"]["label"], "the training images")
+        return data
+
+    def read(self, spec: str, data: DataConfig) -> tuple[pd.DataFrame, dict]:
+        """One labelled image folder or table of paths, and its manifest entry.
+
+        Raises:
+            TunesmithError: no images, or an image whose label the model was not trained on
+                (naming the image or the table row).
+        """
+        frame, entry = load_images(spec, data)
+        unknown = ~frame["label"].isin(self.label_names)
+        if unknown.any():
+            first = frame[unknown].iloc[0]
+            raise TunesmithError(f"{first['where']}: label {first['label']!r} does not occur in the training data "
+                                 f"(known: {self.label_names}); the model could never predict it")  # fmt: skip
+        return frame, entry
+
+    def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
+        """Each image's content hash: the same picture under two names is the same input."""
+        return [sha256_file(Path(p)) for p in frame["path"]]
+
+    # -- model -----------------------------------------------------------------------------------------
+    def load_processor(self, resolved: ResolvedModel, *, trained: bool = False) -> ImagePreprocessor:
+        """The backbone's preprocessing (at data.image.size when set), or a trained model's as saved."""
+        processor = ImagePreprocessor.from_pretrained(resolved.location)
         self.processor = processor if trained else processor.with_size(self.image_size)
         return self.processor
 
-    def encode_frame(self, processor, frame: pd.DataFrame, max_length: int, *, split: str = "test"):
-        targets = self.encode(frame["label"], f"the {split} images")
-        augment = split == "train" and self.augment is not None and self.augment.active
-        return [{"path": p, "labels": t, "augment": augment} for p, t in zip(frame["path"], targets)], 0
-
-    def load_model(self, resolved, dropout: float | None):
+    def load_model(self, resolved: ResolvedModel, dropout: float | None) -> tuple[Any, list[str]]:
+        """The pretrained backbone with a head for the label set, and the new head's parameter names."""
         from transformers import AutoModelForImageClassification
 
         import tunesmith.models.efficientnet  # noqa: F401 (registers the packaged backbone)
-        from tunesmith.models.load import _load_with_head
 
-        return _load_with_head(AutoModelForImageClassification, resolved, label_names=self.label_names,
+        from tunesmith.models.load import load_with_head
+
+        return load_with_head(AutoModelForImageClassification, resolved, label_names=self.label_names,
                                dropout=dropout)  # fmt: skip
 
-    # What the loop calls.
-    def pixels(self, features: list[dict]) -> torch.Tensor:
+    def load_trained(self, model_dir: Path) -> Any:
+        """A trained run's model (``AutoModelForImageClassification``)."""
+        from transformers import AutoModelForImageClassification
+
+        import tunesmith.models.efficientnet  # noqa: F401 (registers the packaged backbone)
+
+        return AutoModelForImageClassification.from_pretrained(model_dir)
+
+    # -- training --------------------------------------------------------------------------------------
+    def encode(self, processor: ImagePreprocessor, splits: dict[str, pd.DataFrame]) -> Encoded:
+        """One feature per image (its path and class id; decoded per batch); the train split's are
+        augmented when data.image asks for it."""
+        features = {}
+        for name, frame in splits.items():
+            targets = self.encode_labels(frame["label"], f"the {name} images")
+            augment = name == "train" and self.augment is not None and self.augment.active
+            features[name] = [{"path": p, "labels": t, "augment": augment} for p, t in zip(frame["path"], targets)]
+        return Encoded(features=features, truncated=dict.fromkeys(features, 0),
+                       notes=[f"Labels: {', '.join(self.label_names)}"])  # fmt: skip
+
+    def pixels(self, processor: ImagePreprocessor, features: list[dict], *, augment: bool = True) -> torch.Tensor:
+        """The batch's images as normalised pixels, augmented where a feature says so (and ``augment``)."""
         tensors = []
         for f in features:
             image = f["image"] if "image" in f else read_image(f["path"])  # predict decodes up front
-            if f.get("augment"):
+            if augment and f.get("augment"):
                 image = augment_image(image, self.augment)
-            tensors.append(self.processor.tensor(image))
+            tensors.append(processor.tensor(image))
         return torch.stack(tensors)
 
     def collate(self, features: list[dict], pad_token_id: int) -> dict:
-        return {"pixel_values": self.pixels(features), "labels": torch.tensor([f["labels"] for f in features]),
-                "num_examples": len(features), "num_tokens": 0}  # fmt: skip
+        """One batch: the pixels (of ``load_processor``'s preprocessing) and the class ids."""
+        return {"pixel_values": self.pixels(self.processor, features), "num_examples": len(features),
+                "labels": torch.tensor([f["labels"] for f in features]), "num_tokens": 0}  # fmt: skip
 
-    def batch_loss(self, model, batch: dict, device) -> torch.Tensor:
+    def batch_loss(self, model: Any, batch: dict, device: Any) -> torch.Tensor:
+        """The summed loss of one batch; frozen batch-norm layers keep their pretrained statistics."""
         if model.training:
             keep_frozen_statistics(model)
         logits = model(pixel_values=batch["pixel_values"].to(device)).logits
         return self.loss(logits.float(), batch["labels"].to(device))
 
     @torch.no_grad()
-    def logits(self, model, features: list[dict], *, batch_size: int, device) -> np.ndarray:
+    def split_logits(self, model: Any, processor: ImagePreprocessor, features: list[dict], *, batch_size: int,
+                     device: Any) -> np.ndarray:  # fmt: skip
+        """The model's logits for every feature, in order, without augmentation."""
         was_training = model.training
         model.eval()
         out = np.empty((len(features), len(self.label_names)), dtype=np.float32)
         for start in range(0, len(features), batch_size):
-            chunk = [dict(f, augment=False) for f in features[start : start + batch_size]]
-            out[start : start + len(chunk)] = model(pixel_values=self.pixels(chunk).to(device)).logits.float().cpu()
+            chunk = features[start : start + batch_size]
+            pixels = self.pixels(processor, chunk, augment=False).to(device)
+            out[start : start + len(chunk)] = model(pixel_values=pixels).logits.float().cpu()
         model.train(was_training)
         return out
 
-    def evaluate(self, model, features: list[dict], *, batch_size: int, pad_token_id: int, device,
-                 frame: pd.DataFrame | None = None) -> dict[str, Any]:  # fmt: skip
-        logits = self.logits(model, features, batch_size=batch_size, device=device)
+    def evaluate(self, model: Any, features: list[dict], *, batch_size: int, pad_token_id: int,
+                 device: Any) -> dict[str, Any]:  # fmt: skip
+        """The loop's validation metrics and mean loss."""
+        logits = self.split_logits(model, self.processor, features, batch_size=batch_size, device=device)
         return self.scores(logits, np.asarray([f["labels"] for f in features]))
 
-    def predict_inputs(self, model, processor, inputs: list, max_length: int, *, pad_token_id: int,
-                temperature: float | None = None) -> list[dict]:  # fmt: skip
-        """Labels and scores for image files, or every image in the folders given."""
-        paths = []
-        for value in inputs:
-            path = Path(str(value))
-            if path.is_dir():
-                paths += sorted(p for p in path.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
-            elif path.is_file():
-                paths.append(path)
-            else:
-                raise TunesmithError(f"{path}: no such image file or folder")
-        rows, features = [], []
-        for path in paths:
-            try:
-                features.append({"path": str(path), "image": read_image(path), "labels": 0, "augment": False})
-            except Exception as error:  # noqa: BLE001 (reported per file, the rest still predicted)
-                rows.append({"path": str(path), "error": f"unreadable image: {error}"})
-        logits = self.logits(model, features, batch_size=32, device="cpu") if features else np.empty((0, 0))
-        found = self.prediction_rows(logits, temperature) if features else []
-        return [{"path": f["path"], **row} for f, row in zip(features, found)] + rows
-
+    # -- evaluation (calibrate and score: the text classifier's, on split_logits) -------------------------
     def plot_misclassified(self, path: Path, logits: np.ndarray, features: list[dict], limit: int = 24) -> int:
         """A grid of the misclassified images, most confidently wrong first, each titled
         "true -> predicted (probability)"; returns how many are wrong in all (no file when none)."""
@@ -353,11 +422,57 @@ class ImageClassificationTask(TextClassificationTask):
         plt.close(figure)
         return len(wrong)
 
-    def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
-        """Each image's content hash: the same picture under two names is the same input."""
-        from tunesmith.runs import sha256_file
+    # -- prediction ------------------------------------------------------------------------------------
+    def predict(self, model: Any, processor: ImagePreprocessor, inputs: list, *,
+                temperature: float | None = None) -> list[dict]:  # fmt: skip
+        """Label and scores (softmax at ``temperature``) for each image file, or every image in the
+        folders given; an unreadable image gets an ``error`` row, after the others."""
+        rows, features = [], []
+        for path in image_paths(inputs):
+            try:
+                features.append({"path": str(path), "image": read_image(path), "labels": 0})
+            except Exception as error:  # noqa: BLE001 (reported per file, the rest still predicted)
+                rows.append({"path": str(path), "error": f"unreadable image: {error}"})
+        if not features:
+            return rows
+        device = next(model.parameters()).device
+        logits = self.split_logits(model, processor, features, batch_size=32, device=device)
+        found = self.prediction_rows(logits, temperature)
+        return [{"path": f["path"], **row} for f, row in zip(features, found)] + rows
 
-        return [sha256_file(Path(p)) for p in frame["path"]]
+    def read_inputs(self, path: Path) -> list:
+        """``tunesmith predict --input``: an image file or a folder of images, as one input."""
+        return [path]
+
+    # -- shipping --------------------------------------------------------------------------------------
+    def card(self, manifest: dict[str, Any], max_length: int, truncated_train: int) -> CardText:
+        """The image classifier's part of the model card."""
+        source, labels = manifest["sources"]["train"], manifest["splits"]["train"].get("labels")
+        if self.processor is not None:
+            height, width = self.processor.crop or (self.processor.height, self.processor.width)
+            size = f"{width} x {height} pixels"
+        else:
+            size = f"{self.image_size} x {self.image_size} pixels" if self.image_size else "the backbone's input size"
+        return CardText(
+            title="Image classifier",
+            purpose="It assigns one label to each image.",
+            data=f"Format: {source.get('format')}; {source.get('cleaning')}."
+            + (f"\nLabel distribution (train): {labels}" if labels else ""),
+            limitation=f"Images are resized to {size} and normalised as model/preprocessor_config.json says; "
+            "pictures unlike the training images (other cameras, lighting, framing) can score far lower.",
+            usage="`tunesmith predict RUN_DIR --input IMAGE_OR_FOLDER`.",
+        )
 
     def to_dict(self) -> dict[str, Any]:
+        """``task.json``: the kind, the label set and data.image.size."""
         return {"type": self.kind, "label_names": self.label_names, "image_size": self.image_size}
+
+    # -- export ----------------------------------------------------------------------------------------
+    def export_inputs(self, processor: ImagePreprocessor, features: list[dict]) -> ExportBatch:
+        """The batch's normalised pixels (never augmented), any number of images."""
+        pixels = self.pixels(processor, features, augment=False).numpy()
+        return ExportBatch(inputs={"pixel_values": pixels}, dynamic_axes={"pixel_values": {0: "batch"}})
+
+    def export_description(self) -> dict[str, Any]:
+        """Pixels in, preprocessed as the preprocessor_config.json beside the model says."""
+        return {"inputs": "pixel_values (see preprocessor_config.json)", "text_normalisation": None}

@@ -23,9 +23,10 @@ import collections
 import re
 import string
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -44,6 +45,13 @@ from tunesmith.data.load import (
     scrub,
 )
 from tunesmith.errors import TunesmithError
+from tunesmith.tasks.contract import CardText, Encoded, ScoreContext
+from tunesmith.tasks.token_classification import bootstrap_sums
+
+if TYPE_CHECKING:
+    from tunesmith.config import Config, DataConfig
+    from tunesmith.data.prepare import PreparedData
+    from tunesmith.models.load import ResolvedModel
 
 QA_RECORD = '{"question": "...", "context": "...", "answers": {"text": [...], "answer_start": [...]}}'
 
@@ -308,17 +316,23 @@ def _f1(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def squad_scores(predictions: list[str], golds: list[list[str]]) -> dict[str, Any]:
-    """Exact match and F1 (in [0, 1]), each the best over a question's gold answers; a question
-    without gold answers scores 1 only for the empty prediction. HasAns/NoAns parts when both occur."""
+def question_scores(predictions: list[str], golds: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """Each question's exact match and F1 (in [0, 1]), the best over its gold answers; a question
+    without gold answers scores 1 only for the empty prediction."""
     exact, f1 = [], []
     for prediction, answers in zip(predictions, golds):
         answers = list(answers) or [""]
         exact.append(max(float(normalize_answer(prediction) == normalize_answer(a)) for a in answers))
         f1.append(max(_f1(prediction, a) for a in answers))
-    exact_arr, f1_arr = np.asarray(exact), np.asarray(f1)
-    out: dict[str, Any] = {"exact_match": float(exact_arr.mean()) if exact else 0.0,
-                           "f1": float(f1_arr.mean()) if f1 else 0.0, "count": len(exact)}  # fmt: skip
+    return np.asarray(exact, dtype=float), np.asarray(f1, dtype=float)
+
+
+def squad_scores(predictions: list[str], golds: list[list[str]]) -> dict[str, Any]:
+    """Mean exact match and F1 over the questions (``question_scores``); HasAns/NoAns parts when
+    both occur."""
+    exact_arr, f1_arr = question_scores(predictions, golds)
+    out: dict[str, Any] = {"exact_match": float(exact_arr.mean()) if len(exact_arr) else 0.0,
+                           "f1": float(f1_arr.mean()) if len(f1_arr) else 0.0, "count": len(exact_arr)}  # fmt: skip
     has = np.asarray([len(a) > 0 for a in golds], dtype=bool)
     if has.any() and not has.all():
         for name, mask in (("has_answer", has), ("no_answer", ~has)):
@@ -329,54 +343,107 @@ def squad_scores(predictions: list[str], golds: list[list[str]]) -> dict[str, An
 
 @dataclass
 class QuestionAnsweringTask:
-    """The loop's view of extractive QA: start/end cross-entropy, SQuAD EM and F1."""
+    """Extractive QA (tasks.contract.Task): start/end cross-entropy, SQuAD EM and F1."""
 
     stride: int = 128
     n_best: int = 20
     max_answer_length: int = 30
     no_answer_threshold: float = 0.0
     allow_no_answer: bool = False
-    type: str = "question_answering"
+    max_length: int = 384
+    """model.max_length: tokens per window."""
     kind: ClassVar[str] = "question_answering"
+    type: ClassVar[str] = "question_answering"
     stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "tune"})
-    peft_task_type: str = "QUESTION_ANS"
+    peft_task_type: ClassVar[str | None] = "QUESTION_ANS"
+    auto_class: ClassVar[str] = "AutoModelForQuestionAnswering"
+    calibrates: ClassVar[bool] = False
+    stratify: ClassVar[bool] = False
+    forgetting_probe: ClassVar[str | None] = None
     default_metric = ("f1", "max")
     metric_names = ["f1", "exact_match", "loss"]
-    own_data = True
-    card = {"title": "Extractive question-answering model", "auto_class": "AutoModelForQuestionAnswering",
-            "purpose": "It answers a question with a span of the context it is given."}  # fmt: skip
+
+    @classmethod
+    def from_config(cls, config: Config, saved: dict[str, Any] | None = None) -> QuestionAnsweringTask:
+        """The task for a config's ``task`` section; a run's ``task.json`` says whether training
+        had unanswerable questions."""
+        task = config.task
+        return cls(stride=task.doc_stride, n_best=task.n_best, max_answer_length=task.max_answer_length,
+                   no_answer_threshold=task.no_answer_threshold,
+                   allow_no_answer=bool((saved or {}).get("allow_no_answer", False)),
+                   max_length=config.model.max_length)  # fmt: skip
 
     @property
     def label_names(self) -> list[str]:
         return []
 
-    # The stages the pipeline calls for a task that reads its own files.
-    def load(self, spec: str, data_config) -> tuple[pd.DataFrame, dict]:
-        return load_questions(spec, data_config)
+    # -- data ------------------------------------------------------------------------------------------
+    def prepare(self, config: Config, *, find_label_errors: Callable | None = None) -> PreparedData:
+        """Reads and splits the question files (whole paragraphs at a time), then learns whether
+        training has unanswerable questions (``find_label_errors`` does not apply)."""
+        from tunesmith.data.prepare import prepare_records
+
+        data = prepare_records(config.data, seed=config.runtime.seed, load=self.read, inputs=self.overlap_inputs)
+        self.fit(data.splits["train"])
+        return data
+
+    def read(self, spec: str, data: DataConfig) -> tuple[pd.DataFrame, dict]:
+        """One file's questions (id, question, context, answers, starts, group, where) and its
+        manifest entry; every answer is checked against its context."""
+        return load_questions(spec, data)
 
     def fit(self, train: pd.DataFrame) -> None:
         self.allow_no_answer = bool((train["answers"].map(len) == 0).any())
 
-    def encode_frame(self, tokenizer, frame: pd.DataFrame, max_length: int, *, split: str = "test"):
+    def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
+        """Each row's question with its context: the same question on another paragraph is a new input."""
+        return [f"{q}\n{c}" for q, c in zip(frame["question"], frame["context"])]
+
+    # -- model -----------------------------------------------------------------------------------------
+    def load_processor(self, resolved: ResolvedModel, *, trained: bool = False):
+        """The model's tokenizer (checked against model.max_length), or a trained run's as saved."""
+        from transformers import AutoTokenizer
+
+        from tunesmith.models.load import load_tokenizer
+
+        if trained:
+            return AutoTokenizer.from_pretrained(resolved.location)
+        return load_tokenizer(resolved, max_length=self.max_length)
+
+    def load_model(self, resolved: ResolvedModel, dropout: float | None) -> tuple[Any, list[str]]:
+        from transformers import AutoModelForQuestionAnswering
+
+        from tunesmith.models.load import load_with_head
+
+        return load_with_head(AutoModelForQuestionAnswering, resolved, label_names=["start", "end"], dropout=dropout)
+
+    def load_trained(self, model_dir: Path):
+        from transformers import AutoModelForQuestionAnswering
+
+        return AutoModelForQuestionAnswering.from_pretrained(model_dir)
+
+    # -- training --------------------------------------------------------------------------------------
+    def encode_frame(self, tokenizer, frame: pd.DataFrame) -> tuple[list[dict], int]:
+        """One table's windows and how many questions were cut to half a window."""
         if not getattr(tokenizer, "is_fast", False):
             raise TunesmithError("question answering needs a fast tokenizer (offset mappings)")
         if self.allow_no_answer and getattr(tokenizer, "cls_token_id", None) is None:
             raise TunesmithError("the training data has unanswerable questions, which are learned at the first "
                                  "token: that needs an encoder whose inputs start with a [CLS]-like token (this "
                                  "tokenizer has none); drop the unanswerable questions or use an encoder")  # fmt: skip
-        return encode_questions(tokenizer, frame, max_length, self.stride)
+        return encode_questions(tokenizer, frame, self.max_length, self.stride)
 
-    def truncation_message(self, split: str, cut: int, rows: int, max_length: int) -> str:
-        return f"{split}: {cut} of {rows} questions cut to {max_length // 2} tokens (half the window)"
+    def encode(self, processor, splits: dict[str, pd.DataFrame]) -> Encoded:
+        """Windows of every split, and a note per split with cut questions."""
+        encoded = Encoded(features={}, truncated={})
+        for name, frame in splits.items():
+            encoded.features[name], cut = self.encode_frame(processor, frame)
+            encoded.truncated[name] = cut
+            if cut:
+                encoded.notes.append(f"{name}: {cut} of {len(frame)} questions cut to {self.max_length // 2} tokens "
+                                     "(half the window)")  # fmt: skip
+        return encoded
 
-    def load_model(self, resolved, dropout: float | None):
-        from transformers import AutoModelForQuestionAnswering
-
-        from tunesmith.models.load import _load_with_head
-
-        return _load_with_head(AutoModelForQuestionAnswering, resolved, label_names=["start", "end"], dropout=dropout)
-
-    # The loop's interface.
     def collate(self, features: list[dict], pad_token_id: int) -> dict:
         return collate_windows(features, pad_token_id)
 
@@ -429,18 +496,49 @@ class QuestionAnsweringTask:
                             no_answer_threshold=self.no_answer_threshold) | {"gold": windows[0][3]["answers"]}
                 for _, windows in sorted(grouped.items())]  # fmt: skip
 
-    def evaluate(self, model, features: list[dict], *, batch_size: int, pad_token_id: int, device,
-                 frame: pd.DataFrame | None = None) -> dict[str, Any]:  # fmt: skip
+    def _answered(self, model, features: list[dict], *, batch_size: int, pad_token_id: int, device):
+        """Each question's answer, and the split's metrics (SQuAD scores, mean window loss)."""
         logits, total = self.window_logits(model, features, batch_size=batch_size, pad_token_id=pad_token_id,
                                            device=device)  # fmt: skip
         found = self.answers(logits, features)
         metrics = squad_scores([a["text"] for a in found], [a["gold"] for a in found])
         metrics["loss"] = total / max(len(features), 1)
         metrics["windows"] = len(features)
+        return found, metrics
+
+    def evaluate(self, model, features: list[dict], *, batch_size: int, pad_token_id: int, device) -> dict[str, Any]:
+        """The loop's metrics: exact match, F1 and loss (the answers travel in the features)."""
+        return self._answered(model, features, batch_size=batch_size, pad_token_id=pad_token_id, device=device)[1]
+
+    # -- evaluation ------------------------------------------------------------------------------------
+    def calibrate(self, model, processor, features: list[dict], *, batch_size: int, device) -> None:
+        """No temperature: span scores are not calibrated probabilities."""
+        return None
+
+    def score(
+        self, model, processor, frame: pd.DataFrame, features: list[dict], context: ScoreContext
+    ) -> dict[str, Any]:
+        """Exact match and F1 (with bootstrap intervals over questions), the has/no-answer parts,
+        loss and window count (the answers travel in the features, so ``frame`` is not read)."""
+        from tunesmith.models.load import pad_token_id
+
+        found, metrics = self._answered(model, features, batch_size=context.batch_size,
+                                        pad_token_id=pad_token_id(processor), device=context.device)  # fmt: skip
+        exact, f1 = question_scores([a["text"] for a in found], [a["gold"] for a in found])
+        evaluation = context.evaluation
+        intervals = bootstrap_sums(np.stack([exact, f1], axis=1).reshape(-1, 2),
+                                   lambda sums: {"exact_match": sums[:, 0] / len(exact), "f1": sums[:, 1] / len(exact)},
+                                   samples=evaluation.bootstrap_samples, level=evaluation.confidence_level,
+                                   seed=context.seed)  # fmt: skip
+        if intervals:
+            metrics["confidence_intervals"], metrics["confidence_level"] = intervals, evaluation.confidence_level
         return metrics
 
-    def predict_inputs(self, model, tokenizer, inputs: list[dict], max_length: int, *, pad_token_id: int) -> list[dict]:
+    # -- prediction ------------------------------------------------------------------------------------
+    def predict(self, model, processor, inputs: list, *, temperature: float | None = None) -> list[dict]:
         """Answers for ``{"question", "context"}`` records: text, character offsets, score."""
+        from tunesmith.models.load import pad_token_id
+
         rows = []
         for number, record in enumerate(inputs, 1):
             if not isinstance(record, dict) or not all(isinstance(record.get(k), str) and record[k].strip()
@@ -448,17 +546,36 @@ class QuestionAnsweringTask:
                 raise TunesmithError(f"input {number}: question answering needs non-empty 'question' and 'context'")
             rows.append({"question": record["question"], "context": record["context"], "answers": [], "starts": []})
         frame = pd.DataFrame(rows)
-        features, _ = self.encode_frame(tokenizer, frame, max_length)
-        logits, _ = self.window_logits(model, features, batch_size=32, pad_token_id=pad_token_id, device="cpu")
-        found = self.answers(logits, features)
+        features, _ = self.encode_frame(processor, frame)
+        found = self._answered(model, features, batch_size=32, pad_token_id=pad_token_id(processor),
+                               device=next(model.parameters()).device)[0]  # fmt: skip
         return [{"question": q, "answer": a["text"], "start": a["start"], "end": a["end"], "score": a["score"],
                  "no_answer": a["no_answer"]} for q, a in zip(frame["question"], found)]  # fmt: skip
 
-    def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
-        """Each row's question with its context: the same question on another paragraph is a new input."""
-        return [f"{q}\n{c}" for q, c in zip(frame["question"], frame["context"])]
+    def read_inputs(self, path: Path) -> list:
+        """The question/context records of a prediction input file: one per line of JSONL, or
+        every question of a SQuAD JSON file (``predict`` checks each record)."""
+        if path.suffix.lower() == ".json":
+            frame, _ = load_questions(str(path), None)
+            return frame[["question", "context"]].to_dict("records")
+        if not path.is_file():
+            raise TunesmithError(f"Input file not found: {path}")
+        return [record for _, record in jsonl_records(path)]
+
+    # -- shipping --------------------------------------------------------------------------------------
+    def card(self, manifest: dict[str, Any], max_length: int, truncated_train: int) -> CardText:
+        """The question-answering model's part of the model card."""
+        source = manifest["sources"]["train"]
+        return CardText(
+            title="Extractive question-answering model",
+            purpose="It answers a question with a span of the context it is given.",
+            data=f"Format: {source.get('format')}; {source.get('cleaning')}.",
+            limitation=f"Contexts longer than {max_length} tokens are read in windows overlapping by {self.stride} "
+            f"tokens; questions are cut to {max_length // 2} tokens ({truncated_train} training questions were).",
+            usage='`tunesmith predict RUN_DIR --question "..." --context "..."`.',
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "label_names": [], "doc_stride": self.stride, "n_best": self.n_best,
+        return {"type": self.kind, "label_names": [], "doc_stride": self.stride, "n_best": self.n_best,
                 "max_answer_length": self.max_answer_length, "no_answer_threshold": self.no_answer_threshold,
                 "allow_no_answer": self.allow_no_answer}  # fmt: skip

@@ -4,18 +4,30 @@ translation from source/target columns, scored by generating on held-out pairs."
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from tunesmith.config import DataConfig
+from tunesmith.config import Config, DataConfig, GenerationConfig
 from tunesmith.data.batching import eval_batches
 from tunesmith.data.load import read_table
+from tunesmith.data.prepare import PreparedData, prepare_records
 from tunesmith.errors import TunesmithError
-from tunesmith.tasks.causal_lm import perplexity_metrics
+from tunesmith.models.load import ResolvedModel, load_seq2seq, load_tokenizer, pad_token_id
+from tunesmith.tasks.causal_lm import (
+    generation_limitation,
+    model_device,
+    perplexity_metrics,
+    report_generations,
+    rows_to_generate,
+)
+from tunesmith.tasks.contract import CardText, Encoded, ScoreContext
+from tunesmith.tasks.inputs import check_texts, read_texts
 
 IGNORE = -100
 # Column pairs recognised without data.text_column / data.label_column, in order of preference.
@@ -124,20 +136,87 @@ def token_losses(model, batch: dict, device) -> torch.Tensor:
 
 @dataclass
 class Seq2SeqTask:
-    """Loss, batches, metrics and generation for encoder-decoder models."""
+    """Fine-tuning of an encoder-decoder (T5, BART) on source/target pairs: the whole task
+    contract (tasks/contract.py) for ``task.type=seq2seq``.
+
+    Attributes:
+        prefix: task.source_prefix, put before every source ("summarize: ").
+        max_length: model.max_length, for sources.
+        max_target_length: model.max_target_length, for targets.
+        generation: how held-out pairs and predict generate.
+    """
 
     prefix: str = ""
-    type: str = "seq2seq"
+    max_length: int = 512
+    max_target_length: int = 128
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    type: ClassVar[str] = "seq2seq"
     kind: ClassVar[str] = "seq2seq"
     stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "tune"})
-    peft_task_type: str = "SEQ_2_SEQ_LM"
+    default_metric: ClassVar[tuple[str, str]] = ("loss", "min")
+    metric_names: ClassVar[list[str]] = ["loss", "perplexity"]
+    peft_task_type: ClassVar[str | None] = "SEQ_2_SEQ_LM"
+    auto_class: ClassVar[str] = "AutoModelForSeq2SeqLM"
+    calibrates: ClassVar[bool] = False
+    stratify: ClassVar[bool] = False
+    forgetting_probe: ClassVar[str | None] = None
 
-    default_metric = ("loss", "min")
-    metric_names = ["loss", "perplexity"]
+    @classmethod
+    def from_config(cls, config: Config, saved: dict[str, Any] | None = None) -> Seq2SeqTask:
+        """The task for a config; ``saved`` (task.json) adds nothing the config lacks."""
+        return cls(prefix=config.task.source_prefix, max_length=config.model.max_length,
+                   max_target_length=config.model.max_target_length, generation=config.generation)  # fmt: skip
 
-    def load(self, spec: str, data_config: DataConfig) -> tuple[pd.DataFrame, dict]:
+    @property
+    def label_names(self) -> list[str]:
+        """None: a generative task has no label space."""
+        return []
+
+    # -- data ----------------------------------------------------------------------------
+    def prepare(self, config: Config, *, find_label_errors: Callable | None = None) -> PreparedData:
+        """Reads every source of pairs and splits them at random (no labels to stratify by)."""
+        return prepare_records(config.data, seed=config.runtime.seed, load=self.read, inputs=self.overlap_inputs)
+
+    def read(self, spec: str, data: DataConfig) -> tuple[pd.DataFrame, dict]:
         """One source's pairs and its manifest entry (see ``load_pairs``)."""
-        return load_pairs(spec, data_config)
+        return load_pairs(spec, data)
+
+    def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
+        """Each pair's source text (for the train/held-out overlap check)."""
+        return frame["source"].tolist()
+
+    # -- model ---------------------------------------------------------------------------
+    def load_processor(self, resolved: ResolvedModel, *, trained: bool = False) -> Any:
+        """The tokenizer, checked against model.max_length; a trained run's as saved."""
+        if trained:
+            from transformers import AutoTokenizer  # seconds to import: only when a model loads
+
+            return AutoTokenizer.from_pretrained(resolved.location)
+        return load_tokenizer(resolved, max_length=self.max_length)
+
+    def load_model(self, resolved: ResolvedModel, dropout: float | None) -> tuple[Any, list[str]]:
+        """The pretrained encoder-decoder with its own language-model head (no new parameters, normally)."""
+        return load_seq2seq(resolved, dropout=dropout)
+
+    def load_trained(self, model_dir: Path) -> Any:
+        """A trained run's model from its ``model/`` directory."""
+        from transformers import AutoModelForSeq2SeqLM
+
+        return AutoModelForSeq2SeqLM.from_pretrained(model_dir)
+
+    # -- training ------------------------------------------------------------------------
+    def encode(self, processor: Any, splits: dict[str, pd.DataFrame]) -> Encoded:
+        """Each split's pairs tokenized once (see ``encode_pairs``)."""
+        encoded = Encoded(features={}, truncated={})
+        for name, frame in splits.items():
+            features, truncated = encode_pairs(processor, frame["source"].tolist(), frame["target"].tolist(),
+                                               prefix=self.prefix, max_length=self.max_length,
+                                               max_target_length=self.max_target_length)  # fmt: skip
+            encoded.features[name], encoded.truncated[name] = features, truncated
+            if truncated:
+                encoded.notes.append(f"{name}: {truncated} of {len(frame)} pairs truncated (source {self.max_length}, "
+                                     f"target {self.max_target_length} tokens)")  # fmt: skip
+        return encoded
 
     def collate(self, features: list[dict], pad_token_id: int) -> dict:
         return collate_pairs(features, pad_token_id)
@@ -153,20 +232,41 @@ class Seq2SeqTask:
             model, features, batch_size, lambda batch: token_losses(model, collate_pairs(batch, pad_token_id), device)
         )
 
+    # -- evaluation ----------------------------------------------------------------------
+    def calibrate(self, model, processor, features: list[dict], *, batch_size: int, device) -> float | None:
+        """None: temperature scaling is for a classifier's probabilities."""
+        return None
+
+    def score(self, model, processor, frame: pd.DataFrame, features: list[dict],
+              context: ScoreContext) -> dict[str, Any]:  # fmt: skip
+        """Loss and perplexity on every pair; with ``context.generate``, generation metrics (with
+        bootstrap intervals) on up to generation.max_examples pairs, whose generations go to
+        ``context.artifact("generations", ".jsonl")``."""
+        metrics = self.evaluate(model, features, batch_size=context.batch_size, pad_token_id=pad_token_id(processor),
+                                device=context.device)  # fmt: skip
+        if not context.generate:
+            return metrics
+        rows, path = rows_to_generate(frame, self.generation, context)
+        sources, references = rows["source"].tolist(), rows["target"].tolist()
+        predictions = self.generate(model, processor, sources, device=context.device)
+        return metrics | report_generations(path, rows["record"].tolist(), sources, references, predictions, context)
+
     @torch.no_grad()
-    def generate(self, model, tokenizer, sources: list[str], settings, *, max_length: int, device="cpu") -> list[str]:
+    def generate(self, model, tokenizer, sources: list[str], *, device="cpu") -> list[str]:
         """Generated targets for source texts, in order (the task prefix is added here)."""
         was_training = model.training
         model.eval()
         out = [""] * len(sources)
-        encoded = tokenizer([self.prefix + s for s in sources], truncation=True, max_length=max_length)["input_ids"]
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        settings = self.generation
+        encoded = tokenizer([self.prefix + s for s in sources], truncation=True, max_length=self.max_length)[
+            "input_ids"
+        ]
         options = {"max_new_tokens": settings.max_new_tokens, "num_beams": settings.num_beams,
                    "do_sample": settings.do_sample}  # fmt: skip
         if settings.do_sample:
             options |= {"temperature": settings.temperature, "top_p": settings.top_p}
         for indices in eval_batches([len(e) for e in encoded], batch_size=settings.batch_size):
-            batch = collate_pairs([{"input_ids": encoded[i], "labels": [0]} for i in indices], pad)
+            batch = collate_pairs([{"input_ids": encoded[i], "labels": [0]} for i in indices], pad_token_id(tokenizer))
             generated = model.generate(input_ids=batch["input_ids"].to(device),
                                        attention_mask=batch["attention_mask"].to(device), **options)  # fmt: skip
             for row, i in enumerate(indices):
@@ -174,9 +274,31 @@ class Seq2SeqTask:
         model.train(was_training)
         return out
 
-    def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
-        """Each pair's source text (for the train/held-out overlap check)."""
-        return frame["source"].tolist()
+    # -- prediction ----------------------------------------------------------------------
+    def predict(self, model, processor, inputs: list, *, temperature: float | None = None) -> list[dict]:
+        """The generated target of each source text: ``{"source", "generated"}`` rows.
+
+        Raises:
+            TunesmithError: an input that is not a text, naming its number.
+        """
+        texts = check_texts(inputs, self.kind)
+        outputs = self.generate(model, processor, texts, device=model_device(model))
+        return [{"source": text, "generated": generated} for text, generated in zip(texts, outputs)]
+
+    def read_inputs(self, path: Path) -> list:
+        """The sources of a prediction input file (one per line of .txt, or a table's text column)."""
+        return read_texts(path)
+
+    # -- shipping ------------------------------------------------------------------------
+    def card(self, manifest: dict[str, Any], max_length: int, truncated_train: int) -> CardText:
+        """The model card's generative wording: what it generates, the data's format, and the limits."""
+        return CardText(
+            title="Sequence-to-sequence model",
+            purpose="It generates a target text (a summary, a translation) for a source text.",
+            data=f"Columns: {manifest['sources']['train'].get('columns')}.",
+            limitation=generation_limitation(max_length, truncated_train),
+            usage='`tunesmith predict RUN_DIR --text "..."`.',
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, "prefix": self.prefix, "label_names": []}

@@ -19,9 +19,10 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -29,6 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.errors import TunesmithError
+from tunesmith.tasks.contract import CardText, Encoded, ScoreContext
+from tunesmith.tasks.inputs import check_texts, read_texts
+
+if TYPE_CHECKING:
+    from tunesmith.config import Config, DataConfig
+    from tunesmith.data.prepare import PreparedData
+    from tunesmith.models.load import ResolvedModel
 
 IGNORE = -100
 WORD = re.compile(r"\w+|[^\w\s]", re.UNICODE)
@@ -322,63 +330,102 @@ def word_predictions(probabilities: np.ndarray, word_ids: list[int], words: int)
 
 @dataclass
 class TokenClassificationTask:
-    """The loop's view of NER: summed token cross-entropy, seqeval metrics."""
+    """Named-entity tagging (tasks.contract.Task): summed token cross-entropy, seqeval metrics."""
 
     tag_names: list[str] = field(default_factory=list)
     scheme: str = "iob2"
     all_subwords: bool = False
     invalid_tags: str = "convert"
     """IOB2 entities that start with I-: "convert" (to B-, with a warning) or "error"."""
-    type: str = "token_classification"
+    max_length: int = 128
+    """model.max_length: subwords per sentence."""
     kind: ClassVar[str] = "token_classification"
+    type: ClassVar[str] = "token_classification"
     stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "tune"})
-    peft_task_type: str = "TOKEN_CLS"
+    peft_task_type: ClassVar[str | None] = "TOKEN_CLS"
+    auto_class: ClassVar[str] = "AutoModelForTokenClassification"
+    calibrates: ClassVar[bool] = False
+    stratify: ClassVar[bool] = False
+    forgetting_probe: ClassVar[str | None] = None
     default_metric = ("f1", "max")
     metric_names = ["f1", "precision", "recall", "accuracy", "loss"]
-    own_data = True
-    card = {"title": "Named-entity tagger", "auto_class": "AutoModelForTokenClassification",
-            "purpose": "It tags the words of a text with entity types."}  # fmt: skip
+
+    @classmethod
+    def from_config(cls, config: Config, saved: dict[str, Any] | None = None) -> TokenClassificationTask:
+        """The tagger for a config's ``task`` section, with the tag set of a run's ``task.json``."""
+        task = config.task
+        return cls(tag_names=list((saved or {}).get("label_names") or []), scheme=task.tag_scheme,
+                   all_subwords=task.label_all_subwords, invalid_tags=task.invalid_tags,
+                   max_length=config.model.max_length)  # fmt: skip
 
     @property
     def label_names(self) -> list[str]:
         return self.tag_names
 
-    # The stages the pipeline calls for a task that reads its own files.
-    def load(self, spec: str, data_config) -> tuple[pd.DataFrame, dict]:
-        return load_sentences(spec, data_config, self.scheme, self.invalid_tags)
+    # -- data ------------------------------------------------------------------------------------------
+    def prepare(self, config: Config, *, find_label_errors: Callable | None = None) -> PreparedData:
+        """Reads and splits the sentence files, then fits the tag set on the training split
+        (``find_label_errors`` does not apply to tags)."""
+        from tunesmith.data.prepare import prepare_records
+
+        data = prepare_records(config.data, seed=config.runtime.seed, load=self.read, inputs=self.overlap_inputs)
+        self.fit(data.splits["train"])
+        return data
+
+    def read(self, spec: str, data: DataConfig) -> tuple[pd.DataFrame, dict]:
+        """One file's sentences (tokens, tags, where) in the training scheme, and its manifest
+        entry. A tag the model never saw counts as a missed entity when scored (its subwords
+        train and score loss as O), as it would in any held-out file."""
+        return load_sentences(spec, data, self.scheme, self.invalid_tags)
 
     def fit(self, frame: pd.DataFrame) -> None:
         """The tag set: O first, then every tag of the training split."""
         found = sorted({t for tags in frame["tags"] for t in tags} | {"O"})
         self.tag_names = ["O"] + [t for t in found if t != "O"]
 
-    def encode_frame(self, tokenizer, frame: pd.DataFrame, max_length: int, *, split: str = "test"):
-        if not getattr(tokenizer, "is_fast", False):
-            raise TunesmithError("token classification needs a fast tokenizer (word ids)")
-        return encode_sentences(tokenizer, frame, self.tag_names, max_length, all_subwords=self.all_subwords)
+    def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
+        """Each sentence's words, space-separated (for the train/held-out overlap check)."""
+        return [" ".join(tokens) for tokens in frame["tokens"]]
 
-    def truncation_message(self, split: str, cut: int, rows: int, max_length: int) -> str:
-        return f"{split}: {cut} of {rows} sentences cut to {max_length} subwords"
+    # -- model -----------------------------------------------------------------------------------------
+    def load_processor(self, resolved: ResolvedModel, *, trained: bool = False):
+        """The model's tokenizer (checked against model.max_length), or a trained run's as saved."""
+        from transformers import AutoTokenizer
 
-    def load_model(self, resolved, dropout: float | None):
+        from tunesmith.models.load import load_tokenizer
+
+        if trained:
+            return AutoTokenizer.from_pretrained(resolved.location)
+        return load_tokenizer(resolved, max_length=self.max_length)
+
+    def load_model(self, resolved: ResolvedModel, dropout: float | None) -> tuple[Any, list[str]]:
         from tunesmith.models.load import load_token_classifier
 
         return load_token_classifier(resolved, label_names=self.tag_names, dropout=dropout)
 
-    def predict_inputs(self, model, tokenizer, texts: list, max_length: int, *, pad_token_id: int) -> list[dict]:
-        """Entity spans with character offsets and scores (mean word probability) per text."""
-        texts = [str(t) for t in texts]
-        words = [words_with_offsets(t) for t in texts]
-        frame = pd.DataFrame({"tokens": [[w for w, _, _ in ws] or ["."] for ws in words],
-                              "tags": [["O"] * max(len(ws), 1) for ws in words]})  # fmt: skip
-        features, _ = encode_sentences(tokenizer, frame, self.tag_names, max_length, all_subwords=False)
-        probabilities = self.probabilities(model, features, batch_size=32, pad_token_id=pad_token_id, device="cpu")
-        rows = []
-        for text, ws, p, f in zip(texts, words, probabilities, features):
-            tags, scores = word_predictions(p, f["word_ids"], f["words"])
-            named = [self.tag_names[t] for t in tags][: len(ws)]
-            rows.append({"text": text, "entities": entities_in_text(text, named, scores, ws, self.scheme)})
-        return rows
+    def load_trained(self, model_dir: Path):
+        from transformers import AutoModelForTokenClassification
+
+        return AutoModelForTokenClassification.from_pretrained(model_dir)
+
+    # -- training --------------------------------------------------------------------------------------
+    def encode_frame(self, tokenizer, frame: pd.DataFrame) -> tuple[list[dict], int]:
+        """One table's features and how many sentences were cut to model.max_length."""
+        if not getattr(tokenizer, "is_fast", False):
+            raise TunesmithError("token classification needs a fast tokenizer (word ids)")
+        return encode_sentences(tokenizer, frame, self.tag_names, self.max_length, all_subwords=self.all_subwords)
+
+    def encode(self, processor, splits: dict[str, pd.DataFrame]) -> Encoded:
+        """Features of every split, a note per split with cut sentences, and the tag set."""
+        encoded = Encoded(features={}, truncated={})
+        for name, frame in splits.items():
+            encoded.features[name], cut = self.encode_frame(processor, frame)
+            encoded.truncated[name] = cut
+            if cut:
+                encoded.notes.append(f"{name}: {cut} of {len(frame)} sentences cut to {self.max_length} subwords")
+        if self.tag_names:
+            encoded.notes.append(f"Labels: {', '.join(self.tag_names)}")
+        return encoded
 
     def collate(self, features: list[dict], pad_token_id: int) -> dict:
         return collate_tokens(features, pad_token_id)
@@ -415,26 +462,24 @@ class TokenClassificationTask:
         return [[self.tag_names[t] for t in word_predictions(p, f["word_ids"], f["words"])[0]]
                 for p, f in zip(probabilities, features)]  # fmt: skip
 
-    def evaluate(self, model, features: list[dict], *, batch_size: int, pad_token_id: int, device,
-                 frame: pd.DataFrame | None = None) -> dict[str, Any]:  # fmt: skip
-        """Entity scores against the frame's word tags (or, without it, the features' first-subword
-        labels, where words cut off by truncation count as O)."""
-        probs = self.probabilities(model, features, batch_size=batch_size, pad_token_id=pad_token_id, device=device)
-        predicted = self.word_tags(probs, features)
-        gold = [list(t) for t in frame["tags"]] if frame is not None else None
-        if gold is None:  # the first-subword labels are the word tags (truncated words count as O)
-            gold = []
-            for f in features:
-                tags = ["O"] * f["words"]
-                seen = set()
-                for position, word in enumerate(f["word_ids"]):
-                    if word >= 0 and word not in seen:
-                        seen.add(word)
-                        tags[word] = self.tag_names[f["labels"][position]]
-                gold.append(tags)
-        metrics = entity_metrics(gold, predicted, self.scheme)
+    def feature_tags(self, features: list[dict]) -> list[list[str]]:
+        """The word tags the features were labelled with (first subwords; words cut off by
+        truncation count as O)."""
+        gold = []
+        for f in features:
+            tags, seen = ["O"] * f["words"], set()
+            for position, word in enumerate(f["word_ids"]):
+                if word >= 0 and word not in seen:
+                    seen.add(word)
+                    tags[word] = self.tag_names[f["labels"][position]]
+            gold.append(tags)
+        return gold
+
+    def _scores(self, probabilities: list[np.ndarray], features: list[dict], gold: list[list[str]]) -> dict[str, Any]:
+        """Entity scores of the predicted word tags against ``gold``, and the mean subword loss."""
+        metrics = entity_metrics(gold, self.word_tags(probabilities, features), self.scheme)
         total, tokens = 0.0, 0
-        for p, f in zip(probs, features):
+        for p, f in zip(probabilities, features):
             labels = np.asarray(f["labels"][: len(p)])
             keep = labels != IGNORE
             total -= float(np.log(np.clip(p[keep, labels[keep]], 1e-12, None)).sum())
@@ -442,13 +487,87 @@ class TokenClassificationTask:
         metrics["loss"] = total / max(tokens, 1)
         return metrics
 
-    def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
-        """Each sentence's words, space-separated (for the train/held-out overlap check)."""
-        return [" ".join(tokens) for tokens in frame["tokens"]]
+    def evaluate(self, model, features: list[dict], *, batch_size: int, pad_token_id: int, device) -> dict[str, Any]:
+        """The loop's metrics: entity scores against the features' own labels (``feature_tags``)."""
+        probabilities = self.probabilities(model, features, batch_size=batch_size, pad_token_id=pad_token_id,
+                                           device=device)  # fmt: skip
+        return self._scores(probabilities, features, self.feature_tags(features))
+
+    # -- evaluation ------------------------------------------------------------------------------------
+    def calibrate(self, model, processor, features: list[dict], *, batch_size: int, device) -> None:
+        """No temperature: entity spans are not calibrated probabilities."""
+        return None
+
+    def score(
+        self, model, processor, frame: pd.DataFrame, features: list[dict], context: ScoreContext
+    ) -> dict[str, Any]:
+        """Entity scores against the table's word tags (words cut off by truncation count as
+        missed), per type, with bootstrap intervals over sentences for the overall scores."""
+        from tunesmith.models.load import pad_token_id
+
+        probabilities = self.probabilities(model, features, batch_size=context.batch_size,
+                                           pad_token_id=pad_token_id(processor), device=context.device)  # fmt: skip
+        gold = [list(tags) for tags in frame["tags"]]
+        metrics = self._scores(probabilities, features, gold)
+        evaluation = context.evaluation
+        intervals = entity_intervals(gold, self.word_tags(probabilities, features), self.scheme,
+                                     samples=evaluation.bootstrap_samples, level=evaluation.confidence_level,
+                                     seed=context.seed)  # fmt: skip
+        if intervals:
+            metrics["confidence_intervals"], metrics["confidence_level"] = intervals, evaluation.confidence_level
+        return metrics
+
+    # -- prediction ------------------------------------------------------------------------------------
+    def predict(self, model, processor, inputs: list, *, temperature: float | None = None) -> list[dict]:
+        """Entity spans with character offsets and scores (mean word probability) per text.
+
+        Raises:
+            TunesmithError: an input that is not a text, naming its position.
+        """
+        from tunesmith.models.load import pad_token_id
+
+        inputs = check_texts(inputs, self.kind)
+        words = [words_with_offsets(t) for t in inputs]
+        frame = pd.DataFrame({"tokens": [[w for w, _, _ in ws] or ["."] for ws in words],
+                              "tags": [["O"] * max(len(ws), 1) for ws in words]})  # fmt: skip
+        features, _ = encode_sentences(processor, frame, self.tag_names, self.max_length, all_subwords=False)
+        probabilities = self.probabilities(model, features, batch_size=32, pad_token_id=pad_token_id(processor),
+                                           device=next(model.parameters()).device)  # fmt: skip
+        rows = []
+        for text, ws, p, f in zip(inputs, words, probabilities, features):
+            tags, scores = word_predictions(p, f["word_ids"], f["words"])
+            named = [self.tag_names[t] for t in tags][: len(ws)]
+            rows.append({"text": text, "entities": entities_in_text(text, named, scores, ws, self.scheme)})
+        return rows
+
+    def read_inputs(self, path: Path) -> list:
+        """The texts of a prediction input file (one per line of .txt, or a table's text column)."""
+        return read_texts(path)
+
+    # -- shipping --------------------------------------------------------------------------------------
+    def card(self, manifest: dict[str, Any], max_length: int, truncated_train: int) -> CardText:
+        """The tagger's part of the model card."""
+        source = manifest["sources"]["train"]
+        return CardText(
+            title="Named-entity tagger",
+            purpose="It tags the words of a text with entity types.",
+            data=f"Format: {source.get('format')}; {source.get('cleaning')}.",
+            limitation=f"Texts longer than {max_length} tokens are truncated: the model sees only their start "
+            f"({truncated_train} of the training rows were truncated).",
+            usage='`tunesmith predict RUN_DIR --text "..."`.',
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.type, "label_names": self.tag_names, "tag_scheme": self.scheme,
+        return {"type": self.kind, "label_names": self.tag_names, "tag_scheme": self.scheme,
                 "label_all_subwords": self.all_subwords}  # fmt: skip
+
+
+def _seqeval_tags(sequences: list[list[str]], scheme: str) -> list[list[str]]:
+    """Tags as seqeval reads them: BIOES's E and S are BILOU's L and U."""
+    if scheme != "bioes":
+        return sequences
+    swap = {"E": "L", "S": "U"}
+    return [[swap.get(t[0], t[0]) + t[1:] if t != "O" else t for t in s] for s in sequences]
 
 
 def entity_metrics(gold: list[list[str]], predicted: list[list[str]], scheme: str) -> dict[str, Any]:
@@ -457,10 +576,7 @@ def entity_metrics(gold: list[list[str]], predicted: list[list[str]], scheme: st
     from seqeval.scheme import BILOU, IOB2
 
     mode = {"iob2": IOB2, "bioes": BILOU}[scheme]
-    if scheme == "bioes":  # seqeval's BILOU names: L for E, U for S
-        swap = {"E": "L", "S": "U"}
-        gold = [[swap.get(t[0], t[0]) + t[1:] if t != "O" else t for t in s] for s in gold]
-        predicted = [[swap.get(t[0], t[0]) + t[1:] if t != "O" else t for t in s] for s in predicted]
+    gold, predicted = _seqeval_tags(gold, scheme), _seqeval_tags(predicted, scheme)
     report = classification_report(gold, predicted, mode="strict", scheme=mode, output_dict=True, zero_division=0)
     overall = report.get("micro avg", {"precision": 0.0, "recall": 0.0, "f1-score": 0.0})
     per_type = {k: {"precision": float(v["precision"]), "recall": float(v["recall"]), "f1": float(v["f1-score"]),
@@ -468,6 +584,62 @@ def entity_metrics(gold: list[list[str]], predicted: list[list[str]], scheme: st
                 for k, v in report.items() if not k.endswith(" avg")}  # fmt: skip
     return {"f1": float(overall["f1-score"]), "precision": float(overall["precision"]), "recall": float(overall["recall"]),
             "accuracy": float(accuracy_score(gold, predicted)), "count": len(gold), "per_type": per_type}  # fmt: skip
+
+
+def entity_intervals(gold: list[list[str]], predicted: list[list[str]], scheme: str, *, samples: int, level: float,
+                     seed: int) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Bootstrap intervals of the overall entity F1, precision and recall, resampling sentences
+    (each one's correct, predicted and gold entity counts, strict matching as in entity_metrics)."""
+    from seqeval.scheme import BILOU, IOB2, Entities
+
+    mode = {"iob2": IOB2, "bioes": BILOU}[scheme]
+    found = Entities(_seqeval_tags(gold, scheme), mode).entities
+    guessed = Entities(_seqeval_tags(predicted, scheme), mode).entities
+    counts = np.asarray([[len({e.to_tuple() for e in g} & {e.to_tuple() for e in p}), len(p), len(g)]
+                         for g, p in zip(found, guessed)], dtype=float).reshape(-1, 3)  # fmt: skip
+
+    def scores(sums: np.ndarray) -> dict[str, np.ndarray]:
+        correct, predicted_entities, gold_entities = sums[:, 0], sums[:, 1], sums[:, 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return {"f1": np.where(predicted_entities + gold_entities > 0,
+                                   2 * correct / (predicted_entities + gold_entities), 0.0),
+                    "precision": np.where(predicted_entities > 0, correct / predicted_entities, 0.0),
+                    "recall": np.where(gold_entities > 0, correct / gold_entities, 0.0)}  # fmt: skip
+
+    return bootstrap_sums(counts, scores, samples=samples, level=level, seed=seed)
+
+
+def bootstrap_sums(rows: np.ndarray, statistic: Callable[[np.ndarray], dict[str, np.ndarray]], *, samples: int,
+                   level: float, seed: int) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Percentile bootstrap intervals of statistics that depend on column sums over rows (entity
+    counts per sentence, scores per question): the rows are resampled with replacement, never
+    the model re-run.
+
+    Args:
+        rows: one row of numbers per item (items x columns).
+        statistic: from sums (resamples x columns) to {metric: values (resamples)}.
+        samples: resamples; 0 turns the intervals off.
+        level: the coverage (0.95: the 2.5th to 97.5th percentiles).
+        seed: the resampling seed.
+
+    Returns:
+        {metric: {"estimate", "low", "high"}}, empty without rows or samples.
+    """
+    rows = np.asarray(rows, dtype=float)
+    if not len(rows) or samples <= 0:
+        return {}
+    rng = np.random.default_rng(seed)
+    # One resample at a time, as how often it draws each row: samples x items x columns at once
+    # would not fit in memory for a large test set.
+    n = len(rows)
+    sums = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) @ rows for _ in range(samples)])
+    estimates, draws = statistic(rows.sum(0)[None, :]), statistic(sums)
+    tail = (1 - level) / 2 * 100
+    intervals = {}
+    for name, values in draws.items():
+        low, high = np.percentile(values, [tail, 100 - tail])
+        intervals[name] = {"estimate": float(estimates[name][0]), "low": float(low), "high": float(high)}
+    return intervals
 
 
 def entities_in_text(
