@@ -120,9 +120,13 @@ def main() -> None:
     load = os.getloadavg()
     results = {
         "fine_tuned": run(args.out, files, args.epochs, [], "fine_tuned"),
-        "frozen_encoder": run(args.out, files, args.epochs,
-                              ["model.strategy=freeze", "model.freeze.trainable_layers=0",
-                               "train.learning_rate=1e-3"], "frozen_encoder"),  # fmt: skip
+        "frozen_encoder": run(
+            args.out,
+            files,
+            args.epochs,
+            ["model.strategy=freeze", "model.freeze.trainable_layers=0", "train.learning_rate=1e-3"],
+            "frozen_encoder",
+        ),  # fmt: skip
     }
     record = {"data": counts, "epochs": args.epochs, "seed": args.seed, "load_average_before": load,
               "load_average_after": os.getloadavg(), "results": results}  # fmt: skip

@@ -57,20 +57,20 @@ def before(config_path: Path, held: Path) -> dict:
     import torch
 
     from tunesmith.config import load_config
-    from tunesmith.models.load import load_tokenizer, quiet_transformers, resolve_model
+    from tunesmith.models.load import pad_token_id, quiet_transformers, resolve_model
     from tunesmith.tasks import build_task
 
     quiet_transformers()
     config = load_config(config_path)
     torch.manual_seed(config.runtime.seed)
     task = build_task(config)
-    frame, _ = task.load(str(held), config.data)
+    frame, _ = task.read(str(held), config.data)
     task.fit(frame)
     resolved = resolve_model(config.model.name)
-    tokenizer = load_tokenizer(resolved)
+    tokenizer = task.load_processor(resolved)
     model, _ = task.load_model(resolved, None)
-    features, _ = task.encode_frame(tokenizer, frame, config.model.max_length)
-    return task.evaluate(model, features, batch_size=32, pad_token_id=tokenizer.pad_token_id, device="cpu")
+    features = task.encode(tokenizer, {"test": frame}).features["test"]
+    return task.evaluate(model, features, batch_size=32, pad_token_id=pad_token_id(tokenizer), device="cpu")
 
 
 def main() -> None:

@@ -191,10 +191,10 @@ def test_good_labels_still_normalise():
 def test_decimal_class_names_get_the_regression_hint_when_unknown():
     task = TextClassificationTask(type="single_label")
     task.fit_labels(pd.Series(["0.5", "1.5"]), "train")
-    assert "did you mean task.type: regression?" in _error(task.encode, pd.Series(["0.75"]), "test")
+    assert "did you mean task.type: regression?" in _error(task.encode_labels, pd.Series(["0.75"]), "test")
     words = TextClassificationTask(type="single_label")
     words.fit_labels(pd.Series(["a", "b"]), "train")
-    assert "regression" not in _error(words.encode, pd.Series(["c"]), "test")
+    assert "regression" not in _error(words.encode_labels, pd.Series(["c"]), "test")
 
 
 # -- YAML ------------------------------------------------------------------------------------------
@@ -240,11 +240,12 @@ def test_invalid_tags_is_a_task_option(tmp_path):
 
     config = config_from_dict({"task": {"type": "token_classification", "invalid_tags": "error"}})
     assert config.task.invalid_tags == "error"
-    assert "task.invalid_tags" in _error(config_from_dict, {"task": {"invalid_tags": "ignore"}})
+    refused = _error(config_from_dict, {"task": {"type": "token_classification", "invalid_tags": "ignore"}})
+    assert "task.invalid_tags" in refused and "ignore" in refused
     path = tmp_path / "t.txt"
     path.write_text("Bruno I-PER\n", encoding="utf-8")
     task = TokenClassificationTask(invalid_tags="error")
-    assert "line 1: tag 'I-PER' starts an entity" in _error(task.load, str(path), config.data)
+    assert "line 1: tag 'I-PER' starts an entity" in _error(task.read, str(path), config.data)
 
 
 # -- empty texts at predict time -----------------------------------------------------------------

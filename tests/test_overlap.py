@@ -72,7 +72,7 @@ def test_causal_lm_explicit_test_file_sharing_prompts_is_counted(tmp_path):
     config = config_from_dict({"task": {"type": "causal_lm"}, "model": {"name": "x"},
                                "data": {"train": str(train), "test": str(test), "val_fraction": 0.0}})  # fmt: skip
     task = CausalLMTask()
-    data = prepare_records(config.data, seed=0, load=task.load, inputs=task.overlap_inputs)
+    data = prepare_records(config.data, seed=0, load=task.read, inputs=task.overlap_inputs)
     entry = data.manifest["overlap"]["splits"]["test"]
     assert (entry["rows"], entry["of"], entry["distinct_inputs"]) == (4, 10, 3)
     assert entry["examples"][0] == {"input": "user: Item 3: repeat the word amber.",
@@ -111,7 +111,7 @@ def test_own_data_tasks_name_overlapping_rows_by_their_file_line(tmp_path):
     config = config_from_dict({"task": {"type": "question_answering"}, "model": {"name": "x"},
                                "data": {"train": str(train), "test": str(test), "val_fraction": 0.0}})  # fmt: skip
     task = QuestionAnsweringTask()
-    data = prepare_records(config.data, seed=0, load=task.load, inputs=task.overlap_inputs)
+    data = prepare_records(config.data, seed=0, load=task.read, inputs=task.overlap_inputs)
     entry = data.manifest["overlap"]["splits"]["test"]
     assert (entry["rows"], entry["of"], entry["distinct_inputs"]) == (6, 9, 6)
     assert entry["examples"][0]["row"] == f"{test}, line 1" and entry["examples"][0]["train_row"] == f"{train}, line 1"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from tunesmith.config import Config
+from tunesmith.config import TASK_MODELS, Config
 
 ROOT = Path(__file__).parent.parent
 
@@ -18,6 +18,8 @@ def _keys(model: type[BaseModel]) -> list[str]:
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             keys += _keys(annotation)
+        elif name == "task":  # a union of one section per task kind
+            keys += sorted({key for section in TASK_MODELS.values() for key in _keys(section)})
     return keys
 
 

@@ -35,7 +35,7 @@ def _train_steps(tiny_model_dir, tmp_path, model_section: dict, steps: int, **tr
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     rows = sentiment_rows(64)
     features, _ = encode_features(
-        tokenizer, [r["text"] for r in rows], task.encode(pd.Series([r["label"] for r in rows]), "rows"), 32
+        tokenizer, [r["text"] for r in rows], task.encode_labels(pd.Series([r["label"] for r in rows]), "rows"), 32
     )
     run = RunDir.create(tmp_path / "run")
     result = run_training(

@@ -323,7 +323,6 @@ class ImageClassificationTask(TextClassificationTask):
         from transformers import AutoModelForImageClassification
 
         import tunesmith.models.efficientnet  # noqa: F401 (registers the packaged backbone)
-
         from tunesmith.models.load import load_with_head
 
         return load_with_head(AutoModelForImageClassification, resolved, label_names=self.label_names,
