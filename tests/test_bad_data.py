@@ -147,8 +147,8 @@ def test_a_regression_target_is_named_by_its_row_in_the_file(tmp_path):
 
 def test_encode_refuses_non_finite_targets_too():
     task = TextClassificationTask(type="regression")
-    assert "position 2" in _error(task.encode, pd.Series(["1.0", "-inf"]), "s") and "finite" in _error(
-        task.encode, pd.Series(["1.0", "-inf"]), "s"
+    assert "position 2" in _error(task.encode_labels, pd.Series(["1.0", "-inf"]), "s") and "finite" in _error(
+        task.encode_labels, pd.Series(["1.0", "-inf"]), "s"
     )
 
 

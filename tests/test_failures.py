@@ -243,7 +243,7 @@ def test_failed_run_without_a_checkpoint_is_removed_with_the_parents_it_made(tmp
     def broken(*args, **kwargs):
         raise RuntimeError("model went wrong")
 
-    monkeypatch.setattr(api, "_fit", broken)
+    monkeypatch.setattr(api, "fit", broken)
     result = runner.invoke(app, ["train", str(config)])
     _one_line(result, 3, "RuntimeError: model went wrong", "no checkpoint yet", "was removed")
     assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["mine.txt"]  # runs/ went, the rest stays
@@ -255,7 +255,7 @@ def test_ctrl_c_before_the_first_checkpoint_removes_the_run(tmp_path, tiny_model
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(api, "_fit", interrupted)
+    monkeypatch.setattr(api, "fit", interrupted)
     result = runner.invoke(app, ["train", str(config)])
     _one_line(result, 2, "interrupted; the run had no checkpoint yet", f"{tmp_path / 'run'} was removed")
     assert "--resume" not in result.output and not (tmp_path / "run").exists()

@@ -131,8 +131,9 @@ def test_predict_on_a_run_with_damaged_weights_says_which_file(trained_run, tmp_
     ],  # fmt: skip
 )
 def test_non_finite_config_numbers_name_their_key(section, key, value):
+    values = {key: value, "type": "question_answering"} if section == "task" else {key: value}
     with pytest.raises(TunesmithError, match=rf"{section}\.{key}: Input should be a finite number"):
-        config_from_dict({section: {key: value}})
+        config_from_dict({section: values})
 
 
 def test_absurd_epochs_and_bad_storage_are_refused_with_the_key():
