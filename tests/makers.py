@@ -82,6 +82,21 @@ def pair_rows(count: int) -> list[dict]:
             for i in range(count)]  # fmt: skip
 
 
+def sentence_pairs(count: int, seed: int = 0) -> list[dict]:
+    """Premise/hypothesis pairs whose label the hypothesis's words give away (learnable in a few
+    steps); the premise is the same kind of sentence for both labels."""
+    from tests.conftest import NEGATIVE, NEUTRAL, POSITIVE
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(count):
+        agree = i % 2 == 0
+        premise = " ".join(rng.sample(NEUTRAL, 3)) + f" {i}"
+        hypothesis = " ".join(rng.sample(POSITIVE if agree else NEGATIVE, 3) + rng.sample(NEUTRAL, 1))
+        rows.append({"premise": premise, "hypothesis": hypothesis, "label": "entailment" if agree else "contradiction"})
+    return rows
+
+
 def alpaca_rows(count: int) -> list[dict]:
     return [{"instruction": f"Item {i}: repeat the word {COLOURS[i % 5]}.", "input": "",
              "output": f"{COLOURS[i % 5]} {COLOURS[i % 5]}"} for i in range(count)]  # fmt: skip
@@ -127,6 +142,7 @@ def write_examples(task: str, path: Path, count: int, seed: int = 0) -> Path:
         "question_answering": lambda: qa_records(max(count // 3, 1), seed),
         "seq2seq": lambda: pair_rows(count),
         "causal_lm": lambda: alpaca_rows(count),
+        "pair_classification": lambda: sentence_pairs(count, seed),
     }[task]()
     return write_table(path, rows)
 
@@ -139,6 +155,7 @@ TASK_SECTIONS = {
     "seq2seq": {"model": {"max_length": 48, "max_target_length": 8}, "generation": {"max_new_tokens": 4}},
     "causal_lm": {"model": {"max_length": 96, "strategy": "full"},
                   "generation": {"max_new_tokens": 4, "max_examples": 4}},
+    "pair_classification": {"task": {"first_column": "premise", "second_column": "hypothesis"}},
 }  # fmt: skip
 
 

@@ -302,9 +302,23 @@ class ImageClassificationTaskConfig(TaskSection):
     augment_refusal: ClassVar[str | None] = "data.augment is text augmentation; images are augmented by data.image"
 
 
+class PairClassificationTaskConfig(TaskSection):
+    """pair_classification: one label for a pair of texts (paraphrase, duplicate question,
+    entailment), encoded together with the tokenizer's pair encoding; labels as in single_label."""
+
+    type: Literal["pair_classification"] = "pair_classification"
+    first_column: str = "sentence1"
+    """The column of the first text of each pair (a question, a premise)."""
+    second_column: str = "sentence2"
+    """The column of the second text (a sentence, a hypothesis)."""
+    supports_forgetting: ClassVar[bool] = False
+    augment_refusal: ClassVar[str | None] = "data.augment rewrites one text column; pairs are not augmented"
+
+
 TaskConfig = Annotated[
     SingleLabelTaskConfig | MultiLabelTaskConfig | RegressionTaskConfig | CausalLMTaskConfig | Seq2SeqTaskConfig
-    | TokenClassificationTaskConfig | QuestionAnsweringTaskConfig | ImageClassificationTaskConfig,
+    | TokenClassificationTaskConfig | QuestionAnsweringTaskConfig | ImageClassificationTaskConfig
+    | PairClassificationTaskConfig,
     Field(discriminator="type"),
 ]  # fmt: skip
 """The task section: one model per ``task.type``, each declaring (and documenting) its own options."""

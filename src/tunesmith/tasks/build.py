@@ -15,6 +15,7 @@ from tunesmith.tasks.causal_lm import CausalLMTask
 from tunesmith.tasks.classification import TextClassificationTask
 from tunesmith.tasks.contract import Task
 from tunesmith.tasks.image_classification import ImageClassificationTask
+from tunesmith.tasks.pair_classification import PairClassificationTask
 from tunesmith.tasks.qa import QuestionAnsweringTask
 from tunesmith.tasks.seq2seq import Seq2SeqTask
 from tunesmith.tasks.token_classification import TokenClassificationTask
@@ -50,6 +51,8 @@ def build_task(config: Config, saved: dict[str, Any] | None = None) -> Task:
             return ImageClassificationTask.from_config(config, saved)
         case "question_answering":
             return QuestionAnsweringTask.from_config(config, saved)
+        case "pair_classification":
+            return PairClassificationTask.from_config(config, saved)
         case "single_label" | "multi_label" | "regression":
             return TextClassificationTask.from_config(config, saved)
         case other:  # config validation allows only the types above

@@ -1,0 +1,212 @@
+"""Sentence-pair classification: one label for a pair of texts (paraphrase or not, duplicate
+question or not, entailment / neutral / contradiction).
+
+The two texts are encoded together with the tokenizer's pair encoding
+(``[CLS] first [SEP] second [SEP]`` for BERT, with token types), so the encoder attends across
+them; labels, loss, metrics, intervals, calibration and export are the single-label text
+classifier's (:class:`~tunesmith.tasks.classification.TextClassificationTask`). What differs
+is only how rows are read, cleaned, encoded and predicted: that is this module.
+
+Rows are cleaned here rather than by data/clean.py, whose steps read one text column: texts
+are whitespace-normalised, rows with an empty text or a missing label are dropped, and exact
+duplicates (both texts and the label) are kept once; each count is in the data manifest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pandas as pd
+
+from tunesmith.config import Config, DataConfig
+from tunesmith.data.load import read_table
+from tunesmith.data.prepare import PreparedData, prepare_records
+from tunesmith.errors import TunesmithError
+from tunesmith.tasks.classification import TextClassificationTask, compute_logits, text_warning
+from tunesmith.tasks.contract import CardText, Encoded
+
+FIRST, SECOND = "text", "text_pair"
+"""The table columns of the two texts after reading (and the keys of a prediction input)."""
+
+
+def _normalised(values: pd.Series) -> pd.Series:
+    return values.map(lambda v: "" if pd.isna(v) else " ".join(str(v).split()))
+
+
+@dataclass
+class PairClassificationTask(TextClassificationTask):
+    """One label per pair of texts (task.type ``pair_classification``).
+
+    Attributes:
+        first_column: the column of the first text of each pair (task.first_column).
+        second_column: the column of the second text (task.second_column).
+    """
+
+    first_column: str = "sentence1"
+    second_column: str = "sentence2"
+    kind: ClassVar[str] = "pair_classification"
+    stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "tune", "export"})
+    forgetting_probe: ClassVar[str | None] = None
+
+    @classmethod
+    def from_config(cls, config: Config, saved: dict[str, Any] | None = None) -> PairClassificationTask:
+        """The task of ``config`` (task.first_column/second_column, model.max_length), with the
+        label space of a run's ``task.json`` (``saved``), or empty before training."""
+        return cls(type="single_label", label_names=list((saved or {}).get("label_names") or []),
+                   max_length=config.model.max_length, first_column=config.task.first_column,
+                   second_column=config.task.second_column)  # fmt: skip
+
+    # -- data -------------------------------------------------------------------------
+    def prepare(self, config: Config, *, find_label_errors: Callable | None = None) -> PreparedData:
+        """Reads and cleans every source, splits (stratified by label) and fits the label set."""
+        data = prepare_records(config.data, seed=config.runtime.seed, load=self.read, inputs=self.overlap_inputs)
+        self.fit_labels(data.splits["train"]["label"], data.manifest["sources"]["train"]["source"])
+        for name in ("validation", "test"):
+            if name in data.splits:
+                self.encode_labels(data.splits[name]["label"], f"the {name} split")
+        return data
+
+    def read(self, spec: str, data: DataConfig) -> tuple[pd.DataFrame, dict]:
+        """One labelled table of pairs: ``text``, ``text_pair``, ``label`` and ``row`` (the
+        1-based data row), cleaned, and its manifest entry.
+
+        Raises:
+            TunesmithError: a missing column (the columns present are listed), a label the task
+                cannot learn (naming its row), a label outside a trained label space, or no rows.
+        """
+        table = read_table(spec, column_names=data.column_names, encoding_errors=data.encoding_errors)
+        label_column = data.label_column or "label"
+        wanted = {"task.first_column": self.first_column, "task.second_column": self.second_column,
+                  "data.label_column": label_column}  # fmt: skip
+        for key, column in wanted.items():
+            if column not in table.frame.columns:
+                raise TunesmithError(f"{table.source}: no column {column!r} ({key}); columns: "
+                                     f"{list(table.frame.columns)}")  # fmt: skip
+        frame = pd.DataFrame({FIRST: _normalised(table.frame[self.first_column]),
+                              SECOND: _normalised(table.frame[self.second_column]),
+                              "label": table.frame[label_column], "row": range(1, len(table.frame) + 1)})  # fmt: skip
+        frame, counts = self._clean(frame, table.source)
+        if self.label_names:
+            self.encode_labels(frame["label"], table.source)
+        entry = {"source": table.source, "sha256": table.sha256, "format": "pairs", "cleaning": counts,
+                 "columns": {"first": self.first_column, "second": self.second_column, "label": label_column},
+                 **table.manifest_fields()}  # fmt: skip
+        return frame, entry
+
+    def _clean(self, frame: pd.DataFrame, source: str) -> tuple[pd.DataFrame, dict[str, int]]:
+        counts = {"rows_in": len(frame)}
+        empty = (frame[FIRST] == "") | (frame[SECOND] == "")
+        missing = frame["label"].isna()
+        counts["dropped_empty_text"], counts["dropped_missing_label"] = int(empty.sum()), int((missing & ~empty).sum())
+        frame = frame[~empty & ~missing]
+        frame = frame.assign(label=self.normalise_labels(frame["label"], source=source, rows=frame["row"].tolist()))
+        duplicated = frame.duplicated([FIRST, SECOND, "label"])
+        counts["dropped_duplicates"] = int(duplicated.sum())
+        frame = frame[~duplicated].reset_index(drop=True)
+        counts["rows_out"] = len(frame)
+        if frame.empty:
+            raise TunesmithError(f"{source}: no usable rows left after cleaning ({counts})")
+        return frame, counts
+
+    def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
+        """A pair is the same input when both its texts are."""
+        return [f"{a}\n{b}" for a, b in zip(frame[FIRST], frame[SECOND])]
+
+    # -- encoding ---------------------------------------------------------------------
+    def encode_pairs(self, tokenizer, firsts: list[str], seconds: list[str], targets: list | None
+                     ) -> tuple[list[dict], int]:  # fmt: skip
+        """Pair encodings cut to max_length (the longer text loses tokens first), and how many
+        pairs were cut."""
+        encoded = tokenizer(firsts, seconds, truncation="longest_first", max_length=self.max_length, padding=False)
+        special = tokenizer.num_special_tokens_to_add(pair=True)
+        lengths = [len(tokenizer(a, add_special_tokens=False)["input_ids"])
+                   + len(tokenizer(b, add_special_tokens=False)["input_ids"]) for a, b in zip(firsts, seconds)]  # fmt: skip
+        keys = [k for k in ("input_ids", "token_type_ids") if k in encoded]
+        features = [{k: encoded[k][i] for k in keys} for i in range(len(firsts))]
+        for feature, target in zip(features, targets or []):
+            feature["labels"] = target
+        return features, sum(length + special > self.max_length for length in lengths)
+
+    def encode(self, processor: Any, splits: dict[str, pd.DataFrame]) -> Encoded:
+        """Pair encodings and class ids per split.
+
+        Raises:
+            TunesmithError: a label outside the label space, naming the split.
+        """
+        features, truncated, notes = {}, {}, []
+        for name, frame in splits.items():
+            targets = self.encode_labels(frame["label"], name)
+            features[name], truncated[name] = self.encode_pairs(processor, frame[FIRST].tolist(),
+                                                                frame[SECOND].tolist(), targets)  # fmt: skip
+            if truncated[name]:
+                notes.append(f"{name}: {truncated[name]} of {len(frame)} pairs truncated to {self.max_length} tokens")
+        return Encoded(features, truncated, notes)
+
+    # -- prediction -------------------------------------------------------------------
+    def pairs_of(self, inputs: list) -> list[tuple[str, str]]:
+        """Each input as (first, second): a two-item list or tuple, or a dict with ``text`` and
+        ``text_pair`` (or the task's two column names).
+
+        Raises:
+            TunesmithError: an input of another shape, naming its position.
+        """
+        pairs = []
+        for number, item in enumerate(inputs, 1):
+            if isinstance(item, dict):
+                first = item.get(FIRST, item.get(self.first_column))
+                second = item.get(SECOND, item.get(self.second_column))
+            elif isinstance(item, (list, tuple)) and len(item) == 2:
+                first, second = item
+            else:
+                first = second = None
+            if not isinstance(first, str) or not isinstance(second, str):
+                raise TunesmithError(
+                    f"input {number}: a pair_classification run takes pairs of texts: [first, second] or "
+                    f'{{"{FIRST}": ..., "{SECOND}": ...}}, not {str(item)[:80]!r}'
+                )
+            pairs.append((" ".join(first.split()), " ".join(second.split())))
+        return pairs
+
+    def predict(self, model, processor, inputs: list, *, temperature: float | None = None) -> list[dict]:
+        """The label and class scores for each pair (softmax at the run's ``temperature``)."""
+        pairs = self.pairs_of(inputs)
+        features, _ = self.encode_pairs(processor, [a for a, _ in pairs], [b for _, b in pairs], None)
+        logits = compute_logits(model, features, batch_size=64, pad_token_id=processor.pad_token_id or 0,
+                                device=next(model.parameters()).device)  # fmt: skip
+        rows = self.prediction_rows(logits, temperature)
+        return [{FIRST: a, SECOND: b, **row, **text_warning(a and b)} for (a, b), row in zip(pairs, rows)]
+
+    def read_inputs(self, path: Path) -> list:
+        """The pairs of a prediction input file: a table with the two text columns."""
+        table = read_table(str(path))
+        missing = [c for c in (self.first_column, self.second_column) if c not in table.frame.columns]
+        if missing:
+            raise TunesmithError(f"{table.source}: no column {missing[0]!r}; columns: {list(table.frame.columns)}")
+        return [[a, b] for a, b in zip(_normalised(table.frame[self.first_column]),
+                                       _normalised(table.frame[self.second_column]))]  # fmt: skip
+
+    # -- shipping ---------------------------------------------------------------------
+    def card(self, manifest: dict[str, Any], max_length: int, truncated_train: int) -> CardText:
+        """The pair classifier's part of the model card."""
+        return CardText(
+            title="Sentence-pair classifier",
+            purpose=f"It predicts {', '.join(self.label_names)} for a pair of texts ({self.first_column}, "
+            f"{self.second_column}).",
+            data=f"Label distribution (train): {manifest['splits']['train'].get('labels')}",
+            limitation=f"A pair longer than {max_length} tokens is cut, the longer text first "
+            f"({truncated_train} training pairs were).",
+            usage="`tunesmith predict RUN_DIR --input PAIRS.csv` (a table with the two text columns).",
+        )
+
+    def export_description(self) -> dict[str, Any]:
+        """An export reads the token ids and token types of a pair encoding."""
+        return {"inputs": "token ids of a text pair (the tokenizer's pair encoding)",
+                "text_normalisation": "collapse whitespace"}  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        """What training learned (``task.json``): the kind, the labels, the two columns."""
+        return {"type": self.kind, "label_names": self.label_names, "first_column": self.first_column,
+                "second_column": self.second_column}  # fmt: skip
