@@ -300,7 +300,7 @@ def _context(tmp_path, **options):
     from tunesmith.tasks.contract import ScoreContext
 
     logged: list[str] = []
-    context = ScoreContext(artifact=lambda name, suffix: tmp_path / f"{name}_test{suffix}",
+    context = ScoreContext(artifact=lambda name, suffix: tmp_path / f"{name}_test{suffix}", name="test",
                            evaluation=EvaluationConfig(bootstrap_samples=50), seed=0, batch_size=4,
                            log=logged.append, **options)  # fmt: skip
     return context, logged

@@ -96,7 +96,7 @@ def test_the_task_contract_on_a_tiny_t5(tiny_t5_dir, tmp_path):
         "(source 12, target 8 tokens)"  # fmt: skip
     model, _ = task.load_model(resolved, None)
     logged: list[str] = []
-    context = ScoreContext(artifact=lambda name, suffix: tmp_path / f"held_{name}{suffix}",
+    context = ScoreContext(artifact=lambda name, suffix: tmp_path / f"held_{name}{suffix}", name="held",
                            evaluation=EvaluationConfig(bootstrap_samples=0), seed=0, batch_size=4,
                            log=logged.append)  # fmt: skip
     metrics = task.score(model, tokenizer, data.splits["test"], encoded.features["test"], context)

@@ -70,3 +70,44 @@ def test_the_cli_refuses_an_unsupported_stage_in_one_line(tmp_path, command, kin
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip() == f"error: {message}", done.stderr
     assert not (tmp_path / "out").exists()
+
+
+# -- the written contract ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", TASK_KINDS)
+def test_every_kind_implements_the_contract_and_its_stages_protocols(kind):
+    from tunesmith.config import config_from_dict
+    from tunesmith.tasks.contract import Chat, Exportable, Task
+
+    task = build_task(config_from_dict({"task": {"type": kind}}))
+    assert isinstance(task, Task) and task.kind == kind and task.to_dict()["type"] == kind
+    assert not ("export" in task.stages and not isinstance(task, Exportable))
+    assert not ("chat" in task.stages and not isinstance(task, Chat))
+    rebuilt = build_task(config_from_dict({"task": {"type": kind}}), task.to_dict())
+    assert rebuilt.to_dict() == task.to_dict()  # task.json round-trips
+
+
+SOURCE = Path(__file__).resolve().parents[1] / "src" / "tunesmith"
+KIND_BRANCH = re.compile(r"task_?\.type\s*(==|!=|in\b)|\[.type.\]\s*(==|!=|in\b)|(hasattr|getattr)\(\s*(self\.)?task")
+
+
+def test_stages_never_ask_which_kind_they_hold():
+    """No ``task.type ==``, ``hasattr(task, ...)`` or ``getattr(task, ...)`` outside tasks/ and
+    config.py: a stage asks the task (tasks/contract.py)."""
+    found = [f"{path.relative_to(SOURCE)}:{number}: {line.strip()}"
+             for path in SOURCE.rglob("*.py") if path.parent.name != "tasks" and path.name != "config.py"
+             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+             if KIND_BRANCH.search(line)]  # fmt: skip
+    assert not found, "\n".join(found)
+
+
+def test_no_module_imports_another_modules_private_names():
+    private = re.compile(r"^\s*from tunesmith[\w.]* import (.*)$")
+    found = []
+    for path in SOURCE.rglob("*.py"):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            names = private.match(line)
+            if names and any(n.strip().startswith("_") for n in names.group(1).strip("()").split(",")):
+                found.append(f"{path.relative_to(SOURCE)}:{number}: {line.strip()}")
+    assert not found, "\n".join(found)

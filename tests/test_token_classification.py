@@ -165,7 +165,7 @@ def test_the_tagger_speaks_the_task_contract(tmp_path, tiny_model_dir):
     loop = task.evaluate(model, encoded.features["validation"], batch_size=8, pad_token_id=pad_token_id(tokenizer),
                          device="cpu")  # fmt: skip
     assert set(loop) >= set(task.metric_names)
-    context = ScoreContext(artifact=lambda name, suffix: tmp_path / f"{name}{suffix}", evaluation=config.evaluation,
+    context = ScoreContext(artifact=lambda name, suffix: tmp_path / f"{name}{suffix}", name="test", evaluation=config.evaluation,
                            seed=0, batch_size=8)  # fmt: skip
     assert task.calibrate(model, tokenizer, encoded.features["validation"], batch_size=8, device="cpu") is None
     scored = task.score(model, tokenizer, data.splits["test"], encoded.features["test"], context)

@@ -21,13 +21,21 @@ import numpy as np
 import pandas as pd
 
 from tunesmith.config import Config
+from tunesmith.data import label_errors as le
 from tunesmith.data import quality
 from tunesmith.data.clean import is_missing
+from tunesmith.data.fix import drop_leaked, fix_label_errors
 from tunesmith.data.label_errors import FitFold, label_error_finder
-from tunesmith.data.load import detect_columns, read_table
-from tunesmith.data.prepare import LabelledTask
+from tunesmith.data.load import (
+    CONTROL_CHARACTERS,
+    control_character_cells,
+    describe_characters,
+    detect_columns,
+    read_table,
+)
+from tunesmith.data.prepare import LabelledTask, clean_and_fix, reason_kind
 from tunesmith.errors import TunesmithError
-from tunesmith.runs import claim_output
+from tunesmith.runs import atomic_write, claim_output
 
 
 @dataclass
@@ -127,85 +135,92 @@ def inspect_data(
     frames = {t.name: t.frame for t in tables}
     train = frames["train"]
     report: dict[str, Any] = {"model": config.model.name, "task": config.task.type, "options": options.model_dump()}
-
-    report["sources"] = {
-        t.name: {
-            "source": t.source, "rows": len(t.raw), "columns": {"text": t.text_column, "label": t.label_column},
-            "missing_values": {c: int(t.raw[c].map(is_missing).sum()) for c in t.raw.columns},
-        }
-        for t in tables
-    }  # fmt: skip
-
-    report["junk"] = {}
-    for name, frame in frames.items():
-        reasons = frame["text"].map(quality.junk_reason)
-        found = reasons[reasons.notna()]
-        report["junk"][name] = {
-            "counts": {k: int(v) for k, v in found.value_counts().items()},
-            "rows": [{"row": int(p) + 1, "reason": r, "text": _text(frame, p)} for p, r in found.items()],
-        }
-
+    report["sources"] = {t.name: _source_summary(t) for t in tables}
+    report["junk"] = {name: _junk(frame) for name, frame in frames.items()}
     report["control_characters"] = {t.name: _control_characters(t) for t in tables}
-
     report["lengths"] = _lengths(config, frames, bars)
-
     report["duplicates"], report["conflicting_labels"] = {}, {}
     for name, frame in frames.items():
-        with bars.task(f"near-duplicates in {name}", 2 * frame["text"].map(quality.normalise).nunique()) as advance:
-            exact, near = quality.duplicate_groups(frame, threshold=options.near_duplicate_similarity,
-                                                   progress=advance)  # fmt: skip
-        report["duplicates"][name] = {
-            "exact_groups": len(exact), "exact_extra_rows": sum(len(g) - 1 for g in exact),
-            "near_groups": len(near), "rows_in_near_groups": sum(len(g) for g in near),
-            "exact": [_group(frame, g) for g in exact], "near": [_group(frame, g) for g in near],
-        }  # fmt: skip
-        report["conflicting_labels"][name] = {
-            "exact": [_group(frame, g) for g in quality.conflicting_labels(frame, exact)],
-            "near": [_group(frame, g) for g in quality.conflicting_labels(frame, near)],
-        }
-
-    report["leakage"] = {}
-    for name, frame in frames.items():
-        if name == "train":
-            continue
-        exact, near = quality.leakage(train, frame, threshold=options.near_duplicate_similarity)
-        report["leakage"][name] = {
-            "exact": [{"row": p + 1, "train_row": q + 1, "text": _text(frame, p)} for p, q in exact],
-            "near": [
-                {
-                    "row": p + 1,
-                    "train_row": q + 1,
-                    "similarity": round(s, 4),
-                    "text": _text(frame, p),
-                    "train_text": _text(train, q),
-                }
-                for p, q, s in near
-            ],  # fmt: skip
-        }
+        report["duplicates"][name], report["conflicting_labels"][name] = _duplicates(
+            name, frame, options.near_duplicate_similarity, bars
+        )
+    report["leakage"] = {
+        name: _leakage(train, frame, options.near_duplicate_similarity)
+        for name, frame in frames.items()
+        if name != "train"
+    }
     if len(frames) == 1:
         report["leakage_note"] = (
             "validation and test are carved from train at training time: exact duplicates are dropped first "
             "(data.clean.drop_duplicates), but near-duplicates can land on both sides of the split"
         )
-
     report["classes"] = {name: _classes(config, task, frame) for name, frame in frames.items()}
     report["label_kinds"] = {t.name: _label_kind_problem(task, t) for t in tables}
     report["label_errors"] = _label_errors(config, task, train, bars, log, fit_fold)
     report["recommendations"] = _recommend(config, report)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    from tunesmith.runs import atomic_write
-
     atomic_write(out_dir / "report.json", json.dumps(_public(report), indent=2, ensure_ascii=False, default=_plain))
     atomic_write(out_dir / "report.html", _html(report, out_dir, options.max_listed))
     return report
 
 
+def _source_summary(table: Table) -> dict:
+    """Where a table came from, its size, its columns and the missing values per column."""
+    return {
+        "source": table.source, "rows": len(table.raw),
+        "columns": {"text": table.text_column, "label": table.label_column},
+        "missing_values": {c: int(table.raw[c].map(is_missing).sum()) for c in table.raw.columns},
+    }  # fmt: skip
+
+
+def _junk(frame: pd.DataFrame) -> dict:
+    """Rows whose text is empty or junk, counted by reason."""
+    reasons = frame["text"].map(quality.junk_reason)
+    found = reasons[reasons.notna()]
+    return {
+        "counts": {k: int(v) for k, v in found.value_counts().items()},
+        "rows": [{"row": int(p) + 1, "reason": r, "text": _text(frame, p)} for p, r in found.items()],
+    }
+
+
+def _duplicates(name: str, frame: pd.DataFrame, similarity: float, bars: _Progress) -> tuple[dict, dict]:
+    """Exact and near-duplicate groups in one table, and the groups among them whose labels differ."""
+    with bars.task(f"near-duplicates in {name}", 2 * frame["text"].map(quality.normalise).nunique()) as advance:
+        exact, near = quality.duplicate_groups(frame, threshold=similarity, progress=advance)
+    duplicates = {
+        "exact_groups": len(exact), "exact_extra_rows": sum(len(g) - 1 for g in exact),
+        "near_groups": len(near), "rows_in_near_groups": sum(len(g) for g in near),
+        "exact": [_group(frame, g) for g in exact], "near": [_group(frame, g) for g in near],
+    }  # fmt: skip
+    conflicts = {
+        "exact": [_group(frame, g) for g in quality.conflicting_labels(frame, exact)],
+        "near": [_group(frame, g) for g in quality.conflicting_labels(frame, near)],
+    }
+    return duplicates, conflicts
+
+
+def _leakage(train: pd.DataFrame, frame: pd.DataFrame, similarity: float) -> dict:
+    """Rows of a held-out table that appear, exactly or nearly, in train."""
+    exact, near = quality.leakage(train, frame, threshold=similarity)
+    return {
+        "exact": [{"row": p + 1, "train_row": q + 1, "text": _text(frame, p)} for p, q in exact],
+        "near": [
+            {
+                "row": p + 1,
+                "train_row": q + 1,
+                "similarity": round(s, 4),
+                "text": _text(frame, p),
+                "train_text": _text(train, q),
+            }
+            for p, q, s in near
+        ],  # fmt: skip
+    }
+
+
 def _control_characters(table: Table) -> dict:
     """Cells holding control characters (NUL included), by data row: training refuses a NUL
     and replaces the others by spaces."""
-    from tunesmith.data.load import CONTROL_CHARACTERS, control_character_cells, describe_characters
-
     cells = control_character_cells(table.raw)
     total = Counter()
     rows = []
@@ -318,8 +333,6 @@ def _classes(config: Config, task: LabelledTask, frame: pd.DataFrame) -> dict:
 
 def _label_errors(config: Config, task: LabelledTask, train: pd.DataFrame, bars: _Progress, log,
                   fit_fold: FitFold | None) -> dict:  # fmt: skip
-    from tunesmith.data import label_errors as le
-
     method, folds = config.inspect.label_errors, config.inspect.folds
     if method == "off":
         return {"method": "off"}
@@ -435,8 +448,20 @@ def _html(report: dict, out_dir: Path, limit: int) -> str:
     parts.append(_table([{"split": n, **{k: v for k, v in s.items() if k != "missing_values"},
                           "missing values": s["missing_values"]} for n, s in report["sources"].items()],
                         ["split", "source", "rows", "columns", "missing values"], limit))  # fmt: skip
+    parts += _html_lengths(report["lengths"], limit)
+    parts += _html_classes(report["classes"], limit)
+    parts += _html_junk(report, limit)
+    parts += _html_duplicates(report, limit)
+    parts += _html_leakage(report, limit)
+    parts += _html_label_errors(report["label_errors"], limit)
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
+             "margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px;vertical-align:top}"
+             ".none{color:#080}")  # fmt: skip
+    return f"<!doctype html><meta charset=utf-8><title>tunesmith inspect</title><style>{style}</style>" + "".join(parts)
 
-    lengths = report["lengths"]
+
+def _html_lengths(lengths: dict, limit: int) -> list[str]:
+    """The token-length histogram per split (with max_length marked) and its summary table."""
 
     def draw_lengths(axes):
         for name, summary in lengths.items():
@@ -449,31 +474,41 @@ def _html(report: dict, out_dir: Path, limit: int) -> str:
         axes.set_ylabel("rows")
         axes.legend()
 
-    parts.append("<h2>Lengths</h2>")
-    parts.append(f"<img src='data:image/png;base64,{_figure_png(draw_lengths)}'>")
-    parts.append(_table([{"split": n, **{k: (round(v, 1) if isinstance(v, float) else v) for k, v in s.items()
-                                          if not k.startswith("_") and k != "histogram"}} for n, s in lengths.items()],
-                        ["split", "rows", "mean", "p50", "p95", "max", "max_length", "truncated"], limit))  # fmt: skip
+    return [
+        "<h2>Lengths</h2>",
+        f"<img src='data:image/png;base64,{_figure_png(draw_lengths)}'>",
+        _table([{"split": n, **{k: (round(v, 1) if isinstance(v, float) else v) for k, v in s.items()
+                                if not k.startswith("_") and k != "histogram"}} for n, s in lengths.items()],
+               ["split", "rows", "mean", "p50", "p95", "max", "max_length", "truncated"], limit),
+    ]  # fmt: skip
 
-    classes = report["classes"]
-    if all("counts" in c for c in classes.values()):
 
-        def draw_classes(axes):
-            names = sorted({k for c in classes.values() for k in c["counts"]})
-            width = 0.8 / len(classes)
-            for i, (split, c) in enumerate(classes.items()):
-                axes.bar(np.arange(len(names)) + i * width, [c["counts"].get(n, 0) for n in names], width, label=split)
-            axes.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=45 if len(names) > 6 else 0)
-            axes.set_ylabel("rows")
-            axes.legend()
+def _html_classes(classes: dict, limit: int) -> list[str]:
+    """Rows per class and split as bars, with the imbalance; nothing for numeric targets."""
+    if not all("counts" in c for c in classes.values()):
+        return []
 
-        parts.append("<h2>Classes</h2>")
-        parts.append(f"<img src='data:image/png;base64,{_figure_png(draw_classes)}'>")
-        parts.append(_table([{"split": n, "imbalance ratio": round(c["imbalance_ratio"], 2),
-                              "rare classes": ", ".join(c["rare_classes"]) or "none"} for n, c in classes.items()],
-                            ["split", "imbalance ratio", "rare classes"], limit))  # fmt: skip
+    def draw_classes(axes):
+        names = sorted({k for c in classes.values() for k in c["counts"]})
+        width = 0.8 / len(classes)
+        for i, (split, c) in enumerate(classes.items()):
+            axes.bar(np.arange(len(names)) + i * width, [c["counts"].get(n, 0) for n in names], width, label=split)
+        axes.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=45 if len(names) > 6 else 0)
+        axes.set_ylabel("rows")
+        axes.legend()
 
-    parts.append("<h2>Junk text</h2>")
+    return [
+        "<h2>Classes</h2>",
+        f"<img src='data:image/png;base64,{_figure_png(draw_classes)}'>",
+        _table([{"split": n, "imbalance ratio": round(c["imbalance_ratio"], 2),
+                 "rare classes": ", ".join(c["rare_classes"]) or "none"} for n, c in classes.items()],
+               ["split", "imbalance ratio", "rare classes"], limit),
+    ]  # fmt: skip
+
+
+def _html_junk(report: dict, limit: int) -> list[str]:
+    """Junk rows and cells with control characters, per split."""
+    parts = ["<h2>Junk text</h2>"]
     for name, junk in report["junk"].items():
         parts.append(f"<h3>{html.escape(name)}: {sum(junk['counts'].values())} rows</h3>")
         parts.append(_table(junk["rows"], ["row", "reason", "text"], limit))
@@ -481,8 +516,12 @@ def _html(report: dict, out_dir: Path, limit: int) -> str:
         if control["rows"]:
             parts.append(f"<h3>{html.escape(name)}: {len(control['rows'])} cells with control characters</h3>")
             parts.append(_table(control["rows"], ["row", "column", "characters", "text"], limit))
+    return parts
 
-    parts.append("<h2>Duplicates and conflicting labels</h2>")
+
+def _html_duplicates(report: dict, limit: int) -> list[str]:
+    """Duplicate counts, conflicting labels and near-duplicate groups, per split."""
+    parts = ["<h2>Duplicates and conflicting labels</h2>"]
     for name, found in report["duplicates"].items():
         parts.append(f"<h3>{html.escape(name)}: {found['exact_groups']} exact groups ({found['exact_extra_rows']} "
                      f"extra rows), {found['near_groups']} near-duplicate groups</h3>")  # fmt: skip
@@ -491,37 +530,41 @@ def _html(report: dict, out_dir: Path, limit: int) -> str:
         parts.append(_table(conflicts["exact"] + conflicts["near"], ["rows", "labels", "texts"], limit))
         parts.append("<h4>Near-duplicate groups</h4>")
         parts.append(_table(found["near"], ["rows", "labels", "texts"], limit))
+    return parts
 
-    parts.append("<h2>Leakage into held-out splits</h2>")
+
+def _html_leakage(report: dict, limit: int) -> list[str]:
+    """Held-out rows found in train, per held-out split."""
+    parts = ["<h2>Leakage into held-out splits</h2>"]
     if "leakage_note" in report:
         parts.append(f"<p>{html.escape(report['leakage_note'])}</p>")
     for name, found in report["leakage"].items():
         parts.append(f"<h3>{html.escape(name)}: {len(found['exact'])} exact, {len(found['near'])} near</h3>")
         parts.append(_table(found["exact"], ["row", "train_row", "text"], limit))
         parts.append(_table(found["near"], ["row", "train_row", "similarity", "text", "train_text"], limit))
+    return parts
 
-    errors = report["label_errors"]
-    parts.append("<h2>Likely label errors</h2>")
+
+def _html_label_errors(errors: dict, limit: int) -> list[str]:
+    """The label-error method and score, the confidence histogram and the suspects."""
+    parts = ["<h2>Likely label errors</h2>"]
     if errors.get("method") == "off":
         parts.append(f"<p>not run{': ' + html.escape(errors['note']) if 'note' in errors else ''}</p>")
-    else:
-        parts.append(f"<p>{errors['method']} out-of-fold probabilities, {errors['folds']} folds; out-of-fold "
-                     f"accuracy against the given labels {errors['out_of_fold_accuracy']:.3f}; "
-                     f"{len(errors['suspects'])} suspects, most likely first.</p>")  # fmt: skip
+        return parts
+    parts.append(f"<p>{errors['method']} out-of-fold probabilities, {errors['folds']} folds; out-of-fold "
+                 f"accuracy against the given labels {errors['out_of_fold_accuracy']:.3f}; "
+                 f"{len(errors['suspects'])} suspects, most likely first.</p>")  # fmt: skip
 
-        def draw_confidence(axes):
-            axes.hist(errors["_given_probability"], bins=40, color="grey")
-            axes.set_xlabel("out-of-fold probability of the given label")
-            axes.set_ylabel("rows")
-            axes.set_yscale("log")
+    def draw_confidence(axes):
+        axes.hist(errors["_given_probability"], bins=40, color="grey")
+        axes.set_xlabel("out-of-fold probability of the given label")
+        axes.set_ylabel("rows")
+        axes.set_yscale("log")
 
-        parts.append(f"<img src='data:image/png;base64,{_figure_png(draw_confidence)}'>")
-        parts.append(_table(errors["suspects"], ["row", "given_label", "suggested_label", "given_label_probability",
-                                                 "text"], limit))  # fmt: skip
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
-             "margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px;vertical-align:top}"
-             ".none{color:#080}")  # fmt: skip
-    return f"<!doctype html><meta charset=utf-8><title>tunesmith inspect</title><style>{style}</style>" + "".join(parts)
+    parts.append(f"<img src='data:image/png;base64,{_figure_png(draw_confidence)}'>")
+    parts.append(_table(errors["suspects"], ["row", "given_label", "suggested_label", "given_label_probability",
+                                             "text"], limit))  # fmt: skip
+    return parts
 
 
 def write_fixed(config: Config, files: list[str] | None, out_dir: Path, *, task: LabelledTask,
@@ -539,16 +582,28 @@ def write_fixed(config: Config, files: list[str] | None, out_dir: Path, *, task:
     Returns:
         Rows in and out per file, and the changelog's counts.
     """
-    from collections import Counter
-
-    from tunesmith.data.fix import drop_leaked, fix_label_errors
-    from tunesmith.data.prepare import clean_and_fix, reason_kind
-    from tunesmith.runs import atomic_write
-
     out_dir = claim_output(out_dir, kind="dir", what="--fix")
-    clean, similarity = config.data.clean, config.inspect.near_duplicate_similarity
     tables = load_tables(config, files, control_characters="replace")  # the copies are what training reads
     changes: list[dict] = []
+    fixed = _clean_tables(config, tables, task, fit_fold, changes)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = {"files": {}, "changes": dict(Counter(f"{c['action']}: {reason_kind(c['reason'])}" for c in changes))}
+    for table in tables:
+        rows = _surviving_rows(table, fixed[table.name], changes)
+        target = _write_rows(rows, out_dir, Path(table.source))
+        summary["files"][str(target)] = {"source": table.source, "rows_in": len(table.raw), "rows_out": len(rows)}
+        log(f"{table.source}: {len(table.raw)} rows -> {len(rows)} in {target}")
+    atomic_write(out_dir / "changelog.jsonl", "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in changes))
+    log(f"{len(changes)} changes, one line each in {out_dir / 'changelog.jsonl'}: {summary['changes']}")
+    return summary
+
+
+def _clean_tables(config: Config, tables: list[Table], task: LabelledTask, fit_fold: FitFold | None,
+                  changes: list[dict]) -> dict[str, pd.DataFrame]:  # fmt: skip
+    """data.clean applied to each table, then train's leaked rows and label errors dealt with;
+    every row dropped or relabelled is appended to ``changes``."""
+    clean, similarity = config.data.clean, config.inspect.near_duplicate_similarity
     fixed: dict[str, pd.DataFrame] = {}
     for table in tables:
         frame = table.raw[[table.text_column, table.label_column]].set_axis(["text", "label"], axis=1)
@@ -565,39 +620,39 @@ def write_fixed(config: Config, files: list[str] | None, out_dir: Path, *, task:
         fixed["train"] = fix_label_errors(
             fixed["train"], clean.label_errors, find, source=train_source, changes=changes
         )
+    return fixed
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary = {"files": {}, "changes": dict(Counter(f"{c['action']}: {reason_kind(c['reason'])}" for c in changes))}
-    for table in tables:
-        # The surviving rows exactly as they were read; only relabelled rows change (their label).
-        frame = fixed[table.name]
-        rows = table.raw.iloc[frame["row"].to_numpy() - 1].copy()
-        column = rows[table.label_column]
-        position = {int(r): n for n, r in enumerate(frame["row"])}
-        for change in changes:
-            if change["action"] == "relabelled" and change["source"] == table.source and change["row"] in position:
-                value = change["new_label"]
-                if pd.api.types.is_numeric_dtype(column):
-                    value = pd.to_numeric(value)
-                rows.iloc[position[change["row"]], rows.columns.get_loc(table.label_column)] = value
-        source = Path(table.source)
-        name = (
-            source.name
-            if source.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json", ".parquet")
-            else f"{source.name}.csv"
-        )
-        target = out_dir / name
-        while target.exists():  # two inputs with one file name
-            target = target.with_stem(target.stem + "_")
-        suffix = target.suffix.lower()
-        if suffix == ".parquet":
-            rows.to_parquet(target, index=False)
-        elif suffix in (".jsonl", ".json"):
-            atomic_write(target, rows.to_json(orient="records", lines=suffix == ".jsonl", force_ascii=False))
-        else:
-            atomic_write(target, rows.to_csv(index=False, sep="\t" if suffix == ".tsv" else ","))
-        summary["files"][str(target)] = {"source": table.source, "rows_in": len(table.raw), "rows_out": len(rows)}
-        log(f"{table.source}: {len(table.raw)} rows -> {len(rows)} in {target}")
-    atomic_write(out_dir / "changelog.jsonl", "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in changes))
-    log(f"{len(changes)} changes, one line each in {out_dir / 'changelog.jsonl'}: {summary['changes']}")
-    return summary
+
+def _surviving_rows(table: Table, frame: pd.DataFrame, changes: list[dict]) -> pd.DataFrame:
+    """The surviving rows exactly as they were read; only relabelled rows change (their label)."""
+    rows = table.raw.iloc[frame["row"].to_numpy() - 1].copy()
+    column = rows[table.label_column]
+    position = {int(r): n for n, r in enumerate(frame["row"])}
+    for change in changes:
+        if change["action"] == "relabelled" and change["source"] == table.source and change["row"] in position:
+            value = change["new_label"]
+            if pd.api.types.is_numeric_dtype(column):
+                value = pd.to_numeric(value)
+            rows.iloc[position[change["row"]], rows.columns.get_loc(table.label_column)] = value
+    return rows
+
+
+def _write_rows(rows: pd.DataFrame, out_dir: Path, source: Path) -> Path:
+    """Writes the rows into ``out_dir`` under the source's file name and format (a folder source
+    becomes <name>.csv) and returns the file written."""
+    name = (
+        source.name
+        if source.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json", ".parquet")
+        else f"{source.name}.csv"
+    )
+    target = out_dir / name
+    while target.exists():  # two inputs with one file name
+        target = target.with_stem(target.stem + "_")
+    suffix = target.suffix.lower()
+    if suffix == ".parquet":
+        rows.to_parquet(target, index=False)
+    elif suffix in (".jsonl", ".json"):
+        atomic_write(target, rows.to_json(orient="records", lines=suffix == ".jsonl", force_ascii=False))
+    else:
+        atomic_write(target, rows.to_csv(index=False, sep="\t" if suffix == ".tsv" else ","))
+    return target

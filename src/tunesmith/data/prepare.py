@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from tunesmith.config import DataConfig
+from tunesmith.config import AugmentConfig, DataConfig
 from tunesmith.data.augment import augment_frame
 from tunesmith.data.balance import resample
 from tunesmith.data.clean import clean_frame
@@ -154,54 +154,17 @@ def prepare_data(
         TunesmithError: any problem with the files, columns, labels or split sizes.
     """
     changes: list[dict] = []
-    train, train_entry = load_examples(config.train, config, task, changes, similarity)
-    sources = {"train": train_entry}
-    splits = {"train": train}
-    for name in ("validation", "test"):
-        spec = getattr(config, name)
-        if spec is not None:
-            splits[name], sources[name] = load_examples(spec, config, task, changes, similarity)
-
-    stratify = task.stratify
-    if config.max_rows is not None and len(train) > config.max_rows:
-        train = split_frame(
-            train, val_fraction=0, test_fraction=1 - config.max_rows / len(train), seed=seed, stratify=stratify
-        )["train"]
-    missing = {"test": config.test_fraction, "validation": config.val_fraction}
-    carve = {name: fraction for name, fraction in missing.items() if name not in splits}
-    carved = split_frame(
-        train,
-        val_fraction=carve.get("validation", 0.0),
-        test_fraction=carve.get("test", 0.0),
-        seed=seed,
-        stratify=stratify,
-    )
-    splits |= carved
+    splits, sources = _load_splits(config, task, changes, similarity)
+    splits |= _carve(splits, config, seed=seed, stratify=task.stratify)
     train_source = sources["train"]["source"]
-    if config.clean.drop_leaked:
-        held_out = {n: f for n, f in splits.items() if n != "train"}
-        splits["train"] = drop_leaked(splits["train"], held_out, similarity=similarity, source=train_source,
-                                      changes=changes)  # fmt: skip
-    if config.clean.label_errors != "keep":
-        if find_label_errors is None or not task.detects_label_errors:
-            raise TunesmithError("data.clean.label_errors needs a single_label task")
-        splits["train"] = fix_label_errors(splits["train"], config.clean.label_errors, find_label_errors,
-                                           source=train_source, changes=changes)  # fmt: skip
+    splits["train"] = _fix_train(splits, config, task, find_label_errors, source=train_source,
+                                 similarity=similarity, changes=changes)  # fmt: skip
     if splits["train"].empty:
         raise TunesmithError(f"{train_source}: cleaning left no training rows (see the changelog)")
     rehearsed = None
     if rehearsal is not None:
-        old, old_source, ratio = rehearsal
-        count = min(len(old), max(1, round(ratio * len(splits["train"]))))
-        picked = old.sample(n=count, random_state=seed)[["text", "label"]]
-        splits["train"] = pd.concat([splits["train"], picked], ignore_index=True)
-        rehearsed = {"source": old_source, "rows": count, "ratio": ratio,
-                     "labels": {str(k): int(v) for k, v in picked["label"].value_counts().items()}}  # fmt: skip
-    task.fit_labels(splits["train"]["label"], sources["train"]["source"])
-    for name in ("validation", "test"):
-        if name in splits:
-            source = sources.get(name, sources["train"])["source"]
-            task.encode_labels(splits[name]["label"], f"{source} ({name} split)")
+        splits["train"], rehearsed = _rehearse(splits["train"], rehearsal, seed=seed)
+    _fit_labels(task, splits, sources)
 
     balanced = resample(splits["train"], method=config.balance.method, seed=seed)
     manifest = {
@@ -222,20 +185,95 @@ def prepare_data(
             "labels_after": _distribution(balanced, task),
         }
         splits["train"] = balanced
-    augment = config.augment
-    if augment.ratio > 0:
-        words = {w.lower() for t in splits["train"]["text"] for w in t.split()}
-        needs_synonyms = {"synonym", "insert"} & set(augment.operations)
-        neighbours = synonyms(words) if needs_synonyms and synonyms is not None else {}
-        before = len(splits["train"])
-        splits["train"], counts = augment_frame(
-            splits["train"], ratio=augment.ratio, operations=augment.operations, word_share=augment.word_share,
-            char_share=augment.char_share, neighbours=neighbours, seed=seed,
-        )  # fmt: skip
-        manifest["augment"] = {"rows_before": before, **counts, "rows_after": len(splits["train"]),
-                               "words_with_synonyms": len(neighbours)}  # fmt: skip
+    if config.augment.ratio > 0:
+        splits["train"], manifest["augment"] = _augment(splits["train"], config.augment, synonyms, seed=seed)
         manifest["splits"]["train"] = {"rows": len(splits["train"]), "labels": _distribution(splits["train"], task)}
     return PreparedData(splits, manifest, changes)
+
+
+def _load_splits(config: DataConfig, task: LabelledTask, changes: list[dict],
+                 similarity: float) -> tuple[dict[str, pd.DataFrame], dict[str, dict]]:  # fmt: skip
+    """The clean tables of the files given (train, and validation/test when set) and their
+    manifest entries."""
+    train, entry = load_examples(config.train, config, task, changes, similarity)
+    splits, sources = {"train": train}, {"train": entry}
+    for name in ("validation", "test"):
+        spec = getattr(config, name)
+        if spec is not None:
+            splits[name], sources[name] = load_examples(spec, config, task, changes, similarity)
+    return splits, sources
+
+
+def _carve(
+    splits: dict[str, pd.DataFrame], config: DataConfig, *, seed: int, stratify: bool
+) -> dict[str, pd.DataFrame]:
+    """Train (cut to data.max_rows first) split into train and the held-out splits that no
+    file gives."""
+    train = splits["train"]
+    if config.max_rows is not None and len(train) > config.max_rows:
+        train = split_frame(
+            train, val_fraction=0, test_fraction=1 - config.max_rows / len(train), seed=seed, stratify=stratify
+        )["train"]
+    missing = {"test": config.test_fraction, "validation": config.val_fraction}
+    carve = {name: fraction for name, fraction in missing.items() if name not in splits}
+    return split_frame(
+        train,
+        val_fraction=carve.get("validation", 0.0),
+        test_fraction=carve.get("test", 0.0),
+        seed=seed,
+        stratify=stratify,
+    )
+
+
+def _fix_train(splits: dict[str, pd.DataFrame], config: DataConfig, task: LabelledTask,
+               find_label_errors: Callable[[pd.DataFrame], list[tuple[int, str, float]]] | None, *,
+               source: str, similarity: float, changes: list[dict]) -> pd.DataFrame:  # fmt: skip
+    """The training split without the rows that leak into held-out splits (data.clean.drop_leaked)
+    and with its label errors dropped or relabelled (data.clean.label_errors)."""
+    train = splits["train"]
+    if config.clean.drop_leaked:
+        held_out = {n: f for n, f in splits.items() if n != "train"}
+        train = drop_leaked(train, held_out, similarity=similarity, source=source, changes=changes)
+    if config.clean.label_errors != "keep":
+        if find_label_errors is None or not task.detects_label_errors:
+            raise TunesmithError("data.clean.label_errors needs a single_label task")
+        train = fix_label_errors(train, config.clean.label_errors, find_label_errors, source=source, changes=changes)
+    return train
+
+
+def _rehearse(train: pd.DataFrame, rehearsal: tuple[pd.DataFrame, str, float], *,
+              seed: int) -> tuple[pd.DataFrame, dict]:  # fmt: skip
+    """Train with a seeded sample of an earlier task's rows added, and the manifest's note of it."""
+    old, old_source, ratio = rehearsal
+    count = min(len(old), max(1, round(ratio * len(train))))
+    picked = old.sample(n=count, random_state=seed)[["text", "label"]]
+    rehearsed = {"source": old_source, "rows": count, "ratio": ratio,
+                 "labels": {str(k): int(v) for k, v in picked["label"].value_counts().items()}}  # fmt: skip
+    return pd.concat([train, picked], ignore_index=True), rehearsed
+
+
+def _fit_labels(task: LabelledTask, splits: dict[str, pd.DataFrame], sources: dict[str, dict]) -> None:
+    """Fits the task's label space on train, then refuses a held-out label outside it."""
+    task.fit_labels(splits["train"]["label"], sources["train"]["source"])
+    for name in ("validation", "test"):
+        if name in splits:
+            source = sources.get(name, sources["train"])["source"]
+            task.encode_labels(splits[name]["label"], f"{source} ({name} split)")
+
+
+def _augment(train: pd.DataFrame, augment: AugmentConfig, synonyms: Callable[[set[str]], dict[str, list[str]]] | None,
+             *, seed: int) -> tuple[pd.DataFrame, dict]:  # fmt: skip
+    """Train with data.augment's new rows added, and the manifest's counts of them."""
+    words = {w.lower() for t in train["text"] for w in t.split()}
+    needs_synonyms = {"synonym", "insert"} & set(augment.operations)
+    neighbours = synonyms(words) if needs_synonyms and synonyms is not None else {}
+    augmented, counts = augment_frame(
+        train, ratio=augment.ratio, operations=augment.operations, word_share=augment.word_share,
+        char_share=augment.char_share, neighbours=neighbours, seed=seed,
+    )  # fmt: skip
+    summary = {"rows_before": len(train), **counts, "rows_after": len(augmented),
+               "words_with_synonyms": len(neighbours)}  # fmt: skip
+    return augmented, summary
 
 
 def _source_files(sources: dict[str, dict]) -> dict[str, str]:

@@ -43,7 +43,7 @@ def score_splits(run: RunDir, config: Config, task: Task, data: PreparedData, fi
         if not features.get(split):
             continue
         context = ScoreContext(
-            artifact=lambda kind, suffix, split=split: run.path / f"{kind}_{split}{suffix}",
+            artifact=lambda kind, suffix, split=split: run.path / f"{kind}_{split}{suffix}", name=split,
             evaluation=config.evaluation, seed=config.runtime.seed, batch_size=batch_size, device=device,
             temperature=temperature, generate=split == generate_on, examples_plot=split == "test",
             slice_column=config.data.slice_column, log=lambda message, split=split: log(f"{split}: {message}"),
@@ -140,7 +140,7 @@ def score_file(run: RunDir, config: Config, task: Task, model, processor, data: 
     encoded = task.encode(processor, {stem: frame})
     out.mkdir(exist_ok=True)
     context = ScoreContext(
-        artifact=lambda kind, suffix: out / f"{stem}_{kind}{suffix}", evaluation=config.evaluation,
+        artifact=lambda kind, suffix: out / f"{stem}_{kind}{suffix}", name=stem, evaluation=config.evaluation,
         seed=config.runtime.seed, batch_size=64, temperature=run.temperature(),
         slice_column=config.data.slice_column,
     )  # fmt: skip

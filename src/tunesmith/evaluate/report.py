@@ -87,6 +87,7 @@ def model_card(
     model, train = config["model"], config["train"]
     splits = manifest["splits"]
     title, purpose, described = f"# {card.title}\n", card.purpose + "\n", card.data + "\n"
+    reader = "tokenizer" if card.processor == "AutoTokenizer" else "processor"
     sections = [
         title,
         f"Fine-tuned from {model_description} with tunesmith ({model['strategy']} strategy). {purpose}",
@@ -135,12 +136,13 @@ def model_card(
         "## Limitations\n",
         f"- {card.limitation}",
         "- Scores hold for data like the test split above; other domains, time periods or writing styles "
-        "can score far lower. Check per-class scores in metrics.json before relying on rare classes.",
+        "can score far lower."
+        + (" Check per-class scores in metrics.json before relying on rare classes." if "per_class" in test else ""),
         "- The model inherits the biases of its pretrained model and of its training data.\n",
         "## How to load\n",
-        f"```python\nfrom transformers import {auto_class}, AutoTokenizer\n\n"
+        f"```python\nfrom transformers import {auto_class}, {card.processor}\n\n"
         f'model = {auto_class}.from_pretrained("model")\n'
-        'tokenizer = AutoTokenizer.from_pretrained("model")\n```\n',
+        f'{reader} = {card.processor}.from_pretrained("model")\n```\n',
         f"or {card.usage}\n",
     ]
     return "\n".join(sections)

@@ -94,11 +94,9 @@ def monitor(run_dir: str | Path, live_path: str | Path, out: str | Path, *, text
     """Compares live inputs and predictions with the run's reference; writes ``out/monitor.json``
     and ``out/monitor.html`` (``out`` must be new or empty: an earlier report is never replaced).
     ``report["drift"]`` is True when any check passes its threshold."""
-    import pandas as pd
-    from scipy.stats import ks_2samp
-
+    from tunesmith.config import load_config
     from tunesmith.models.embed import mean_pooled
-    from tunesmith.runs import atomic_write, claim_output
+    from tunesmith.runs import RunDir, atomic_write, claim_output
     from tunesmith.ship.serve import Predictor
 
     task_file = Path(run_dir) / "task.json"
@@ -108,61 +106,36 @@ def monitor(run_dir: str | Path, live_path: str | Path, out: str | Path, *, text
     predictor = Predictor(run_dir)
     if predictor.metadata["kind"] != "run":
         raise TunesmithError(f"{run_dir}: monitor needs the run directory (its training data is the reference)")
-    from tunesmith.config import load_config
-    from tunesmith.runs import RunDir
-
     run = RunDir.open(run_dir)
     config = load_config(run.path / "config.yaml")
     model, tokenizer, label_names = predictor.model, predictor.tokenizer, predictor.scorer.label_names
     settings, seed = config.monitor, config.runtime.seed
     rng = np.random.default_rng(seed)
-
-    def sample(texts: list[str]) -> list[str]:
-        return (
-            [texts[i] for i in np.sort(rng.choice(len(texts), max_rows, replace=False))]
-            if len(texts) > max_rows
-            else texts
-        )
-
-    train = pd.read_parquet(run.data_dir / "train.parquet")["text"].astype(str).tolist()
-    held_split = "test" if (run.data_dir / "test.parquet").is_file() else "validation"
-    held = sample(pd.read_parquet(run.data_dir / f"{held_split}.parquet")["text"].astype(str).tolist())
-    live = sample(read_live(Path(live_path), text_column))
+    train, held_split, held = _reference_texts(run.data_dir)
+    held = _sample(held, max_rows, rng)
+    live = _sample(read_live(Path(live_path), text_column), max_rows, rng)
     log(f"Reference: {len(train)} training rows, {len(held)} {held_split} rows; live: {len(live)} rows")
     vocabulary = {w for t in train for w in words(t)}
-
-    def oov(texts):
-        tokens = [w for t in texts for w in words(t)]
-        return sum(w not in vocabulary for w in tokens) / max(len(tokens), 1)
 
     ref_lengths, live_lengths = [len(words(t)) for t in held], [len(words(t)) for t in live]
     encoder = model.base_model
     ref_embed = mean_pooled(encoder, tokenizer, held, max_length=config.model.max_length)
     live_embed = mean_pooled(encoder, tokenizer, live, max_length=config.model.max_length)
     ref_pred, live_pred = predictor.predict(held), predictor.predict(live)
-    checks: dict[str, dict[str, Any]] = {}
-
-    def check(name: str, value: float, threshold: float, detail: dict) -> None:
-        checks[name] = {"value": value, "threshold": threshold, "drift": bool(value > threshold), **detail}
-
-    statistic = ks_2samp(ref_lengths, live_lengths)
-    check("length_ks", float(statistic.statistic), settings.length_ks,
-          {"reference_mean_words": float(np.mean(ref_lengths)), "live_mean_words": float(np.mean(live_lengths)),
-           "p_value": float(statistic.pvalue)})  # fmt: skip
-    ref_oov, live_oov = oov(held), oov(live)
-    check("oov_rate_increase", live_oov - ref_oov, settings.oov_rate_increase,
-          {"reference_oov_rate": ref_oov, "live_oov_rate": live_oov})  # fmt: skip
-    check("domain_auc", domain_auc(ref_embed, live_embed, seed), settings.domain_auc, {})
+    checks = {
+        "length_ks": _length_check(ref_lengths, live_lengths, settings.length_ks),
+        "oov_rate_increase": _oov_check(_oov_rate(held, vocabulary), _oov_rate(live, vocabulary),
+                                        settings.oov_rate_increase),
+        "domain_auc": _check(domain_auc(ref_embed, live_embed, seed), settings.domain_auc, {}),
+    }  # fmt: skip
     ref_labels = ref_conf = live_labels = live_conf = None
     if predictor.scorer.calibrates:  # one label per row, with a probability per class
         ref_labels = np.array([p["label"] for p in ref_pred])
         live_labels = np.array([p["label"] for p in live_pred])
-        check("prediction_psi", psi(ref_labels, live_labels, label_names), settings.psi,
-              {"reference_shares": {n: float((ref_labels == n).mean()) for n in label_names},
-               "live_shares": {n: float((live_labels == n).mean()) for n in label_names}})  # fmt: skip
+        checks["prediction_psi"] = _psi_check(ref_labels, live_labels, label_names, settings.psi)
         ref_conf = np.array([max(p["scores"].values()) for p in ref_pred])
         live_conf = np.array([max(p["scores"].values()) for p in live_pred])
-        check("confidence_drop", float(ref_conf.mean() - live_conf.mean()), settings.confidence_drop,
+        checks["confidence_drop"] = _check(float(ref_conf.mean() - live_conf.mean()), settings.confidence_drop,
               {"reference_mean_confidence": float(ref_conf.mean()), "live_mean_confidence": float(live_conf.mean())})  # fmt: skip
     report = {"run": str(run.path), "live": str(live_path), "reference_split": held_split, "rows": {"reference": len(held),
               "live": len(live)}, "checks": checks, "drift": any(c["drift"] for c in checks.values()),
@@ -172,6 +145,56 @@ def monitor(run_dir: str | Path, live_path: str | Path, out: str | Path, *, text
     atomic_write(out / "monitor.json", json.dumps(report, indent=2))
     atomic_write(out / "monitor.html", page)
     return report
+
+
+def _reference_texts(data_dir: Path) -> tuple[list[str], str, list[str]]:
+    """The run's training texts, the name of its held-out split (test, else validation) and that
+    split's texts."""
+    import pandas as pd
+
+    train = pd.read_parquet(data_dir / "train.parquet")["text"].astype(str).tolist()
+    held_split = "test" if (data_dir / "test.parquet").is_file() else "validation"
+    return train, held_split, pd.read_parquet(data_dir / f"{held_split}.parquet")["text"].astype(str).tolist()
+
+
+def _sample(texts: list[str], max_rows: int, rng: np.random.Generator) -> list[str]:
+    """At most ``max_rows`` of the texts, drawn with ``rng``, in their order."""
+    if len(texts) <= max_rows:
+        return texts
+    return [texts[i] for i in np.sort(rng.choice(len(texts), max_rows, replace=False))]
+
+
+def _oov_rate(texts: list[str], vocabulary: set[str]) -> float:
+    """The share of the texts' words that are not in ``vocabulary``."""
+    tokens = [w for t in texts for w in words(t)]
+    return sum(w not in vocabulary for w in tokens) / max(len(tokens), 1)
+
+
+def _check(value: float, threshold: float, detail: dict) -> dict[str, Any]:
+    """One check's entry in the report: drift when the value passes the threshold."""
+    return {"value": value, "threshold": threshold, "drift": bool(value > threshold), **detail}
+
+
+def _length_check(ref_lengths: list[int], live_lengths: list[int], threshold: float) -> dict[str, Any]:
+    """The Kolmogorov-Smirnov statistic between reference and live text lengths."""
+    from scipy.stats import ks_2samp
+
+    statistic = ks_2samp(ref_lengths, live_lengths)
+    return _check(float(statistic.statistic), threshold,
+                  {"reference_mean_words": float(np.mean(ref_lengths)), "live_mean_words": float(np.mean(live_lengths)),
+                   "p_value": float(statistic.pvalue)})  # fmt: skip
+
+
+def _oov_check(ref_oov: float, live_oov: float, threshold: float) -> dict[str, Any]:
+    """The rise in the out-of-vocabulary rate from the held-out split to live."""
+    return _check(live_oov - ref_oov, threshold, {"reference_oov_rate": ref_oov, "live_oov_rate": live_oov})
+
+
+def _psi_check(ref_labels: np.ndarray, live_labels: np.ndarray, names: list[str], threshold: float) -> dict[str, Any]:
+    """The population stability index of the predicted labels, with each label's share."""
+    return _check(psi(ref_labels, live_labels, names), threshold,
+                  {"reference_shares": {n: float((ref_labels == n).mean()) for n in names},
+                   "live_shares": {n: float((live_labels == n).mean()) for n in names}})  # fmt: skip
 
 
 def _html(report, ref_lengths, live_lengths, ref_labels, live_labels, ref_conf, live_conf, names) -> str:

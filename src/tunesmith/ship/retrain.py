@@ -21,7 +21,11 @@ from typing import Any
 
 import pandas as pd
 
+from tunesmith.config import Config, config_from_dict, load_config
+from tunesmith.data.prepare import load_examples
+from tunesmith.data.split import split_frame
 from tunesmith.errors import TunesmithError
+from tunesmith.runs import RunDir, claim_output
 from tunesmith.tasks import build_task, require_stage
 
 
@@ -43,11 +47,6 @@ def retrain(run_dir: str | Path, data: str | Path, *, train: Callable, evaluate:
         train: the function that trains the new run (``tunesmith.api.train``).
         evaluate: the function that scores a run on a labelled file (``tunesmith.api.evaluate``).
     """
-    from tunesmith.config import config_from_dict, load_config
-    from tunesmith.data.prepare import load_examples
-    from tunesmith.data.split import split_frame
-    from tunesmith.runs import RunDir, claim_output
-
     if not 0 <= old_share < 1:
         raise TunesmithError(f"--mix old={old_share}: the old share must be at least 0 and below 1")
     run = RunDir.open(run_dir)
@@ -69,43 +68,17 @@ def retrain(run_dir: str | Path, data: str | Path, *, train: Callable, evaluate:
     splits = split_frame(new[["text", "label"]], val_fraction=config.data.val_fraction or 0.1,
                          test_fraction=config.data.test_fraction or 0.2, seed=seed, stratify=task.stratify)  # fmt: skip
     old_train = pd.read_parquet(run.data_dir / "train.parquet")[["text", "label"]]
-    wanted = round(len(splits["train"]) * old_share / (1 - old_share))
-    mixed_old = old_train.sample(n=min(wanted, len(old_train)), random_state=seed) if wanted else old_train.iloc[:0]
-    mixed = pd.concat([splits["train"], mixed_old], ignore_index=True).sample(frac=1.0, random_state=seed)
-    missing = sorted(set(labels) - set(mixed["label"].astype(str)))
-    if missing:
-        raise TunesmithError(
-            f"the retraining mix has no rows of {missing}: add them to the new data or raise --mix old"
-        )
-    staging.mkdir(parents=True, exist_ok=True)  # the files the new run's config.yaml names
-    files = {
-        "train": staging / "train.parquet",
-        "validation": staging / "validation.parquet",
-        "test": staging / "test.parquet",
-    }
-    mixed.to_parquet(files["train"], index=False)
-    splits["validation"].to_parquet(files["validation"], index=False)
-    splits["test"].to_parquet(files["test"], index=False)
-    tree = config.model_dump(mode="json")
-    tree["model"]["name"] = str(run.model_dir.resolve())
-    tree["data"].update(train=str(files["train"]), validation=str(files["validation"]), test=str(files["test"]),
-                        text_column="text", label_column="label", column_names=None, max_rows=None, slice_column=None)  # fmt: skip
-    tree["runtime"]["output_dir"] = str(target)
+    mixed, mixed_old = _mix(splits["train"], old_train, old_share, seed=seed, labels=labels)
+    files = _write_data(staging, mixed, splits)
     try:
-        result = train(config_from_dict(tree, f"retrain of {run.path}"), console=console)
+        result = train(config_from_dict(_new_config(config, run, files, target), f"retrain of {run.path}"),
+                       console=console)  # fmt: skip
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # only its own files: the same command can run again
         raise
-    old_test = run.data_dir / "test.parquet"
     metric = config.train.metric or task.default_metric[0]
-    scores = {}
-    for name, path in (("deployed", run.path), ("retrained", result.run_dir)):
-        scores[name] = {}
-        for split, file in (("old_test", old_test), ("new_test", files["test"])):
-            if file.is_file():
-                evaluated = evaluate(path, file, log=lambda message: None)  # both named test: test-2.json
-                scores[name][split] = {metric: evaluated[metric], "accuracy": evaluated["accuracy"],
-                                       "interval": evaluated.get("confidence_intervals", {}).get(metric)}  # fmt: skip
+    scores = _scores(evaluate, {"deployed": run.path, "retrained": result.run_dir},
+                     {"old_test": run.data_dir / "test.parquet", "new_test": files["test"]}, metric)  # fmt: skip
     new_gain = scores["retrained"]["new_test"][metric] - scores["deployed"]["new_test"][metric]
     report = {
         "deployed": str(run.path), "retrained": str(result.run_dir), "new_data": entry["source"], "metric": metric,
@@ -117,3 +90,57 @@ def retrain(run_dir: str | Path, data: str | Path, *, train: Callable, evaluate:
     }  # fmt: skip
     (result.run_dir / "retrain.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     return report
+
+
+def _mix(new_train: pd.DataFrame, old_train: pd.DataFrame, old_share: float, *, seed: int,
+         labels: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:  # fmt: skip
+    """The new training rows plus a seeded sample of the old ones (``old_share`` of the mix),
+    shuffled, and that sample; refuses a mix that lacks one of the model's labels."""
+    wanted = round(len(new_train) * old_share / (1 - old_share))
+    mixed_old = old_train.sample(n=min(wanted, len(old_train)), random_state=seed) if wanted else old_train.iloc[:0]
+    mixed = pd.concat([new_train, mixed_old], ignore_index=True).sample(frac=1.0, random_state=seed)
+    missing = sorted(set(labels) - set(mixed["label"].astype(str)))
+    if missing:
+        raise TunesmithError(
+            f"the retraining mix has no rows of {missing}: add them to the new data or raise --mix old"
+        )
+    return mixed, mixed_old
+
+
+def _write_data(staging: Path, mixed: pd.DataFrame, splits: dict[str, pd.DataFrame]) -> dict[str, Path]:
+    """Writes the new run's train (the mix), validation and test files into ``staging``; returns
+    their paths by split."""
+    staging.mkdir(parents=True, exist_ok=True)  # the files the new run's config.yaml names
+    files = {
+        "train": staging / "train.parquet",
+        "validation": staging / "validation.parquet",
+        "test": staging / "test.parquet",
+    }
+    mixed.to_parquet(files["train"], index=False)
+    splits["validation"].to_parquet(files["validation"], index=False)
+    splits["test"].to_parquet(files["test"], index=False)
+    return files
+
+
+def _new_config(config: Config, run: RunDir, files: dict[str, Path], target: Path) -> dict[str, Any]:
+    """The run's config as a tree, starting from its model, reading the staged files as they are
+    and writing to ``target``."""
+    tree = config.model_dump(mode="json")
+    tree["model"]["name"] = str(run.model_dir.resolve())
+    tree["data"].update(train=str(files["train"]), validation=str(files["validation"]), test=str(files["test"]),
+                        text_column="text", label_column="label", column_names=None, max_rows=None, slice_column=None)  # fmt: skip
+    tree["runtime"]["output_dir"] = str(target)
+    return tree
+
+
+def _scores(evaluate: Callable, runs: dict[str, Path], tests: dict[str, Path], metric: str) -> dict[str, dict]:
+    """Each run's ``metric``, accuracy and interval on each test file that exists, by run and test."""
+    scores = {}
+    for name, path in runs.items():
+        scores[name] = {}
+        for split, file in tests.items():
+            if file.is_file():
+                evaluated = evaluate(path, file, log=lambda message: None)  # both named test: test-2.json
+                scores[name][split] = {metric: evaluated[metric], "accuracy": evaluated["accuracy"],
+                                       "interval": evaluated.get("confidence_intervals", {}).get(metric)}  # fmt: skip
+    return scores

@@ -42,15 +42,6 @@ PROBLEM_TYPES = {
 }
 
 
-def _split_title(path: Path, name: str) -> str:
-    """The split's name in an artifact path of ``ScoreContext.artifact`` (``reliability_test.png``:
-    "test"; ``evaluations/NAME_reliability.png``: "NAME"), for the plot titles."""
-    stem = path.stem
-    if stem.startswith(f"{name}_"):
-        return stem[len(name) + 1 :]
-    return stem.removesuffix(f"_{name}")
-
-
 @dataclass
 class TextClassificationTask(LabelSpace):
     """The task contract (tasks/contract.py) for one of the three sequence tasks over text; the
@@ -348,7 +339,7 @@ class TextClassificationTask(LabelSpace):
         if "confusion_matrix" in metrics:
             path = context.artifact("confusion_matrix", ".png")
             plot_confusion_matrix(path, metrics["confusion_matrix"], self.label_names,
-                                  f"{_split_title(path, 'confusion_matrix')} confusion matrix")  # fmt: skip
+                                  f"{context.name} confusion matrix")  # fmt: skip
         return metrics
 
     def _confidence(self, logits: np.ndarray, targets: np.ndarray, context: ScoreContext) -> dict[str, Any]:
@@ -364,7 +355,7 @@ class TextClassificationTask(LabelSpace):
             )
             path = context.artifact("reliability", ".png")
             plot_reliability(path, report["calibration_bins"], report["ece"],
-                             f"{_split_title(path, 'reliability')} reliability", after=after)  # fmt: skip
+                             f"{context.name} reliability", after=after)  # fmt: skip
         return report
 
     def _slices(self, logits: np.ndarray, targets: np.ndarray, frame: pd.DataFrame,

@@ -57,6 +57,9 @@ class ScoreContext:
     """``artifact("reliability", ".png")``: where to write one of this split's files (plots,
     generations), so training (``reliability_test.png``) and ``tunesmith evaluate``
     (``evaluations/NAME_reliability.png``) name them alike."""
+    name: str
+    """The split ("validation", "test") or the evaluation's name (the data file's stem), for
+    plot titles and messages."""
     evaluation: EvaluationConfig
     """Bootstrap samples, confidence level, calibration bins, the positive label."""
     seed: int
@@ -87,6 +90,8 @@ class CardText:
     """The input limit a user meets first (truncation, windows, image size)."""
     usage: str
     """How to call it from tunesmith (``tunesmith predict RUN_DIR --text "..."``)."""
+    processor: str = "AutoTokenizer"
+    """The transformers class that loads the model's input processing from ``model/``."""
 
 
 @dataclass

@@ -460,6 +460,7 @@ class ImageClassificationTask(TextClassificationTask):
             limitation=f"Images are resized to {size} and normalised as model/preprocessor_config.json says; "
             "pictures unlike the training images (other cameras, lighting, framing) can score far lower.",
             usage="`tunesmith predict RUN_DIR --input IMAGE_OR_FOLDER`.",
+            processor="AutoImageProcessor",  # model/preprocessor_config.json names ViTImageProcessor
         )
 
     def to_dict(self) -> dict[str, Any]:
