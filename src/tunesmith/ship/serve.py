@@ -21,6 +21,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -234,6 +235,108 @@ class Batcher:
         return results
 
 
+UNAUTHORISED = "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)"
+
+
+class PredictRequest(BaseModel):
+    """The body of ``POST /predict``: one text or a non-empty list of texts."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str | None = None
+    texts: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self):
+        if (self.text is None) == (self.texts is None):
+            raise ValueError("give exactly one of 'text' (a string) or 'texts' (a list of strings)")
+        if self.texts is not None and not self.texts:
+            raise ValueError("'texts' is empty")
+        return self
+
+
+class _Refused(Exception):
+    """A request answered with an error status and a ``detail`` that says what is wrong."""
+
+    def __init__(self, status: int, detail: Any) -> None:
+        super().__init__(status, detail)
+        self.status, self.detail = status, detail
+
+
+class _Service:
+    """What the routes share: the predictor behind its batcher, the counters, the key and the limits."""
+
+    def __init__(self, predictor: Predictor, stats: Stats, batcher: Batcher, *, api_key: str | None,
+                 max_batch: int, max_text_chars: int, max_body_bytes: int) -> None:  # fmt: skip
+        self.predictor, self.stats, self.batcher, self.api_key = predictor, stats, batcher, api_key
+        self.max_batch, self.max_text_chars, self.max_body_bytes = max_batch, max_text_chars, max_body_bytes
+
+    def refuse(self, status: int, detail: Any) -> JSONResponse:
+        self.stats.request(status)
+        return JSONResponse({"detail": detail}, status_code=status)
+
+    def check_key(self, request: Request) -> None:
+        """Refuses (401) a request without the API key, when there is one."""
+        if self.api_key is None:
+            return
+        given = request.headers.get("x-api-key")
+        bearer = request.headers.get("authorization", "")
+        if bearer.lower().startswith("bearer "):
+            given = given or bearer[7:]
+        if given is None or not hmac.compare_digest(given.encode(), self.api_key.encode()):
+            raise _Refused(401, UNAUTHORISED)
+
+    async def read_body(self, request: Request) -> bytearray:
+        """The body, refused (413) past max_body_bytes, declared or streamed."""
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise _Refused(413, f"the body is {declared} bytes; the limit is {self.max_body_bytes}")
+        body = bytearray()
+        async for chunk in request.stream():  # a body without Content-Length is cut off at the limit
+            body.extend(chunk)
+            if len(body) > self.max_body_bytes:
+                raise _Refused(413, f"the body is over {self.max_body_bytes} bytes; the limit is {self.max_body_bytes}")
+        return body
+
+    def parse(self, body: bytearray) -> tuple[PredictRequest, list[str]]:
+        """The request and its texts; refuses a malformed body (422), too many or too long texts (413)."""
+        try:
+            parsed = PredictRequest.model_validate_json(body)
+        except ValidationError as error:
+            problems = [
+                {"field": ".".join(map(str, e["loc"])) or "(body)", "problem": e["msg"]} for e in error.errors()
+            ]
+            raise _Refused(422, problems) from None
+        texts = [parsed.text] if parsed.text is not None else parsed.texts
+        if len(texts) > self.max_batch:
+            raise _Refused(413, f"{len(texts)} texts in one request; the limit is {self.max_batch}")
+        longest = max(len(t) for t in texts)
+        if longest > self.max_text_chars:
+            raise _Refused(413, f"a text has {longest} characters; the limit is {self.max_text_chars}")
+        return parsed, texts
+
+    async def predict(self, request: Request) -> Any:
+        started = time.perf_counter()
+        try:
+            self.check_key(request)
+            parsed, texts = self.parse(await self.read_body(request))
+        except _Refused as refused:
+            return self.refuse(refused.status, refused.detail)
+        try:
+            results = await self.batcher.submit(texts)
+        except Exception as error:  # noqa: BLE001 - a failed model call must answer, not hang
+            return self.refuse(500, f"prediction failed: {type(error).__name__}: {error}")
+        self.stats.request(200, time.perf_counter() - started)
+        return results[0] if parsed.text is not None else {"predictions": results}
+
+    def guarded(self, request: Request, answer: Callable[[], Any]) -> Any:
+        """``answer()``, or the 401 for a request without the API key."""
+        try:
+            self.check_key(request)
+        except _Refused as refused:
+            return self.refuse(refused.status, refused.detail)
+        return answer()
+
+
 def create_app(source: str | Path, *, api_key: str | None = None, max_batch: int = 64, max_text_chars: int = 20_000,
                max_body_bytes: int = 1_000_000, batch_window_ms: float = 0.0, log_path: str | Path | None = None,
                predictor: Predictor | None = None):  # fmt: skip
@@ -245,19 +348,8 @@ def create_app(source: str | Path, *, api_key: str | None = None, max_batch: int
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
     batcher = Batcher(predictor, stats, max_batch=max_batch, window=batch_window_ms / 1000, log_path=log)
-
-    class PredictRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        text: str | None = None
-        texts: list[str] | None = None
-
-        @model_validator(mode="after")
-        def _one_of(self):
-            if (self.text is None) == (self.texts is None):
-                raise ValueError("give exactly one of 'text' (a string) or 'texts' (a list of strings)")
-            if self.texts is not None and not self.texts:
-                raise ValueError("'texts' is empty")
-            return self
+    service = _Service(predictor, stats, batcher, api_key=api_key, max_batch=max_batch, max_text_chars=max_text_chars,
+                       max_body_bytes=max_body_bytes)  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(app):
@@ -270,90 +362,49 @@ def create_app(source: str | Path, *, api_key: str | None = None, max_batch: int
     app = FastAPI(title="tunesmith", lifespan=lifespan, **public_docs)
     app.state.predictor, app.state.stats = predictor, stats
 
-    def refuse(status: int, detail: Any) -> JSONResponse:
-        stats.request(status)
-        return JSONResponse({"detail": detail}, status_code=status)
-
-    def authorised(request: Request) -> bool:
-        if api_key is None:
-            return True
-        given = request.headers.get("x-api-key")
-        bearer = request.headers.get("authorization", "")
-        if bearer.lower().startswith("bearer "):
-            given = given or bearer[7:]
-        return given is not None and hmac.compare_digest(given.encode(), api_key.encode())
-
     @app.get("/health")
     async def health():
         return {"status": "ok", "backend": predictor.backend}
 
     if api_key is not None:
-        from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+        _add_private_docs(app, service)
+    _add_model_routes(app, service)
+    return app
 
-        @app.get("/openapi.json", include_in_schema=False)
-        async def openapi(request: Request):
-            if not authorised(request):
-                return refuse(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)")
-            return JSONResponse(app.openapi())
 
-        @app.get("/docs", include_in_schema=False)
-        async def docs(request: Request):
-            if not authorised(request):
-                return refuse(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)")
-            return get_swagger_ui_html(openapi_url="/openapi.json", title="tunesmith")
+def _add_private_docs(app: FastAPI, service: _Service) -> None:
+    """/openapi.json, /docs and /redoc behind the API key."""
+    from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 
-        @app.get("/redoc", include_in_schema=False)
-        async def redoc(request: Request):
-            if not authorised(request):
-                return refuse(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)")
-            return get_redoc_html(openapi_url="/openapi.json", title="tunesmith")
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request):
+        return service.guarded(request, lambda: JSONResponse(app.openapi()))
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request):
+        return service.guarded(request, lambda: get_swagger_ui_html(openapi_url="/openapi.json", title="tunesmith"))
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request):
+        return service.guarded(request, lambda: get_redoc_html(openapi_url="/openapi.json", title="tunesmith"))
+
+
+def _add_model_routes(app: FastAPI, service: _Service) -> None:
+    """/metadata, /metrics and /predict."""
 
     @app.get("/metadata")
     async def metadata(request: Request):
-        if not authorised(request):
-            return refuse(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)")
-        return predictor.metadata
+        return service.guarded(request, lambda: service.predictor.metadata)
 
     @app.get("/metrics")
     async def metrics(request: Request):
-        if not authorised(request):
-            return refuse(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)")
-        return PlainTextResponse(stats.prometheus(), media_type="text/plain; version=0.0.4")
+        return service.guarded(
+            request, lambda: PlainTextResponse(service.stats.prometheus(), media_type="text/plain; version=0.0.4")
+        )
 
     @app.post("/predict")
     async def predict(request: Request):
-        started = time.perf_counter()
-        if not authorised(request):
-            return refuse(401, "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)")
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
-            return refuse(413, f"the body is {declared} bytes; the limit is {max_body_bytes}")
-        body = bytearray()
-        async for chunk in request.stream():  # a body without Content-Length is cut off at the limit
-            body.extend(chunk)
-            if len(body) > max_body_bytes:
-                return refuse(413, f"the body is over {max_body_bytes} bytes; the limit is {max_body_bytes}")
-        try:
-            parsed = PredictRequest.model_validate_json(body)
-        except ValidationError as error:
-            problems = [
-                {"field": ".".join(map(str, e["loc"])) or "(body)", "problem": e["msg"]} for e in error.errors()
-            ]
-            return refuse(422, problems)
-        texts = [parsed.text] if parsed.text is not None else parsed.texts
-        if len(texts) > max_batch:
-            return refuse(413, f"{len(texts)} texts in one request; the limit is {max_batch}")
-        longest = max(len(t) for t in texts)
-        if longest > max_text_chars:
-            return refuse(413, f"a text has {longest} characters; the limit is {max_text_chars}")
-        try:
-            results = await batcher.submit(texts)
-        except Exception as error:  # noqa: BLE001 - a failed model call must answer, not hang
-            return refuse(500, f"prediction failed: {type(error).__name__}: {error}")
-        stats.request(200, time.perf_counter() - started)
-        return results[0] if parsed.text is not None else {"predictions": results}
-
-    return app
+        return await service.predict(request)
 
 
 def serve(source: str | Path, *, host: str = "127.0.0.1", port: int = 8000, log=print, **options) -> None:
