@@ -49,6 +49,15 @@ def test_read_cleans_pairs_and_names_a_missing_column(tmp_path):
         task.read(str(tmp_path / "other.csv"), config_from_dict({}).data)
 
 
+def test_options_that_read_one_text_column_are_refused(tmp_path):
+    path = write_table(tmp_path / "pairs.csv", sentence_pairs(8))
+    for override in ({"clean": {"label_errors": "drop"}}, {"slice_column": "premise"}):
+        config = config_from_dict({"task": {"type": "pair_classification", **COLUMNS},
+                                   "data": {"train": str(path), **override}})  # fmt: skip
+        with pytest.raises(TunesmithError, match="reads one text column; pair_classification runs do not"):
+            build_task(config).prepare(config)
+
+
 def test_a_trained_label_space_refuses_an_unknown_label_at_evaluate(tmp_path):
     task = _task({"label_names": ["contradiction", "entailment"]})
     path = write_table(tmp_path / "held.csv", [{"premise": "a b", "hypothesis": "c d", "label": "neutral"}])

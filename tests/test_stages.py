@@ -84,6 +84,9 @@ def test_every_kind_implements_the_contract_and_its_stages_protocols(kind):
     assert isinstance(task, Task) and task.kind == kind and task.to_dict()["type"] == kind
     assert not ("export" in task.stages and not isinstance(task, Exportable))
     assert not ("chat" in task.stages and not isinstance(task, Chat))
+    from tunesmith.data.prepare import LabelledTask
+
+    assert not ({"inspect", "cv", "retrain"} & task.stages and not isinstance(task, LabelledTask))
     rebuilt = build_task(config_from_dict({"task": {"type": kind}}), task.to_dict())
     assert rebuilt.to_dict() == task.to_dict()  # task.json round-trips
 

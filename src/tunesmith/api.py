@@ -28,7 +28,7 @@ from tunesmith.models.load import check_max_length, resolve_model
 from tunesmith.runs import RunDir, claim_output, is_main_process, settled_on_failure, unused_path
 from tunesmith.study.cv import fold_classifier
 from tunesmith.tasks import build_task, require_stage
-from tunesmith.tasks.run import load_run
+from tunesmith.tasks.run import load_run, load_task
 from tunesmith.train.fit import check_validation_needs, fit, setup_runtime
 
 SPLITS = ("train", "validation", "test")
@@ -96,7 +96,7 @@ def train(
     data = task.prepare(config, find_label_errors=finder)
     setup_runtime(config)
     log = _log(console)
-    for line in data_lines(data):
+    for line in data_lines(data, suggest_balance=config.task.supports_balance):
         log(line)
     check_validation_needs(config, task, data.splits)
     if not main:  # only rank 0 writes; the others train on the same data in memory
@@ -154,11 +154,12 @@ def predict(run_dir: str | Path, inputs: list, *, input_file: str | Path | None 
         input_file: a file of more inputs, read as the task reads them (``Task.read_inputs``):
             texts (.txt lines or a table's text column), question/context records, images.
     """
+    if input_file is not None:  # read and checked before the model loads
+        inputs = list(inputs) + load_task(run_dir)[2].read_inputs(Path(input_file))
+        if not inputs:
+            raise TunesmithError(f"nothing to predict: {input_file} holds no inputs")
     run, config, task, model, processor = load_run(run_dir)
-    inputs = list(inputs) + (task.read_inputs(Path(input_file)) if input_file is not None else [])
-    if input_file is not None and not inputs:
-        raise TunesmithError(f"nothing to predict: {input_file} holds no inputs")
-    return task.predict(model, processor, inputs, temperature=run.temperature())
+    return task.predict(model, processor, list(inputs), temperature=run.temperature())
 
 
 def evaluate(run_dir: str | Path, data: str | Path, *, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -606,8 +606,10 @@ class Config(Section):
         """A task section without ``type`` is single_label, as is a config without one."""
         if isinstance(value, dict) and "type" not in value:
             return {"type": "single_label", **value}
-        if isinstance(value, dict) and set(value) == _FLAT_TASK_KEYS and value["type"] in TASK_MODELS:
-            # A run saved before the per-kind sections holds every kind's options: keep its own.
+        flat = isinstance(value, dict) and {"threshold", "label_separator"} <= set(value) <= _FLAT_TASK_KEYS
+        if flat and value["type"] in TASK_MODELS:
+            # A run saved before the per-kind sections holds every kind's options of its day (every
+            # dump had the multi-label ones): keep its own kind's.
             return {k: v for k, v in value.items() if k in TASK_MODELS[value["type"]].model_fields}
         return value
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import pandas as pd
 
@@ -20,10 +20,12 @@ from tunesmith.data.split import split_frame
 from tunesmith.errors import TunesmithError
 
 
+@runtime_checkable
 class LabelledTask(Protocol):
-    """What the data stage asks of a task whose rows are a text and a label (the classification
-    and regression tasks of tasks/classification.py). The task is passed in: data/ sits below
-    tasks/ and does not import it."""
+    """What the data stage (``prepare_data``), ``inspect``, ``cv`` and ``retrain`` ask of a task
+    whose rows are a text and a label (the classification and regression tasks of
+    tasks/classification.py): every kind that declares one of those stages implements it
+    (tests/test_stages.py). The task is passed in: data/ sits below tasks/ and does not import it."""
 
     stratify: bool
     """Whether splits keep the label distribution."""

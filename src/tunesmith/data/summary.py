@@ -7,9 +7,10 @@ from tunesmith.data.overlap import overlap_warnings
 from tunesmith.data.prepare import PreparedData
 
 
-def data_lines(data: PreparedData) -> list[str]:
+def data_lines(data: PreparedData, *, suggest_balance: bool = True) -> list[str]:
     """The lines ``tunesmith train`` prints after the data stage (from ``data.manifest`` and
-    ``data.changes``)."""
+    ``data.changes``); with ``suggest_balance`` (the task kind allows data.balance), a hint to
+    balance a skewed training split."""
     manifest = data.manifest
     lines = []
     for name, entry in manifest["sources"].items():
@@ -34,7 +35,7 @@ def data_lines(data: PreparedData) -> list[str]:
         lines.append(f"Balanced train by {balance['method']}: {balance['rows_before']} -> {balance['rows_after']} "
                      f"rows, per class {balance['labels_after']}")  # fmt: skip
     labels = manifest["splits"]["train"].get("labels")
-    if isinstance(labels, dict) and labels and all(isinstance(v, int) for v in labels.values()):
+    if suggest_balance and isinstance(labels, dict) and labels and all(isinstance(v, int) for v in labels.values()):
         ratio = max(labels.values()) / max(min(labels.values()), 1)
         if ratio >= 3 and manifest.get("balance_method", "none") == "none":
             lines.append(f"Class imbalance {ratio:.1f}:1 in train {labels}: consider "

@@ -141,7 +141,7 @@ def score_file(run: RunDir, config: Config, task: Task, model, processor, data: 
     out.mkdir(exist_ok=True)
     context = ScoreContext(
         artifact=lambda kind, suffix: out / f"{stem}_{kind}{suffix}", name=stem, evaluation=config.evaluation,
-        seed=config.runtime.seed, batch_size=64, temperature=run.temperature(),
+        seed=config.runtime.seed, batch_size=config.train.batch_size * 2, temperature=run.temperature(),
         slice_column=config.data.slice_column,
     )  # fmt: skip
     metrics = task.score(model, processor, frame, encoded.features[stem], context)

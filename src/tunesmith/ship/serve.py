@@ -79,10 +79,11 @@ class Predictor:
     def _from_export(self, source: Path, onnx_file: str | None) -> None:
         meta = json.loads((source / "tunesmith.json").read_text(encoding="utf-8"))
         require_stage(meta["task"]["type"], "serve", what=str(source))  # an export's kind, from its metadata
-        if "config" not in meta:
-            raise TunesmithError(f"{source}: exported by an older tunesmith (tunesmith.json has no config); "
-                                 "export the run again")  # fmt: skip
-        task = build_task(config_from_dict(meta["config"], str(source / "tunesmith.json")), meta["task"])
+        # An export written before tunesmith.json held the run's config: its task section and
+        # max_length are all a text classifier's scoring needs.
+        tree = meta.get("config") or {"task": {k: v for k, v in meta["task"].items() if k != "label_names"},
+                                      "model": {"max_length": meta["max_length"]}}  # fmt: skip
+        task = build_task(config_from_dict(tree, str(source / "tunesmith.json")), meta["task"])
         self.scorer, self.max_length, self.task = task, meta["max_length"], meta["task"]
         self.tokenizer = task.load_processor(ResolvedModel(str(source), f"the export in {source}"), trained=True)
         self.temperature = meta.get("temperature")

@@ -501,4 +501,4 @@ def text_logits(model, tokenizer, texts: list[str], *, max_length: int, targets:
         targets: the encoded labels, when the features should carry them.
     """
     features, _ = encode_features(tokenizer, texts, targets, max_length)
-    return compute_logits(model, features, batch_size=64, pad_token_id=tokenizer.pad_token_id or 0, device="cpu")
+    return compute_logits(model, features, batch_size=64, pad_token_id=pad_token_id(tokenizer), device="cpu")

@@ -25,6 +25,7 @@ from tunesmith.config import Config, DataConfig
 from tunesmith.data.load import read_table
 from tunesmith.data.prepare import PreparedData, prepare_records
 from tunesmith.errors import TunesmithError
+from tunesmith.models.load import pad_token_id
 from tunesmith.tasks.classification import TextClassificationTask, compute_logits, text_warning
 from tunesmith.tasks.contract import CardText, Encoded
 
@@ -50,6 +51,7 @@ class PairClassificationTask(TextClassificationTask):
     kind: ClassVar[str] = "pair_classification"
     stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "tune", "export"})
     forgetting_probe: ClassVar[str | None] = None
+    detects_label_errors: ClassVar[bool] = False  # the label-error search reads one text column
 
     @classmethod
     def from_config(cls, config: Config, saved: dict[str, Any] | None = None) -> PairClassificationTask:
@@ -61,7 +63,16 @@ class PairClassificationTask(TextClassificationTask):
 
     # -- data -------------------------------------------------------------------------
     def prepare(self, config: Config, *, find_label_errors: Callable | None = None) -> PreparedData:
-        """Reads and cleans every source, splits (stratified by label) and fits the label set."""
+        """Reads and cleans every source, splits (stratified by label) and fits the label set.
+
+        Raises:
+            TunesmithError: a data option that reads one text column (data.clean.label_errors,
+                data.slice_column), or any problem with the files, columns or labels.
+        """
+        for key, value in (("data.clean.label_errors", config.data.clean.label_errors != "keep"),
+                           ("data.slice_column", config.data.slice_column is not None)):  # fmt: skip
+            if value:
+                raise TunesmithError(f"{key} reads one text column; pair_classification runs do not support it yet")
         data = prepare_records(config.data, seed=config.runtime.seed, load=self.read, inputs=self.overlap_inputs)
         self.fit_labels(data.splits["train"]["label"], data.manifest["sources"]["train"]["source"])
         for name in ("validation", "test"):
@@ -174,7 +185,7 @@ class PairClassificationTask(TextClassificationTask):
         """The label and class scores for each pair (softmax at the run's ``temperature``)."""
         pairs = self.pairs_of(inputs)
         features, _ = self.encode_pairs(processor, [a for a, _ in pairs], [b for _, b in pairs], None)
-        logits = compute_logits(model, features, batch_size=64, pad_token_id=processor.pad_token_id or 0,
+        logits = compute_logits(model, features, batch_size=64, pad_token_id=pad_token_id(processor),
                                 device=next(model.parameters()).device)  # fmt: skip
         rows = self.prediction_rows(logits, temperature)
         return [{FIRST: a, SECOND: b, **row, **text_warning(a and b)} for (a, b), row in zip(pairs, rows)]

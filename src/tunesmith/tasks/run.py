@@ -27,6 +27,18 @@ class LoadedRun(NamedTuple):
     """The run's tokenizer, or its image processor for an image classifier."""
 
 
+def load_task(run_dir: str | Path) -> tuple[RunDir, Config, Task]:
+    """A run's directory, config and task (with the label space it learned), without its model:
+    enough to read and check inputs before the slow model load.
+
+    Raises:
+        TunesmithError: not a run directory, or its config does not load.
+    """
+    run = RunDir.open(run_dir)
+    config = load_config(run.path / "config.yaml")
+    return run, config, build_task(config, run.read_json("task.json"))
+
+
 def load_run(run_dir: str | Path, *, verify_hashes: bool = False) -> LoadedRun:
     """Loads a finished run's config, task, model and tokenizer (or image processor).
 
