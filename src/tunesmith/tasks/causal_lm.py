@@ -34,6 +34,7 @@ from tunesmith.data.prepare import PreparedData, prepare_records
 from tunesmith.errors import TunesmithError
 from tunesmith.models.load import ResolvedModel, load_causal_lm, load_tokenizer, pad_token_id
 from tunesmith.runs import atomic_write
+from tunesmith.tasks.confidence import bootstrap_means
 from tunesmith.tasks.contract import CardText, Encoded, ScoreContext
 from tunesmith.tasks.inputs import check_texts, read_texts
 
@@ -608,22 +609,6 @@ def generation_metrics(
         "exact_match": mean["exact_match"],
         "generated": len(predictions),
     }
-
-
-def bootstrap_means(scores: dict[str, np.ndarray], *, samples: int, level: float, seed: int) -> dict[str, dict]:
-    """Percentile bootstrap intervals of per-example means (the examples resampled with
-    replacement ``samples`` times): ``{metric: {"estimate", "low", "high"}}``; empty when there
-    is nothing to resample."""
-    count = len(next(iter(scores.values()), []))
-    if count == 0 or samples <= 0:
-        return {}
-    rows = np.random.default_rng(seed).integers(0, count, size=(samples, count))
-    tail = (1 - level) / 2 * 100
-    intervals = {}
-    for name, values in scores.items():
-        low, high = np.percentile(values[rows].mean(1), [tail, 100 - tail])
-        intervals[name] = {"estimate": float(values.mean()), "low": float(low), "high": float(high)}
-    return intervals
 
 
 def rows_to_generate(

@@ -8,6 +8,7 @@ comes from the size of the test set, not from training (repeat training over see
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -159,3 +160,48 @@ def confidence_report(logits: np.ndarray, targets: np.ndarray, *, kind: str, sam
     if report.get("confidence_intervals") is not None:
         report["confidence_level"] = level
     return report
+
+
+def bootstrap_sums(rows: np.ndarray, statistic: Callable[[np.ndarray], dict[str, np.ndarray]], *, samples: int,
+                   level: float, seed: int) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Percentile bootstrap intervals of statistics that depend on column sums over rows (entity
+    counts per sentence, scores per question): the rows are resampled with replacement, never
+    the model re-run.
+
+    Args:
+        rows: one row of numbers per item (items x columns).
+        statistic: from sums (resamples x columns) to {metric: values (resamples)}.
+        samples: resamples; 0 turns the intervals off.
+        level: the coverage (0.95: the 2.5th to 97.5th percentiles).
+        seed: the resampling seed.
+
+    Returns:
+        {metric: {"estimate", "low", "high"}}, empty without rows or samples.
+    """
+    rows = np.asarray(rows, dtype=float)
+    if not len(rows) or samples <= 0:
+        return {}
+    rng = np.random.default_rng(seed)
+    # One resample at a time, as how often it draws each row: samples x items x columns at once
+    # would not fit in memory for a large test set.
+    n = len(rows)
+    sums = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) @ rows for _ in range(samples)])
+    estimates, draws = statistic(rows.sum(0)[None, :]), statistic(sums)
+    tail = (1 - level) / 2 * 100
+    intervals = {}
+    for name, values in draws.items():
+        low, high = np.percentile(values, [tail, 100 - tail])
+        intervals[name] = {"estimate": float(estimates[name][0]), "low": float(low), "high": float(high)}
+    return intervals
+
+
+def bootstrap_means(scores: dict[str, np.ndarray], *, samples: int, level: float, seed: int) -> dict[str, dict]:
+    """Percentile bootstrap intervals of per-example means (ROUGE, exact match):
+    ``{metric: {"estimate", "low", "high"}}``; empty when there is nothing to resample."""
+    names = list(scores)
+    if not names or not len(scores[names[0]]):
+        return {}
+    rows = np.stack([np.asarray(scores[n], dtype=float) for n in names], axis=1)
+    count = len(rows)
+    return bootstrap_sums(rows, lambda sums: {n: sums[:, i] / count for i, n in enumerate(names)},
+                          samples=samples, level=level, seed=seed)  # fmt: skip

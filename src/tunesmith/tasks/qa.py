@@ -45,8 +45,8 @@ from tunesmith.data.load import (
     scrub,
 )
 from tunesmith.errors import TunesmithError
+from tunesmith.tasks.confidence import bootstrap_sums
 from tunesmith.tasks.contract import CardText, Encoded, ScoreContext
-from tunesmith.tasks.token_classification import bootstrap_sums
 
 if TYPE_CHECKING:
     from tunesmith.config import Config, DataConfig

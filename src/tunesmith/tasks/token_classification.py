@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.errors import TunesmithError
+from tunesmith.tasks.confidence import bootstrap_sums
 from tunesmith.tasks.contract import CardText, Encoded, ScoreContext
 from tunesmith.tasks.inputs import check_texts, read_texts
 
@@ -607,39 +608,6 @@ def entity_intervals(gold: list[list[str]], predicted: list[list[str]], scheme: 
                     "recall": np.where(gold_entities > 0, correct / gold_entities, 0.0)}  # fmt: skip
 
     return bootstrap_sums(counts, scores, samples=samples, level=level, seed=seed)
-
-
-def bootstrap_sums(rows: np.ndarray, statistic: Callable[[np.ndarray], dict[str, np.ndarray]], *, samples: int,
-                   level: float, seed: int) -> dict[str, dict[str, float]]:  # fmt: skip
-    """Percentile bootstrap intervals of statistics that depend on column sums over rows (entity
-    counts per sentence, scores per question): the rows are resampled with replacement, never
-    the model re-run.
-
-    Args:
-        rows: one row of numbers per item (items x columns).
-        statistic: from sums (resamples x columns) to {metric: values (resamples)}.
-        samples: resamples; 0 turns the intervals off.
-        level: the coverage (0.95: the 2.5th to 97.5th percentiles).
-        seed: the resampling seed.
-
-    Returns:
-        {metric: {"estimate", "low", "high"}}, empty without rows or samples.
-    """
-    rows = np.asarray(rows, dtype=float)
-    if not len(rows) or samples <= 0:
-        return {}
-    rng = np.random.default_rng(seed)
-    # One resample at a time, as how often it draws each row: samples x items x columns at once
-    # would not fit in memory for a large test set.
-    n = len(rows)
-    sums = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) @ rows for _ in range(samples)])
-    estimates, draws = statistic(rows.sum(0)[None, :]), statistic(sums)
-    tail = (1 - level) / 2 * 100
-    intervals = {}
-    for name, values in draws.items():
-        low, high = np.percentile(values, [tail, 100 - tail])
-        intervals[name] = {"estimate": float(estimates[name][0]), "low": float(low), "high": float(high)}
-    return intervals
 
 
 def entities_in_text(
