@@ -15,6 +15,7 @@ from tunesmith.tasks.causal_lm import (
     IGNORE,
     collate_lm,
     encode_conversations,
+    load_records,
     pack_rows,
     records_frame,
     to_messages,
@@ -115,8 +116,28 @@ def test_records_frame_numbers_records_from_one(tmp_path):
     import pandas as pd
 
     frame = pd.DataFrame([RECORDS["alpaca"], {"instruction": "x", "input": "", "output": None}])
-    with pytest.raises(TunesmithError, match="train.json, record 2"):
+    with pytest.raises(TunesmithError, match="train.json, record 2: the output is missing or empty"):
         records_frame(frame, "alpaca", "train.json")
+    kept, dropped = records_frame(frame, "alpaca", "train.json", drop_empty=True)
+    assert kept["record"].tolist() == [1] and [d["record"] for d in dropped] == [2]
+    assert dropped[0]["reason"].startswith("the output is missing or empty")
+
+
+def test_empty_records_are_dropped_and_logged_unless_drop_empty_is_off(tmp_path):
+    from tunesmith.config import config_from_dict
+
+    path = tmp_path / "train.jsonl"
+    rows = [RECORDS["alpaca"], {"instruction": "Say hi", "input": "", "output": "  "}, RECORDS["alpaca"]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    config = config_from_dict({"task": {"type": "causal_lm"}, "data": {"train": str(path)}})
+    frame, entry = load_records(str(path), config.data)
+    assert frame["record"].tolist() == [1] and entry["cleaning"]["dropped_empty"] == 1
+    assert entry["changes"][0]["record"] == 2 and "record 2, the output is missing" in entry["notes"][-1]
+    strict = config_from_dict(
+        {"task": {"type": "causal_lm"}, "data": {"train": str(path), "clean": {"drop_empty": False}}}
+    )
+    with pytest.raises(TunesmithError, match="train.jsonl, record 2: the output is missing or empty"):
+        load_records(str(path), strict.data)
 
 
 def test_pack_rows_respects_capacity():

@@ -67,6 +67,11 @@ def detect_format(columns: list[str], wanted: str, source: str) -> str:
     )
 
 
+class EmptyRecord(TunesmithError):
+    """A record with nothing to learn from (an empty instruction, prompt, output or completion):
+    dropped, and logged, when data.clean.drop_empty is on; an error otherwise."""
+
+
 def _text(value: Any) -> str | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
@@ -83,17 +88,17 @@ def to_messages(row: dict, fmt: str, where: str) -> list[dict[str, str]]:
     if fmt == "alpaca":
         instruction, extra, output = _text(row.get("instruction")), _text(row.get("input")), _text(row.get("output"))
         if not instruction or not instruction.strip():
-            raise TunesmithError(f"{where}: the instruction is missing or empty")
+            raise EmptyRecord(f"{where}: the instruction is missing or empty")
         if output is None or not output.strip():
-            raise TunesmithError(f"{where}: the output is missing or empty; every record needs one to train on")
+            raise EmptyRecord(f"{where}: the output is missing or empty; every record needs one to train on")
         prompt = instruction if not extra or not extra.strip() else f"{instruction}\n\n{extra}"
         return [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
     if fmt == "prompt_completion":
         prompt, completion = _text(row.get("prompt")), _text(row.get("completion"))
         if not prompt or not prompt.strip():
-            raise TunesmithError(f"{where}: the prompt is missing or empty")
+            raise EmptyRecord(f"{where}: the prompt is missing or empty")
         if completion is None or not completion.strip():
-            raise TunesmithError(f"{where}: the completion is missing or empty; every record needs one to train on")
+            raise EmptyRecord(f"{where}: the completion is missing or empty; every record needs one to train on")
         return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
     raw = row.get("messages")
     if isinstance(raw, str):
@@ -117,14 +122,27 @@ def to_messages(row: dict, fmt: str, where: str) -> list[dict[str, str]]:
     return messages
 
 
-def records_frame(frame: pd.DataFrame, fmt: str, source: str, first_row: int = 1) -> pd.DataFrame:
-    """The canonical table: ``messages`` (JSON text) and ``record`` (1-based row in the source)."""
-    rows = frame.to_dict("records")
-    conversations = [
-        json.dumps(to_messages(row, fmt, f"{source}, record {first_row + i}"), ensure_ascii=False)
-        for i, row in enumerate(rows)
-    ]
-    return pd.DataFrame({"messages": conversations, "record": range(first_row, first_row + len(rows))})
+def records_frame(frame: pd.DataFrame, fmt: str, source: str, first_row: int = 1, *,
+                  drop_empty: bool = False) -> tuple[pd.DataFrame, list[dict]]:  # fmt: skip
+    """The canonical table: ``messages`` (JSON text) and ``record`` (1-based row in the source),
+    and one changelog entry per record dropped for being empty (with ``drop_empty``).
+
+    Raises:
+        TunesmithError: a bad record, or an empty one without ``drop_empty`` (naming it).
+    """
+    conversations, records, dropped = [], [], []
+    for i, row in enumerate(frame.to_dict("records")):
+        where = f"{source}, record {first_row + i}"
+        try:
+            conversations.append(json.dumps(to_messages(row, fmt, where), ensure_ascii=False))
+        except EmptyRecord as error:
+            if not drop_empty:
+                raise
+            dropped.append({"source": source, "record": first_row + i, "action": "dropped",
+                            "reason": str(error).removeprefix(f"{where}: ")})  # fmt: skip
+            continue
+        records.append(first_row + i)
+    return pd.DataFrame({"messages": conversations, "record": records}), dropped
 
 
 def load_records(spec: str, config: DataConfig) -> tuple[pd.DataFrame, dict]:
@@ -138,8 +156,9 @@ def load_records(spec: str, config: DataConfig) -> tuple[pd.DataFrame, dict]:
     """
     table = read_table(spec, column_names=config.column_names, encoding_errors=config.encoding_errors)
     fmt = detect_format(list(table.frame.columns), config.format, table.source)
-    frame = records_frame(table.frame, fmt, table.source)
-    counts = {"rows_in": len(frame), "exact_duplicates": int(frame["messages"].duplicated().sum())}
+    frame, dropped = records_frame(table.frame, fmt, table.source, drop_empty=config.clean.drop_empty)
+    counts = {"rows_in": len(table.frame), "dropped_empty": len(dropped),
+              "exact_duplicates": int(frame["messages"].duplicated().sum())}  # fmt: skip
     if config.clean.drop_duplicates:
         frame = frame.drop_duplicates("messages").reset_index(drop=True)
     counts["rows_out"] = len(frame)
@@ -151,6 +170,12 @@ def load_records(spec: str, config: DataConfig) -> tuple[pd.DataFrame, dict]:
         "cleaning": counts,
         **table.manifest_fields(),
     }
+    if dropped:  # prepare_records moves these into the run's changelog
+        entry["changes"] = dropped
+        entry.setdefault("notes", []).append(
+            f"{len(dropped)} empty record(s) dropped (data.clean.drop_empty), the first: record "
+            f"{dropped[0]['record']}, {dropped[0]['reason']}"
+        )
     return frame, entry
 
 
