@@ -19,10 +19,10 @@ import yaml
 from typer.testing import CliRunner
 
 from tests.makers import DATA_FILE, tiny_task_config, write_examples
+from tunesmith.tasks.build import TASK_KINDS
 
 CORPUS = Path(__file__).parent / "bad_inputs"
-TASKS = ("single_label", "multi_label", "regression", "token_classification", "question_answering", "seq2seq",
-         "causal_lm", "image_classification")  # fmt: skip
+TASKS = TASK_KINDS  # the corpus must hold a case of every kind
 TINY_MODEL = {"seq2seq": "tiny_t5_dir", "causal_lm": "tiny_llama_dir", "image_classification": "tiny_cnn_dir"}
 CASE_KEYS = {"id", "why", "task", "files", "config", "run", "edit", "command", "exit", "message", "creates",
              "not_created", "env", "request", "serve", "status"}  # fmt: skip

@@ -178,9 +178,9 @@ def _check_stage(kind: str, stage: str, run: dict, tmp_path: Path) -> None:
             from tunesmith.ship.serve import create_app
 
             with TestClient(create_app(run_dir)) as client:
-                response = client.post("/predict", json={"texts": inputs})
+                response = client.post("/predict", json={"inputs": inputs})
             assert response.status_code == 200, response.text
-            assert len(response.json()["predictions"]) == len(inputs)
+            assert response.json()["predictions"] == tunesmith.predict(run_dir, inputs)  # what predict says
         case "monitor":
             from tunesmith.ship.monitor import monitor
 

@@ -1,6 +1,8 @@
 """``tunesmith serve``: a FastAPI app around a run directory or an export directory.
 
-- ``POST /predict`` takes ``{"text": "..."}`` or ``{"texts": ["...", ...]}``;
+- ``POST /predict`` takes ``{"text": "..."}``, ``{"texts": ["...", ...]}``, or ``{"inputs": [...]}``
+  with the inputs as the run's task takes them (question/context objects, pairs of texts, prompts);
+  an input of the wrong kind gets 422 with the task's message naming it;
 - ``GET /health``, ``GET /metadata`` (model, labels, metrics, data hash), ``GET /metrics``
   (Prometheus text format);
 - bodies over ``max_body_bytes`` and batches over ``max_batch`` get 413, malformed bodies 422,
@@ -111,21 +113,29 @@ class Predictor:
                          "max_length": self.max_length, "temperature": self.temperature, "parity": parity.get("models"),
                          "source_run": meta.get("source_run")}  # fmt: skip
 
-    def logits(self, texts: list[str], chunk: int = 64) -> np.ndarray:
-        if len(texts) > chunk:  # bounded memory for long lists (monitor, evaluation)
-            return np.concatenate([self.logits(texts[i : i + chunk], chunk) for i in range(0, len(texts), chunk)])
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="np")
+    def logits(self, inputs: list, chunk: int = 64) -> np.ndarray:
+        """The model's logits for raw inputs (texts; pairs for a pair classifier), encoded by the
+        task as its export is fed: the same for PyTorch and ONNX Runtime."""
+        if len(inputs) > chunk:  # bounded memory for long lists (monitor, evaluation)
+            return np.concatenate([self.logits(inputs[i : i + chunk], chunk) for i in range(0, len(inputs), chunk)])
+        batch = self.scorer.export_inputs(self.tokenizer, self.scorer.export_features(self.tokenizer, inputs))
         if self.session is not None:
-            feed = {k: v.astype(np.int64) for k, v in batch.items() if k in self.inputs}
-            return self.session.run(["logits"], feed)[0]
+            return self.session.run(["logits"], {k: v for k, v in batch.inputs.items() if k in self.inputs})[0]
         import torch
 
         with torch.inference_mode():
-            return self.model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.float().numpy()
+            return self.model(**{k: torch.from_numpy(v) for k, v in batch.inputs.items()}).logits.float().numpy()
 
-    def predict(self, texts: list[str]) -> list[dict[str, Any]]:
-        texts = [" ".join(t.split()) for t in texts]
-        return self.scorer.rows_from_logits(texts, self.logits(texts), temperature=self.temperature)
+    def predict(self, inputs: list) -> list[dict[str, Any]]:
+        """Prediction rows for raw inputs: a PyTorch model predicts through its task, as
+        ``tunesmith predict`` does (every kind); an ONNX model through the task's export encoding.
+
+        Raises:
+            TunesmithError: an input of the wrong kind, naming its position.
+        """
+        if self.session is None:
+            return self.scorer.predict(self.model, self.tokenizer, list(inputs), temperature=self.temperature)
+        return self.scorer.rows_from_logits(inputs, self.logits(inputs), temperature=self.temperature)
 
 
 @dataclass
@@ -210,6 +220,10 @@ class Batcher:
             texts = [t for texts, _ in waiting for t in texts]
             try:
                 results = await loop.run_in_executor(self.executor, self._predict, texts)
+            except TunesmithError:  # one request's bad input: each request alone, so only it fails
+                for request_texts, future in waiting:
+                    await self._answer_alone(loop, request_texts, future)
+                continue
             except Exception as error:  # the model failed: every waiting request gets the error
                 for _, future in waiting:
                     if not future.done():
@@ -221,7 +235,17 @@ class Batcher:
                     future.set_result(results[start : start + len(request_texts)])
                 start += len(request_texts)
 
-    def _predict(self, texts: list[str]) -> list[dict[str, Any]]:
+    async def _answer_alone(self, loop, texts: list, future: asyncio.Future) -> None:
+        try:
+            result = await loop.run_in_executor(self.executor, self._predict, texts)
+        except Exception as error:  # noqa: BLE001 - handed to the request that sent it
+            if not future.done():
+                future.set_exception(error)
+            return
+        if not future.done():
+            future.set_result(result)
+
+    def _predict(self, texts: list) -> list[dict[str, Any]]:
         results = self.predictor.predict(texts)
         self.stats.batches += 1
         self.stats.batch_texts += len(texts)
@@ -229,7 +253,8 @@ class Batcher:
         if self.log_path is not None:
             now = datetime.now(UTC).isoformat()
             lines = "".join(
-                json.dumps({"time": now, "text": t, **r}, ensure_ascii=False) + "\n" for t, r in zip(texts, results)
+                json.dumps({"time": now, "text" if isinstance(t, str) else "input": t, **r}, ensure_ascii=False) + "\n"
+                for t, r in zip(texts, results)
             )
             with self.log_lock, self.log_path.open("a", encoding="utf-8") as handle:
                 handle.write(lines)
@@ -240,19 +265,39 @@ UNAUTHORISED = "missing or wrong API key (send it as X-API-Key or Authorization:
 
 
 class PredictRequest(BaseModel):
-    """The body of ``POST /predict``: one text or a non-empty list of texts."""
+    """The body of ``POST /predict``: one text, a non-empty list of texts, or a non-empty list of
+    ``inputs`` as the run's task takes them (texts, ``{"question", "context"}`` objects, pairs
+    of texts, prompts)."""
 
     model_config = ConfigDict(extra="forbid")
     text: str | None = None
     texts: list[str] | None = None
+    inputs: list[Any] | None = None
 
     @model_validator(mode="after")
     def _one_of(self):
-        if (self.text is None) == (self.texts is None):
-            raise ValueError("give exactly one of 'text' (a string) or 'texts' (a list of strings)")
-        if self.texts is not None and not self.texts:
-            raise ValueError("'texts' is empty")
+        given = [name for name in ("text", "texts", "inputs") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'text' (a string), 'texts' (a list of strings) or 'inputs' "
+                             "(a list of the run's inputs)")  # fmt: skip
+        if given[0] != "text" and not getattr(self, given[0]):
+            raise ValueError(f"'{given[0]}' is empty")
         return self
+
+    def items(self) -> list:
+        """The inputs to predict, in order."""
+        return [self.text] if self.text is not None else self.texts if self.texts is not None else self.inputs
+
+
+def _characters(item: Any) -> int:
+    """The characters of text in one input (a string, or the strings inside an object or list)."""
+    if isinstance(item, str):
+        return len(item)
+    if isinstance(item, dict):
+        return sum(_characters(v) for v in item.values())
+    if isinstance(item, list):
+        return sum(_characters(v) for v in item)
+    return 0
 
 
 class _Refused(Exception):
@@ -307,10 +352,10 @@ class _Service:
                 {"field": ".".join(map(str, e["loc"])) or "(body)", "problem": e["msg"]} for e in error.errors()
             ]
             raise _Refused(422, problems) from None
-        texts = [parsed.text] if parsed.text is not None else parsed.texts
+        texts = parsed.items()
         if len(texts) > self.max_batch:
             raise _Refused(413, f"{len(texts)} texts in one request; the limit is {self.max_batch}")
-        longest = max(len(t) for t in texts)
+        longest = max(_characters(t) for t in texts)
         if longest > self.max_text_chars:
             raise _Refused(413, f"a text has {longest} characters; the limit is {self.max_text_chars}")
         return parsed, texts
@@ -324,6 +369,8 @@ class _Service:
             return self.refuse(refused.status, refused.detail)
         try:
             results = await self.batcher.submit(texts)
+        except TunesmithError as error:  # an input the task cannot take: the task's message names it
+            return self.refuse(422, str(error))
         except Exception as error:  # noqa: BLE001 - a failed model call must answer, not hang
             return self.refuse(500, f"prediction failed: {type(error).__name__}: {error}")
         self.stats.request(200, time.perf_counter() - started)

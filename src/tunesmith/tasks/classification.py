@@ -404,6 +404,11 @@ class TextClassificationTask(LabelSpace):
             usage='`tunesmith predict RUN_DIR --text "..."`.',
         )
 
+    def export_features(self, processor: Any, inputs: list) -> list[dict]:
+        """Token ids of texts, whitespace collapsed and cut to max_length as in training."""
+        texts = [" ".join(text.split()) for text in check_texts(inputs, self.kind)]
+        return encode_features(processor, texts, None, self.max_length)[0]
+
     def export_inputs(self, processor: Any, features: list[dict]) -> ExportBatch:
         """Features (those of :meth:`encode`) as one batch of an exported model's int64 inputs,
         padded to the batch's longest row; batch and sequence sizes vary."""

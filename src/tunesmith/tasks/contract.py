@@ -242,6 +242,15 @@ class Exportable(Task, Protocol):
     measured per batch at run time: text encoders) or "static" (activation ranges calibrated
     on up to 256 training rows: convolutional image models, where dynamic ranges cost labels)."""
 
+    def export_features(self, processor: Any, inputs: list) -> list[dict]:
+        """Raw inputs (as :meth:`Task.predict` takes them) as the features :meth:`export_inputs`
+        batches: how ``serve`` feeds an exported ONNX model.
+
+        Raises:
+            TunesmithError: an input of the wrong kind, naming its position.
+        """
+        ...
+
     def export_inputs(self, processor: Any, features: list[dict]) -> ExportBatch:
         """A batch of features (those of ``encode``) as the exported model's named inputs; export
         feeds the same batch to the PyTorch model and to the exported one."""

@@ -468,6 +468,10 @@ class ImageClassificationTask(TextClassificationTask):
         return {"type": self.kind, "label_names": self.label_names, "image_size": self.image_size}
 
     # -- export ----------------------------------------------------------------------------------------
+    def export_features(self, processor: ImagePreprocessor, inputs: list) -> list[dict]:
+        """Decoded images of the files (or folders) given."""
+        return [{"path": str(path), "image": read_image(path), "labels": 0} for path in image_paths(inputs)]
+
     def export_inputs(self, processor: ImagePreprocessor, features: list[dict]) -> ExportBatch:
         """The batch's normalised pixels (never augmented), any number of images."""
         pixels = self.pixels(processor, features, augment=False).numpy()

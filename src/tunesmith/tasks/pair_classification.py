@@ -49,7 +49,7 @@ class PairClassificationTask(TextClassificationTask):
     first_column: str = "sentence1"
     second_column: str = "sentence2"
     kind: ClassVar[str] = "pair_classification"
-    stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "tune", "export"})
+    stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "tune", "export", "serve"})
     forgetting_probe: ClassVar[str | None] = None
     detects_label_errors: ClassVar[bool] = False  # the label-error search reads one text column
 
@@ -189,6 +189,16 @@ class PairClassificationTask(TextClassificationTask):
                                 device=next(model.parameters()).device)  # fmt: skip
         rows = self.prediction_rows(logits, temperature)
         return [{FIRST: a, SECOND: b, **row, **text_warning(a and b)} for (a, b), row in zip(pairs, rows)]
+
+    def export_features(self, processor: Any, inputs: list) -> list[dict]:
+        """Pair encodings of raw pairs, as in training."""
+        pairs = self.pairs_of(inputs)
+        return self.encode_pairs(processor, [a for a, _ in pairs], [b for _, b in pairs], None)[0]
+
+    def rows_from_logits(self, inputs: list, logits, *, temperature: float | None = None) -> list[dict]:
+        """The label and class scores of each pair, with the pair."""
+        rows = self.prediction_rows(logits, temperature)
+        return [{FIRST: a, SECOND: b, **row} for (a, b), row in zip(self.pairs_of(inputs), rows)]
 
     def read_inputs(self, path: Path) -> list:
         """The pairs of a prediction input file: a table with the two text columns."""

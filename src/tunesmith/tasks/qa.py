@@ -354,7 +354,7 @@ class QuestionAnsweringTask:
     """model.max_length: tokens per window."""
     kind: ClassVar[str] = "question_answering"
     type: ClassVar[str] = "question_answering"
-    stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "tune"})
+    stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "tune", "serve"})
     peft_task_type: ClassVar[str | None] = "QUESTION_ANS"
     auto_class: ClassVar[str] = "AutoModelForQuestionAnswering"
     calibrates: ClassVar[bool] = False

@@ -152,7 +152,7 @@ class Seq2SeqTask:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     type: ClassVar[str] = "seq2seq"
     kind: ClassVar[str] = "seq2seq"
-    stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "tune"})
+    stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "tune", "serve"})
     default_metric: ClassVar[tuple[str, str]] = ("loss", "min")
     metric_names: ClassVar[list[str]] = ["loss", "perplexity"]
     peft_task_type: ClassVar[str | None] = "SEQ_2_SEQ_LM"

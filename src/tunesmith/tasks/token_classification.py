@@ -342,7 +342,7 @@ class TokenClassificationTask:
     """model.max_length: subwords per sentence."""
     kind: ClassVar[str] = "token_classification"
     type: ClassVar[str] = "token_classification"
-    stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "tune"})
+    stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "tune", "serve"})
     peft_task_type: ClassVar[str | None] = "TOKEN_CLS"
     auto_class: ClassVar[str] = "AutoModelForTokenClassification"
     calibrates: ClassVar[bool] = False
