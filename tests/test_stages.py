@@ -42,7 +42,7 @@ def test_the_image_task_goes_by_its_kind_not_its_single_label_type():
     assert image.type == "single_label" and image.kind == "image_classification"
     assert "export" in image.stages and "serve" not in image.stages and "retrain" not in image.stages
     with pytest.raises(TunesmithError, match="^serve does not cover image_classification runs yet; it covers: "
-                                              "single_label, multi_label, regression, seq2seq, "):  # fmt: skip
+                                              "single_label, multi_label, regression, causal_lm, "):  # fmt: skip
         require_stage(image, "serve")
     require_stage(build_task(load_config(None, [])), "retrain")  # single_label text: supported, no error
 

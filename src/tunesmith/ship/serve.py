@@ -39,7 +39,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from tunesmith.config import config_from_dict
 from tunesmith.errors import TunesmithError
 from tunesmith.models.load import ResolvedModel, check_weights
+from tunesmith.ship.http import UNAUTHORISED, Refused
+from tunesmith.ship.openai_api import add_openai_routes
 from tunesmith.tasks import build_task, require_stage
+from tunesmith.tasks.contract import Chat
 from tunesmith.tasks.run import load_run
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -261,9 +264,6 @@ class Batcher:
         return results
 
 
-UNAUTHORISED = "missing or wrong API key (send it as X-API-Key or Authorization: Bearer)"
-
-
 class PredictRequest(BaseModel):
     """The body of ``POST /predict``: one text, a non-empty list of texts, or a non-empty list of
     ``inputs`` as the run's task takes them (texts, ``{"question", "context"}`` objects, pairs
@@ -300,20 +300,13 @@ def _characters(item: Any) -> int:
     return 0
 
 
-class _Refused(Exception):
-    """A request answered with an error status and a ``detail`` that says what is wrong."""
-
-    def __init__(self, status: int, detail: Any) -> None:
-        super().__init__(status, detail)
-        self.status, self.detail = status, detail
-
-
-class _Service:
+class Service:
     """What the routes share: the predictor behind its batcher, the counters, the key and the limits."""
 
     def __init__(self, predictor: Predictor, stats: Stats, batcher: Batcher, *, api_key: str | None,
                  max_batch: int, max_text_chars: int, max_body_bytes: int) -> None:  # fmt: skip
         self.predictor, self.stats, self.batcher, self.api_key = predictor, stats, batcher, api_key
+        self.executor = batcher.executor  # the model's one thread, shared with the OpenAI routes
         self.max_batch, self.max_text_chars, self.max_body_bytes = max_batch, max_text_chars, max_body_bytes
 
     def refuse(self, status: int, detail: Any) -> JSONResponse:
@@ -329,18 +322,18 @@ class _Service:
         if bearer.lower().startswith("bearer "):
             given = given or bearer[7:]
         if given is None or not hmac.compare_digest(given.encode(), self.api_key.encode()):
-            raise _Refused(401, UNAUTHORISED)
+            raise Refused(401, UNAUTHORISED)
 
     async def read_body(self, request: Request) -> bytearray:
         """The body, refused (413) past max_body_bytes, declared or streamed."""
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise _Refused(413, f"the body is {declared} bytes; the limit is {self.max_body_bytes}")
+            raise Refused(413, f"the body is {declared} bytes; the limit is {self.max_body_bytes}")
         body = bytearray()
         async for chunk in request.stream():  # a body without Content-Length is cut off at the limit
             body.extend(chunk)
             if len(body) > self.max_body_bytes:
-                raise _Refused(413, f"the body is over {self.max_body_bytes} bytes; the limit is {self.max_body_bytes}")
+                raise Refused(413, f"the body is over {self.max_body_bytes} bytes; the limit is {self.max_body_bytes}")
         return body
 
     def parse(self, body: bytearray) -> tuple[PredictRequest, list[str]]:
@@ -351,13 +344,13 @@ class _Service:
             problems = [
                 {"field": ".".join(map(str, e["loc"])) or "(body)", "problem": e["msg"]} for e in error.errors()
             ]
-            raise _Refused(422, problems) from None
+            raise Refused(422, problems) from None
         texts = parsed.items()
         if len(texts) > self.max_batch:
-            raise _Refused(413, f"{len(texts)} texts in one request; the limit is {self.max_batch}")
+            raise Refused(413, f"{len(texts)} texts in one request; the limit is {self.max_batch}")
         longest = max(_characters(t) for t in texts)
         if longest > self.max_text_chars:
-            raise _Refused(413, f"a text has {longest} characters; the limit is {self.max_text_chars}")
+            raise Refused(413, f"a text has {longest} characters; the limit is {self.max_text_chars}")
         return parsed, texts
 
     async def predict(self, request: Request) -> Any:
@@ -365,7 +358,7 @@ class _Service:
         try:
             self.check_key(request)
             parsed, texts = self.parse(await self.read_body(request))
-        except _Refused as refused:
+        except Refused as refused:
             return self.refuse(refused.status, refused.detail)
         try:
             results = await self.batcher.submit(texts)
@@ -380,7 +373,7 @@ class _Service:
         """``answer()``, or the 401 for a request without the API key."""
         try:
             self.check_key(request)
-        except _Refused as refused:
+        except Refused as refused:
             return self.refuse(refused.status, refused.detail)
         return answer()
 
@@ -396,7 +389,7 @@ def create_app(source: str | Path, *, api_key: str | None = None, max_batch: int
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
     batcher = Batcher(predictor, stats, max_batch=max_batch, window=batch_window_ms / 1000, log_path=log)
-    service = _Service(predictor, stats, batcher, api_key=api_key, max_batch=max_batch, max_text_chars=max_text_chars,
+    service = Service(predictor, stats, batcher, api_key=api_key, max_batch=max_batch, max_text_chars=max_text_chars,
                        max_body_bytes=max_body_bytes)  # fmt: skip
 
     @asynccontextmanager
@@ -417,10 +410,12 @@ def create_app(source: str | Path, *, api_key: str | None = None, max_batch: int
     if api_key is not None:
         _add_private_docs(app, service)
     _add_model_routes(app, service)
+    if isinstance(predictor.scorer, Chat):  # a kind that chats also speaks the OpenAI API
+        add_openai_routes(app, service, model_id=Path(predictor.metadata["source"]).name)
     return app
 
 
-def _add_private_docs(app: FastAPI, service: _Service) -> None:
+def _add_private_docs(app: FastAPI, service: Service) -> None:
     """/openapi.json, /docs and /redoc behind the API key."""
     from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 
@@ -437,7 +432,7 @@ def _add_private_docs(app: FastAPI, service: _Service) -> None:
         return service.guarded(request, lambda: get_redoc_html(openapi_url="/openapi.json", title="tunesmith"))
 
 
-def _add_model_routes(app: FastAPI, service: _Service) -> None:
+def _add_model_routes(app: FastAPI, service: Service) -> None:
     """/metadata, /metrics and /predict."""
 
     @app.get("/metadata")

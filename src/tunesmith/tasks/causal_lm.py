@@ -35,7 +35,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.models.load import ResolvedModel, load_causal_lm, load_tokenizer, pad_token_id
 from tunesmith.runs import atomic_write
 from tunesmith.tasks.confidence import bootstrap_means
-from tunesmith.tasks.contract import CardText, Encoded, ScoreContext
+from tunesmith.tasks.contract import CardText, Completion, Encoded, Sampling, ScoreContext
 from tunesmith.tasks.inputs import check_texts, read_texts
 
 IGNORE = -100
@@ -388,7 +388,7 @@ class CausalLMTask:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     type: ClassVar[str] = "causal_lm"
     kind: ClassVar[str] = "causal_lm"
-    stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "chat", "tune", "forgetting"})
+    stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "chat", "tune", "forgetting", "serve"})
     default_metric: ClassVar[tuple[str, str]] = ("loss", "min")
     metric_names: ClassVar[list[str]] = ["loss", "perplexity"]
     peft_task_type: ClassVar[str | None] = "CAUSAL_LM"
@@ -523,6 +523,14 @@ class CausalLMTask:
         """The conversation so far, rendered as in training, ending where the assistant answers."""
         return generation_prompt(tokenizer, [*messages, {"role": "assistant", "content": ""}], self.chat_template)[0]
 
+    def complete(self, model, tokenizer, prompts: list[str], sampling: Sampling) -> list[Completion]:
+        """Completions of rendered prompts, generated together (see :func:`complete`)."""
+        return complete(model, tokenizer, prompts, sampling)
+
+    def stream(self, model, tokenizer, prompt: str, sampling: Sampling, run: Callable):
+        """The completion of one rendered prompt as text pieces (see :func:`stream`)."""
+        return stream(model, tokenizer, prompt, sampling, run)
+
     def reply(self, model, tokenizer, messages: list[dict[str, str]]) -> str:
         """The model's next assistant turn after a conversation (``tunesmith chat``).
 
@@ -597,6 +605,63 @@ def generate(model, tokenizer, prompts: list[str], settings, *, device="cpu", pr
             progress(len(indices))
     model.train(was_training)
     return out
+
+
+def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
+    """``text`` up to the first stop string, and whether one was found."""
+    ends = [text.find(s) for s in stop if s and s in text]
+    return (text[: min(ends)], True) if ends else (text, False)
+
+
+@torch.no_grad()
+def complete(model, tokenizer, prompts: list[str], sampling: Sampling) -> list[Completion]:
+    """Completions of rendered prompts generated together in one left-padded batch (the KV
+    cache of transformers' ``generate``), in order; greedy decoding gives what ``generate``
+    gives for the same prompt alone."""
+    if sampling.seed is not None:
+        torch.manual_seed(sampling.seed)
+    was_training = model.training
+    model.eval()
+    device, pad = model_device(model), pad_token_id(tokenizer)
+    encoded = [tokenizer(p, add_special_tokens=tokenizer.chat_template is None)["input_ids"] for p in prompts]
+    longest = max(len(e) for e in encoded)
+    ids = torch.tensor([[pad] * (longest - len(e)) + e for e in encoded], device=device)
+    mask = torch.tensor([[0] * (longest - len(e)) + [1] * len(e) for e in encoded], device=device)
+    generated = model.generate(input_ids=ids, attention_mask=mask, **sampling.options(pad, tokenizer.eos_token_id))
+    model.train(was_training)
+    found = []
+    for row, prompt_ids in zip(generated[:, longest:].tolist(), encoded):
+        ended = tokenizer.eos_token_id in row
+        row = row[: row.index(tokenizer.eos_token_id)] if ended else row
+        text, stopped = cut_at_stop(tokenizer.decode(row, skip_special_tokens=True), sampling.stop)
+        tokens = len(tokenizer(text, add_special_tokens=False)["input_ids"]) if stopped else len(row)
+        found.append(Completion(text.strip(), len(prompt_ids), tokens,
+                                "stop" if ended or stopped else "length"))  # fmt: skip
+    return found
+
+
+def stream(model, tokenizer, prompt: str, sampling: Sampling, run: Callable[[Callable[[], Any]], Any]):
+    """The completion of one prompt as text pieces while it is generated (a transformers
+    ``TextIteratorStreamer``); ``run(work)`` runs the generation (the server's model thread).
+
+    Yields:
+        Pieces of text; joined and stripped, they are ``complete``'s text for the same prompt.
+    """
+    from transformers import TextIteratorStreamer
+
+    if sampling.seed is not None:
+        torch.manual_seed(sampling.seed)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    ids = tokenizer(prompt, add_special_tokens=tokenizer.chat_template is None, return_tensors="pt")
+    device = model_device(model)
+
+    def work():
+        with torch.no_grad():
+            model.generate(input_ids=ids["input_ids"].to(device), attention_mask=ids["attention_mask"].to(device),
+                           streamer=streamer, **sampling.options(pad_token_id(tokenizer), tokenizer.eos_token_id))  # fmt: skip
+
+    run(work)
+    return streamer
 
 
 def example_scores(predictions: list[str], references: list[str]) -> dict[str, np.ndarray]:

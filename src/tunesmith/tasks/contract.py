@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # annotations only: the contract itself imports nothing heavy
     import pandas as pd
     import torch
 
-    from tunesmith.config import Config, DataConfig, EvaluationConfig
+    from tunesmith.config import Config, DataConfig, EvaluationConfig, GenerationConfig
     from tunesmith.data.prepare import PreparedData
     from tunesmith.models.load import ResolvedModel
 
@@ -103,6 +103,37 @@ class ExportBatch:
     dynamic_axes: dict[str, dict[int, str]]
     """Per input, the axes whose size changes from batch to batch (``{0: "batch", 1: "sequence"}``);
     the ONNX model takes any size there."""
+
+
+@dataclass
+class Sampling:
+    """How one request generates (the OpenAI API's options): ``temperature`` 0 is greedy
+    decoding, as ``tunesmith predict`` does; ``stop`` strings end a completion early."""
+
+    max_new_tokens: int
+    temperature: float = 0.0
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def options(self, pad_token_id: int, eos_token_id: int | None) -> dict[str, Any]:
+        """transformers ``generate`` options for these settings."""
+        options = {"max_new_tokens": self.max_new_tokens, "do_sample": self.temperature > 0,
+                   "pad_token_id": pad_token_id, "eos_token_id": eos_token_id}  # fmt: skip
+        if self.temperature > 0:
+            options |= {"temperature": self.temperature, "top_p": self.top_p}
+        return options
+
+
+@dataclass
+class Completion:
+    """One generated completion and its token counts."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    """"stop" (end of turn or a stop string) or "length" (max_new_tokens reached)."""
 
 
 @runtime_checkable
@@ -276,7 +307,25 @@ class Exportable(Task, Protocol):
 
 @runtime_checkable
 class Chat(Task, Protocol):
-    """What ``chat`` asks beyond :class:`Task` (kinds with "chat" in ``stages``)."""
+    """What ``chat`` and the OpenAI-compatible routes of ``serve`` ask beyond :class:`Task`
+    (kinds with "chat" in ``stages``)."""
+
+    generation: GenerationConfig
+    """The run's generation settings: the defaults of a request that does not set them."""
+
+    def prompt(self, processor: Any, messages: list[dict[str, str]]) -> str:
+        """A conversation rendered as in training (the chat template), ending where the
+        assistant answers."""
+        ...
+
+    def complete(self, model: Any, processor: Any, prompts: list[str], sampling: Sampling) -> list[Completion]:
+        """Completions of rendered prompts, generated together in one batch."""
+        ...
+
+    def stream(self, model: Any, processor: Any, prompt: str, sampling: Sampling, run: Callable) -> Any:
+        """An iterator of text pieces of one prompt's completion; ``run(work)`` runs the
+        generation (on the server's model thread)."""
+        ...
 
     def reply(self, model: Any, processor: Any, messages: list[dict[str, str]]) -> str:
         """The model's next turn in a conversation (``{"role", "content"}`` messages), the chat
