@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import socket
-import urllib.error
-import urllib.request
 import threading
 import time
+import urllib.error
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
