@@ -252,8 +252,10 @@ def test_bad_record_in_a_run_names_file_and_record(tiny_llama_dir, tmp_path):
     lines = path.read_text().splitlines()
     lines[4] = json.dumps({"instruction": "Say nothing.", "input": ""})
     path.write_text("\n".join(lines) + "\n")
+    strict = _lm_config(tiny_llama_dir, path, tmp_path / "run")
+    strict["data"]["clean"] = {"drop_empty": False}  # by default the record is dropped and logged instead
     with pytest.raises(TunesmithError, match=r"records.jsonl, record 5: the output is missing"):
-        tunesmith.train(_lm_config(tiny_llama_dir, path, tmp_path / "run"))
+        tunesmith.train(strict)
     assert not (tmp_path / "run").exists()
 
 

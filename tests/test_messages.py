@@ -210,7 +210,7 @@ def test_serve_refuses_a_taken_port_before_loading_or_announcing(tmp_path):
 
 
 class _Stub:
-    backend, metadata = "stub", {"source": "stub"}
+    backend, metadata, scorer = "stub", {"source": "stub"}, None
 
 
 @pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json"])
