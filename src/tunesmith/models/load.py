@@ -429,3 +429,21 @@ def pad_token_id(processor) -> int:
     if getattr(processor, "pad_token_id", None) is not None:
         return processor.pad_token_id
     return processor.eos_token_id if getattr(processor, "eos_token_id", None) is not None else 0
+
+
+def text_processor(resolved: ResolvedModel, *, max_length: int, trained: bool = False):
+    """A text task's tokenizer: the pretrained model's, checked against ``max_length``
+    (model.max_length), or with ``trained`` a trained run's as saved (``resolved.location``)."""
+    if trained:
+        from transformers import AutoTokenizer  # seconds to import: only when a model loads
+
+        return AutoTokenizer.from_pretrained(resolved.location)
+    return load_tokenizer(resolved, max_length=max_length)
+
+
+def load_trained_model(auto_class: str, model_dir: str | Path):
+    """A trained model saved in plain transformers format, through its Auto class's name
+    (``AutoModelForTokenClassification``, ...)."""
+    import transformers
+
+    return getattr(transformers, auto_class).from_pretrained(model_dir)

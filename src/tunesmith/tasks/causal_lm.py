@@ -32,7 +32,13 @@ from tunesmith.data.batching import eval_batches
 from tunesmith.data.load import read_table
 from tunesmith.data.prepare import PreparedData, prepare_records
 from tunesmith.errors import TunesmithError
-from tunesmith.models.load import ResolvedModel, load_causal_lm, load_tokenizer, pad_token_id
+from tunesmith.models.load import (
+    ResolvedModel,
+    load_causal_lm,
+    load_trained_model,
+    pad_token_id,
+    text_processor,
+)
 from tunesmith.runs import atomic_write
 from tunesmith.tasks.confidence import bootstrap_means
 from tunesmith.tasks.contract import CardText, Completion, Encoded, Sampling, ScoreContext
@@ -424,21 +430,15 @@ class CausalLMTask:
     # -- model ---------------------------------------------------------------------------
     def load_processor(self, resolved: ResolvedModel, *, trained: bool = False) -> Any:
         """The tokenizer, checked against model.max_length; a trained run's as saved."""
-        if trained:
-            from transformers import AutoTokenizer  # seconds to import: only when a model loads
-
-            return AutoTokenizer.from_pretrained(resolved.location)
-        return load_tokenizer(resolved, max_length=self.max_length)
+        return text_processor(resolved, max_length=self.max_length, trained=trained)
 
     def load_model(self, resolved: ResolvedModel, dropout: float | None) -> tuple[Any, list[str]]:
         """The pretrained decoder with its own language-model head (no new parameters, normally)."""
         return load_causal_lm(resolved, dropout=dropout)
 
     def load_trained(self, model_dir: Path) -> Any:
-        """A trained run's model from its ``model/`` directory."""
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(model_dir)
+        """A trained run's model (``auto_class``) from its ``model/`` directory."""
+        return load_trained_model(self.auto_class, model_dir)
 
     # -- training ------------------------------------------------------------------------
     def encode(self, processor: Any, splits: dict[str, pd.DataFrame]) -> Encoded:

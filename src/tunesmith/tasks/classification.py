@@ -24,7 +24,13 @@ from tunesmith.data.balance import class_weights
 from tunesmith.data.batching import eval_batches, pad_batch
 from tunesmith.data.prepare import PreparedData, load_examples, prepare_data
 from tunesmith.errors import TunesmithError
-from tunesmith.models.load import ResolvedModel, load_sequence_classifier, load_tokenizer, pad_token_id
+from tunesmith.models.load import (
+    ResolvedModel,
+    load_sequence_classifier,
+    load_trained_model,
+    pad_token_id,
+    text_processor,
+)
 from tunesmith.tasks import metrics as metric_fns
 from tunesmith.tasks.confidence import confidence_report, fit_temperature
 from tunesmith.tasks.contract import CardText, Encoded, ExportBatch, ScoreContext
@@ -182,13 +188,8 @@ class TextClassificationTask(LabelSpace):
 
     # -- model --------------------------------------------------------------------
     def load_processor(self, resolved: ResolvedModel, *, trained: bool = False) -> Any:
-        """The pretrained model's tokenizer, checked against model.max_length; with
-        ``trained=True``, a trained run's tokenizer (``resolved.location``: its model directory)."""
-        if trained:
-            from transformers import AutoTokenizer  # transformers loads slowly: only when a model does
-
-            return AutoTokenizer.from_pretrained(resolved.location)
-        return load_tokenizer(resolved, max_length=self.max_length)
+        """The tokenizer, checked against model.max_length; a trained run's as saved."""
+        return text_processor(resolved, max_length=self.max_length, trained=trained)
 
     def load_model(self, resolved: ResolvedModel, dropout: float | None) -> tuple[Any, list[str]]:
         """The pretrained encoder with a sequence-classification head for the label space."""
@@ -197,9 +198,7 @@ class TextClassificationTask(LabelSpace):
 
     def load_trained(self, model_dir: Path) -> Any:
         """A trained run's model (``auto_class``) from its ``model/`` directory."""
-        import transformers
-
-        return getattr(transformers, self.auto_class).from_pretrained(model_dir)
+        return load_trained_model(self.auto_class, model_dir)
 
     def encode(self, processor: Any, splits: dict[str, pd.DataFrame]) -> Encoded:
         """Token ids and targets per split, cut to max_length; with data.balance.method

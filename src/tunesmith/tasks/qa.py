@@ -45,6 +45,7 @@ from tunesmith.data.load import (
     scrub,
 )
 from tunesmith.errors import TunesmithError
+from tunesmith.models.load import load_trained_model, text_processor
 from tunesmith.tasks.confidence import bootstrap_sums
 from tunesmith.tasks.contract import CardText, Encoded, ScoreContext
 
@@ -400,15 +401,9 @@ class QuestionAnsweringTask:
         return [f"{q}\n{c}" for q, c in zip(frame["question"], frame["context"])]
 
     # -- model -----------------------------------------------------------------------------------------
-    def load_processor(self, resolved: ResolvedModel, *, trained: bool = False):
-        """The model's tokenizer (checked against model.max_length), or a trained run's as saved."""
-        from transformers import AutoTokenizer
-
-        from tunesmith.models.load import load_tokenizer
-
-        if trained:
-            return AutoTokenizer.from_pretrained(resolved.location)
-        return load_tokenizer(resolved, max_length=self.max_length)
+    def load_processor(self, resolved: ResolvedModel, *, trained: bool = False) -> Any:
+        """The tokenizer, checked against model.max_length; a trained run's as saved."""
+        return text_processor(resolved, max_length=self.max_length, trained=trained)
 
     def load_model(self, resolved: ResolvedModel, dropout: float | None) -> tuple[Any, list[str]]:
         from transformers import AutoModelForQuestionAnswering
@@ -417,10 +412,9 @@ class QuestionAnsweringTask:
 
         return load_with_head(AutoModelForQuestionAnswering, resolved, label_names=["start", "end"], dropout=dropout)
 
-    def load_trained(self, model_dir: Path):
-        from transformers import AutoModelForQuestionAnswering
-
-        return AutoModelForQuestionAnswering.from_pretrained(model_dir)
+    def load_trained(self, model_dir: Path) -> Any:
+        """A trained run's model (``auto_class``) from its ``model/`` directory."""
+        return load_trained_model(self.auto_class, model_dir)
 
     # -- training --------------------------------------------------------------------------------------
     def encode_frame(self, tokenizer, frame: pd.DataFrame) -> tuple[list[dict], int]:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.errors import TunesmithError
+from tunesmith.models.load import load_trained_model, text_processor
 from tunesmith.tasks.confidence import bootstrap_sums
 from tunesmith.tasks.contract import CardText, Encoded, ScoreContext
 from tunesmith.tasks.inputs import check_texts, read_texts
@@ -389,25 +390,18 @@ class TokenClassificationTask:
         return [" ".join(tokens) for tokens in frame["tokens"]]
 
     # -- model -----------------------------------------------------------------------------------------
-    def load_processor(self, resolved: ResolvedModel, *, trained: bool = False):
-        """The model's tokenizer (checked against model.max_length), or a trained run's as saved."""
-        from transformers import AutoTokenizer
-
-        from tunesmith.models.load import load_tokenizer
-
-        if trained:
-            return AutoTokenizer.from_pretrained(resolved.location)
-        return load_tokenizer(resolved, max_length=self.max_length)
+    def load_processor(self, resolved: ResolvedModel, *, trained: bool = False) -> Any:
+        """The tokenizer, checked against model.max_length; a trained run's as saved."""
+        return text_processor(resolved, max_length=self.max_length, trained=trained)
 
     def load_model(self, resolved: ResolvedModel, dropout: float | None) -> tuple[Any, list[str]]:
         from tunesmith.models.load import load_token_classifier
 
         return load_token_classifier(resolved, label_names=self.tag_names, dropout=dropout)
 
-    def load_trained(self, model_dir: Path):
-        from transformers import AutoModelForTokenClassification
-
-        return AutoModelForTokenClassification.from_pretrained(model_dir)
+    def load_trained(self, model_dir: Path) -> Any:
+        """A trained run's model (``auto_class``) from its ``model/`` directory."""
+        return load_trained_model(self.auto_class, model_dir)
 
     # -- training --------------------------------------------------------------------------------------
     def encode_frame(self, tokenizer, frame: pd.DataFrame) -> tuple[list[dict], int]:
