@@ -84,6 +84,8 @@ def test_completions_n_stop_and_concurrent_requests(served):
     model = run.name
     three = client.completions.create(model=model, prompt="blue blue", n=3, max_tokens=3, temperature=0)
     assert len(three.choices) == 3 and len({c.text for c in three.choices}) == 1  # greedy: the same three times
+    one = client.completions.create(model=model, prompt="blue blue", max_tokens=3, temperature=0)
+    assert three.usage.prompt_tokens == one.usage.prompt_tokens  # the prompt counts once, as OpenAI counts it
     with ThreadPoolExecutor(4) as pool:  # batched together or not, greedy answers do not change
         found = list(pool.map(lambda _: client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": PROMPT}], temperature=0).choices[0].message.content,

@@ -170,7 +170,7 @@ def add_openai_routes(app: FastAPI, gate: Gate, model_id: str) -> None:
             return _error(gate, 500, f"generation failed: {type(error).__name__}: {error}")
         gate.stats.request(200, time.perf_counter() - started)
         gate.stats.predictions += len(found)
-        return _response(found, model_id, chat)
+        return _response(found, parsed.n, model_id, chat)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
@@ -232,8 +232,8 @@ def _prompts(parsed: CompletionRequest, gate: Gate, *, chat: bool) -> list[str]:
     return [predictor.scorer.prompt(predictor.tokenizer, messages)]
 
 
-def _response(found: list[Completion], model_id: str, chat: bool) -> dict[str, Any]:
-    prompt_tokens = sum({id(c): c.prompt_tokens for c in found}.values())
+def _response(found: list[Completion], n: int, model_id: str, chat: bool) -> dict[str, Any]:
+    prompt_tokens = sum(c.prompt_tokens for c in found[::n])  # each prompt once, however many choices it has
     choices = [({"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason}
                 if chat else {"index": i, "text": c.text, "finish_reason": c.finish_reason, "logprobs": None})
                for i, c in enumerate(found)]  # fmt: skip

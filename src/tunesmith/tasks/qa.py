@@ -45,8 +45,8 @@ from tunesmith.data.load import (
     scrub,
 )
 from tunesmith.errors import TunesmithError
-from tunesmith.models.load import load_trained_model, text_processor
-from tunesmith.tasks.confidence import bootstrap_sums
+from tunesmith.models.load import load_trained_model, pad_token_id, text_processor
+from tunesmith.tasks.confidence import bootstrap_means
 from tunesmith.tasks.contract import CardText, Encoded, ScoreContext
 
 if TYPE_CHECKING:
@@ -514,16 +514,12 @@ class QuestionAnsweringTask:
     ) -> dict[str, Any]:
         """Exact match and F1 (with bootstrap intervals over questions), the has/no-answer parts,
         loss and window count (the answers travel in the features, so ``frame`` is not read)."""
-        from tunesmith.models.load import pad_token_id
-
         found, metrics = self._answered(model, features, batch_size=context.batch_size,
                                         pad_token_id=pad_token_id(processor), device=context.device)  # fmt: skip
         exact, f1 = question_scores([a["text"] for a in found], [a["gold"] for a in found])
         evaluation = context.evaluation
-        intervals = bootstrap_sums(np.stack([exact, f1], axis=1).reshape(-1, 2),
-                                   lambda sums: {"exact_match": sums[:, 0] / len(exact), "f1": sums[:, 1] / len(exact)},
-                                   samples=evaluation.bootstrap_samples, level=evaluation.confidence_level,
-                                   seed=context.seed)  # fmt: skip
+        intervals = bootstrap_means({"exact_match": exact, "f1": f1}, samples=evaluation.bootstrap_samples,
+                                    level=evaluation.confidence_level, seed=context.seed)  # fmt: skip
         if intervals:
             metrics["confidence_intervals"], metrics["confidence_level"] = intervals, evaluation.confidence_level
         return metrics
@@ -531,8 +527,6 @@ class QuestionAnsweringTask:
     # -- prediction ------------------------------------------------------------------------------------
     def predict(self, model, processor, inputs: list, *, temperature: float | None = None) -> list[dict]:
         """Answers for ``{"question", "context"}`` records: text, character offsets, score."""
-        from tunesmith.models.load import pad_token_id
-
         rows = []
         for number, record in enumerate(inputs, 1):
             if not isinstance(record, dict) or not all(isinstance(record.get(k), str) and record[k].strip()

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from tunesmith.errors import TunesmithError
-from tunesmith.models.load import load_trained_model, text_processor
+from tunesmith.models.load import load_trained_model, pad_token_id, text_processor
 from tunesmith.tasks.confidence import bootstrap_sums
 from tunesmith.tasks.contract import CardText, Encoded, ScoreContext
 from tunesmith.tasks.inputs import check_texts, read_texts
@@ -498,8 +498,6 @@ class TokenClassificationTask:
     ) -> dict[str, Any]:
         """Entity scores against the table's word tags (words cut off by truncation count as
         missed), per type, with bootstrap intervals over sentences for the overall scores."""
-        from tunesmith.models.load import pad_token_id
-
         probabilities = self.probabilities(model, features, batch_size=context.batch_size,
                                            pad_token_id=pad_token_id(processor), device=context.device)  # fmt: skip
         gold = [list(tags) for tags in frame["tags"]]
@@ -519,8 +517,6 @@ class TokenClassificationTask:
         Raises:
             TunesmithError: an input that is not a text, naming its position.
         """
-        from tunesmith.models.load import pad_token_id
-
         inputs = check_texts(inputs, self.kind)
         words = [words_with_offsets(t) for t in inputs]
         frame = pd.DataFrame({"tokens": [[w for w, _, _ in ws] or ["."] for ws in words],
