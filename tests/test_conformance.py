@@ -173,25 +173,34 @@ def _check_stage(kind: str, stage: str, run: dict, tmp_path: Path) -> None:
             report = export(run_dir, tmp_path / "hf", fmt="hf", rows=4, log=lambda m: None)
             assert report["models"] and (tmp_path / "hf").is_dir()
         case "serve":
+            import base64
+
             from fastapi.testclient import TestClient
 
             from tunesmith.ship.serve import create_app
 
+            # A server takes an image's bytes, never a path (its rows have no path).
+            body = ({"images": [base64.b64encode(Path(p).read_bytes()).decode() for p in inputs]}
+                    if kind == "image_classification" else {"inputs": inputs})  # fmt: skip
             with TestClient(create_app(run_dir)) as client:
-                response = client.post("/predict", json={"inputs": inputs})
+                response = client.post("/predict", json=body)
             assert response.status_code == 200, response.text
-            assert response.json()["predictions"] == tunesmith.predict(run_dir, inputs)  # what predict says
+            expected = [{k: v for k, v in row.items() if k != "path"} for row in tunesmith.predict(run_dir, inputs)]
+            assert response.json()["predictions"] == expected  # what predict says
         case "monitor":
             from tunesmith.ship.monitor import monitor
 
-            live = write_table(tmp_path / "live.csv", sentiment_rows(20, seed=9))
-            assert monitor(run_dir, live, tmp_path / "monitor", log=lambda m: None)["checks"]
+            rows = tunesmith.predict(run_dir, inputs * 10)  # a serve --log of them, as serve writes it
+            live = write_table(tmp_path / "live.jsonl", [{"time": "t", "text" if isinstance(x, str) else "input": x, **r}
+                                                         for x, r in zip(inputs * 10, rows)])  # fmt: skip
+            report = monitor(run_dir, live, tmp_path / "monitor", log=lambda m: None)
+            assert report["live_predictions"] == "logged" and {"length_ks", "domain_auc"} <= set(report["checks"])
         case "retrain":
             from tunesmith.ship.retrain import retrain
 
-            new = write_examples(kind, tmp_path / "new.csv", 30, seed=2)
-            report = retrain(run_dir, new, train=api.train, evaluate=api.evaluate, old_share=0.25,
-                             out=tmp_path / "run-v2")  # fmt: skip
+            new = write_examples(kind, tmp_path / "new" / DATA_FILE.get(kind, "new.csv"), 30, seed=2)
+            report = retrain(run_dir, new, train=api.train, old_share=0.25, out=tmp_path / "run-v2",
+                             overrides=["train.num_epochs=1"])  # fmt: skip
             assert report["scores"] and (tmp_path / "run-v2" / "model").is_dir()
         case "cv":
             from tunesmith.study.cv import run_cv

@@ -212,8 +212,8 @@ def test_a_tiny_cnn_trains_evaluates_predicts_and_reports(tmp_path, tiny_cnn_dir
     assert labels[int(logits.argmax())] == found[40]["label"]  # predict's answer for vertical/3.png
     from tunesmith.ship.serve import Predictor
 
-    with pytest.raises(TunesmithError, match="serve does not cover image_classification runs yet"):
-        Predictor(tmp_path / "onnx")
+    served = Predictor(tmp_path / "onnx")  # serve on the export (uploads: tests/test_serve_image.py)
+    assert served.predict([image])[0]["label"] == found[40]["label"]
 
 
 def test_lora_and_freeze_on_the_packaged_backbone_wrapper(tmp_path):

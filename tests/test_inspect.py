@@ -214,9 +214,10 @@ def test_inspect_bad_input_is_named(tmp_path, tiny_model_dir):
         inspect_data(config, [str(plain)], tmp_path / "r", task=build_task(config), progress=False)
     assert not (tmp_path / "r").exists()
     # A task inspect does not cover is refused by the command (tasks.require_stage), before --out.
-    done = subprocess.run([*CLI, "inspect", str(plain), "--out", str(tmp_path / "r"), "--set", "task.type=causal_lm"],
+    done = subprocess.run([*CLI, "inspect", str(plain), "--out", str(tmp_path / "r"), "--set",
+                           "task.type=image_classification"],
                           capture_output=True, text=True)  # fmt: skip
-    assert done.returncode == 2 and "inspect does not cover causal_lm runs yet" in done.stderr, done.stderr
+    assert done.returncode == 2 and "inspect does not cover image_classification runs yet" in done.stderr, done.stderr
     assert not (tmp_path / "r").exists()
 
 

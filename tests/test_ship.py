@@ -153,7 +153,7 @@ def test_retrain_writes_a_versioned_run_and_scores_old_and_new_test_data(trained
 
     new = tmp_path / "new.csv"
     pd.DataFrame(sentiment_rows(80, seed=30)).to_csv(new, index=False)
-    report = retrain(trained_run, new, train=api.train, evaluate=api.evaluate, old_share=0.25, out=tmp_path / "run-v2")
+    report = retrain(trained_run, new, train=api.train, old_share=0.25, out=tmp_path / "run-v2")
     assert report["retrained"] == str(tmp_path / "run-v2")
     # 80 new rows: test 16 and validation 16 (the run's fractions), 48 to train on; old rows make
     # up a quarter of the mix: 16.

@@ -40,10 +40,9 @@ def test_every_declared_stage_is_a_stage(kind):
 def test_the_image_task_goes_by_its_kind_not_its_single_label_type():
     image = build_task(load_config(None, ["task.type=image_classification"]))
     assert image.type == "single_label" and image.kind == "image_classification"
-    assert "export" in image.stages and "serve" not in image.stages and "retrain" not in image.stages
-    with pytest.raises(TunesmithError, match="^serve does not cover image_classification runs yet; it covers: "
-                                              "single_label, multi_label, regression, causal_lm, "):  # fmt: skip
-        require_stage(image, "serve")
+    assert "export" in image.stages and "serve" in image.stages
+    with pytest.raises(TunesmithError, match="^chat does not cover image_classification runs yet; it covers: causal_lm$"):
+        require_stage(image, "chat")
     require_stage(build_task(load_config(None, [])), "retrain")  # single_label text: supported, no error
 
 
@@ -56,10 +55,9 @@ def test_require_stage_takes_a_kind_and_names_what_it_refused():
 @pytest.mark.parametrize(
     ("command", "kind", "message"),
     [
-        (["cv"], "token_classification",
-         "cv does not cover token_classification runs yet; it covers: single_label, multi_label, regression"),
-        (["inspect"], "question_answering",
-         "inspect does not cover question_answering runs yet; it covers: single_label, multi_label, regression"),
+        (["inspect"], "image_classification",
+         "inspect does not cover image_classification runs yet; it covers: single_label, multi_label, regression, "
+         "causal_lm, seq2seq, token_classification, question_answering, pair_classification"),
     ],
 )  # fmt: skip
 def test_the_cli_refuses_an_unsupported_stage_in_one_line(tmp_path, command, kind, message):
@@ -85,8 +83,9 @@ def test_every_kind_implements_the_contract_and_its_stages_protocols(kind):
     assert not ("export" in task.stages and not isinstance(task, Exportable))
     assert not ("chat" in task.stages and not isinstance(task, Chat))
     from tunesmith.data.prepare import LabelledTask
+    from tunesmith.data.quality import InspectedTask
 
-    assert not ({"inspect", "cv", "retrain"} & task.stages and not isinstance(task, LabelledTask))
+    assert not ("inspect" in task.stages and not isinstance(task, (LabelledTask, InspectedTask)))
     rebuilt = build_task(config_from_dict({"task": {"type": kind}}), task.to_dict())
     assert rebuilt.to_dict() == task.to_dict()  # task.json round-trips
 

@@ -399,20 +399,29 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A finished run director
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A finished classification or regression run.")],
     out: Annotated[Path, typer.Option("--out", help="New export directory.")],
-    format_: Annotated[str, typer.Option("--format", help="hf (transformers) or onnx.")] = "onnx",
+    format_: Annotated[str, typer.Option("--format", help="hf (transformers), onnx, or gguf (causal LMs).")] = "onnx",
     quantize: Annotated[str | None, typer.Option("--quantize", help="int8: also a quantized ONNX model.")] = None,
     rows: Annotated[int | None, typer.Option("--rows", min=1, help="Parity rows (default: the whole split).")] = None,
     min_agreement: Annotated[
-        float, typer.Option("--min-agreement", min=0, max=1, help="Smallest label agreement of an int8 model.")
+        float, typer.Option("--min-agreement", min=0, max=1,
+                            help="Smallest label agreement of an int8 model (gguf f16: top-1 agreement).")
     ] = 0.98,
+    gguf_type: Annotated[str, typer.Option("--gguf-type", help="gguf tensors: f16 or f32.")] = "f16",
 ) -> None:
-    """Export a run (hf or onnx, optionally int8), refused unless it matches the PyTorch model."""
+    """Export a run (hf, onnx optionally int8, or gguf), refused unless it matches the PyTorch model."""
 
     def work():
         from tunesmith.ship.export import export as run_export
+        from tunesmith.ship.gguf import export_gguf
 
-        report = run_export(run_dir, out, fmt=format_, quantize=quantize, rows=rows, min_agreement=min_agreement,
-                            log=lambda m: typer.echo(m, err=True))  # fmt: skip
+        if (format_ == "gguf" and quantize) or (format_ != "gguf" and gguf_type != "f16"):
+            raise TunesmithError("--quantize applies to --format onnx, --gguf-type to --format gguf")
+        if format_ == "gguf":
+            report = export_gguf(run_dir, out, dtype=gguf_type, prompts=rows or 100, min_agreement=min_agreement,
+                                 log=lambda m: typer.echo(m, err=True))  # fmt: skip
+        else:
+            report = run_export(run_dir, out, fmt=format_, quantize=quantize, rows=rows,
+                                min_agreement=min_agreement, log=lambda m: typer.echo(m, err=True))  # fmt: skip
         typer.echo(json.dumps(report["models"], indent=2))
         typer.echo(str(out))
 
@@ -475,7 +484,7 @@ def monitor(
 @app.command()
 def retrain(
     run_dir: Annotated[Path, typer.Argument(help="The deployed run directory.")],
-    data: Annotated[Path, typer.Option("--data", help="New labelled data (same columns as training).")],
+    data: Annotated[Path, typer.Option("--data", help="New labelled data, in the format the run was trained on.")],
     mix: Annotated[str, typer.Option("--mix", help="Share of old training rows in the mix, e.g. old=0.5.")] = "old=0.5",
     out: Annotated[Path | None, typer.Option("--out", help="New run directory (default RUN_DIR-vN).")] = None,
 ) -> None:
@@ -492,14 +501,10 @@ def retrain(
             share = None
         if key.strip() != "old" or share is None:
             raise TunesmithError(f"--mix {mix!r}: expected old=SHARE, e.g. old=0.5")
-        report = run_retrain(run_dir, data, train=api.train, evaluate=api.evaluate, old_share=share, out=out,
-                             console=_console())  # fmt: skip
+        report = run_retrain(run_dir, data, train=api.train, old_share=share, out=out, console=_console())
         for name, splits in report["scores"].items():
             typer.echo(name + ": " + ", ".join(f"{s} {v[report['metric']]:.4f}" for s, v in splits.items()))
-        verdict = "better" if report["better_on_new_test"] else "not better"
-        typer.echo(
-            f"retrained model is {verdict} on the new test data ({report['gain_on_new_test']:+.4f}): {report['retrained']}"
-        )
+        typer.echo(f"{report['summary']}: {report['retrained']}/retrain.json")
 
     _guarded(work)
 

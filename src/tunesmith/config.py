@@ -251,19 +251,29 @@ class Seq2SeqTaskConfig(TaskSection):
 
 
 class TokenClassificationTaskConfig(TaskSection):
-    """token_classification: a tag per word (named entities), from conll, tokens or spans files."""
+    """token_classification: a tag per word, from conll, tokens or spans files: named entities
+    (an IOB2 or BIOES tag scheme), or any per-token tag set such as part-of-speech tags (none)."""
 
     type: Literal["token_classification"] = "token_classification"
-    tag_scheme: Literal["iob2", "bioes"] = "iob2"
-    """The scheme of the tag files and of training (spans files are converted); the other
-    scheme's files are refused with the line named."""
+    tag_scheme: Literal["iob2", "bioes", "none"] = "iob2"
+    """The scheme of the tag files and of training. iob2 or bioes: entity tags (B-PER, I-PER, O;
+    spans files are converted), scored by entity; the other scheme's files are refused with the
+    line named. none: plain per-token tags (NOUN, NNP, B-NP: any tag is a label of its own, as in
+    part-of-speech tagging or chunking), scored per token; conll or tokens files."""
     label_all_subwords: bool = False
-    """Train on every subword of a word (inside tags after the first), not only the first subword."""
+    """Train on every subword of a word (inside tags after the first, or with tag_scheme=none the
+    word's own tag), not only the first subword."""
     invalid_tags: Literal["convert", "error"] = "convert"
     """IOB2 files: an entity that starts with I- (after O, after another type, or first in a
     sentence) is started with B- and counted, with a warning naming its lines ("convert"), or the
     file is refused at that line ("error")."""
     supports_forgetting: ClassVar[bool] = False
+
+    def check(self, config: Config) -> None:
+        """Refuses spans files with tag_scheme=none (spans give entity tags, not per-token tags)."""
+        if self.tag_scheme == "none" and config.data.format == "spans":
+            raise ValueError("data.format=spans gives entity tags (IOB2), which task.tag_scheme=none does not "
+                             "read; use conll or tokens files, or task.tag_scheme=iob2")  # fmt: skip
 
 
 class QuestionAnsweringTaskConfig(TaskSection):
@@ -510,6 +520,13 @@ class MonitorConfig(Section):
     """Population stability index of the predicted labels (0.1-0.2 moderate, above 0.2 large)."""
     confidence_drop: float = Field(0.1, gt=0, le=1)
     """Fall in the mean highest-class probability."""
+    prediction_ks: float = Field(0.2, gt=0, le=1)
+    """Kolmogorov-Smirnov statistic between reference and live predicted values (a regression's
+    values, the words per generated output)."""
+    no_answer_rate_increase: float = Field(0.1, gt=0, le=1)
+    """Rise in the share of questions answered "no answer" (question answering)."""
+    empty_output_rate_increase: float = Field(0.05, gt=0, le=1)
+    """Rise in the share of empty generated outputs (seq2seq, causal LM), a sign of refusals."""
 
 
 class CvConfig(Section):

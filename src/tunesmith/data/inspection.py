@@ -3,6 +3,15 @@
 Reads the data as training would (a config's files, or data files given directly), without
 cleaning it, and writes report.json (every finding), report.html (tables and plots) and a
 summary in the terminal. Rows are named by their 1-based data row in their file.
+
+Two kinds of task are inspected. A text classifier (``data.prepare.LabelledTask``: one text
+column and a label) gets the table checks: junk text, control characters, label kinds and
+label errors. A task that reads its own records (``data.quality.InspectedTask``: sentences,
+questions, instruction records, source/target or text pairs) hands over what its model reads,
+what each record teaches, its labels and its token lengths, with findings of its own (an
+answer not in its context, an entity that starts with I-, an empty or cut completion); the
+generic checks (duplicates, near-duplicates, leakage, lengths, the label distribution) are the
+same for both.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from tunesmith.data.load import (
     read_table,
 )
 from tunesmith.data.prepare import LabelledTask, clean_and_fix, reason_kind
+from tunesmith.data.quality import InspectedTask, InspectionRecords, TokenLengths
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import atomic_write, claim_output
 
@@ -59,15 +69,8 @@ def load_tables(config: Config, files: list[str] | None, *, control_characters: 
     named by their file name), or the config's train/validation/test files. Control characters
     are kept as read (for the report) unless ``control_characters="replace"`` (as training)."""
     data = config.data
-    if files:
-        named = [("train", files[0])] + [(Path(f).stem, f) for f in files[1:]]
-    else:
-        named = [(n, getattr(data, n)) for n in ("train", "validation", "test") if getattr(data, n) is not None]
-    tables, seen = [], set()
-    for name, spec in named:
-        while name in seen:
-            name += "'"
-        seen.add(name)
+    tables = []
+    for name, spec in named_sources(config, files):
         table = read_table(spec, column_names=data.column_names, encoding_errors=data.encoding_errors,
                            control_characters=control_characters)  # fmt: skip
         text_column, label_column = detect_columns(table.frame, data.text_column, data.label_column, table.source)
@@ -75,12 +78,36 @@ def load_tables(config: Config, files: list[str] | None, *, control_characters: 
     return tables
 
 
-def _rows(positions) -> list[int]:
+def named_sources(config: Config, files: list[str] | None) -> list[tuple[str, str]]:
+    """(split name, source) to inspect: the files given (the first is "train", the others are
+    named by their file name, primed where two share one), or the config's data files."""
+    data = config.data
+    if files:
+        named = [("train", files[0])] + [(Path(f).stem, f) for f in files[1:]]
+    else:
+        named = [(n, getattr(data, n)) for n in ("train", "validation", "test") if getattr(data, n) is not None]
+    unique, seen = [], set()
+    for name, spec in named:
+        while name in seen:
+            name += "'"
+        seen.add(name)
+        unique.append((name, spec))
+    return unique
+
+
+def _rows(frame: pd.DataFrame, positions) -> list[int]:
+    """The rows at these positions as the user numbers them: a table's ``row`` column (a
+    record's number in its file), else the 1-based position (a data row)."""
+    if "row" in frame.columns:
+        return [int(frame["row"].iat[int(p)]) for p in positions]
     return [int(p) + 1 for p in positions]
 
 
 def _text(frame: pd.DataFrame, position: int, limit: int = 300) -> str:
-    text = frame["text"].iat[position]
+    return _clip(frame["text"].iat[position], limit)
+
+
+def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -113,7 +140,7 @@ def inspect_data(
     files: list[str] | None,
     out_dir: Path,
     *,
-    task: LabelledTask,
+    task: LabelledTask | InspectedTask,
     fit_fold: FitFold | None = None,
     console=None,
     progress: bool = True,
@@ -123,14 +150,32 @@ def inspect_data(
     empty directory). Returns the report.
 
     Args:
-        task: the config's task (``tasks.build_task(config)``); it says which label values
-            training would refuse.
+        task: the config's task (``tasks.build_task(config)``): a task that reads its own records
+            (``InspectedTask``) reads them and says what applies; a text classifier
+            (``LabelledTask``) says which label values training would refuse.
         fit_fold: trains one fold for ``inspect.label_errors=finetune`` (``study.cv.fold_classifier``).
     """
     held = (Path(out_dir) / "report.json").is_file()
     out_dir = claim_output(out_dir, kind="dir", what="--out", note="it already holds a report" if held else "")
-    options = config.inspect
     bars = _Progress(console, progress)
+    # The two contracts (data/prepare.py, data/quality.py): records of its own, or a text table.
+    if isinstance(task, InspectedTask):
+        report = _inspect_records(config, files, task, bars)
+        report["recommendations"] = _recommend_records(config, report)
+    else:
+        report = _inspect_tables(config, files, task, bars, log, fit_fold)
+        report["recommendations"] = _recommend(config, report)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_dir / "report.json", json.dumps(_public(report), indent=2, ensure_ascii=False, default=_plain))
+    atomic_write(out_dir / "report.html", _html(report, out_dir, config.inspect.max_listed))
+    return report
+
+
+def _inspect_tables(config: Config, files: list[str] | None, task: LabelledTask, bars: _Progress, log,
+                    fit_fold: FitFold | None) -> dict[str, Any]:  # fmt: skip
+    """The checks of text/label tables (a text classifier's data)."""
+    options = config.inspect
     tables = load_tables(config, files)
     frames = {t.name: t.frame for t in tables}
     train = frames["train"]
@@ -150,19 +195,95 @@ def inspect_data(
         if name != "train"
     }
     if len(frames) == 1:
-        report["leakage_note"] = (
-            "validation and test are carved from train at training time: exact duplicates are dropped first "
-            "(data.clean.drop_duplicates), but near-duplicates can land on both sides of the split"
-        )
+        report["leakage_note"] = LEAKAGE_NOTE
     report["classes"] = {name: _classes(config, task, frame) for name, frame in frames.items()}
     report["label_kinds"] = {t.name: _label_kind_problem(task, t) for t in tables}
     report["label_errors"] = _label_errors(config, task, train, bars, log, fit_fold)
-    report["recommendations"] = _recommend(config, report)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(out_dir / "report.json", json.dumps(_public(report), indent=2, ensure_ascii=False, default=_plain))
-    atomic_write(out_dir / "report.html", _html(report, out_dir, options.max_listed))
     return report
+
+
+LEAKAGE_NOTE = ("validation and test are carved from train at training time: exact duplicates are dropped first "
+                "(data.clean.drop_duplicates), but near-duplicates can land on both sides of the split")
+
+
+def _inspect_records(config: Config, files: list[str] | None, task: InspectedTask, bars: _Progress) -> dict[str, Any]:
+    """The checks of a task's own records (sentences, questions, instruction records, pairs):
+    the task's findings, token lengths, duplicates and conflicts, leakage into held-out files,
+    shared groups and the label distribution."""
+    from tunesmith.models.load import resolve_model
+
+    options = config.inspect
+    records = {name: task.inspection_records(spec, config.data) for name, spec in named_sources(config, files)}
+    frames = {name: _records_frame(found) for name, found in records.items()}
+    train = frames["train"]
+    report: dict[str, Any] = {"model": config.model.name, "task": config.task.type, "options": options.model_dump()}
+    report["sources"] = {name: {"source": r.source, "rows": len(r.rows), "findings": len(r.findings)}
+                         for name, r in records.items()}  # fmt: skip
+    report["findings"] = {name: _findings(r) for name, r in records.items()}
+    processor = task.load_processor(resolve_model(config.model.name))
+    report["lengths"] = {name: _record_lengths(task.inspection_lengths(processor, r), r) for name, r in records.items()}
+    report["duplicates"], report["conflicting_labels"] = {}, {}
+    for name, frame in frames.items():
+        report["duplicates"][name], report["conflicting_labels"][name] = _duplicates(
+            name, frame, options.near_duplicate_similarity, bars
+        )
+    report["leakage"] = {name: _leakage(train, frame, options.near_duplicate_similarity)
+                         for name, frame in frames.items() if name != "train"}  # fmt: skip
+    group_kind = records["train"].group_kind if records["train"].groups is not None else None
+    for name, found in report["leakage"].items():
+        found["shared_groups"] = [{"row": _rows(frames[name], [p])[0], "train_row": _rows(train, [q])[0],
+                                   "where": frames[name]["where"].iat[p],
+                                   group_kind: _clip(str(frames[name]["group"].iat[p]), 120)}
+                                  for p, q in quality.shared_groups(train, frames[name])]  # fmt: skip
+    report["group_kind"] = group_kind
+    if len(frames) == 1:
+        report["leakage_note"] = LEAKAGE_NOTE
+    if records["train"].labels is not None:
+        report["label_kind"] = records["train"].label_kind
+        report["classes"] = {name: _record_labels(r, options.min_class_rows) for name, r in records.items()}
+    return report
+
+
+def _records_frame(records: InspectionRecords) -> pd.DataFrame:
+    """A task's records as the generic checks read them: ``text`` (compared), ``label`` (the
+    target: differing ones are conflicts), ``row``, ``where`` and ``group`` where it has one."""
+    frame = pd.DataFrame({"text": records.texts, "label": records.targets, "row": records.rows, "where": records.where})
+    if records.groups is not None:
+        frame["group"] = records.groups
+    return frame
+
+
+def _findings(records: InspectionRecords) -> dict:
+    """The task's findings of one file, counted by check (errors first), and listed."""
+    counts = Counter(f.check for f in records.findings)
+    severity = {f.check: f.severity for f in records.findings}
+    return {
+        "counts": {c: counts[c] for c in sorted(counts, key=lambda c: (severity[c] != "error", c))},
+        "rows": [{"check": f.check, "row": f.row, "where": f.where, "detail": f.detail, "severity": f.severity,
+                  "advice": f.advice} for f in records.findings],
+    }  # fmt: skip
+
+
+def _record_lengths(checks: list[TokenLengths], records: InspectionRecords) -> dict:
+    """Per length check: the percentiles, how many records are over its limit and which."""
+    result = {}
+    for check in checks:
+        lengths = np.asarray(check.tokens, dtype=int)
+        summary = quality.length_summary(lengths, check.limit) | {"beyond": check.beyond, "severity": check.severity}
+        summary["over"] = [{"row": records.rows[p], "where": records.where[p], "tokens": int(lengths[p])}
+                           for p in np.flatnonzero(lengths > check.limit)]  # fmt: skip
+        summary["_lengths"] = lengths.tolist()  # for the plot; not written
+        result[check.name] = summary
+    return result
+
+
+def _record_labels(records: InspectionRecords, min_rows: int) -> dict:
+    """The label distribution of one file (each record's labels counted), with each label's share."""
+    flat = pd.Series([label for labels in records.labels or [] for label in labels], dtype=object)
+    found = quality.class_distribution(flat, min_rows=min_rows)
+    total = max(len(flat), 1)
+    found["shares"] = {k: round(v / total, 4) for k, v in found["counts"].items()}
+    return found
 
 
 def _source_summary(table: Table) -> dict:
@@ -203,19 +324,18 @@ def _duplicates(name: str, frame: pd.DataFrame, similarity: float, bars: _Progre
 def _leakage(train: pd.DataFrame, frame: pd.DataFrame, similarity: float) -> dict:
     """Rows of a held-out table that appear, exactly or nearly, in train."""
     exact, near = quality.leakage(train, frame, threshold=similarity)
+
+    def pair(p: int, q: int) -> dict:
+        found = {"row": _rows(frame, [p])[0], "train_row": _rows(train, [q])[0]}
+        if "where" in frame.columns:
+            found |= {"where": frame["where"].iat[p], "train_where": train["where"].iat[q]}
+        return found
+
     return {
-        "exact": [{"row": p + 1, "train_row": q + 1, "text": _text(frame, p)} for p, q in exact],
-        "near": [
-            {
-                "row": p + 1,
-                "train_row": q + 1,
-                "similarity": round(s, 4),
-                "text": _text(frame, p),
-                "train_text": _text(train, q),
-            }
-            for p, q, s in near
-        ],  # fmt: skip
-    }
+        "exact": [pair(p, q) | {"text": _text(frame, p)} for p, q in exact],
+        "near": [pair(p, q) | {"similarity": round(s, 4), "text": _text(frame, p), "train_text": _text(train, q)}
+                 for p, q, s in near],
+    }  # fmt: skip
 
 
 def _control_characters(table: Table) -> dict:
@@ -259,6 +379,8 @@ def _public(value):
 
 def summary_lines(report: dict) -> list[str]:
     """A few lines for the terminal: counts per check and split, then the recommendations."""
+    if "findings" in report:
+        return _record_summary_lines(report)
     lines = []
     for name, source in report["sources"].items():
         duplicates = report["duplicates"][name]
@@ -287,6 +409,85 @@ def summary_lines(report: dict) -> list[str]:
     return lines
 
 
+def _record_summary_lines(report: dict) -> list[str]:
+    """The terminal summary of a task's records: per split its size, the task's findings by
+    check, duplicates, conflicts, records over each length limit and leakage; then the label
+    shares in train and the recommendations."""
+    lines = []
+    for name, source in report["sources"].items():
+        duplicates, conflicts = report["duplicates"][name], report["conflicting_labels"][name]
+        found = report["findings"][name]["counts"]
+        parts = [f"{source['rows']} records"]
+        parts += [f"{n} × {check}" for check, n in found.items()]
+        parts += [f"{duplicates['exact_extra_rows']} exact duplicates", f"{duplicates['near_groups']} near-duplicate "
+                  f"groups", f"{len(conflicts['exact']) + len(conflicts['near'])} target conflicts"]  # fmt: skip
+        parts += [f"{len(check['over'])} over {check['max_length']} tokens ({what})"
+                  for what, check in report["lengths"][name].items() if check.get("over")]  # fmt: skip
+        if name in report["leakage"]:
+            leak = report["leakage"][name]
+            shared = f", {len(leak['shared_groups'])} sharing a {report['group_kind']}" if report["group_kind"] else ""
+            parts.append(f"leaked from train: {len(leak['exact'])} exact, {len(leak['near'])} near{shared}")
+        lines.append(f"{name}: " + ", ".join(parts))
+    if "classes" in report:
+        shares = report["classes"]["train"]["shares"]
+        top = sorted(shares.items(), key=lambda item: -item[1])[:8]
+        more = f" and {len(shares) - 8} more" if len(shares) > 8 else ""
+        lines.append(f"{report['label_kind']} in train: " + ", ".join(f"{k} {v:.1%}" for k, v in top) + more)
+    lines += [f"- {advice}" for advice in report["recommendations"]]
+    return lines
+
+
+def _recommend_records(config: Config, report: dict) -> list[str]:
+    """What to do about a task's records: findings (refusals first), lengths over a limit,
+    duplicates and conflicts in train, leakage, rare labels and labels unseen in train."""
+    advice = []
+    for name, found in report["findings"].items():
+        for check, count in found["counts"].items():
+            first = next(f for f in found["rows"] if f["check"] == check)
+            advice.append(f"{name}: {count} × {check} (first: {first['where']}: {first['detail']}): {first['advice']}")
+    for name, checks in report["lengths"].items():
+        for what, check in checks.items():
+            if check.get("over"):
+                advice.append(f"{name}: {len(check['over'])} of {check['rows']} records have a {what} longer than "
+                              f"{check['max_length']} tokens (95th percentile {check['p95']:.0f}; first: "
+                              f"{check['over'][0]['where']}): {check['beyond']}")  # fmt: skip
+    duplicates, conflicts = report["duplicates"]["train"], report["conflicting_labels"]["train"]
+    if duplicates["exact_extra_rows"]:
+        advice.append(f"{duplicates['exact_extra_rows']} records in train repeat another record's input exactly "
+                      f"(first rows: {duplicates['exact'][0]['rows']}): drop the copies")  # fmt: skip
+    if conflicts["exact"] or conflicts["near"]:
+        advice.append(f"{len(conflicts['exact'])} identical and {len(conflicts['near'])} near-identical inputs in "
+                      "train teach different targets: decide which is right")  # fmt: skip
+    for name, found in report["leakage"].items():
+        if found["exact"] or found["near"]:
+            advice.append(f"{len(found['exact'])} records of {name} appear verbatim in train and {len(found['near'])} "
+                          f"nearly: scores on {name} will be optimistic; remove them from train")  # fmt: skip
+        if found["shared_groups"]:
+            kind = report["group_kind"]
+            advice.append(f"{len(found['shared_groups'])} records of {name} share their {kind} with train: scores "
+                          f"on {name} will be optimistic; keep each {kind} in one split")  # fmt: skip
+    advice += _label_advice(config, report)
+    return advice
+
+
+def _label_advice(config: Config, report: dict) -> list[str]:
+    """Rare labels in train, and held-out labels that train never shows."""
+    if "classes" not in report:
+        return []
+    kind, classes = report["label_kind"], report["classes"]
+    advice = []
+    if classes["train"]["rare_classes"]:
+        advice.append(f"{kind} with fewer than {config.inspect.min_class_rows} occurrences in train: "
+                      f"{', '.join(classes['train']['rare_classes'])}; add examples")  # fmt: skip
+    seen = set(classes["train"]["counts"])
+    for name, found in classes.items():
+        unseen = sorted(set(found["counts"]) - seen)
+        if name != "train" and unseen:
+            advice.append(f"{kind} in {name} that train never shows: {', '.join(unseen)}; the model cannot "
+                          "predict them")  # fmt: skip
+    return advice
+
+
 def _plain(value):
     if isinstance(value, np.generic):
         return value.item()
@@ -294,11 +495,14 @@ def _plain(value):
 
 
 def _group(frame: pd.DataFrame, positions: list[int]) -> dict:
-    return {
-        "rows": _rows(positions),
+    group = {
+        "rows": _rows(frame, positions),
         "labels": sorted({str(v) for v in frame["label"].iloc[positions]}),
         "texts": [_text(frame, p, 200) for p in positions[:5]],
     }
+    if "where" in frame.columns:  # a task's records: where the reader found them
+        group["where"] = [frame["where"].iat[p] for p in positions[:5]]
+    return group
 
 
 def _lengths(config: Config, frames: dict[str, pd.DataFrame], bars: _Progress) -> dict:
@@ -445,19 +649,76 @@ def _html(report: dict, out_dir: Path, limit: int) -> str:
     parts = ["<h1>Data inspection</h1>", "<h2>Recommendations</h2><ul>"]
     parts += [f"<li>{html.escape(a)}</li>" for a in report["recommendations"]] or ["<li>nothing to fix</li>"]
     parts.append("</ul><h2>Sources</h2>")
-    parts.append(_table([{"split": n, **{k: v for k, v in s.items() if k != "missing_values"},
-                          "missing values": s["missing_values"]} for n, s in report["sources"].items()],
-                        ["split", "source", "rows", "columns", "missing values"], limit))  # fmt: skip
+    if "findings" in report:
+        parts += _html_records(report, limit)
+    else:
+        parts += _html_tables(report, limit)
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
+             "margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px;vertical-align:top}"
+             ".none{color:#080}")  # fmt: skip
+    return f"<!doctype html><meta charset=utf-8><title>tunesmith inspect</title><style>{style}</style>" + "".join(parts)
+
+
+def _html_tables(report: dict, limit: int) -> list[str]:
+    """The sections of a text classifier's report."""
+    parts = [_table([{"split": n, **{k: v for k, v in s.items() if k != "missing_values"},
+                      "missing values": s["missing_values"]} for n, s in report["sources"].items()],
+                    ["split", "source", "rows", "columns", "missing values"], limit)]  # fmt: skip
     parts += _html_lengths(report["lengths"], limit)
     parts += _html_classes(report["classes"], limit)
     parts += _html_junk(report, limit)
     parts += _html_duplicates(report, limit)
     parts += _html_leakage(report, limit)
     parts += _html_label_errors(report["label_errors"], limit)
-    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
-             "margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px;vertical-align:top}"
-             ".none{color:#080}")  # fmt: skip
-    return f"<!doctype html><meta charset=utf-8><title>tunesmith inspect</title><style>{style}</style>" + "".join(parts)
+    return parts
+
+
+def _html_records(report: dict, limit: int) -> list[str]:
+    """The sections of a report on a task's records: sources, the task's findings, lengths per
+    limit, the label distribution, duplicates and leakage."""
+    parts = [_table([{"split": n, **s} for n, s in report["sources"].items()], ["split", "source", "rows", "findings"],
+                    limit), "<h2>Findings</h2>"]  # fmt: skip
+    for name, found in report["findings"].items():
+        counts = ", ".join(f"{n} {check}" for check, n in found["counts"].items()) or "none"
+        parts.append(f"<h3>{html.escape(name)}: {html.escape(counts)}</h3>")
+        parts.append(_table(found["rows"], ["check", "severity", "row", "where", "detail", "advice"], limit))
+    parts += _html_record_lengths(report["lengths"], limit)
+    if "classes" in report:
+        parts += _html_classes(report["classes"], limit, title=report["label_kind"].capitalize())
+    parts += _html_duplicates(report, limit)
+    parts += _html_leakage(report, limit)
+    kind = report["group_kind"]
+    for name, found in report["leakage"].items():
+        if found["shared_groups"]:
+            parts.append(f"<h3>{html.escape(name)}: {len(found['shared_groups'])} records share their "
+                         f"{html.escape(kind)} with train</h3>")  # fmt: skip
+            parts.append(_table(found["shared_groups"], ["row", "train_row", "where", kind], limit))
+    return parts
+
+
+def _html_record_lengths(lengths: dict, limit: int) -> list[str]:
+    """Per length check: the histogram over the splits (the limit marked), the summary and the
+    records over the limit."""
+    parts = ["<h2>Lengths</h2>"]
+    for what in next(iter(lengths.values())):
+
+        def draw(axes, what=what):
+            for name, checks in lengths.items():
+                if checks[what].get("_lengths"):
+                    axes.hist(checks[what]["_lengths"], bins=40, alpha=0.5, label=name)
+            axes.axvline(next(iter(lengths.values()))[what]["max_length"], color="red", linestyle="--", label="limit")
+            axes.set_xlabel(f"tokens ({what})")
+            axes.set_ylabel("records")
+            axes.legend()
+
+        summaries = [{"split": n, **{k: (round(v, 1) if isinstance(v, float) else v) for k, v in c[what].items()}}
+                     for n, c in lengths.items()]  # fmt: skip
+        over = [dict(o, split=n) for n, c in lengths.items() for o in c[what].get("over", [])]
+        parts += [f"<h3>{html.escape(what)}: over the limit, {html.escape(summaries[0].get('beyond', ''))}</h3>",
+                  f"<img src='data:image/png;base64,{_figure_png(draw)}'>" if summaries[0].get("rows") else "",
+                  _table(summaries, ["split", "rows", "mean", "p50", "p95", "max", "max_length", "truncated"], limit),
+                  _table(over, ["split", "row", "where", "tokens"], limit)]  # fmt: skip
+    return parts
 
 
 def _html_lengths(lengths: dict, limit: int) -> list[str]:
@@ -483,7 +744,7 @@ def _html_lengths(lengths: dict, limit: int) -> list[str]:
     ]  # fmt: skip
 
 
-def _html_classes(classes: dict, limit: int) -> list[str]:
+def _html_classes(classes: dict, limit: int, title: str = "Classes") -> list[str]:
     """Rows per class and split as bars, with the imbalance; nothing for numeric targets."""
     if not all("counts" in c for c in classes.values()):
         return []
@@ -498,7 +759,7 @@ def _html_classes(classes: dict, limit: int) -> list[str]:
         axes.legend()
 
     return [
-        "<h2>Classes</h2>",
+        f"<h2>{html.escape(title)}</h2>",
         f"<img src='data:image/png;base64,{_figure_png(draw_classes)}'>",
         _table([{"split": n, "imbalance ratio": round(c["imbalance_ratio"], 2),
                  "rare classes": ", ".join(c["rare_classes"]) or "none"} for n, c in classes.items()],
@@ -538,10 +799,11 @@ def _html_leakage(report: dict, limit: int) -> list[str]:
     parts = ["<h2>Leakage into held-out splits</h2>"]
     if "leakage_note" in report:
         parts.append(f"<p>{html.escape(report['leakage_note'])}</p>")
+    where = ["where", "train_where"] if "findings" in report else []  # a task's records: where the reader found them
     for name, found in report["leakage"].items():
         parts.append(f"<h3>{html.escape(name)}: {len(found['exact'])} exact, {len(found['near'])} near</h3>")
-        parts.append(_table(found["exact"], ["row", "train_row", "text"], limit))
-        parts.append(_table(found["near"], ["row", "train_row", "similarity", "text", "train_text"], limit))
+        parts.append(_table(found["exact"], ["row", "train_row", *where, "text"], limit))
+        parts.append(_table(found["near"], ["row", "train_row", *where, "similarity", "text", "train_text"], limit))
     return parts
 
 
@@ -567,7 +829,7 @@ def _html_label_errors(errors: dict, limit: int) -> list[str]:
     return parts
 
 
-def write_fixed(config: Config, files: list[str] | None, out_dir: Path, *, task: LabelledTask,
+def write_fixed(config: Config, files: list[str] | None, out_dir: Path, *, task: LabelledTask | InspectedTask,
                 fit_fold: FitFold | None = None, log: Callable[[str], None] = print) -> dict:  # fmt: skip
     """Applies data.clean to the files (no splits are carved) and writes the surviving rows, as
     they were read except for the labels of relabelled rows, into ``out_dir`` (same file names and formats; a folder
@@ -582,6 +844,9 @@ def write_fixed(config: Config, files: list[str] | None, out_dir: Path, *, task:
     Returns:
         Rows in and out per file, and the changelog's counts.
     """
+    if isinstance(task, InspectedTask):
+        raise TunesmithError(f"--fix rewrites text classification tables; {config.task.type} records are cleaned as "
+                             "training reads them: fix the findings of report.json in the files")  # fmt: skip
     out_dir = claim_output(out_dir, kind="dir", what="--fix")
     tables = load_tables(config, files, control_characters="replace")  # the copies are what training reads
     changes: list[dict] = []

@@ -3,7 +3,13 @@
 - ``POST /predict`` takes ``{"text": "..."}``, ``{"texts": ["...", ...]}``, or ``{"inputs": [...]}``
   with the inputs as the run's task takes them (question/context objects, pairs of texts, prompts);
   an input of the wrong kind gets 422 with the task's message naming it;
-- ``GET /health``, ``GET /metadata`` (model, labels, metrics, data hash), ``GET /metrics``
+- a kind whose inputs are files (images: tasks.contract.Uploadable) takes them as bytes, never as
+  paths the server would open: ``{"images": ["<base64>" or "data:image/png;base64,...", ...]}``
+  at ``POST /predict``, or ``multipart/form-data`` parts named ``file`` at ``POST /predict/upload``
+  (ship/uploads.py); a file over ``max_upload_bytes`` or an image over ``max_pixels`` (width x
+  height, read before decoding) gets 413, a file that is not an image 422, each naming the file;
+- ``GET /health``, ``GET /metadata`` (model, labels, metrics, data hash, the request form and
+  limits), ``GET /metrics``
   (Prometheus text format);
 - bodies over ``max_body_bytes`` and batches over ``max_batch`` get 413, malformed bodies 422,
   both with a ``detail`` that says what is wrong; with an API key, requests without it get 401
@@ -41,11 +47,16 @@ from tunesmith.errors import TunesmithError
 from tunesmith.models.load import ResolvedModel, check_weights
 from tunesmith.ship.http import UNAUTHORISED, Refused
 from tunesmith.ship.openai_api import add_openai_routes
+from tunesmith.ship.uploads import file_label, is_multipart, json_file, multipart_files
 from tunesmith.tasks import build_task, require_stage
-from tunesmith.tasks.contract import Chat
+from tunesmith.tasks.contract import Chat, InputTooLarge, Uploadable, UploadLimits
 from tunesmith.tasks.run import load_run
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+MAX_UPLOAD_BYTES = 10_000_000
+"""One uploaded file's bytes (a phone photo is 2-5 MB); the body limit applies as well."""
+MAX_PIXELS = 40_000_000
+"""One image's width x height (40 megapixels: 120 MB decoded as RGB)."""
 
 
 class Predictor:
@@ -116,29 +127,44 @@ class Predictor:
                          "max_length": self.max_length, "temperature": self.temperature, "parity": parity.get("models"),
                          "source_run": meta.get("source_run")}  # fmt: skip
 
-    def logits(self, inputs: list, chunk: int = 64) -> np.ndarray:
-        """The model's logits for raw inputs (texts; pairs for a pair classifier), encoded by the
-        task as its export is fed: the same for PyTorch and ONNX Runtime."""
-        if len(inputs) > chunk:  # bounded memory for long lists (monitor, evaluation)
-            return np.concatenate([self.logits(inputs[i : i + chunk], chunk) for i in range(0, len(inputs), chunk)])
-        batch = self.scorer.export_inputs(self.tokenizer, self.scorer.export_features(self.tokenizer, inputs))
-        if self.session is not None:
-            return self.session.run(["logits"], {k: v for k, v in batch.inputs.items() if k in self.inputs})[0]
+    def outputs(self, inputs: list, chunk: int = 64) -> tuple[list[dict], list[np.ndarray]]:
+        """The features of raw inputs (the task's ``export_features``) and the model's output for
+        each (a row of logits; a tagger's or QA model's per-token logits), fed as an export is
+        fed (``export_inputs``, ``chunk`` features a call): the same for PyTorch and ONNX Runtime."""
+        features = self.scorer.export_features(self.tokenizer, list(inputs))
+        rows: list[np.ndarray] = []
+        for start in range(0, len(features), chunk):  # bounded memory for long lists (monitor, evaluation)
+            batch = self.scorer.export_inputs(self.tokenizer, features[start : start + chunk])
+            rows += batch.rows(self.run_batch(batch.inputs))
+        return features, rows
+
+    def run_batch(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """The exported tensor (``logits``) for one batch of named inputs."""
+        if self.session is not None:  # inputs the graph dropped as unused are not fed
+            return self.session.run(["logits"], {k: v for k, v in inputs.items() if k in self.inputs})[0]
         import torch
 
         with torch.inference_mode():
-            return self.model(**{k: torch.from_numpy(v) for k, v in batch.inputs.items()}).logits.float().numpy()
+            output = self.model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+            return self.scorer.export_output(output).float().numpy()
+
+    def logits(self, inputs: list, chunk: int = 64) -> np.ndarray:
+        """A classifier's logits for raw inputs (texts; pairs for a pair classifier), one row per
+        input (``outputs`` stacked)."""
+        return np.stack(self.outputs(inputs, chunk)[1])
 
     def predict(self, inputs: list) -> list[dict[str, Any]]:
         """Prediction rows for raw inputs: a PyTorch model predicts through its task, as
-        ``tunesmith predict`` does (every kind); an ONNX model through the task's export encoding.
+        ``tunesmith predict`` does (every kind); an ONNX model through the task's export encoding
+        (``outputs``, then ``rows_from_logits``).
 
         Raises:
             TunesmithError: an input of the wrong kind, naming its position.
         """
         if self.session is None:
             return self.scorer.predict(self.model, self.tokenizer, list(inputs), temperature=self.temperature)
-        return self.scorer.rows_from_logits(inputs, self.logits(inputs), temperature=self.temperature)
+        features, logits = self.outputs(inputs)
+        return self.scorer.rows_from_logits(list(inputs), features, logits, temperature=self.temperature)
 
 
 @dataclass
@@ -256,7 +282,8 @@ class Batcher:
         if self.log_path is not None:
             now = datetime.now(UTC).isoformat()
             lines = "".join(
-                json.dumps({"time": now, "text" if isinstance(t, str) else "input": t, **r}, ensure_ascii=False) + "\n"
+                json.dumps({"time": now, "text" if isinstance(t, str) else "input": t, **r}, ensure_ascii=False,
+                           default=lambda value: f"<{type(value).__name__}>") + "\n"  # a decoded image: its type
                 for t, r in zip(texts, results)
             )
             with self.log_lock, self.log_path.open("a", encoding="utf-8") as handle:
@@ -267,26 +294,32 @@ class Batcher:
 class PredictRequest(BaseModel):
     """The body of ``POST /predict``: one text, a non-empty list of texts, or a non-empty list of
     ``inputs`` as the run's task takes them (texts, ``{"question", "context"}`` objects, pairs
-    of texts, prompts)."""
+    of texts, prompts); or, for a kind whose inputs are files (tasks.contract.Uploadable), a
+    non-empty list of ``images`` (base64 or data URLs)."""
 
     model_config = ConfigDict(extra="forbid")
     text: str | None = None
     texts: list[str] | None = None
     inputs: list[Any] | None = None
+    images: list[str] | None = None
 
     @model_validator(mode="after")
     def _one_of(self):
-        given = [name for name in ("text", "texts", "inputs") if getattr(self, name) is not None]
+        given = [name for name in ("text", "texts", "inputs", "images") if getattr(self, name) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of 'text' (a string), 'texts' (a list of strings) or 'inputs' "
-                             "(a list of the run's inputs)")  # fmt: skip
+            raise ValueError("give exactly one of 'text' (a string), 'texts' (a list of strings), 'inputs' "
+                             "(a list of the run's inputs) or 'images' (a list of base64 image files)")  # fmt: skip
         if given[0] != "text" and not getattr(self, given[0]):
             raise ValueError(f"'{given[0]}' is empty")
         return self
 
+    def field(self) -> str:
+        """The field the inputs came in."""
+        return next(name for name in ("text", "texts", "inputs", "images") if getattr(self, name) is not None)
+
     def items(self) -> list:
         """The inputs to predict, in order."""
-        return [self.text] if self.text is not None else self.texts if self.texts is not None else self.inputs
+        return [self.text] if self.text is not None else getattr(self, self.field())
 
 
 def _characters(item: Any) -> int:
@@ -304,10 +337,16 @@ class Service:
     """What the routes share: the predictor behind its batcher, the counters, the key and the limits."""
 
     def __init__(self, predictor: Predictor, stats: Stats, batcher: Batcher, *, api_key: str | None,
-                 max_batch: int, max_text_chars: int, max_body_bytes: int) -> None:  # fmt: skip
+                 max_batch: int, max_text_chars: int, max_body_bytes: int,
+                 limits: UploadLimits = UploadLimits(MAX_UPLOAD_BYTES, MAX_PIXELS)) -> None:  # fmt: skip
         self.predictor, self.stats, self.batcher, self.api_key = predictor, stats, batcher, api_key
         self.executor = batcher.executor  # the model's one thread, shared with the OpenAI routes
         self.max_batch, self.max_text_chars, self.max_body_bytes = max_batch, max_text_chars, max_body_bytes
+        self.limits = limits
+        self.uploads = isinstance(predictor.scorer, Uploadable)  # the kind takes files, not JSON inputs
+        # Uploads decode on worker threads (the event loop keeps answering), two requests at a
+        # time: each holds one full-size image while it decodes.
+        self.decoding = asyncio.Semaphore(2)
 
     def refuse(self, status: int, detail: Any) -> JSONResponse:
         self.stats.request(status)
@@ -336,8 +375,9 @@ class Service:
                 raise Refused(413, f"the body is over {self.max_body_bytes} bytes; the limit is {self.max_body_bytes}")
         return body
 
-    def parse(self, body: bytearray) -> tuple[PredictRequest, list[str]]:
-        """The request and its texts; refuses a malformed body (422), too many or too long texts (413)."""
+    def parse(self, body: bytearray) -> tuple[PredictRequest, list]:
+        """The request and its items; refuses a malformed body or a form the run does not take
+        (422), too many items or too long texts (413)."""
         try:
             parsed = PredictRequest.model_validate_json(body)
         except ValidationError as error:
@@ -345,29 +385,101 @@ class Service:
                 {"field": ".".join(map(str, e["loc"])) or "(body)", "problem": e["msg"]} for e in error.errors()
             ]
             raise Refused(422, problems) from None
-        texts = parsed.items()
-        if len(texts) > self.max_batch:
-            raise Refused(413, f"{len(texts)} texts in one request; the limit is {self.max_batch}")
-        longest = max(_characters(t) for t in texts)
+        kind, files = self.predictor.scorer.kind, parsed.field() == "images"
+        if self.uploads and not files:
+            raise Refused(422, f"this server's {kind} run takes images, not '{parsed.field()}': send "
+                               '{"images": ["<base64>" or "data:image/png;base64,...", ...]} to POST /predict, or '
+                               "file parts named 'file' to POST /predict/upload (a server never opens a path "
+                               "it is sent)")  # fmt: skip
+        if files and not self.uploads:
+            raise Refused(422, f"this server's {kind} run takes 'text', 'texts' or 'inputs', not 'images'")
+        items = parsed.items()
+        if len(items) > self.max_batch:
+            raise Refused(413, f"{len(items)} {'images' if files else 'texts'} in one request; the limit is "
+                               f"{self.max_batch}")  # fmt: skip
+        longest = 0 if files else max(_characters(t) for t in items)
         if longest > self.max_text_chars:
             raise Refused(413, f"a text has {longest} characters; the limit is {self.max_text_chars}")
-        return parsed, texts
+        return parsed, items
+
+    async def decode(self, files: Callable[[], list[tuple[str, bytes]]]) -> list:
+        """The task's inputs for a request's files (``files()``: each named, as errors say it, with
+        its bytes), decoded by the task on a worker thread.
+
+        Raises:
+            Refused: 413 a file over the limits, 422 one the task cannot decode, naming it.
+        """
+        scorer, processor = self.predictor.scorer, self.predictor.tokenizer
+
+        def work() -> list:
+            return [scorer.decode_upload(processor, data, where=where, limits=self.limits) for where, data in files()]
+
+        async with self.decoding:
+            try:
+                return await asyncio.to_thread(work)
+            except InputTooLarge as error:
+                raise Refused(413, str(error)) from None
+            except TunesmithError as error:
+                raise Refused(422, str(error)) from None
 
     async def predict(self, request: Request) -> Any:
+        """``POST /predict`` (JSON)."""
         started = time.perf_counter()
         try:
             self.check_key(request)
-            parsed, texts = self.parse(await self.read_body(request))
+            parsed, items = self.parse(await self.read_body(request))
+            if self.uploads:  # base64 is decoded on the worker thread too (a body may hold megabytes)
+                sent, limit = items, self.limits.max_bytes
+                items = await self.decode(lambda: [(file_label(n), json_file(value, file_label(n), limit))
+                                                   for n, value in enumerate(sent, 1)])  # fmt: skip
         except Refused as refused:
             return self.refuse(refused.status, refused.detail)
+        return await self.answer(items, started, one=parsed.text is not None)
+
+    async def predict_upload(self, request: Request) -> Any:
+        """``POST /predict/upload`` (multipart/form-data, one file part named ``file`` per image)."""
+        started = time.perf_counter()
         try:
-            results = await self.batcher.submit(texts)
+            self.check_key(request)
+            if not is_multipart(request.headers):
+                raise Refused(415, "send multipart/form-data with one file part named 'file' per image (or JSON "
+                                   '{"images": [...]} to POST /predict)')  # fmt: skip
+            body = await self.read_body(request)
+            files = await multipart_files(request.headers, body, max_files=self.max_batch,
+                                          max_bytes=self.limits.max_bytes)  # fmt: skip
+            inputs = await self.decode(lambda: [(file_label(n, name), data) for n, (name, data) in enumerate(files, 1)])
+        except Refused as refused:
+            return self.refuse(refused.status, refused.detail)
+        return await self.answer(inputs, started, names=[name for name, _ in files])
+
+    async def answer(self, inputs: list, started: float, *, one: bool = False, names: list[str] | None = None) -> Any:
+        """The model's rows for a request's inputs (through the batcher), the first alone when
+        ``one``, each with its upload's file name when ``names`` gives one."""
+        try:
+            results = await self.batcher.submit(inputs)
         except TunesmithError as error:  # an input the task cannot take: the task's message names it
             return self.refuse(422, str(error))
         except Exception as error:  # noqa: BLE001 - a failed model call must answer, not hang
             return self.refuse(500, f"prediction failed: {type(error).__name__}: {error}")
         self.stats.request(200, time.perf_counter() - started)
-        return results[0] if parsed.text is not None else {"predictions": results}
+        if names is not None:
+            results = [{"file": name, **row} if name else row for name, row in zip(names, results)]
+        return results[0] if one else {"predictions": results}
+
+    def request_form(self) -> dict[str, Any]:
+        """What ``/metadata`` says a request looks like: its routes and fields, and the limits."""
+        limits = {"max_batch": self.max_batch, "max_body_bytes": self.max_body_bytes}
+        if not self.uploads:
+            return {"predict": "POST /predict (JSON)", "fields": {"text": "one text", "texts": "a list of texts",
+                    "inputs": "a list of the run's inputs (texts, question/context objects, pairs of texts, prompts)"},
+                    "limits": limits | {"max_text_chars": self.max_text_chars}}  # fmt: skip
+        return {"predict": "POST /predict (JSON)", "upload": "POST /predict/upload (multipart/form-data)",
+                "fields": {"images": "a list of image files, each base64-encoded or a data URL "
+                                     "(data:image/png;base64,...)",
+                           "file": "POST /predict/upload: one file part named 'file' per image"},
+                "formats": list(self.predictor.scorer.upload_formats),
+                "limits": limits | {"max_upload_bytes": self.limits.max_bytes,
+                                    "max_pixels": self.limits.max_pixels}}  # fmt: skip
 
     def guarded(self, request: Request, answer: Callable[[], Any]) -> Any:
         """``answer()``, or the 401 for a request without the API key."""
@@ -380,8 +492,10 @@ class Service:
 
 def create_app(source: str | Path, *, api_key: str | None = None, max_batch: int = 64, max_text_chars: int = 20_000,
                max_body_bytes: int = 1_000_000, batch_window_ms: float = 0.0, log_path: str | Path | None = None,
-               predictor: Predictor | None = None):  # fmt: skip
-    """The FastAPI app serving ``source`` (a run or an export directory)."""
+               predictor: Predictor | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES,
+               max_pixels: int = MAX_PIXELS):  # fmt: skip
+    """The FastAPI app serving ``source`` (a run or an export directory); ``max_upload_bytes``
+    and ``max_pixels`` bound each uploaded file of a kind that takes files (images)."""
 
     predictor = predictor or Predictor(source)
     stats = Stats()
@@ -390,7 +504,7 @@ def create_app(source: str | Path, *, api_key: str | None = None, max_batch: int
         log.parent.mkdir(parents=True, exist_ok=True)
     batcher = Batcher(predictor, stats, max_batch=max_batch, window=batch_window_ms / 1000, log_path=log)
     service = Service(predictor, stats, batcher, api_key=api_key, max_batch=max_batch, max_text_chars=max_text_chars,
-                       max_body_bytes=max_body_bytes)  # fmt: skip
+                       max_body_bytes=max_body_bytes, limits=UploadLimits(max_upload_bytes, max_pixels))  # fmt: skip
 
     @asynccontextmanager
     async def lifespan(app):
@@ -433,11 +547,11 @@ def _add_private_docs(app: FastAPI, service: Service) -> None:
 
 
 def _add_model_routes(app: FastAPI, service: Service) -> None:
-    """/metadata, /metrics and /predict."""
+    """/metadata, /metrics, /predict and, for a kind that takes files, /predict/upload."""
 
     @app.get("/metadata")
     async def metadata(request: Request):
-        return service.guarded(request, lambda: service.predictor.metadata)
+        return service.guarded(request, lambda: service.predictor.metadata | {"request": service.request_form()})
 
     @app.get("/metrics")
     async def metrics(request: Request):
@@ -448,6 +562,12 @@ def _add_model_routes(app: FastAPI, service: Service) -> None:
     @app.post("/predict")
     async def predict(request: Request):
         return await service.predict(request)
+
+    if service.uploads:
+
+        @app.post("/predict/upload")
+        async def predict_upload(request: Request):
+            return await service.predict_upload(request)
 
 
 def serve(source: str | Path, *, host: str = "127.0.0.1", port: int = 8000, log=print, **options) -> None:

@@ -249,10 +249,12 @@ def _cv_objective(trial, config: Config, out: Path, metric: str, console, train:
 
     def train_fold(fold_config, console=None):
         result = train(fold_config, console=console)
-        value = result.metrics.get("test", {}).get(metric)
-        if value is None or not math.isfinite(value):
-            raise TunesmithError(f"tune.objective=cv: the fold's test {metric} is {value}; choose a test metric "
-                                 "(accuracy, macro_f1, mse, ...)")  # fmt: skip
+        test = result.metrics.get("test", {})
+        value = test.get(metric)
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            named = sorted(k for k, v in test.items() if isinstance(v, (int, float)) and k != "count")
+            raise TunesmithError(f"tune.objective=cv: the fold's test {metric} is {value}; set tune.metric to one "
+                                 f"of the test metrics: {named}")  # fmt: skip
         scores.append(float(value))
         trial.report(float(np.mean(scores)), len(scores) - 1)  # the running CV mean after each fold
         if trial.should_prune():

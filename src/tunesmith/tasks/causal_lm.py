@@ -31,6 +31,7 @@ from tunesmith.config import Config, DataConfig, GenerationConfig
 from tunesmith.data.batching import eval_batches
 from tunesmith.data.load import read_table
 from tunesmith.data.prepare import PreparedData, prepare_records
+from tunesmith.data.quality import Finding, InspectionRecords, TokenLengths, looks_cut
 from tunesmith.errors import TunesmithError
 from tunesmith.models.load import (
     ResolvedModel,
@@ -41,8 +42,9 @@ from tunesmith.models.load import (
 )
 from tunesmith.runs import atomic_write
 from tunesmith.tasks.confidence import bootstrap_means
-from tunesmith.tasks.contract import CardText, Completion, Encoded, Sampling, ScoreContext
+from tunesmith.tasks.contract import CardText, ChatFormat, Completion, Encoded, Sampling, ScoreContext, Watch
 from tunesmith.tasks.inputs import check_texts, read_texts
+from tunesmith.tasks.monitoring import EMPTY_OUTPUTS, OUTPUT_LENGTH, generated_values, pooled
 
 IGNORE = -100
 ROLES = ("system", "user", "assistant")
@@ -394,7 +396,11 @@ class CausalLMTask:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     type: ClassVar[str] = "causal_lm"
     kind: ClassVar[str] = "causal_lm"
-    stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "chat", "tune", "forgetting", "serve"})
+    stages: ClassVar[frozenset[str]] = frozenset(
+        {"evaluate", "predict", "retrain", "cv", "inspect", "chat", "tune", "forgetting", "serve", "monitor", "export"}
+    )
+    export_formats: ClassVar[frozenset[str]] = frozenset({"hf"})
+    """export writes the merged transformers directory (no ONNX: generation loops over the model)."""
     default_metric: ClassVar[tuple[str, str]] = ("loss", "min")
     metric_names: ClassVar[list[str]] = ["loss", "perplexity"]
     peft_task_type: ClassVar[str | None] = "CAUSAL_LM"
@@ -426,6 +432,25 @@ class CausalLMTask:
     def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
         """Each record's prompt side: its turns before the last assistant turn, as role: content lines."""
         return [prompt_side(json.loads(m)) for m in frame["messages"]]
+
+    def fit(self, train: pd.DataFrame) -> None:
+        """Nothing to learn from the rows: the model has no label space."""
+
+    def groups(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """None: records stand alone (cv.group_column groups them)."""
+        return None
+
+    def source_rows(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """Each record's position in its table (``record`` is 1-based)."""
+        return frame["record"].to_numpy() - 1
+
+    def write_records(self, frame: pd.DataFrame, directory: Path, name: str) -> tuple[Path, dict[str, Any]]:
+        """JSONL ``messages`` records: every format is read as a conversation, written as one."""
+        path = directory / f"{name}.jsonl"
+        # ASCII escapes: no line separator inside a text can split a record in two.
+        path.write_text("".join(json.dumps({"messages": json.loads(m)}) + "\n" for m in frame["messages"]),
+                        encoding="utf-8")  # fmt: skip
+        return path, {"format": "messages", "column_names": None}
 
     # -- model ---------------------------------------------------------------------------
     def load_processor(self, resolved: ResolvedModel, *, trained: bool = False) -> Any:
@@ -540,7 +565,34 @@ class CausalLMTask:
         return generate(model, tokenizer, [self.prompt(tokenizer, messages)], self.generation,
                         device=model_device(model))[0]  # fmt: skip
 
+    # -- export --format gguf (tasks.contract.Chat) ----------------------------------------
+    def chat_format(self, tokenizer) -> ChatFormat:
+        """model.chat_template, else the tokenizer's (None: plain text), and EOS, which ends
+        every trained assistant turn (``render_with_spans``)."""
+        template = self.chat_template or tokenizer.chat_template
+        if isinstance(template, dict):  # named templates: apply_chat_template uses "default"
+            template = template.get("default")
+        return ChatFormat(template, (tokenizer.eos_token,) if tokenizer.eos_token else ())
+
+    def render(self, tokenizer, messages: list[dict[str, str]], *, add_generation_prompt: bool) -> str:
+        """A conversation as training renders it (before EOS is appended to a last turn without one)."""
+        return _render(tokenizer, messages, self.chat_template, add_generation_prompt=add_generation_prompt)
+
+    def prompt_ids(self, tokenizer, prompt: str) -> list[int]:
+        """A rendered prompt's ids as ``generate`` tokenizes it: special tokens are added only
+        when there is no chat template (the template writes its own)."""
+        return tokenizer(prompt, add_special_tokens=tokenizer.chat_template is None)["input_ids"]
+
+    def split_prompts(self, tokenizer, frame: pd.DataFrame) -> list[str]:
+        """Each record's turns before its last assistant turn, rendered as generation renders them."""
+        return [generation_prompt(tokenizer, json.loads(m), self.chat_template)[0] for m in frame["messages"]]
+
     # -- shipping ------------------------------------------------------------------------
+    def export_description(self) -> dict[str, Any]:
+        """What an export reads (for its ``tunesmith.json``)."""
+        return {"inputs": "token ids of prompts rendered with the chat template (model.chat_template, else the "
+                          "tokenizer's)", "text_normalisation": None}
+
     def card(self, manifest: dict[str, Any], max_length: int, truncated_train: int) -> CardText:
         """The model card's generative wording: what it generates, the data's format, and the limits."""
         return CardText(
@@ -551,8 +603,95 @@ class CausalLMTask:
             usage='`tunesmith predict RUN_DIR --text "..."`, or `tunesmith chat RUN_DIR`.',
         )
 
+    # -- monitoring (tunesmith monitor; tasks.contract.Monitored) ---------------------------
+    watches: ClassVar[tuple[Watch, ...]] = (OUTPUT_LENGTH, EMPTY_OUTPUTS)
+
+    def monitor_inputs(self, frame: pd.DataFrame) -> list:
+        """Each record's prompt as ``predict`` and ``/predict`` take it: its last user turn
+        before the answer it was trained on (the turns before it, as role: content lines, when
+        it has no user turn)."""
+        inputs = []
+        for messages in map(json.loads, frame["messages"]):
+            last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
+            users = [m["content"] for m in messages[:last] if m["role"] == "user"]
+            inputs.append(users[-1] if users else prompt_side(messages))
+        return inputs
+
+    def monitor_texts(self, inputs: list) -> list[str]:
+        """The prompts themselves."""
+        return check_texts(inputs, self.kind)
+
+    def embed(self, model: Any, processor: Any, inputs: list) -> np.ndarray:
+        """The decoder's mean-pooled last hidden states over each prompt, rendered as a user
+        turn with the chat template (as ``predict`` renders it)."""
+        prompts = [self.prompt(processor, [{"role": "user", "content": t}]) for t in check_texts(inputs, self.kind)]
+        return pooled(model.base_model, processor, prompts, max_length=self.max_length,
+                      add_special_tokens=processor.chat_template is None)  # fmt: skip
+
+    def watched_values(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The completion's length in words, and whether it is empty."""
+        return generated_values(row["completion"])
+
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, "loss_on": self.loss_on, "packing": self.packing, "label_names": []}
+
+    # -- inspect -------------------------------------------------------------------------
+    def inspection_records(self, spec: str, data: DataConfig) -> InspectionRecords:
+        """One source's records for ``tunesmith inspect`` (data.quality.InspectedTask): the
+        prompt side compared for duplicates and leakage, the last assistant turn as the target,
+        and as findings the empty records (dropped with data.clean.drop_empty, else refused),
+        malformed ones (refused) and completions that seem cut mid-sentence."""
+        table = read_table(spec, column_names=data.column_names, encoding_errors=data.encoding_errors)
+        fmt = detect_format(list(table.frame.columns), data.format, table.source)
+        kept: list[tuple[int, str, list[dict]]] = []
+        findings: list[Finding] = []
+        for number, row in enumerate(table.frame.to_dict("records"), 1):
+            where = f"{table.source}, record {number}"
+            try:
+                messages = to_messages(row, fmt, where)
+            except TunesmithError as error:
+                findings.append(record_finding(error, number, where, drop_empty=data.clean.drop_empty))
+                continue
+            completion = next(m["content"] for m in reversed(messages) if m["role"] == "assistant")
+            if looks_cut(completion):
+                findings.append(Finding("completion looks cut", number, where,
+                                        f"it ends {completion.rstrip()[-60:]!r}", "warning",
+                                        "the model learns to stop mid-sentence: complete or drop it"))  # fmt: skip
+            kept.append((number, where, messages))
+        return InspectionRecords(
+            source=table.source, rows=[k[0] for k in kept], where=[k[1] for k in kept],
+            texts=[prompt_side(k[2]) for k in kept],
+            targets=[next(m["content"] for m in reversed(k[2]) if m["role"] == "assistant") for k in kept],
+            findings=findings, frame=pd.DataFrame({"messages": [k[2] for k in kept], "record": [k[0] for k in kept]}),
+        )  # fmt: skip
+
+    def inspection_lengths(self, processor: Any, records: InspectionRecords) -> list[TokenLengths]:
+        """Tokens of each record rendered with the chat template as in training (against
+        model.max_length: the end is cut), and of its prompt before the first trained token
+        (training refuses a record whose prompt leaves no room for one)."""
+        frame = records.frame
+        found = encode_conversations(processor, frame["messages"].tolist(), frame["record"].tolist(),
+                                     source=records.source, max_length=math.inf, chat_template=self.chat_template,
+                                     loss_on="completion").features if len(frame) else []  # fmt: skip
+        prompts = [next((i for i, label in enumerate(f["labels"]) if label != IGNORE), len(f["labels"])) for f in found]
+        return [
+            TokenLengths("record", [len(f["input_ids"]) for f in found], self.max_length,
+                         "cut to model.max_length: the end of its completion is not learned"),
+            TokenLengths("prompt", prompts, self.max_length - 1,
+                         "leaves no completion token within model.max_length: training refuses the file", "error"),
+        ]  # fmt: skip
+
+
+def record_finding(error: TunesmithError, number: int, where: str, *, drop_empty: bool) -> Finding:
+    """A record ``to_messages`` refused, as an inspect finding: an empty one is dropped with
+    data.clean.drop_empty (a warning) and refused without; a malformed one is refused."""
+    detail = str(error).removeprefix(f"{where}: ")
+    if not isinstance(error, EmptyRecord):
+        return Finding("malformed record", number, where, detail, "error", "training refuses the file")
+    if drop_empty:
+        return Finding("empty record", number, where, detail, "warning", "training drops it (data.clean.drop_empty)")
+    return Finding("empty record", number, where, detail, "error",
+                   "training refuses the file (data.clean.drop_empty=false)")  # fmt: skip
 
 
 @torch.no_grad()

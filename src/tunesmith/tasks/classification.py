@@ -33,10 +33,11 @@ from tunesmith.models.load import (
 )
 from tunesmith.tasks import metrics as metric_fns
 from tunesmith.tasks.confidence import confidence_report, fit_temperature
-from tunesmith.tasks.contract import CardText, Encoded, ExportBatch, ScoreContext
+from tunesmith.tasks.contract import CardText, Encoded, ExportBatch, ScoreContext, Watch
 from tunesmith.tasks.fairness import slice_metrics
 from tunesmith.tasks.inputs import check_texts, read_texts
 from tunesmith.tasks.labels import LabelSpace
+from tunesmith.tasks.monitoring import CONFIDENCE, LABEL_SHARES, VALUES, pooled
 from tunesmith.tasks.plots import plot_confusion_matrix, plot_reliability
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -67,14 +68,15 @@ class TextClassificationTask(LabelSpace):
     max_length: int = 128
     balance: BalanceConfig = field(default_factory=BalanceConfig)
 
-    # Every stage but chat; retrain (new labelled rows, same classes) is single-label only.
+    # Every stage but chat.
     STAGES: ClassVar[frozenset[str]] = frozenset(
-        {"evaluate", "predict", "cv", "tune", "inspect", "export", "serve", "monitor", "forgetting"}
+        {"evaluate", "predict", "cv", "tune", "inspect", "export", "serve", "monitor", "forgetting", "retrain"}
     )
     auto_class: ClassVar[str] = "AutoModelForSequenceClassification"
     peft_task_type: ClassVar[str | None] = "SEQ_CLS"
     forgetting_probe: ClassVar[str | None] = "embedding"
     quantization: ClassVar[str] = "dynamic"  # int8 weights; activation ranges measured per batch
+    export_formats: ClassVar[frozenset[str]] = frozenset({"hf", "onnx"})
 
     @classmethod
     def from_config(cls, config: Config, saved: dict[str, Any] | None = None) -> TextClassificationTask:
@@ -93,7 +95,7 @@ class TextClassificationTask(LabelSpace):
     @property
     def stages(self) -> frozenset[str]:
         """The stages after training that this task supports (see ``tasks.build.require_stage``)."""
-        return self.STAGES | {"retrain"} if self.type == "single_label" else self.STAGES
+        return self.STAGES
 
     @property
     def calibrates(self) -> bool:
@@ -179,12 +181,34 @@ class TextClassificationTask(LabelSpace):
             TunesmithError: a bad file or column, or a label outside the trained label space.
         """
         frame, entry = load_examples(spec, data, self)
-        self.encode_labels(frame["label"], entry["source"])
+        if self.label_names or self.type == "regression":  # no classes before training: nothing to refuse
+            self.encode_labels(frame["label"], entry["source"])
         return frame, entry
 
     def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
         """What the model reads in each row of a split table (for the train/held-out overlap check)."""
         return frame["text"].tolist()
+
+    def fit(self, train: pd.DataFrame) -> None:
+        """The label space of a table's ``label`` column (numbers are only checked, regression)."""
+        self.fit_labels(train["label"], "the training rows")
+
+    # -- cross-validation -----------------------------------------------------------
+    def groups(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """None: rows stand alone (cv.group_column groups them)."""
+        return None
+
+    def source_rows(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """Each row's position in its table (``row`` is 1-based)."""
+        return frame["row"].to_numpy() - 1
+
+    def write_records(self, frame: pd.DataFrame, directory: Path, name: str) -> tuple[Path, dict[str, Any]]:
+        """A Parquet table of ``text`` and ``label`` (and ``slice``, read as data.slice_column)."""
+        columns = ["text", "label"] + (["slice"] if "slice" in frame else [])
+        path = directory / f"{name}.parquet"
+        frame[columns].to_parquet(path, index=False)
+        return path, {"text_column": "text", "label_column": "label", "column_names": None,
+                      "slice_column": "slice" if "slice" in frame else None}  # fmt: skip
 
     # -- model --------------------------------------------------------------------
     def load_processor(self, resolved: ResolvedModel, *, trained: bool = False) -> Any:
@@ -416,9 +440,15 @@ class TextClassificationTask(LabelSpace):
         return ExportBatch(inputs={name: batch[name].numpy().astype(np.int64) for name in names},
                            dynamic_axes={name: {0: "batch", 1: "sequence"} for name in names})  # fmt: skip
 
-    def export_parity(self, reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
+    def export_output(self, output: Any) -> torch.Tensor:
+        """The classifier's logits, [rows, labels]."""
+        return output.logits
+
+    def export_parity(self, reference: list[np.ndarray], candidate: list[np.ndarray],
+                      features: list[dict]) -> dict[str, float]:  # fmt: skip
         """The largest logit difference and the share of rows with the same prediction: the
         class, the labels at the threshold (multi-label), the value within 0.01 (regression)."""
+        reference, candidate = np.stack(reference), np.stack(candidate)
         if self.type == "multi_label":
             cut = float(
                 np.log(self.threshold / (1 - self.threshold))
@@ -435,11 +465,42 @@ class TextClassificationTask(LabelSpace):
         """An export reads token ids of texts whose whitespace was collapsed (as in training)."""
         return {"inputs": "token ids", "text_normalisation": "collapse whitespace"}
 
-    def rows_from_logits(self, inputs: list, logits: np.ndarray, *, temperature: float | None = None) -> list[dict]:
+    def rows_from_logits(self, inputs: list, features: list[dict], logits: list[np.ndarray], *,
+                         temperature: float | None = None) -> list[dict]:  # fmt: skip
         """Label(s) or value and scores per text (softmax at ``temperature``, single-label), with
         a warning for an empty text."""
-        rows = self.prediction_rows(logits, temperature if self.calibrates else None)
+        rows = self.prediction_rows(np.stack(logits), temperature if self.calibrates else None)
         return [{**row, **text_warning(text)} for text, row in zip(inputs, rows)]
+
+    # -- monitoring (tunesmith monitor; tasks.contract.Monitored) ---------------------------
+    @property
+    def watches(self) -> tuple[Watch, ...]:
+        """The shares of the predicted labels (of label occurrences, multi-label) and, with one
+        label per row, the mean confidence; a regression's predicted values."""
+        if self.type == "regression":
+            return (VALUES,)
+        return (LABEL_SHARES,) if self.type == "multi_label" else (LABEL_SHARES, CONFIDENCE)
+
+    def monitor_inputs(self, frame: pd.DataFrame) -> list:
+        """The text of each row."""
+        return frame["text"].astype(str).tolist()
+
+    def monitor_texts(self, inputs: list) -> list[str]:
+        """The texts themselves."""
+        return check_texts(inputs, self.kind)
+
+    def embed(self, model: Any, processor: Any, inputs: list) -> np.ndarray:
+        """The encoder's mean-pooled states over each text (whitespace collapsed, as predicted)."""
+        texts = [" ".join(t.split()) for t in check_texts(inputs, self.kind)]
+        return pooled(model.base_model, processor, texts, max_length=self.max_length)
+
+    def watched_values(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The label and its score, the labels ("(none)" for an empty set), or the value."""
+        if self.type == "regression":
+            return {VALUES.name: float(row["value"])}
+        if self.type == "multi_label":
+            return {LABEL_SHARES.name: list(row["labels"]) or ["(none)"]}
+        return {LABEL_SHARES.name: row["label"], CONFIDENCE.name: float(max(row["scores"].values()))}
 
     def to_dict(self) -> dict[str, Any]:
         """What training learned (``task.json``): the kind, the label space, the multi-label options."""

@@ -9,6 +9,11 @@ class that implements all of it; ``tasks.build.build_task`` picks the class with
 Stages after training that a kind does not support yet are left out of its ``stages``;
 ``tasks.build.require_stage`` refuses them in one line before any work.
 
+The data stages sit below tasks/, so what they ask is declared beside them: ``inspect`` asks
+a kind with "inspect" in ``stages`` for ``data.quality.InspectedTask`` (its own records:
+``inspection_records``, ``inspection_lengths``) or ``data.prepare.LabelledTask`` (a text
+column and a label).
+
 The life of a task object:
 
 1. ``build_task(config)`` before training (label space empty), or
@@ -26,6 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+
+from tunesmith.errors import TunesmithError
 
 if TYPE_CHECKING:  # annotations only: the contract itself imports nothing heavy
     import numpy as np
@@ -103,6 +110,15 @@ class ExportBatch:
     dynamic_axes: dict[str, dict[int, str]]
     """Per input, the axes whose size changes from batch to batch (``{0: "batch", 1: "sequence"}``);
     the ONNX model takes any size there."""
+    row_lengths: list[int] | None = None
+    """Per row, how many positions of the output's second axis are its own (its tokens; the rest
+    is padding), for outputs with one vector per token; None: the output has one vector per row."""
+
+    def rows(self, output: np.ndarray) -> list[np.ndarray]:
+        """The batch's output (the exported tensor) as one array per row, padding cut off."""
+        if self.row_lengths is None:
+            return list(output)
+        return [output[row, :length] for row, length in enumerate(self.row_lengths)]
 
 
 @dataclass
@@ -126,6 +142,18 @@ class Sampling:
 
 
 @dataclass
+class ChatFormat:
+    """How a chat model reads a conversation, for formats that carry it beside the weights
+    (a GGUF file, an Ollama Modelfile), from :meth:`Chat.chat_format`."""
+
+    template: str | None
+    """The Jinja chat template conversations were rendered with in training; None: plain text
+    (each prompt turn ends with a newline, each assistant turn with EOS)."""
+    stop: tuple[str, ...]
+    """The token texts that end an assistant turn as trained (EOS)."""
+
+
+@dataclass
 class Completion:
     """One generated completion and its token counts."""
 
@@ -134,6 +162,21 @@ class Completion:
     completion_tokens: int
     finish_reason: str
     """"stop" (end of turn or a stop string) or "length" (max_new_tokens reached)."""
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    """A server's limits on one uploaded file, for :meth:`Uploadable.decode_upload`."""
+
+    max_bytes: int
+    """The file's size in bytes (after base64 decoding)."""
+    max_pixels: int
+    """An image's width x height, checked from its header before its pixels are decoded, so
+    a small file that would decode to gigabytes (a decompression bomb) is refused unread."""
+
+
+class InputTooLarge(TunesmithError):
+    """An input over one of the server's limits (:class:`UploadLimits`): serve answers 413."""
 
 
 @runtime_checkable
@@ -185,11 +228,45 @@ class Task(Protocol):
 
     def read(self, spec: str, data: DataConfig) -> tuple[pd.DataFrame, dict]:
         """One labelled file as the table ``encode`` takes, and its manifest entry (for
-        ``tunesmith evaluate``); labels outside the trained label space are refused by row."""
+        ``tunesmith evaluate``); labels outside the trained label space are refused by row
+        (before training, with no label space yet, only malformed ones are)."""
         ...
 
     def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
         """What the model reads in each row, for the train/held-out overlap check."""
+        ...
+
+    def fit(self, train: pd.DataFrame) -> None:
+        """Learns from a table of training rows (from ``read``) what training learns from its
+        training split: the label space (classes, tags; ``label_names``), whether questions
+        can be unanswerable; nothing for the generative kinds. ``retrain`` fits a fresh task on
+        its mix of new and old rows to check that the mix keeps the deployed model's label
+        space (a head with as many outputs but other labels would load without a word).
+
+        Raises:
+            TunesmithError: rows the label space cannot be fitted on (a single class).
+        """
+        ...
+
+    # -- cross-validation (cv, and tune with tune.objective=cv) ------------------------------
+    # cv reads data.train with ``read`` on a task whose label space is not fitted yet (so only
+    # malformed labels are refused), cuts it into folds and writes each fold's rows back with
+    # ``write_records``; every fold is then an ordinary run whose data stage reads those files.
+    def groups(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """Each row's group in a table from ``read``: rows that share one are kept in one fold
+        (questions on one context, sentences of one document). None: every row stands alone."""
+        ...
+
+    def source_rows(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """Each row's 0-based position among the data rows of the table it was read from, to
+        join a column the task does not read (cv.group_column); None when the source is not
+        such a table (CoNLL, SQuAD JSON, an image folder)."""
+        ...
+
+    def write_records(self, frame: pd.DataFrame, directory: Path, name: str) -> tuple[Path, dict[str, Any]]:
+        """Writes rows of a table from ``read`` to a new file ``directory/name.<suffix>`` that
+        ``read`` reads back as the same rows, and returns it with the ``data`` config values
+        that reading it needs (``format``, ``text_column``, ...)."""
         ...
 
     # -- model ---------------------------------------------------------------------------
@@ -244,7 +321,8 @@ class Task(Protocol):
     # -- prediction ----------------------------------------------------------------------
     def predict(self, model: Any, processor: Any, inputs: list, *, temperature: float | None = None) -> list[dict]:
         """Prediction rows for raw inputs (texts, ``{"question", "context"}`` dicts, image
-        paths, prompts: the kind says); an input of the wrong kind is refused, naming it."""
+        paths or decoded images (:meth:`Uploadable.decode_upload`), prompts: the kind says); an
+        input of the wrong kind is refused, naming it."""
         ...
 
     def read_inputs(self, path: Path) -> list:
@@ -264,9 +342,30 @@ class Task(Protocol):
 
 @runtime_checkable
 class Exportable(Task, Protocol):
-    """What ``export`` (and ``serve``, which answers from an export's logits) asks beyond
-    :class:`Task`: every kind with "export" in ``stages`` implements it; the stage checks
-    ``require_stage`` first, so it never meets a kind that does not."""
+    """What ``export`` asks beyond :class:`Task`: every kind with "export" in ``stages``
+    implements it; the stage checks ``require_stage`` first, so it never meets a kind that does
+    not. Every such kind exports ``--format hf`` (the run's merged model, its processor and model
+    card, checked by reloading it with :meth:`Task.load_trained`)."""
+
+    export_formats: ClassVar[frozenset[str]]
+    """The ``export --format`` values this kind supports: "hf" for every kind; "onnx" for the
+    encoder kinds (which then implement :class:`OnnxExportable`)."""
+
+    def export_description(self) -> dict[str, Any]:
+        """What an export's ``tunesmith.json`` says about the model's input: ``inputs`` (in
+        words) and ``text_normalisation`` (done to a text before it is tokenized; None for images
+        and where nothing is done)."""
+        ...
+
+
+@runtime_checkable
+class OnnxExportable(Exportable, Protocol):
+    """What ``export --format onnx`` (and ``serve``, which answers from an ONNX export's outputs)
+    asks beyond :class:`Exportable`: every kind with "onnx" in ``export_formats`` implements it.
+
+    An exported graph has one output, ``logits`` (:meth:`export_output`); a batch of it is cut
+    into one array per row (:meth:`ExportBatch.rows`), and everything after that (parity, serve's
+    rows) reads those per-row arrays with the features they came from."""
 
     quantization: ClassVar[str]
     """How ``export --quantize int8`` quantizes: "dynamic" (int8 weights, activation ranges
@@ -275,7 +374,8 @@ class Exportable(Task, Protocol):
 
     def export_features(self, processor: Any, inputs: list) -> list[dict]:
         """Raw inputs (as :meth:`Task.predict` takes them) as the features :meth:`export_inputs`
-        batches: how ``serve`` feeds an exported ONNX model.
+        batches: how ``serve`` feeds an exported ONNX model. A kind may make several features of
+        one input (QA: one per context window); :meth:`rows_from_logits` reads them back.
 
         Raises:
             TunesmithError: an input of the wrong kind, naming its position.
@@ -283,25 +383,33 @@ class Exportable(Task, Protocol):
         ...
 
     def export_inputs(self, processor: Any, features: list[dict]) -> ExportBatch:
-        """A batch of features (those of ``encode``) as the exported model's named inputs; export
-        feeds the same batch to the PyTorch model and to the exported one."""
+        """A batch of features (those of ``encode`` or :meth:`export_features`) as the exported
+        model's named inputs, with ``row_lengths`` for per-token outputs; export feeds the same
+        batch to the PyTorch model and to the exported one."""
         ...
 
-    def export_parity(self, reference: np.ndarray, candidate: np.ndarray) -> dict[str, float]:
-        """How an exported model's logits compare with the PyTorch model's on the same rows:
-        ``rows``, ``max_logit_difference``, and ``label_agreement`` (the share of rows whose
-        prediction is the same: the class, the label set at the threshold, the value within 0.01)."""
+    def export_output(self, output: Any) -> torch.Tensor:
+        """The one tensor the exported graph returns (named ``logits``), from the PyTorch
+        model's output: ``output.logits`` for the classifiers ([rows, labels]) and the tagger
+        ([rows, tokens, tags]); QA stacks start and end logits ([rows, tokens, 2])."""
         ...
 
-    def export_description(self) -> dict[str, Any]:
-        """What an export's ``tunesmith.json`` says about the model's input: ``inputs`` (in
-        words) and ``text_normalisation`` (done to a text before it is tokenized; None for images)."""
+    def export_parity(self, reference: list[np.ndarray], candidate: list[np.ndarray],
+                      features: list[dict]) -> dict[str, float]:  # fmt: skip
+        """How an exported model's per-row outputs compare with the PyTorch model's on the same
+        features: ``rows`` (the units compared: texts, sentences, questions),
+        ``max_logit_difference``, and ``label_agreement``, the share of rows whose decoded
+        prediction is the same (the class, the label set at the threshold, the value within
+        0.01; the sentence's entity spans; the question's answer span), which export's floors
+        gate. A kind may add its own figures (``token_agreement``, ...)."""
         ...
 
-    def rows_from_logits(self, inputs: list, logits: np.ndarray, *, temperature: float | None = None) -> list[dict]:
-        """The rows serve answers with, from any backend's logits (PyTorch or an exported ONNX
-        model) for these raw inputs: label(s) or value with the scores (softmax at
-        ``temperature``), and a warning where an input gives cause."""
+    def rows_from_logits(self, inputs: list, features: list[dict], logits: list[np.ndarray], *,
+                         temperature: float | None = None) -> list[dict]:  # fmt: skip
+        """The rows serve answers with, from any backend's per-row outputs (PyTorch or an
+        exported ONNX model) for these raw inputs and their :meth:`export_features`: the same
+        rows as :meth:`Task.predict` (label(s) or value with scores, softmax at
+        ``temperature``; entity spans; answers), with a warning where an input gives cause."""
         ...
 
 
@@ -330,4 +438,116 @@ class Chat(Task, Protocol):
     def reply(self, model: Any, processor: Any, messages: list[dict[str, str]]) -> str:
         """The model's next turn in a conversation (``{"role", "content"}`` messages), the chat
         template applied exactly as in training."""
+        ...
+
+    # -- export --format gguf (ship/gguf.py): what a GGUF file and an Ollama Modelfile carry --
+    def chat_format(self, processor: Any) -> ChatFormat:
+        """The chat template conversations were rendered with in training and the tokens that
+        end an assistant turn."""
+        ...
+
+    def render(self, processor: Any, messages: list[dict[str, str]], *, add_generation_prompt: bool) -> str:
+        """A conversation rendered exactly as training renders it (the chat template, or plain
+        text without one); with ``add_generation_prompt``, ending where the assistant answers
+        (``prompt``)."""
+        ...
+
+    def prompt_ids(self, processor: Any, prompt: str) -> list[int]:
+        """The token ids of a rendered prompt as generation feeds them to the model."""
+        ...
+
+    def split_prompts(self, processor: Any, frame: pd.DataFrame) -> list[str]:
+        """The prompt of each record of a split's table (those of ``prepare`` or ``read``): its
+        turns before the last assistant turn, rendered as in training, ending where the
+        assistant answers."""
+        ...
+
+
+@runtime_checkable
+class Uploadable(Task, Protocol):
+    """What ``serve`` asks beyond :class:`Task` of a kind whose inputs are files (images). A server
+    never opens a path that a request names: a request carries each file's bytes (base64 or a
+    data URL in ``{"images": [...]}``, or the parts of a multipart upload), and the task turns
+    them into inputs that :meth:`Task.predict` (and :meth:`OnnxExportable.export_features`) take.
+    Kinds that are not Uploadable take JSON inputs as they are (texts, objects, pairs)."""
+
+    upload_formats: ClassVar[tuple[str, ...]]
+    """The file formats an upload may be in ("PNG", "JPEG", ...); anything else is refused."""
+
+    def decode_upload(self, processor: Any, data: bytes, *, where: str, limits: UploadLimits) -> Any:
+        """One uploaded file as an input of :meth:`Task.predict` (an image: decoded and made
+        ready for ``processor``).
+
+        Args:
+            processor: the run's processor (``load_processor``), as ``predict`` is given it.
+            data: the file's bytes.
+            where: the file in the request ("image 2 (cat.png)"), named in every error.
+            limits: the server's limits.
+
+        Raises:
+            InputTooLarge: over ``limits`` (serve answers 413).
+            TunesmithError: not a file of ``upload_formats`` that can be decoded: empty,
+                truncated, corrupt (serve answers 422).
+        """
+        ...
+
+
+# -- monitoring (``tunesmith monitor``) --------------------------------------------------------
+# monitor compares live inputs (a ``serve --log`` file or a prediction input file) with the run's
+# held-out split, and the predictions on them with the model's predictions on that split. What a
+# row's input is (a text, a pair, a question with its context, a prompt), which model states embed
+# it and which prediction fields can drift are the task's answers to the questions below.
+@dataclass(frozen=True)
+class Watch:
+    """One quantity of a kind's prediction rows that ``monitor`` compares, reference against live."""
+
+    name: str
+    """The check's name in the report ("prediction_psi", "no_answer_rate_increase", ...)."""
+    test: str
+    """How reference and live values are compared; the check drifts when the result is above
+    its threshold. "psi": the population stability index of the categories' shares (each row
+    gives a category or a list of them); "ks": the Kolmogorov-Smirnov statistic of numbers;
+    "increase": the live mean minus the reference mean; "decrease": the reference mean minus
+    the live mean."""
+    threshold: str
+    """The ``monitor:`` config key that holds the threshold (``psi``, ``confidence_drop``, ...)."""
+    description: str
+    """What a value is, in words, for the report's plot ("entity type", "words per output")."""
+
+
+@runtime_checkable
+class Monitored(Task, Protocol):
+    """What ``monitor`` asks beyond :class:`Task` (kinds with "monitor" in ``stages``)."""
+
+    watches: tuple[Watch, ...]
+    """The prediction-drift checks of this kind (empty: none is defined)."""
+
+    def monitor_inputs(self, frame: pd.DataFrame) -> list:
+        """The raw input of each row of a split table (the run's ``data/*.parquet``), as
+        :meth:`Task.predict` takes it and a server receives it."""
+        ...
+
+    def monitor_texts(self, inputs: list) -> list[str]:
+        """The words the model reads of each raw input, as one text (for text lengths and the
+        out-of-vocabulary rate): a text, both texts of a pair, a question and its context.
+
+        Raises:
+            TunesmithError: an input of the wrong kind, naming its position.
+        """
+        ...
+
+    def embed(self, model: Any, processor: Any, inputs: list) -> np.ndarray:
+        """One row per raw input for the domain classifier: the mean-pooled last hidden states
+        of the trained model's encoder (an encoder-decoder's encoder, a causal LM's decoder)
+        over what it reads of the input, encoded as in prediction."""
+        ...
+
+    def watched_values(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Per watch name (:attr:`watches`), the value of one prediction row (``predict``'s, or
+        the same fields in a ``serve --log`` record): a category or a list of categories
+        ("psi"), else a number.
+
+        Raises:
+            KeyError: the row lacks a field a watch reads (monitor names the log line).
+        """
         ...

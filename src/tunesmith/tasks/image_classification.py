@@ -12,10 +12,17 @@ normalised with the backbone's own preprocessing config (preprocessor_config.jso
 saved with the trained model). Augmentation (``data.image_augment``) applies to the train
 split only and draws from torch's seeded generator, so runs repeat and resume exactly; it is
 written with PIL and numpy (torchvision does not import beside this CPU torch).
+
+Prediction takes image files or folders (the CLI) or decoded images. A server never opens a
+path it is sent: it hands the task each upload's bytes (``decode_upload``), which PIL opens
+from memory, in the formats of ``EXTENSIONS`` only (PIL's other plugins, e.g. EPS through
+Ghostscript, stay shut), checking width x height from the header before the pixels are
+decoded, then scales to the model's input at once, so a request holds no full-size images.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -34,12 +41,14 @@ from tunesmith.data.prepare import PreparedData, prepare_records
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import sha256_file
 from tunesmith.tasks.classification import TextClassificationTask
-from tunesmith.tasks.contract import CardText, Encoded, ExportBatch
+from tunesmith.tasks.contract import CardText, Encoded, ExportBatch, InputTooLarge, UploadLimits
 
 if TYPE_CHECKING:
     from tunesmith.models.load import ResolvedModel
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP", "TIFF")
+"""PIL's names of the formats of EXTENSIONS: the only decoders an upload may reach."""
 PATH_COLUMNS = ("path", "image", "file", "filename")
 
 
@@ -51,6 +60,36 @@ def read_image(path: str | Path):
     with Image.open(path) as image:
         image.load()
         return image.convert("RGB")
+
+
+def decode_image(data: bytes, *, where: str, max_pixels: int):
+    """An uploaded image file's bytes as an RGB PIL image.
+
+    Raises:
+        InputTooLarge: width x height over ``max_pixels`` (read from the header, before any pixel
+            is decoded), or PIL's own decompression-bomb limit.
+        TunesmithError: not an image of ``FORMATS``, or one that cannot be decoded (truncated,
+            corrupt), naming ``where``.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise InputTooLarge(f"{where} is {width} x {height} = {width * height:,} pixels; the limit is "
+                                    f"{max_pixels:,}")  # fmt: skip
+            image.load()
+            return image.convert("RGB")
+    except Image.DecompressionBombError as error:
+        raise InputTooLarge(f"{where}: {error}") from None
+    except UnidentifiedImageError:
+        raise TunesmithError(f"{where}: not an image (tunesmith reads {', '.join(FORMATS)})") from None
+    except InputTooLarge:
+        raise
+    except Exception as error:  # noqa: BLE001 (any decoder failure: truncated, corrupt, unsupported mode)
+        reason = str(error) or type(error).__name__
+        raise TunesmithError(f"{where}: the image cannot be decoded ({reason})") from None
 
 
 def _check(paths: list[Path], labels: list[str], wheres: list[str]) -> tuple[list[dict], list[dict]]:
@@ -172,10 +211,16 @@ class ImagePreprocessor:
         Path(folder).mkdir(parents=True, exist_ok=True)
         (Path(folder) / "preprocessor_config.json").write_text(json.dumps(raw, indent=2))
 
-    def resize(self, image):
+    def scale(self, image):
+        """The image at the model's input size, before any crop (as it is when it has that size)."""
         from PIL import Image
 
-        image = image.resize((self.width, self.height), Image.BILINEAR)
+        if image.size == (self.width, self.height):
+            return image
+        return image.resize((self.width, self.height), Image.BILINEAR)
+
+    def resize(self, image):
+        image = self.scale(image)
         if self.crop:
             height, width = self.crop
             left, top = (self.width - width) // 2, (self.height - height) // 2
@@ -230,27 +275,35 @@ def keep_frozen_statistics(model) -> None:
 
 
 # -- the task -----------------------------------------------------------------------------------------------
-def image_paths(inputs: list) -> list[Path]:
-    """The image files that prediction inputs name: a file as it is, a folder as every image in
-    it (sorted).
+def image_sources(inputs: list) -> list[tuple[dict, Any]]:
+    """The images that prediction inputs give, in order, each as (what its row says about it,
+    the image): a file as its path, a folder as every image file in it (sorted), both still to
+    be read (``{"path": ...}``); a decoded PIL image (a served upload) as it is (``{}``).
 
     Raises:
-        TunesmithError: an input that is not a path (naming its position), or a path that does
+        TunesmithError: an input that is neither (naming its position), or a path that does
             not exist.
     """
-    paths = []
+    from PIL import Image
+
+    sources = []
     for number, value in enumerate(inputs, 1):
+        if isinstance(value, Image.Image):
+            sources.append(({}, value))
+            continue
         if not isinstance(value, (str, os.PathLike)):
-            raise TunesmithError(f"input {number}: an image_classification run takes image files or folders, "
-                                 f"not a {type(value).__name__} ({str(value)[:80]!r})")  # fmt: skip
+            raise TunesmithError(f"input {number}: an image_classification run takes image files or folders "
+                                 f"(or decoded images), not a {type(value).__name__} "
+                                 f"({str(value)[:80]!r})")  # fmt: skip
         path = Path(value)
         if path.is_dir():
-            paths += sorted(p for p in path.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+            found = sorted(p for p in path.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
         elif path.is_file():
-            paths.append(path)
+            found = [path]
         else:
             raise TunesmithError(f"{path}: no such image file or folder")
-    return paths
+        sources += [({"path": str(p)}, p) for p in found]
+    return sources
 
 
 @dataclass
@@ -267,13 +320,14 @@ class ImageClassificationTask(TextClassificationTask):
     """The preprocessing of ``load_processor``, which ``collate`` uses."""
 
     kind: ClassVar[str] = "image_classification"
-    stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "tune", "export"})
+    stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "retrain", "cv", "tune", "export", "serve"})
     peft_task_type: ClassVar[str | None] = None
     auto_class: ClassVar[str] = "AutoModelForImageClassification"
     forgetting_probe: ClassVar[str | None] = None
     detects_label_errors: ClassVar[bool] = False  # the label-error search reads texts
     quantization: ClassVar[str] = "static"
     """Dynamic int8 agreed on 0.75 of the labels of the Fashion-MNIST EfficientNet; static, 0.99."""
+    upload_formats: ClassVar[tuple[str, ...]] = FORMATS
 
     @classmethod
     def from_config(cls, config: Config, saved: dict[str, Any] | None = None) -> ImageClassificationTask:
@@ -300,7 +354,8 @@ class ImageClassificationTask(TextClassificationTask):
                 (naming the image or the table row).
         """
         frame, entry = load_images(spec, data)
-        unknown = ~frame["label"].isin(self.label_names)
+        # Before training (cv reads its folds' rows) there is no label set to hold them to.
+        unknown = ~frame["label"].isin(self.label_names) if self.label_names else pd.Series(False, index=frame.index)
         if unknown.any():
             first = frame[unknown].iloc[0]
             raise TunesmithError(f"{first['where']}: label {first['label']!r} does not occur in the training data "
@@ -310,6 +365,16 @@ class ImageClassificationTask(TextClassificationTask):
     def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
         """Each image's content hash: the same picture under two names is the same input."""
         return [sha256_file(Path(p)) for p in frame["path"]]
+
+    def source_rows(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """None: the images' rows are not kept (cv.group_column does not apply to images)."""
+        return None
+
+    def write_records(self, frame: pd.DataFrame, directory: Path, name: str) -> tuple[Path, dict[str, Any]]:
+        """A Parquet table of image paths (absolute, as read) and labels."""
+        path = directory / f"{name}.parquet"
+        frame[["path", "label"]].to_parquet(path, index=False)
+        return path, {"text_column": "path", "label_column": "label", "column_names": None}
 
     # -- model -----------------------------------------------------------------------------------------
     def load_processor(self, resolved: ResolvedModel, *, trained: bool = False) -> ImagePreprocessor:
@@ -424,20 +489,24 @@ class ImageClassificationTask(TextClassificationTask):
     # -- prediction ------------------------------------------------------------------------------------
     def predict(self, model: Any, processor: ImagePreprocessor, inputs: list, *,
                 temperature: float | None = None) -> list[dict]:  # fmt: skip
-        """Label and scores (softmax at ``temperature``) for each image file, or every image in the
-        folders given; an unreadable image gets an ``error`` row, after the others."""
-        rows, features = [], []
-        for path in image_paths(inputs):
+        """Label and scores (softmax at ``temperature``) for each image file, every image in the
+        folders given, and each decoded image (a served upload: its row has no ``path``); an
+        unreadable file gets an ``error`` row, after the others."""
+        rows, kept, features = [], [], []
+        for source, image in image_sources(inputs):
             try:
-                features.append({"path": str(path), "image": read_image(path), "labels": 0})
+                image = read_image(image) if isinstance(image, Path) else image
             except Exception as error:  # noqa: BLE001 (reported per file, the rest still predicted)
-                rows.append({"path": str(path), "error": f"unreadable image: {error}"})
+                rows.append({**source, "error": f"unreadable image: {error}"})
+                continue
+            kept.append(source)
+            features.append({"image": image, "labels": 0})
         if not features:
             return rows
         device = next(model.parameters()).device
         logits = self.split_logits(model, processor, features, batch_size=32, device=device)
         found = self.prediction_rows(logits, temperature)
-        return [{"path": f["path"], **row} for f, row in zip(features, found)] + rows
+        return [source | row for source, row in zip(kept, found)] + rows
 
     def read_inputs(self, path: Path) -> list:
         """``tunesmith predict --input``: an image file or a folder of images, as one input."""
@@ -469,8 +538,23 @@ class ImageClassificationTask(TextClassificationTask):
 
     # -- export ----------------------------------------------------------------------------------------
     def export_features(self, processor: ImagePreprocessor, inputs: list) -> list[dict]:
-        """Decoded images of the files (or folders) given."""
-        return [{"path": str(path), "image": read_image(path), "labels": 0} for path in image_paths(inputs)]
+        """The images given (decoded, or read from the files and folders named)."""
+        return [{**source, "image": read_image(image) if isinstance(image, Path) else image, "labels": 0}
+                for source, image in image_sources(inputs)]  # fmt: skip
+
+    def rows_from_logits(self, inputs: list, features: list[dict], logits: list[np.ndarray], *,
+                         temperature: float | None = None) -> list[dict]:  # fmt: skip
+        """Label and scores per image (softmax at ``temperature``), as ``predict`` writes them."""
+        rows = self.prediction_rows(np.stack(logits), temperature)
+        return [({"path": f["path"]} if "path" in f else {}) | row for f, row in zip(features, rows)]
+
+    def decode_upload(self, processor: ImagePreprocessor, data: bytes, *, where: str, limits: UploadLimits) -> Any:
+        """An uploaded image file as ``predict`` takes it: decoded within ``limits``, then scaled to
+        the model's input (as ``processor`` would: the same pixels), so a request holds no
+        full-size image while it waits for the model."""
+        if len(data) > limits.max_bytes:
+            raise InputTooLarge(f"{where} is {len(data):,} bytes; the limit is {limits.max_bytes:,}")
+        return processor.scale(decode_image(data, where=where, max_pixels=limits.max_pixels))
 
     def export_inputs(self, processor: ImagePreprocessor, features: list[dict]) -> ExportBatch:
         """The batch's normalised pixels (never augmented), any number of images."""

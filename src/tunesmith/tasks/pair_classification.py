@@ -19,15 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pandas as pd
 
 from tunesmith.config import Config, DataConfig
 from tunesmith.data.load import read_table
 from tunesmith.data.prepare import PreparedData, prepare_records
+from tunesmith.data.quality import Finding, InspectionRecords, TokenLengths
 from tunesmith.errors import TunesmithError
 from tunesmith.models.load import pad_token_id
 from tunesmith.tasks.classification import TextClassificationTask, compute_logits, text_warning
 from tunesmith.tasks.contract import CardText, Encoded
+from tunesmith.tasks.monitoring import pooled
 
 FIRST, SECOND = "text", "text_pair"
 """The table columns of the two texts after reading (and the keys of a prediction input)."""
@@ -49,7 +52,9 @@ class PairClassificationTask(TextClassificationTask):
     first_column: str = "sentence1"
     second_column: str = "sentence2"
     kind: ClassVar[str] = "pair_classification"
-    stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "tune", "export", "serve"})
+    stages: ClassVar[frozenset[str]] = frozenset(
+        {"evaluate", "predict", "retrain", "cv", "inspect", "tune", "export", "serve", "monitor"}
+    )
     forgetting_probe: ClassVar[str | None] = None
     detects_label_errors: ClassVar[bool] = False  # the label-error search reads one text column
 
@@ -126,6 +131,14 @@ class PairClassificationTask(TextClassificationTask):
         """A pair is the same input when both its texts are."""
         return [f"{a}\n{b}" for a, b in zip(frame[FIRST], frame[SECOND])]
 
+    def write_records(self, frame: pd.DataFrame, directory: Path, name: str) -> tuple[Path, dict[str, Any]]:
+        """A Parquet table of the two texts (under task.first_column and task.second_column) and ``label``."""
+        path = directory / f"{name}.parquet"
+        frame[[FIRST, SECOND, "label"]].set_axis([self.first_column, self.second_column, "label"], axis=1).to_parquet(
+            path, index=False
+        )
+        return path, {"label_column": "label", "column_names": None}
+
     # -- encoding ---------------------------------------------------------------------
     def encode_pairs(self, tokenizer, firsts: list[str], seconds: list[str], targets: list | None
                      ) -> tuple[list[dict], int]:  # fmt: skip
@@ -195,9 +208,10 @@ class PairClassificationTask(TextClassificationTask):
         pairs = self.pairs_of(inputs)
         return self.encode_pairs(processor, [a for a, _ in pairs], [b for _, b in pairs], None)[0]
 
-    def rows_from_logits(self, inputs: list, logits, *, temperature: float | None = None) -> list[dict]:
+    def rows_from_logits(self, inputs: list, features: list[dict], logits: list, *,
+                         temperature: float | None = None) -> list[dict]:  # fmt: skip
         """The label and class scores of each pair, with the pair."""
-        rows = self.prediction_rows(logits, temperature)
+        rows = self.prediction_rows(np.stack(logits), temperature)
         return [{FIRST: a, SECOND: b, **row} for (a, b), row in zip(self.pairs_of(inputs), rows)]
 
     def read_inputs(self, path: Path) -> list:
@@ -227,7 +241,87 @@ class PairClassificationTask(TextClassificationTask):
         return {"inputs": "token ids of a text pair (the tokenizer's pair encoding)",
                 "text_normalisation": "collapse whitespace"}  # fmt: skip
 
+    # -- monitoring (tunesmith monitor; the label and confidence checks are the classifier's) --
+    def monitor_inputs(self, frame: pd.DataFrame) -> list:
+        """Each row's pair, ``[first, second]``."""
+        return [[a, b] for a, b in zip(frame[FIRST], frame[SECOND])]
+
+    def monitor_texts(self, inputs: list) -> list[str]:
+        """Both texts of each pair, one after the other."""
+        return [f"{a} {b}" for a, b in self.pairs_of(inputs)]
+
+    def embed(self, model: Any, processor: Any, inputs: list) -> np.ndarray:
+        """The encoder's mean-pooled states over each pair's encoding (as predicted)."""
+        pairs = self.pairs_of(inputs)
+        return pooled(model.base_model, processor, [a for a, _ in pairs], [b for _, b in pairs],
+                      max_length=self.max_length)  # fmt: skip
+
     def to_dict(self) -> dict[str, Any]:
         """What training learned (``task.json``): the kind, the labels, the two columns."""
         return {"type": self.kind, "label_names": self.label_names, "first_column": self.first_column,
                 "second_column": self.second_column}  # fmt: skip
+
+    # -- inspect ----------------------------------------------------------------------
+    def inspection_records(self, spec: str, data: DataConfig) -> InspectionRecords:
+        """One table of pairs for ``tunesmith inspect`` (data.quality.InspectedTask): both texts
+        compared for duplicates and leakage, the labels counted, and as findings the rows
+        training drops (an empty text, a missing label) or refuses (a label it cannot learn).
+
+        Raises:
+            TunesmithError: an unreadable file, or a missing column (the columns present are listed).
+        """
+        from tunesmith.data.clean import is_missing
+
+        table = read_table(spec, column_names=data.column_names, encoding_errors=data.encoding_errors)
+        label_column = data.label_column or "label"
+        for key, column in {"task.first_column": self.first_column, "task.second_column": self.second_column,
+                            "data.label_column": label_column}.items():  # fmt: skip
+            if column not in table.frame.columns:
+                raise TunesmithError(f"{table.source}: no column {column!r} ({key}); columns: "
+                                     f"{list(table.frame.columns)}")  # fmt: skip
+        firsts, seconds = _normalised(table.frame[self.first_column]), _normalised(table.frame[self.second_column])
+        labels, findings, keep = table.frame[label_column], [], []
+        for position, (first, second, label) in enumerate(zip(firsts, seconds, labels)):
+            where = f"{table.source}, row {position + 1}"
+            if not first or not second:
+                findings.append(Finding("empty text", position + 1, where, f"the {'first' if not first else 'second'} "
+                                        "text is empty", "warning", "training drops the row"))  # fmt: skip
+            elif is_missing(label):
+                findings.append(Finding("missing label", position + 1, where, "no label", "warning",
+                                        "training drops the row"))  # fmt: skip
+            else:
+                keep.append(position)
+        rows = [p + 1 for p in keep]
+        findings += self._label_findings(labels.iloc[keep], table.source, rows)
+        try:
+            names = self.normalise_labels(labels.iloc[keep], source=table.source, rows=rows).map(str).tolist()
+        except TunesmithError:  # listed among the findings; counted as written
+            names = labels.iloc[keep].map(str).tolist()
+        frame = pd.DataFrame({FIRST: firsts.iloc[keep].tolist(), SECOND: seconds.iloc[keep].tolist()})
+        return InspectionRecords(source=table.source, rows=rows, where=[f"{table.source}, row {r}" for r in rows],
+                                 texts=self.overlap_inputs(frame), targets=names, labels=[[n] for n in names],
+                                 findings=findings, frame=frame)  # fmt: skip
+
+    def _label_findings(self, labels: pd.Series, source: str, rows: list[int]) -> list[Finding]:
+        """The labels training refuses, one finding per row (or one for a column mixing text and numbers)."""
+        try:
+            self.check_labels(labels, source, rows)
+            return []
+        except TunesmithError as whole:
+            found = []
+            for row, value in zip(rows, labels.tolist()):
+                try:
+                    self.check_labels(pd.Series([value]), source, [row])
+                except TunesmithError as error:
+                    found.append(Finding("label training refuses", row, f"{source}, row {row}",
+                                         str(error).removeprefix(f"{source}, row {row}: "), "error",
+                                         "training refuses the file"))  # fmt: skip
+            return found or [Finding("label training refuses", rows[0], source, str(whole), "error",
+                                     "training refuses the file")]  # fmt: skip
+
+    def inspection_lengths(self, processor: Any, records: InspectionRecords) -> list[TokenLengths]:
+        """Tokens of each pair's encoding (both texts and the special tokens) against model.max_length."""
+        frame = records.frame
+        encoded = processor(frame[FIRST].tolist(), frame[SECOND].tolist())["input_ids"] if len(frame) else []
+        return [TokenLengths("pair", [len(ids) for ids in encoded], self.max_length,
+                             "cut to model.max_length, the longer text first")]  # fmt: skip

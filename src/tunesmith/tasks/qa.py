@@ -20,6 +20,7 @@ by ``task.no_answer_threshold``. Metrics are SQuAD's exact match and token F1.
 from __future__ import annotations
 
 import collections
+import json
 import re
 import string
 from collections import Counter
@@ -47,41 +48,55 @@ from tunesmith.data.load import (
 from tunesmith.errors import TunesmithError
 from tunesmith.models.load import load_trained_model, pad_token_id, text_processor
 from tunesmith.tasks.confidence import bootstrap_means
-from tunesmith.tasks.contract import CardText, Encoded, ScoreContext
+from tunesmith.tasks.contract import CardText, Encoded, ExportBatch, ScoreContext, Watch
+from tunesmith.tasks.monitoring import pooled
 
 if TYPE_CHECKING:
     from tunesmith.config import Config, DataConfig
     from tunesmith.data.prepare import PreparedData
+    from tunesmith.data.quality import InspectionRecords, TokenLengths
     from tunesmith.models.load import ResolvedModel
 
 QA_RECORD = '{"question": "...", "context": "...", "answers": {"text": [...], "answer_start": [...]}}'
 
 
 # -- reading ----------------------------------------------------------------------------------------
-def _row(question, context, texts, starts, *, qid: str, group: str, where: str) -> dict:
+def _row(question, context, texts, starts, *, qid: str, group: str, where: str,
+         problems: list[tuple[str, str, str]] | None = None) -> dict:  # fmt: skip
+    """One question's row; a bad question, context or answer is refused, or with ``problems``
+    (inspect) appended there as (where, check, detail) and the row kept as given."""
+
+    def refuse(check: str, detail: str) -> None:
+        if problems is None:
+            raise TunesmithError(f"{where}: {detail}")
+        problems.append((where, check, detail))
+
     if not isinstance(question, str) or not question.strip():
-        raise TunesmithError(f"{where}: needs a non-empty 'question' string")
+        refuse("empty question", "needs a non-empty 'question' string")
     if not isinstance(context, str) or not context.strip():
-        raise TunesmithError(f"{where}: needs a non-empty 'context' string")
+        refuse("empty context", "needs a non-empty 'context' string")
+    question, context = str(question or ""), str(context or "")
     found = []
     for text, start in zip(texts, starts):
         if not isinstance(text, str) or not text:
-            raise TunesmithError(f"{where}: answer {text!r} is not a non-empty string")
-        if start is None:
+            refuse("empty answer", f"answer {text!r} is not a non-empty string")
+        elif start is None:
             start = context.find(text)
             if start < 0:
-                raise TunesmithError(f"{where}: answer {text!r} is not found in its context")
+                refuse("answer not in context", f"answer {text!r} is not found in its context")
         elif not isinstance(start, int) or context[start : start + len(text)] != text:
             seen = context[start : start + len(text)] if isinstance(start, int) else None
-            raise TunesmithError(f"{where}: answer {text!r} is not in its context at answer_start={start!r} "
-                                 f"(the context there reads {seen!r})")  # fmt: skip
+            refuse("answer not in context", f"answer {text!r} is not in its context at answer_start={start!r} "
+                                            f"(the context there reads {seen!r})")  # fmt: skip
         found.append(start)
     return {"id": qid, "question": question.strip(), "context": context, "answers": list(texts),
             "starts": found, "group": group, "where": where}  # fmt: skip
 
 
-def read_squad(path: Path, counts: Counter | None = None, places: list[str] | None = None) -> list[dict]:
-    """One row per question of a SQuAD v1.1/v2.0 file; ``group`` is the paragraph.
+def read_squad(path: Path, counts: Counter | None = None, places: list[str] | None = None,
+               problems: list[tuple[str, str, str]] | None = None) -> list[dict]:  # fmt: skip
+    """One row per question of a SQuAD v1.1/v2.0 file; ``group`` is the paragraph. With
+    ``problems`` (inspect), a bad question or answer is listed there instead of refused (``_row``).
 
     As in every other reader, control characters in contexts, questions, ids and answers become
     spaces, one for one so that answer offsets stay right (counted per character in ``counts``,
@@ -142,13 +157,15 @@ def read_squad(path: Path, counts: Counter | None = None, places: list[str] | No
                 question = clean(qa.get("question"), where, "question", f"question {qid}")
                 texts = clean([x.get("text") for x in answers], where, "answers", f"question {qid}")
                 rows.append(_row(question, context, texts, [x.get("answer_start") for x in answers], qid=qid,
-                                 group=f"{a}.{p}", where=where))  # fmt: skip
+                                 group=f"{a}.{p}", where=where, problems=problems))  # fmt: skip
     return rows
 
 
-def read_qa_jsonl(path: Path, counts: Counter | None = None, lines: list[int] | None = None) -> list[dict]:
+def read_qa_jsonl(path: Path, counts: Counter | None = None, lines: list[int] | None = None,
+                  problems: list[tuple[str, str, str]] | None = None) -> list[dict]:  # fmt: skip
     """One row per line of a flat question/context/answers JSONL file; ``group`` is the context.
-    Control characters become spaces (counted in ``counts``, their lines in ``lines``)."""
+    Control characters become spaces (counted in ``counts``, their lines in ``lines``); with
+    ``problems``, bad questions and answers are listed there (``_row``)."""
     rows = []
     for where, record in jsonl_records(path, counts=counts, lines=lines):
         if not isinstance(record, dict):
@@ -165,7 +182,7 @@ def read_qa_jsonl(path: Path, counts: Counter | None = None, lines: list[int] | 
             raise TunesmithError(f"{where}: 'answers' needs as many answer_start values as texts")
         rows.append(_row(record.get("question"), record.get("context"), texts, starts,
                          qid=str(record.get("id", where.rsplit(" ", 1)[-1])), group=str(record.get("context")),
-                         where=where))  # fmt: skip
+                         where=where, problems=problems))  # fmt: skip
     return rows
 
 
@@ -342,6 +359,13 @@ def squad_scores(predictions: list[str], golds: list[list[str]]) -> dict[str, An
     return out
 
 
+def answer_rows(records: list[dict], found: list[dict]) -> list[dict]:
+    """Prediction rows: each record's question with its answer (``best_answer``): text,
+    character offsets, score and whether it is the empty answer."""
+    return [{"question": r["question"], "answer": a["text"], "start": a["start"], "end": a["end"], "score": a["score"],
+             "no_answer": a["no_answer"]} for r, a in zip(records, found)]  # fmt: skip
+
+
 @dataclass
 class QuestionAnsweringTask:
     """Extractive QA (tasks.contract.Task): start/end cross-entropy, SQuAD EM and F1."""
@@ -355,8 +379,12 @@ class QuestionAnsweringTask:
     """model.max_length: tokens per window."""
     kind: ClassVar[str] = "question_answering"
     type: ClassVar[str] = "question_answering"
-    stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "tune", "serve"})
+    stages: ClassVar[frozenset[str]] = frozenset(
+        {"evaluate", "predict", "retrain", "cv", "inspect", "tune", "serve", "monitor", "export"}
+    )
     peft_task_type: ClassVar[str | None] = "QUESTION_ANS"
+    export_formats: ClassVar[frozenset[str]] = frozenset({"hf", "onnx"})
+    quantization: ClassVar[str] = "dynamic"  # int8 weights; activation ranges measured per batch
     auto_class: ClassVar[str] = "AutoModelForQuestionAnswering"
     calibrates: ClassVar[bool] = False
     stratify: ClassVar[bool] = False
@@ -394,11 +422,31 @@ class QuestionAnsweringTask:
         return load_questions(spec, data)
 
     def fit(self, train: pd.DataFrame) -> None:
+        """Whether the training questions include unanswerable ones (learned at the first token)."""
         self.allow_no_answer = bool((train["answers"].map(len) == 0).any())
 
     def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
         """Each row's question with its context: the same question on another paragraph is a new input."""
         return [f"{q}\n{c}" for q, c in zip(frame["question"], frame["context"])]
+
+    def groups(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """The paragraph (SQuAD) or context (JSONL) of each question: all questions on one
+        context go to one fold, or the model would be tested on paragraphs it trained on."""
+        return frame["group"].astype(str).to_numpy()
+
+    def source_rows(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """None: questions are read as records, not table rows."""
+        return None
+
+    def write_records(self, frame: pd.DataFrame, directory: Path, name: str) -> tuple[Path, dict[str, Any]]:
+        """Flat JSONL records (id, question, context, answers with their offsets)."""
+        path = directory / f"{name}.jsonl"
+        with path.open("w", encoding="utf-8") as out:
+            for row in frame.itertuples(index=False):
+                answers = {"text": list(row.answers), "answer_start": [int(s) for s in row.starts]}
+                record = {"id": row.id, "question": row.question, "context": row.context, "answers": answers}
+                out.write(json.dumps(record) + "\n")
+        return path, {}
 
     # -- model -----------------------------------------------------------------------------------------
     def load_processor(self, resolved: ResolvedModel, *, trained: bool = False) -> Any:
@@ -526,19 +574,70 @@ class QuestionAnsweringTask:
 
     # -- prediction ------------------------------------------------------------------------------------
     def predict(self, model, processor, inputs: list, *, temperature: float | None = None) -> list[dict]:
-        """Answers for ``{"question", "context"}`` records: text, character offsets, score."""
+        """Answers for ``{"question", "context"}`` records: text, character offsets, score
+        (``answer_rows``)."""
+        features = self.export_features(processor, inputs)
+        found = self._answered(model, features, batch_size=32, pad_token_id=pad_token_id(processor),
+                               device=next(model.parameters()).device)[0]  # fmt: skip
+        return answer_rows(inputs, found)
+
+    # -- export (tasks.contract.OnnxExportable) --------------------------------------------------------
+    def export_features(self, processor: Any, inputs: list) -> list[dict]:
+        """The windows of ``{"question", "context"}`` records, as training cuts contexts (several
+        per record when its context is longer than a window; ``example`` says whose).
+
+        Raises:
+            TunesmithError: a record without a non-empty question and context, naming its position.
+        """
         rows = []
         for number, record in enumerate(inputs, 1):
             if not isinstance(record, dict) or not all(isinstance(record.get(k), str) and record[k].strip()
                                                        for k in ("question", "context")):  # fmt: skip
                 raise TunesmithError(f"input {number}: question answering needs non-empty 'question' and 'context'")
             rows.append({"question": record["question"], "context": record["context"], "answers": [], "starts": []})
-        frame = pd.DataFrame(rows)
-        features, _ = self.encode_frame(processor, frame)
-        found = self._answered(model, features, batch_size=32, pad_token_id=pad_token_id(processor),
-                               device=next(model.parameters()).device)[0]  # fmt: skip
-        return [{"question": q, "answer": a["text"], "start": a["start"], "end": a["end"], "score": a["score"],
-                 "no_answer": a["no_answer"]} for q, a in zip(frame["question"], found)]  # fmt: skip
+        return self.encode_frame(processor, pd.DataFrame(rows))[0]
+
+    def export_inputs(self, processor: Any, features: list[dict]) -> ExportBatch:
+        """Token ids (and token types) of windows padded to the batch's longest; each row's output
+        is its own tokens' start and end logits (``row_lengths``)."""
+        from tunesmith.data.batching import pad_batch
+
+        names = [k for k in ("input_ids", "token_type_ids") if k in features[0]]
+        batch = pad_batch([{k: f[k] for k in names} for f in features], pad_token_id(processor))
+        names.insert(1, "attention_mask")
+        return ExportBatch(inputs={k: batch[k].numpy().astype(np.int64) for k in names},
+                           dynamic_axes={k: {0: "batch", 1: "sequence"} for k in names},
+                           row_lengths=[len(f["input_ids"]) for f in features])  # fmt: skip
+
+    def export_output(self, output: Any) -> torch.Tensor:
+        """Start and end logits stacked, [windows, tokens, 2]: one tensor for the graph's one output."""
+        return torch.stack([output.start_logits, output.end_logits], dim=-1)
+
+    def export_parity(self, reference: list[np.ndarray], candidate: list[np.ndarray],
+                      features: list[dict]) -> dict[str, float]:  # fmt: skip
+        """Questions whose best answer (span and no-answer, as ``predict`` picks it over all
+        their windows) is the same (``label_agreement`` = ``answer_agreement``), and the largest
+        logit difference over the windows."""
+        from tunesmith.tasks.token_classification import max_difference
+
+        def spans(logits: list[np.ndarray]) -> list[tuple]:
+            found = self.answers([(row[:, 0], row[:, 1]) for row in logits], features)
+            return [(a["text"], a["start"], a["end"], a["no_answer"]) for a in found]
+
+        same = [a == b for a, b in zip(spans(reference), spans(candidate))]
+        agreement = float(np.mean(same)) if same else 1.0
+        return {"rows": len(same), "windows": len(reference), "max_logit_difference": max_difference(reference, candidate),
+                "label_agreement": agreement, "answer_agreement": agreement}  # fmt: skip
+
+    def export_description(self) -> dict[str, Any]:
+        """An export reads token ids of question/context windows (the tokenizer's pair encoding)."""
+        return {"inputs": f"token ids of question/context windows ({self.max_length} tokens, overlapping by "
+                          f"{self.stride})", "text_normalisation": None}  # fmt: skip
+
+    def rows_from_logits(self, inputs: list, features: list[dict], logits: list[np.ndarray], *,
+                         temperature: float | None = None) -> list[dict]:  # fmt: skip
+        """``predict``'s rows (``answer_rows``) from any backend's per-window start/end logits."""
+        return answer_rows(inputs, self.answers([(row[:, 0], row[:, 1]) for row in logits], features))
 
     def read_inputs(self, path: Path) -> list:
         """The question/context records of a prediction input file: one per line of JSONL, or
@@ -563,7 +662,89 @@ class QuestionAnsweringTask:
             usage='`tunesmith predict RUN_DIR --question "..." --context "..."`.',
         )
 
+    # -- monitoring (tunesmith monitor; tasks.contract.Monitored) ------------------------------------
+    watches: ClassVar[tuple[Watch, ...]] = (
+        Watch("no_answer_rate_increase", "increase", "no_answer_rate_increase", "questions answered 'no answer'"),
+    )
+
+    def monitor_inputs(self, frame: pd.DataFrame) -> list:
+        """Each row's ``{"question", "context"}``."""
+        return [{"question": q, "context": c} for q, c in zip(frame["question"], frame["context"])]
+
+    def _monitored(self, inputs: list) -> list[tuple[str, str]]:
+        """(question, context) of each input, refused as ``predict`` refuses it."""
+        for number, record in enumerate(inputs, 1):
+            if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in ("question", "context")):
+                raise TunesmithError(f"input {number}: question answering needs 'question' and 'context' texts, "
+                                     f"not {str(record)[:80]!r}")  # fmt: skip
+        return [(record["question"], record["context"]) for record in inputs]
+
+    def monitor_texts(self, inputs: list) -> list[str]:
+        """Each question followed by its context."""
+        return [f"{q} {c}" for q, c in self._monitored(inputs)]
+
+    def embed(self, model: Any, processor: Any, inputs: list) -> np.ndarray:
+        """The encoder's mean-pooled states over question and context, encoded together (the
+        first window, when the context is longer)."""
+        pairs = self._monitored(inputs)
+        return pooled(model.base_model, processor, [q for q, _ in pairs], [c for _, c in pairs],
+                      max_length=self.max_length)  # fmt: skip
+
+    def watched_values(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Whether the answer is "no answer" (1) or a span (0)."""
+        return {"no_answer_rate_increase": float(bool(row["no_answer"]))}
+
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.kind, "label_names": [], "doc_stride": self.stride, "n_best": self.n_best,
                 "max_answer_length": self.max_answer_length, "no_answer_threshold": self.no_answer_threshold,
                 "allow_no_answer": self.allow_no_answer}  # fmt: skip
+
+    # -- inspect ---------------------------------------------------------------------------------------
+    def inspection_records(self, spec: str, data: DataConfig) -> InspectionRecords:
+        """One file's questions for ``tunesmith inspect`` (data.quality.InspectedTask): question
+        and context compared for duplicates and leakage, grouped by context, answered or not
+        counted, and every answer that is not in its context (at its answer_start) as a finding
+        (training refuses the file for it)."""
+        from tunesmith.data.quality import Finding, InspectionRecords
+
+        path = Path(spec)
+        if not path.is_file():
+            raise TunesmithError(f"Data file not found: {path}")
+        problems: list[tuple[str, str, str]] = []
+        rows = read_squad(path, problems=problems) if path.suffix.lower() == ".json" else read_qa_jsonl(
+            path, problems=problems)  # fmt: skip
+        number = {}
+        for position, row in enumerate(rows, 1):
+            number.setdefault(row["where"], position)
+        findings = [Finding(check, number.get(where, 0), where, detail, "error",
+                            "training refuses the file: correct the answer text or its answer_start")
+                    for where, check, detail in problems]  # fmt: skip
+        frame = pd.DataFrame(rows, columns=["id", "question", "context", "answers", "starts", "group", "where"])
+        return InspectionRecords(
+            source=str(path), rows=list(range(1, len(frame) + 1)), where=frame["where"].tolist(),
+            texts=self.overlap_inputs(frame),
+            targets=[" | ".join(map(str, a)) or "(no answer)" for a in frame["answers"]],
+            labels=[["answer" if len(a) else "no answer"] for a in frame["answers"]], label_kind="answers",
+            groups=frame["context"].tolist(), group_kind="context", findings=findings, frame=frame,
+        )  # fmt: skip
+
+    def inspection_lengths(self, processor: Any, records: InspectionRecords) -> list[TokenLengths]:
+        """Tokens of question and context together (against the window), of the question
+        (against half the window) and of the first answer (against task.max_answer_length)."""
+        from tunesmith.data.quality import TokenLengths
+
+        frame = records.frame
+        questions, contexts = frame["question"].tolist(), frame["context"].tolist()
+        answers = [str(a[0]) if len(a) else "" for a in frame["answers"]]
+
+        def count(*texts, special: bool = True) -> list[int]:
+            return [len(ids) for ids in processor(*texts, add_special_tokens=special)["input_ids"]] if questions else []
+
+        return [
+            TokenLengths("question + context", count(questions, contexts), self.max_length,
+                         f"read in windows of model.max_length tokens overlapping by task.doc_stride={self.stride}"),
+            TokenLengths("question", count(questions, special=False), self.max_length // 2,
+                         "cut to half the window"),
+            TokenLengths("answer", count(answers, special=False), self.max_answer_length,
+                         "longer than task.max_answer_length: a prediction never spans the whole answer"),
+        ]  # fmt: skip

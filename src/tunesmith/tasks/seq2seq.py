@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,7 @@ from tunesmith.config import Config, DataConfig, GenerationConfig
 from tunesmith.data.batching import eval_batches
 from tunesmith.data.load import read_table
 from tunesmith.data.prepare import PreparedData, prepare_records
+from tunesmith.data.quality import Finding, InspectionRecords, TokenLengths, looks_cut
 from tunesmith.errors import TunesmithError
 from tunesmith.models.load import (
     ResolvedModel,
@@ -32,8 +34,9 @@ from tunesmith.tasks.causal_lm import (
     report_generations,
     rows_to_generate,
 )
-from tunesmith.tasks.contract import CardText, Encoded, ScoreContext
+from tunesmith.tasks.contract import CardText, Encoded, ScoreContext, Watch
 from tunesmith.tasks.inputs import check_texts, read_texts
+from tunesmith.tasks.monitoring import EMPTY_OUTPUTS, OUTPUT_LENGTH, generated_values, pooled
 
 IGNORE = -100
 # Column pairs recognised without data.text_column / data.label_column, in order of preference.
@@ -158,7 +161,11 @@ class Seq2SeqTask:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     type: ClassVar[str] = "seq2seq"
     kind: ClassVar[str] = "seq2seq"
-    stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "tune", "serve"})
+    stages: ClassVar[frozenset[str]] = frozenset(
+        {"evaluate", "predict", "retrain", "cv", "inspect", "tune", "serve", "monitor", "export"}
+    )
+    export_formats: ClassVar[frozenset[str]] = frozenset({"hf"})
+    """export writes the merged transformers directory (no ONNX: generation loops over the model)."""
     default_metric: ClassVar[tuple[str, str]] = ("loss", "min")
     metric_names: ClassVar[list[str]] = ["loss", "perplexity"]
     peft_task_type: ClassVar[str | None] = "SEQ_2_SEQ_LM"
@@ -190,6 +197,23 @@ class Seq2SeqTask:
     def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
         """Each pair's source text (for the train/held-out overlap check)."""
         return frame["source"].tolist()
+
+    def fit(self, train: pd.DataFrame) -> None:
+        """Nothing to learn from the rows: the model has no label space."""
+
+    def groups(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """None: pairs stand alone (cv.group_column groups them)."""
+        return None
+
+    def source_rows(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """Each pair's position in its table (``record`` is 1-based)."""
+        return frame["record"].to_numpy() - 1
+
+    def write_records(self, frame: pd.DataFrame, directory: Path, name: str) -> tuple[Path, dict[str, Any]]:
+        """A Parquet table of ``source`` and ``target``."""
+        path = directory / f"{name}.parquet"
+        frame[["source", "target"]].to_parquet(path, index=False)
+        return path, {"text_column": "source", "label_column": "target", "column_names": None}
 
     # -- model ---------------------------------------------------------------------------
     def load_processor(self, resolved: ResolvedModel, *, trained: bool = False) -> Any:
@@ -290,6 +314,11 @@ class Seq2SeqTask:
         return read_texts(path)
 
     # -- shipping ------------------------------------------------------------------------
+    def export_description(self) -> dict[str, Any]:
+        """What an export reads (for its ``tunesmith.json``)."""
+        return {"inputs": f"token ids of source texts (task.source_prefix {self.prefix!r} put before each)",
+                "text_normalisation": None}
+
     def card(self, manifest: dict[str, Any], max_length: int, truncated_train: int) -> CardText:
         """The model card's generative wording: what it generates, the data's format, and the limits."""
         return CardText(
@@ -300,5 +329,68 @@ class Seq2SeqTask:
             usage='`tunesmith predict RUN_DIR --text "..."`.',
         )
 
+    # -- monitoring (tunesmith monitor; tasks.contract.Monitored) ---------------------------
+    watches: ClassVar[tuple[Watch, ...]] = (OUTPUT_LENGTH, EMPTY_OUTPUTS)
+
+    def monitor_inputs(self, frame: pd.DataFrame) -> list:
+        """Each pair's source text."""
+        return frame["source"].astype(str).tolist()
+
+    def monitor_texts(self, inputs: list) -> list[str]:
+        """The source texts themselves."""
+        return check_texts(inputs, self.kind)
+
+    def embed(self, model: Any, processor: Any, inputs: list) -> np.ndarray:
+        """The encoder's mean-pooled states over each source, with the task prefix (as generated)."""
+        sources = [self.prefix + text for text in check_texts(inputs, self.kind)]
+        return pooled(model.get_encoder(), processor, sources, max_length=self.max_length)
+
+    def watched_values(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The generated text's length in words, and whether it is empty."""
+        return generated_values(row["generated"])
+
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.type, "prefix": self.prefix, "label_names": []}
+
+    # -- inspect -------------------------------------------------------------------------
+    def inspection_records(self, spec: str, data: DataConfig) -> InspectionRecords:
+        """One source's pairs for ``tunesmith inspect`` (data.quality.InspectedTask): sources
+        compared for duplicates and leakage, targets as what they teach, and as findings the
+        pairs with an empty source or target (training refuses them) and targets that seem cut
+        mid-sentence."""
+        table = read_table(spec, column_names=data.column_names, encoding_errors=data.encoding_errors)
+        columns = detect_pair(list(table.frame.columns), data.text_column, data.label_column, table.source)
+        kept: list[tuple[int, str, str]] = []
+        findings: list[Finding] = []
+        for number, (source, target) in enumerate(zip(table.frame[columns[0]], table.frame[columns[1]]), 1):
+            where = f"{table.source}, record {number}"
+            empty = [role for role, value in (("source", source), ("target", target))
+                     if value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip()]
+            if empty:
+                findings.append(Finding(f"empty {empty[0]}", number, where, f"the {' and '.join(empty)} is missing or "
+                                        "empty", "error", "training refuses the file"))  # fmt: skip
+                continue
+            if looks_cut(str(target)):
+                ending = str(target).rstrip()[-60:]
+                findings.append(Finding("target looks cut", number, where, f"it ends {ending!r}", "warning",
+                                        "the model learns to stop mid-sentence: complete or drop it"))  # fmt: skip
+            kept.append((number, str(source), str(target)))
+        frame = pd.DataFrame(kept, columns=["record", "source", "target"])
+        return InspectionRecords(source=table.source, rows=frame["record"].tolist(),
+                                 where=[f"{table.source}, record {n}" for n in frame["record"]],
+                                 texts=frame["source"].tolist(), targets=frame["target"].tolist(),
+                                 findings=findings, frame=frame)  # fmt: skip
+
+    def inspection_lengths(self, processor: Any, records: InspectionRecords) -> list[TokenLengths]:
+        """Tokens of each source (with task.source_prefix) against model.max_length, and of each
+        target (with its end-of-sequence token, as trained) against model.max_target_length."""
+        frame = records.frame
+        sources = processor([self.prefix + s for s in frame["source"]])["input_ids"] if len(frame) else []
+        targets = processor(text_target=frame["target"].tolist())["input_ids"] if len(frame) else []
+        eos = processor.eos_token_id
+        return [
+            TokenLengths("source", [len(ids) for ids in sources], self.max_length,
+                         "cut to model.max_length: the model never reads its end"),
+            TokenLengths("target", [len(ids) + (eos is not None and (not ids or ids[-1] != eos)) for ids in targets],
+                         self.max_target_length, "cut to model.max_target_length: its end is never learned"),
+        ]  # fmt: skip

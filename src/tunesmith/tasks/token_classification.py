@@ -1,4 +1,5 @@
-"""Token classification (NER): one tag per word, entity-level metrics.
+"""Token classification: one tag per word; named entities scored by entity, or any per-token
+tag set (part of speech, chunks) scored per token.
 
 Input formats (``data.format``, or detected):
 - ``conll``: ``token TAG`` per line (more columns are allowed; the tag is the last), a blank
@@ -8,10 +9,15 @@ Input formats (``data.format``, or detected):
   (character offsets, end exclusive); words are split on whitespace and punctuation, and the
   words an entity covers are tagged.
 
-Tags are read as IOB2 or BIOES (``task.tag_scheme`` says which the files use and which the
-model trains with; the other is converted). A word's tag goes on its first subword, or on all
-of them (``task.label_all_subwords``; then later subwords of a B- word get I-). Metrics are
-seqeval's entity-level precision, recall and F1, overall and per entity type.
+Entity tags are read as IOB2 or BIOES (``task.tag_scheme`` says which the files use and which
+the model trains with; the other is converted). A word's tag goes on its first subword, or on
+all of them (``task.label_all_subwords``; then later subwords of a B- word get I-). Metrics are
+seqeval's entity-level precision, recall and F1, overall and per entity type; predictions are
+entity spans.
+
+With ``task.tag_scheme=none`` every tag is a label of its own (NOUN, NNP, B-NP), read from conll
+or tokens files: metrics are token accuracy and per-tag precision, recall and F1 (tasks.tagging),
+and predictions are a tag per word.
 """
 
 from __future__ import annotations
@@ -32,12 +38,16 @@ import torch.nn.functional as F
 from tunesmith.errors import TunesmithError
 from tunesmith.models.load import load_trained_model, pad_token_id, text_processor
 from tunesmith.tasks.confidence import bootstrap_sums
-from tunesmith.tasks.contract import CardText, Encoded, ScoreContext
+from tunesmith.tasks.contract import CardText, Encoded, ExportBatch, ScoreContext, Watch
 from tunesmith.tasks.inputs import check_texts, read_texts
+from tunesmith.tasks.monitoring import pooled
+from tunesmith.tasks.plots import plot_confusion_matrix
+from tunesmith.tasks.tagging import INTERVAL_METRICS, tag_intervals, tag_metrics, token_rows
 
 if TYPE_CHECKING:
     from tunesmith.config import Config, DataConfig
     from tunesmith.data.prepare import PreparedData
+    from tunesmith.data.quality import Finding, InspectionRecords, TokenLengths
     from tunesmith.models.load import ResolvedModel
 
 IGNORE = -100
@@ -61,7 +71,8 @@ def check_tags(tags: list[str], scheme: str, where: str) -> None:
             continue
         if prefix not in allowed or kind is None:
             raise TunesmithError(f"{where}: tag {tag!r} (word {position + 1}) is not a {scheme.upper()} tag "
-                                 f"(expected O or {'/'.join(sorted(allowed))}-TYPE)")  # fmt: skip
+                                 f"(expected O or {'/'.join(sorted(allowed))}-TYPE); for part-of-speech or other "
+                                 "per-token tags set task.tag_scheme=none")  # fmt: skip
 
 
 def fix_inside_starts(tags: list[str]) -> tuple[list[str], list[int]]:
@@ -103,7 +114,8 @@ def bioes_to_iob2(tags: list[str]) -> list[str]:
 # -- reading --------------------------------------------------------------------------------------------
 def read_conll(path: Path) -> list[dict]:
     """Sentences of a CoNLL file; ``where`` names the line of the sentence's first word (the
-    words follow on consecutive lines).
+    words follow on consecutive lines). In a file with ``-DOCSTART-`` lines, ``document`` counts
+    the ones before the sentence (its document, for cv's folds).
 
     Raises:
         TunesmithError: not UTF-8, a line without a tag, or a control character (columns are
@@ -111,7 +123,7 @@ def read_conll(path: Path) -> list[dict]:
     """
     from tunesmith.data.load import CONTROL_CHARACTERS, NUL_HINT, control_character_error
 
-    sentences, tokens, tags, first = [], [], [], None
+    sentences, tokens, tags, first, documents = [], [], [], None, 0
     try:
         lines = path.read_text(encoding="utf-8").split("\n")
     except UnicodeDecodeError as error:
@@ -127,19 +139,30 @@ def read_conll(path: Path) -> list[dict]:
         parts = line.split()
         if not parts or parts[0] == "-DOCSTART-":
             if tokens:
-                sentences.append({"tokens": tokens, "tags": tags, "where": f"{path}, line {first}"})
+                sentences.append({"tokens": tokens, "tags": tags, "where": f"{path}, line {first}",
+                                  "document": documents})  # fmt: skip
             tokens, tags, first = [], [], None
+            documents += bool(parts)  # a -DOCSTART- line
             continue
         if len(parts) < 2:
             raise TunesmithError(f"{path}, line {number}: expected 'token TAG', got {line.strip()!r}")
         first = first or number
         tokens.append(parts[0])
         tags.append(parts[-1])
+    if not documents:  # no documents marked: sentences stand alone
+        for sentence in sentences:
+            del sentence["document"]
     return sentences
 
 
 def words_with_offsets(text: str) -> list[tuple[str, int, int]]:
     return [(m.group(), m.start(), m.end()) for m in WORD.finditer(text)]
+
+
+def _document(record: dict) -> dict:
+    """A JSONL record's ``document`` (or ``doc_id``) field as text, for cv's folds; {} without one."""
+    value = record.get("document", record.get("doc_id"))
+    return {} if value is None else {"document": str(value)}
 
 
 def _read_jsonl(path: Path, fmt: str, counts: Counter | None = None, lines: list[int] | None = None) -> list[dict]:
@@ -154,7 +177,8 @@ def _read_jsonl(path: Path, fmt: str, counts: Counter | None = None, lines: list
             tokens, tags = record.get("tokens"), record.get("tags")
             if not isinstance(tokens, list) or not isinstance(tags, list) or len(tokens) != len(tags) or not tokens:
                 raise TunesmithError(f"{where}: needs 'tokens' and 'tags' lists of the same non-zero length")
-            sentences.append({"tokens": [str(t) for t in tokens], "tags": [str(t) for t in tags], "where": where})
+            sentences.append({"tokens": [str(t) for t in tokens], "tags": [str(t) for t in tags], "where": where,
+                              **_document(record)})  # fmt: skip
             continue
         text, entities = record.get("text"), record.get("entities", [])
         if not isinstance(text, str) or not isinstance(entities, list):
@@ -177,7 +201,7 @@ def _read_jsonl(path: Path, fmt: str, counts: Counter | None = None, lines: list
                 )
             for k, i in enumerate(covered):
                 tags[i] = f"{'B' if k == 0 else 'I'}-{label}"
-        sentences.append({"tokens": [w for w, _, _ in words], "tags": tags, "where": where})
+        sentences.append({"tokens": [w for w, _, _ in words], "tags": tags, "where": where, **_document(record)})
     return sentences
 
 
@@ -231,24 +255,11 @@ def load_sentences(spec: str, config, scheme: str, invalid_tags: str = "convert"
     sentences = read_conll(path) if fmt == "conll" else _read_jsonl(path, fmt, control, control_lines)
     if not sentences:
         raise TunesmithError(f"{path}: no sentences found")
-    # Files carry task.tag_scheme, except spans (always IOB2); the model trains in tag_scheme.
-    source_scheme = "iob2" if fmt == "spans" else scheme
-    converted: list[str] = []
-    for sentence in sentences:
-        check_tags(sentence["tags"], source_scheme, sentence["where"])
-        if source_scheme == "iob2":
-            fixed, changed = fix_inside_starts(sentence["tags"])
-            if changed and invalid_tags == "error":
-                tag = sentence["tags"][changed[0]]
-                raise TunesmithError(
-                    f"{_word_where(sentence, changed[0], fmt)}: tag {tag!r} starts an entity, but IOB2 starts "
-                    f"every entity with B- (B-{tag[2:]}); fix the file, or set task.invalid_tags=convert to start "
-                    "such entities with B-"
-                )
-            converted += [_word_where(sentence, p, fmt) for p in changed]
-            sentence["tags"] = fixed
-        if source_scheme != scheme:
-            sentence["tags"] = iob2_to_bioes(sentence["tags"]) if scheme == "bioes" else bioes_to_iob2(sentence["tags"])
+    if scheme == "none" and fmt == "spans":
+        raise TunesmithError(f"{path}: a spans file (entities with character offsets) gives entity tags, and "
+                             "task.tag_scheme=none reads conll or tokens files; set task.tag_scheme=iob2")  # fmt: skip
+    # Plain per-token tags are taken as they are: any tag is a label of its own.
+    converted = [] if scheme == "none" else entity_tags(sentences, fmt, scheme, invalid_tags)
     frame = pd.DataFrame(sentences)
     cleaning = {"sentences": len(frame), "words": int(frame["tokens"].map(len).sum())}
     notes = []
@@ -268,16 +279,49 @@ def load_sentences(spec: str, config, scheme: str, invalid_tags: str = "convert"
     return frame, entry
 
 
+def entity_tags(sentences: list[dict], fmt: str, scheme: str, invalid_tags: str) -> list[str]:
+    """Checks each sentence's tags and puts them in the training ``scheme`` (in place): files carry
+    task.tag_scheme, except spans (always IOB2). Returns where the IOB2 entities that started
+    with I- were (started with B- instead).
+
+    Raises:
+        TunesmithError: a tag outside the scheme, or with ``invalid_tags="error"`` an entity that
+            starts with I-, naming the line.
+    """
+    source_scheme = "iob2" if fmt == "spans" else scheme
+    converted: list[str] = []
+    for sentence in sentences:
+        check_tags(sentence["tags"], source_scheme, sentence["where"])
+        if source_scheme == "iob2":
+            fixed, changed = fix_inside_starts(sentence["tags"])
+            if changed and invalid_tags == "error":
+                tag = sentence["tags"][changed[0]]
+                raise TunesmithError(
+                    f"{_word_where(sentence, changed[0], fmt)}: tag {tag!r} starts an entity, but IOB2 starts "
+                    f"every entity with B- (B-{tag[2:]}); fix the file, or set task.invalid_tags=convert to start "
+                    "such entities with B-"
+                )
+            converted += [_word_where(sentence, p, fmt) for p in changed]
+            sentence["tags"] = fixed
+        if source_scheme != scheme:
+            sentence["tags"] = iob2_to_bioes(sentence["tags"]) if scheme == "bioes" else bioes_to_iob2(sentence["tags"])
+    return converted
+
+
 # -- encoding -------------------------------------------------------------------------------------------
-def align(word_ids: list[int | None], word_tags: list[int], tag_names: list[str], *, all_subwords: bool) -> list[int]:
+def align(word_ids: list[int | None], word_tags: list[int], tag_names: list[str], *, all_subwords: bool,
+          plain: bool = False) -> list[int]:  # fmt: skip
     """Subword labels from word labels: the first subword of each word gets its tag; later
     subwords get IGNORE, or with ``all_subwords`` the inside tag of the word's type (I-TYPE
-    after a B-, S- or E- first subword; O and I- stay). Metrics always read the first subword."""
+    after a B-, S- or E- first subword; O and I- stay), or with ``plain`` tags (tag_scheme=none)
+    the word's own tag. Metrics always read the first subword."""
     labels, previous = [], None
     for word in word_ids:
         if word is None:
             labels.append(IGNORE)
         elif word != previous:
+            labels.append(word_tags[word])
+        elif all_subwords and (plain or word_tags[word] == IGNORE):
             labels.append(word_tags[word])
         elif all_subwords:
             tag = tag_names[word_tags[word]]
@@ -291,17 +335,20 @@ def align(word_ids: list[int | None], word_tags: list[int], tag_names: list[str]
 
 
 def encode_sentences(tokenizer, frame: pd.DataFrame, tag_names: list[str], max_length: int, *,
-                     all_subwords: bool) -> tuple[list[dict], int]:  # fmt: skip
-    """Features per sentence (input ids, labels, word ids) and how many were truncated."""
+                     all_subwords: bool, plain: bool = False) -> tuple[list[dict], int]:  # fmt: skip
+    """Features per sentence (input ids, labels, word ids) and how many were truncated. A tag
+    outside ``tag_names`` trains as O, or with ``plain`` tags (tag_scheme=none, no O) not at all."""
     index = {t: i for i, t in enumerate(tag_names)}
+    unknown = IGNORE if plain else index.get("O", 0)
     features, truncated = [], 0
     for tokens, tags in zip(frame["tokens"], frame["tags"]):
         encoded = tokenizer(list(tokens), is_split_into_words=True, truncation=True, max_length=max_length)
         word_ids = encoded.word_ids()
         seen = {w for w in word_ids if w is not None}
         truncated += len(seen) < len(tokens)
-        word_tags = [index.get(t, index.get("O", 0)) for t in tags]
-        feature = {"input_ids": encoded["input_ids"], "labels": align(word_ids, word_tags, tag_names, all_subwords=all_subwords),
+        word_tags = [index.get(t, unknown) for t in tags]
+        labels = align(word_ids, word_tags, tag_names, all_subwords=all_subwords, plain=plain)
+        feature = {"input_ids": encoded["input_ids"], "labels": labels,
                    "word_ids": [-1 if w is None else w for w in word_ids], "words": len(tokens)}  # fmt: skip
         if "token_type_ids" in encoded:
             feature["token_type_ids"] = encoded["token_type_ids"]
@@ -332,7 +379,9 @@ def word_predictions(probabilities: np.ndarray, word_ids: list[int], words: int)
 
 @dataclass
 class TokenClassificationTask:
-    """Named-entity tagging (tasks.contract.Task): summed token cross-entropy, seqeval metrics."""
+    """A tag per word (tasks.contract.Task): summed token cross-entropy; named entities (IOB2,
+    BIOES) scored by entity with seqeval, or plain per-token tags (``scheme="none"``) scored per
+    token (tasks.tagging)."""
 
     tag_names: list[str] = field(default_factory=list)
     scheme: str = "iob2"
@@ -343,14 +392,33 @@ class TokenClassificationTask:
     """model.max_length: subwords per sentence."""
     kind: ClassVar[str] = "token_classification"
     type: ClassVar[str] = "token_classification"
-    stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "tune", "serve"})
+    stages: ClassVar[frozenset[str]] = frozenset(
+        {"evaluate", "predict", "retrain", "cv", "inspect", "tune", "serve", "monitor", "export"}
+    )
     peft_task_type: ClassVar[str | None] = "TOKEN_CLS"
+    export_formats: ClassVar[frozenset[str]] = frozenset({"hf", "onnx"})
+    quantization: ClassVar[str] = "dynamic"  # int8 weights; activation ranges measured per batch
     auto_class: ClassVar[str] = "AutoModelForTokenClassification"
     calibrates: ClassVar[bool] = False
     stratify: ClassVar[bool] = False
     forgetting_probe: ClassVar[str | None] = None
-    default_metric = ("f1", "max")
-    metric_names = ["f1", "precision", "recall", "accuracy", "loss"]
+
+    @property
+    def plain(self) -> bool:
+        """Plain per-token tags (tag_scheme=none): no entities; scored and predicted per word."""
+        return self.scheme == "none"
+
+    @property
+    def default_metric(self) -> tuple[str, str]:
+        """Entity F1; token accuracy for plain tags."""
+        return ("accuracy", "max") if self.plain else ("f1", "max")
+
+    @property
+    def metric_names(self) -> list[str]:
+        """Entity scores, or for plain tags the token accuracy and averaged per-tag scores."""
+        if self.plain:
+            return [*INTERVAL_METRICS, "weighted_precision", "weighted_recall", "loss"]
+        return ["f1", "precision", "recall", "accuracy", "loss"]
 
     @classmethod
     def from_config(cls, config: Config, saved: dict[str, Any] | None = None) -> TokenClassificationTask:
@@ -381,13 +449,42 @@ class TokenClassificationTask:
         return load_sentences(spec, data, self.scheme, self.invalid_tags)
 
     def fit(self, frame: pd.DataFrame) -> None:
-        """The tag set: O first, then every tag of the training split."""
-        found = sorted({t for tags in frame["tags"] for t in tags} | {"O"})
+        """The tag set: O first, then every tag of the training split; plain tags (sorted) have
+        no O unless the files use one (an O the data never has would be a class never seen)."""
+        found = {t for tags in frame["tags"] for t in tags}
+        if self.plain:
+            self.tag_names = sorted(found)
+            return
+        found = sorted(found | {"O"})
         self.tag_names = ["O"] + [t for t in found if t != "O"]
 
     def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
         """Each sentence's words, space-separated (for the train/held-out overlap check)."""
         return [" ".join(tokens) for tokens in frame["tokens"]]
+
+    def groups(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """The document of each sentence where the file marks documents (CoNLL ``-DOCSTART-``
+        lines, a JSONL ``document`` or ``doc_id`` field): a document's sentences share names
+        and context, so they go to one fold. None when it marks fewer than two."""
+        if "document" not in frame or frame["document"].nunique(dropna=False) < 2:
+            return None
+        return frame["document"].map(lambda d: "(none)" if pd.isna(d) else str(d)).to_numpy()
+
+    def source_rows(self, frame: pd.DataFrame) -> np.ndarray | None:
+        """None: sentences are read as records, not table rows."""
+        return None
+
+    def write_records(self, frame: pd.DataFrame, directory: Path, name: str) -> tuple[Path, dict[str, Any]]:
+        """JSONL ``tokens``/``tags`` records in the training scheme (with each one's ``document``)."""
+        path = directory / f"{name}.jsonl"
+        documents = frame["document"] if "document" in frame else pd.Series(None, index=frame.index)
+        with path.open("w", encoding="utf-8") as out:
+            for tokens, tags, document in zip(frame["tokens"], frame["tags"], documents):
+                record = {"tokens": list(tokens), "tags": list(tags)}
+                if not pd.isna(document):
+                    record["document"] = document
+                out.write(json.dumps(record) + "\n")
+        return path, {"format": "tokens"}
 
     # -- model -----------------------------------------------------------------------------------------
     def load_processor(self, resolved: ResolvedModel, *, trained: bool = False) -> Any:
@@ -408,7 +505,8 @@ class TokenClassificationTask:
         """One table's features and how many sentences were cut to model.max_length."""
         if not getattr(tokenizer, "is_fast", False):
             raise TunesmithError("token classification needs a fast tokenizer (word ids)")
-        return encode_sentences(tokenizer, frame, self.tag_names, self.max_length, all_subwords=self.all_subwords)
+        return encode_sentences(tokenizer, frame, self.tag_names, self.max_length, all_subwords=self.all_subwords,
+                                plain=self.plain)  # fmt: skip
 
     def encode(self, processor, splits: dict[str, pd.DataFrame]) -> Encoded:
         """Features of every split, a note per split with cut sentences, and the tag set."""
@@ -453,26 +551,39 @@ class TokenClassificationTask:
         model.train(was_training)
         return out
 
-    def word_tags(self, probabilities: list[np.ndarray], features: list[dict]) -> list[list[str]]:
-        return [[self.tag_names[t] for t in word_predictions(p, f["word_ids"], f["words"])[0]]
+    def named_tags(self, tag_ids: list[int], scores: list[float]) -> list[str | None]:
+        """Tag names of ``word_predictions``' ids; a word it marks as cut off by truncation (score
+        0) is O, or None with plain tags (no tag is right for it)."""
+        return [self.tag_names[t] if score > 0 or not self.plain else None for t, score in zip(tag_ids, scores)]
+
+    def word_tags(self, probabilities: list[np.ndarray], features: list[dict]) -> list[list[str | None]]:
+        return [self.named_tags(*word_predictions(p, f["word_ids"], f["words"]))
                 for p, f in zip(probabilities, features)]  # fmt: skip
 
-    def feature_tags(self, features: list[dict]) -> list[list[str]]:
+    def feature_tags(self, features: list[dict]) -> list[list[str | None]]:
         """The word tags the features were labelled with (first subwords; words cut off by
-        truncation count as O)."""
+        truncation count as O, or with plain tags are None, as are tags the model never saw)."""
         gold = []
         for f in features:
-            tags, seen = ["O"] * f["words"], set()
+            tags, seen = [None if self.plain else "O"] * f["words"], set()
             for position, word in enumerate(f["word_ids"]):
                 if word >= 0 and word not in seen:
                     seen.add(word)
-                    tags[word] = self.tag_names[f["labels"][position]]
+                    label = f["labels"][position]
+                    tags[word] = None if label == IGNORE else self.tag_names[label]
             gold.append(tags)
         return gold
 
-    def _scores(self, probabilities: list[np.ndarray], features: list[dict], gold: list[list[str]]) -> dict[str, Any]:
-        """Entity scores of the predicted word tags against ``gold``, and the mean subword loss."""
-        metrics = entity_metrics(gold, self.word_tags(probabilities, features), self.scheme)
+    def _scores(self, probabilities: list[np.ndarray], features: list[dict], gold: list[list[str | None]]) -> dict[str, Any]:
+        """Entity scores (or plain tags' per-token scores, over the words whose ``gold`` tag is
+        known) of the predicted word tags against ``gold``, and the mean subword loss."""
+        predicted = self.word_tags(probabilities, features)
+        if self.plain:
+            known = [[(g, p) for g, p in zip(truth, guess) if g is not None] for truth, guess in zip(gold, predicted)]
+            metrics = tag_metrics([[g for g, _ in pairs] for pairs in known], [[p for _, p in pairs] for pairs in known],
+                                  self.tag_names)  # fmt: skip
+        else:
+            metrics = entity_metrics(gold, predicted, self.scheme)
         total, tokens = 0.0, 0
         for p, f in zip(probabilities, features):
             labels = np.asarray(f["labels"][: len(p)])
@@ -483,10 +594,13 @@ class TokenClassificationTask:
         return metrics
 
     def evaluate(self, model, features: list[dict], *, batch_size: int, pad_token_id: int, device) -> dict[str, Any]:
-        """The loop's metrics: entity scores against the features' own labels (``feature_tags``)."""
+        """The loop's metrics: entity (or per-token) scores against the features' own labels
+        (``feature_tags``), without a confusion matrix."""
         probabilities = self.probabilities(model, features, batch_size=batch_size, pad_token_id=pad_token_id,
                                            device=device)  # fmt: skip
-        return self._scores(probabilities, features, self.feature_tags(features))
+        metrics = self._scores(probabilities, features, self.feature_tags(features))
+        metrics.pop("confusion_matrix", None), metrics.pop("confusion_labels", None)
+        return metrics
 
     # -- evaluation ------------------------------------------------------------------------------------
     def calibrate(self, model, processor, features: list[dict], *, batch_size: int, device) -> None:
@@ -497,39 +611,51 @@ class TokenClassificationTask:
         self, model, processor, frame: pd.DataFrame, features: list[dict], context: ScoreContext
     ) -> dict[str, Any]:
         """Entity scores against the table's word tags (words cut off by truncation count as
-        missed), per type, with bootstrap intervals over sentences for the overall scores."""
+        missed), per type, with bootstrap intervals over sentences for the overall scores. Plain
+        tags: token accuracy, macro and weighted P/R/F1 and per-tag scores (``per_class``; cut
+        words are wrong), intervals over sentences, and the confusion matrix plot."""
         probabilities = self.probabilities(model, features, batch_size=context.batch_size,
                                            pad_token_id=pad_token_id(processor), device=context.device)  # fmt: skip
         gold = [list(tags) for tags in frame["tags"]]
         metrics = self._scores(probabilities, features, gold)
-        evaluation = context.evaluation
-        intervals = entity_intervals(gold, self.word_tags(probabilities, features), self.scheme,
-                                     samples=evaluation.bootstrap_samples, level=evaluation.confidence_level,
-                                     seed=context.seed)  # fmt: skip
+        evaluation, predicted = context.evaluation, self.word_tags(probabilities, features)
+        options = {"samples": evaluation.bootstrap_samples, "level": evaluation.confidence_level, "seed": context.seed}
+        if self.plain:
+            intervals = tag_intervals(gold, predicted, self.tag_names, **options)
+            if metrics.get("confusion_matrix"):
+                plot_confusion_matrix(context.artifact("confusion_matrix", ".png"), metrics["confusion_matrix"],
+                                      metrics["confusion_labels"], f"{context.name} confusion matrix")  # fmt: skip
+        else:
+            intervals = entity_intervals(gold, predicted, self.scheme, **options)
         if intervals:
             metrics["confidence_intervals"], metrics["confidence_level"] = intervals, evaluation.confidence_level
         return metrics
 
     # -- prediction ------------------------------------------------------------------------------------
     def predict(self, model, processor, inputs: list, *, temperature: float | None = None) -> list[dict]:
-        """Entity spans with character offsets and scores (mean word probability) per text.
+        """Per text (``text_row``): entity spans with character offsets and scores (mean word
+        probability), or with plain tags each word with its offsets, tag and probability.
 
         Raises:
             TunesmithError: an input that is not a text, naming its position.
         """
         inputs = check_texts(inputs, self.kind)
-        words = [words_with_offsets(t) for t in inputs]
-        frame = pd.DataFrame({"tokens": [[w for w, _, _ in ws] or ["."] for ws in words],
-                              "tags": [["O"] * max(len(ws), 1) for ws in words]})  # fmt: skip
-        features, _ = encode_sentences(processor, frame, self.tag_names, self.max_length, all_subwords=False)
+        features = self.export_features(processor, inputs)
         probabilities = self.probabilities(model, features, batch_size=32, pad_token_id=pad_token_id(processor),
                                            device=next(model.parameters()).device)  # fmt: skip
-        rows = []
-        for text, ws, p, f in zip(inputs, words, probabilities, features):
-            tags, scores = word_predictions(p, f["word_ids"], f["words"])
-            named = [self.tag_names[t] for t in tags][: len(ws)]
-            rows.append({"text": text, "entities": entities_in_text(text, named, scores, ws, self.scheme)})
-        return rows
+        return [self.text_row(text, p, f) for text, p, f in zip(inputs, probabilities, features)]
+
+    def text_row(self, text: str, probabilities: np.ndarray, feature: dict) -> dict[str, Any]:
+        """One text's prediction row, from the tag probabilities of its subwords (from any backend)
+        and its feature as ``predict`` encodes it (``word_ids``, ``words``): ``{"text", "entities":
+        [{"text", "label", "start", "end", "score"}]}``, or with plain tags ``{"text", "tokens":
+        [{"word", "start", "end", "tag", "score"}]}`` (tasks.tagging.token_rows)."""
+        words = words_with_offsets(text)
+        tag_ids, scores = word_predictions(probabilities, feature["word_ids"], feature["words"])
+        named = self.named_tags(tag_ids, scores)[: len(words)]
+        if self.plain:
+            return {"text": text, "tokens": token_rows(text, words, named, scores)}
+        return {"text": text, "entities": entities_in_text(text, named, scores, words, self.scheme)}
 
     def read_inputs(self, path: Path) -> list:
         """The texts of a prediction input file (one per line of .txt, or a table's text column)."""
@@ -537,20 +663,174 @@ class TokenClassificationTask:
 
     # -- shipping --------------------------------------------------------------------------------------
     def card(self, manifest: dict[str, Any], max_length: int, truncated_train: int) -> CardText:
-        """The tagger's part of the model card."""
+        """The tagger's part of the model card: a named-entity tagger, or a per-token tagger."""
         source = manifest["sources"]["train"]
+        if self.plain:
+            title = "Per-token tagger"
+            purpose = (f"It tags each word of a text with one of {len(self.tag_names)} tags (such as part of speech "
+                       "or chunks), one tag per word; it finds no entity spans.")  # fmt: skip
+        else:
+            title, purpose = "Named-entity tagger", "It tags the words of a text with entity types."
         return CardText(
-            title="Named-entity tagger",
-            purpose="It tags the words of a text with entity types.",
+            title=title,
+            purpose=purpose,
             data=f"Format: {source.get('format')}; {source.get('cleaning')}.",
             limitation=f"Texts longer than {max_length} tokens are truncated: the model sees only their start "
             f"({truncated_train} of the training rows were truncated).",
             usage='`tunesmith predict RUN_DIR --text "..."`.',
         )
 
+    # -- export (tasks.contract.OnnxExportable) --------------------------------------------------------
+    def export_features(self, processor: Any, inputs: list) -> list[dict]:
+        """Texts split into words as ``predict`` splits them (an empty text reads as "."), then
+        into subwords (``word_ids``, ``words``), cut to max_length.
+
+        Raises:
+            TunesmithError: an input that is not a text, naming its position.
+        """
+        words = [words_with_offsets(t) for t in check_texts(inputs, self.kind)]
+        frame = pd.DataFrame({"tokens": [[w for w, _, _ in ws] or ["."] for ws in words],
+                              "tags": [["O"] * max(len(ws), 1) for ws in words]})  # fmt: skip
+        return encode_sentences(processor, frame, self.tag_names, self.max_length, all_subwords=False)[0]
+
+    def export_inputs(self, processor: Any, features: list[dict]) -> ExportBatch:
+        """Subword ids (and token types) padded to the batch's longest sentence; each row's
+        output is its own subwords' tag logits (``row_lengths``)."""
+        from tunesmith.data.batching import pad_batch
+
+        names = [k for k in ("input_ids", "token_type_ids") if k in features[0]]
+        batch = pad_batch([{k: f[k] for k in names} for f in features], pad_token_id(processor))
+        names.insert(1, "attention_mask")
+        return ExportBatch(inputs={k: batch[k].numpy().astype(np.int64) for k in names},
+                           dynamic_axes={k: {0: "batch", 1: "sequence"} for k in names},
+                           row_lengths=[len(f["input_ids"]) for f in features])  # fmt: skip
+
+    def export_output(self, output: Any) -> torch.Tensor:
+        """The tag logits of every subword, [rows, subwords, tags]."""
+        return output.logits
+
+    def export_parity(self, reference: list[np.ndarray], candidate: list[np.ndarray],
+                      features: list[dict]) -> dict[str, float]:  # fmt: skip
+        """Sentences whose decoded entity spans (type, first and last word, as ``predict``
+        decodes them) are the same (``label_agreement`` = ``entity_agreement``; with plain tags,
+        sentences whose word tags are all the same), words with the same tag
+        (``token_agreement``), and the largest logit difference."""
+        before = self.word_tags([softmax(r) for r in reference], features)
+        after = self.word_tags([softmax(c) for c in candidate], features)
+        same_words = [a == b for first, second in zip(before, after) for a, b in zip(first, second)]
+        if self.plain:
+            same = [first == second for first, second in zip(before, after)]
+        else:
+            same = [entity_spans(first, self.scheme) == entity_spans(second, self.scheme)
+                    for first, second in zip(before, after)]  # fmt: skip
+        figures = {"rows": len(reference), "max_logit_difference": max_difference(reference, candidate),
+                   "label_agreement": float(np.mean(same)) if same else 1.0,
+                   "token_agreement": float(np.mean(same_words)) if same_words else 1.0}  # fmt: skip
+        if not self.plain:
+            figures["entity_agreement"] = figures["label_agreement"]
+        return figures
+
+    def export_description(self) -> dict[str, Any]:
+        """An export reads subword ids of a text split into words (word characters, or one
+        punctuation mark) as ``predict`` splits it."""
+        return {"inputs": "subword ids of the text's words (split on whitespace and punctuation)",
+                "text_normalisation": None}  # fmt: skip
+
+    def rows_from_logits(self, inputs: list, features: list[dict], logits: list[np.ndarray], *,
+                         temperature: float | None = None) -> list[dict]:  # fmt: skip
+        """``predict``'s rows (``text_row``: entity spans with offsets and scores, or words with
+        their tags) from any backend's per-subword tag logits."""
+        texts = check_texts(inputs, self.kind)
+        return [self.text_row(text, softmax(row), f) for text, row, f in zip(texts, logits, features)]
+
+    # -- monitoring (tunesmith monitor; tasks.contract.Monitored) ------------------------------------
+    @property
+    def watches(self) -> tuple[Watch, ...]:
+        """The shares of entity types, or with plain tags of the predicted tags."""
+        if self.plain:
+            return (Watch("tag_psi", "psi", "psi", "predicted tag of a word"),)
+        return (Watch("entity_type_psi", "psi", "psi", "entity type ((none): a text without entities)"),)
+
+    def monitor_inputs(self, frame: pd.DataFrame) -> list:
+        """Each sentence as a text: its words, space-separated."""
+        return [" ".join(tokens) for tokens in frame["tokens"]]
+
+    def monitor_texts(self, inputs: list) -> list[str]:
+        """The texts themselves."""
+        return check_texts(inputs, self.kind)
+
+    def embed(self, model: Any, processor: Any, inputs: list) -> np.ndarray:
+        """The encoder's mean-pooled states over each text's words (as predict splits them)."""
+        texts = [" ".join(w for w, _, _ in words_with_offsets(t)) for t in check_texts(inputs, self.kind)]
+        return pooled(model.base_model, processor, texts, max_length=self.max_length)
+
+    def watched_values(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The types of the row's entities, or "(none)"; with plain tags, its words' tags."""
+        if self.plain:
+            return {"tag_psi": [str(token["tag"]) for token in row["tokens"]] or ["(none)"]}
+        return {"entity_type_psi": [entity["label"] for entity in row["entities"]] or ["(none)"]}
+
     def to_dict(self) -> dict[str, Any]:
         return {"type": self.kind, "label_names": self.tag_names, "tag_scheme": self.scheme,
                 "label_all_subwords": self.all_subwords}  # fmt: skip
+
+    # -- inspect ---------------------------------------------------------------------------------------
+    def inspection_records(self, spec: str, data: DataConfig) -> InspectionRecords:
+        """One file's sentences for ``tunesmith inspect`` (data.quality.InspectedTask): the words
+        compared for duplicates and leakage, the tags as they are in the file counted, and as
+        findings the tags outside task.tag_scheme (training refuses them) and the IOB2 entities
+        that start with I- (started with B- by training, or refused with task.invalid_tags=error)."""
+        from tunesmith.data.quality import InspectionRecords
+
+        path = Path(spec)
+        if not path.is_file():
+            raise TunesmithError(f"Data file not found: {path}")
+        fmt = detect_format(path, data.format if data.format in ("conll", "tokens", "spans") else "auto")
+        sentences = read_conll(path) if fmt == "conll" else _read_jsonl(path, fmt)
+        scheme = "iob2" if fmt == "spans" else self.scheme  # as load_sentences reads the file
+        findings = [f for number, sentence in enumerate(sentences, 1)
+                    for f in tag_findings(sentence, number, fmt, scheme, self.invalid_tags)]  # fmt: skip
+        return InspectionRecords(
+            source=str(path), rows=list(range(1, len(sentences) + 1)), where=[s["where"] for s in sentences],
+            texts=[" ".join(s["tokens"]) for s in sentences], targets=[" ".join(s["tags"]) for s in sentences],
+            labels=[list(s["tags"]) for s in sentences], label_kind="tags", findings=findings,
+            frame=pd.DataFrame({"tokens": [s["tokens"] for s in sentences]}),
+        )  # fmt: skip
+
+    def inspection_lengths(self, processor: Any, records: InspectionRecords) -> list[TokenLengths]:
+        """Subwords per sentence (the words as training tokenizes them) against model.max_length."""
+        from tunesmith.data.quality import TokenLengths
+
+        words = [list(tokens) for tokens in records.frame["tokens"]]
+        counts = [len(ids) for ids in processor(words, is_split_into_words=True)["input_ids"]] if words else []
+        return [TokenLengths("sentence", counts, self.max_length,
+                             "cut: the words past model.max_length are not tagged, and count as missed when scored")]  # fmt: skip
+
+
+def tag_findings(sentence: dict, number: int, fmt: str, scheme: str, invalid_tags: str) -> list[Finding]:
+    """One sentence's tag problems for inspect: a tag outside ``scheme`` (an error: training
+    refuses it), and each IOB2 entity that starts with I- (a warning, or an error with
+    task.invalid_tags=error), named by the word's line or position."""
+    from tunesmith.data.quality import Finding
+
+    if scheme not in ("iob2", "bioes"):  # a plain per-token tag set: any tag is a tag
+        return []
+    where, tags = sentence["where"], sentence["tags"]
+    try:
+        check_tags(tags, scheme, where)
+    except TunesmithError as error:
+        return [Finding("tag outside the scheme", number, where, str(error).removeprefix(f"{where}: "), "error",
+                        "training refuses the file: fix the tag, or set task.tag_scheme")]  # fmt: skip
+    if scheme != "iob2":
+        return []
+    refused = invalid_tags == "error"
+    advice = ("training refuses the file (task.invalid_tags=error)" if refused
+              else "training starts the entity with B- (task.invalid_tags=convert)")  # fmt: skip
+    return [Finding("I- without B-", number, _word_where(sentence, p, fmt),
+                    f"{sentence['tokens'][p]!r} is tagged {tags[p]!r} after "
+                    f"{'the sentence start' if p == 0 else repr(tags[p - 1])}",
+                    "error" if refused else "warning", advice)
+            for p in fix_inside_starts(tags)[1]]  # fmt: skip
 
 
 def _seqeval_tags(sequences: list[list[str]], scheme: str) -> list[list[str]]:
@@ -600,10 +880,9 @@ def entity_intervals(gold: list[list[str]], predicted: list[list[str]], scheme: 
     return bootstrap_sums(counts, scores, samples=samples, level=level, seed=seed)
 
 
-def entities_in_text(
-    text: str, tags: list[str], scores: list[float], words: list[tuple[str, int, int]], scheme: str
-) -> list[dict]:
-    """Entity spans (character offsets into ``text``) from word tags."""
+def entity_spans(tags: list[str], scheme: str) -> list[dict]:
+    """The entities of a sentence's word tags: ``{"label", "first", "last"}`` (word positions); an
+    I- tag that does not continue an entity of its type starts one."""
     iob = bioes_to_iob2(tags) if scheme == "bioes" else tags
     spans, current = [], None
     for i, tag in enumerate(iob):
@@ -620,6 +899,25 @@ def entities_in_text(
             current = None
     if current:
         spans.append(current)
+    return spans
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities over the last axis (float32, as the model's own softmax)."""
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
+
+
+def max_difference(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float:
+    """The largest absolute difference between two lists of same-shaped arrays (0 when empty)."""
+    return max((float(np.abs(r - c).max()) for r, c in zip(reference, candidate) if r.size), default=0.0)
+
+
+def entities_in_text(
+    text: str, tags: list[str], scores: list[float], words: list[tuple[str, int, int]], scheme: str
+) -> list[dict]:
+    """Entity spans (character offsets into ``text``) from word tags (``entity_spans``)."""
+    spans = entity_spans(tags, scheme)
     return [{"text": text[words[s["first"]][1] : words[s["last"]][2]], "label": s["label"],
              "start": words[s["first"]][1], "end": words[s["last"]][2],
              "score": round(float(np.mean(scores[s["first"] : s["last"] + 1])), 6)} for s in spans]  # fmt: skip
