@@ -15,6 +15,8 @@ tokenizer metadata against llama.cpp's own conversion of SmolLM2.
 4. With --llama-cpp-python (a Python that has llama-cpp-python installed; it needs no torch),
    llama.cpp itself loads the f16 GGUF, tokenizes the prompts (compared with the run's ids) and
    computes next-token logits (top-1 agreement with the run's PyTorch model).
+5. With Go on the PATH, the Modelfile's TEMPLATE executed by Go's text/template (what Ollama
+   runs) on four conversations, against the run's own rendering of them.
 Writes gguf_parity.json under --out.
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -51,6 +54,46 @@ for prompt in prompts:
 np.save(f"{work}/llama_cpp_logits.npy", np.stack(logits))
 json.dump(ids, open(f"{work}/llama_cpp_ids.json", "w"))
 """
+
+GO_PROGRAM = """package main
+
+import (
+	"encoding/json"
+	"os"
+	"strings"
+	"text/template"
+)
+
+type Message struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+}
+
+func main() {
+	source, _ := os.ReadFile(os.Args[1])
+	var conversations [][]Message
+	data, _ := os.ReadFile(os.Args[2])
+	if err := json.Unmarshal(data, &conversations); err != nil {
+		panic(err)
+	}
+	parsed := template.Must(template.New("modelfile").Parse(string(source)))
+	rendered := []string{}
+	for _, messages := range conversations {
+		var text strings.Builder
+		if err := parsed.Execute(&text, map[string]any{"Messages": messages}); err != nil {
+			panic(err)
+		}
+		rendered = append(rendered, text.String())
+	}
+	json.NewEncoder(os.Stdout).Encode(rendered)
+}
+"""
+CONVERSATIONS = [
+    [{"role": "user", "content": "Name three primary colours."}],
+    [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Hello {{ there }}"}],
+    [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4"}, {"role": "user", "content": "x2?"}],
+    [{"role": "user", "content": "  spaced\n\nlines  "}],
+]
 
 
 def train_run(out: Path, steps: int) -> Path:
@@ -118,6 +161,22 @@ def with_llama_cpp(python: str, path: Path, run: Path, count: int, work: Path) -
             "seconds": round(time.perf_counter() - started, 1)}  # fmt: skip
 
 
+def with_go(modelfile: Path, run: Path, work: Path) -> dict:
+    """The Modelfile's TEMPLATE run by Go's text/template against the run's rendering."""
+    from tunesmith.tasks.run import load_run
+
+    work.mkdir(exist_ok=True)
+    text = modelfile.read_text(encoding="utf-8")
+    (work / "template.txt").write_text(text.split('TEMPLATE """', 1)[1].split('"""', 1)[0], encoding="utf-8")
+    (work / "conversations.json").write_text(json.dumps(CONVERSATIONS), encoding="utf-8")
+    (work / "main.go").write_text(GO_PROGRAM, encoding="utf-8")
+    done = subprocess.run(["go", "run", "main.go", "template.txt", "conversations.json"], cwd=work,
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    loaded = load_run(run)
+    expected = [loaded.task.render(loaded.tokenizer, c, add_generation_prompt=True) for c in CONVERSATIONS]
+    return {"conversations": len(CONVERSATIONS), "equal": sum(a == b for a, b in zip(json.loads(done.stdout), expected))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=100)
@@ -139,6 +198,9 @@ def main() -> None:
         record["llama_cpp_f16"] = with_llama_cpp(args.llama_cpp_python, args.out / "export-f16" / "model.gguf", run,
                                                  args.prompts, args.out / "llama_cpp")  # fmt: skip
         print("llama.cpp", json.dumps(record["llama_cpp_f16"]))
+    if shutil.which("go"):
+        record["go_template"] = with_go(args.out / "export-f16" / "Modelfile", run, args.out / "go")
+        print("Go text/template", json.dumps(record["go_template"]))
     record["total_seconds"] = round(time.perf_counter() - started, 1)
     (args.out / "gguf_parity.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
 

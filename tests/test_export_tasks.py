@@ -18,6 +18,8 @@ from tunesmith.errors import TunesmithError
 from tunesmith.ship.export import export
 from tunesmith.ship.serve import Predictor, create_app
 from tunesmith.tasks import build_task
+from tunesmith.tasks.build import TASK_KINDS
+from tunesmith.tasks.contract import Exportable, OnnxExportable
 
 LONG_CONTEXT = " ".join(f"item {i} : stone ." for i in range(30)) + " colour : red . city : lima ."
 INPUTS = {
@@ -78,6 +80,14 @@ def _scores(rows: list[dict]) -> list[float]:
     for row in rows:
         found += [e["score"] for e in row.get("entities", [])] + ([row["score"]] if "score" in row else [])
     return found
+
+
+@pytest.mark.parametrize("kind", TASK_KINDS)
+def test_every_kind_exports_hf_and_the_onnx_kinds_speak_the_onnx_contract(kind):
+    task = build_task(config_from_dict({"task": {"type": kind}}))
+    assert "export" in task.stages and isinstance(task, Exportable) and "hf" in task.export_formats
+    assert ("onnx" in task.export_formats) == isinstance(task, OnnxExportable)
+    assert set(task.export_description()) >= {"inputs", "text_normalisation"}
 
 
 def test_tagger_parity_counts_sentences_whose_entities_differ():

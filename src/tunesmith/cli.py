@@ -439,6 +439,12 @@ def serve(
     log: Annotated[Path | None, typer.Option("--log", help="Append every prediction to this JSONL file.")] = None,
     max_batch: Annotated[int, typer.Option("--max-batch", min=1, help="Texts per request and per model call.")] = 64,
     max_body_bytes: Annotated[int, typer.Option("--max-body-bytes", min=1)] = 1_000_000,
+    max_upload_bytes: Annotated[
+        int, typer.Option("--max-upload-bytes", min=1, help="Largest uploaded image file (image runs).")
+    ] = 10_000_000,
+    max_pixels: Annotated[
+        int, typer.Option("--max-pixels", min=1, help="Largest image (width x height) a request may send.")
+    ] = 40_000_000,
 ) -> None:
     """Serve predictions over HTTP: POST /predict, GET /health, /metadata, /metrics."""
 
@@ -446,7 +452,8 @@ def serve(
         from tunesmith.ship.serve import serve as run_server
 
         run_server(source, host=host, port=port, api_key=api_key, log_path=log, max_batch=max_batch,
-                   max_body_bytes=max_body_bytes, log=lambda m: typer.echo(m, err=True))  # fmt: skip
+                   max_body_bytes=max_body_bytes, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
+                   log=lambda m: typer.echo(m, err=True))  # fmt: skip
 
     _guarded(work, "the server stopped")
 

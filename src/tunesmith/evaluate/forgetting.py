@@ -1,8 +1,8 @@
 """Catastrophic-forgetting check: how well the tuned model still does what its base model did.
 
 Measured on a *retain set* before (base model) and after (tuned model):
-- classifiers, ``method: probe`` — a logistic-regression probe on the frozen encoder's
-  mean-pooled features, trained on one half of the retain rows and scored on the other; the
+- encoders (classifiers, taggers, QA readers, the encoder of an encoder-decoder), ``method:
+  probe`` — a logistic-regression probe on the frozen encoder's mean-pooled features, trained on one half of the retain rows and scored on the other; the
   same probe recipe on the base and on the tuned encoder;
 - classifiers, ``method: head`` — the base model's own classification head (the base model
   must be a classifier of the retain labels, such as an earlier tunesmith run's ``model/``)
@@ -83,8 +83,10 @@ def probe_accuracy(features: np.ndarray, labels: list[str], seed: int) -> float:
 
 
 def _encoder(model):
+    """The part of a model that reads the text: the base model of an encoder with a head, the
+    encoder of an encoder-decoder (its base model would need decoder inputs)."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inner.base_model
+    return inner.get_encoder() if inner.config.is_encoder_decoder else inner.base_model
 
 
 @torch.no_grad()
@@ -139,7 +141,7 @@ def classifier_check(settings, *, base_name: str, tuned_model, tokenizer, max_le
         after = head_accuracy(base, tuned_model, tokenizer, texts, labels, max_length=max_length,
                               source=settings.retain)  # fmt: skip
     else:
-        base_encoder = AutoModel.from_pretrained(resolved.location)
+        base_encoder = _encoder(AutoModel.from_pretrained(resolved.location))
         before = probe_accuracy(mean_pooled(base_encoder, tokenizer, texts, max_length=max_length), labels, seed)
         tuned = mean_pooled(_encoder(tuned_model), tokenizer, texts, max_length=max_length)
         after = probe_accuracy(tuned, labels, seed)

@@ -280,11 +280,13 @@ def held_out_prompts(run: RunDir, task: Chat, processor, count: int) -> tuple[li
 
 
 def next_token_logits(model, inputs: list[list[int]]) -> np.ndarray:
-    """The logits of the token after each prompt, one prompt at a time (no padding)."""
+    """The logits of the token after each prompt, one prompt at a time (no padding); the output
+    head runs on the last position only."""
     import torch
 
     with torch.inference_mode():
-        return np.stack([model(input_ids=torch.tensor([ids])).logits[0, -1].float().numpy() for ids in inputs])
+        return np.stack([model(input_ids=torch.tensor([ids]), logits_to_keep=1).logits[0, -1].float().numpy()
+                         for ids in inputs])  # fmt: skip
 
 
 def parity(path: Path, reference: np.ndarray, inputs: list[list[int]], prompts: list[str]) -> dict[str, Any]:
