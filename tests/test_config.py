@@ -375,8 +375,13 @@ def test_a_new_kind_like_single_label_needs_only_its_model():
          "data.balance.method='oversample' needs task.type=single_label"),
         ({"task": {"type": "image_classification"}, "data": {"augment": {"ratio": 1}}}, "images are augmented by"),
         ({"task": {"type": "seq2seq"}, "data": {"augment": {"ratio": 1}}}, "not task.type=seq2seq"),
-        ({"task": {"type": "token_classification"}, "forgetting": {"retain": "r.csv"}},
-         "not task.type=token_classification"),
+        ({"task": {"type": "token_classification"}, "forgetting": {"rehearsal": "r.csv"}},
+         "forgetting.rehearsal mixes labelled rows into training: it covers task.type=single_label or "
+         "multi_label or regression, not token_classification"),
+        ({"task": {"type": "image_classification"}, "forgetting": {"retain": "r.csv"}},
+         "forgetting.retain: the forgetting check covers task.type=single_label or multi_label or regression or "
+         "causal_lm or seq2seq or token_classification or question_answering or pair_classification, "
+         "not image_classification"),
         ({"task": {"type": "question_answering", "doc_stride": 189}}, "task.doc_stride=189 must be below 189"),
     ],
 )  # fmt: skip

@@ -245,7 +245,9 @@ def test_a_declared_stage_runs(kind, stage, runs, tmp_path):
 def test_an_undeclared_stage_is_refused_in_one_line(kind, runs, tmp_path):
     from tunesmith.cli import app
 
-    stage = next(s for s in ("export", "chat") if s not in stages_of(kind))
+    stage = next((s for s in STAGES if s not in stages_of(kind)), None)
+    if stage is None:
+        pytest.skip(f"{kind} declares every stage")
     with pytest.raises(TunesmithError) as refused:
         require_stage(kind, stage)
     run_dir = str(runs[kind]["run"])

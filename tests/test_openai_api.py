@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import openai
 import pytest
@@ -34,7 +35,7 @@ def served(tmp_path_factory, tiny_llama_dir):
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    server = uvicorn.Server(uvicorn.Config(create_app(run, max_batch=8), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(create_app(run, max_batch=8, log_path=root / "served.jsonl"), host="127.0.0.1", port=port,
                                            log_level="warning"))  # fmt: skip
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -76,6 +77,9 @@ def test_chat_completion_is_what_predict_says_and_streams_the_same_text(served):
     pieces = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
         model=model, messages=[{"role": "user", "content": PROMPT}], temperature=0, stream=True)]  # fmt: skip
     assert "".join(pieces).strip() == expected and len([p for p in pieces if p]) >= 1
+    # Both answers are in the prediction log, as tunesmith monitor reads it (the user's turn, the completion).
+    logged = [json.loads(line) for line in (Path(run).parent / "served.jsonl").read_text().splitlines()]
+    assert [(r["text"], r["completion"].strip()) for r in logged[:2]] == [(PROMPT, expected)] * 2
 
 
 def test_completions_n_stop_and_concurrent_requests(served):

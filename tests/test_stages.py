@@ -11,7 +11,7 @@ from typing import get_args
 
 import pytest
 
-from tunesmith.config import load_config
+from tunesmith.config import Config, load_config
 from tunesmith.errors import TunesmithError
 from tunesmith.tasks import Stage, build_task, require_stage, stage_table
 from tunesmith.tasks.build import TASK_KINDS, stages_of
@@ -28,6 +28,14 @@ def test_readme_table_is_the_one_the_code_declares():
         "README's task x stage table is stale: paste the output of "
         '`python -c "from tunesmith.tasks import stage_table; print(stage_table())"`'
     )
+
+
+@pytest.mark.parametrize("kind", TASK_KINDS)
+def test_every_stage_is_declared_or_explained(kind):
+    task = build_task(Config.model_validate({"task": {"type": kind}}))
+    for stage in get_args(Stage):
+        assert (stage in task.stages) != (stage in task.stage_notes), f"{kind}: {stage} needs ✓ or a note, not both"
+    assert all(note.strip() for note in task.stage_notes.values())
 
 
 @pytest.mark.parametrize("kind", TASK_KINDS)

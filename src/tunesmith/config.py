@@ -184,7 +184,9 @@ class TaskSection(Section):
     supports_balance: ClassVar[bool] = False
     """data.balance is allowed (the resampling and class weights need one label per row)."""
     supports_forgetting: ClassVar[bool] = True
-    """forgetting.retain and forgetting.rehearsal are allowed."""
+    """forgetting.retain (the forgetting check) is allowed."""
+    supports_rehearsal: ClassVar[bool] = True
+    """forgetting.rehearsal (labelled rows of an earlier task mixed into training) is allowed."""
     augment_refusal: ClassVar[str | None] = None
     """Why data.augment is refused for this kind; None: it applies."""
 
@@ -226,6 +228,7 @@ class CausalLMTaskConfig(TaskSection):
     loss_on: Literal["completion", "all"] = "completion"
     """The loss covers the completion (assistant) tokens only, or every token."""
     default_model: ClassVar[str] = DEFAULT_CAUSAL_LM
+    supports_rehearsal: ClassVar[bool] = False  # its data stage reads instruction records only
     default_max_length: ClassVar[int] = 512
     default_strategy: ClassVar[str] = "lora"
     default_lora_targets: ClassVar[str | None] = "all-linear"
@@ -245,6 +248,7 @@ class Seq2SeqTaskConfig(TaskSection):
     source_prefix: str = ""
     """Text put before every source, e.g. "summarize: " for T5."""
     default_model: ClassVar[str] = DEFAULT_SEQ2SEQ
+    supports_rehearsal: ClassVar[bool] = False
     augment_refusal: ClassVar[str | None] = (
         "data.augment is for classification and regression text, not task.type=seq2seq"
     )
@@ -267,7 +271,7 @@ class TokenClassificationTaskConfig(TaskSection):
     """IOB2 files: an entity that starts with I- (after O, after another type, or first in a
     sentence) is started with B- and counted, with a warning naming its lines ("convert"), or the
     file is refused at that line ("error")."""
-    supports_forgetting: ClassVar[bool] = False
+    supports_rehearsal: ClassVar[bool] = False
 
     def check(self, config: Config) -> None:
         """Refuses spans files with tag_scheme=none (spans give entity tags, not per-token tags)."""
@@ -290,7 +294,7 @@ class QuestionAnsweringTaskConfig(TaskSection):
     """With unanswerable training questions: answer nothing when the no-answer score beats the
     best span's by more than this."""
     default_max_length: ClassVar[int] = 384  # question and context share a window
-    supports_forgetting: ClassVar[bool] = False
+    supports_rehearsal: ClassVar[bool] = False
 
     def check(self, config: Config) -> None:
         """Refuses a doc_stride that leaves a window no new context (questions take up to half of it)."""
@@ -309,6 +313,7 @@ class ImageClassificationTaskConfig(TaskSection):
     default_model: ClassVar[str] = DEFAULT_IMAGE
     default_group_by_length: ClassVar[bool] = False  # images have no length
     supports_forgetting: ClassVar[bool] = False
+    supports_rehearsal: ClassVar[bool] = False
     augment_refusal: ClassVar[str | None] = "data.augment is text augmentation; images are augmented by data.image"
 
 
@@ -321,7 +326,7 @@ class PairClassificationTaskConfig(TaskSection):
     """The column of the first text of each pair (a question, a premise)."""
     second_column: str = "sentence2"
     """The column of the second text (a sentence, a hypothesis)."""
-    supports_forgetting: ClassVar[bool] = False
+    supports_rehearsal: ClassVar[bool] = False
     augment_refusal: ClassVar[str | None] = "data.augment rewrites one text column; pairs are not augmented"
 
 
@@ -651,9 +656,12 @@ class Config(Section):
             raise ValueError(f"train.packing needs task.type={packers} (other tasks' batches are length-grouped)")
         if self.data.val_fraction + self.data.test_fraction >= 0.9:
             raise ValueError("data.val_fraction + data.test_fraction must stay below 0.9")
-        if not task.supports_forgetting and (self.forgetting.retain or self.forgetting.rehearsal):
-            raise ValueError(f"forgetting.retain and forgetting.rehearsal cover text classifiers and causal LMs, "
-                             f"not task.type={task.type}")  # fmt: skip
+        if not task.supports_forgetting and self.forgetting.retain:
+            raise ValueError(f"forgetting.retain: the forgetting check covers task.type="
+                             f"{_kinds_with(lambda t: t.supports_forgetting)}, not {task.type}")  # fmt: skip
+        if not task.supports_rehearsal and self.forgetting.rehearsal:
+            raise ValueError(f"forgetting.rehearsal mixes labelled rows into training: it covers task.type="
+                             f"{_kinds_with(lambda t: t.supports_rehearsal)}, not {task.type}")  # fmt: skip
         if self.data.balance.method != "none" and not task.supports_balance:
             raise ValueError(f"data.balance.method={self.data.balance.method!r} needs "
                              f"task.type={_kinds_with(lambda t: t.supports_balance)}")  # fmt: skip

@@ -53,9 +53,10 @@ MAX_METRIC_DIFFERENCE = 1e-5
 BATCH_SIZE = 32
 
 
-def held_out(run: RunDir, task: Exportable, processor, rows: int | None) -> tuple[list[dict], str]:
+def held_out(run: RunDir, task: Exportable, processor, rows: int | None) -> tuple[list[dict], str, int]:
     """The features of the run's test split (else its validation split), at most ``rows`` of
-    its rows, encoded by the task as training encoded them."""
+    its rows, encoded by the task as training encoded them; the split's name and its row count
+    (a row may make several features: QA's windows)."""
     import pandas as pd
 
     for split in ("test", "validation"):
@@ -63,7 +64,7 @@ def held_out(run: RunDir, task: Exportable, processor, rows: int | None) -> tupl
         if path.is_file():
             frame = pd.read_parquet(path)
             frame = frame.iloc[:rows] if rows else frame
-            return task.encode(processor, {split: frame}).features[split], split
+            return task.encode(processor, {split: frame}).features[split], split, len(frame)
     raise TunesmithError(f"{run.path} has no test or validation split to check the export on")
 
 
@@ -241,8 +242,8 @@ def write_hf(run: RunDir, task: Exportable, model, processor, tmp: Path, report:
     its parity (``hf_parity``) as ``model.safetensors`` in ``report``; returns "." (the directory
     is the model)."""
     model.save_pretrained(tmp)
-    features, report["split"] = held_out(run, task, processor, rows)
-    log(f"Checking the export on {len(features)} rows of the run's {report['split']} split")
+    features, report["split"], count = held_out(run, task, processor, rows)
+    log(f"Checking the export on {count} rows of the run's {report['split']} split")
     report["models"]["model.safetensors"] = hf_parity(run, task, model, processor, features, tmp, rows)
     return "."
 
@@ -256,7 +257,7 @@ def hf_parity(run: RunDir, task: Exportable, model, processor, features: list[di
     reloaded = task.load_processor(ResolvedModel(str(tmp), f"the export in {tmp}"), trained=True)
     exported = task.load_trained(tmp).eval()
     figures: dict[str, Any] = parameter_parity(model, exported)
-    exported_features, _ = held_out(run, task, reloaded, rows)
+    exported_features = held_out(run, task, reloaded, rows)[0]
     figures["encoding_identical"] = exported_features == features
     if not figures["encoding_identical"]:
         return figures
@@ -294,8 +295,8 @@ def write_onnx(run: RunDir, task: OnnxExportable, model, processor, tmp: Path, r
     one's parity with the PyTorch model in ``report``; returns the file serve should run."""
     import onnxruntime as ort
 
-    features, report["split"] = held_out(run, task, processor, rows)
-    log(f"Checking the export on {len(features)} rows of the run's {report['split']} split")
+    features, report["split"], count = held_out(run, task, processor, rows)
+    log(f"Checking the export on {count} rows of the run's {report['split']} split")
     reference = torch_logits(model, task, processor, features)
 
     def scored(name: str) -> dict[str, float]:

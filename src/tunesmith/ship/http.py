@@ -31,6 +31,10 @@ class Gate(Protocol):
     max_batch: int
     max_text_chars: int
 
+    def log_rows(self, inputs: list, rows: list[dict]) -> None:
+        """Appends predictions to the prediction log (``serve --log``), when there is one."""
+        ...
+
     def check_key(self, request: Request) -> None:
         """Raises Refused(401) without the API key, when there is one."""
         ...

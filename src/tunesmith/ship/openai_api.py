@@ -159,10 +159,11 @@ def add_openai_routes(app: FastAPI, gate: Gate, model_id: str) -> None:
         except Refused as refused:
             return _error(gate, refused.status, str(refused.detail), getattr(refused, "param", None))
         sampling = parsed.sampling(gate.predictor.scorer.generation.max_new_tokens)
+        asked = _asked(parsed, prompts, chat)
         if parsed.stream:
             gate.stats.request(200)
             return StreamingResponse(
-                _events(gate, prompts[0], sampling, model_id, chat), media_type="text/event-stream"
+                _events(gate, prompts[0], sampling, model_id, chat, asked[0]), media_type="text/event-stream"
             )
         try:
             found = await batcher.submit([p for p in prompts for _ in range(parsed.n)], sampling)
@@ -170,6 +171,8 @@ def add_openai_routes(app: FastAPI, gate: Gate, model_id: str) -> None:
             return _error(gate, 500, f"generation failed: {type(error).__name__}: {error}")
         gate.stats.request(200, time.perf_counter() - started)
         gate.stats.predictions += len(found)
+        texts = [text for text in asked for _ in range(parsed.n)]
+        gate.log_rows(texts, [{"prompt": t, "completion": c.text} for t, c in zip(texts, found)])
         return _response(found, parsed.n, model_id, chat)
 
     @app.post("/v1/chat/completions")
@@ -232,6 +235,14 @@ def _prompts(parsed: CompletionRequest, gate: Gate, *, chat: bool) -> list[str]:
     return [predictor.scorer.prompt(predictor.tokenizer, messages)]
 
 
+def _asked(parsed: CompletionRequest, prompts: list[str], chat: bool) -> list[str]:
+    """What each prompt asks, for the prediction log (monitor compares it with the training
+    prompts): a conversation's last user turn; a completion's prompt as sent."""
+    if not chat:
+        return prompts
+    return [next((m.text() for m in reversed(parsed.messages) if m.role == "user"), parsed.messages[-1].text())]
+
+
 def _response(found: list[Completion], n: int, model_id: str, chat: bool) -> dict[str, Any]:
     prompt_tokens = sum(c.prompt_tokens for c in found[::n])  # each prompt once, however many choices it has
     choices = [({"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason}
@@ -245,9 +256,9 @@ def _response(found: list[Completion], n: int, model_id: str, chat: bool) -> dic
                       "total_tokens": prompt_tokens + completion_tokens}}  # fmt: skip
 
 
-async def _events(gate: Gate, prompt: str, sampling: Sampling, model_id: str, chat: bool):
+async def _events(gate: Gate, prompt: str, sampling: Sampling, model_id: str, chat: bool, asked: str):
     """Server-sent events: one chunk per piece of text, a last chunk with the finish reason,
-    then ``[DONE]``."""
+    then ``[DONE]``; the whole completion goes to the prediction log."""
     loop = asyncio.get_running_loop()
     predictor = gate.predictor
     streamer = predictor.scorer.stream(predictor.model, predictor.tokenizer, prompt, sampling,
@@ -288,5 +299,6 @@ async def _events(gate: Gate, prompt: str, sampling: Sampling, model_id: str, ch
         if len(predictor.tokenizer(text)["input_ids"]) >= sampling.max_new_tokens
         else "stop"
     )
+    gate.log_rows([asked], [{"prompt": asked, "completion": text}])
     yield chunk(None, finish=reason)
     yield "data: [DONE]\n\n"

@@ -279,6 +279,12 @@ class Batcher:
         self.stats.batches += 1
         self.stats.batch_texts += len(texts)
         self.stats.predictions += len(texts)
+        self.write_log(texts, results)
+        return results
+
+    def write_log(self, texts: list, results: list[dict[str, Any]]) -> None:
+        """Appends one JSON line per prediction to the prediction log (``tunesmith monitor``
+        reads it), when there is one."""
         if self.log_path is not None:
             now = datetime.now(UTC).isoformat()
             lines = "".join(
@@ -288,7 +294,6 @@ class Batcher:
             )
             with self.log_lock, self.log_path.open("a", encoding="utf-8") as handle:
                 handle.write(lines)
-        return results
 
 
 class PredictRequest(BaseModel):
@@ -351,6 +356,10 @@ class Service:
     def refuse(self, status: int, detail: Any) -> JSONResponse:
         self.stats.request(status)
         return JSONResponse({"detail": detail}, status_code=status)
+
+    def log_rows(self, inputs: list, rows: list[dict[str, Any]]) -> None:
+        """Writes predictions made outside /predict (the OpenAI routes) to the prediction log."""
+        self.batcher.write_log(inputs, rows)
 
     def check_key(self, request: Request) -> None:
         """Refuses (401) a request without the API key, when there is one."""

@@ -85,9 +85,13 @@ def require_stage(task: Any, stage: Stage, what: str | None = None) -> None:
 
 
 def stage_table() -> str:
-    """The task kind x stage table as Markdown (✓ supported, — not yet), for the README."""
+    """The task kind x stage table as Markdown (✓ supported; otherwise a numbered note saying why
+    not, from the task's ``stage_notes``), for the README."""
     lines = ["| task.type | " + " | ".join(STAGES) + " |", "|---" * (len(STAGES) + 1) + "|"]
+    notes: dict[str, int] = {}
     for kind in TASK_KINDS:
-        supported = stages_of(kind)
-        lines.append(f"| {kind} | " + " | ".join("✓" if s in supported else "—" for s in STAGES) + " |")
-    return "\n".join(lines)
+        task = build_task(Config.model_validate({"task": {"type": kind}}))
+        cells = ["✓" if s in task.stages else f"— ({notes.setdefault(task.stage_notes[s], len(notes) + 1)})"
+                 for s in STAGES]  # fmt: skip
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + [""] + [f"({number}) {note}" for note, number in notes.items()])

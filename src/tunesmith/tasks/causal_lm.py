@@ -408,6 +408,7 @@ class CausalLMTask:
     calibrates: ClassVar[bool] = False
     stratify: ClassVar[bool] = False
     forgetting_probe: ClassVar[str | None] = "perplexity"
+    stage_notes: ClassVar[dict[str, str]] = {}
 
     @classmethod
     def from_config(cls, config: Config, saved: dict[str, Any] | None = None) -> CausalLMTask:

@@ -33,7 +33,7 @@ from tunesmith.models.load import (
 )
 from tunesmith.tasks import metrics as metric_fns
 from tunesmith.tasks.confidence import confidence_report, fit_temperature
-from tunesmith.tasks.contract import CardText, Encoded, ExportBatch, ScoreContext, Watch
+from tunesmith.tasks.contract import CHAT_NOTE, CardText, Encoded, ExportBatch, ScoreContext, Watch
 from tunesmith.tasks.fairness import slice_metrics
 from tunesmith.tasks.inputs import check_texts, read_texts
 from tunesmith.tasks.labels import LabelSpace
@@ -75,6 +75,7 @@ class TextClassificationTask(LabelSpace):
     auto_class: ClassVar[str] = "AutoModelForSequenceClassification"
     peft_task_type: ClassVar[str | None] = "SEQ_CLS"
     forgetting_probe: ClassVar[str | None] = "embedding"
+    stage_notes: ClassVar[dict[str, str]] = {"chat": CHAT_NOTE}
     quantization: ClassVar[str] = "dynamic"  # int8 weights; activation ranges measured per batch
     export_formats: ClassVar[frozenset[str]] = frozenset({"hf", "onnx"})
 

@@ -179,6 +179,10 @@ class InputTooLarge(TunesmithError):
     """An input over one of the server's limits (:class:`UploadLimits`): serve answers 413."""
 
 
+CHAT_NOTE = "not a chat model: chat and the OpenAI routes are for instruction-tuned causal LMs"
+"""Why chat does not apply to a kind that is not a causal LM (``Task.stage_notes``)."""
+
+
 @runtime_checkable
 class Task(Protocol):
     """What every task kind implements. Attributes are declared per class (``ClassVar``) unless
@@ -188,6 +192,9 @@ class Task(Protocol):
     """The ``task.type`` this class implements ("single_label", "token_classification", ...)."""
     stages: frozenset[str]
     """Stages after training that work for this kind (``tasks.build.STAGES``)."""
+    stage_notes: ClassVar[dict[str, str]]
+    """For every stage after training that is not in ``stages``: one line saying why (a stage that
+    makes no sense for the kind, or one not built yet); the README's table shows it."""
     default_metric: tuple[str, str]
     """The validation metric that picks the best checkpoint, and "max" or "min"."""
     metric_names: list[str]

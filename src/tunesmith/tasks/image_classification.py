@@ -41,7 +41,7 @@ from tunesmith.data.prepare import PreparedData, prepare_records
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import sha256_file
 from tunesmith.tasks.classification import TextClassificationTask
-from tunesmith.tasks.contract import CardText, Encoded, ExportBatch, InputTooLarge, UploadLimits
+from tunesmith.tasks.contract import CHAT_NOTE, CardText, Encoded, ExportBatch, InputTooLarge, UploadLimits
 
 if TYPE_CHECKING:
     from tunesmith.models.load import ResolvedModel
@@ -324,6 +324,12 @@ class ImageClassificationTask(TextClassificationTask):
     peft_task_type: ClassVar[str | None] = None
     auto_class: ClassVar[str] = "AutoModelForImageClassification"
     forgetting_probe: ClassVar[str | None] = None
+    stage_notes: ClassVar[dict[str, str]] = {
+        "chat": CHAT_NOTE,
+        "inspect": "not built yet: inspect reads text records (duplicate images, unreadable files and sizes are the plan)",
+        "monitor": "not built yet: monitor watches text inputs (pixel statistics and embedding drift are the plan)",
+        "forgetting": "not built yet: the retain-set probe reads labelled texts, not images",
+    }
     detects_label_errors: ClassVar[bool] = False  # the label-error search reads texts
     quantization: ClassVar[str] = "static"
     """Dynamic int8 agreed on 0.75 of the labels of the Fashion-MNIST EfficientNet; static, 0.99."""

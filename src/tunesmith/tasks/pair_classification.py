@@ -29,7 +29,7 @@ from tunesmith.data.quality import Finding, InspectionRecords, TokenLengths
 from tunesmith.errors import TunesmithError
 from tunesmith.models.load import pad_token_id
 from tunesmith.tasks.classification import TextClassificationTask, compute_logits, text_warning
-from tunesmith.tasks.contract import CardText, Encoded
+from tunesmith.tasks.contract import CHAT_NOTE, CardText, Encoded
 from tunesmith.tasks.monitoring import pooled
 
 FIRST, SECOND = "text", "text_pair"
@@ -53,9 +53,10 @@ class PairClassificationTask(TextClassificationTask):
     second_column: str = "sentence2"
     kind: ClassVar[str] = "pair_classification"
     stages: ClassVar[frozenset[str]] = frozenset(
-        {"evaluate", "predict", "retrain", "cv", "inspect", "tune", "export", "serve", "monitor"}
+        {"evaluate", "predict", "retrain", "cv", "inspect", "tune", "export", "serve", "monitor", "forgetting"}
     )
-    forgetting_probe: ClassVar[str | None] = None
+    forgetting_probe: ClassVar[str | None] = "embedding"  # a probe on the encoder's features
+    stage_notes: ClassVar[dict[str, str]] = {"chat": CHAT_NOTE}
     detects_label_errors: ClassVar[bool] = False  # the label-error search reads one text column
 
     @classmethod

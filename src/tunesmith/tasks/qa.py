@@ -48,7 +48,7 @@ from tunesmith.data.load import (
 from tunesmith.errors import TunesmithError
 from tunesmith.models.load import load_trained_model, pad_token_id, text_processor
 from tunesmith.tasks.confidence import bootstrap_means
-from tunesmith.tasks.contract import CardText, Encoded, ExportBatch, ScoreContext, Watch
+from tunesmith.tasks.contract import CHAT_NOTE, CardText, Encoded, ExportBatch, ScoreContext, Watch
 from tunesmith.tasks.monitoring import pooled
 
 if TYPE_CHECKING:
@@ -380,7 +380,7 @@ class QuestionAnsweringTask:
     kind: ClassVar[str] = "question_answering"
     type: ClassVar[str] = "question_answering"
     stages: ClassVar[frozenset[str]] = frozenset(
-        {"evaluate", "predict", "retrain", "cv", "inspect", "tune", "serve", "monitor", "export"}
+        {"evaluate", "predict", "retrain", "cv", "inspect", "tune", "serve", "monitor", "export", "forgetting"}
     )
     peft_task_type: ClassVar[str | None] = "QUESTION_ANS"
     export_formats: ClassVar[frozenset[str]] = frozenset({"hf", "onnx"})
@@ -388,7 +388,8 @@ class QuestionAnsweringTask:
     auto_class: ClassVar[str] = "AutoModelForQuestionAnswering"
     calibrates: ClassVar[bool] = False
     stratify: ClassVar[bool] = False
-    forgetting_probe: ClassVar[str | None] = None
+    forgetting_probe: ClassVar[str | None] = "embedding"  # a probe on the encoder's features
+    stage_notes: ClassVar[dict[str, str]] = {"chat": CHAT_NOTE}
     default_metric = ("f1", "max")
     metric_names = ["f1", "exact_match", "loss"]
 

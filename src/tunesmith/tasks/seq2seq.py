@@ -34,7 +34,7 @@ from tunesmith.tasks.causal_lm import (
     report_generations,
     rows_to_generate,
 )
-from tunesmith.tasks.contract import CardText, Encoded, ScoreContext, Watch
+from tunesmith.tasks.contract import CHAT_NOTE, CardText, Encoded, ScoreContext, Watch
 from tunesmith.tasks.inputs import check_texts, read_texts
 from tunesmith.tasks.monitoring import EMPTY_OUTPUTS, OUTPUT_LENGTH, generated_values, pooled
 
@@ -162,7 +162,7 @@ class Seq2SeqTask:
     type: ClassVar[str] = "seq2seq"
     kind: ClassVar[str] = "seq2seq"
     stages: ClassVar[frozenset[str]] = frozenset(
-        {"evaluate", "predict", "retrain", "cv", "inspect", "tune", "serve", "monitor", "export"}
+        {"evaluate", "predict", "retrain", "cv", "inspect", "tune", "serve", "monitor", "export", "forgetting"}
     )
     export_formats: ClassVar[frozenset[str]] = frozenset({"hf"})
     """export writes the merged transformers directory (no ONNX: generation loops over the model)."""
@@ -172,7 +172,8 @@ class Seq2SeqTask:
     auto_class: ClassVar[str] = "AutoModelForSeq2SeqLM"
     calibrates: ClassVar[bool] = False
     stratify: ClassVar[bool] = False
-    forgetting_probe: ClassVar[str | None] = None
+    forgetting_probe: ClassVar[str | None] = "embedding"  # a probe on the encoder's features
+    stage_notes: ClassVar[dict[str, str]] = {"chat": CHAT_NOTE}
 
     @classmethod
     def from_config(cls, config: Config, saved: dict[str, Any] | None = None) -> Seq2SeqTask:

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from tunesmith.errors import TunesmithError
 from tunesmith.models.load import load_trained_model, pad_token_id, text_processor
 from tunesmith.tasks.confidence import bootstrap_sums
-from tunesmith.tasks.contract import CardText, Encoded, ExportBatch, ScoreContext, Watch
+from tunesmith.tasks.contract import CHAT_NOTE, CardText, Encoded, ExportBatch, ScoreContext, Watch
 from tunesmith.tasks.inputs import check_texts, read_texts
 from tunesmith.tasks.monitoring import pooled
 from tunesmith.tasks.plots import plot_confusion_matrix
@@ -393,7 +393,7 @@ class TokenClassificationTask:
     kind: ClassVar[str] = "token_classification"
     type: ClassVar[str] = "token_classification"
     stages: ClassVar[frozenset[str]] = frozenset(
-        {"evaluate", "predict", "retrain", "cv", "inspect", "tune", "serve", "monitor", "export"}
+        {"evaluate", "predict", "retrain", "cv", "inspect", "tune", "serve", "monitor", "export", "forgetting"}
     )
     peft_task_type: ClassVar[str | None] = "TOKEN_CLS"
     export_formats: ClassVar[frozenset[str]] = frozenset({"hf", "onnx"})
@@ -401,7 +401,8 @@ class TokenClassificationTask:
     auto_class: ClassVar[str] = "AutoModelForTokenClassification"
     calibrates: ClassVar[bool] = False
     stratify: ClassVar[bool] = False
-    forgetting_probe: ClassVar[str | None] = None
+    forgetting_probe: ClassVar[str | None] = "embedding"  # a probe on the encoder's features
+    stage_notes: ClassVar[dict[str, str]] = {"chat": CHAT_NOTE}
 
     @property
     def plain(self) -> bool:
