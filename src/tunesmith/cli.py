@@ -397,7 +397,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A finished run director
 
 @app.command()
 def export(
-    run_dir: Annotated[Path, typer.Argument(help="A finished classification or regression run.")],
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
     out: Annotated[Path, typer.Option("--out", help="New export directory.")],
     format_: Annotated[str, typer.Option("--format", help="hf (transformers), onnx, or gguf (causal LMs).")] = "onnx",
     quantize: Annotated[str | None, typer.Option("--quantize", help="int8: also a quantized ONNX model.")] = None,
@@ -461,7 +461,7 @@ def serve(
 @app.command()
 def monitor(
     run_dir: Annotated[Path, typer.Argument(help="The deployed run directory (its data is the reference).")],
-    live: Annotated[Path, typer.Option("--live", help="Prediction log (serve --log) or a data file of live texts.")],
+    live: Annotated[Path, typer.Option("--live", help="Prediction log (serve --log) or a prediction input file (as predict --input reads it).")],
     out: Annotated[Path | None, typer.Option("--out", help="Report directory (default RUN_DIR/monitor-TIME).")] = None,
     text_column: Annotated[str | None, typer.Option("--text-column")] = None,
     max_rows: Annotated[int, typer.Option("--max-rows", min=10, help="Rows sampled from each side.")] = 2000,
