@@ -43,7 +43,7 @@ from llama_cpp import Llama
 
 gguf, work = sys.argv[1], sys.argv[2]
 prompts = json.load(open(f"{work}/prompts.json"))
-llm = Llama(model_path=gguf, n_ctx=1024, n_threads=2, verbose=False)
+llm = Llama(model_path=gguf, n_ctx=1024, n_threads=2, logits_all=True, verbose=False)
 ids, logits = [], []
 for prompt in prompts:
     tokens = llm.tokenize(prompt.encode(), add_bos=True, special=True)  # BOS only if the GGUF says so

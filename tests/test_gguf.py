@@ -162,6 +162,14 @@ def test_a_run_that_does_not_chat_is_refused_before_its_model_loads(tmp_path):
         export_gguf(run, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+
+    mixed = CliRunner().invoke(app, ["export", str(run), "--format", "onnx", "--gguf-type", "f32", "--out",
+                                     str(tmp_path / "out")])  # fmt: skip
+    assert mixed.exit_code == 2 and "--gguf-type to --format gguf" in mixed.output
+
 
 def test_the_go_template_renders_as_the_jinja_one_and_odd_templates_are_refused():
     from jinja2 import Template

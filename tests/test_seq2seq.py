@@ -85,7 +85,7 @@ def test_the_task_contract_on_a_tiny_t5(tiny_t5_dir, tmp_path):
     })  # fmt: skip
     task = Seq2SeqTask.from_config(config)
     assert (task.prefix, task.max_length, task.max_target_length) == ("summarize: ", 12, 8)
-    assert (task.auto_class, task.forgetting_probe, task.peft_task_type) == ("AutoModelForSeq2SeqLM", None,
+    assert (task.auto_class, task.forgetting_probe, task.peft_task_type) == ("AutoModelForSeq2SeqLM", "embedding",
                                                                               "SEQ_2_SEQ_LM")  # fmt: skip
     data = task.prepare(config)
     resolved = resolve_model(str(tiny_t5_dir))

@@ -40,6 +40,7 @@ import numpy as np
 from tunesmith.errors import TunesmithError
 from tunesmith.models.load import ResolvedModel, pad_token_id
 from tunesmith.runs import RunDir, claim_output
+from tunesmith.ship.gguf import export_gguf
 from tunesmith.tasks import require_stage
 from tunesmith.tasks.contract import Exportable, ExportBatch, OnnxExportable
 from tunesmith.tasks.run import load_run, load_task
@@ -195,8 +196,12 @@ def export(run_dir: str | Path, out: str | Path, *, fmt: str, quantize: str | No
         TunesmithError: hashes do not match, the task cannot be exported (in this format), or
             parity fails.
     """
+    if fmt == "gguf":  # a writer and parity check of its own (ship/gguf.py), for causal LMs
+        if quantize:
+            raise TunesmithError("--quantize int8 applies to --format onnx")
+        return export_gguf(run_dir, out, prompts=rows or 100, min_agreement=min_agreement, log=log)
     if fmt not in FORMATS:
-        raise TunesmithError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+        raise TunesmithError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}, gguf")
     if quantize not in (None, "int8"):
         raise TunesmithError(f"--quantize {quantize!r}: only int8 is supported")
     if quantize and fmt != "onnx":

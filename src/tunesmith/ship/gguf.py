@@ -369,6 +369,8 @@ def export_gguf(run_dir: str | Path, out: str | Path, *, dtype: str = "f16", pro
     run, _, task = load_task(run_dir)
     task = require_chat(task, str(run.path))  # before the slow load
     run, _, task, model, processor = load_run(run_dir, verify_hashes=True)
+    check_architecture(model.config)  # refusals before the slow work
+    pre_tokenizer_name(json.loads(processor.backend_tokenizer.to_str()))
     texts, split = held_out_prompts(run, task, processor, prompts)
     inputs = [task.prompt_ids(processor, text) for text in texts]
     log(f"Checking the GGUF on {len(texts)} prompts of the run's {split} split")

@@ -399,7 +399,7 @@ class CausalLMTask:
     stages: ClassVar[frozenset[str]] = frozenset(
         {"evaluate", "predict", "retrain", "cv", "inspect", "chat", "tune", "forgetting", "serve", "monitor", "export"}
     )
-    export_formats: ClassVar[frozenset[str]] = frozenset({"hf"})
+    export_formats: ClassVar[frozenset[str]] = frozenset({"hf", "gguf"})  # gguf: ship/gguf.py
     """export writes the merged transformers directory (no ONNX: generation loops over the model)."""
     default_metric: ClassVar[tuple[str, str]] = ("loss", "min")
     metric_names: ClassVar[list[str]] = ["loss", "perplexity"]
