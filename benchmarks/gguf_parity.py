@@ -174,7 +174,10 @@ def with_go(modelfile: Path, run: Path, work: Path) -> dict:
                           capture_output=True, text=True, check=True)  # fmt: skip
     loaded = load_run(run)
     expected = [loaded.task.render(loaded.tokenizer, c, add_generation_prompt=True) for c in CONVERSATIONS]
-    return {"conversations": len(CONVERSATIONS), "equal": sum(a == b for a, b in zip(json.loads(done.stdout), expected))}
+    return {
+        "conversations": len(CONVERSATIONS),
+        "equal": sum(a == b for a, b in zip(json.loads(done.stdout), expected)),
+    }
 
 
 def main() -> None:

@@ -98,8 +98,12 @@ def scored(gold: list[list[str]], predicted: list[list[str]], tags: list[str], s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("treebank", type=Path, help="the turkish-treebanks wheel, or a folder with its .conllu files")
-    parser.add_argument("--max-steps", type=int, default=150,
-                        help="optimizer steps, within one epoch (243 steps at batch 16); validation every third")
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=150,
+        help="optimizer steps, within one epoch (243 steps at batch 16); validation every third",
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=2e-4)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (runtime.num_threads)")

@@ -133,10 +133,14 @@ def test_hf_export_of_a_lora_language_model_is_merged_and_reloads_identically(tm
     weights = load_file(out / "model.safetensors")
     assert not any("lora" in name for name in weights)
     assert weights.keys() == load_file(run / "model" / "model.safetensors").keys()
-    assert (out / "tokenizer_config.json").is_file() and json.loads((out / "tunesmith.json").read_text())["model"] == "."
+    assert (out / "tokenizer_config.json").is_file() and json.loads((out / "tunesmith.json").read_text())[
+        "model"
+    ] == "."
     card = (out / "README.md").read_text()
     assert card.startswith((run / "README.md").read_text().rstrip("\n")) and "## This export" in card
-    assert Predictor(out).predict(["Item 3: repeat the word blue."]) == api.predict(run, ["Item 3: repeat the word blue."])
+    assert Predictor(out).predict(["Item 3: repeat the word blue."]) == api.predict(
+        run, ["Item 3: repeat the word blue."]
+    )
     with pytest.raises(TunesmithError, match="--format onnx does not cover causal_lm runs; choose "):
         export(run, tmp_path / "onnx", fmt="onnx", log=lambda m: None)
     assert not (tmp_path / "onnx").exists()

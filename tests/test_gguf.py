@@ -186,8 +186,9 @@ def test_the_go_template_renders_as_the_jinja_one_and_odd_templates_are_refused(
     with pytest.raises(ValueError, match="first user message differently"):  # numbers its turns
         turn_forms(render("{% for m in messages %}{{ loop.index }}:{{ m['content'] }}\n{% endfor %}"))
     with pytest.raises(ValueError, match="one prefix and suffix per role"):  # marks turns after the third
-        turn_forms(render("{% for m in messages %}{% if loop.index > 3 %}late {% endif %}{{ m['content'] }}\n"
-                          "{% endfor %}"))
+        turn_forms(
+            render("{% for m in messages %}{% if loop.index > 3 %}late {% endif %}{{ m['content'] }}\n{% endfor %}")
+        )
     with pytest.raises(ValueError, match="around the content as given"):
         turn_forms(render("{% for m in messages %}{{ m['content'] | trim }}\n{% endfor %}"))
     with pytest.raises(ValueError, match="content exactly once"):

@@ -23,7 +23,11 @@ from tunesmith.tasks.run import load_task
 
 FOREIGN = ("quarterly earnings of the semiconductor conglomerate rose sharply amid tariffs, currency swings and "
            "a dispute over export licences in overseas markets, analysts said on {} Tuesday")  # fmt: skip
-MODEL = {"causal_lm": "tiny_llama_dir", "token_classification": "tiny_model_dir", "question_answering": "tiny_model_dir"}
+MODEL = {
+    "causal_lm": "tiny_llama_dir",
+    "token_classification": "tiny_model_dir",
+    "question_answering": "tiny_model_dir",
+}
 
 
 def _foreign(kind: str, number: int):
@@ -84,7 +88,9 @@ def test_a_drifted_log_is_flagged_and_more_of_the_same_is_not(kind, watch, runs,
     else:
         quiet = monitor(run_dir, _log(tmp_path / "same.jsonl", same, tunesmith.predict(run_dir, same)),
                         tmp_path / "quiet", log=lambda m: None)  # fmt: skip
-    assert quiet["live_predictions"] == ("predicted" if kind == "causal_lm" else "logged") and quiet["rows"]["live"] == 24
+    assert (
+        quiet["live_predictions"] == ("predicted" if kind == "causal_lm" else "logged") and quiet["rows"]["live"] == 24
+    )
     assert watch in quiet["checks"] and not {"length_ks", "oov_rate_increase", watch} & set(quiet["drifted"]), quiet
     foreign = [_foreign(kind, i) for i in range(24)]
     rows = [_drifted(kind, row) for row in tunesmith.predict(run_dir, foreign)]

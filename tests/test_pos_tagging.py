@@ -51,7 +51,9 @@ def test_any_tag_set_is_read_with_tag_scheme_none_and_iob_schemes_point_to_it(tm
         load_sentences(str(POS_FILE), DataConfig(train=str(POS_FILE)), "iob2")
     spans = tmp_path / "spans.jsonl"
     spans.write_text(json.dumps({"text": "Dana flew.", "entities": [{"start": 0, "end": 4, "label": "PER"}]}) + "\n")
-    with pytest.raises(TunesmithError, match=r"spans.jsonl: a spans file .* task.tag_scheme=none reads conll or tokens"):
+    with pytest.raises(
+        TunesmithError, match=r"spans.jsonl: a spans file .* task.tag_scheme=none reads conll or tokens"
+    ):
         load_sentences(str(spans), DataConfig(train=str(spans)), "none")
     with pytest.raises(TunesmithError, match="data.format=spans gives entity tags"):
         config_from_dict({"data": {"train": str(spans), "format": "spans"},

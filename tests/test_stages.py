@@ -49,7 +49,9 @@ def test_the_image_task_goes_by_its_kind_not_its_single_label_type():
     image = build_task(load_config(None, ["task.type=image_classification"]))
     assert image.type == "single_label" and image.kind == "image_classification"
     assert "export" in image.stages and "serve" in image.stages
-    with pytest.raises(TunesmithError, match="^chat does not cover image_classification runs yet; it covers: causal_lm$"):
+    with pytest.raises(
+        TunesmithError, match="^chat does not cover image_classification runs yet; it covers: causal_lm$"
+    ):
         require_stage(image, "chat")
     require_stage(build_task(load_config(None, [])), "retrain")  # single_label text: supported, no error
 

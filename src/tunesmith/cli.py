@@ -403,8 +403,13 @@ def export(
     quantize: Annotated[str | None, typer.Option("--quantize", help="int8: also a quantized ONNX model.")] = None,
     rows: Annotated[int | None, typer.Option("--rows", min=1, help="Parity rows (default: the whole split).")] = None,
     min_agreement: Annotated[
-        float, typer.Option("--min-agreement", min=0, max=1,
-                            help="Smallest label agreement of an int8 model (gguf f16: top-1 agreement).")
+        float,
+        typer.Option(
+            "--min-agreement",
+            min=0,
+            max=1,
+            help="Smallest label agreement of an int8 model (gguf f16: top-1 agreement).",
+        ),
     ] = 0.98,
     gguf_type: Annotated[str, typer.Option("--gguf-type", help="gguf tensors: f16 or f32.")] = "f16",
 ) -> None:
@@ -461,7 +466,12 @@ def serve(
 @app.command()
 def monitor(
     run_dir: Annotated[Path, typer.Argument(help="The deployed run directory (its data is the reference).")],
-    live: Annotated[Path, typer.Option("--live", help="Prediction log (serve --log) or a prediction input file (as predict --input reads it).")],
+    live: Annotated[
+        Path,
+        typer.Option(
+            "--live", help="Prediction log (serve --log) or a prediction input file (as predict --input reads it)."
+        ),
+    ],
     out: Annotated[Path | None, typer.Option("--out", help="Report directory (default RUN_DIR/monitor-TIME).")] = None,
     text_column: Annotated[str | None, typer.Option("--text-column")] = None,
     max_rows: Annotated[int, typer.Option("--max-rows", min=10, help="Rows sampled from each side.")] = 2000,

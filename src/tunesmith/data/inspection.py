@@ -202,8 +202,10 @@ def _inspect_tables(config: Config, files: list[str] | None, task: LabelledTask,
     return report
 
 
-LEAKAGE_NOTE = ("validation and test are carved from train at training time: exact duplicates are dropped first "
-                "(data.clean.drop_duplicates), but near-duplicates can land on both sides of the split")
+LEAKAGE_NOTE = (
+    "validation and test are carved from train at training time: exact duplicates are dropped first "
+    "(data.clean.drop_duplicates), but near-duplicates can land on both sides of the split"
+)
 
 
 def _inspect_records(config: Config, files: list[str] | None, task: InspectedTask, bars: _Progress) -> dict[str, Any]:

@@ -324,8 +324,9 @@ def check_floors(figures: dict[str, Any], dtype: str, min_agreement: float, spli
     floor = F32_MIN_AGREEMENT if dtype == "f32" else min_agreement
     failures = []
     if figures["top1_agreement"] < floor:
-        failures.append(f"top-1 agreement {figures['top1_agreement']:.4f} < {floor} on {figures['rows']} {split} "
-                        "prompts")
+        failures.append(
+            f"top-1 agreement {figures['top1_agreement']:.4f} < {floor} on {figures['rows']} {split} prompts"
+        )
     if dtype == "f32" and figures["max_logit_difference"] > F32_MAX_LOGIT_DIFFERENCE:
         failures.append(f"logits differ by up to {figures['max_logit_difference']:.2e} (> {F32_MAX_LOGIT_DIFFERENCE})")
     if failures:

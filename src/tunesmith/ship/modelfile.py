@@ -45,6 +45,7 @@ def turn_forms(render: Callable[[list[dict[str, str]], bool], str]) -> TurnForms
         ValueError: the template renders a message differently depending on where it stands,
             changes its content, or refuses one of the conversations.
     """
+
     def turn(role: str, content: str) -> dict[str, str]:
         return {"role": role, "content": content}
 
@@ -52,7 +53,7 @@ def turn_forms(render: Callable[[list[dict[str, str]], bool], str]) -> TurnForms
         texts = [render(messages[: k + 1], False) for k in range(len(messages))]
         if any(not later.startswith(earlier) for earlier, later in zip(texts, texts[1:])):
             raise ValueError("it does not render a conversation's beginning as a prefix of the whole")
-        return [texts[0]] + [later[len(earlier):] for earlier, later in zip(texts, texts[1:])]
+        return [texts[0]] + [later[len(earlier) :] for earlier, later in zip(texts, texts[1:])]
 
     def split(piece: str, content: str) -> tuple[str, str]:
         if piece.count(content) != 1:
@@ -69,7 +70,7 @@ def turn_forms(render: Callable[[list[dict[str, str]], bool], str]) -> TurnForms
     if not first.endswith(user_turn) or then != user_turn:
         raise ValueError("it renders the first user message differently from later ones")
     forms["system"] = split(opened, system)
-    generation = render([turn("user", user1)], True)[len(first):]
+    generation = render([turn("user", user1)], True)[len(first) :]
     found = TurnForms(first[: len(first) - len(user_turn)], forms, generation)
     checks = [
         [turn("user", " spaced \n text ")],
@@ -78,13 +79,16 @@ def turn_forms(render: Callable[[list[dict[str, str]], bool], str]) -> TurnForms
     ]
     for messages in checks:
         if found.render(messages) != render(messages, True):
-            raise ValueError("it renders some conversations otherwise than as one prefix and suffix per role "
-                             "around the content as given")
+            raise ValueError(
+                "it renders some conversations otherwise than as one prefix and suffix per role "
+                "around the content as given"
+            )
     return found
 
 
 def go_template(forms: TurnForms) -> str:
     """An Ollama (Go ``text/template``) TEMPLATE that renders ``.Messages`` as ``forms`` does."""
+
     def text(literal: str) -> str:  # "{{" would open an action: write it as a string action
         return literal.replace("{{", '{{ "{{" }}')
 

@@ -288,8 +288,12 @@ class Batcher:
         if self.log_path is not None:
             now = datetime.now(UTC).isoformat()
             lines = "".join(
-                json.dumps({"time": now, "text" if isinstance(t, str) else "input": t, **r}, ensure_ascii=False,
-                           default=lambda value: f"<{type(value).__name__}>") + "\n"  # a decoded image: its type
+                json.dumps(
+                    {"time": now, "text" if isinstance(t, str) else "input": t, **r},
+                    ensure_ascii=False,
+                    default=lambda value: f"<{type(value).__name__}>",
+                )
+                + "\n"  # a decoded image: its type
                 for t, r in zip(texts, results)
             )
             with self.log_lock, self.log_path.open("a", encoding="utf-8") as handle:

@@ -591,8 +591,11 @@ class CausalLMTask:
     # -- shipping ------------------------------------------------------------------------
     def export_description(self) -> dict[str, Any]:
         """What an export reads (for its ``tunesmith.json``)."""
-        return {"inputs": "token ids of prompts rendered with the chat template (model.chat_template, else the "
-                          "tokenizer's)", "text_normalisation": None}
+        return {
+            "inputs": "token ids of prompts rendered with the chat template (model.chat_template, else the "
+            "tokenizer's)",
+            "text_normalisation": None,
+        }
 
     def card(self, manifest: dict[str, Any], max_length: int, truncated_train: int) -> CardText:
         """The model card's generative wording: what it generates, the data's format, and the limits."""

@@ -317,8 +317,10 @@ class Seq2SeqTask:
     # -- shipping ------------------------------------------------------------------------
     def export_description(self) -> dict[str, Any]:
         """What an export reads (for its ``tunesmith.json``)."""
-        return {"inputs": f"token ids of source texts (task.source_prefix {self.prefix!r} put before each)",
-                "text_normalisation": None}
+        return {
+            "inputs": f"token ids of source texts (task.source_prefix {self.prefix!r} put before each)",
+            "text_normalisation": None,
+        }
 
     def card(self, manifest: dict[str, Any], max_length: int, truncated_train: int) -> CardText:
         """The model card's generative wording: what it generates, the data's format, and the limits."""
@@ -365,8 +367,11 @@ class Seq2SeqTask:
         findings: list[Finding] = []
         for number, (source, target) in enumerate(zip(table.frame[columns[0]], table.frame[columns[1]]), 1):
             where = f"{table.source}, record {number}"
-            empty = [role for role, value in (("source", source), ("target", target))
-                     if value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip()]
+            empty = [
+                role
+                for role, value in (("source", source), ("target", target))
+                if value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip()
+            ]
             if empty:
                 findings.append(Finding(f"empty {empty[0]}", number, where, f"the {' and '.join(empty)} is missing or "
                                         "empty", "error", "training refuses the file"))  # fmt: skip

@@ -575,7 +575,9 @@ class TokenClassificationTask:
             gold.append(tags)
         return gold
 
-    def _scores(self, probabilities: list[np.ndarray], features: list[dict], gold: list[list[str | None]]) -> dict[str, Any]:
+    def _scores(
+        self, probabilities: list[np.ndarray], features: list[dict], gold: list[list[str | None]]
+    ) -> dict[str, Any]:
         """Entity scores (or plain tags' per-token scores, over the words whose ``gold`` tag is
         known) of the predicted word tags against ``gold``, and the mean subword loss."""
         predicted = self.word_tags(probabilities, features)
