@@ -540,8 +540,9 @@ class CvConfig(Section):
     folds: int = Field(5, ge=2)
     """Number of folds (``--folds`` overrides it)."""
     group_column: str | None = None
-    """Rows sharing a value of this column stay in the same fold (grouped K-fold); None:
-    stratified by label (plain K-fold for multi_label and regression)."""
+    """Rows sharing a value of this column stay in the same fold (grouped K-fold); None: the
+    task's own groups (a QA context, a NER document), else stratified by label for single-label
+    kinds, else plain K-fold."""
 
 
 class SearchParameter(Section):

@@ -22,10 +22,10 @@ from tunesmith.errors import TunesmithError
 
 @runtime_checkable
 class LabelledTask(Protocol):
-    """What the data stage (``prepare_data``), ``inspect``, ``cv`` and ``retrain`` ask of a task
-    whose rows are a text and a label (the classification and regression tasks of
-    tasks/classification.py): every kind that declares one of those stages implements it
-    (tests/test_stages.py). The task is passed in: data/ sits below tasks/ and does not import it."""
+    """What the data stage (``prepare_data``) and ``inspect`` ask of a task whose rows are a text
+    and a label (the classification and regression tasks of tasks/classification.py); the other
+    kinds answer ``inspect`` through data.quality.InspectedTask (tests/test_stages.py). The task is
+    passed in: data/ sits below tasks/ and does not import it."""
 
     stratify: bool
     """Whether splits keep the label distribution."""
