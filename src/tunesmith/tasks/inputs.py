@@ -36,3 +36,20 @@ def check_texts(inputs: list, kind: str) -> list[str]:
                 "--question/--context are for question_answering runs"
             )
     return list(inputs)
+
+
+def per_token_export_batch(processor, features: list[dict]):
+    """Token ids (and token types) padded to the batch's longest row, for an exported model whose
+    output is per token (taggers, QA readers): ``row_lengths`` cuts each row's output back out."""
+    import numpy as np
+
+    from tunesmith.data.batching import pad_batch
+    from tunesmith.models.load import pad_token_id
+    from tunesmith.tasks.contract import ExportBatch
+
+    names = [k for k in ("input_ids", "token_type_ids") if k in features[0]]
+    batch = pad_batch([{k: f[k] for k in names} for f in features], pad_token_id(processor))
+    names.insert(1, "attention_mask")
+    return ExportBatch(inputs={k: batch[k].numpy().astype(np.int64) for k in names},
+                       dynamic_axes={k: {0: "batch", 1: "sequence"} for k in names},
+                       row_lengths=[len(f["input_ids"]) for f in features])  # fmt: skip

@@ -49,6 +49,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.models.load import load_trained_model, pad_token_id, text_processor
 from tunesmith.tasks.confidence import bootstrap_means
 from tunesmith.tasks.contract import CHAT_NOTE, CardText, Encoded, ExportBatch, ScoreContext, Watch
+from tunesmith.tasks.inputs import per_token_export_batch
 from tunesmith.tasks.monitoring import pooled
 
 if TYPE_CHECKING:
@@ -601,14 +602,7 @@ class QuestionAnsweringTask:
     def export_inputs(self, processor: Any, features: list[dict]) -> ExportBatch:
         """Token ids (and token types) of windows padded to the batch's longest; each row's output
         is its own tokens' start and end logits (``row_lengths``)."""
-        from tunesmith.data.batching import pad_batch
-
-        names = [k for k in ("input_ids", "token_type_ids") if k in features[0]]
-        batch = pad_batch([{k: f[k] for k in names} for f in features], pad_token_id(processor))
-        names.insert(1, "attention_mask")
-        return ExportBatch(inputs={k: batch[k].numpy().astype(np.int64) for k in names},
-                           dynamic_axes={k: {0: "batch", 1: "sequence"} for k in names},
-                           row_lengths=[len(f["input_ids"]) for f in features])  # fmt: skip
+        return per_token_export_batch(processor, features)
 
     def export_output(self, output: Any) -> torch.Tensor:
         """Start and end logits stacked, [windows, tokens, 2]: one tensor for the graph's one output."""

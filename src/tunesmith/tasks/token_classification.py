@@ -39,7 +39,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.models.load import load_trained_model, pad_token_id, text_processor
 from tunesmith.tasks.confidence import bootstrap_sums
 from tunesmith.tasks.contract import CHAT_NOTE, CardText, Encoded, ExportBatch, ScoreContext, Watch
-from tunesmith.tasks.inputs import check_texts, read_texts
+from tunesmith.tasks.inputs import check_texts, per_token_export_batch, read_texts
 from tunesmith.tasks.monitoring import pooled
 from tunesmith.tasks.plots import plot_confusion_matrix
 from tunesmith.tasks.tagging import INTERVAL_METRICS, tag_intervals, tag_metrics, token_rows
@@ -699,14 +699,7 @@ class TokenClassificationTask:
     def export_inputs(self, processor: Any, features: list[dict]) -> ExportBatch:
         """Subword ids (and token types) padded to the batch's longest sentence; each row's
         output is its own subwords' tag logits (``row_lengths``)."""
-        from tunesmith.data.batching import pad_batch
-
-        names = [k for k in ("input_ids", "token_type_ids") if k in features[0]]
-        batch = pad_batch([{k: f[k] for k in names} for f in features], pad_token_id(processor))
-        names.insert(1, "attention_mask")
-        return ExportBatch(inputs={k: batch[k].numpy().astype(np.int64) for k in names},
-                           dynamic_axes={k: {0: "batch", 1: "sequence"} for k in names},
-                           row_lengths=[len(f["input_ids"]) for f in features])  # fmt: skip
+        return per_token_export_batch(processor, features)
 
     def export_output(self, output: Any) -> torch.Tensor:
         """The tag logits of every subword, [rows, subwords, tags]."""
