@@ -29,6 +29,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out"
+DATA = ROOT.parent / "shared" / "data"  # local copies: the examples themselves read the Hub
+CONLL = [f"data.train={DATA}/conll2003/train.txt", f"data.validation={DATA}/conll2003/dev.txt",
+         f"data.test={DATA}/conll2003/test.txt"]  # fmt: skip
+SQUAD = [f"data.train={DATA}/squad/train-v1.1.json", f"data.test={DATA}/squad/dev-v1.1.json"]
 
 
 def trained(config: str, run: Path, overrides: list[str]) -> tuple[Path, float | None]:
@@ -104,10 +108,11 @@ def main() -> None:
     out = OUT / "export_parity"
     out.mkdir(parents=True, exist_ok=True)
     result = {}
-    ner, seconds = trained("examples/conll2003.yaml", OUT / "conll2003", [f"train.num_epochs={args.ner_epochs}"])
+    ner, seconds = trained("examples/conll2003.yaml", OUT / "conll2003", [f"train.num_epochs={args.ner_epochs}",
+                                                                         *CONLL])  # fmt: skip
     result["token_classification"] = {"train_seconds": seconds, **exported(ner, out / "ner-onnx", args.rows,
                                                                             args.serve_rows)}  # fmt: skip
-    qa, seconds = trained("examples/squad.yaml", out / "squad-run", [f"train.num_epochs={args.qa_epochs}"])
+    qa, seconds = trained("examples/squad.yaml", out / "squad-run", [f"train.num_epochs={args.qa_epochs}", *SQUAD])
     result["question_answering"] = {"train_seconds": seconds, "epochs": args.qa_epochs,
                                     **exported(qa, out / "squad-onnx", args.rows, args.serve_rows)}  # fmt: skip
     for kind in result:

@@ -13,6 +13,21 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one thread each, none oversubscribed
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+# The files that take longest go first, so that the two workers (pyproject's addopts) end together
+# instead of one finishing a long file alone at the end.
+LONGEST_FIRST = (
+    "test_distributed.py", "test_resume.py", "test_bbc_minilm.py", "test_conformance.py", "test_forgetting.py",
+    "test_tune.py", "test_causal_lm.py", "test_estimator.py", "test_ship.py", "test_export_tasks.py",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(items):
+    """Orders the collected tests by LONGEST_FIRST (a stable sort: file order is kept otherwise)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 POSITIVE = ["good", "great", "fine", "lovely", "superb", "happy", "bright", "warm"]
 NEGATIVE = ["bad", "awful", "poor", "dreadful", "sad", "grim", "dull", "cold"]

@@ -32,7 +32,7 @@ RECORDS = {
     "messages": {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi!"},
                               {"role": "assistant", "content": "Hello there."}]},
 }  # fmt: skip
-ALPACA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca" / "alpaca_5000.json"
+ALPACA = Path(__file__).resolve().parent / "fixtures" / "instructions.json"  # 12 hand-written alpaca-style records
 COMPLETIONS = {"alpaca": "Blue, like the sky.", "prompt_completion": " four.", "messages": "Hello there."}
 
 

@@ -26,6 +26,7 @@ from tunesmith.config import (
     dump_config,
     load_config,
 )
+from tunesmith.data.hf_datasets import parse_hub
 from tunesmith.data.load import resolve_source
 from tunesmith.errors import TunesmithError
 
@@ -83,13 +84,20 @@ def test_example_config_loads(path):
     written = yaml.safe_load(path.read_text(encoding="utf-8"))
     # Every value the example writes is what the validated config holds (no silent coercion).
     assert _contained(written, config.model_dump(mode="json")), f"{path.name} does not round-trip"
-    # Examples may name the user's own files; data they take from an installed package must exist.
-    # Files under ../shared/data must exist where that folder does (developer machines, CI).
+    # An example's data ships with it (examples/data, or an installed package) or is a Hub dataset
+    # that names its split (tests/test_examples.py checks both offline); a benchmark config names
+    # the full data in ../shared/data, which its benchmark checks.
     for spec in (config.data.train, config.data.validation, config.data.test):
-        if spec is not None and spec.startswith("package:"):
-            assert resolve_source(spec).exists()
-        elif spec is not None and spec.startswith("../shared/") and (ROOT.parent / "shared").is_dir():
-            assert (ROOT / spec).exists(), spec
+        if spec is None:
+            continue
+        if spec.startswith("package:"):
+            assert resolve_source(spec).exists(), spec
+        elif path.parent.name == "examples" and spec.startswith("hf:"):
+            assert parse_hub(spec)[2] is not None, f"{path.name}: {spec}"
+        elif path.parent.name == "examples":
+            assert spec.startswith("examples/data/") and (ROOT / spec).exists(), f"{path.name}: {spec}"
+        else:
+            assert spec.startswith("../shared/data/"), f"{path.name}: {spec}"
 
 
 # -- unknown keys and bad values ----------------------------------------------------------

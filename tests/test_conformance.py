@@ -162,6 +162,54 @@ def test_evaluate_scores_a_labelled_file(kind, runs):
     assert numbers and all(math.isfinite(v) for v in numbers.values()), metrics
 
 
+def _recomputed(kind: str, rows) -> tuple[str, float]:
+    """The split's headline metric recomputed from the gold and predicted columns alone."""
+    gold, predicted = ([v.tolist() if hasattr(v, "tolist") else v for v in rows[c]] for c in ("gold", "predicted"))
+    match kind:
+        case "regression":
+            return "mse", sum((g - p) ** 2 for g, p in zip(gold, predicted)) / len(gold)
+        case "multi_label":
+            return "subset_accuracy", sum(set(g) == set(p) for g, p in zip(gold, predicted)) / len(gold)
+        case "token_classification":
+            from tunesmith.tasks.token_classification import entity_metrics
+
+            return "f1", entity_metrics(gold, predicted, "iob2")["f1"]
+        case "question_answering":
+            from tunesmith.tasks.qa import question_scores
+
+            return "f1", float(question_scores(predicted, gold)[1].mean())
+        case "seq2seq" | "causal_lm":
+            from tunesmith.tasks.causal_lm import example_scores
+
+            made = [i for i, p in enumerate(predicted) if p is not None]
+            return "rougeL", float(example_scores([predicted[i] for i in made], [gold[i] for i in made])["rougeL"].mean())
+        case _:
+            return "accuracy", sum(g == p for g, p in zip(gold, predicted)) / len(gold)
+
+
+@pytest.mark.parametrize("kind", TASK_KINDS)
+def test_the_run_directory_holds_per_row_predictions_that_agree_with_its_metrics(kind, runs):
+    import pandas as pd
+
+    from tunesmith.evaluate.predictions import read_predictions
+    from tunesmith.tasks.contract import PREDICTION_COLUMNS
+
+    run, metrics = runs[kind]["run"], runs[kind]["metrics"]
+    assert "<h2>Mistakes (test" in (run / "report.html").read_text()  # the report lists them for every kind
+    for split in ("validation", "test"):
+        found = read_predictions(run / f"predictions_{split}.parquet")
+        rows = found.rows
+        assert tuple(rows.columns) == PREDICTION_COLUMNS
+        assert rows["row"].tolist() == list(range(len(pd.read_parquet(run / "data" / f"{split}.parquet"))))
+        if rows["predicted"].isna().all():  # a generative run generates on one split only
+            assert "rougeL" not in metrics[split]
+            continue
+        name, value = _recomputed(kind, rows)
+        assert value == pytest.approx(metrics[split][name], abs=1e-6), (split, name)
+        if found.mean_of is not None:
+            assert rows["row_metric"].dropna().mean() == pytest.approx(metrics[split][found.mean_of], abs=1e-6)
+
+
 def _check_stage(kind: str, stage: str, run: dict, tmp_path: Path) -> None:
     """Runs ``stage`` on ``run`` in its cheapest form, through its public function."""
     run_dir, config = run["run"], run["config"]

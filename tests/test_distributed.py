@@ -37,7 +37,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path, tiny_model
         path.write_text(yaml.safe_dump(config))
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         done = subprocess.run([*CLI, "train", str(path), "--nproc", str(nproc)], env=env, capture_output=True,
-                              text=True, timeout=300)  # fmt: skip
+                              text=True, timeout=900)  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
         runs[name] = tmp_path / name
 
@@ -80,7 +80,7 @@ def test_partitioned_run_killed_and_resumed_matches_uninterrupted(tmp_path, tiny
         path.write_text(yaml.safe_dump(config))
         return [*CLI, "train", str(path), "--nproc", "2"]
 
-    done = subprocess.run(command("straight"), env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command("straight"), env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
 
     run = tmp_path / "killed"
@@ -99,7 +99,7 @@ def test_partitioned_run_killed_and_resumed_matches_uninterrupted(tmp_path, tiny
     assert not (run / "model").exists(), "killed too late: the run had finished"
 
     resumed = subprocess.run([*CLI, "train", "--resume", str(run), "--nproc", "2"], env=env, capture_output=True,
-                             text=True, timeout=300)  # fmt: skip
+                             text=True, timeout=900)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resumed from" in resumed.stderr
     expected = load_file(tmp_path / "straight" / "model" / "model.safetensors")

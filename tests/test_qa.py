@@ -351,3 +351,31 @@ def test_the_question_answerer_speaks_the_task_contract(tmp_path, tiny_model_dir
     assert "windows overlapping by 16 tokens; questions are cut to 32 tokens" in card.limitation
     again = QuestionAnsweringTask.from_config(config, task.to_dict())
     assert again.to_dict() == task.to_dict() and again.max_length == 64
+
+
+def test_datasets_sources_in_squads_hub_layout(tmp_path):
+    """A save_to_disk Dataset with SQuAD's Hub features: answers as a struct of lists, checked
+    against the context; a wrong offset and missing columns are refused naming row and column."""
+    import datasets
+
+    features = datasets.Features({
+        "id": datasets.Value("string"), "context": datasets.Value("string"), "question": datasets.Value("string"),
+        "answers": datasets.Sequence({"text": datasets.Value("string"), "answer_start": datasets.Value("int32")})})  # fmt: skip
+    rows = {"id": ["a", "b", "c"], "context": ["Denver won the game."] * 2 + ["Rain fell."],
+            "question": ["Who won?", "What did Denver win?", "Who lost?"],
+            "answers": [{"text": ["Denver"], "answer_start": [0]}, {"text": ["the game"], "answer_start": [11]},
+                        {"text": [], "answer_start": []}]}  # fmt: skip
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(tmp_path / "good")
+    frame, entry = load_questions(str(tmp_path / "good"), None)
+    assert frame["answers"].tolist() == [["Denver"], ["the game"], []] and frame["starts"].tolist() == [[0], [11], []]
+    assert entry["cleaning"] == {"questions": 3, "contexts": 2, "unanswerable": 1}
+    assert entry["format"] == "datasets save_to_disk Dataset"
+    rows["answers"][1] = {"text": ["the game"], "answer_start": [10]}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(tmp_path / "bad")
+    with pytest.raises(TunesmithError, match=r"bad, row 2 question b: answer 'the game' is not in its context at "
+                                             r"answer_start=10"):  # fmt: skip
+        load_questions(str(tmp_path / "bad"), None)
+    datasets.Dataset.from_dict({"question": ["Who?"], "text": ["Denver won."]}).save_to_disk(tmp_path / "flat")
+    with pytest.raises(TunesmithError, match=r"flat: question_answering reads the columns question, context and "
+                                             r"answers .* missing \['context', 'answers'\]"):  # fmt: skip
+        load_questions(str(tmp_path / "flat"), None)

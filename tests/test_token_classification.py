@@ -186,3 +186,34 @@ def test_the_tagger_speaks_the_task_contract(tmp_path, tiny_model_dir):
     assert again.label_names == task.label_names and again.to_dict() == task.to_dict()
     frame, entry = again.read(str(data_file), config.data)
     assert len(frame) == 60 and entry["format"] == "conll"
+
+
+def test_datasets_sources_read_tokens_and_classlabel_tags_and_name_row_and_column(tmp_path):
+    """A save_to_disk folder in the Hub's CoNLL-2003 layout: ClassLabel ids read as their names
+    (training and inspect); ids without names and missing columns are refused, naming them."""
+    import datasets
+
+    from tunesmith.config import config_from_dict
+    from tunesmith.tasks.token_classification import TokenClassificationTask, load_sentences
+
+    names = ["O", "B-PER", "I-PER", "B-LOC"]
+    rows = {"tokens": [["Ana", "Silva", "left", "Porto"], ["Rain", "again"]], "ner_tags": [[1, 2, 0, 3], [2, 0]]}
+    tags = datasets.Sequence(datasets.ClassLabel(names=names))
+    datasets.Dataset.from_dict(rows, features=datasets.Features(
+        {"tokens": datasets.Sequence(datasets.Value("string")), "ner_tags": tags})).save_to_disk(tmp_path / "named")  # fmt: skip
+    data = config_from_dict({"task": {"type": "token_classification"}, "data": {"train": "x.txt"}}).data
+    frame, entry = load_sentences(str(tmp_path / "named"), data, "iob2")
+    assert frame["tags"].tolist() == [["B-PER", "I-PER", "O", "B-LOC"], ["B-PER", "O"]]  # I- start converted
+    assert entry["columns"] == {"tokens": "tokens", "tags": "ner_tags"} and entry["cleaning"]["words"] == 6
+    assert entry["dataset"]["class_label_names"]["ner_tags"] == names
+    with pytest.raises(TunesmithError, match=r"named, row 2, column 'ner_tags' \(word 1\): tag 'I-PER' starts"):
+        load_sentences(str(tmp_path / "named"), data, "iob2", invalid_tags="error")
+    records = TokenClassificationTask(scheme="iob2").inspection_records(str(tmp_path / "named"), data)
+    assert records.targets == ["B-PER I-PER O B-LOC", "I-PER O"] and len(records.findings) == 1
+    datasets.Dataset.from_dict(rows).save_to_disk(tmp_path / "ids")  # plain ints: no names to read
+    with pytest.raises(TunesmithError, match=r"ids, row 1, column 'ner_tags': tag 1 is not a tag name"):
+        load_sentences(str(tmp_path / "ids"), data, "iob2")
+    datasets.Dataset.from_dict({"words": rows["tokens"], "labels": rows["ner_tags"]}).save_to_disk(tmp_path / "other")
+    with pytest.raises(TunesmithError, match=r"other: token_classification reads a tokens column \('tokens'.*"
+                                             r"the columns are \['words', 'labels'\]"):  # fmt: skip
+        load_sentences(str(tmp_path / "other"), data, "iob2")

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any
 import pandas as pd
 
 from tunesmith.config import Config, apply_overrides, config_from_dict, dump_config, load_config
+from tunesmith.data.hf_datasets import relocate, write_tables
 from tunesmith.data.label_errors import label_error_finder
 from tunesmith.data.prepare import PreparedData
 from tunesmith.data.summary import data_lines
@@ -26,10 +29,12 @@ from tunesmith.errors import TunesmithError
 from tunesmith.evaluate.final import finish_run, score_file
 from tunesmith.models.load import check_max_length, resolve_model
 from tunesmith.runs import RunDir, claim_output, is_main_process, settled_on_failure, unused_path
+from tunesmith.ship.hub import push as push_run
 from tunesmith.study.cv import fold_classifier
 from tunesmith.tasks import build_task, require_stage
 from tunesmith.tasks.run import load_run, load_task
 from tunesmith.train.fit import check_validation_needs, fit, setup_runtime
+from tunesmith.train.trackers import check_trackers, tracking
 
 SPLITS = ("train", "validation", "test")
 
@@ -72,6 +77,7 @@ def train(
     config: Config | str | Path | dict | None = None,
     *,
     overrides: list[str] | None = None,
+    data=None,
     console=None,
     callbacks: list | None = None,
 ) -> TrainResult:
@@ -80,16 +86,48 @@ def train(
     Args:
         config: a Config, a YAML path, a nested dict, or None for the embedded BBC demo.
         overrides: ``key.sub=value`` strings applied on top.
+        data: tables in place of the config's data.train/validation/test sources:
+            ``{"train": ..., "validation": ..., "test": ...}`` (train required) of pandas
+            DataFrames, ``datasets`` Datasets or DatasetDicts (a role takes its split: validation
+            from "validation", "valid" or "dev"), or one DatasetDict for every role it has. Each is
+            written to ``RUN_DIR/inputs/ROLE.parquet`` and read from there like any file (same
+            cleaning and columns; its SHA-256 in data_manifest.json), and config.yaml names that
+            file, so the run can be repeated from its directory. The objects are not changed.
         console: a rich Console for messages and progress (stderr by default).
         callbacks: extra training-loop callbacks (see tunesmith.train.callbacks).
     """
-    config, console = _as_config(config, overrides), _console(console)
+    if data is None:
+        return _train(_as_config(config, overrides), console, callbacks)
+    with tempfile.TemporaryDirectory(prefix="tunesmith-inputs-") as staging:  # until the run dir keeps them
+        config = _as_config(config, overrides)
+        paths = write_tables(data, Path(staging))
+        config = config.model_copy(update={"data": config.data.model_copy(update=paths)})  # a copy: not the caller's
+        return _train(config, console, callbacks, staging=Path(staging))
+
+
+def _keep_tables(run: RunDir, staging: Path, config: Config, data: PreparedData) -> Config:
+    """Copies train()'s staged tables into ``RUN_DIR/inputs/`` and names them there: in the data
+    manifest and changelog (``data``, updated) and in the config returned (for config.yaml)."""
+    inputs = (run.path / "inputs").resolve()
+    inputs.mkdir()
+    for file in sorted(staging.iterdir()):
+        shutil.copyfile(file, inputs / file.name)
+    old, new = str(staging), str(inputs)
+    data.manifest, data.changes = relocate(data.manifest, old, new), relocate(data.changes, old, new)
+    paths = {role: relocate(getattr(config.data, role), old, new) for role in SPLITS}
+    return config.model_copy(update={"data": config.data.model_copy(update=paths)})
+
+
+def _train(config: Config, console, callbacks: list | None, staging: Path | None = None) -> TrainResult:
+    """train() once its config is resolved; ``staging``: where train()'s ``data`` tables wait."""
+    console = _console(console)
     out, main = config.runtime.output_dir, is_main_process()
     if not main and out is None:
         raise TunesmithError("a distributed run needs runtime.output_dir (tunesmith train --nproc sets it)")
     if main and out is not None:  # a run inside another would break that run's hashes and resume
         claim_output(out, kind="dir", what="runtime.output_dir", run=True)
     task = build_task(config)
+    check_trackers(config.runtime.report_to)  # a missing tracker package, before any work
     # The model's name and model.max_length are checked before the data work and the run directory.
     check_max_length(resolve_model(config.model.name), None, config.model.max_length)
     finder = label_error_finder(config, fit_fold=fold_classifier(config, train=train))
@@ -105,6 +143,8 @@ def train(
     run = RunDir.create(out)
     with settled_on_failure(run, fresh=True):
         log(f"Run directory: {run.path}")
+        if staging is not None:
+            config = _keep_tables(run, staging, config, data)
         run.write_text("config.yaml", dump_config(config))
         run.write_json("task.json", task.to_dict())
         run.data_dir.mkdir()
@@ -112,8 +152,10 @@ def train(
             frame.to_parquet(run.data_dir / f"{name}.parquet", index=False)
         run.write_json("data_manifest.json", data.manifest)
         run.write_text("data_changelog.jsonl", "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in data.changes))
-        with run.lock():  # a resume started while this run trains is refused
-            fitted = fit(run, config, task, data, console=console, callbacks=callbacks or [], log=log, resume=False)
+        # The lock refuses a resume started while this run trains; tracking: runtime.report_to.
+        with run.lock(), tracking(run, config) as trackers:
+            fitted = fit(run, config, task, data, console=console, callbacks=[*trackers, *(callbacks or [])],
+                         log=log, resume=False)  # fmt: skip
             return TrainResult(run.path, finish_run(run, config, task, data, fitted, log))
 
 
@@ -136,8 +178,10 @@ def resume(run_dir: str | Path, *, console=None, callbacks: list | None = None) 
         splits = {name: pd.read_parquet(run.data_dir / f"{name}.parquet") for name in SPLITS
                   if (run.data_dir / f"{name}.parquet").exists()}  # fmt: skip
         data = PreparedData(splits, run.read_json("data_manifest.json"))
-        with settled_on_failure(run, fresh=False):  # the checkpoints stay, half-written files go
-            fitted = fit(run, config, task, data, console=console, callbacks=callbacks or [], log=log, resume=True)
+        # The checkpoints stay, half-written files go; tracking continues runtime.report_to's runs.
+        with settled_on_failure(run, fresh=False), tracking(run, config, resume=True) as trackers:
+            fitted = fit(run, config, task, data, console=console, callbacks=[*trackers, *(callbacks or [])],
+                         log=log, resume=True)  # fmt: skip
             if not is_main_process():
                 return TrainResult(run.path, {})
             return TrainResult(run.path, finish_run(run, config, task, data, fitted, log))
@@ -203,3 +247,11 @@ def chat(run_dir: str | Path, *, read=input, write=print) -> None:
         reply = task.reply(model, processor, messages)
         messages.append({"role": "assistant", "content": reply})
         write(f"model> {reply}")
+
+
+def push(run_dir: str | Path, repo: str, *, private: bool = False, token: str | None = None,
+         log: Callable[[str], None] = print) -> str:  # fmt: skip
+    """Uploads a finished run's ``model/`` (weights, processor, model card with its Hub metadata)
+    and a LoRA run's ``adapter/`` to the Hub model repository ``repo`` (owner/name); returns its URL.
+    A token comes from ``token``, HF_TOKEN or a stored login; see ship/hub.py."""
+    return push_run(run_dir, repo, private=private, token=token, log=log)

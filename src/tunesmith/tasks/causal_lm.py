@@ -1,8 +1,9 @@
 """Instruction tuning of decoder-only language models.
 
-Records come as Alpaca-style instruction/input/output, prompt/completion pairs, or chat
-``messages`` lists. Every record becomes a conversation, is rendered with the tokenizer's chat
-template (or the one in the config), and is tokenized once. The labels mask everything except
+Records come as Alpaca-style instruction/input/output, prompt/completion pairs, or chat lists
+(OpenAI ``messages`` or ShareGPT ``conversations``, with tool calls: tasks/chat_formats.py).
+Every record becomes a conversation, is rendered with the tokenizer's chat template (or the one
+in the config; with the record's tools), and is tokenized once. The labels mask everything except
 the assistant turns (``task.loss_on=completion``), each of which ends with the end-of-turn or
 EOS token so the tuned model learns to stop.
 
@@ -26,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from jinja2.exceptions import TemplateError
 
 from tunesmith.config import Config, DataConfig, GenerationConfig
 from tunesmith.data.batching import eval_batches
@@ -41,43 +43,58 @@ from tunesmith.models.load import (
     text_processor,
 )
 from tunesmith.runs import atomic_write
+from tunesmith.tasks.chat_formats import (
+    ChatFields,
+    Conversation,
+    EmptyRecord,
+    read_conversation,
+    turn_text,
+    unrendered_tool_parts,
+    uses_tools,
+)
 from tunesmith.tasks.confidence import bootstrap_means
-from tunesmith.tasks.contract import CardText, ChatFormat, Completion, Encoded, Sampling, ScoreContext, Watch
+from tunesmith.tasks.contract import (
+    CardText,
+    ChatFormat,
+    Completion,
+    Encoded,
+    Predictions,
+    Sampling,
+    ScoreContext,
+    Watch,
+)
 from tunesmith.tasks.inputs import check_texts, read_texts
 from tunesmith.tasks.monitoring import EMPTY_OUTPUTS, OUTPUT_LENGTH, generated_values, pooled
 
 IGNORE = -100
-ROLES = ("system", "user", "assistant")
 FORMAT_COLUMNS = {
-    "messages": ("messages",),
+    "messages": ("messages",),  # or ``conversations``, or task.messages_column (ChatFields.column)
     "prompt_completion": ("prompt", "completion"),
     "alpaca": ("instruction", "output"),
 }
 
 
 # -- records ------------------------------------------------------------------------------------
-def detect_format(columns: list[str], wanted: str, source: str) -> str:
-    """The record format: ``wanted``, or the first whose columns are all present."""
+def detect_format(columns: list[str], wanted: str, source: str, chat: ChatFields | None = None) -> str:
+    """The record format: ``wanted``, or the first whose columns are all present (the chat
+    column is ``chat.column(columns)``)."""
+    formats = FORMAT_COLUMNS | {"messages": ((chat or ChatFields()).column(columns),)}
     if wanted != "auto":
-        needed = [c for c in FORMAT_COLUMNS[wanted] if c not in columns]
+        needed = [c for c in formats[wanted] if c not in columns]
         if needed:
             raise TunesmithError(
-                f"{source}: data.format={wanted} needs the fields {list(FORMAT_COLUMNS[wanted])}; "
+                f"{source}: data.format={wanted} needs the fields {list(formats[wanted])}; "
                 f"missing {needed} (the records have {columns})"
             )
         return wanted
-    for name, needed in FORMAT_COLUMNS.items():
+    for name, needed in formats.items():
         if all(c in columns for c in needed):
             return name
     raise TunesmithError(
         f"{source}: cannot tell the record format from the fields {columns}; causal_lm records need "
-        "instruction/output (input optional), prompt/completion, or messages"
+        "instruction/output (input optional), prompt/completion, or a chat list in messages or conversations "
+        "(task.messages_column names another)"
     )
-
-
-class EmptyRecord(TunesmithError):
-    """A record with nothing to learn from (an empty instruction, prompt, output or completion):
-    dropped, and logged, when data.clean.drop_empty is on; an error otherwise."""
 
 
 def _text(value: Any) -> str | None:
@@ -86,12 +103,16 @@ def _text(value: Any) -> str | None:
     return str(value)
 
 
-def to_messages(row: dict, fmt: str, where: str) -> list[dict[str, str]]:
-    """One record as a conversation: a list of {role, content}.
+def to_conversation(row: dict, fmt: str, where: str, chat: ChatFields | None = None) -> Conversation:
+    """One record as a conversation: OpenAI messages ({role, content}, tool calls) and its tools.
+
+    Args:
+        chat: where a chat record keeps its turns, system prompt and tools (task.*).
 
     Raises:
-        TunesmithError: a missing or empty output/completion, a malformed messages list, or
-            one with no assistant turn; the message names the record.
+        EmptyRecord: a missing or empty instruction, prompt, output, completion or turn.
+        TunesmithError: a malformed conversation, or one with no assistant turn; the message
+            names the record, turn and field.
     """
     if fmt == "alpaca":
         instruction, extra, output = _text(row.get("instruction")), _text(row.get("input")), _text(row.get("output"))
@@ -100,75 +121,81 @@ def to_messages(row: dict, fmt: str, where: str) -> list[dict[str, str]]:
         if output is None or not output.strip():
             raise EmptyRecord(f"{where}: the output is missing or empty; every record needs one to train on")
         prompt = instruction if not extra or not extra.strip() else f"{instruction}\n\n{extra}"
-        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+        return Conversation([{"role": "user", "content": prompt}, {"role": "assistant", "content": output}], None)
     if fmt == "prompt_completion":
         prompt, completion = _text(row.get("prompt")), _text(row.get("completion"))
         if not prompt or not prompt.strip():
             raise EmptyRecord(f"{where}: the prompt is missing or empty")
         if completion is None or not completion.strip():
             raise EmptyRecord(f"{where}: the completion is missing or empty; every record needs one to train on")
-        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
-    raw = row.get("messages")
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as error:
-            raise TunesmithError(f"{where}: messages is text that is not a JSON list ({error.msg})") from None
-    if isinstance(raw, np.ndarray):
-        raw = raw.tolist()
-    if not isinstance(raw, list) or not raw:
-        raise TunesmithError(f"{where}: messages must be a non-empty list of {{role, content}} objects")
-    messages = []
-    for number, turn in enumerate(raw, 1):
-        if not isinstance(turn, dict) or turn.get("role") not in ROLES or not isinstance(turn.get("content"), str):
-            raise TunesmithError(
-                f"{where}, message {number}: expected {{'role': one of {list(ROLES)}, 'content': text}}, got {turn!r}"
-            )
-        messages.append({"role": turn["role"], "content": turn["content"]})
-    if not any(m["role"] == "assistant" and m["content"].strip() for m in messages):
-        raise TunesmithError(f"{where}: the messages have no assistant turn with text; there is nothing to train on")
-    return messages
+        return Conversation([{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}], None)
+    return read_conversation(row, chat or ChatFields(), where)
 
 
-def records_frame(frame: pd.DataFrame, fmt: str, source: str, first_row: int = 1, *,
-                  drop_empty: bool = False) -> tuple[pd.DataFrame, list[dict]]:  # fmt: skip
-    """The canonical table: ``messages`` (JSON text) and ``record`` (1-based row in the source),
-    and one changelog entry per record dropped for being empty (with ``drop_empty``).
+def to_messages(row: dict, fmt: str, where: str, chat: ChatFields | None = None) -> list[dict[str, Any]]:
+    """One record's messages (``to_conversation`` without the tools)."""
+    return to_conversation(row, fmt, where, chat).messages
+
+
+def records_frame(frame: pd.DataFrame, fmt: str, source: str, first_row: int = 1, *, drop_empty: bool = False,
+                  chat: ChatFields | None = None) -> tuple[pd.DataFrame, list[dict]]:  # fmt: skip
+    """The canonical table: ``messages`` and ``tools`` (JSON text; no tools: empty) and
+    ``record`` (1-based row in the source), and one changelog entry per record dropped for being
+    empty (with ``drop_empty``).
 
     Raises:
         TunesmithError: a bad record, or an empty one without ``drop_empty`` (naming it).
     """
-    conversations, records, dropped = [], [], []
+    conversations, tools, records, dropped = [], [], [], []
     for i, row in enumerate(frame.to_dict("records")):
         where = f"{source}, record {first_row + i}"
         try:
-            conversations.append(json.dumps(to_messages(row, fmt, where), ensure_ascii=False))
+            conversation = to_conversation(row, fmt, where, chat)
         except EmptyRecord as error:
             if not drop_empty:
                 raise
             dropped.append({"source": source, "record": first_row + i, "action": "dropped",
-                            "reason": str(error).removeprefix(f"{where}: ")})  # fmt: skip
+                            "reason": error_detail(error, where)})  # fmt: skip
             continue
+        conversations.append(json.dumps(conversation.messages, ensure_ascii=False))
+        tools.append(json.dumps(conversation.tools, ensure_ascii=False) if conversation.tools else "")
         records.append(first_row + i)
-    return pd.DataFrame({"messages": conversations, "record": records}), dropped
+    return pd.DataFrame({"messages": conversations, "tools": tools, "record": records}), dropped
 
 
-def load_records(spec: str, config: DataConfig) -> tuple[pd.DataFrame, dict]:
-    """Reads one source of records into ``messages``/``record``/``source`` rows (exact duplicates
-    dropped when data.clean.drop_duplicates) and a manifest entry. The text is kept as written:
-    whitespace can matter in a completion. ``source`` (the file) travels with every row, so a
-    record that fails to encode later is named by file and record.
+def error_detail(error: TunesmithError, where: str) -> str:
+    """A record's error without the file and record it starts with (a turn's keeps its turn)."""
+    return str(error).removeprefix(where).removeprefix(": ").removeprefix(", ")
+
+
+def frame_tools(frame: pd.DataFrame) -> list[list[dict] | None]:
+    """Each row's tool schemas (None: none; a table without a ``tools`` column has none)."""
+    if "tools" not in frame.columns:
+        return [None] * len(frame)
+    return [json.loads(t) if isinstance(t, str) and t else None for t in frame["tools"]]
+
+
+def frame_conversations(frame: pd.DataFrame) -> list[Conversation]:
+    """The rows of a canonical table (``records_frame``) as conversations."""
+    return [Conversation(json.loads(m), t) for m, t in zip(frame["messages"], frame_tools(frame))]
+
+
+def load_records(spec: str, config: DataConfig, chat: ChatFields | None = None) -> tuple[pd.DataFrame, dict]:
+    """Reads one source of records into ``messages``/``tools``/``record``/``source`` rows (exact
+    duplicates dropped when data.clean.drop_duplicates) and a manifest entry. The text is kept as
+    written: whitespace can matter in a completion. ``source`` (the file) travels with every row,
+    so a record that fails to encode later is named by file and record.
 
     Raises:
         TunesmithError: an unreadable source, an unknown record format or a bad record (naming it).
     """
     table = read_table(spec, column_names=config.column_names, encoding_errors=config.encoding_errors)
-    fmt = detect_format(list(table.frame.columns), config.format, table.source)
-    frame, dropped = records_frame(table.frame, fmt, table.source, drop_empty=config.clean.drop_empty)
-    counts = {"rows_in": len(table.frame), "dropped_empty": len(dropped),
-              "exact_duplicates": int(frame["messages"].duplicated().sum())}  # fmt: skip
+    fmt = detect_format(list(table.frame.columns), config.format, table.source, chat)
+    frame, dropped = records_frame(table.frame, fmt, table.source, drop_empty=config.clean.drop_empty, chat=chat)
+    duplicated = frame.duplicated(["messages", "tools"])
+    counts = {"rows_in": len(table.frame), "dropped_empty": len(dropped), "exact_duplicates": int(duplicated.sum())}
     if config.clean.drop_duplicates:
-        frame = frame.drop_duplicates("messages").reset_index(drop=True)
+        frame = frame[~duplicated].reset_index(drop=True)
     counts["rows_out"] = len(frame)
     frame["source"] = table.source
     entry = {
@@ -178,6 +205,8 @@ def load_records(spec: str, config: DataConfig) -> tuple[pd.DataFrame, dict]:
         "cleaning": counts,
         **table.manifest_fields(),
     }
+    if fmt == "messages":
+        entry["messages_column"] = (chat or ChatFields()).column(table.frame.columns)
     if dropped:  # prepare_records moves these into the run's changelog
         entry["changes"] = dropped
         entry.setdefault("notes", []).append(
@@ -188,32 +217,59 @@ def load_records(spec: str, config: DataConfig) -> tuple[pd.DataFrame, dict]:
 
 
 # -- rendering and tokenization -----------------------------------------------------------------
-def _render(tokenizer, messages, template: str | None, *, add_generation_prompt: bool) -> str:
+def _render(tokenizer, messages, template: str | None, *, add_generation_prompt: bool, tools=None) -> str:
     if template is None and tokenizer.chat_template is None:
         # Plain text for tokenizers without a chat template: a prompt turn ends with a newline,
         # an assistant turn with EOS.
         eos = tokenizer.eos_token or ""
         return "".join(m["content"] + (eos if m["role"] == "assistant" else "\n") for m in messages)
     return tokenizer.apply_chat_template(
-        messages, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
+        messages, tools=tools or None, chat_template=template, tokenize=False,
+        add_generation_prompt=add_generation_prompt,
     )
 
 
-def render_with_spans(tokenizer, messages, template: str | None, where: str) -> tuple[str, list[tuple[int, int]]]:
-    """The conversation as text and the character spans of its assistant turns.
+def render_with_spans(tokenizer, messages, template: str | None, where: str,
+                      tools: list[dict] | None = None) -> tuple[str, list[tuple[int, int]]]:  # fmt: skip
+    """The conversation as text and the character spans of its assistant turns (tool-call turns
+    included; tool results are not assistant turns).
 
     A turn's span starts after the generation prompt and ends after the template's end-of-turn
     or EOS token (trailing newlines are not trained on). When the text after the last assistant
     turn has no EOS, one is appended so the model learns to stop.
+
+    Raises:
+        TunesmithError: a template that refuses the conversation, renders no tool support for
+            one with tools, or does not render its beginning as a prefix; naming the record.
     """
+    tooled = uses_tools(messages, tools)
+    if tooled and template is None and tokenizer.chat_template is None:
+        raise TunesmithError(f"{where}: the record has tool calls, tool results or tools, and the tokenizer has no "
+                             "chat template to render them; set model.chat_template to one with tool support")  # fmt: skip
+    try:
+        text, spans = _assistant_spans(tokenizer, messages, template, where, tools)
+    except TemplateError as error:
+        advice = ("; the model's chat template has no tool support for this record's tool calls or tool results: "
+                  "set model.chat_template to one that has") if tooled else "; set model.chat_template"  # fmt: skip
+        raise TunesmithError(f"{where}: the chat template refused the conversation ({error}){advice}") from None
+    lost = unrendered_tool_parts(text, messages, tools) if tooled else []
+    if lost:
+        raise TunesmithError(
+            f"{where}: the chat template does not render {', '.join(lost)}: the model's chat template has no tool "
+            "support (tools=, tool_calls, the tool role); set model.chat_template to one that renders them"
+        )
+    return text, spans
+
+
+def _assistant_spans(tokenizer, messages, template, where, tools) -> tuple[str, list[tuple[int, int]]]:
     eos = tokenizer.eos_token
     spans: list[tuple[int, int]] = []
-    text = _render(tokenizer, messages, template, add_generation_prompt=False)
+    text = _render(tokenizer, messages, template, add_generation_prompt=False, tools=tools)
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = _render(tokenizer, messages[:i], template, add_generation_prompt=True)
-        upto = _render(tokenizer, messages[: i + 1], template, add_generation_prompt=False)
+        before = _render(tokenizer, messages[:i], template, add_generation_prompt=True, tools=tools)
+        upto = _render(tokenizer, messages[: i + 1], template, add_generation_prompt=False, tools=tools)
         if not (upto.startswith(before) and text.startswith(upto)):
             raise TunesmithError(
                 f"{where}: the chat template does not render the conversation's beginning as a prefix of "
@@ -238,9 +294,12 @@ class EncodedConversations:
 
 def encode_conversations(
     tokenizer, conversations: list[list[dict]], records: list[int], *, source: str, max_length: int,
-    chat_template: str | None, loss_on: str,
+    chat_template: str | None, loss_on: str, tools: list[list[dict] | None] | None = None,
 ) -> EncodedConversations:  # fmt: skip
     """Tokenizes every conversation once, with labels that are IGNORE outside the trained tokens.
+
+    Args:
+        tools: each conversation's tool schemas (None: no tools for any).
 
     Raises:
         TunesmithError: a record whose trained tokens all lie beyond max_length (its prompt is too
@@ -248,9 +307,9 @@ def encode_conversations(
     """
     plain = chat_template is None and tokenizer.chat_template is None
     features, truncated = [], 0
-    for messages, record in zip(conversations, records):
+    for messages, record, offered in zip(conversations, records, tools or [None] * len(conversations)):
         where = f"{source}, record {record}"
-        text, spans = render_with_spans(tokenizer, messages, chat_template, where)
+        text, spans = render_with_spans(tokenizer, messages, chat_template, where, offered)
         encoded = tokenizer(text, add_special_tokens=plain, return_offsets_mapping=True)
         ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
         inside = [any(a <= start < b for a, b in spans) and end > start for start, end in offsets]
@@ -273,17 +332,20 @@ def encode_conversations(
     return EncodedConversations(features, truncated)
 
 
-def generation_prompt(tokenizer, messages: list[dict], chat_template: str | None) -> tuple[str, str]:
-    """(prompt text up to the last assistant turn, that turn's reference text)."""
+def generation_prompt(tokenizer, messages: list[dict], chat_template: str | None,
+                      tools: list[dict] | None = None) -> tuple[str, str]:  # fmt: skip
+    """(prompt text up to the last assistant turn, that turn's reference text: a tool-call turn's
+    is the JSON of its calls)."""
     last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    return _render(tokenizer, messages[:last], chat_template, add_generation_prompt=True), messages[last]["content"]
+    prompt = _render(tokenizer, messages[:last], chat_template, add_generation_prompt=True, tools=tools)
+    return prompt, turn_text(messages[last])
 
 
 def prompt_side(messages: list[dict]) -> str:
     """The turns before the last assistant turn as ``role: content`` lines: what the model is
     given before the completion it is scored on."""
     last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
-    return "\n".join(f"{m['role']}: {m['content']}" for m in messages[:last])
+    return "\n".join(f"{m['role']}: {turn_text(m)}" for m in messages[:last])
 
 
 # -- batches ------------------------------------------------------------------------------------
@@ -387,6 +449,8 @@ class CausalLMTask:
         max_length: model.max_length: the longest record, and the row capacity when packing.
         chat_template: model.chat_template (None: the tokenizer's own).
         generation: how held-out records, predict and chat generate.
+        chat: where chat records keep their turns, system prompt and tools, and their role names
+            (task.messages_column, task.system_column, task.tools_column, task.roles).
     """
 
     loss_on: str = "completion"
@@ -394,6 +458,7 @@ class CausalLMTask:
     max_length: int = 512
     chat_template: str | None = None
     generation: GenerationConfig = field(default_factory=GenerationConfig)
+    chat: ChatFields = field(default_factory=ChatFields)
     type: ClassVar[str] = "causal_lm"
     kind: ClassVar[str] = "causal_lm"
     stages: ClassVar[frozenset[str]] = frozenset(
@@ -405,6 +470,7 @@ class CausalLMTask:
     metric_names: ClassVar[list[str]] = ["loss", "perplexity"]
     peft_task_type: ClassVar[str | None] = "CAUSAL_LM"
     auto_class: ClassVar[str] = "AutoModelForCausalLM"
+    pipeline_tag: ClassVar[str] = "text-generation"
     calibrates: ClassVar[bool] = False
     stratify: ClassVar[bool] = False
     forgetting_probe: ClassVar[str | None] = "perplexity"
@@ -413,8 +479,11 @@ class CausalLMTask:
     @classmethod
     def from_config(cls, config: Config, saved: dict[str, Any] | None = None) -> CausalLMTask:
         """The task for a config; ``saved`` (task.json) adds nothing the config lacks."""
-        return cls(loss_on=config.task.loss_on, packing=config.train.packing, max_length=config.model.max_length,
-                   chat_template=config.model.chat_template, generation=config.generation)  # fmt: skip
+        task = config.task
+        chat = ChatFields(messages_column=task.messages_column, roles=dict(task.roles),
+                          system_column=task.system_column, tools_column=task.tools_column)  # fmt: skip
+        return cls(loss_on=task.loss_on, packing=config.train.packing, max_length=config.model.max_length,
+                   chat_template=config.model.chat_template, generation=config.generation, chat=chat)  # fmt: skip
 
     @property
     def label_names(self) -> list[str]:
@@ -428,7 +497,7 @@ class CausalLMTask:
 
     def read(self, spec: str, data: DataConfig) -> tuple[pd.DataFrame, dict]:
         """One source's records and its manifest entry (see ``load_records``)."""
-        return load_records(spec, data)
+        return load_records(spec, data, self.chat)
 
     def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
         """Each record's prompt side: its turns before the last assistant turn, as role: content lines."""
@@ -446,11 +515,14 @@ class CausalLMTask:
         return frame["record"].to_numpy() - 1
 
     def write_records(self, frame: pd.DataFrame, directory: Path, name: str) -> tuple[Path, dict[str, Any]]:
-        """JSONL ``messages`` records: every format is read as a conversation, written as one."""
+        """JSONL chat records (OpenAI messages, in task.messages_column, and the tools in
+        task.tools_column): every format is read as a conversation, written as one."""
         path = directory / f"{name}.jsonl"
+        column = self.chat.messages_column or "messages"
+        records = [{column: c.messages} | ({self.chat.tools_column: c.tools} if c.tools else {})
+                   for c in frame_conversations(frame)]  # fmt: skip
         # ASCII escapes: no line separator inside a text can split a record in two.
-        path.write_text("".join(json.dumps({"messages": json.loads(m)}) + "\n" for m in frame["messages"]),
-                        encoding="utf-8")  # fmt: skip
+        path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
         return path, {"format": "messages", "column_names": None}
 
     # -- model ---------------------------------------------------------------------------
@@ -483,7 +555,8 @@ class CausalLMTask:
             source = frame["source"].iloc[0] if "source" in frame.columns and len(frame) else f"the {name} split"
             found = encode_conversations(processor, [json.loads(m) for m in frame["messages"]],
                                          frame["record"].tolist(), source=source, max_length=self.max_length,
-                                         chat_template=self.chat_template, loss_on=self.loss_on)  # fmt: skip
+                                         chat_template=self.chat_template, loss_on=self.loss_on,
+                                         tools=frame_tools(frame))  # fmt: skip
             encoded.features[name], encoded.truncated[name] = found.features, found.truncated
             if found.truncated:
                 encoded.notes.append(f"{name}: {found.truncated} of {len(frame)} records truncated to "
@@ -520,14 +593,19 @@ class CausalLMTask:
         go to ``context.artifact("generations", ".jsonl")``."""
         metrics = self.evaluate(model, features, batch_size=context.batch_size, pad_token_id=pad_token_id(processor),
                                 device=context.device)  # fmt: skip
+        prompts, references = zip(*(generation_prompt(processor, c.messages, self.chat_template, c.tools)
+                                    for c in frame_conversations(frame))) if len(frame) else ((), ())  # fmt: skip
+        prompts, references = list(prompts), list(references)
         if not context.generate:
+            context.predictions(generation_predictions(prompts, references, [], {}))
             return metrics
         rows, path = rows_to_generate(frame, self.generation, context)
-        prompts, references = zip(*(generation_prompt(processor, json.loads(m), self.chat_template)
-                                    for m in rows["messages"])) if len(rows) else ((), ())  # fmt: skip
-        predictions = generate(model, processor, list(prompts), self.generation, device=context.device)
-        return metrics | report_generations(path, rows["record"].tolist(), list(prompts), list(references),
-                                            predictions, context)  # fmt: skip
+        count = len(rows)
+        predictions = generate(model, processor, prompts[:count], self.generation, device=context.device)
+        found, scores = report_generations(path, rows["record"].tolist(), prompts[:count], references[:count],
+                                           predictions, context)  # fmt: skip
+        context.predictions(generation_predictions(prompts, references, predictions, scores))
+        return metrics | found
 
     # -- prediction ----------------------------------------------------------------------
     def predict(self, model, processor, inputs: list, *, temperature: float | None = None) -> list[dict]:
@@ -586,7 +664,8 @@ class CausalLMTask:
 
     def split_prompts(self, tokenizer, frame: pd.DataFrame) -> list[str]:
         """Each record's turns before its last assistant turn, rendered as generation renders them."""
-        return [generation_prompt(tokenizer, json.loads(m), self.chat_template)[0] for m in frame["messages"]]
+        return [generation_prompt(tokenizer, c.messages, self.chat_template, c.tools)[0]
+                for c in frame_conversations(frame)]  # fmt: skip
 
     # -- shipping ------------------------------------------------------------------------
     def export_description(self) -> dict[str, Any]:
@@ -646,27 +725,29 @@ class CausalLMTask:
         and as findings the empty records (dropped with data.clean.drop_empty, else refused),
         malformed ones (refused) and completions that seem cut mid-sentence."""
         table = read_table(spec, column_names=data.column_names, encoding_errors=data.encoding_errors)
-        fmt = detect_format(list(table.frame.columns), data.format, table.source)
-        kept: list[tuple[int, str, list[dict]]] = []
+        fmt = detect_format(list(table.frame.columns), data.format, table.source, self.chat)
+        kept: list[tuple[int, str, Conversation]] = []
         findings: list[Finding] = []
         for number, row in enumerate(table.frame.to_dict("records"), 1):
             where = f"{table.source}, record {number}"
             try:
-                messages = to_messages(row, fmt, where)
+                conversation = to_conversation(row, fmt, where, self.chat)
             except TunesmithError as error:
                 findings.append(record_finding(error, number, where, drop_empty=data.clean.drop_empty))
                 continue
-            completion = next(m["content"] for m in reversed(messages) if m["role"] == "assistant")
+            completion = next(turn_text(m) for m in reversed(conversation.messages) if m["role"] == "assistant")
             if looks_cut(completion):
                 findings.append(Finding("completion looks cut", number, where,
                                         f"it ends {completion.rstrip()[-60:]!r}", "warning",
                                         "the model learns to stop mid-sentence: complete or drop it"))  # fmt: skip
-            kept.append((number, where, messages))
+            kept.append((number, where, conversation))
         return InspectionRecords(
             source=table.source, rows=[k[0] for k in kept], where=[k[1] for k in kept],
-            texts=[prompt_side(k[2]) for k in kept],
-            targets=[next(m["content"] for m in reversed(k[2]) if m["role"] == "assistant") for k in kept],
-            findings=findings, frame=pd.DataFrame({"messages": [k[2] for k in kept], "record": [k[0] for k in kept]}),
+            texts=[prompt_side(k[2].messages) for k in kept],
+            targets=[next(turn_text(m) for m in reversed(k[2].messages) if m["role"] == "assistant") for k in kept],
+            findings=findings, frame=pd.DataFrame({"messages": [k[2].messages for k in kept],
+                                                   "tools": [k[2].tools for k in kept],
+                                                   "record": [k[0] for k in kept]}),
         )  # fmt: skip
 
     def inspection_lengths(self, processor: Any, records: InspectionRecords) -> list[TokenLengths]:
@@ -676,7 +757,8 @@ class CausalLMTask:
         frame = records.frame
         found = encode_conversations(processor, frame["messages"].tolist(), frame["record"].tolist(),
                                      source=records.source, max_length=math.inf, chat_template=self.chat_template,
-                                     loss_on="completion").features if len(frame) else []  # fmt: skip
+                                     loss_on="completion", tools=frame["tools"].tolist()
+                                     ).features if len(frame) else []  # fmt: skip
         prompts = [next((i for i, label in enumerate(f["labels"]) if label != IGNORE), len(f["labels"])) for f in found]
         return [
             TokenLengths("record", [len(f["input_ids"]) for f in found], self.max_length,
@@ -689,7 +771,7 @@ class CausalLMTask:
 def record_finding(error: TunesmithError, number: int, where: str, *, drop_empty: bool) -> Finding:
     """A record ``to_messages`` refused, as an inspect finding: an empty one is dropped with
     data.clean.drop_empty (a warning) and refused without; a malformed one is refused."""
-    detail = str(error).removeprefix(f"{where}: ")
+    detail = error_detail(error, where)
     if not isinstance(error, EmptyRecord):
         return Finding("malformed record", number, where, detail, "error", "training refuses the file")
     if drop_empty:
@@ -855,9 +937,10 @@ def rows_to_generate(
 
 
 def report_generations(path: Path, records: list[int], prompts: list[str], references: list[str],
-                       predictions: list[str], context: ScoreContext) -> dict[str, Any]:  # fmt: skip
+                       predictions: list[str], context: ScoreContext) -> tuple[dict[str, Any], dict[str, np.ndarray]]:  # fmt: skip
     """Generation metrics with bootstrap intervals of the per-example ones (ROUGE, exact match;
-    BLEU and chrF are corpus scores), and every generation written to ``path`` as JSONL."""
+    BLEU and chrF are corpus scores), and every generation written to ``path`` as JSONL; with
+    the per-example scores (``example_scores``)."""
     scores = example_scores(predictions, references)
     metrics: dict[str, Any] = generation_metrics(predictions, references, scores=scores)
     settings = context.evaluation
@@ -868,7 +951,22 @@ def report_generations(path: Path, records: list[int], prompts: list[str], refer
     lines = [json.dumps({"record": int(r), "prompt": p, "reference": ref, "generated": g}, ensure_ascii=False)
              for r, p, ref, g in zip(records, prompts, references, predictions)]  # fmt: skip
     atomic_write(path, "".join(line + "\n" for line in lines))
-    return metrics
+    return metrics, scores
+
+
+def generation_predictions(inputs: list[str], references: list[str], predictions: list[str],
+                           scores: dict[str, np.ndarray]) -> Predictions:  # fmt: skip
+    """A split's per-row predictions from its generations, which cover its first
+    ``len(predictions)`` rows (generation.max_examples, on one split): the prompt or source, the
+    reference, the generated text, its ROUGE-1/2/L (``scores``) and ROUGE-L as the row's metric;
+    rows not generated for have no prediction."""
+    count, total = len(predictions), len(inputs)
+    rouge = [[float(scores[k][i]) for k in ("rouge1", "rouge2", "rougeL")] for i in range(count)]
+    rows = pd.DataFrame({"row": np.arange(total), "input": inputs, "gold": references,
+                         "predicted": list(predictions) + [None] * (total - count),
+                         "scores": rouge + [[] for _ in range(total - count)], "confidence": np.nan,
+                         "row_metric": [r[2] for r in rouge] + [np.nan] * (total - count)})  # fmt: skip
+    return Predictions(rows, metric="rougeL", higher_is_better=True, mean_of="rougeL")
 
 
 def generation_limitation(max_length: int, truncated_train: int) -> str:

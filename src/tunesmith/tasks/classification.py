@@ -33,7 +33,7 @@ from tunesmith.models.load import (
 )
 from tunesmith.tasks import metrics as metric_fns
 from tunesmith.tasks.confidence import confidence_report, fit_temperature
-from tunesmith.tasks.contract import CHAT_NOTE, CardText, Encoded, ExportBatch, ScoreContext, Watch
+from tunesmith.tasks.contract import CHAT_NOTE, CardText, Encoded, ExportBatch, Predictions, ScoreContext, Watch
 from tunesmith.tasks.fairness import slice_metrics
 from tunesmith.tasks.inputs import check_texts, read_texts
 from tunesmith.tasks.labels import LabelSpace
@@ -73,6 +73,7 @@ class TextClassificationTask(LabelSpace):
         {"evaluate", "predict", "cv", "tune", "inspect", "export", "serve", "monitor", "forgetting", "retrain"}
     )
     auto_class: ClassVar[str] = "AutoModelForSequenceClassification"
+    pipeline_tag: ClassVar[str] = "text-classification"
     peft_task_type: ClassVar[str | None] = "SEQ_CLS"
     forgetting_probe: ClassVar[str | None] = "embedding"
     stage_notes: ClassVar[dict[str, str]] = {"chat": CHAT_NOTE}
@@ -356,6 +357,7 @@ class TextClassificationTask(LabelSpace):
         logits = self.split_logits(model, processor, features, batch_size=context.batch_size, device=context.device)
         targets = np.asarray([f["labels"] for f in features])
         metrics = self.metrics(logits, targets)
+        context.predictions(self.split_predictions(frame, logits, targets, context.temperature))
         metrics |= self._confidence(logits, targets, context)
         metrics |= self._slices(logits, targets, frame, context)
         if context.examples_plot:
@@ -393,6 +395,41 @@ class TextClassificationTask(LabelSpace):
         except ValueError as error:
             raise TunesmithError(str(error)) from None
         return {"slices": found}
+
+    def row_inputs(self, frame: pd.DataFrame) -> list[str]:
+        """What identifies each row of a split table in its predictions: its text."""
+        return frame["text"].astype(str).tolist()
+
+    def split_predictions(self, frame: pd.DataFrame, logits: np.ndarray, targets: np.ndarray,
+                          temperature: float | None) -> Predictions:  # fmt: skip
+        """The per-row predictions of a split from the logits ``score`` computed: a single-label
+        row's class, every class's probability (softmax at ``temperature`` where one was fitted,
+        as ``predict`` gives them) and whether it is right; a multi-label row's labels, every
+        label's sigmoid and whether the set is right (its confidence: the product of each label
+        decision's probability); a regression row's value and squared error."""
+        count = len(targets)
+        table = {"row": np.arange(count), "input": self.row_inputs(frame)}
+        if self.type == "regression":
+            values, gold = logits[:, 0].astype(float), targets.astype(float)
+            rows = pd.DataFrame({**table, "gold": gold, "predicted": values, "scores": [[] for _ in range(count)],
+                                 "confidence": np.nan, "row_metric": (values - gold) ** 2})  # fmt: skip
+            return Predictions(rows, metric="squared_error", higher_is_better=False, mean_of="mse")
+        if self.type == "multi_label":
+            scores = self.probabilities(logits)
+            chosen, wanted = scores >= self.threshold, targets.astype(bool)
+            names = np.asarray(self.label_names, dtype=object)
+            rows = pd.DataFrame({**table, "gold": [list(names[w]) for w in wanted],
+                                 "predicted": [list(names[c]) for c in chosen], "scores": scores.tolist(),
+                                 "confidence": np.where(chosen, scores, 1 - scores).prod(1),
+                                 "row_metric": (chosen == wanted).all(1).astype(float)})  # fmt: skip
+            return Predictions(rows, metric="correct", higher_is_better=True, mean_of="subset_accuracy")
+        scores = self.probabilities(logits / temperature if temperature and self.calibrates else logits)
+        predicted = logits.argmax(1)  # a temperature never changes the class
+        rows = pd.DataFrame({**table, "gold": [self.label_names[t] for t in targets],
+                             "predicted": [self.label_names[p] for p in predicted], "scores": scores.tolist(),
+                             "confidence": scores[np.arange(count), predicted],
+                             "row_metric": (predicted == targets).astype(float)})  # fmt: skip
+        return Predictions(rows, metric="correct", higher_is_better=True, mean_of="accuracy", by_class=True)
 
     def plot_misclassified(self, path: Path, logits: np.ndarray, features: list[dict]) -> int:
         """The plot of wrong examples: a text classifier draws none (the image task does)."""

@@ -56,6 +56,38 @@ class Encoded:
     """Lines for the user: truncation, the label set, class weights."""
 
 
+PREDICTION_COLUMNS = ("row", "input", "gold", "predicted", "scores", "confidence", "row_metric")
+"""The columns of :attr:`Predictions.rows` (and of a run's ``predictions_SPLIT.parquet``)."""
+
+
+@dataclass
+class Predictions:
+    """One scored split's per-row predictions, which :meth:`Task.score` hands to
+    ``ScoreContext.predictions`` from the outputs it computed its metrics from (no second pass);
+    training writes them as ``predictions_validation.parquet`` and ``predictions_test.parquet``."""
+
+    rows: pd.DataFrame
+    """One row per row of the table ``score`` was given, columns ``PREDICTION_COLUMNS``: ``row``
+    (its 0-based position in that table: ``data/SPLIT.parquet``); ``input`` (what identifies it:
+    the text, both texts of a pair, the question and its context, the sentence, the image's path,
+    the prompt or source); ``gold`` and ``predicted`` (as the kind labels and predicts: a class, a
+    list of labels or word tags, a number, an answer, a text; ``predicted`` is None where the
+    model was not asked, as rows not generated for); ``scores`` (a list of numbers: per-class
+    probabilities, per-word probabilities, the answer's score, the generation's ROUGE-1/2/L);
+    ``confidence`` (the probability the model gives its prediction; NaN where it gives none);
+    ``row_metric`` (the row's :attr:`metric`; NaN where there is no prediction)."""
+    metric: str
+    """What ``row_metric`` is: "correct" (1 or 0), "squared_error", "f1", "rougeL", ..."""
+    higher_is_better: bool
+    """Whether a larger ``row_metric`` is a better row."""
+    mean_of: str | None
+    """The key of the split's metrics that is the mean of ``row_metric`` over the rows that have
+    one ("accuracy", "mse", "f1", "rougeL"); None where no metric is such a mean."""
+    by_class: bool = False
+    """Whether ``gold`` is one class per row (the report lists the most confident mistakes of
+    each class); else the mistakes are listed together."""
+
+
 @dataclass
 class ScoreContext:
     """What :meth:`Task.score` may use besides the model and the split."""
@@ -81,6 +113,8 @@ class ScoreContext:
     slice_column: str | None = None
     """data.slice_column, named in per-slice metrics."""
     log: Callable[[str], None] = lambda message: None
+    predictions: Callable[[Predictions], None] = lambda predictions: None
+    """Where ``score`` hands the split's per-row predictions (the caller saves them)."""
 
 
 @dataclass
@@ -203,6 +237,9 @@ class Task(Protocol):
     """PEFT's task type for LoRA ("SEQ_CLS", "CAUSAL_LM", ...); None: LoRA's generic wrapping."""
     auto_class: ClassVar[str]
     """The transformers Auto class that loads the trained model ("AutoModelForTokenClassification")."""
+    pipeline_tag: ClassVar[str]
+    """The Hub's task tag for the model ("text-classification", "token-classification", ...): the
+    model card's ``pipeline_tag`` and the task of its ``model-index`` results."""
     calibrates: ClassVar[bool]
     """Whether temperature scaling applies (a single-label classifier's probabilities)."""
     stratify: bool
@@ -322,7 +359,8 @@ class Task(Protocol):
     def score(self, model: Any, processor: Any, frame: pd.DataFrame, features: list[dict],
               context: ScoreContext) -> dict[str, Any]:  # fmt: skip
         """Every metric of one held-out split with its confidence intervals where they apply,
-        and the split's plots and generations (under ``context.artifact``)."""
+        and the split's plots and generations (under ``context.artifact``); the split's per-row
+        predictions (:class:`Predictions`, from the same outputs) go to ``context.predictions``."""
         ...
 
     # -- prediction ----------------------------------------------------------------------

@@ -323,6 +323,7 @@ class ImageClassificationTask(TextClassificationTask):
     stages: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "retrain", "cv", "tune", "export", "serve"})
     peft_task_type: ClassVar[str | None] = None
     auto_class: ClassVar[str] = "AutoModelForImageClassification"
+    pipeline_tag: ClassVar[str] = "image-classification"
     forgetting_probe: ClassVar[str | None] = None
     stage_notes: ClassVar[dict[str, str]] = {
         "chat": CHAT_NOTE,
@@ -375,6 +376,10 @@ class ImageClassificationTask(TextClassificationTask):
     def source_rows(self, frame: pd.DataFrame) -> np.ndarray | None:
         """None: the images' rows are not kept (cv.group_column does not apply to images)."""
         return None
+
+    def row_inputs(self, frame: pd.DataFrame) -> list[str]:
+        """What identifies each image in its predictions: its path (as read)."""
+        return frame["path"].astype(str).tolist()
 
     def write_records(self, frame: pd.DataFrame, directory: Path, name: str) -> tuple[Path, dict[str, Any]]:
         """A Parquet table of image paths (absolute, as read) and labels."""

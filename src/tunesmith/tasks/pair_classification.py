@@ -132,6 +132,10 @@ class PairClassificationTask(TextClassificationTask):
         """A pair is the same input when both its texts are."""
         return [f"{a}\n{b}" for a, b in zip(frame[FIRST], frame[SECOND])]
 
+    def row_inputs(self, frame: pd.DataFrame) -> list[str]:
+        """What identifies each row in its predictions: both texts, one line each."""
+        return self.overlap_inputs(frame)
+
     def write_records(self, frame: pd.DataFrame, directory: Path, name: str) -> tuple[Path, dict[str, Any]]:
         """A Parquet table of the two texts (under task.first_column and task.second_column) and ``label``."""
         path = directory / f"{name}.parquet"

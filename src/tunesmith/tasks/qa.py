@@ -1,11 +1,13 @@
 """Extractive question answering: the answer is a span of the context.
 
-Input (detected by the file name):
+Input (detected by the file name, or the spec):
 - SQuAD JSON (``.json``, v1.1 or v2.0): ``data[].paragraphs[].{context, qas[]}``, each question
   with ``answers[{text, answer_start}]`` and, in v2.0, ``is_impossible``;
 - flat JSONL: one ``{"question", "context", "answers"}`` record per line, ``answers`` as
   ``{"text": [...], "answer_start": [...]}`` or a list of ``{text, answer_start}`` (an empty
-  list: no answer); ``answer_start`` may be left out, and the text is then looked up.
+  list: no answer); ``answer_start`` may be left out, and the text is then looked up;
+- a Hugging Face datasets source (``hf:ID[:CONFIG]:SPLIT``, a save_to_disk folder, an ``.arrow``
+  file) in SQuAD's Hub layout: columns ``question``, ``context``, ``answers`` as above, ``id``.
 
 Every answer must be found in its context at its offset; the error names the file and the
 question. Contexts longer than the model's window are cut into overlapping windows
@@ -48,7 +50,7 @@ from tunesmith.data.load import (
 from tunesmith.errors import TunesmithError
 from tunesmith.models.load import load_trained_model, pad_token_id, text_processor
 from tunesmith.tasks.confidence import bootstrap_means
-from tunesmith.tasks.contract import CHAT_NOTE, CardText, Encoded, ExportBatch, ScoreContext, Watch
+from tunesmith.tasks.contract import CHAT_NOTE, CardText, Encoded, ExportBatch, Predictions, ScoreContext, Watch
 from tunesmith.tasks.inputs import per_token_export_batch
 from tunesmith.tasks.monitoring import pooled
 
@@ -162,6 +164,33 @@ def read_squad(path: Path, counts: Counter | None = None, places: list[str] | No
     return rows
 
 
+def _plain(value: Any) -> Any:
+    """A numpy array or number (how a datasets source gives Arrow lists and numbers) as Python's."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def answer_lists(answers: Any, where: str) -> tuple[list, list]:
+    """(texts, answer_starts) of a record's ``answers``: ``{text: [...], answer_start: [...]}``
+    (starts may be left out: None, looked up later) or a list of ``{text, answer_start}``.
+
+    Raises:
+        TunesmithError: another shape, or not as many starts as texts, naming ``where``.
+    """
+    answers = _plain(answers)
+    if isinstance(answers, dict):
+        texts = _plain(answers.get("text", []))
+        starts = _plain(answers.get("answer_start", [None] * len(texts) if isinstance(texts, list) else None))
+    elif isinstance(answers, list) and all(isinstance(x, dict) for x in answers):
+        texts, starts = [x.get("text") for x in answers], [_plain(x.get("answer_start")) for x in answers]
+    else:
+        raise TunesmithError(f"{where}: 'answers' must be {{text: [...], answer_start: [...]}} or a list")
+    if not isinstance(texts, list) or not isinstance(starts, list) or len(texts) != len(starts):
+        raise TunesmithError(f"{where}: 'answers' needs as many answer_start values as texts")
+    return texts, starts
+
+
 def read_qa_jsonl(path: Path, counts: Counter | None = None, lines: list[int] | None = None,
                   problems: list[tuple[str, str, str]] | None = None) -> list[dict]:  # fmt: skip
     """One row per line of a flat question/context/answers JSONL file; ``group`` is the context.
@@ -171,41 +200,80 @@ def read_qa_jsonl(path: Path, counts: Counter | None = None, lines: list[int] | 
     for where, record in jsonl_records(path, counts=counts, lines=lines):
         if not isinstance(record, dict):
             raise record_error(where, record, QA_RECORD)
-        answers = record.get("answers", [])
-        if isinstance(answers, dict):
-            texts = answers.get("text", [])
-            starts = answers.get("answer_start", [None] * len(texts))
-        elif isinstance(answers, list) and all(isinstance(x, dict) for x in answers):
-            texts, starts = [x.get("text") for x in answers], [x.get("answer_start") for x in answers]
-        else:
-            raise TunesmithError(f"{where}: 'answers' must be {{text: [...], answer_start: [...]}} or a list")
-        if not isinstance(texts, list) or not isinstance(starts, list) or len(texts) != len(starts):
-            raise TunesmithError(f"{where}: 'answers' needs as many answer_start values as texts")
+        texts, starts = answer_lists(record.get("answers", []), where)
         rows.append(_row(record.get("question"), record.get("context"), texts, starts,
                          qid=str(record.get("id", where.rsplit(" ", 1)[-1])), group=str(record.get("context")),
                          where=where, problems=problems))  # fmt: skip
     return rows
 
 
-def load_questions(spec: str, config) -> tuple[pd.DataFrame, dict]:
-    """One table (id, question, context, answers, starts, group, where) for a file."""
+def read_dataset_questions(spec: str, problems: list[tuple[str, str, str]] | None = None) -> tuple[list[dict], dict]:
+    """One row per question of a Hugging Face datasets source (``hf:``, save_to_disk,
+    ``.arrow``) in SQuAD's Hub layout: ``question``, ``context``, ``answers`` ({text: [...],
+    answer_start: [...]}; empty lists: no answer) and ``id`` when there is one; ``group`` is the
+    context. A question is named by its row (and id); ``problems`` as in ``_row``.
+
+    Returns:
+        The rows and the source's manifest entry (what the source was; no cleaning counts).
+
+    Raises:
+        TunesmithError: a missing column, or a bad question or answer, naming the source and row.
+    """
+    from tunesmith.data.load import read_table
+
+    table = read_table(spec)  # Arrow strings are text already: no bytes to decode
+    columns = list(table.frame.columns)
+    missing = [c for c in ("question", "context", "answers") if c not in columns]
+    if missing:
+        raise TunesmithError(
+            f"{table.source}: question_answering reads the columns question, context and answers ({{text: [...], "
+            f"answer_start: [...]}}), and id when there is one (SQuAD's layout); missing {missing}; the columns "
+            f"are {columns}"
+        )
+    rows = []
+    for number, record in enumerate(table.frame.to_dict("records"), 1):
+        qid = str(_plain(record["id"])) if record.get("id") is not None else str(number)
+        where = f"{table.source}, row {number}" + (f" question {qid}" if "id" in columns else "")
+        texts, starts = answer_lists(record["answers"], f"{where}, column 'answers'")
+        rows.append(_row(record["question"], record["context"], texts, starts, qid=qid,
+                         group=str(record["context"]), where=where, problems=problems))  # fmt: skip
+    entry = {"source": table.source, "sha256": table.sha256, "format": table.dataset["format"],
+             **table.manifest_fields()}  # fmt: skip
+    return rows, entry
+
+
+def read_questions(spec: str, config, problems: list[tuple[str, str, str]] | None = None
+                   ) -> tuple[list[dict], dict]:  # fmt: skip
+    """The questions of a SQuAD JSON file, a flat JSONL file or a datasets source, and the
+    source's manifest entry (control characters replaced counted in it, with a note)."""
+    from tunesmith.data.load import reads_through_datasets
     from tunesmith.runs import sha256_file
 
+    if reads_through_datasets(spec):
+        return read_dataset_questions(spec, problems)
     path = Path(spec)
     if not path.is_file():
         raise TunesmithError(f"Data file not found: {path}")
     fmt = "squad" if path.suffix.lower() == ".json" else "jsonl"
     control, places = Counter(), []
-    rows = read_squad(path, control, places) if fmt == "squad" else read_qa_jsonl(path, control, places)
-    if not rows:
-        raise TunesmithError(f"{path}: no questions found")
-    frame = pd.DataFrame(rows)
-    entry = {"source": str(path), "sha256": sha256_file(path), "format": fmt, "replaced_characters": 0,
-             "cleaning": {"questions": len(frame), "contexts": int(frame["group"].nunique()),
-                          "unanswerable": int((frame["answers"].map(len) == 0).sum())}}  # fmt: skip
+    rows = (read_squad(path, control, places, problems) if fmt == "squad"
+            else read_qa_jsonl(path, control, places, problems))  # fmt: skip
+    entry = {"source": str(path), "sha256": sha256_file(path), "format": fmt, "replaced_characters": 0}
     count, notes = control_character_note(str(path), control, places, "lines" if fmt == "jsonl" else "")
     if count:
         entry["control_characters"], entry["notes"] = count, notes
+    return rows, entry
+
+
+def load_questions(spec: str, config) -> tuple[pd.DataFrame, dict]:
+    """One table (id, question, context, answers, starts, group, where) for a file or a datasets
+    source, and its manifest entry."""
+    rows, entry = read_questions(spec, config)
+    if not rows:
+        raise TunesmithError(f"{entry['source']}: no questions found")
+    frame = pd.DataFrame(rows)
+    entry["cleaning"] = {"questions": len(frame), "contexts": int(frame["group"].nunique()),
+                         "unanswerable": int((frame["answers"].map(len) == 0).sum())}  # fmt: skip
     return frame, entry
 
 
@@ -387,6 +455,7 @@ class QuestionAnsweringTask:
     export_formats: ClassVar[frozenset[str]] = frozenset({"hf", "onnx"})
     quantization: ClassVar[str] = "dynamic"  # int8 weights; activation ranges measured per batch
     auto_class: ClassVar[str] = "AutoModelForQuestionAnswering"
+    pipeline_tag: ClassVar[str] = "question-answering"
     calibrates: ClassVar[bool] = False
     stratify: ClassVar[bool] = False
     forgetting_probe: ClassVar[str | None] = "embedding"  # a probe on the encoder's features
@@ -563,16 +632,31 @@ class QuestionAnsweringTask:
         self, model, processor, frame: pd.DataFrame, features: list[dict], context: ScoreContext
     ) -> dict[str, Any]:
         """Exact match and F1 (with bootstrap intervals over questions), the has/no-answer parts,
-        loss and window count (the answers travel in the features, so ``frame`` is not read)."""
+        loss and window count (the answers travel in the features; ``frame`` gives the
+        predictions' questions and contexts)."""
         found, metrics = self._answered(model, features, batch_size=context.batch_size,
                                         pad_token_id=pad_token_id(processor), device=context.device)  # fmt: skip
         exact, f1 = question_scores([a["text"] for a in found], [a["gold"] for a in found])
+        context.predictions(self.split_predictions(frame, features, found, f1))
         evaluation = context.evaluation
         intervals = bootstrap_means({"exact_match": exact, "f1": f1}, samples=evaluation.bootstrap_samples,
                                     level=evaluation.confidence_level, seed=context.seed)  # fmt: skip
         if intervals:
             metrics["confidence_intervals"], metrics["confidence_level"] = intervals, evaluation.confidence_level
         return metrics
+
+    def split_predictions(self, frame: pd.DataFrame, features: list[dict], found: list[dict],
+                          f1: np.ndarray) -> Predictions:  # fmt: skip
+        """Per question (``found``: :meth:`answers` of the split's windows): the question and its
+        context, the gold answers (empty: unanswerable), the answer ("" for no answer), its
+        score (the confidence) and its F1."""
+        rows = sorted({f["example"] for f in features})  # the order answers() gives the questions in
+        questions, contexts = frame["question"].to_numpy()[rows], frame["context"].to_numpy()[rows]
+        table = pd.DataFrame({"row": rows, "input": [f"{q}\n{c}" for q, c in zip(questions, contexts)],
+                              "gold": [list(a["gold"]) for a in found], "predicted": [a["text"] for a in found],
+                              "scores": [[float(a["score"])] for a in found],
+                              "confidence": [float(a["score"]) for a in found], "row_metric": f1})  # fmt: skip
+        return Predictions(table, metric="f1", higher_is_better=True, mean_of="f1")
 
     # -- prediction ------------------------------------------------------------------------------------
     def predict(self, model, processor, inputs: list, *, temperature: float | None = None) -> list[dict]:
@@ -702,12 +786,8 @@ class QuestionAnsweringTask:
         (training refuses the file for it)."""
         from tunesmith.data.quality import Finding, InspectionRecords
 
-        path = Path(spec)
-        if not path.is_file():
-            raise TunesmithError(f"Data file not found: {path}")
         problems: list[tuple[str, str, str]] = []
-        rows = read_squad(path, problems=problems) if path.suffix.lower() == ".json" else read_qa_jsonl(
-            path, problems=problems)  # fmt: skip
+        rows, entry = read_questions(spec, data, problems)
         number = {}
         for position, row in enumerate(rows, 1):
             number.setdefault(row["where"], position)
@@ -716,7 +796,7 @@ class QuestionAnsweringTask:
                     for where, check, detail in problems]  # fmt: skip
         frame = pd.DataFrame(rows, columns=["id", "question", "context", "answers", "starts", "group", "where"])
         return InspectionRecords(
-            source=str(path), rows=list(range(1, len(frame) + 1)), where=frame["where"].tolist(),
+            source=entry["source"], rows=list(range(1, len(frame) + 1)), where=frame["where"].tolist(),
             texts=self.overlap_inputs(frame),
             targets=[" | ".join(map(str, a)) or "(no answer)" for a in frame["answers"]],
             labels=[["answer" if len(a) else "no answer"] for a in frame["answers"]], label_kind="answers",

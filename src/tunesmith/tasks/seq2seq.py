@@ -29,6 +29,7 @@ from tunesmith.models.load import (
 )
 from tunesmith.tasks.causal_lm import (
     generation_limitation,
+    generation_predictions,
     model_device,
     perplexity_metrics,
     report_generations,
@@ -170,6 +171,7 @@ class Seq2SeqTask:
     metric_names: ClassVar[list[str]] = ["loss", "perplexity"]
     peft_task_type: ClassVar[str | None] = "SEQ_2_SEQ_LM"
     auto_class: ClassVar[str] = "AutoModelForSeq2SeqLM"
+    pipeline_tag: ClassVar[str] = "text2text-generation"
     calibrates: ClassVar[bool] = False
     stratify: ClassVar[bool] = False
     forgetting_probe: ClassVar[str | None] = "embedding"  # a probe on the encoder's features
@@ -269,12 +271,17 @@ class Seq2SeqTask:
         ``context.artifact("generations", ".jsonl")``."""
         metrics = self.evaluate(model, features, batch_size=context.batch_size, pad_token_id=pad_token_id(processor),
                                 device=context.device)  # fmt: skip
+        sources, references = frame["source"].astype(str).tolist(), frame["target"].astype(str).tolist()
         if not context.generate:
+            context.predictions(generation_predictions(sources, references, [], {}))
             return metrics
         rows, path = rows_to_generate(frame, self.generation, context)
-        sources, references = rows["source"].tolist(), rows["target"].tolist()
-        predictions = self.generate(model, processor, sources, device=context.device)
-        return metrics | report_generations(path, rows["record"].tolist(), sources, references, predictions, context)
+        count = len(rows)
+        predictions = self.generate(model, processor, sources[:count], device=context.device)
+        found, scores = report_generations(path, rows["record"].tolist(), sources[:count], references[:count],
+                                           predictions, context)  # fmt: skip
+        context.predictions(generation_predictions(sources, references, predictions, scores))
+        return metrics | found
 
     @torch.no_grad()
     def generate(self, model, tokenizer, sources: list[str], *, device="cpu") -> list[str]:

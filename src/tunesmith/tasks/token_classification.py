@@ -7,7 +7,11 @@ Input formats (``data.format``, or detected):
 - ``tokens``: JSONL records ``{"tokens": [...], "tags": [...]}``;
 - ``spans``: JSONL records ``{"text": "...", "entities": [{"start": 0, "end": 4, "label": "PER"}]}``
   (character offsets, end exclusive); words are split on whitespace and punctuation, and the
-  words an entity covers are tagged.
+  words an entity covers are tagged;
+- a Hugging Face datasets source (``hf:ID[:CONFIG]:SPLIT``, a save_to_disk folder, an ``.arrow``
+  file), read as a table: a tokens column (data.text_column, else ``tokens``) and a tags column
+  (data.label_column, else ``tags`` or ``ner_tags``) of tag names or of Sequence(ClassLabel) ids,
+  which read as their names (the layout of the Hub's CoNLL-2003).
 
 Entity tags are read as IOB2 or BIOES (``task.tag_scheme`` says which the files use and which
 the model trains with; the other is converted). A word's tag goes on its first subword, or on
@@ -38,7 +42,7 @@ import torch.nn.functional as F
 from tunesmith.errors import TunesmithError
 from tunesmith.models.load import load_trained_model, pad_token_id, text_processor
 from tunesmith.tasks.confidence import bootstrap_sums
-from tunesmith.tasks.contract import CHAT_NOTE, CardText, Encoded, ExportBatch, ScoreContext, Watch
+from tunesmith.tasks.contract import CHAT_NOTE, CardText, Encoded, ExportBatch, Predictions, ScoreContext, Watch
 from tunesmith.tasks.inputs import check_texts, per_token_export_batch, read_texts
 from tunesmith.tasks.monitoring import pooled
 from tunesmith.tasks.plots import plot_confusion_matrix
@@ -232,16 +236,63 @@ def _word_where(sentence: dict, position: int, fmt: str) -> str:
     return f"{sentence['where']} (word {position + 1})"
 
 
-def load_sentences(spec: str, config, scheme: str, invalid_tags: str = "convert") -> tuple[pd.DataFrame, dict]:
-    """One table (tokens, tags, where) for a file, in the training tag scheme.
+TAG_COLUMNS = ("tags", "ner_tags")
+"""The tags column of a datasets source when data.label_column names none (the Hub's NER sets)."""
 
-    Args:
-        invalid_tags: an IOB2 entity that starts with I- is started with B- and counted, with a
-            note naming the lines ("convert"), or refused with its line ("error").
+
+def _as_list(value: Any) -> list | None:
+    """A list cell as a list (Arrow lists come as numpy arrays), or None for anything else."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return list(value) if isinstance(value, (list, tuple)) else None
+
+
+def read_dataset_sentences(spec: str, config) -> tuple[list[dict], dict]:
+    """The sentences of a Hugging Face datasets source (``hf:``, save_to_disk, ``.arrow``): a
+    tokens column (data.text_column, else ``tokens``) and a tags column (data.label_column, else
+    ``tags`` or ``ner_tags``) of tag names, or of ClassLabel ids, which the table gives as names.
+    Each sentence is named by its row; the manifest entry says what the source was.
 
     Raises:
-        TunesmithError: a missing or malformed file, a tag outside the scheme, naming the line.
+        TunesmithError: a missing column, tag ids without names, or a row whose tokens and tags
+            are not lists of the same non-zero length, naming the source, row and column.
     """
+    from tunesmith.data.load import read_table
+
+    table = read_table(spec)  # Arrow strings are text already: no bytes to decode
+    columns = list(table.frame.columns)
+    tokens_column = config.text_column or "tokens"
+    tags_column = config.label_column or next((c for c in TAG_COLUMNS if c in columns), None)
+    if tokens_column not in columns or tags_column not in columns:
+        raise TunesmithError(
+            f"{table.source}: token_classification reads a tokens column ({tokens_column!r}, data.text_column) "
+            f"and a tags column ({tags_column or ' or '.join(TAG_COLUMNS)}, data.label_column); the columns are "
+            f"{columns}"
+        )
+    sentences = []
+    for number, (tokens, tags) in enumerate(zip(table.frame[tokens_column], table.frame[tags_column]), 1):
+        where = f"{table.source}, row {number}"
+        tokens, tags = _as_list(tokens), _as_list(tags)
+        if not tokens or tags is None or len(tokens) != len(tags):
+            raise TunesmithError(f"{where}: columns {tokens_column!r} and {tags_column!r} need lists of the same "
+                                 "non-zero length")  # fmt: skip
+        named = [t for t in tags if isinstance(t, str)]
+        if len(named) != len(tags):
+            bad = next(t for t in tags if not isinstance(t, str))
+            raise TunesmithError(
+                f"{where}, column {tags_column!r}: tag {bad!r} is not a tag name; a tags column holds names, or "
+                "ClassLabel ids whose names the dataset's features give (Sequence(ClassLabel(names=[...])))"
+            )
+        # A tag's errors name its column: tag checks add the word to ``where``.
+        sentences.append({"tokens": [str(t) for t in tokens], "tags": named, "where": f"{where}, column {tags_column!r}"})
+    entry = {"source": table.source, "sha256": table.sha256, "format": table.dataset["format"],
+             **table.manifest_fields(), "columns": {"tokens": tokens_column, "tags": tags_column}}  # fmt: skip
+    return sentences, entry
+
+
+def _read_file_sentences(spec: str, config) -> tuple[list[dict], str, dict]:
+    """The sentences of a conll, tokens or spans file, their format, and the file's manifest
+    entry (control characters replaced in JSONL strings counted in it, with a note)."""
     from tunesmith.data.load import control_character_note
     from tunesmith.runs import sha256_file
 
@@ -253,10 +304,41 @@ def load_sentences(spec: str, config, scheme: str, invalid_tags: str = "convert"
     control: Counter = Counter()
     control_lines: list[int] = []
     sentences = read_conll(path) if fmt == "conll" else _read_jsonl(path, fmt, control, control_lines)
+    entry = {"source": str(path), "sha256": sha256_file(path), "format": fmt, "replaced_characters": 0}
+    count, notes = control_character_note(str(path), control, control_lines, "lines")
+    if count:
+        entry["control_characters"], entry["notes"] = count, notes
+    return sentences, fmt, entry
+
+
+def read_sentences(spec: str, config) -> tuple[list[dict], str, dict]:
+    """(sentences, format, manifest entry) of a file or a datasets source; a datasets source
+    reads as tokens records (``tokens``)."""
+    from tunesmith.data.load import reads_through_datasets
+
+    if reads_through_datasets(spec):
+        sentences, entry = read_dataset_sentences(spec, config)
+        return sentences, "tokens", entry
+    return _read_file_sentences(spec, config)
+
+
+def load_sentences(spec: str, config, scheme: str, invalid_tags: str = "convert") -> tuple[pd.DataFrame, dict]:
+    """One table (tokens, tags, where) for a file or a datasets source, in the training tag scheme.
+
+    Args:
+        invalid_tags: an IOB2 entity that starts with I- is started with B- and counted, with a
+            note naming the lines ("convert"), or refused with its line ("error").
+
+    Raises:
+        TunesmithError: a missing or malformed source, a tag outside the scheme, naming the line
+            (the row, for a datasets source).
+    """
+    sentences, fmt, entry = read_sentences(spec, config)
+    source = entry["source"]
     if not sentences:
-        raise TunesmithError(f"{path}: no sentences found")
+        raise TunesmithError(f"{source}: no sentences found")
     if scheme == "none" and fmt == "spans":
-        raise TunesmithError(f"{path}: a spans file (entities with character offsets) gives entity tags, and "
+        raise TunesmithError(f"{source}: a spans file (entities with character offsets) gives entity tags, and "
                              "task.tag_scheme=none reads conll or tokens files; set task.tag_scheme=iob2")  # fmt: skip
     # Plain per-token tags are taken as they are: any tag is a label of its own.
     converted = [] if scheme == "none" else entity_tags(sentences, fmt, scheme, invalid_tags)
@@ -268,12 +350,10 @@ def load_sentences(spec: str, config, scheme: str, invalid_tags: str = "convert"
         more = f" and {len(converted) - 5} more" if len(converted) > 5 else ""
         notes.append(f"{len(converted)} entities started with I- instead of B- and were converted to B- "
                      f"({'; '.join(converted[:5])}{more}); task.invalid_tags=error refuses such files")  # fmt: skip
-    count, control_notes = control_character_note(str(path), control, control_lines, "lines")
-    if count:
-        cleaning["control_characters"] = count
-        notes += control_notes
-    entry = {"source": str(path), "sha256": sha256_file(path), "format": fmt, "replaced_characters": 0,
-             "cleaning": cleaning}  # fmt: skip
+    if entry.get("control_characters"):
+        cleaning["control_characters"] = entry.pop("control_characters")
+    notes += entry.pop("notes", [])
+    entry["cleaning"] = cleaning
     if notes:
         entry["notes"] = notes
     return frame, entry
@@ -399,6 +479,7 @@ class TokenClassificationTask:
     export_formats: ClassVar[frozenset[str]] = frozenset({"hf", "onnx"})
     quantization: ClassVar[str] = "dynamic"  # int8 weights; activation ranges measured per batch
     auto_class: ClassVar[str] = "AutoModelForTokenClassification"
+    pipeline_tag: ClassVar[str] = "token-classification"
     calibrates: ClassVar[bool] = False
     stratify: ClassVar[bool] = False
     forgetting_probe: ClassVar[str | None] = "embedding"  # a probe on the encoder's features
@@ -622,6 +703,7 @@ class TokenClassificationTask:
         gold = [list(tags) for tags in frame["tags"]]
         metrics = self._scores(probabilities, features, gold)
         evaluation, predicted = context.evaluation, self.word_tags(probabilities, features)
+        context.predictions(self.split_predictions(frame, probabilities, features, gold, predicted))
         options = {"samples": evaluation.bootstrap_samples, "level": evaluation.confidence_level, "seed": context.seed}
         if self.plain:
             intervals = tag_intervals(gold, predicted, self.tag_names, **options)
@@ -633,6 +715,25 @@ class TokenClassificationTask:
         if intervals:
             metrics["confidence_intervals"], metrics["confidence_level"] = intervals, evaluation.confidence_level
         return metrics
+
+    def split_predictions(self, frame: pd.DataFrame, probabilities: list[np.ndarray], features: list[dict],
+                          gold: list[list[str]], predicted: list[list[str | None]]) -> Predictions:  # fmt: skip
+        """Per sentence: its words, gold and predicted word tags (a word cut off by truncation is
+        O, or None with plain tags), each word's probability (``scores``; their mean is the
+        confidence) and whether its entity spans are exactly the gold ones (plain tags: the
+        share of its words tagged right)."""
+        scores = [word_predictions(p, f["word_ids"], f["words"])[1] for p, f in zip(probabilities, features)]
+        if self.plain:
+            right = [float(np.mean([g == p for g, p in zip(truth, guess)])) if truth else 1.0
+                     for truth, guess in zip(gold, predicted)]  # fmt: skip
+        else:
+            right = [float(entity_spans(truth, self.scheme) == entity_spans(guess, self.scheme))
+                     for truth, guess in zip(gold, predicted)]  # fmt: skip
+        rows = pd.DataFrame({"row": np.arange(len(gold)), "input": [" ".join(map(str, t)) for t in frame["tokens"]],
+                             "gold": gold, "predicted": predicted, "scores": scores,
+                             "confidence": [float(np.mean(s)) if s else np.nan for s in scores], "row_metric": right})  # fmt: skip
+        return Predictions(rows, metric="word_accuracy" if self.plain else "exact_entities", higher_is_better=True,
+                           mean_of=None)  # fmt: skip
 
     # -- prediction ------------------------------------------------------------------------------------
     def predict(self, model, processor, inputs: list, *, temperature: float | None = None) -> list[dict]:
@@ -778,16 +879,12 @@ class TokenClassificationTask:
         that start with I- (started with B- by training, or refused with task.invalid_tags=error)."""
         from tunesmith.data.quality import InspectionRecords
 
-        path = Path(spec)
-        if not path.is_file():
-            raise TunesmithError(f"Data file not found: {path}")
-        fmt = detect_format(path, data.format if data.format in ("conll", "tokens", "spans") else "auto")
-        sentences = read_conll(path) if fmt == "conll" else _read_jsonl(path, fmt)
+        sentences, fmt, entry = read_sentences(spec, data)
         scheme = "iob2" if fmt == "spans" else self.scheme  # as load_sentences reads the file
         findings = [f for number, sentence in enumerate(sentences, 1)
                     for f in tag_findings(sentence, number, fmt, scheme, self.invalid_tags)]  # fmt: skip
         return InspectionRecords(
-            source=str(path), rows=list(range(1, len(sentences) + 1)), where=[s["where"] for s in sentences],
+            source=entry["source"], rows=list(range(1, len(sentences) + 1)), where=[s["where"] for s in sentences],
             texts=[" ".join(s["tokens"]) for s in sentences], targets=[" ".join(s["tags"]) for s in sentences],
             labels=[list(s["tags"]) for s in sentences], label_kind="tags", findings=findings,
             frame=pd.DataFrame({"tokens": [s["tokens"] for s in sentences]}),
