@@ -594,6 +594,67 @@ def serve(
 
 
 @app.command()
+def board(
+    runs: Annotated[Path, typer.Option("--runs", help="The folder of run directories (launched runs go here).")] = Path(
+        "runs"
+    ),
+    data: Annotated[
+        list[Path], typer.Option("--data", metavar="DIR", help="A folder the browser may read data from (repeatable).")
+    ] = [],
+    host: Annotated[str, typer.Option("--host", help="Interface (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 7860,
+    api_key: Annotated[
+        str | None, typer.Option("--api-key", envvar="TUNESMITH_BOARD_KEY", help="Require this key on every request.")
+    ] = None,
+    max_upload_bytes: Annotated[
+        int, typer.Option("--max-upload-bytes", min=1, help="Largest uploaded file (config, data, image).")
+    ] = 10 * 1024 * 1024,
+) -> None:
+    """A local web app over run directories: browse, compare, launch and try runs."""
+
+    def work():
+        import ipaddress
+
+        loopback = host == "localhost" or _is_loopback(ipaddress, host)
+        if not loopback and not api_key:
+            raise TunesmithError(f"--host {host} makes the board reachable from the network, where it can launch "
+                                 "runs and read files: pass --api-key KEY (or set TUNESMITH_BOARD_KEY)")  # fmt: skip
+        missing = [d for d in data if not d.is_dir()]
+        if missing:
+            raise TunesmithError(f"--data {missing[0]}: not a folder; give folders the browser may read data from")
+        try:  # before any work: the extra is there
+            import fastapi  # noqa: F401
+            import multipart  # noqa: F401
+            import uvicorn
+        except ModuleNotFoundError as error:
+            raise TunesmithError(f"tunesmith board needs the {error.name} package, part of tunesmith's 'board' "
+                                 "extra, which is not installed: pip install 'tunesmith[board]'") from None  # fmt: skip
+        from tunesmith.board.app import create_app
+        from tunesmith.board.context import Board
+        from tunesmith.ship.serve import bind
+
+        if not loopback:
+            typer.echo(f"WARNING: the board on {host} is reachable from the network (with its API key)", err=True)
+        runs.mkdir(parents=True, exist_ok=True)
+        sock = bind(host, port)  # a taken port fails here, before the app is built
+        try:
+            built = create_app(Board(runs.resolve(), [d.resolve() for d in data], api_key, max_upload_bytes))
+            typer.echo(f"tunesmith board over {runs} on http://{host}:{port}", err=True)
+            uvicorn.Server(uvicorn.Config(built, host=host, port=port, log_level="warning")).run(sockets=[sock])
+        finally:
+            sock.close()
+
+    _guarded(work, "the board stopped")
+
+
+def _is_loopback(ipaddress, host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name other than localhost: it may resolve anywhere
+        return False
+
+
+@app.command()
 def monitor(
     run_dir: Annotated[Path, typer.Argument(help="The deployed run directory (its data is the reference).")],
     live: Annotated[

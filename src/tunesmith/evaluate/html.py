@@ -302,25 +302,21 @@ def _paired(loaded: list[tuple[Path, dict, dict]], scored: list[dict[str, Any]])
     return found
 
 
-def compare(runs: list[Path], out: Path, *, strict: bool = False) -> dict[str, Any]:
-    """Writes an HTML page (and a JSON beside it, its scores as numbers) comparing finished runs:
-    their scores with intervals, a warning for runs scored on other rows than the first, the
-    paired bootstrap interval of each later run's difference from the first on the same rows,
-    the config keys that differ, and their validation curves on one plot. Neither file may
-    exist yet.
+def comparison(runs: list[Path]) -> dict[str, Any]:
+    """What ``compare`` shows, as numbers (the board's compare page reads it): per run its
+    scores with intervals (``scores``), the rows it was scored on (``data``), a warning for each
+    run scored on other rows than the first (``warnings``), the paired differences from the first
+    run on the same rows (``paired_differences``) and the config keys that differ
+    (``differences``).
 
     Raises:
-        TunesmithError: a run is not finished, or (``strict``) runs were scored on different data.
+        TunesmithError: a run is not finished, or its files are damaged.
     """
-    from tunesmith.errors import TunesmithError
-    from tunesmith.runs import atomic_write, claim_output
+    return _comparison(runs)[0]
 
-    out = claim_output(out, kind="file", what="--out")
-    beside = out.with_suffix(".json")
-    if beside == out:
-        raise TunesmithError(f"--out {out}: name the HTML page (e.g. {out.with_suffix('.html')}); "
-                             "its JSON is written beside it")  # fmt: skip
-    claim_output(beside, kind="file", what="the JSON report beside --out")
+
+def _comparison(runs: list[Path]) -> tuple[dict[str, Any], list[tuple[Path, dict, dict]], list[dict]]:
+    """``comparison``'s dict, the runs' (path, config, metrics) and their scores as text."""
     loaded = []
     for run in map(Path, runs):
         metrics = _read(run, "metrics.json")
@@ -331,15 +327,38 @@ def compare(runs: list[Path], out: Path, *, strict: bool = False) -> dict[str, A
     scores, shown = _score_rows(loaded)
     scored = [scored_data(run, row["split"], _read(run, "data_manifest.json") or {})
               for (run, _, _), row in zip(loaded, scores)]  # fmt: skip
-    warnings = data_warnings(names, scored)
-    if strict and warnings:
-        raise TunesmithError("--strict: " + "; ".join(warnings))
-    paired = _paired(loaded, scored)
     flat = [_flatten({k: v for k, v in c.items() if k != "tune"}) for _, c, _ in loaded]
     differing = [k for k in sorted(set().union(*flat))
                  if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1 and k != "runtime.output_dir"]  # fmt: skip
-    columns = ["run", "split"] + [k for k in COMPARED if any(k in r for r in scores)] + ["steps"]
     differences = [{"key": k, **{n: json.dumps(f.get(k)) for n, f in zip(names, flat)}} for k in differing]
+    report = {"runs": names, "scores": scores, "data": scored, "warnings": data_warnings(names, scored),
+              "paired_differences": _paired(loaded, scored), "differences": differences}  # fmt: skip
+    return report, loaded, shown
+
+
+def compare(runs: list[Path], out: Path, *, strict: bool = False) -> dict[str, Any]:
+    """Writes an HTML page (and a JSON beside it, its scores as numbers) comparing finished runs:
+    their scores with intervals, a warning for runs scored on other rows than the first, the
+    paired bootstrap interval of each later run's difference from the first on the same rows,
+    the config keys that differ, and their validation curves on one plot (``comparison``).
+    Neither file may exist yet.
+
+    Raises:
+        TunesmithError: a run is not finished, or (``strict``) runs were scored on different data.
+    """
+    from tunesmith.runs import atomic_write, claim_output
+
+    out = claim_output(out, kind="file", what="--out")
+    beside = out.with_suffix(".json")
+    if beside == out:
+        raise TunesmithError(f"--out {out}: name the HTML page (e.g. {out.with_suffix('.html')}); "
+                             "its JSON is written beside it")  # fmt: skip
+    claim_output(beside, kind="file", what="the JSON report beside --out")
+    report, loaded, shown = _comparison(runs)
+    warnings, scores, names = report["warnings"], report["scores"], report["runs"]
+    if strict and warnings:
+        raise TunesmithError("--strict: " + "; ".join(warnings))
+    columns = ["run", "split"] + [k for k in COMPARED if any(k in r for r in scores)] + ["steps"]
 
     def curves(axes) -> None:
         for run, _, metrics in loaded:
@@ -355,14 +374,13 @@ def compare(runs: list[Path], out: Path, *, strict: bool = False) -> dict[str, A
         axes.set_ylabel("validation metric")
         axes.legend(fontsize=8)
 
+    differences = report["differences"]
     parts = ["<h1>Runs compared</h1>", *(f"<p class=bad>Warning: {html.escape(w)}.</p>" for w in warnings),
              "<h2>Scores (95% bootstrap interval)</h2>", table(shown, columns),
              "<h2>Paired differences (same rows; paired bootstrap over rows)</h2>",
-             table(paired, ["baseline", "run", "metric", "rows", "difference", "low", "high"]),
+             table(report["paired_differences"], ["baseline", "run", "metric", "rows", "difference", "low", "high"]),
              "<h2>Validation curves</h2>", plot(curves), "<h2>Config differences</h2>",
              table(differences, ["key", *names]) if differences else "<p>The configs are the same.</p>"]  # fmt: skip
-    report = {"runs": names, "scores": scores, "data": scored, "warnings": warnings, "paired_differences": paired,
-              "differences": differences}  # fmt: skip
     atomic_write(out, page("tunesmith compare", parts))
     atomic_write(beside, json.dumps(report, indent=2))
     return report

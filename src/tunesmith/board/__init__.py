@@ -1,0 +1,1 @@
+"""tunesmith board: launch, watch, compare and try fine-tunes in a browser (see board/app.py)."""

@@ -1,0 +1,63 @@
+"""tunesmith board: a local web application over run directories (``tunesmith board``).
+
+Front end: server-rendered HTML (jinja2 templates under ``resources/board/templates``, autoescaped)
+with htmx for partial updates and uPlot for the curves, both vendored as static files under
+``resources/board/static`` (see NOTICE.txt there). Why: the board must run on a user's machine
+after ``pip install`` with no Node build step and no network (no CDN); htmx keeps the interactive
+parts (the runs table refreshing, the launch form's errors, the playground) as small HTML
+fragments rendered by the same Python that renders whole pages, and uPlot draws thousands of
+points in a few milliseconds from a 50 KB file. Live curves come over server-sent events, which
+need no extra protocol or library beside FastAPI's streaming response.
+
+Every page's router is built by one module (``runs_pages``, ``jobs_pages``, ``try_pages``) from
+the shared ``Board``; this module adds the key check, the static files and the error pages.
+"""
+
+from __future__ import annotations
+
+import hmac
+from pathlib import Path
+
+from tunesmith.board.context import Board, templates
+
+STATIC = Path(__file__).resolve().parents[1] / "resources" / "board" / "static"
+COOKIE = "tunesmith_board_key"
+
+
+def create_app(board: Board):
+    """The board's FastAPI application over ``board`` (its folders, key and job queue)."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import HTMLResponse, PlainTextResponse
+    from fastapi.staticfiles import StaticFiles
+
+    from tunesmith.board import jobs_pages, runs_pages, try_pages
+    from tunesmith.board.jobs import JobQueue
+
+    if board.jobs is None:
+        board.jobs = JobQueue(board.runs_dir)
+    app = FastAPI(title="tunesmith board", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.middleware("http")
+    async def require_key(request: Request, call_next):
+        """With an API key: the ``X-API-Key`` header, the cookie, or ``?key=`` once (which sets the cookie)."""
+        if board.api_key is None:
+            return await call_next(request)
+        given = request.headers.get("x-api-key") or request.cookies.get(COOKIE) or request.query_params.get("key")
+        if not given or not hmac.compare_digest(given.encode(), board.api_key.encode()):
+            return PlainTextResponse("this board needs its API key: open it once with ?key=KEY", status_code=401)
+        response = await call_next(request)
+        if request.query_params.get("key"):
+            response.set_cookie(COOKIE, board.api_key, httponly=True, samesite="strict")
+        return response
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    # runs_pages last: its GET /runs/{path} (a run and its sub-pages) would shadow /runs/{path}/try.
+    for module in (jobs_pages, try_pages, runs_pages):
+        app.include_router(module.router(board))
+
+    @app.exception_handler(404)
+    async def not_found(request: Request, error):
+        return HTMLResponse(templates().get_template("error.html").render(message=str(error.detail)), status_code=404)
+
+    app.state.board = board
+    return app

@@ -1,0 +1,71 @@
+"""What every board page shares: the folders it may read, the API key, the job queue, and the one
+function that turns a path from the browser into a path on disk (or refuses it)."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import TunesmithError
+
+TEMPLATES = Path(__file__).resolve().parents[1] / "resources" / "board" / "templates"
+
+
+@functools.cache
+def templates():
+    """The board's jinja2 environment (autoescaped HTML), made once so each template compiles once."""
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    return Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
+
+
+@dataclass
+class Board:
+    """The board's state, built once by ``create_app`` and handed to every router.
+
+    Attributes:
+        runs_dir: the folder whose run directories the board lists (and where launched runs go).
+        data_dirs: folders whose files the browser may name as data (besides ``runs_dir``).
+        api_key: required on every request when set (binding beyond loopback requires one).
+        max_upload_bytes: the largest upload (a YAML config, a data file, an image) accepted.
+        jobs: the job queue (``board.jobs.JobQueue``), set by ``create_app``.
+    """
+
+    runs_dir: Path
+    data_dirs: list[Path] = field(default_factory=list)
+    api_key: str | None = None
+    max_upload_bytes: int = 10 * 1024 * 1024
+    jobs: Any = None
+
+    @property
+    def roots(self) -> list[Path]:
+        """Every folder a browser-given path may point into."""
+        return [self.runs_dir.resolve(), *(d.resolve() for d in self.data_dirs)]
+
+    def confine(self, given: str, what: str = "path") -> Path:
+        """The file ``given`` names, resolved inside one of ``roots``.
+
+        A relative path is taken relative to each root in turn (runs folder first); an absolute
+        one must already lie inside a root. ``..`` and symlinks are resolved first, so neither
+        can lead outside.
+
+        Raises:
+            TunesmithError: the path is empty or lies outside every allowed folder.
+        """
+        text = (given or "").strip()
+        if not text:
+            raise TunesmithError(f"{what}: empty; give a path inside {self._roots_text()}")
+        path = Path(text)
+        candidates = [path] if path.is_absolute() else [root / path for root in self.roots]
+        inside = [c.resolve() for c in candidates if self._inside(c.resolve())]
+        if not inside:
+            raise TunesmithError(f"{what}: {text!r} is outside the allowed folders ({self._roots_text()})")
+        return next((c for c in inside if c.exists()), inside[0])
+
+    def _inside(self, resolved: Path) -> bool:
+        return any(resolved == root or root in resolved.parents for root in self.roots)
+
+    def _roots_text(self) -> str:
+        return ", ".join(str(r) for r in self.roots)
