@@ -52,8 +52,8 @@ def prepare(root: Path) -> tuple[Path, Path, Path]:
     pd.DataFrame(sentiment_rows(240)).to_csv(data / "train.csv", index=False)
     pd.DataFrame(sentiment_rows(240, seed=7)).to_csv(data / "other.csv", index=False)
     for name, file, rate in (("alpha", "train.csv", 3e-3), ("beta", "train.csv", 1e-3), ("gamma", "other.csv", 3e-3)):
-        config = tiny_config(model, data / file, runs / name, train={"num_epochs": 3, "learning_rate": rate},
-                             runtime={"log_every_steps": 2, "eval_every_steps": 6})  # fmt: skip
+        config = tiny_config(model, data / file, runs / name, runtime={"log_every_steps": 2},
+                             train={"num_epochs": 3, "learning_rate": rate, "eval_every_steps": 6})  # fmt: skip
         api.train(config)
     return model, data, runs
 
@@ -128,6 +128,7 @@ def main() -> None:
     from tunesmith.board.app import create_app
     from tunesmith.board.context import Board
 
+    (ROOT / "docs").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="board-shots-") as folder:
         model, data, runs = prepare(Path(folder))
         board = Board(runs_dir=runs, data_dirs=[data])

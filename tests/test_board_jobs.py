@@ -179,7 +179,13 @@ def test_the_launch_page_offers_every_kind_and_strategy_and_the_starter(folders)
 
 
 def test_another_sites_page_cannot_launch(folders, tiny_model_dir):
-    client, board = _client(*folders)
+    from fastapi.testclient import TestClient
+
+    from tunesmith.board.app import create_app
+
+    board = Board(folders[0], [folders[1]])
+    board.jobs = JobQueue(folders[0])
+    client = TestClient(create_app(board))  # the check is the whole app's (board.app), for every page
     response = client.post("/launch", data=_form(tiny_model_dir), headers={"Origin": "https://elsewhere.example"})
     assert response.status_code == 403 and "another site" in response.text
     same = client.post("/jobs/nope/stop", headers={"Origin": "http://testserver"})  # same origin: judged on
@@ -209,3 +215,20 @@ def test_a_restarted_board_settles_the_jobs_that_ended_unwatched(tmp_path):
         assert (jobs / "junk.json").read_text() == "not json"
     finally:
         queue.close()
+
+
+def test_a_board_with_a_key_answers_only_with_it_and_keeps_it_in_a_cookie(folders):
+    from fastapi.testclient import TestClient
+
+    from tunesmith.board.app import COOKIE, create_app
+
+    board = Board(folders[0], [folders[1]], api_key="s3cret")
+    board.jobs = JobQueue(folders[0])
+    client = TestClient(create_app(board))
+    refused = client.get("/jobs")
+    assert refused.status_code == 401 and "?key=" in refused.text
+    assert client.get("/jobs", headers={"X-API-Key": "wrong"}).status_code == 401
+    assert client.get("/jobs", headers={"X-API-Key": "s3cret"}).status_code == 200
+    first = client.get("/jobs?key=s3cret")  # the link a user opens once
+    assert first.status_code == 200 and client.cookies.get(COOKIE) == "s3cret"
+    assert client.get("/launch").status_code == 200  # the cookie alone from then on

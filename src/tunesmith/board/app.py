@@ -18,7 +18,7 @@ from __future__ import annotations
 import hmac
 from pathlib import Path
 
-from tunesmith.board.context import Board, templates
+from tunesmith.board.context import Board, cross_site, templates
 
 STATIC = Path(__file__).resolve().parents[1] / "resources" / "board" / "static"
 COOKIE = "tunesmith_board_key"
@@ -49,6 +49,14 @@ def create_app(board: Board):
         if request.query_params.get("key"):
             response.set_cookie(COOKIE, board.api_key, httponly=True, samesite="strict")
         return response
+
+    @app.middleware("http")
+    async def same_site_only(request: Request, call_next):
+        """A page on another site may post a plain form to a board on localhost (no preflight):
+        every request that changes something must come from the board's own pages."""
+        if request.method not in ("GET", "HEAD", "OPTIONS") and (refused := cross_site(request.headers)):
+            return PlainTextResponse(refused, status_code=403)
+        return await call_next(request)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     # runs_pages last: its GET /runs/{path} (a run and its sub-pages) would shadow /runs/{path}/try.

@@ -7,6 +7,7 @@ import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from tunesmith.errors import TunesmithError
 
@@ -69,3 +70,17 @@ class Board:
 
     def _roots_text(self) -> str:
         return ", ".join(str(r) for r in self.roots)
+
+
+def cross_site(headers) -> str | None:
+    """Why a state-changing request seems to come from another site's page (None: it does not).
+
+    A page elsewhere may post a form to the board on localhost (no preflight for a plain form);
+    browsers say where a request comes from (``Origin``, ``Sec-Fetch-Site``), other clients send neither.
+    """
+    origin = headers.get("origin")
+    if origin and origin != "null" and urlsplit(origin).netloc != headers.get("host"):
+        return f"a request from {origin} (another site) may not change anything on this board"
+    if headers.get("sec-fetch-site") == "cross-site":
+        return "a request from another site may not change anything on this board"
+    return None
