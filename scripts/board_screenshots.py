@@ -19,7 +19,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests/conftest.py's tiny data helpers
 
 import pandas as pd  # noqa: E402
-
 from tests.conftest import sentiment_rows, tiny_config  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
@@ -88,13 +87,16 @@ def photograph(url: str, model: Path) -> None:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
         page = browser.new_page(viewport=VIEWPORT)
-        page.goto(f"{url}/launch")  # a job for the jobs page, launched as a person would
-        page.fill("#run-name", "launched")
-        for field, value in {"train": "train.csv", "model": str(model), "epochs": "1", "max_length": "32"}.items():
-            page.fill(f"#{field}", value)
-        page.click("#launch-submit")
-        page.wait_for_url("**/jobs**")
-        page.wait_for_selector("#jobs-table tr[data-state=finished]", timeout=120_000)
+        for name in ("launched", "second"):  # two jobs, launched as a person would: one runs, one waits
+            page.goto(f"{url}/launch")
+            page.fill("#run-name", name)
+            for field, value in {"train": "train.csv", "model": str(model), "epochs": "1", "max_length": "32"}.items():
+                page.fill(f"#{field}", value)
+            page.click("#launch-submit")
+            page.wait_for_url("**/jobs**")
+        shoot(page, f"{url}/jobs", "jobs", "#jobs-table tr[data-state=running]")
+        page.wait_for_function("() => document.querySelectorAll('#jobs-table tr[data-state=finished]').length == 2",
+                               timeout=180_000)  # fmt: skip
         shoot(page, url, "runs", "#runs-table")
         shoot(page, f"{url}/runs/alpha", "run", "#run-curve-loss[data-points]:not([data-points='0'])", 1.0)
         shoot(page, f"{url}/compare?run=alpha&run=beta&run=gamma", "compare", "#compare-scores")
@@ -104,9 +106,9 @@ def photograph(url: str, model: Path) -> None:
         page.fill("#epochs", "-1")
         page.click("#launch-submit")
         page.wait_for_selector("#launch-error:not([hidden])")
+        page.evaluate("window.scrollTo(0, 0)")  # the message sits above the form; the click scrolled down
         page.screenshot(path=str(ROOT / "docs" / "board-launch.png"))
         print("docs/board-launch.png")
-        shoot(page, f"{url}/jobs", "jobs", "#jobs-table")
         page.goto(f"{url}/runs/alpha/try")
         page.fill("#try-text", "a lovely warm and happy river day")
         page.click("#try-submit")

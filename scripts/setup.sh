@@ -19,8 +19,8 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # The board's browser tests drive Debian's chromium (Playwright's own browser download is not
 # reachable here). Best effort: they skip without it, so nothing here may fail the script.
 if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-  { DEBIAN_FRONTEND=noninteractive timeout 900 apt-get update -qq \
-    && DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq chromium; } >/dev/null 2>&1 \
+  { DEBIAN_FRONTEND=noninteractive timeout 600 apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -qq chromium; } >/dev/null 2>&1 \
     || echo "no chromium: the browser tests will skip" >&2
 fi
 echo "$want" > "$stamp"

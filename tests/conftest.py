@@ -19,7 +19,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one threa
 # The files that take longest go first, so that the two workers (pyproject's addopts) end together
 # instead of one finishing a long file alone at the end.
 LONGEST_FIRST = (
-    "test_distributed.py", "test_resume.py", "test_bbc_minilm.py", "test_conformance.py", "test_forgetting.py",
+    "test_distributed.py", "test_resume.py", "test_board_browser.py", "test_bbc_minilm.py", "test_conformance.py", "test_forgetting.py",
     "test_tune.py", "test_causal_lm.py", "test_estimator.py", "test_ship.py", "test_export_tasks.py",
 )  # fmt: skip
 
