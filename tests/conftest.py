@@ -29,6 +29,7 @@ def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
+
 POSITIVE = ["good", "great", "fine", "lovely", "superb", "happy", "bright", "warm"]
 NEGATIVE = ["bad", "awful", "poor", "dreadful", "sad", "grim", "dull", "cold"]
 NEUTRAL = ["table", "river", "paper", "window", "green", "seven", "train", "stone"]

@@ -143,11 +143,16 @@ def test_data_page_inspects_a_confined_file(client, board, tiny_model_dir):
     assert "leaked from train: 1 exact" in answer.text and "likely label errors in train:" in answer.text
     reports = list((board.runs_dir / ".board" / "inspect").iterdir())
     assert len(reports) == 1 and (reports[0] / "report.html").is_file()
-    assert f'id="data-report" title="inspection report" src="/data/reports/{reports[0].name}/report.html"' in answer.text
+    assert (
+        f'id="data-report" title="inspection report" src="/data/reports/{reports[0].name}/report.html"' in answer.text
+    )
     shown = client.get(f"/data/reports/{reports[0].name}/report.html")
     assert shown.status_code == 200 and shown.text == (reports[0] / "report.html").read_text()
     assert shown.headers["content-security-policy"].startswith("default-src 'none'")  # no script runs in it
-    assert sorted(p.name for p in board.data_dirs[0].iterdir()) == ["held_out.csv", "reviews.csv"]  # nothing beside the user's file
+    assert sorted(p.name for p in board.data_dirs[0].iterdir()) == [
+        "held_out.csv",
+        "reviews.csv",
+    ]  # nothing beside the user's file
     assert client.get(f"/data/reports/{reports[0].name}/%2E%2E/%2E%2E/%2E%2E/clf/config.yaml").status_code == 404
 
 
@@ -175,8 +180,15 @@ def test_form_shapes_and_prediction_layout_follow_the_values():
     assert pair.item({"text 1": "a cat", "text 2": "an animal"}) == ["a cat", "an animal"]
     with pytest.raises(try_pages.Refused, match="'context' is empty"):
         record.item({"question": "what ?", "context": ""})
-    view = try_pages.prediction_view({"text": "Alice in Paris", "entities": [
-        {"text": "Alice", "label": "PER", "start": 0}, {"text": "Paris", "label": "LOC", "start": 9, "score": 0.9}]})
+    view = try_pages.prediction_view(
+        {
+            "text": "Alice in Paris",
+            "entities": [
+                {"text": "Alice", "label": "PER", "start": 0},
+                {"text": "Paris", "label": "LOC", "start": 9, "score": 0.9},
+            ],
+        }
+    )
     assert view["plain"] == [("text", "Alice in Paris")]
     assert view["tables"] == [{"key": "entities", "columns": ["text", "label", "start", "score"],
                                "rows": [["Alice", "PER", 0, ""], ["Paris", "LOC", 9, 0.9]]}]  # fmt: skip

@@ -100,8 +100,10 @@ def test_sharegpt_rows_give_the_tokens_and_labels_of_the_equivalent_messages(tok
 def test_a_custom_role_mapping_and_column_and_the_error_without_it(tokenizer):
     row = {"dialog": [{"from": "asker", "value": "Hi!"}, {"from": "bot", "value": "Hello."}]}
     chat = ChatFields(messages_column="dialog", roles={"asker": "user", "bot": "assistant"})
-    assert to_conversation(row, "messages", "r", chat).messages == [{"role": "user", "content": "Hi!"},
-                                                                    {"role": "assistant", "content": "Hello."}]
+    assert to_conversation(row, "messages", "r", chat).messages == [
+        {"role": "user", "content": "Hi!"},
+        {"role": "assistant", "content": "Hello."},
+    ]
     with pytest.raises(TunesmithError, match=r"^chat.jsonl, record 4, message 1 of dialog: 'from' is 'asker', which "
                                              r"is not a known role .*task.roles"):  # fmt: skip
         to_conversation(row, "messages", "chat.jsonl, record 4", ChatFields(messages_column="dialog"))

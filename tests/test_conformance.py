@@ -182,7 +182,9 @@ def _recomputed(kind: str, rows) -> tuple[str, float]:
             from tunesmith.tasks.causal_lm import example_scores
 
             made = [i for i, p in enumerate(predicted) if p is not None]
-            return "rougeL", float(example_scores([predicted[i] for i in made], [gold[i] for i in made])["rougeL"].mean())
+            return "rougeL", float(
+                example_scores([predicted[i] for i in made], [gold[i] for i in made])["rougeL"].mean()
+            )
         case _:
             return "accuracy", sum(g == p for g, p in zip(gold, predicted)) / len(gold)
 

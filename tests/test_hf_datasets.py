@@ -73,7 +73,10 @@ def test_datasetdict_folder_trains_with_each_role_its_split(tiny_model_dir, save
     tree["data"] |= {"validation": str(dd), "test": str(dd)}
     config = config_from_dict(tree)
     assert (config.data.train, config.data.validation, config.data.test) == (f"{dd}:train", f"{dd}:dev", f"{dd}:test")
-    config.data.test, config.data.test_fraction = None, 0.0  # test's split is chosen above; training scores validation only
+    config.data.test, config.data.test_fraction = (
+        None,
+        0.0,
+    )  # test's split is chosen above; training scores validation only
     manifest, written, metrics = _run(api.train(config))
     assert written["data"]["validation"] == f"{dd}:dev"  # config.yaml says which split was read
     sources = manifest["sources"]
@@ -88,8 +91,10 @@ def test_datasetdict_folder_trains_with_each_role_its_split(tiny_model_dir, save
 
 
 def test_arrow_file_trains_end_to_end(tiny_model_dir, saved, tmp_path):
-    result = api.train(tiny_config(tiny_model_dir, saved / "train.arrow", tmp_path / "run", **FAST) | {"data": {
-        "train": str(saved / "train.arrow"), "val_fraction": 0.25, **NO_TEST}})
+    result = api.train(
+        tiny_config(tiny_model_dir, saved / "train.arrow", tmp_path / "run", **FAST)
+        | {"data": {"train": str(saved / "train.arrow"), "val_fraction": 0.25, **NO_TEST}}
+    )
     manifest, _, _ = _run(result)
     entry = manifest["sources"]["train"]
     assert entry["source"] == str(saved / "train.arrow")

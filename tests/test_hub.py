@@ -200,7 +200,11 @@ def test_push_uploads_model_and_adapter(lora_run, online):
     assert url == "https://huggingface.co/someone/tiny-sentiment"
     token, create, model, adapter = FakeApi.calls
     assert token == ("token", "hf_test")
-    assert create == ("create_repo", "someone/tiny-sentiment", {"private": True, "exist_ok": True, "repo_type": "model"})
+    assert create == (
+        "create_repo",
+        "someone/tiny-sentiment",
+        {"private": True, "exist_ok": True, "repo_type": "model"},
+    )
     assert model[1]["repo_id"] == "someone/tiny-sentiment" and Path(model[1]["folder_path"]) == lora_run / "model"
     assert model[1].get("path_in_repo") is None
     assert Path(adapter[1]["folder_path"]) == lora_run / "adapter" and adapter[1]["path_in_repo"] == "adapter"

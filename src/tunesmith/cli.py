@@ -184,8 +184,9 @@ def _starter_kinds() -> list[str]:
 def init(
     task: Annotated[
         str,
-        typer.Argument(metavar="TASK", autocompletion=_starter_kinds,
-                       help=f"The task type: {', '.join(_starter_kinds())}."),  # fmt: skip
+        typer.Argument(
+            metavar="TASK", autocompletion=_starter_kinds, help=f"The task type: {', '.join(_starter_kinds())}."
+        ),  # fmt: skip
     ] = "single_label",
     out: Annotated[Path, typer.Option("--out", help="The config file to write; never overwritten.")] = Path(
         "config.yaml"

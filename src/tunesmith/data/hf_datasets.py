@@ -245,7 +245,7 @@ def read_hub(spec: str) -> DatasetTable:
         raise TunesmithError(
             f"{spec}: the Hub dataset {repo!r} is not in the local datasets cache and cannot be downloaded: {why}. "
             f"It needs network access once, or a local copy: where there is network, run "
-            f"python -c \"import datasets; datasets.load_dataset({arguments}).save_to_disk({local!r})\", "
+            f'python -c "import datasets; datasets.load_dataset({arguments}).save_to_disk({local!r})", '
             f"bring the folder here and point the data at it (e.g. data.train: {local}:train)"
         ) from None
     except FileNotFoundError as error:  # DatasetNotFoundError: no such (or a private) dataset

@@ -224,7 +224,10 @@ def _render(tokenizer, messages, template: str | None, *, add_generation_prompt:
         eos = tokenizer.eos_token or ""
         return "".join(m["content"] + (eos if m["role"] == "assistant" else "\n") for m in messages)
     return tokenizer.apply_chat_template(
-        messages, tools=tools or None, chat_template=template, tokenize=False,
+        messages,
+        tools=tools or None,
+        chat_template=template,
+        tokenize=False,
         add_generation_prompt=add_generation_prompt,
     )
 

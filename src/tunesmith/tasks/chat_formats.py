@@ -132,7 +132,9 @@ def read_conversation(row: dict[str, Any], chat: ChatFields, where: str) -> Conv
         raise TunesmithError(f"{where}: the {column} have no assistant turn with text or tool calls; there is "
                              "nothing to train on")  # fmt: skip
     tools = row.get(chat.tools_column)
-    return Conversation(messages, None if missing(tools) else read_tools(tools, f"{where}, field {chat.tools_column!r}"))
+    return Conversation(
+        messages, None if missing(tools) else read_tools(tools, f"{where}, field {chat.tools_column!r}")
+    )
 
 
 def read_turn(turn: Any, roles: dict[str, str], where: str) -> tuple[dict[str, Any], str]:

@@ -284,7 +284,9 @@ def read_dataset_sentences(spec: str, config) -> tuple[list[dict], dict]:
                 "ClassLabel ids whose names the dataset's features give (Sequence(ClassLabel(names=[...])))"
             )
         # A tag's errors name its column: tag checks add the word to ``where``.
-        sentences.append({"tokens": [str(t) for t in tokens], "tags": named, "where": f"{where}, column {tags_column!r}"})
+        sentences.append(
+            {"tokens": [str(t) for t in tokens], "tags": named, "where": f"{where}, column {tags_column!r}"}
+        )
     entry = {"source": table.source, "sha256": table.sha256, "format": table.dataset["format"],
              **table.manifest_fields(), "columns": {"tokens": tokens_column, "tags": tags_column}}  # fmt: skip
     return sentences, entry
