@@ -94,7 +94,7 @@ def board(tmp_path_factory, tiny_model_dir):
     write_csv(data / "slow.csv", sentiment_rows(400, seed=3))
     runs.mkdir()
     build_runs(tiny_model_dir, data, runs)
-    state = Board(runs_dir=runs, data_dirs=[data], max_upload_bytes=MAX_UPLOAD)
+    state = Board(runs_dir=runs, data_dirs=[data, tiny_model_dir], max_upload_bytes=MAX_UPLOAD)  # the model too
     app = create_app(state)
     url, server, thread = serve(app)
     yield SimpleNamespace(url=url, runs=runs, data=data, model=tiny_model_dir, root=root, state=state)

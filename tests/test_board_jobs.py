@@ -28,14 +28,15 @@ def folders(tmp_path) -> tuple[Path, Path]:
     return runs, data
 
 
-def _client(runs: Path, data: Path, max_running: int = 1, **options):
-    """A TestClient over an app holding the jobs router alone (the other pages are other modules')."""
+def _client(runs: Path, data: Path, max_running: int = 1, models: tuple[Path, ...] = (), **options):
+    """A TestClient over an app holding the jobs router alone (the other pages are other modules');
+    ``models``: local model folders the board may name (beside ``data``)."""
     from fastapi import FastAPI
     from fastapi.testclient import TestClient
 
     from tunesmith.board import jobs_pages
 
-    board = Board(runs, [data], **options)
+    board = Board(runs, [data, *models], **options)
     board.jobs = JobQueue(runs, max_running=max_running)
     app = FastAPI()
     app.include_router(jobs_pages.router(board))
@@ -62,7 +63,7 @@ def test_launched_jobs_run_apart_stop_resumably_resume_and_fail_alone(folders, t
     """One scenario, so that its four processes share two rounds: a form launch that is stopped
     and resumed to the end, beside a pasted config that fails at data time, and a queued job cancelled."""
     runs, data = folders
-    client, board = _client(runs, data, max_running=2)
+    client, board = _client(runs, data, max_running=2, models=(tiny_model_dir,))
     job_id = _job_id(_launch(client, _form(tiny_model_dir, epochs="40")))  # stopped long before its end
     bad = yaml.safe_dump(tiny_config(tiny_model_dir, "unlabelled.csv", "ignored/by-the-board"))
     failing = _job_id(_launch(client, {"source": "yaml", "config_yaml": bad, "run_name": "fails"}))
@@ -146,7 +147,7 @@ def test_board_beyond_loopback_needs_a_key(tmp_path, monkeypatch):
 def test_a_refused_launch_says_why_and_writes_nothing(folders, tiny_model_dir, fields, status, expected):
     runs, data = folders
     (runs.parent / "outside.csv").write_text((data / "sentiment.csv").read_text())
-    client, board = _client(runs, data)
+    client, board = _client(runs, data, models=(tiny_model_dir,))
     response = _launch(client, _form(tiny_model_dir, **fields))
     assert response.status_code == status
     assert response.text.startswith('<p class="error" id="launch-error"'), response.text
@@ -185,10 +186,10 @@ def test_another_sites_page_cannot_launch(folders, tiny_model_dir):
 
     board = Board(folders[0], [folders[1]])
     board.jobs = JobQueue(folders[0])
-    client = TestClient(create_app(board))  # the check is the whole app's (board.app), for every page
+    client = TestClient(create_app(board), base_url="http://localhost")  # the check is the whole app's, every page
     response = client.post("/launch", data=_form(tiny_model_dir), headers={"Origin": "https://elsewhere.example"})
     assert response.status_code == 403 and "another site" in response.text
-    same = client.post("/jobs/nope/stop", headers={"Origin": "http://testserver"})  # same origin: judged on
+    same = client.post("/jobs/nope/stop", headers={"Origin": "http://localhost"})  # same origin: judged on
     assert same.status_code == 404 and "no job nope" in same.text
     assert list(folders[0].iterdir()) == [] and board.jobs.jobs() == []
 
@@ -232,3 +233,147 @@ def test_a_board_with_a_key_answers_only_with_it_and_keeps_it_in_a_cookie(folder
     first = client.get("/jobs?key=s3cret")  # the link a user opens once
     assert first.status_code == 200 and client.cookies.get(COOKIE) == "s3cret"
     assert client.get("/launch").status_code == 200  # the cookie alone from then on
+
+
+@pytest.mark.parametrize("board_job", [True, False])
+def test_a_board_job_takes_sigint_even_when_it_came_ignored(board_job):
+    """`tunesmith board &` from a script passes SIGINT ignored to its jobs: a job (JOB_ENV set) takes
+    it back as Ctrl-C, so Stop works; anyone else who ignores SIGINT keeps it ignored."""
+    import os
+    import subprocess
+    import sys
+
+    from tunesmith.board.jobs import JOB_ENV
+
+    code = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); from tunesmith.cli import take_interrupts; "
+            "take_interrupts(); print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)")  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != JOB_ENV} | ({JOB_ENV: "1"} if board_job else {})
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == str(board_job)
+
+
+def test_a_reused_pid_is_neither_waited_for_nor_signalled(tmp_path, monkeypatch):
+    """After a reboot a running job's pid may name an unrelated process (here: this test's own):
+    its start time differs, so a restarted board settles the job and never signals that process."""
+    import json
+    import os
+
+    from tunesmith.board import jobs as jobs_module
+    from tunesmith.errors import TunesmithError
+
+    jobs = tmp_path / "runs" / ".board" / "jobs"
+    jobs.mkdir(parents=True)
+    record = {"id": "1-a", "kind": "train", "run_dir": str(tmp_path / "runs" / "r"), "config": None,
+              "state": "running", "created": "1", "pid": os.getpid(), "pid_started": 1000.0,
+              "log": str(jobs / "1-a.log")}  # fmt: skip
+    (jobs / "1-a.json").write_text(json.dumps(record))
+    signalled = []
+    monkeypatch.setattr(jobs_module.os, "kill", lambda pid, sig: signalled.append((pid, sig)))
+    queue = JobQueue(tmp_path / "runs")
+    try:
+        assert queue.get("1-a").state == "stopped"  # not "running" forever, blocking the queue
+        with pytest.raises(TunesmithError, match="nothing to stop"):
+            queue.stop("1-a")
+        queue._jobs["1-a"].state = "running"  # even a record still marked running is not signalled
+        queue.stop("1-a")
+        assert signalled == []
+    finally:
+        queue.close()
+
+
+def test_a_runs_folder_with_yaml_characters_launches_into_itself(tmp_path, tiny_model_dir, monkeypatch):
+    """The run folder reaches the job in its config file, never through a `--set` that YAML re-reads,
+    so `my runs #2` (a comment to YAML) is kept whole."""
+    from tunesmith.board import jobs as jobs_module
+    from tunesmith.config import load_config
+
+    argvs = []
+
+    def popen(argv, **_):  # the command the job would run, read as the CLI reads it; nothing trains
+        argvs.append(argv)
+        raise OSError("not started by this test")
+
+    monkeypatch.setattr(jobs_module.subprocess, "Popen", popen)
+
+    runs, data = tmp_path / "my runs #2", tmp_path / "data: x"
+    runs.mkdir()
+    data.mkdir()
+    pd.DataFrame(sentiment_rows(60)).to_csv(data / "sentiment.csv", index=False)
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from tunesmith.board import jobs_pages
+
+    board = Board(runs, [data, tiny_model_dir])
+    board.jobs = JobQueue(runs)
+    app = FastAPI()
+    app.include_router(jobs_pages.router(board))
+    client = TestClient(app)
+    try:
+        job = board.jobs.wait(_job_id(_launch(client, _form(tiny_model_dir))), timeout=30)
+        [argv] = argvs
+        assert argv[3:] == ["train", job.config]  # no --set: the config file names the run folder
+        assert Path(load_config(job.config).runtime.output_dir) == (runs / "form-run").resolve()
+        elsewhere = Path(job.config).read_text().replace("form-run", "other-run")
+        with pytest.raises(Exception, match="must be the job's run directory"):
+            board.jobs.submit_train(elsewhere, runs / "form-run-2")
+    finally:
+        board.jobs.close()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "expected"),
+    [
+        ("forgetting.retain", "/etc/hostname", "forgetting.retain: &#39;/etc/hostname&#39; is outside the allowed"),
+        ("forgetting.rehearsal", "../outside.csv", "forgetting.rehearsal: &#39;../outside.csv&#39; is outside"),
+        ("runtime.deepspeed_config", "/etc/hostname", "runtime.deepspeed_config: &#39;/etc/hostname&#39; is outside"),
+        ("model.name", "TINY", "is outside the allowed folders"),  # a local model folder the board may not name
+        ("data.train", "package:tunesmith//etc/hostname", "the path after the package name must lie inside"),
+    ],
+)  # fmt: skip
+def test_a_launch_names_no_local_file_outside_the_board_folders(folders, tiny_model_dir, key, value, expected):
+    runs, data = folders
+    client, board = _client(runs, data, models=() if key == "model.name" else (tiny_model_dir,))
+    config = tiny_config(tiny_model_dir, "sentiment.csv", "ignored")
+    section, name = key.split(".")
+    config.setdefault(section, {})[name] = str(tiny_model_dir) if value == "TINY" else value
+    response = _launch(client, {"source": "yaml", "config_yaml": yaml.safe_dump(config), "run_name": "r"})
+    assert response.status_code == 422 and expected in response.text, response.text
+    assert list(runs.iterdir()) == [] and board.jobs.jobs() == []
+
+
+def _app_client(runs: Path, **options):
+    from fastapi.testclient import TestClient
+
+    from tunesmith.board.app import create_app
+
+    board = Board(runs, **options)
+    board.jobs = JobQueue(runs)
+    return TestClient(create_app(board), base_url="http://localhost"), board
+
+
+def test_a_keyless_board_answers_only_its_own_host_names(folders):
+    client, _ = _app_client(folders[0])
+    assert client.get("/jobs").status_code == 200
+    assert client.get("/jobs", headers={"Host": "[::1]:8000"}).status_code == 200
+    rebound = client.get("/jobs", headers={"Host": "attacker.example:8000"})  # DNS rebinding: a name re-pointed
+    assert rebound.status_code == 400
+    keyed, _ = _app_client(folders[0], api_key="k")  # the key protects it: any name, e.g. a LAN host's
+    assert keyed.get("/jobs", headers={"Host": "box.lan", "X-API-Key": "k"}).status_code == 200
+
+
+def test_an_opaque_origin_may_not_change_anything(folders):
+    client, board = _app_client(folders[0])
+    answer = client.post("/jobs/nope/stop", headers={"Origin": "null"})
+    assert answer.status_code == 403 and "Origin: null" in answer.text
+
+
+def test_a_request_body_over_the_limit_is_refused_with_413(folders):
+    client, board = _app_client(folders[0], max_upload_bytes=100)
+    limit = 100 + 64 * 1024
+    declared = client.post("/launch", content=b"x" * (limit + 1), headers={"Content-Type": "text/plain"})
+    assert declared.status_code == 413 and f"({limit} bytes;" in declared.text
+    chunked = client.post("/launch", content=iter([b"x" * 40_000] * 3),
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    assert chunked.status_code == 413 and f"({limit} bytes;" in chunked.text
+    assert list(folders[0].iterdir()) == [] and board.jobs.jobs() == []

@@ -83,7 +83,7 @@ def board(tmp_path_factory, tiny_model_dir):
     jobs = Jobs({(runs / "resume-failed").resolve(): "failed"}, {live.resolve(): job_log})
     lock = (live / ".lock").open("a")
     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as RunDir.lock holds it while a run trains
-    client = TestClient(create_app(Board(runs_dir=runs, jobs=jobs)))
+    client = TestClient(create_app(Board(runs_dir=runs, jobs=jobs)), base_url="http://localhost")
     yield SimpleNamespace(client=client, runs=runs, lock=lock, live=live)
     lock.close()
 
@@ -208,3 +208,17 @@ def test_paths_outside_the_runs_folder_are_refused(board, path, tmp_path):
         (board.runs / "outside").symlink_to(tmp_path / "elsewhere")
     answer = board.client.get(path)
     assert answer.status_code == 404 and 'id="error"' in answer.text
+
+
+def test_a_symlinked_report_is_not_served_and_a_junk_last_event_id_starts_over(board, tmp_path):
+    secret = tmp_path / "secret.html"
+    secret.write_text("<p>not the run's</p>")
+    (board.runs / "failed" / "report.html").symlink_to(secret)
+    try:
+        answer = board.client.get("/runs/failed/report")
+        assert answer.status_code == 404 and "not the run" not in answer.text
+    finally:
+        (board.runs / "failed" / "report.html").unlink()
+    records = [json.loads(line) for line in (board.runs / "a" / "metrics.jsonl").read_text().splitlines()]
+    sent = events(board.client.get("/runs/a/events", headers={"Last-Event-ID": "abc"}).text)
+    assert [data for name, data in sent if name == "message"] == records

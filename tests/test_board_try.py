@@ -37,7 +37,7 @@ def board(tmp_path_factory, tiny_model_dir, tiny_llama_dir) -> Board:
     config["generation"].update(max_new_tokens=12)
     api.train(config)
     (root / "data").mkdir()
-    return Board(runs_dir=runs, data_dirs=[root / "data"], max_upload_bytes=2_000)
+    return Board(runs_dir=runs, data_dirs=[root / "data", tiny_model_dir], max_upload_bytes=2_000)
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +149,7 @@ def test_data_page_inspects_a_confined_file(client, board, tiny_model_dir):
     shown = client.get(f"/data/reports/{reports[0].name}/report.html")
     assert shown.status_code == 200 and shown.text == (reports[0] / "report.html").read_text()
     assert shown.headers["content-security-policy"].startswith("default-src 'none'")  # no script runs in it
+    assert "sandbox></iframe>" in answer.text  # nor in the frame that shows it
     assert sorted(p.name for p in board.data_dirs[0].iterdir()) == [
         "held_out.csv",
         "reviews.csv",
@@ -170,6 +171,17 @@ def test_data_page_refuses_what_it_cannot_read(client, board, path, status, mess
     after = sorted(p.name for p in (board.runs_dir / ".board" / "inspect").glob("*")) if (
         board.runs_dir / ".board").exists() else []  # fmt: skip
     assert after == before  # nothing written
+
+
+@pytest.mark.parametrize(("setting", "status", "message"), [
+    ("model.name=/etc", 403, "model.name: &#39;/etc&#39; is outside the allowed folders"),
+    ("model.revision=x", 422, "give KEY=VALUE with a key under"),  # only model.name and model.max_length
+])  # fmt: skip
+def test_data_page_takes_no_setting_that_names_a_file_outside(client, setting, status, message):
+    form = {"path": "reviews.csv", "task": "single_label", "label_errors": "off", "settings": setting}
+    answer = client.post("/data", data=form)
+    assert answer.status_code == status and '<p class="error" id="data-error">' in answer.text
+    assert message in answer.text
 
 
 def test_form_shapes_and_prediction_layout_follow_the_values():

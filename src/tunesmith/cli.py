@@ -600,7 +600,8 @@ def board(
         "runs"
     ),
     data: Annotated[
-        list[Path], typer.Option("--data", metavar="DIR", help="A folder the browser may read data from (repeatable).")
+        list[Path],
+        typer.Option("--data", metavar="DIR", help="A folder the browser may read data or models from (repeatable)."),
     ] = [],
     host: Annotated[str, typer.Option("--host", help="Interface (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 7860,
@@ -631,7 +632,7 @@ def board(
             raise TunesmithError(f"tunesmith board needs the {error.name} package, part of tunesmith's 'board' "
                                  "extra, which is not installed: pip install 'tunesmith[board]'") from None  # fmt: skip
         from tunesmith.board.app import create_app
-        from tunesmith.board.context import Board
+        from tunesmith.board.context import LOOPBACK_HOSTS, Board
         from tunesmith.ship.serve import bind
 
         if not loopback:
@@ -639,7 +640,9 @@ def board(
         runs.mkdir(parents=True, exist_ok=True)
         sock = bind(host, port)  # a taken port fails here, before the app is built
         try:
-            built = create_app(Board(runs.resolve(), [d.resolve() for d in data], api_key, max_upload_bytes))
+            hosts = [*LOOPBACK_HOSTS, host.strip("[]")]  # the Host names a keyless board answers
+            folders = [d.resolve() for d in data]
+            built = create_app(Board(runs.resolve(), folders, api_key, max_upload_bytes, hosts=hosts))
             typer.echo(f"tunesmith board over {runs} on http://{host}:{port}", err=True)
             uvicorn.Server(uvicorn.Config(built, host=host, port=port, log_level="warning")).run(sockets=[sock])
         finally:
@@ -746,7 +749,8 @@ def _launch(nproc: int, config: Path | None, overrides: list[str], resume: Path 
 
         claim_output(output_dir, kind="dir", what="runtime.output_dir", run=True)  # once, before torchrun starts
         args += ([str(config)] if config else []) + [a for o in overrides for a in ("--set", o)]
-        args += ["--set", f"runtime.output_dir={output_dir}"]
+        # --set values are read as YAML: a JSON string is a YAML quoted one, so " #" or ": " in the path survive
+        args += ["--set", f"runtime.output_dir={json.dumps(str(output_dir))}"]
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
@@ -754,7 +758,22 @@ def _launch(nproc: int, config: Path | None, overrides: list[str], resume: Path 
     return subprocess.run(command, env=env).returncode
 
 
+def take_interrupts() -> None:
+    """Takes SIGINT as Ctrl-C in a board job even when it came ignored.
+
+    A board started with SIGINT ignored (``tunesmith board &`` from a script) passes that on to its
+    jobs, whose Stop is a SIGINT: without a handler it would do nothing until the SIGKILL. Only board
+    jobs (``TUNESMITH_BOARD_JOB=1``, set by board/jobs.py) are changed: anyone else who ignores
+    SIGINT, as a shell does for ``tunesmith train ... &``, means it.
+    """
+    import signal
+
+    if os.environ.get("TUNESMITH_BOARD_JOB") == "1" and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main() -> None:
+    take_interrupts()
     app(prog_name="tunesmith")
 
 

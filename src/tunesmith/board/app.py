@@ -29,6 +29,7 @@ def create_app(board: Board):
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, PlainTextResponse
     from fastapi.staticfiles import StaticFiles
+    from starlette.middleware.trustedhost import TrustedHostMiddleware
 
     from tunesmith.board import jobs_pages, runs_pages, try_pages
     from tunesmith.board.jobs import JobQueue
@@ -58,6 +59,11 @@ def create_app(board: Board):
             return PlainTextResponse(refused, status_code=403)
         return await call_next(request)
 
+    # Added last, so outermost: the Host check first, then the body limit (which must see the
+    # inner middlewares' and routes' reads to stop them).
+    app.add_middleware(BodyLimit, limit=board.max_upload_bytes + try_pages.FORM_OVERHEAD)
+    if board.api_key is None:  # without a key only the Host check stands between a rebound name and the board
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=board.hosts)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     # runs_pages last: its GET /runs/{path} (a run and its sub-pages) would shadow /runs/{path}/try.
     for module in (jobs_pages, try_pages, runs_pages):
@@ -69,3 +75,57 @@ def create_app(board: Board):
 
     app.state.board = board
     return app
+
+
+class BodyLimit:
+    """ASGI middleware answering 413 to a request body over ``limit`` bytes: at once when its
+    ``Content-Length`` says so, else (a chunked body) as soon as the bytes received pass it.
+    Starlette has no body limit of its own (its form parser limits only a part's size)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") != "http":  # lifespan and websocket messages carry no body
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            return await self._refuse(send)
+        received, started = 0, False
+
+        async def counted():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise BodyTooLarge
+            return message
+
+        async def watched(message):
+            nonlocal started
+            started = started or message.get("type") == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except Exception as error:  # starlette's http middlewares wrap it in an ExceptionGroup
+            if started or not _holds_too_large(error):
+                raise
+            await self._refuse(send)
+
+    async def _refuse(self, send) -> None:
+        text = (f"the request body is larger than the board accepts ({self.limit} bytes; "
+                "tunesmith board --max-upload-bytes raises it)").encode()  # fmt: skip
+        headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(text)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": text})
+
+
+class BodyTooLarge(Exception):
+    """Raised inside ``BodyLimit`` when a streamed body passes its limit."""
+
+
+def _holds_too_large(error: BaseException) -> bool:
+    """Whether ``error`` is a ``BodyTooLarge``, or an exception group holding one."""
+    inner = error.exceptions if isinstance(error, BaseExceptionGroup) else ()
+    return isinstance(error, BodyTooLarge) or any(_holds_too_large(e) for e in inner)

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from tunesmith.errors import TunesmithError
 
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "[::1]", "::1")
 TEMPLATES = Path(__file__).resolve().parents[1] / "resources" / "board" / "templates"
 
 
@@ -32,6 +33,9 @@ class Board:
         api_key: required on every request when set (binding beyond loopback requires one).
         max_upload_bytes: the largest upload (a YAML config, a data file, an image) accepted.
         jobs: the job queue (``board.jobs.JobQueue``), set by ``create_app``.
+        hosts: the ``Host`` names answered without an API key (any port): loopback names plus the
+            host the board binds, so a page whose name an attacker re-points at 127.0.0.1 (DNS
+            rebinding) is refused.
     """
 
     runs_dir: Path
@@ -39,6 +43,7 @@ class Board:
     api_key: str | None = None
     max_upload_bytes: int = 10 * 1024 * 1024
     jobs: Any = None
+    hosts: list[str] = field(default_factory=lambda: list(LOOPBACK_HOSTS))
 
     @property
     def roots(self) -> list[Path]:
@@ -65,6 +70,27 @@ class Board:
             raise TunesmithError(f"{what}: {text!r} is outside the allowed folders ({self._roots_text()})")
         return next((c for c in inside if c.exists()), inside[0])
 
+    def confine_model(self, name: str, what: str = "model.name") -> str:
+        """``name`` itself when it is a Hub id or a packaged model's name, else the local model
+        folder it names, confined as ``confine`` confines a path.
+
+        Raises:
+            TunesmithError: a local path outside the allowed folders, or one that names nothing in them.
+        """
+        local = Path(name).expanduser()
+        looks_local = name.startswith((".", "~")) or local.is_absolute() or local.exists()
+        try:
+            path = self.confine(name, what)
+        except TunesmithError:
+            if looks_local:
+                raise
+            return name  # e.g. "../x" is no Hub id, but it names nothing here: loading it says so
+        if path.exists():
+            return str(path)
+        if looks_local:
+            raise TunesmithError(f"{what}: {name!r} is no model folder in the allowed folders ({self._roots_text()})")
+        return name
+
     def _inside(self, resolved: Path) -> bool:
         return any(resolved == root or root in resolved.parents for root in self.roots)
 
@@ -79,7 +105,9 @@ def cross_site(headers) -> str | None:
     browsers say where a request comes from (``Origin``, ``Sec-Fetch-Site``), other clients send neither.
     """
     origin = headers.get("origin")
-    if origin and origin != "null" and urlsplit(origin).netloc != headers.get("host"):
+    if origin == "null":  # a sandboxed frame, a file: page or a redirect: no site vouches for it
+        return "a request from an opaque origin (Origin: null) may not change anything on this board"
+    if origin and urlsplit(origin).netloc != headers.get("host"):
         return f"a request from {origin} (another site) may not change anything on this board"
     if headers.get("sec-fetch-site") == "cross-site":
         return "a request from another site may not change anything on this board"

@@ -1,7 +1,7 @@
 """The board's job queue: training runs launched from the browser, each in its own process.
 
-A job is ``tunesmith train CONFIG --set runtime.output_dir=RUN`` (or ``train --resume RUN``) run
-by the same interpreter as the board, so a crash, an out-of-memory kill or a hung library takes
+A job is ``tunesmith train CONFIG`` (the config names the run as its ``runtime.output_dir``) or
+``train --resume RUN``, run by the same interpreter as the board, so a crash, an out-of-memory kill or a hung library takes
 down that job alone, never the board. At most ``max_running`` jobs run at once (one by default:
 a second training run on the same CPU or GPU would only slow both); the rest wait in order.
 
@@ -11,6 +11,10 @@ never inside a run directory, so a restarted board shows the same jobs and the r
 what ``tunesmith train`` writes. Stop sends SIGINT, which the CLI handles as Ctrl-C: the run keeps
 its last checkpoint and can be resumed (or is removed when it had none, as after Ctrl-C); a
 process that ignores it for ``STOP_GRACE_S`` gets SIGKILL, which also leaves the last checkpoint.
+A job's process carries ``TUNESMITH_BOARD_JOB=1`` so the CLI restores the SIGINT handler even when
+the board was started with SIGINT ignored (``tunesmith board &`` from a script), which the job inherits.
+A record keeps its process's start time beside its pid: after a reboot the pid may name another
+process, which is then neither waited for nor signalled.
 
 Written by hand rather than with a task-queue library (Celery, RQ, arq): those need a broker
 process, and this queue has one worker slot on one machine; a thread polling ``Popen`` is enough.
@@ -30,6 +34,9 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psutil
+import yaml
+
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import RunDir, atomic_write
 
@@ -38,6 +45,10 @@ ACTIVE = ("queued", "running")
 STOP_GRACE_S = 30.0
 """Seconds a stopped job has to leave after SIGINT before it is killed."""
 POLL_S = 0.2
+JOB_ENV = "TUNESMITH_BOARD_JOB"
+"""Set to ``1`` in a job's environment: the CLI then takes SIGINT as Ctrl-C even if it came ignored."""
+START_SLACK_S = 1.0
+"""How far a pid's start time may differ from the recorded one and still be the job's (clock rounding)."""
 
 
 @dataclass
@@ -55,6 +66,7 @@ class Job:
     returncode: int | None = None
     error: str | None = None
     pid: int | None = None
+    pid_started: float | None = None  # the process's start time (psutil create_time): tells a reused pid
     log: str = ""
     stop_requested: bool = False
 
@@ -67,16 +79,23 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
+def _started(pid: int) -> float | None:
+    """The start time of process ``pid`` (None: no such process, or not ours to read)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+def _alive(job: Job) -> bool:
+    """Whether the job's process still runs: its pid exists and started when the job's did
+    (after a reboot the pid may name an unrelated process)."""
+    if not job.pid:
         return False
-    except PermissionError:  # someone else's process reuses the id: not our job
+    started = _started(job.pid)
+    if started is None:
         return False
-    return True
+    return job.pid_started is None or abs(started - job.pid_started) <= START_SLACK_S
 
 
 def last_error_line(log: Path) -> str | None:
@@ -142,10 +161,22 @@ class JobQueue:
     def submit_train(self, config_text: str, run_dir: str | Path) -> Job:
         """Queues ``tunesmith train`` of ``config_text`` (YAML) into the new run directory ``run_dir``.
 
+        ``config_text`` must name ``run_dir`` as its ``runtime.output_dir`` (the config is passed as
+        written, never with a ``--set`` that YAML would re-read: a path with `` #`` or ``: `` survives).
+
         Raises:
-            TunesmithError: another job of this board already goes to ``run_dir``.
+            TunesmithError: another job of this board already goes to ``run_dir``, or the config
+                names another output directory.
         """
         run = Path(run_dir).resolve()
+        try:
+            runtime = (yaml.safe_load(config_text) or {}).get("runtime") or {}
+        except (yaml.YAMLError, AttributeError):
+            runtime = {}
+        # The job trains the config as written: a run folder named anywhere else would be lost to the board.
+        given = runtime.get("output_dir") if isinstance(runtime, dict) else None
+        if not given or Path(str(given)).resolve() != run:
+            raise TunesmithError(f"the config's runtime.output_dir must be the job's run directory {run}")
         with self._lock:
             self._refuse_busy(run)
             job = self._new("train", run)
@@ -239,7 +270,7 @@ class JobQueue:
                 job = Job(**json.loads(path.read_text(encoding="utf-8")))
             except (OSError, ValueError, TypeError):
                 continue  # not a record this queue wrote: leave it alone
-            if job.state == "running" and not _alive(job.pid):  # it ended while no board watched
+            if job.state == "running" and not _alive(job):  # it ended while no board watched
                 job.ended = job.ended or _now()
                 if RunDir(job.run_dir).finished:
                     job.state = "finished"
@@ -270,7 +301,7 @@ class JobQueue:
                     self._processes[job.id] = process
                     continue
                 ok = code == 0
-            elif _alive(job.pid):
+            elif _alive(job):
                 continue
             else:  # an earlier board's process, not our child: its exit code is gone; the run tells
                 code, ok = None, RunDir(job.run_dir).finished
@@ -291,19 +322,21 @@ class JobQueue:
         if job.kind == "resume":
             args = ["train", "--resume", job.run_dir]
         else:
-            args = ["train", str(job.config), "--set", f"runtime.output_dir={job.run_dir}"]
+            args = ["train", str(job.config)]  # its runtime.output_dir is job.run_dir (submit_train checks)
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         try:
             with open(job.log, "ab") as log:
                 # A session of its own: Ctrl-C in the board's terminal does not reach the job.
                 process = subprocess.Popen([sys.executable, "-m", "tunesmith.cli", *args], stdin=subprocess.DEVNULL,
-                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                           env={**os.environ, JOB_ENV: "1"})  # fmt: skip
         except OSError as error:
             job.state, job.ended, job.error = "failed", _now(), f"could not start the job: {error}"
             self._save(job)
             return
         self._processes[job.id] = process
         job.state, job.started, job.pid = "running", _now(), process.pid
+        job.pid_started = _started(process.pid)
         self._save(job)
 
     def _signal(self, job: Job, sig: int) -> None:
@@ -311,7 +344,7 @@ class JobQueue:
         try:
             if process is not None:
                 process.send_signal(sig)
-            elif _alive(job.pid):
+            elif _alive(job):  # never a pid that another process now has
                 os.kill(job.pid, sig)
         except ProcessLookupError:
             pass

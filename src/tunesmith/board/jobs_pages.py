@@ -25,6 +25,10 @@ STARTERS = Path(__file__).resolve().parents[1] / "resources" / "starters"
 STRATEGIES: tuple[str, ...] = get_args(get_args(ModelConfig.model_fields["strategy"].annotation)[0])
 DATA_ROLES = ("train", "validation", "test")
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+FILE_KEYS = ("data.train", "data.validation", "data.test", "forgetting.retain", "forgetting.rehearsal",
+             "runtime.deepspeed_config", "model.name")  # fmt: skip
+"""The config keys that may name a local file (``model.name``: a local model folder), each confined
+to the board's folders before a launch."""
 FORM_FIELDS = {  # form field -> (section, key) of the config
     "model": ("model", "name"), "strategy": ("model", "strategy"), "max_length": ("model", "max_length"),
     "learning_rate": ("train", "learning_rate"), "epochs": ("train", "num_epochs"), "batch_size": ("train", "batch_size"),
@@ -84,26 +88,28 @@ def yaml_tree(text: str, source: str) -> dict[str, Any]:
 
 
 def confine_data(board: Board, tree: dict[str, Any]) -> None:
-    """Replaces each local data path of ``tree`` by its absolute path inside the board's folders.
+    """Replaces each local file that ``tree`` names (``FILE_KEYS``) by its absolute path inside the
+    board's folders, so a launch reads no file the browser could not name.
 
-    ``hf:`` ids name no local file; ``package:`` paths lie inside an installed package (``..`` refused).
+    ``hf:`` ids name no local file; ``package:`` paths lie inside an installed package (``..`` refused,
+    and ``locate_source`` refuses any other way out); a ``model.name`` that is no local path is a Hub
+    id or a packaged model.
 
     Raises:
         LaunchRefused: a path lies outside the allowed folders.
     """
-    data = tree.get("data")
-    if not isinstance(data, dict):
-        return  # the config models say what is wrong with it
-    for role in DATA_ROLES:
-        spec = data.get(role)
+    for key in FILE_KEYS:
+        section_name, name = key.split(".")
+        section = tree.get(section_name)
+        spec = section.get(name) if isinstance(section, dict) else None
         if not isinstance(spec, str) or spec.startswith("hf:"):
-            continue
+            continue  # another type is the config models' to refuse
         if spec.startswith("package:"):
             if ".." in Path(spec.removeprefix("package:")).parts:
-                raise LaunchRefused(f"data.{role}: {spec!r} leaves its package ('..' is not allowed)")
+                raise LaunchRefused(f"{key}: {spec!r} leaves its package ('..' is not allowed)")
             continue
         try:
-            data[role] = str(board.confine(spec, f"data.{role}"))
+            section[name] = board.confine_model(spec, key) if key == "model.name" else str(board.confine(spec, key))
         except TunesmithError as error:
             raise LaunchRefused(str(error)) from None
 
@@ -192,33 +198,48 @@ async def launch_tree(board: Board, form) -> tuple[dict[str, Any], str]:
 
 def router(board: Board):
     """The launch form and job pages over ``board`` (its runs folder and job queue)."""
-    from fastapi import APIRouter, Request
+    from fastapi import APIRouter
+
+    api = APIRouter()
+    _launch_routes(api, board)
+    _job_routes(api, board)
+    return api
+
+
+def page(name: str, status: int = 200, **values):
+    """The HTML response of template ``name`` rendered with ``values``."""
+    from fastapi.responses import HTMLResponse
+
+    return HTMLResponse(templates().get_template(name).render(**values), status_code=status)
+
+
+def message(text: str, status: int, element: str, css: str = "error"):
+    """A one-line message fragment for the page element ``element``."""
+    return page("message_fragment.html", status, element=element, css=css, text=text)
+
+
+def jobs_values(board: Board) -> dict[str, Any]:
+    """The job table's rows: each job, its run's path under the runs folder and whether it may resume."""
+    from tunesmith.runs import RunDir
+
+    rows = []
+    for job in board.jobs.jobs():
+        run = RunDir(job.run_dir)
+        resumable = (job.state in ("stopped", "failed") and not run.finished and run.has_checkpoint()
+                     and board.jobs.active_for(run.path) is None)  # fmt: skip
+        try:  # the run's path under the runs folder, as the run pages name it (a resumed run may be nested)
+            path = run.path.resolve().relative_to(board.runs_dir.resolve()).as_posix()
+        except ValueError:
+            path = job.run_name
+        rows.append({"job": job, "path": path, "resumable": resumable, "exists": run.path.is_dir()})
+    return {"rows": rows}
+
+
+def _launch_routes(api, board: Board) -> None:
+    """``GET /launch``, ``GET /launch/starter`` and ``POST /launch`` on ``api``."""
+    from fastapi import Request
     from fastapi.responses import HTMLResponse, RedirectResponse
     from starlette.exceptions import HTTPException  # what Request.form raises (fastapi's is a subclass)
-
-    env = templates()
-    api = APIRouter()
-
-    def page(name: str, status: int = 200, **values) -> HTMLResponse:
-        return HTMLResponse(env.get_template(name).render(**values), status_code=status)
-
-    def message(text: str, status: int, element: str, css: str = "error") -> HTMLResponse:
-        return page("message_fragment.html", status, element=element, css=css, text=text)
-
-    def jobs_values() -> dict[str, Any]:
-        from tunesmith.runs import RunDir
-
-        rows = []
-        for job in board.jobs.jobs():
-            run = RunDir(job.run_dir)
-            resumable = (job.state in ("stopped", "failed") and not run.finished and run.has_checkpoint()
-                         and board.jobs.active_for(run.path) is None)  # fmt: skip
-            try:  # the run's path under the runs folder, as the run pages name it (a resumed run may be nested)
-                path = run.path.resolve().relative_to(board.runs_dir.resolve()).as_posix()
-            except ValueError:
-                path = job.run_name
-            rows.append({"job": job, "path": path, "resumable": resumable, "exists": run.path.is_dir()})
-        return {"rows": rows}
 
     @api.get("/launch", response_class=HTMLResponse)
     def launch_page(task: str = "single_label"):
@@ -251,13 +272,19 @@ def router(board: Board):
             return HTMLResponse("", headers={"HX-Redirect": target})
         return RedirectResponse(target, status_code=303)
 
+
+def _job_routes(api, board: Board) -> None:
+    """``GET /jobs`` (and its table), ``POST /jobs/{id}/stop`` and ``POST /runs/{path}/resume`` on ``api``."""
+    from fastapi import Request
+    from fastapi.responses import HTMLResponse
+
     @api.get("/jobs", response_class=HTMLResponse)
     def jobs_page():
-        return page("jobs.html", **jobs_values())
+        return page("jobs.html", **jobs_values(board))
 
     @api.get("/jobs/table", response_class=HTMLResponse)
     def jobs_table():
-        return page("jobs_table.html", **jobs_values())
+        return page("jobs_table.html", **jobs_values(board))
 
     @api.post("/jobs/{job_id}/stop", response_class=HTMLResponse)
     def stop(job_id: str, request: Request):
@@ -281,5 +308,3 @@ def router(board: Board):
         except TunesmithError as error:
             return message(str(error), 409, "jobs-message")
         return message(f"job {job.id} queued: resume {job.run_name}", 200, "jobs-message", "ok")
-
-    return api

@@ -22,7 +22,7 @@ import numpy as np
 
 from tunesmith.board.runs_index import parse_record, read_mapping, run_status, tail_records
 from tunesmith.config import Config
-from tunesmith.evaluate.predictions import mistakes, predictions_path, read_predictions
+from tunesmith.evaluate.predictions import mistakes, prediction_row, predictions_path, read_predictions
 from tunesmith.train.loop import plan_steps
 
 LOG_LINES = 200
@@ -164,19 +164,10 @@ def worst_first(run: Path, split: str) -> tuple[list[dict[str, Any]], str]:
         sign = 1 if found.higher_is_better else -1  # the worst row_metric first
         wrong.sort(key=lambda r: (-(r["confidence"] or 0.0) if confident else 0.0, sign * r[found.metric]))
     listed = {r["row"] for r in wrong}
-    right = [{"row": int(r.row), "input": r.input, "gold": shown(r.gold), "predicted": shown(r.predicted),
-              "confidence": float(r.confidence) if np.isfinite(r.confidence) else None,
-              found.metric: float(r.row_metric)} for r in rows.itertuples() if int(r.row) not in listed]  # fmt: skip
+    right = [prediction_row(r, found.metric) for r in rows.itertuples() if int(r.row) not in listed]
     for r in wrong:
         r["wrong"] = True
     return wrong + right, found.metric
-
-
-def shown(value: Any) -> Any:
-    """A list (labels, tags, answers) as one line, as the report shows it."""
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return ", ".join("-" if v is None else str(v) for v in value) or "(none)"
-    return value
 
 
 def validation_curve(run: Path, metric: str) -> list[tuple[int, float]]:

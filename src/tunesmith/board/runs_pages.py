@@ -182,7 +182,8 @@ def router(board: Board):
             case []:
                 return render("run.html", **run_values(board, index, run))
             case ["events"]:
-                start = offset if offset is not None else int(request.headers.get("last-event-id") or 0)
+                last = request.headers.get("last-event-id") or ""
+                start = offset if offset is not None else int(last) if last.isdigit() else 0  # junk: from the start
                 stream = run_view.metric_events(run, max(0, start), request.is_disconnected)
                 return StreamingResponse(stream, media_type="text/event-stream",
                                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
@@ -196,7 +197,8 @@ def router(board: Board):
             case ["results"]:
                 return render("run_results.html", summary=index.summary(run),
                               results=results_values(run, run_status(run)))  # fmt: skip
-            case ["report"] if (run / "report.html").is_file():
+            case ["report"] if (run / "report.html").is_file() and not (run / "report.html").is_symlink():
+                # A symlink could lead out of the run: never followed (as plots and logs).
                 # The report is tunesmith's own self-contained page (inline style, data: images): no scripts.
                 return FileResponse(run / "report.html", media_type="text/html", headers={
                     "Content-Security-Policy": "default-src 'none'; img-src data:; style-src 'unsafe-inline'"})  # fmt: skip

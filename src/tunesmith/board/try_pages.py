@@ -52,9 +52,17 @@ FORM_OVERHEAD = 64 * 1024
 """Bytes a multipart body may hold beyond its file (boundaries, headers, the other fields)."""
 INSPECTIONS = Path(".board") / "inspect"
 """Where, under the runs folder, the data page's reports go (one new folder per inspection)."""
-SETTING_PREFIXES = ("task.", "inspect.", "model.", "data.text_column", "data.label_column", "data.column_names")
+SETTING_PREFIXES = (
+    "task.",
+    "inspect.",
+    "model.max_length",
+    "model.name",
+    "data.text_column",
+    "data.label_column",
+    "data.column_names",
+)
 """The ``--set`` keys the data page takes: no key that names another file (data.validation, ...),
-since every file the page reads must be confined to the allowed folders."""
+since every file the page reads must be confined to the allowed folders (a local model.name is)."""
 EXAMPLE_SPLITS = ("validation", "test", "train")
 REPORT_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 
@@ -427,6 +435,11 @@ def data_request(board: Board, values: dict[str, str]) -> tuple[list[Path], list
             if "=" not in line or not key.startswith(SETTING_PREFIXES):
                 raise Refused(422, f"setting {line.strip()!r}: give KEY=VALUE with a key under "
                                    f"{', '.join(SETTING_PREFIXES)} (the files come from the path fields)")  # fmt: skip
+            if key == "model.name":  # a local model folder must lie inside the allowed folders too
+                try:
+                    line = f"model.name={board.confine_model(line.split('=', 1)[1].strip())}"
+                except TunesmithError as error:
+                    raise Refused(403, str(error)) from None
             overrides.append(line.strip())
     return files, overrides
 

@@ -207,7 +207,7 @@ def resolve_source(spec: str) -> Path:
     installed Python package.
 
     Raises:
-        TunesmithError: the package is not installed or the path does not exist.
+        TunesmithError: the package is not installed, the path leaves the package or does not exist.
     """
     if spec.startswith("package:"):
         package, _, rest = spec.removeprefix("package:").partition("/")
@@ -216,7 +216,11 @@ def resolve_source(spec: str) -> Path:
             raise TunesmithError(
                 f"Data source {spec!r}: Python package {package!r} is not installed (pip install {package})"
             )
-        path = Path(next(iter(found.submodule_search_locations))) / rest
+        folder = Path(next(iter(found.submodule_search_locations))).resolve()
+        path = (folder / rest).resolve()
+        # A rest such as "/tmp/x.csv" or "../../x" would name a file outside the package.
+        if Path(rest).is_absolute() or not path.is_relative_to(folder):
+            raise TunesmithError(f"Data source {spec!r}: the path after the package name must lie inside {folder}")
     else:
         path = Path(spec).expanduser()
     if not path.exists():

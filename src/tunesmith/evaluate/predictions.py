@@ -103,12 +103,26 @@ def mistakes(predictions: Predictions, *, per_class: int = 3, limit: int = 10) -
             ["gold", *order], ascending=[True] + [False] * len(order), kind="stable")  # fmt: skip
     else:
         found = found.head(limit)
-    return [{"row": int(r.row), "input": r.input, "gold": _shown(r.gold), "predicted": _shown(r.predicted),
-             "confidence": float(r.confidence) if np.isfinite(r.confidence) else None,
-             predictions.metric: float(r.row_metric)} for r in found.itertuples()]  # fmt: skip
+    return [prediction_row(r, predictions.metric) for r in found.itertuples()]
 
 
-def _shown(value: Any) -> Any:
+def prediction_row(row: Any, metric: str) -> dict[str, Any]:
+    """One row of a predictions table as the report and the board show it.
+
+    Args:
+        row: a row of ``Predictions.rows`` (from ``itertuples``).
+        metric: the name ``row_metric`` is shown under.
+
+    Returns:
+        ``row``, ``input``, ``gold`` and ``predicted`` (lists on one line), ``confidence`` (None
+        where the model gives none) and ``metric``.
+    """
+    return {"row": int(row.row), "input": row.input, "gold": shown(row.gold), "predicted": shown(row.predicted),
+            "confidence": float(row.confidence) if np.isfinite(row.confidence) else None,
+            metric: float(row.row_metric)}  # fmt: skip
+
+
+def shown(value: Any) -> Any:
     """A list (labels, tags, answers) as one line; anything else as it is."""
     if isinstance(value, (list, tuple, np.ndarray)):
         return ", ".join("-" if v is None else str(v) for v in value) or "(none)"

@@ -71,6 +71,71 @@ def _overlap_lines(manifest: dict[str, Any]) -> list[str]:
     ]
 
 
+def _training_lines(config: dict[str, Any], parameters: tuple[int, int], training: dict[str, Any]) -> list[str]:
+    """The card's Training section: the settings that matter, the parameters trained, how it went."""
+    model, train = config["model"], config["train"]
+    best = training["best_metric"] if training["best_metric"] is None else round(training["best_metric"], 4)
+    return [
+        "## Training\n",
+        f"- epochs {train['num_epochs']}, batch size {train['batch_size']} x {train['gradient_accumulation_steps']} accumulation, "
+        f"learning rate {train['learning_rate']} ({train['scheduler']}, warmup {train['warmup_ratio']}), "
+        f"optimizer {train['optimizer']}, weight decay {train['weight_decay']}, max length {model['max_length']}",
+        f"- trainable parameters {parameters[0]:,} of {parameters[1]:,}",
+        f"- steps {training['steps']}, best validation {training['metric']} {best} "
+        f"at step {training['best_step']} (training curves: training_curves.png)"
+        + (" (stopped early)" if training["stopped_early"] else ""),
+        f"- seed {config['runtime']['seed']}; the full config is in config.yaml, package versions in environment.json\n",
+    ]
+
+
+def _results_lines(metrics: dict[str, Any]) -> list[str]:
+    """The card's Results section (after its heading): scores per split, calibration, slices,
+    forgetting and per-class scores, each where the run measured it."""
+    sections = []
+    for split in ("validation", "test"):
+        if split in metrics:
+            sections += [f"### {split} ({metrics[split].get('count', '?')} rows)\n", _scalars(metrics[split]) + "\n"]
+    test = metrics.get("test", {})
+    if "ece" in test:
+        scaled = (f"; after temperature scaling (T = {test['temperature']:.3f}, fitted on validation) "
+                  f"{test['ece_temperature_scaled']:.4f}" if "temperature" in test else "")  # fmt: skip
+        sections += [f"Calibration on test: expected calibration error {test['ece']:.4f}{scaled} "
+                     "(reliability diagram: reliability_test.png).\n"]  # fmt: skip
+    if "slices" in test:
+        from tunesmith.tasks.fairness import markdown as slice_table
+
+        sections += [f"### test, per {test['slices']['column']} slice\n", slice_table(test["slices"])]
+    if "forgetting" in metrics:
+        f = metrics["forgetting"]
+        sections += ["### Forgetting check\n",
+                     f"Retain set `{portable_source(f['retain'])}` ({f['rows']} rows, {f['method']}): base {f['base']:.4f}, tuned "
+                     f"{f['tuned']:.4f}. {f['message']}.\n"]  # fmt: skip
+    if "per_class" in test:
+        sections += ["### test, per class\n", _per_class(test) + "\n"]
+        if "confusion_matrix" in test:
+            sections += ["![test confusion matrix](confusion_matrix_test.png)\n"]
+    return sections
+
+
+def _closing_lines(card: CardText, auto_class: str, per_class: bool, adapter: str) -> list[str]:
+    """The card's Limitations and How to load sections, and the adapter's section if any."""
+    reader = "tokenizer" if card.processor == "AutoTokenizer" else "processor"
+    return [
+        "## Limitations\n",
+        f"- {card.limitation}",
+        "- Scores hold for data like the test split above; other domains, time periods or writing styles "
+        "can score far lower."
+        + (" Check per-class scores in metrics.json before relying on rare classes." if per_class else ""),
+        "- The model inherits the biases of its pretrained model and of its training data.\n",
+        "## How to load\n",
+        f"```python\nfrom transformers import {auto_class}, {card.processor}\n\n"
+        f'model = {auto_class}.from_pretrained("model")  # this folder; on the Hub, its repo id\n'
+        f'{reader} = {card.processor}.from_pretrained("model")\n```\n',
+        f"or {card.usage}\n",
+        *([adapter] if adapter else []),
+    ]
+
+
 def model_card(
     *,
     config: dict[str, Any],
@@ -92,66 +157,20 @@ def model_card(
     Args:
         adapter: a LoRA run's section on its adapter (``hub_card.adapter_section``), else "".
     """
-    model, train = config["model"], config["train"]
     splits = manifest["splits"]
-    title, purpose, described = f"# {card.title}\n", card.purpose + "\n", card.data + "\n"
-    reader = "tokenizer" if card.processor == "AutoTokenizer" else "processor"
     sections = [
-        title,
-        f"Fine-tuned from {model_description} with tunesmith ({model['strategy']} strategy). {purpose}",
+        f"# {card.title}\n",
+        f"Fine-tuned from {model_description} with tunesmith ({config['model']['strategy']} strategy). "
+        f"{card.purpose}\n",
         "## Data\n",
         f"Source: `{portable_source(manifest['sources']['train']['source'])}`. Rows: "
         + ", ".join(f"{name} {info['rows']}" for name, info in splits.items())
         + ".\n",
-        described,
+        card.data + "\n",
         *_overlap_lines(manifest),
-        "## Training\n",
-        f"- epochs {train['num_epochs']}, batch size {train['batch_size']} x {train['gradient_accumulation_steps']} accumulation, "
-        f"learning rate {train['learning_rate']} ({train['scheduler']}, warmup {train['warmup_ratio']}), "
-        f"optimizer {train['optimizer']}, weight decay {train['weight_decay']}, max length {model['max_length']}",
-        f"- trainable parameters {parameters[0]:,} of {parameters[1]:,}",
-        f"- steps {training['steps']}, best validation {training['metric']} "
-        f"{training['best_metric'] if training['best_metric'] is None else round(training['best_metric'], 4)} "
-        f"at step {training['best_step']} (training curves: training_curves.png)"
-        + (" (stopped early)" if training["stopped_early"] else ""),
-        f"- seed {config['runtime']['seed']}; the full config is in config.yaml, package versions in environment.json\n",
+        *_training_lines(config, parameters, training),
         "## Results\n",
-    ]
-    for split in ("validation", "test"):
-        if split in metrics:
-            sections += [f"### {split} ({metrics[split].get('count', '?')} rows)\n", _scalars(metrics[split]) + "\n"]
-    test = metrics.get("test", {})
-    if "ece" in test:
-        scaled = (f"; after temperature scaling (T = {test['temperature']:.3f}, fitted on validation) "
-                  f"{test['ece_temperature_scaled']:.4f}" if "temperature" in test else "")  # fmt: skip
-        sections += [f"Calibration on test: expected calibration error {test['ece']:.4f}{scaled} "
-                     "(reliability diagram: reliability_test.png).\n"]  # fmt: skip
-    if "slices" in metrics.get("test", {}):
-        from tunesmith.tasks.fairness import markdown as slice_table
-
-        sections += [f"### test, per {metrics['test']['slices']['column']} slice\n",
-                     slice_table(metrics["test"]["slices"])]  # fmt: skip
-    if "forgetting" in metrics:
-        f = metrics["forgetting"]
-        sections += ["### Forgetting check\n",
-                     f"Retain set `{portable_source(f['retain'])}` ({f['rows']} rows, {f['method']}): base {f['base']:.4f}, tuned "
-                     f"{f['tuned']:.4f}. {f['message']}.\n"]  # fmt: skip
-    if "per_class" in metrics.get("test", {}):
-        sections += ["### test, per class\n", _per_class(metrics["test"]) + "\n"]
-        if "confusion_matrix" in metrics["test"]:
-            sections += ["![test confusion matrix](confusion_matrix_test.png)\n"]
-    sections += [
-        "## Limitations\n",
-        f"- {card.limitation}",
-        "- Scores hold for data like the test split above; other domains, time periods or writing styles "
-        "can score far lower."
-        + (" Check per-class scores in metrics.json before relying on rare classes." if "per_class" in test else ""),
-        "- The model inherits the biases of its pretrained model and of its training data.\n",
-        "## How to load\n",
-        f"```python\nfrom transformers import {auto_class}, {card.processor}\n\n"
-        f'model = {auto_class}.from_pretrained("model")  # this folder; on the Hub, its repo id\n'
-        f'{reader} = {card.processor}.from_pretrained("model")\n```\n',
-        f"or {card.usage}\n",
-        *([adapter] if adapter else []),
+        *_results_lines(metrics),
+        *_closing_lines(card, auto_class, "per_class" in metrics.get("test", {}), adapter),
     ]
     return "\n".join(sections)
