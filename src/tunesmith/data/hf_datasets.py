@@ -32,6 +32,7 @@ import pandas as pd
 
 from tunesmith.config import DATASET_SPLITS
 from tunesmith.errors import TunesmithError
+from tunesmith.runs import sha256_file
 
 SPLIT_NAME = re.compile(r"[A-Za-z0-9_][\w.-]*")
 HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?(@[\w.-]+(/[\w.-]+)*)?")
@@ -189,7 +190,7 @@ def read_arrow(path: Path) -> DatasetTable:
             with pa.memory_map(str(path)) as source:
                 table = pa.ipc.open_file(source).read_all()
             dataset = datasets.Dataset(datasets.table.InMemoryTable(table))
-            return DatasetTable(dataset_frame(dataset)[0], str(path), _file_sha256(path),
+            return DatasetTable(dataset_frame(dataset)[0], str(path), sha256_file(path),
                                 {"format": "Arrow IPC file"})  # fmt: skip
         dataset = datasets.Dataset.from_file(str(path))
     except (pa.ArrowException, OSError, ValueError) as error:
@@ -197,14 +198,6 @@ def read_arrow(path: Path) -> DatasetTable:
             f"{path}: could not be read as Arrow (a datasets .arrow file or an Arrow IPC file): {error}"
         ) from None
     return _table(dataset, str(path), path.parent, {"format": "Arrow stream (datasets)"})
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def parse_hub(spec: str) -> tuple[str, str | None, str | None]:
