@@ -123,7 +123,7 @@ def initialize(model, optimizer, scheduler, config: dict[str, Any]):
         import deepspeed
     except ImportError:
         raise TunesmithError(
-            "runtime.distributed=deepspeed needs the deepspeed package: pip install deepspeed==0.19.8"
+            "runtime.distributed=deepspeed needs the deepspeed package: pip install 'tunesmith[deepspeed]'"
         ) from None
     from deepspeed.utils import logger
 
