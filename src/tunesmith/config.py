@@ -873,3 +873,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def dump_config(config: Config) -> str:
     """The fully resolved config as YAML, as it is saved in a run directory."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config (or any nested dict) as ``section.key`` entries, the ``--set`` spelling;
+    an empty mapping stays one entry."""
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat |= flatten(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}": value}
+    return flat

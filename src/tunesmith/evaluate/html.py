@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from tunesmith.config import flatten
 from tunesmith.data.overlap import describe
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate.predictions import (
@@ -248,15 +249,6 @@ def _mistake_parts(run: Path, split: str) -> list[str]:
     return parts + [f"<table><tr>{head}</tr>{body}</table>"]
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        flat |= _flatten(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}": value}
-    return flat
-
-
 COMPARED = ("accuracy", "macro_f1", "mse", "loss", "perplexity", "rougeL", "ece")
 """The scores ``compare`` lists, where a run has them."""
 
@@ -327,7 +319,7 @@ def _comparison(runs: list[Path]) -> tuple[dict[str, Any], list[tuple[Path, dict
     scores, shown = _score_rows(loaded)
     scored = [scored_data(run, row["split"], _read(run, "data_manifest.json") or {})
               for (run, _, _), row in zip(loaded, scores)]  # fmt: skip
-    flat = [_flatten({k: v for k, v in c.items() if k != "tune"}) for _, c, _ in loaded]
+    flat = [flatten({k: v for k, v in c.items() if k != "tune"}) for _, c, _ in loaded]
     differing = [k for k in sorted(set().union(*flat))
                  if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1 and k != "runtime.output_dir"]  # fmt: skip
     differences = [{"key": k, **{n: json.dumps(f.get(k)) for n, f in zip(names, flat)}} for k in differing]

@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tunesmith.config import Config
+from tunesmith.config import Config, flatten
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import RunDir, is_main_process
 from tunesmith.train.callbacks import Callback
@@ -70,16 +70,8 @@ def check_trackers(names: list[str]) -> None:
 def flat_parameters(tree: dict[str, Any], prefix: str = "") -> dict[str, str | int | float | bool]:
     """A nested config as ``section.key`` parameters (the ``--set`` spelling); a list or mapping
     value becomes its JSON text, and None ``null``, since trackers take only scalars."""
-    flat: dict[str, str | int | float | bool] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat |= flat_parameters(value, f"{name}.")
-        elif isinstance(value, (str, int, float, bool)):
-            flat[name] = value
-        else:
-            flat[name] = json.dumps(value, default=str)
-    return flat
+    return {name: value if isinstance(value, (str, int, float, bool)) else json.dumps(value, default=str)
+            for name, value in flatten(tree, prefix).items()}  # fmt: skip
 
 
 def flat_scalars(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
