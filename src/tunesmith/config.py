@@ -838,6 +838,27 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 
+def config_tree(text: str, source: str) -> dict[str, Any]:
+    """The sections of a YAML config's ``text`` (from ``source``: a file, a pasted config), before
+    validation; a YAML error names the line, not PyYAML's multi-line excerpt.
+
+    Raises:
+        TunesmithError: the text is not YAML, or its top level is not a mapping.
+    """
+    try:
+        loaded = load_yaml(text)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f"{source}, line {mark.line + 1}" if mark is not None else source
+        problem = "; ".join(str(p) for p in (error.context, error.problem) if p)
+        raise TunesmithError(f"{where}: not valid YAML ({problem})") from None
+    except yaml.YAMLError as error:
+        raise TunesmithError(f"{source} is not valid YAML: {error}") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise TunesmithError(f"{source}: the top level must be a mapping of sections")
+    return loaded or {}
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Loads a YAML config (or the embedded default when path is None) and applies overrides.
 
@@ -853,17 +874,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if not path.is_file():
         raise TunesmithError(f"Config file not found: {path}")
     try:
-        loaded = load_yaml(path.read_text(encoding="utf-8"))
-    except yaml.MarkedYAMLError as error:  # the file's line, not PyYAML's multi-line excerpt
-        mark = error.problem_mark or error.context_mark
-        where = f"{path}, line {mark.line + 1}" if mark is not None else str(path)
-        problem = "; ".join(str(p) for p in (error.context, error.problem) if p)
-        raise TunesmithError(f"{where}: not valid YAML ({problem})") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
         raise TunesmithError(f"{path} is not valid YAML: {error}") from None
-    if loaded is not None and not isinstance(loaded, dict):
-        raise TunesmithError(f"{path}: the top level must be a mapping of sections")
-    tree: dict[str, Any] = loaded or {}
+    tree = config_tree(text, str(path))
     if overrides:
         apply_overrides(tree, overrides)
         source += " with --set overrides"

@@ -18,7 +18,7 @@ from typing import Any, get_args
 import yaml
 
 from tunesmith.board.context import Board, templates
-from tunesmith.config import TASK_TYPES, ModelConfig, config_from_dict, load_yaml
+from tunesmith.config import TASK_TYPES, ModelConfig, config_from_dict, config_tree
 from tunesmith.errors import TunesmithError
 
 STARTERS = Path(__file__).resolve().parents[1] / "resources" / "starters"
@@ -74,17 +74,9 @@ def _scalar(raw: str) -> Any:
 def yaml_tree(text: str, source: str) -> dict[str, Any]:
     """The config in pasted or uploaded YAML, refused as ``load_config`` refuses a file."""
     try:
-        loaded = load_yaml(text)
-    except yaml.MarkedYAMLError as error:
-        mark = error.problem_mark or error.context_mark
-        where = f"{source}, line {mark.line + 1}" if mark is not None else source
-        problem = "; ".join(str(p) for p in (error.context, error.problem) if p)
-        raise LaunchRefused(f"{where}: not valid YAML ({problem})") from None
-    except yaml.YAMLError as error:
-        raise LaunchRefused(f"{source} is not valid YAML: {error}") from None
-    if loaded is not None and not isinstance(loaded, dict):
-        raise LaunchRefused(f"{source}: the top level must be a mapping of sections")
-    return loaded or {}
+        return config_tree(text, source)
+    except TunesmithError as error:
+        raise LaunchRefused(str(error)) from None
 
 
 def confine_data(board: Board, tree: dict[str, Any]) -> None:
