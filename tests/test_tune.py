@@ -118,7 +118,9 @@ def test_interrupted_study_resumes_with_its_earlier_trials_intact(tmp_path, tiny
     assert before[0].state.name == "COMPLETE" and before[1].state.name == "RUNNING"
 
     monkeypatch.setattr(tune, "GRACE_SECONDS", 1)  # the killed trial's heartbeat is already stale
-    time.sleep(1.5)
+    # SQLite's CURRENT_TIMESTAMP, which optuna compares heartbeats by, has whole seconds: "more
+    # than 1 s" between two truncated times needs up to 3 s of real time.
+    time.sleep(3.2)
     report = tune.run_tune(config, directory, train=api.train)
     after = {t["number"]: t for t in report["trials"]}
     assert after[0]["value"] == before[0].value and after[0]["params"] == before[0].params  # kept as it was

@@ -774,7 +774,13 @@ def take_interrupts() -> None:
 
 def main() -> None:
     take_interrupts()
-    app(prog_name="tunesmith")
+    try:
+        app(prog_name="tunesmith")
+    finally:
+        if "torch.distributed" in sys.modules:  # a distributed worker (runs loads only when needed)
+            from tunesmith.runs import leave_process_group
+
+            leave_process_group()
 
 
 if __name__ == "__main__":

