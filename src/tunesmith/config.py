@@ -218,6 +218,8 @@ class TaskSection(Section):
     """forgetting.retain (the forgetting check) is allowed."""
     supports_rehearsal: ClassVar[bool] = True
     """forgetting.rehearsal (labelled rows of an earlier task mixed into training) is allowed."""
+    supports_contrastive: ClassVar[bool] = False
+    """model.strategy=contrastive (pairs of rows by label, a mean-pooled encoder) is allowed."""
     augment_refusal: ClassVar[str | None] = None
     """Why data.augment is refused for this kind; None: it applies."""
 
@@ -234,6 +236,7 @@ class SingleLabelTaskConfig(TaskSection):
 
     type: Literal["single_label"] = "single_label"
     supports_balance: ClassVar[bool] = True
+    supports_contrastive: ClassVar[bool] = True
 
 
 class MultiLabelTaskConfig(TaskSection):
@@ -421,6 +424,19 @@ class LoraConfig(Section):
     """Module names to adapt; None: PEFT's default for the architecture (all-linear for causal_lm)."""
 
 
+class ContrastiveConfig(Section):
+    """strategy=contrastive (few-shot, SetFit's recipe): the encoder learns from pairs of labelled
+    rows to bring same-label texts together and push different-label texts apart, read as the
+    mean of its token states; then a logistic regression on those embeddings becomes the linear
+    head. train.num_epochs counts passes over the pairs (1 when unset); train.learning_rate is the
+    encoder's (2e-5 when unset)."""
+
+    iterations: int = Field(20, gt=0, le=1000)
+    """Pairs per row: each iteration pairs every labelled row with one row of its label and one of another."""
+    head_c: float = Field(1.0, gt=0)
+    """Inverse regularisation strength of the logistic-regression head (scikit-learn's C)."""
+
+
 class ModelConfig(Section):
     """The pretrained model and how it is adapted."""
 
@@ -436,11 +452,12 @@ class ModelConfig(Section):
     """causal_lm: a Jinja chat template; None uses the tokenizer's (plain text if it has none)."""
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
     """Overrides the model's hidden/attention/classifier dropout; None keeps the pretrained value."""
-    strategy: Literal["full", "freeze", "gradual_unfreeze", "lora"] | None = None
-    """None: full, or lora for causal_lm."""
+    strategy: Literal["full", "freeze", "gradual_unfreeze", "lora", "contrastive"] | None = None
+    """None: full, or lora for causal_lm. contrastive: few-shot training for single_label (see model.contrastive)."""
     freeze: FreezeConfig = FreezeConfig()
     gradual_unfreeze: GradualUnfreezeConfig = GradualUnfreezeConfig()
     lora: LoraConfig = LoraConfig()
+    contrastive: ContrastiveConfig = ContrastiveConfig()
 
 
 class EarlyStoppingConfig(Section):
@@ -732,6 +749,14 @@ class Config(Section):
         if not task.supports_rehearsal and self.forgetting.rehearsal:
             raise ValueError(f"forgetting.rehearsal mixes labelled rows into training: it covers task.type="
                              f"{_kinds_with(lambda t: t.supports_rehearsal)}, not {task.type}")  # fmt: skip
+        if model.strategy == "contrastive":
+            if not task.supports_contrastive:
+                raise ValueError(f"model.strategy=contrastive needs task.type={_kinds_with(lambda t: t.supports_contrastive)}"
+                                 f" (pairs are drawn by label), not {task.type}")  # fmt: skip
+            if "num_epochs" not in self.train.model_fields_set:
+                self.train.num_epochs = 1.0  # one pass over the pairs, as SetFit
+            if "learning_rate" not in self.train.model_fields_set:
+                self.train.learning_rate = 2e-5  # SetFit's rate for the encoder
         if self.data.balance.method != "none" and not task.supports_balance:
             raise ValueError(f"data.balance.method={self.data.balance.method!r} needs "
                              f"task.type={_kinds_with(lambda t: t.supports_balance)}")  # fmt: skip

@@ -396,6 +396,35 @@ def load_sequence_classifier(
                            problem_type=problem_type)  # fmt: skip
 
 
+def load_mean_pooled_classifier(
+    resolved: ResolvedModel,
+    *,
+    num_labels: int,
+    problem_type: str,
+    label_names: list[str],
+    dropout: float | None,
+):
+    """The pretrained encoder read as a sentence encoder (the mean of its token states) with a
+    new linear head for ``label_names`` (models/pooled.py). Returns (model, new parameter names)."""
+    from transformers import AutoConfig, AutoModel
+
+    from tunesmith.models.pooled import pooled_classifier
+
+    if len(label_names) != num_labels:
+        raise ValueError(f"{num_labels} outputs for {len(label_names)} labels")
+    try:
+        config = AutoConfig.from_pretrained(resolved.location)
+        if dropout is not None:
+            for attribute in DROPOUT_ATTRIBUTES:
+                if hasattr(config, attribute):
+                    setattr(config, attribute, dropout)
+        encoder = AutoModel.from_pretrained(resolved.location, config=config)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise _load_failed(resolved, error) from None
+    model = pooled_classifier(encoder, label_names=label_names, problem_type=problem_type)
+    return model, ["classifier.bias", "classifier.weight"]
+
+
 def load_token_classifier(resolved: ResolvedModel, *, label_names: list[str], dropout: float | None):
     """The pretrained encoder with a token-classification head (one output per tag)."""
     from transformers import AutoModelForTokenClassification
@@ -468,5 +497,7 @@ def load_trained_model(auto_class: str, model_dir: str | Path):
     """A trained model saved in plain transformers format, through its Auto class's name
     (``AutoModelForTokenClassification``, ...)."""
     import transformers
+
+    from tunesmith.models import pooled  # noqa: F401  registers tunesmith's own architecture with the Auto classes
 
     return getattr(transformers, auto_class).from_pretrained(model_dir)

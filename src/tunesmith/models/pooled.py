@@ -15,6 +15,7 @@ transformers' Auto classes under ``model_type: tunesmith_pooled``, so a saved ru
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import torch
@@ -96,8 +97,10 @@ def pooled_classifier(encoder: PreTrainedModel, *, label_names: list[str], norma
                       problem_type: str = "single_label_classification") -> PooledTextClassifier:  # fmt: skip
     """A pooled classifier around a loaded pretrained encoder (its weights kept) with a new
     linear layer for ``label_names``."""
+    encoder_config = copy.deepcopy(encoder.config)
+    encoder_config._name_or_path = ""  # a saved run carries no local paths
     config = PooledClassifierConfig(
-        encoder=encoder.config, normalize=normalize, num_labels=len(label_names), problem_type=problem_type,
+        encoder=encoder_config, normalize=normalize, num_labels=len(label_names), problem_type=problem_type,
         id2label=dict(enumerate(label_names)), label2id={name: i for i, name in enumerate(label_names)},
     )  # fmt: skip
     model = PooledTextClassifier(config)  # post_init initialises every weight: the encoder's come after

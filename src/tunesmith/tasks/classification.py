@@ -26,6 +26,7 @@ from tunesmith.data.prepare import PreparedData, load_examples, prepare_data
 from tunesmith.errors import TunesmithError
 from tunesmith.models.load import (
     ResolvedModel,
+    load_mean_pooled_classifier,
     load_sequence_classifier,
     load_trained_model,
     pad_token_id,
@@ -61,12 +62,15 @@ class TextClassificationTask(LabelSpace):
         max_length: model.max_length: texts are cut to this many tokens.
         balance: data.balance: class weights are fitted from the training split when its
             method is "class_weights".
+        mean_pooled: the head reads the mean of the encoder's token states (models/pooled.py)
+            rather than the architecture's own pooling: model.strategy=contrastive trains that mean.
     """
 
     threshold: float = 0.5
     class_weights: list[float] | None = None
     max_length: int = 128
     balance: BalanceConfig = field(default_factory=BalanceConfig)
+    mean_pooled: bool = False
 
     # Every stage but chat.
     STAGES: ClassVar[frozenset[str]] = frozenset(
@@ -87,6 +91,7 @@ class TextClassificationTask(LabelSpace):
         options = config.task.model_dump(exclude={"type"})  # threshold and label_separator: multi_label only
         return cls(type=config.task.type, label_names=list((saved or {}).get("label_names") or []),
                    max_length=config.model.max_length, balance=config.data.balance,
+                   mean_pooled=config.model.strategy == "contrastive",
                    **{k: options[k] for k in ("threshold", "label_separator") if k in options})  # fmt: skip
 
     @property
@@ -218,9 +223,11 @@ class TextClassificationTask(LabelSpace):
         return text_processor(resolved, max_length=self.max_length, trained=trained)
 
     def load_model(self, resolved: ResolvedModel, dropout: float | None) -> tuple[Any, list[str]]:
-        """The pretrained encoder with a sequence-classification head for the label space."""
-        return load_sequence_classifier(resolved, num_labels=self.num_outputs, problem_type=self.problem_type,
-                                        label_names=self.label_names, dropout=dropout)  # fmt: skip
+        """The pretrained encoder with a sequence-classification head for the label space (over
+        the mean of its token states when ``mean_pooled``)."""
+        load = load_mean_pooled_classifier if self.mean_pooled else load_sequence_classifier
+        return load(resolved, num_labels=self.num_outputs, problem_type=self.problem_type,
+                    label_names=self.label_names, dropout=dropout)  # fmt: skip
 
     def load_trained(self, model_dir: Path) -> Any:
         """A trained run's model (``auto_class``) from its ``model/`` directory."""

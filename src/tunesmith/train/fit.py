@@ -17,6 +17,7 @@ from tunesmith.models.load import ResolvedModel, pad_token_id, quiet_transformer
 from tunesmith.runs import RunDir, environment_lock, is_main_process
 from tunesmith.tasks.contract import Encoded, Task
 from tunesmith.train.callbacks import ProgressBar
+from tunesmith.train.contrastive import ContrastiveObjective
 from tunesmith.train.loop import LoopResult, resolve_device, run_training
 
 
@@ -76,11 +77,24 @@ def fit(run: RunDir, config: Config, task: Task, data: PreparedData, *, console,
     log(f"Strategy {config.model.strategy}: {trainable:,} of {total:,} parameters trainable ({trainable / total:.2%})")
     if is_main_process() and not resume:
         run.write_json("environment.json", environment_lock(resolve_device(config.runtime.device)))
+    objective, train_features = task, encoded.features["train"]
+    contrastive = config.model.strategy == "contrastive"
+    if contrastive:  # the loop trains on pairs of rows; the head is fitted on their embeddings
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise TunesmithError("model.strategy=contrastive trains on one process: leave out --nproc")
+        objective = ContrastiveObjective(task, train_features, config.model.contrastive, seed=config.runtime.seed,
+                                         pad_token_id=pad_token_id(processor))  # fmt: skip
+        train_features = objective.pairs
+        log(f"Contrastive: {len(train_features):,} pairs from {len(encoded.features['train']):,} rows "
+            f"({config.model.contrastive.iterations} iterations)")  # fmt: skip
     result = run_training(
-        model=model, task=task, train_features=encoded.features["train"],
+        model=model, task=objective, train_features=train_features,
         val_features=encoded.features.get("validation", []), config=config, run=run,
         pad_token_id=pad_token_id(processor), unfreezer=unfreezer,
         callbacks=([ProgressBar(console)] if config.runtime.progress else []) + list(callbacks),
         log=log, resume=resume,
     )  # fmt: skip
+    if contrastive:  # the head of the final weights (without a validation split, none was fitted yet)
+        objective.fit_head(result.model, batch_size=config.train.batch_size * 2,
+                           device=next(result.model.parameters()).device)  # fmt: skip
     return Fitted(result=result, encoded=encoded, processor=processor, resolved=resolved)
