@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--shots", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=["contrastive", "full"])
-    parser.add_argument("--test-rows", type=int, default=None, help="a seeded subset of the test file")
+    parser.add_argument("--test-rows", type=int, default=None, help="a seeded subset of the test file (the same rows as setfit_anchor.py)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "few_shot.json")
     args = parser.parse_args()
@@ -90,7 +90,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     train_all, test = read(args.dataset, 0), read(args.dataset, 1)
     if args.test_rows:
-        test = test.sample(n=args.test_rows, random_state=0)
+        # The subset setfit_anchor.py scores: default_rng(1234), in file order.
+        keep = np.sort(np.random.default_rng(1234).choice(len(test), args.test_rows, replace=False))
+        test = test.iloc[keep].reset_index(drop=True)
     results = []
     with tempfile.TemporaryDirectory() as folder:
         workdir = Path(folder)
