@@ -219,7 +219,8 @@ class TaskSection(Section):
     supports_rehearsal: ClassVar[bool] = True
     """forgetting.rehearsal (labelled rows of an earlier task mixed into training) is allowed."""
     supports_contrastive: ClassVar[bool] = False
-    """model.strategy=contrastive (pairs of rows by label, a mean-pooled encoder) is allowed."""
+    """model.strategy=contrastive (pairs of rows by label, a mean-pooled encoder) and zero_shot
+    (label descriptions against texts) are allowed."""
     augment_refusal: ClassVar[str | None] = None
     """Why data.augment is refused for this kind; None: it applies."""
 
@@ -232,11 +233,30 @@ class TaskSection(Section):
 
 
 class SingleLabelTaskConfig(TaskSection):
-    """single_label: one label per text, from a fixed set (the default kind). No options."""
+    """single_label: one label per text, from a fixed set (the default kind)."""
 
     type: Literal["single_label"] = "single_label"
+    labels: dict[str, str] | None = None
+    """The label set, each with the text that describes it (``{name: description}``; a list of
+    names describes each by its name). Set, it fixes the labels (rows with others are refused)
+    and model.strategy=zero_shot reads the descriptions; unset, the training split's labels."""
     supports_balance: ClassVar[bool] = True
     supports_contrastive: ClassVar[bool] = True
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _named(cls, value):
+        if isinstance(value, list):
+            value = {name: name for name in value}
+        if isinstance(value, dict):  # YAML reads 0: negative with a number for the name
+            value = {str(name): str(text) for name, text in value.items()}
+            if len(value) < 2:
+                raise ValueError("task.labels needs at least two labels")
+        return value
+
+    def check(self, config: Config) -> None:
+        if config.model.strategy == "zero_shot" and not self.labels:
+            raise ValueError("model.strategy=zero_shot needs task.labels: {name: description} (or a list of names)")
 
 
 class MultiLabelTaskConfig(TaskSection):
@@ -452,8 +472,10 @@ class ModelConfig(Section):
     """causal_lm: a Jinja chat template; None uses the tokenizer's (plain text if it has none)."""
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
     """Overrides the model's hidden/attention/classifier dropout; None keeps the pretrained value."""
-    strategy: Literal["full", "freeze", "gradual_unfreeze", "lora", "contrastive"] | None = None
-    """None: full, or lora for causal_lm. contrastive: few-shot training for single_label (see model.contrastive)."""
+    strategy: Literal["full", "freeze", "gradual_unfreeze", "lora", "contrastive", "zero_shot"] | None = None
+    """None: full, or lora for causal_lm. contrastive: few-shot training for single_label (see
+    model.contrastive). zero_shot: no training; single_label texts go to the label whose
+    task.labels description they are closest to (cosine of mean-pooled embeddings)."""
     freeze: FreezeConfig = FreezeConfig()
     gradual_unfreeze: GradualUnfreezeConfig = GradualUnfreezeConfig()
     lora: LoraConfig = LoraConfig()
@@ -749,10 +771,11 @@ class Config(Section):
         if not task.supports_rehearsal and self.forgetting.rehearsal:
             raise ValueError(f"forgetting.rehearsal mixes labelled rows into training: it covers task.type="
                              f"{_kinds_with(lambda t: t.supports_rehearsal)}, not {task.type}")  # fmt: skip
-        if model.strategy == "contrastive":
+        if model.strategy in ("contrastive", "zero_shot"):
             if not task.supports_contrastive:
-                raise ValueError(f"model.strategy=contrastive needs task.type={_kinds_with(lambda t: t.supports_contrastive)}"
+                raise ValueError(f"model.strategy={model.strategy} needs task.type={_kinds_with(lambda t: t.supports_contrastive)}"
                                  f" (pairs are drawn by label), not {task.type}")  # fmt: skip
+        if model.strategy == "contrastive":
             if "num_epochs" not in self.train.model_fields_set:
                 self.train.num_epochs = 1.0  # one pass over the pairs, as SetFit
             if "learning_rate" not in self.train.model_fields_set:

@@ -399,19 +399,18 @@ def load_sequence_classifier(
 def load_mean_pooled_classifier(
     resolved: ResolvedModel,
     *,
-    num_labels: int,
     problem_type: str,
     label_names: list[str],
     dropout: float | None,
+    normalize: bool = False,
 ):
-    """The pretrained encoder read as a sentence encoder (the mean of its token states) with a
-    new linear head for ``label_names`` (models/pooled.py). Returns (model, new parameter names)."""
+    """The pretrained encoder read as a sentence encoder (the mean of its token states,
+    L2-normalised with ``normalize``) with a new linear head for ``label_names``
+    (models/pooled.py). Returns (model, new parameter names)."""
     from transformers import AutoConfig, AutoModel
 
     from tunesmith.models.pooled import pooled_classifier
 
-    if len(label_names) != num_labels:
-        raise ValueError(f"{num_labels} outputs for {len(label_names)} labels")
     try:
         config = AutoConfig.from_pretrained(resolved.location)
         if dropout is not None:
@@ -421,7 +420,7 @@ def load_mean_pooled_classifier(
         encoder = AutoModel.from_pretrained(resolved.location, config=config)
     except (OSError, ValueError, RuntimeError) as error:
         raise _load_failed(resolved, error) from None
-    model = pooled_classifier(encoder, label_names=label_names, problem_type=problem_type)
+    model = pooled_classifier(encoder, label_names=label_names, problem_type=problem_type, normalize=normalize)
     return model, ["classifier.bias", "classifier.weight"]
 
 

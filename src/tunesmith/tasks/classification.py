@@ -62,15 +62,19 @@ class TextClassificationTask(LabelSpace):
         max_length: model.max_length: texts are cut to this many tokens.
         balance: data.balance: class weights are fitted from the training split when its
             method is "class_weights".
-        mean_pooled: the head reads the mean of the encoder's token states (models/pooled.py)
-            rather than the architecture's own pooling: model.strategy=contrastive trains that mean.
+        head: what the linear head reads: ``model``, the architecture's own pooling; ``mean``,
+            the mean of the encoder's token states (models/pooled.py), which
+            model.strategy=contrastive trains; ``cosine``, that mean L2-normalised, so a head
+            of label embeddings scores cosines (model.strategy=zero_shot).
+        label_texts: task.labels: the fixed label set, each with its description.
     """
 
     threshold: float = 0.5
     class_weights: list[float] | None = None
     max_length: int = 128
     balance: BalanceConfig = field(default_factory=BalanceConfig)
-    mean_pooled: bool = False
+    head: str = "model"
+    label_texts: dict[str, str] | None = None
 
     # Every stage but chat.
     STAGES: ClassVar[frozenset[str]] = frozenset(
@@ -89,9 +93,10 @@ class TextClassificationTask(LabelSpace):
         """The task of ``config`` (its task section, model.max_length and data.balance), with the
         label space of a run's ``task.json`` (``saved``), or empty before training."""
         options = config.task.model_dump(exclude={"type"})  # threshold and label_separator: multi_label only
-        return cls(type=config.task.type, label_names=list((saved or {}).get("label_names") or []),
-                   max_length=config.model.max_length, balance=config.data.balance,
-                   mean_pooled=config.model.strategy == "contrastive",
+        texts = options.get("labels")
+        return cls(type=config.task.type, label_names=list((saved or {}).get("label_names") or texts or []),
+                   max_length=config.model.max_length, balance=config.data.balance, label_texts=texts,
+                   head={"contrastive": "mean", "zero_shot": "cosine"}.get(config.model.strategy, "model"),
                    **{k: options[k] for k in ("threshold", "label_separator") if k in options})  # fmt: skip
 
     @property
@@ -197,7 +202,12 @@ class TextClassificationTask(LabelSpace):
         return frame["text"].tolist()
 
     def fit(self, train: pd.DataFrame) -> None:
-        """The label space of a table's ``label`` column (numbers are only checked, regression)."""
+        """The label space of a table's ``label`` column (numbers are only checked, regression);
+        with task.labels, that set (the rows are checked against it)."""
+        if self.label_texts:
+            self.label_names = list(self.label_texts)
+            self.encode_labels(train["label"], "the training rows")
+            return
         self.fit_labels(train["label"], "the training rows")
 
     # -- cross-validation -----------------------------------------------------------
@@ -224,10 +234,12 @@ class TextClassificationTask(LabelSpace):
 
     def load_model(self, resolved: ResolvedModel, dropout: float | None) -> tuple[Any, list[str]]:
         """The pretrained encoder with a sequence-classification head for the label space (over
-        the mean of its token states when ``mean_pooled``)."""
-        load = load_mean_pooled_classifier if self.mean_pooled else load_sequence_classifier
-        return load(resolved, num_labels=self.num_outputs, problem_type=self.problem_type,
-                    label_names=self.label_names, dropout=dropout)  # fmt: skip
+        the mean of its token states unless ``head`` is the model's own)."""
+        if self.head == "model":
+            return load_sequence_classifier(resolved, num_labels=self.num_outputs, problem_type=self.problem_type,
+                                            label_names=self.label_names, dropout=dropout)  # fmt: skip
+        return load_mean_pooled_classifier(resolved, problem_type=self.problem_type, label_names=self.label_names,
+                                           dropout=dropout, normalize=self.head == "cosine")  # fmt: skip
 
     def load_trained(self, model_dir: Path) -> Any:
         """A trained run's model (``auto_class``) from its ``model/`` directory."""

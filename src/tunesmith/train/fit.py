@@ -18,7 +18,9 @@ from tunesmith.runs import RunDir, environment_lock, is_main_process
 from tunesmith.tasks.contract import Encoded, Task
 from tunesmith.train.callbacks import ProgressBar
 from tunesmith.train.contrastive import ContrastiveObjective
+from tunesmith.train.checkpoint import LoopState
 from tunesmith.train.loop import LoopResult, resolve_device, run_training
+from tunesmith.train.zero_shot import fit_label_head
 
 
 @dataclass
@@ -77,6 +79,14 @@ def fit(run: RunDir, config: Config, task: Task, data: PreparedData, *, console,
     log(f"Strategy {config.model.strategy}: {trainable:,} of {total:,} parameters trainable ({trainable / total:.2%})")
     if is_main_process() and not resume:
         run.write_json("environment.json", environment_lock(resolve_device(config.runtime.device)))
+    if config.model.strategy == "zero_shot":  # nothing trains: the head is the label descriptions
+        descriptions = [task.label_texts[name] for name in task.label_names]
+        fit_label_head(model, processor, descriptions, max_length=config.model.max_length)
+        log(f"Zero-shot: no training; each text goes to the closest of {len(descriptions)} label descriptions")
+        if is_main_process():
+            run.metrics_log.touch()  # a training log with no steps
+        return Fitted(result=LoopResult(LoopState(), model, restored_best=False), encoded=encoded,
+                      processor=processor, resolved=resolved)  # fmt: skip
     objective, train_features = task, encoded.features["train"]
     contrastive = config.model.strategy == "contrastive"
     if contrastive:  # the loop trains on pairs of rows; the head is fitted on their embeddings
