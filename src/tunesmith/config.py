@@ -594,6 +594,12 @@ class EvaluationConfig(Section):
     temperature_scaling: bool = False
     """Fit a softmax temperature on the validation split (single_label); predictions then report
     calibrated probabilities (the predicted class does not change)."""
+    baseline: bool = True
+    """Score, beside the run's own scores, a linear probe on the frozen pretrained model's
+    embeddings fitted on (at most baseline_rows of) the training split: what fine-tuning added
+    (text classification, regression and pair kinds)."""
+    baseline_rows: int = Field(2000, gt=1)
+    """The most training rows the baseline probe is fitted on (a seeded sample)."""
 
 
 class ForgettingConfig(Section):

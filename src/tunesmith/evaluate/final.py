@@ -13,6 +13,7 @@ from tunesmith.config import Config
 from tunesmith.data.prepare import PreparedData
 from tunesmith.errors import TunesmithError
 from tunesmith.evaluate import forgetting
+from tunesmith.evaluate.baseline import log_baseline, probe_baseline
 from tunesmith.evaluate.html import run_report
 from tunesmith.evaluate.hub_card import adapter_section, base_text, card_metadata, write_cards
 from tunesmith.evaluate.predictions import predictions_path, write_predictions
@@ -110,6 +111,9 @@ def finish_run(run: RunDir, config: Config, task: Task, data: PreparedData, fitt
             saved and complete all the same).
     """
     metrics = score_splits(run, config, task, data, fitted, log)
+    baseline = probe_baseline(config, task, data, fitted)
+    if baseline is not None:
+        metrics["baseline"] = baseline
     parameters = count_parameters(fitted.result.model)
     model = save_model(run, config, fitted)
     if config.forgetting.retain is not None:
@@ -137,8 +141,10 @@ def finish_run(run: RunDir, config: Config, task: Task, data: PreparedData, fitt
     meta = {"resolved": fitted.resolved, "manifest": data.manifest, "metrics": metrics, "name": run.path.name,
             "strategy": config.model.strategy}  # fmt: skip
     write_cards(run, body, card_metadata(task, **meta), card_metadata(task, **meta, adapter=True) if lora else None)
-    for split, values in metrics.items():
-        log(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float)))
+    for split in ("validation", "test"):
+        if split in metrics:
+            log(f"{split}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics[split].items() if isinstance(v, float)))
+    log_baseline(metrics, metric_name, log)
     run_report(run.path)
     run.record_hashes()  # export and serve check the model against these
     log(f"Model saved to {run.model_dir}; model card {run.path / 'README.md'}; report {run.path / 'report.html'}")

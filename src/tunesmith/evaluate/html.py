@@ -18,6 +18,7 @@ import yaml
 from tunesmith.config import flatten
 from tunesmith.data.overlap import describe
 from tunesmith.errors import TunesmithError
+from tunesmith.evaluate.baseline import comparison_rows
 from tunesmith.evaluate.predictions import (
     calibration_sentence,
     data_warnings,
@@ -175,6 +176,12 @@ def _run_parts(run: Path) -> list[str]:
                   table(rows, [s["column"], "count", "accuracy", "macro_f1", rate]),
                   f"<p>Largest accuracy gap {s.get('accuracy_gap', float('nan')):.4f}; equal-opportunity difference "
                   f"{s.get('equal_opportunity_difference', float('nan')):.4f}.</p>"]  # fmt: skip
+    if "baseline" in metrics:
+        b = metrics["baseline"]
+        parts += ["<h2>Baseline: what fine-tuning added</h2>",
+                  f"<p>A {html.escape(b['method'])} (<code>{html.escape(str(b['model']))}</code>), fitted on "
+                  f"{b['train_rows']:,} training rows and scored on the same held-out rows.</p>",
+                  table(comparison_rows(metrics), ["split", "metric", "fine-tuned", "baseline", "gain"])]  # fmt: skip
     if "forgetting" in metrics:
         f = metrics["forgetting"]
         verdict = "good" if f["passed"] else "bad"

@@ -551,6 +551,16 @@ class TextClassificationTask(LabelSpace):
         texts = [" ".join(t.split()) for t in check_texts(inputs, self.kind)]
         return pooled(model.base_model, processor, texts, max_length=self.max_length)
 
+    def probe_scores(self, train: np.ndarray, train_features: list[dict], held_out: np.ndarray,
+                     features: list[dict], *, seed: int) -> dict[str, Any]:  # fmt: skip
+        """The task's metrics (no intervals) of a linear probe on standardised embeddings:
+        logistic regression per class (single_label, one-vs-rest for multi_label) or ridge
+        regression, from scikit-learn."""
+        logits = probe_logits(self.type, train, np.asarray([f["labels"] for f in train_features]), held_out,
+                              num_outputs=self.num_outputs, seed=seed)  # fmt: skip
+        found = self.scores(logits, np.asarray([f["labels"] for f in features]))
+        return {k: v for k, v in found.items() if isinstance(v, float)} | {"count": len(features)}
+
     def watched_values(self, row: dict[str, Any]) -> dict[str, Any]:
         """The label and its score, the labels ("(none)" for an empty set), or the value."""
         if self.type == "regression":
@@ -567,6 +577,34 @@ class TextClassificationTask(LabelSpace):
             "threshold": self.threshold,
             "label_separator": self.label_separator,
         }
+
+
+def probe_logits(kind: str, train: np.ndarray, targets: np.ndarray, held_out: np.ndarray, *, num_outputs: int,
+                 seed: int) -> np.ndarray:  # fmt: skip
+    """Outputs of a linear probe fitted on ``train`` for ``held_out``, shaped as the model's
+    logits: log-probabilities (single_label; a class the training rows lack gets -30), log-odds
+    (multi_label) or the predicted value (regression)."""
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.multiclass import OneVsRestClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if kind == "regression":
+        probe = make_pipeline(StandardScaler(), Ridge(alpha=1.0)).fit(train, targets.astype(float).ravel())
+        return probe.predict(held_out).reshape(-1, 1).astype(np.float32)
+    linear = LogisticRegression(max_iter=2000, random_state=seed)
+    if kind == "multi_label":
+        present = targets.std(axis=0) > 0  # a label on every row or on none leaves nothing to fit
+        logits = np.where(targets.mean(axis=0) > 0.5, 30.0, -30.0)[None, :].repeat(len(held_out), 0)
+        if present.any():
+            probe = make_pipeline(StandardScaler(), OneVsRestClassifier(linear)).fit(train, targets[:, present])
+            share = np.clip(probe.predict_proba(held_out), 1e-7, 1 - 1e-7)
+            logits[:, present] = np.log(share) - np.log1p(-share)
+        return logits.astype(np.float32)
+    probe = make_pipeline(StandardScaler(), linear).fit(train, targets)
+    logits = np.full((len(held_out), num_outputs), -30.0, dtype=np.float32)
+    logits[:, probe.classes_] = np.maximum(probe.predict_log_proba(held_out), -30.0)
+    return logits
 
 
 def text_warning(text: str) -> dict[str, str]:

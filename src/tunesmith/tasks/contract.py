@@ -596,3 +596,16 @@ class Monitored(Task, Protocol):
             KeyError: the row lacks a field a watch reads (monitor names the log line).
         """
         ...
+
+
+@runtime_checkable
+class Probed(Monitored, Protocol):
+    """Kinds whose runs carry a baseline (evaluation.baseline): a linear probe on the embeddings
+    of the frozen pretrained model (:meth:`Monitored.embed`), fitted on the training split."""
+
+    def probe_scores(self, train: np.ndarray, train_features: list[dict], held_out: np.ndarray,
+                     features: list[dict], *, seed: int) -> dict[str, Any]:  # fmt: skip
+        """Fits the kind's linear probe on ``train`` (one embedding per training row, targets in
+        ``train_features``) and returns the kind's metrics of its predictions for ``held_out``
+        against the targets in ``features``."""
+        ...

@@ -1,0 +1,78 @@
+"""The baseline beside every score (evaluation.baseline): what the pretrained model gives with
+no fine-tuning. A linear probe (scikit-learn's logistic or ridge regression) is fitted on the
+frozen pretrained model's mean-pooled embeddings of the training split and scored on the same
+validation and test rows by the task's own metrics, so metrics.json, the report and the card say
+how much the fine-tune added. Kinds that answer the probe (``tasks.contract.Probed``) get one;
+at most ``evaluation.baseline_rows`` training rows (a seeded sample) keep it cheap."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from tunesmith.config import Config
+from tunesmith.data.prepare import PreparedData
+from tunesmith.tasks.contract import Probed, Task
+from tunesmith.train.fit import Fitted
+
+METHOD = "linear probe on the frozen pretrained model's mean-pooled embeddings"
+
+
+def probe_baseline(config: Config, task: Task, data: PreparedData, fitted: Fitted) -> dict[str, Any] | None:
+    """The probe's scores per held-out split, or None where the run has no baseline (turned
+    off, a kind without a probe, or no held-out split)."""
+    features = fitted.encoded.features
+    held_out = [split for split in ("validation", "test") if features.get(split)]
+    if not (config.evaluation.baseline and isinstance(task, Probed) and held_out and features.get("train")):
+        return None
+    rows = len(features["train"])
+    rng = np.random.default_rng(config.runtime.seed)
+    picked = np.sort(rng.choice(rows, size=min(rows, config.evaluation.baseline_rows), replace=False))
+    base, _ = task.load_model(fitted.resolved, None)
+    base.eval()
+
+    def embedded(split: str, index: np.ndarray | None = None) -> np.ndarray:
+        frame = data.splits[split] if index is None else data.splits[split].iloc[index]
+        return task.embed(base, fitted.processor, task.monitor_inputs(frame))
+
+    train = embedded("train", picked)
+    train_features = [features["train"][i] for i in picked]
+    found: dict[str, Any] = {"method": METHOD, "model": config.model.name, "train_rows": len(picked)}
+    for split in held_out:
+        found[split] = task.probe_scores(train, train_features, embedded(split), features[split],
+                                         seed=config.runtime.seed)  # fmt: skip
+    return found
+
+
+def gain_line(metrics: dict[str, Any], metric: str) -> str | None:
+    """"test macro_f1: fine-tuned 0.8512, baseline 0.7102 (+0.1410)" for the run's main metric on
+    test (validation when there is no test split), or None without a baseline."""
+    baseline = metrics.get("baseline")
+    if not baseline:
+        return None
+    split = "test" if "test" in baseline else "validation"
+    tuned, base = metrics.get(split, {}).get(metric), baseline[split].get(metric)
+    if not isinstance(tuned, float) or not isinstance(base, float):
+        return None
+    return f"{split} {metric}: fine-tuned {tuned:.4f}, baseline {base:.4f} ({tuned - base:+.4f})"
+
+
+def log_baseline(metrics: dict[str, Any], metric: str, log: Callable[[str], None]) -> None:
+    line = gain_line(metrics, metric)
+    if line:
+        log(f"Baseline ({METHOD}, {metrics['baseline']['train_rows']:,} training rows): {line}")
+
+
+def comparison_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per metric of the baseline's split (test, else validation): the fine-tuned score,
+    the baseline's and the gain."""
+    baseline = metrics.get("baseline") or {}
+    split = "test" if "test" in baseline else "validation"
+    rows = []
+    for name, base in baseline.get(split, {}).items():
+        tuned = metrics.get(split, {}).get(name)
+        if isinstance(base, float) and isinstance(tuned, float) and name != "confidence_level":
+            rows.append({"split": split, "metric": name, "fine-tuned": tuned, "baseline": base, "gain": tuned - base})
+    return rows
