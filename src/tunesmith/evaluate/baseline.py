@@ -25,7 +25,8 @@ def probe_baseline(config: Config, task: Task, data: PreparedData, fitted: Fitte
     off, a kind without a probe, or no held-out split)."""
     features = fitted.encoded.features
     held_out = [split for split in ("validation", "test") if features.get(split)]
-    if not (config.evaluation.baseline and isinstance(task, Probed) and held_out and features.get("train")):
+    probed = isinstance(task, Probed) and task.baseline_probe
+    if not (config.evaluation.baseline and probed and held_out and features.get("train")):
         return None
     rows = len(features["train"])
     rng = np.random.default_rng(config.runtime.seed)

@@ -33,7 +33,7 @@ from tunesmith.config import Config, SearchParameter, config_from_dict, dump_con
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import claim_output
 from tunesmith.tasks import build_task
-from tunesmith.train.callbacks import Callback
+from tunesmith.train.callbacks import BudgetSpent, Callback, Deadline
 
 HEARTBEAT_SECONDS = 5
 GRACE_SECONDS = 20
@@ -196,11 +196,14 @@ def _counted(study) -> int:
     )
 
 
-def work(config: Config, directory: Path, console=None, worker: int = 0, *, train: Callable) -> None:
+def work(config: Config, directory: Path, console=None, worker: int = 0, *, train: Callable,
+         deadline: float | None = None) -> None:  # fmt: skip
     """One worker: runs trials until the study has ``tune.n_trials`` of them.
 
     Args:
         train: the function that runs one trial (``tunesmith.api.train``).
+        deadline: a ``time.monotonic()`` value: no trial starts after it, and the one running
+            stops at its next step (its run is kept, resumable; the trial is failed).
     """
     metric, _ = objective_metric(config)
     study = open_study(config, directory, worker)
@@ -218,7 +221,8 @@ def work(config: Config, directory: Path, console=None, worker: int = 0, *, trai
                 return _cv_objective(trial, trial_run, out, metric, console, train)
             if trial_run.train.metric is None:
                 trial_run.train.metric = metric  # the best checkpoint is chosen by the same metric
-            result = train(trial_run, console=console, callbacks=[PruningReporter(trial, metric)])
+            stops = [Deadline(deadline)] if deadline is not None else []
+            result = train(trial_run, console=console, callbacks=[PruningReporter(trial, metric), *stops])
             value = result.metrics.get("validation", {}).get(metric)
             if value is None:  # e.g. loss: kept by the loop, not among the final split metrics
                 value = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["training"]["best_metric"]
@@ -233,7 +237,14 @@ def work(config: Config, directory: Path, console=None, worker: int = 0, *, trai
     # With several workers the last few trials can start together: a study may end a trial or
     # two (workers - 1 at most) past n_trials.
     while _counted(study) < config.tune.n_trials:
-        study.optimize(objective, n_trials=1, catch=(TunesmithError,))
+        if deadline is not None and time.monotonic() >= deadline:
+            log("The time budget is spent: no more trials")
+            break
+        try:
+            study.optimize(objective, n_trials=1, catch=(TunesmithError,))
+        except BudgetSpent as error:  # optuna has marked the trial failed
+            log(f"Trial {study.trials[-1].number}: {error}; its run is kept ({study.trials[-1].user_attrs.get('run')})")
+            break
         last = study.trials[-1]
         if last.state.name in ("COMPLETE", "PRUNED"):
             value = (
@@ -267,7 +278,7 @@ def _cv_objective(trial, config: Config, out: Path, metric: str, console, train:
 
 
 def run_tune(config: Config, directory: Path, *, train: Callable, workers: int = 1, console=None,
-             worker_command: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
+             worker_command: list[str] | None = None, deadline: float | None = None) -> dict[str, Any]:  # fmt: skip
     """Runs (or resumes) the study in ``directory`` with ``workers`` processes and writes the
     report, plots and best config.
 
@@ -275,6 +286,8 @@ def run_tune(config: Config, directory: Path, *, train: Callable, workers: int =
         train: the function that runs one trial (``tunesmith.api.train``).
         worker_command: the command that starts one more worker process (the CLI passes
             itself); needed when ``workers`` > 1.
+        deadline: a ``time.monotonic()`` value after which no trial starts and the running one
+            stops (``tunesmith auto``'s budget).
     """
     check(config)
     directory = Path(directory)
@@ -299,7 +312,7 @@ def run_tune(config: Config, directory: Path, *, train: Callable, workers: int =
             raise TunesmithError("several workers need a worker command")
         helpers = [subprocess.Popen([*worker_command, "--worker-index", str(i)]) for i in range(1, workers)]
     try:
-        work(config, directory, console, train=train)
+        work(config, directory, console, train=train, deadline=deadline)
     finally:
         codes = [helper.wait() for helper in helpers]
     if any(codes):

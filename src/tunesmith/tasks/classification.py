@@ -84,6 +84,7 @@ class TextClassificationTask(LabelSpace):
     pipeline_tag: ClassVar[str] = "text-classification"
     peft_task_type: ClassVar[str | None] = "SEQ_CLS"
     forgetting_probe: ClassVar[str | None] = "embedding"
+    baseline_probe: ClassVar[bool] = True  # evaluation.baseline (tasks.contract.Probed)
     stage_notes: ClassVar[dict[str, str]] = {"chat": CHAT_NOTE}
     quantization: ClassVar[str] = "dynamic"  # int8 weights; activation ranges measured per batch
     export_formats: ClassVar[frozenset[str]] = frozenset({"hf", "onnx"})

@@ -603,6 +603,9 @@ class Probed(Monitored, Protocol):
     """Kinds whose runs carry a baseline (evaluation.baseline): a linear probe on the embeddings
     of the frozen pretrained model (:meth:`Monitored.embed`), fitted on the training split."""
 
+    baseline_probe: ClassVar[bool]
+    """Whether this kind's runs score the probe (a subclass of a probed kind may not)."""
+
     def probe_scores(self, train: np.ndarray, train_features: list[dict], held_out: np.ndarray,
                      features: list[dict], *, seed: int) -> dict[str, Any]:  # fmt: skip
         """Fits the kind's linear probe on ``train`` (one embedding per training row, targets in

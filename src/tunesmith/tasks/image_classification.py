@@ -325,6 +325,7 @@ class ImageClassificationTask(TextClassificationTask):
     auto_class: ClassVar[str] = "AutoModelForImageClassification"
     pipeline_tag: ClassVar[str] = "image-classification"
     forgetting_probe: ClassVar[str | None] = None
+    baseline_probe: ClassVar[bool] = False  # not built yet: the probe reads text embeddings
     stage_notes: ClassVar[dict[str, str]] = {
         "chat": CHAT_NOTE,
         "inspect": "not built yet: inspect reads text records (duplicate images, unreadable files and sizes are the plan)",

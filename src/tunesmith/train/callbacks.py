@@ -18,6 +18,23 @@ class Callback:
     def on_train_end(self, state: LoopState) -> None: ...
 
 
+class BudgetSpent(Exception):
+    """A time budget ran out during training (``Deadline``). Not a TunesmithError: the run is
+    kept with its checkpoints, to be resumed, like a run stopped with Ctrl-C."""
+
+
+class Deadline(Callback):
+    """Stops training at the first step that ends after ``deadline`` (a ``time.monotonic()``
+    value) by raising BudgetSpent."""
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+
+    def on_step_end(self, state: LoopState, logs: dict[str, Any] | None) -> None:
+        if time.monotonic() >= self.deadline:
+            raise BudgetSpent(f"the time budget ran out at step {state.step}")
+
+
 class ProgressBar(Callback):
     """A rich progress bar with loss, throughput and ETA (rank 0 only). When the output is
     not a terminal (a log file, CI), it prints a plain line at every tenth of the run instead."""

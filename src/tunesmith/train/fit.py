@@ -17,8 +17,8 @@ from tunesmith.models.load import ResolvedModel, pad_token_id, quiet_transformer
 from tunesmith.runs import RunDir, environment_lock, is_main_process
 from tunesmith.tasks.contract import Encoded, Task
 from tunesmith.train.callbacks import ProgressBar
-from tunesmith.train.contrastive import ContrastiveObjective
 from tunesmith.train.checkpoint import LoopState
+from tunesmith.train.contrastive import ContrastiveObjective
 from tunesmith.train.loop import LoopResult, resolve_device, run_training
 from tunesmith.train.zero_shot import fit_label_head
 

@@ -1,0 +1,410 @@
+"""``tunesmith auto``: from a labelled table to the best run a time budget allows, with every
+choice said and overridable.
+
+1. **Detect** the text and target columns and the task kind (single_label, multi_label,
+   regression) from the table, and say what was found.
+2. **Plan** the candidate recipes from the data: zero-shot when the labels are words (their
+   names are the descriptions), few-shot contrastive when there are few rows, the standard full
+   fine-tune always, LoRA when rows are plenty; ``model.max_length`` from the token lengths,
+   class weights when the classes are imbalanced, held-out shares and epochs by size. Each
+   choice carries its reason.
+3. **Run** the candidates cheapest first, each an ordinary run, then spend what is left of the
+   budget on a learning-rate search of the best trained recipe with the ``tune`` machinery
+   (Optuna, median pruning). A run that the budget cuts off stops at its next step and keeps its
+   checkpoints (``tunesmith train --resume`` continues it); no run starts once the budget is spent.
+4. **Report** ``auto.json`` and ``auto.md`` (what was detected, the plan and its reasons, the
+   leaderboard of every run by its validation metric, the best run's test score with its
+   interval) and ``best.yaml``, the best run's config.
+
+``--set KEY=VALUE`` overrides apply to every candidate after the plan (the plan's own choices
+included), and ``strategies`` narrows the candidates.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tunesmith.config import DEFAULT_MODEL, apply_overrides, config_from_dict
+from tunesmith.data.load import LABEL_NAMES, TEXT_NAMES, read_table
+from tunesmith.errors import TunesmithError
+from tunesmith.runs import claim_output
+from tunesmith.train.callbacks import BudgetSpent, Deadline
+
+STRATEGIES = ("zero_shot", "contrastive", "full", "lora")
+"""The recipes auto chooses among, cheapest first."""
+CONTRASTIVE_MAX_ROWS = 1000
+"""Above this many training rows, contrastive pairs cost more than a full fine-tune gains."""
+LORA_MIN_ROWS = 500
+RECIPE_RATES = {"contrastive": 2e-5, "full": 5e-5, "lora": 5e-4}
+"""Each trained recipe's learning rate (the search ranges a third to three times it)."""
+
+
+@dataclass
+class Detection:
+    """What auto found in the table."""
+
+    source: str
+    rows: int
+    text_column: str
+    label_column: str
+    kind: str
+    labels: dict[str, int] = field(default_factory=dict)
+    """Rows per label (classification kinds)."""
+    notes: list[str] = field(default_factory=list)
+
+
+def parse_budget(text: str) -> float:
+    """Seconds in ``90s``, ``15m``, ``1.5h`` or a bare number of seconds.
+
+    Raises:
+        TunesmithError: anything else, or a budget that is not positive.
+    """
+    raw = str(text).strip().lower()
+    scale = {"s": 1, "m": 60, "h": 3600}.get(raw[-1:], None)
+    number = raw[:-1] if scale else raw
+    try:
+        seconds = float(number) * (scale or 1)
+    except ValueError:
+        seconds = float("nan")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise TunesmithError(f"--time-budget {text!r}: give a positive duration such as 90s, 15m or 1h")
+    return seconds
+
+
+def _columns(frame: pd.DataFrame, target: str | None, text: str | None, source: str) -> tuple[str, str]:
+    columns = list(frame.columns)
+    for option, name in (("--target", target), ("--text", text)):
+        if name is not None and name not in columns:
+            raise TunesmithError(f"{source}: no column {name!r} ({option}); the columns are {columns}")
+    lowered = {str(c).lower(): c for c in columns}
+    if target is None:
+        target = next((lowered[n] for n in LABEL_NAMES if n in lowered and lowered[n] != text), None)
+    if text is None:
+        text = next((lowered[n] for n in TEXT_NAMES if n in lowered and lowered[n] != target), None)
+    if text is None:  # the column of the longest strings
+        lengths = {c: frame[c].dropna().astype(str).str.len().mean() for c in columns
+                   if c != target and frame[c].dtype == object}  # fmt: skip
+        text = max(lengths, key=lengths.get) if lengths else None
+    if target is None:
+        rest = [c for c in columns if c != text]
+        target = rest[-1] if rest else None
+    if text is None or target is None or text == target:
+        raise TunesmithError(f"{source}: cannot tell the text and target columns among {columns}; "
+                             "give --text COLUMN and --target COLUMN")  # fmt: skip
+    return str(text), str(target)
+
+
+def detect(spec: str, *, target: str | None = None, text: str | None = None) -> Detection:
+    """The columns and task kind of a labelled table.
+
+    A target of numbers with more than 10 distinct values is regression; a target whose values
+    are lists, or strings joined by ``|`` in at least a fifth of the rows, is multi_label;
+    anything else is single_label.
+
+    Raises:
+        TunesmithError: an unreadable table, a named column that is missing, or columns that
+            cannot be told apart.
+    """
+    loaded = read_table(spec)
+    frame, source = loaded.frame, loaded.source
+    text_column, label_column = _columns(frame, target, text, source)
+    labels = frame[label_column].dropna()
+    if labels.empty:
+        raise TunesmithError(f"{source}: the target column {label_column!r} is empty")
+    numbers = pd.to_numeric(labels, errors="coerce") if not labels.map(type).eq(list).any() else labels
+    notes = []
+    if labels.map(lambda v: isinstance(v, (list, tuple, np.ndarray))).any() or (
+        labels.astype(str).str.contains("|", regex=False).mean() >= 0.2
+    ):
+        kind = "multi_label"
+        notes.append(f"{label_column!r} holds several labels per row: multi_label")
+    elif numbers.notna().all() and numbers.nunique() > 10:
+        kind = "regression"
+        notes.append(f"{label_column!r} holds {numbers.nunique()} distinct numbers: regression")
+    else:
+        kind = "single_label"
+        notes.append(f"{label_column!r} holds {labels.nunique()} classes: single_label")
+    counts = {} if kind == "regression" else {str(k): int(v) for k, v in labels.astype(str).value_counts().items()}
+    words = frame[text_column].dropna().astype(str).str.split().str.len()
+    notes.insert(0, f"text in {text_column!r} ({words.mean():.0f} words on average), target {label_column!r}, "
+                    f"{len(frame):,} rows")  # fmt: skip
+    return Detection(source, len(frame), str(text_column), str(label_column), kind, counts, notes)
+
+
+@dataclass
+class Candidate:
+    """One recipe of the plan: its name (the strategy), the config it sets and why it is tried."""
+
+    name: str
+    overrides: dict[str, Any]
+    reason: str
+
+
+@dataclass
+class Plan:
+    base: dict[str, Any]
+    """The nested config every candidate starts from."""
+    choices: list[str]
+    """Each choice of the plan, with its reason."""
+    candidates: list[Candidate]
+
+
+def token_lengths(model: str, texts: list[str]) -> np.ndarray:
+    """Token counts (special tokens included) of the texts under the model's tokenizer."""
+    from tunesmith.models.load import load_tokenizer, resolve_model
+
+    tokenizer = load_tokenizer(resolve_model(model))
+    return np.asarray([len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]])
+
+
+def plan(detection: Detection, spec: str, *, model: str = DEFAULT_MODEL, metric: str | None = None,
+         strategies: list[str] | None = None, seed: int = 0) -> Plan:  # fmt: skip
+    """The candidates and the shared config for a detected table (see the module docstring)."""
+    frame = read_table(spec).frame
+    rows, kind = detection.rows, detection.kind
+    choices: list[str] = []
+    small = rows < 200
+    val, test = (0.2, 0.2) if small else (0.1, 0.1)
+    choices.append(f"held out: {val:.0%} validation (picks the run) and {test:.0%} test (scores it)"
+                   + (f", larger shares since there are only {rows} rows" if small else ""))  # fmt: skip
+    texts = frame[detection.text_column].dropna().astype(str)
+    sample = texts.sample(n=min(len(texts), 1000), random_state=seed).tolist()
+    lengths = token_lengths(model, sample)
+    covered = int(np.percentile(lengths, 95)) if len(lengths) else 16
+    max_length = int(min(512, max(16, math.ceil(covered / 8) * 8)))
+    choices.append(f"model.max_length {max_length}: 95% of texts fit in {covered} tokens "
+                   f"(longest {int(lengths.max()) if len(lengths) else 0})")  # fmt: skip
+    base: dict[str, Any] = {
+        "task": {"type": kind},
+        "data": {"train": spec, "text_column": detection.text_column, "label_column": detection.label_column,
+                 "val_fraction": val, "test_fraction": test},
+        "model": {"name": model, "max_length": max_length},
+        "train": {"early_stopping": {"patience": 3}},
+        "runtime": {"seed": seed},
+    }  # fmt: skip
+    if metric:
+        base["train"]["metric"] = metric
+    counts = detection.labels
+    if kind == "single_label" and counts and max(counts.values()) >= 3 * min(counts.values()):
+        base["data"]["balance"] = {"method": "class_weights"}
+        choices.append(f"class weights in the loss: the largest class has {max(counts.values())} rows, the smallest "
+                       f"{min(counts.values())}")  # fmt: skip
+    train_rows = int(rows * (1 - val - test))
+    wanted = list(strategies or STRATEGIES)
+    unknown = sorted(set(wanted) - set(STRATEGIES))
+    if unknown:
+        raise TunesmithError(f"--strategies: {unknown} are not recipes auto knows; choose among {list(STRATEGIES)}")
+    candidates = []
+    worded = kind == "single_label" and not all(pd.to_numeric(pd.Series(list(counts)), errors="coerce").notna())
+    if "zero_shot" in wanted and worded:
+        candidates.append(Candidate("zero_shot", {"model": {"strategy": "zero_shot"},
+                                                  "task": {"labels": sorted(counts)}},
+                                    "the labels are words, so their names can describe them: the score with no "
+                                    "training, for what training adds"))  # fmt: skip
+    if "contrastive" in wanted and kind == "single_label" and train_rows <= CONTRASTIVE_MAX_ROWS:
+        iterations = max(1, min(20, 4000 // max(train_rows, 1)))
+        candidates.append(Candidate("contrastive", {"model": {"strategy": "contrastive",
+                                                              "contrastive": {"iterations": iterations}}},
+                                    f"{train_rows} training rows (smallest class {min(counts.values())}): few enough "
+                                    f"for contrastive few-shot training ({iterations} pairs per row)"))  # fmt: skip
+    if "full" in wanted:
+        epochs = 10 if train_rows < 500 else 3
+        candidates.append(Candidate("full", {"model": {"strategy": "full"},
+                                             "train": {"num_epochs": epochs, "learning_rate": RECIPE_RATES["full"]}},
+                                    f"the standard fine-tune of every weight, {epochs} epochs"
+                                    + (" (few rows need more passes; the best epoch is kept)" if epochs > 3 else "")))  # fmt: skip
+    if "lora" in wanted and train_rows >= LORA_MIN_ROWS:
+        candidates.append(Candidate("lora", {"model": {"strategy": "lora"},
+                                             "train": {"num_epochs": 3, "learning_rate": RECIPE_RATES["lora"]}},
+                                    f"{train_rows} training rows: enough for low-rank adapters, which change few "
+                                    "weights and forget less"))  # fmt: skip
+    if not candidates:
+        raise TunesmithError(f"no recipe fits a {kind} table of {rows} rows with --strategies {wanted}")
+    return Plan(base, choices, candidates)
+
+
+def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = json.loads(json.dumps(base))
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _score(run: Path, metric: str) -> dict[str, Any]:
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    test = metrics.get("test", {})
+    interval = test.get("confidence_intervals", {}).get(metric, {})
+    return {"validation": metrics.get("validation", {}).get(metric), "test": test.get(metric),
+            "test_low": interval.get("low"), "test_high": interval.get("high")}  # fmt: skip
+
+
+def run_auto(spec: str, out: Path, *, train: Callable, budget: float, target: str | None = None,
+             text: str | None = None, metric: str | None = None, overrides: list[str] = (),
+             strategies: list[str] | None = None, search_trials: int = 6, log: Callable[[str], None] = print,
+             console=None) -> dict[str, Any]:  # fmt: skip
+    """Detects, plans, runs within ``budget`` seconds and reports into ``out`` (a new folder).
+
+    Args:
+        train: the function that runs one config (``tunesmith.api.train``).
+        overrides: ``KEY=VALUE`` settings for every candidate, after the plan's.
+
+    Returns:
+        What ``auto.json`` holds.
+    """
+    started = time.monotonic()
+    deadline = started + budget
+    out = claim_output(out, kind="dir", what="--out")
+    detection = detect(spec, target=target, text=text)
+    for note in detection.notes:
+        log(f"Detected: {note}")
+    probe = config_from_dict(apply_overrides({"data": {"train": spec}}, list(overrides)), "--set")
+    the_plan = plan(detection, spec, model=probe.model.name if "name" in probe.model.model_fields_set else
+                    DEFAULT_MODEL, metric=metric, strategies=strategies, seed=probe.runtime.seed)  # fmt: skip
+    for choice in the_plan.choices:
+        log(f"Chose: {choice}")
+    for candidate in the_plan.candidates:
+        log(f"Candidate {candidate.name}: {candidate.reason}")
+    out.mkdir(parents=True, exist_ok=True)
+    board: list[dict[str, Any]] = []
+    metric_name = None
+    for number, candidate in enumerate(the_plan.candidates):
+        run = out / "candidates" / f"{number:02d}-{candidate.name}"
+        tree = apply_overrides(_merged(the_plan.base, candidate.overrides), list(overrides))
+        tree.setdefault("runtime", {}).update({"output_dir": str(run)})
+        config = config_from_dict(tree, f"auto candidate {candidate.name}")
+        metric_name = metric_name or config.train.metric or _default_metric(config)
+        entry = {"name": candidate.name, "strategy": config.model.strategy, "run": str(run),
+                 "learning_rate": config.train.learning_rate, "reason": candidate.reason}  # fmt: skip
+        board.append(_attempt(entry, config, run, train, deadline, metric_name, log, console))
+    search = _search(the_plan, board, overrides, out, train, deadline, metric_name, search_trials, log, console)
+    return _report(out, detection, the_plan, board, search, metric_name, budget, time.monotonic() - started, log)
+
+
+def _default_metric(config) -> str:
+    from tunesmith.tasks import build_task
+
+    return build_task(config).default_metric[0]
+
+
+def _attempt(entry: dict, config, run: Path, train: Callable, deadline: float, metric: str,
+             log: Callable[[str], None], console) -> dict:  # fmt: skip
+    if time.monotonic() >= deadline:
+        log(f"Skipped {entry['name']}: the time budget is spent")
+        return {**entry, "status": "skipped (budget spent)"}
+    log(f"Running {entry['name']} into {run}")
+    began = time.monotonic()
+    try:
+        train(config, console=console, callbacks=[Deadline(deadline)])
+    except BudgetSpent as error:
+        kept = run.is_dir()
+        log(f"{entry['name']}: {error}" + (f"; continue it with tunesmith train --resume {run}" if kept else ""))
+        return {**entry, "status": "cut off by the budget" + (" (resumable)" if kept else ""),
+                "seconds": time.monotonic() - began}  # fmt: skip
+    except TunesmithError as error:
+        log(f"{entry['name']} failed: {error}")
+        return {**entry, "status": f"failed: {error}", "seconds": time.monotonic() - began}
+    found = {**entry, "status": "complete", "seconds": time.monotonic() - began, **_score(run, metric)}
+    log(f"{entry['name']}: validation {metric} {found['validation']}")
+    return found
+
+
+def _search(the_plan: Plan, board: list[dict], overrides, out: Path, train: Callable, deadline: float, metric: str,
+            trials: int, log: Callable[[str], None], console) -> dict | None:  # fmt: skip
+    """A learning-rate search (Optuna through ``study.tune``) for the best trained recipe, in the
+    time that is left; None when there is no time, no trained recipe finished, or trials is 0."""
+    from tunesmith.study import tune
+
+    trained = [e for e in board if e["status"] == "complete" and e["strategy"] != "zero_shot"
+               and isinstance(e.get("validation"), float)]  # fmt: skip
+    left = deadline - time.monotonic()
+    if not trials or not trained or left <= 0:
+        return None
+    pick = min if metric in tune.LOSS_LIKE else max
+    best = pick(trained, key=lambda e: e["validation"])
+    if left < best["seconds"]:
+        log(f"No learning-rate search: {left:.0f} s left, less than one {best['name']} run ({best['seconds']:.0f} s)")
+        return None
+    candidate = next(c for c in the_plan.candidates if c.name == best["name"])
+    tree = apply_overrides(_merged(the_plan.base, candidate.overrides), list(overrides))
+    rate = best["learning_rate"]
+    tree["tune"] = {"space": {"train.learning_rate": {"type": "float", "low": rate / 3, "high": rate * 3, "log": True}},
+                    "n_trials": trials, "pruner": "median", "metric": metric}  # fmt: skip
+    config = config_from_dict(tree, "auto search")
+    directory = out / "search"
+    log(f"Searching train.learning_rate for {best['name']} around {rate:g} ({trials} trials at most, {left:.0f} s left)")
+    report = tune.run_tune(config, directory, train=train, console=console, deadline=deadline)
+    return {"recipe": best["name"], "directory": str(directory), "report": report}
+
+
+def _report(out: Path, detection: Detection, the_plan: Plan, board: list[dict], search: dict | None, metric: str,
+            budget: float, seconds: float, log: Callable[[str], None]) -> dict[str, Any]:  # fmt: skip
+    rows = [dict(entry) for entry in board]
+    if search:
+        for trial in search["report"]["trials"]:
+            row = {"name": f"{search['recipe']} search trial {trial['number']}", "strategy": search["recipe"],
+                   "run": trial["run"], "learning_rate": trial["params"].get("train.learning_rate"),
+                   "seconds": trial["seconds"], "status": trial["state"]}  # fmt: skip
+            if trial["state"] == "complete" and trial["run"] and (Path(trial["run"]) / "metrics.json").exists():
+                row.update(_score(Path(trial["run"]), metric))
+            rows.append(row)
+    from tunesmith.study.tune import LOSS_LIKE
+
+    scored = [r for r in rows if r["status"] == "complete" and isinstance(r.get("validation"), float)]
+    lower = metric in LOSS_LIKE
+    scored.sort(key=lambda r: r["validation"], reverse=not lower)
+    best = scored[0] if scored else None
+    report = {"source": detection.source, "detected": asdict(detection), "choices": the_plan.choices,
+              "candidates": [asdict(c) for c in the_plan.candidates], "metric": metric, "budget_seconds": budget,
+              "seconds": seconds, "leaderboard": scored + [r for r in rows if r not in scored], "best": best}  # fmt: skip
+    (out / "auto.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    if best:
+        config_text = (Path(best["run"]) / "config.yaml").read_text(encoding="utf-8")
+        (out / "best.yaml").write_text(f"# Best of {out}: {best['name']}, validation {metric} "
+                                       f"{best['validation']:.4f}\n" + config_text, encoding="utf-8")  # fmt: skip
+    (out / "auto.md").write_text(markdown(report), encoding="utf-8")
+    if best:
+        log(f"Best: {best['name']} ({best['run']}): validation {metric} {best['validation']:.4f}, test "
+            f"{_number(best.get('test'))} [{_number(best.get('test_low'))}, {_number(best.get('test_high'))}]")  # fmt: skip
+    else:
+        log("No run finished within the budget: give a larger --time-budget")
+    return report
+
+
+def _number(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "-"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """auto.md: what was detected and chosen, and the leaderboard."""
+    detected = report["detected"]
+    lines = [f"# tunesmith auto: {report['source']}\n", "## Detected\n",
+             *(f"- {note}" for note in detected["notes"]), "", "## Chosen\n",
+             *(f"- {choice}" for choice in report["choices"]), "", "## Candidates\n",
+             *(f"- **{c['name']}**: {c['reason']}" for c in report["candidates"]), "",
+             f"## Leaderboard (by validation {report['metric']})\n",
+             "| run | strategy | learning rate | status | validation | test | test interval | seconds |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for row in report["leaderboard"]:
+        rate, seconds = row.get("learning_rate"), row.get("seconds")
+        lines.append(f"| {row['name']} | {row.get('strategy', '')} | {'' if rate is None else f'{rate:.2g}'} | "
+                     f"{row['status']} | {_number(row.get('validation'))} | {_number(row.get('test'))} | "
+                     f"{_number(row.get('test_low'))} – {_number(row.get('test_high'))} | "
+                     f"{'' if seconds is None else f'{seconds:.0f}'} |")  # fmt: skip
+    best = report["best"]
+    lines += ["", f"Budget {report['budget_seconds']:.0f} s, used {report['seconds']:.0f} s."]
+    if best:
+        lines.append(f"Best: **{best['name']}**, `{best['run']}` (its config: best.yaml).")
+    return "\n".join(lines) + "\n"
+
