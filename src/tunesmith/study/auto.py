@@ -270,8 +270,8 @@ def run_auto(spec: str, out: Path, *, train: Callable, budget: float, target: st
     for note in detection.notes:
         log(f"Detected: {note}")
     probe = config_from_dict(apply_overrides({"data": {"train": spec}}, list(overrides)), "--set")
-    the_plan = plan(detection, spec, model=probe.model.name if "name" in probe.model.model_fields_set else
-                    DEFAULT_MODEL, metric=metric, strategies=strategies, seed=probe.runtime.seed)  # fmt: skip
+    the_plan = plan(detection, spec, model=probe.model.name, metric=metric, strategies=strategies,
+                    seed=probe.runtime.seed)  # fmt: skip
     for choice in the_plan.choices:
         log(f"Chose: {choice}")
     for candidate in the_plan.candidates:
@@ -285,8 +285,9 @@ def run_auto(spec: str, out: Path, *, train: Callable, budget: float, target: st
         tree.setdefault("runtime", {}).update({"output_dir": str(run)})
         config = config_from_dict(tree, f"auto candidate {candidate.name}")
         metric_name = metric_name or config.train.metric or _default_metric(config)
+        trains = config.model.strategy != "zero_shot"
         entry = {"name": candidate.name, "strategy": config.model.strategy, "run": str(run),
-                 "learning_rate": config.train.learning_rate, "reason": candidate.reason}  # fmt: skip
+                 "learning_rate": config.train.learning_rate if trains else None, "reason": candidate.reason}  # fmt: skip
         board.append(_attempt(entry, config, run, train, deadline, metric_name, log, console))
     search = _search(the_plan, board, overrides, out, train, deadline, metric_name, search_trials, log, console)
     return _report(out, detection, the_plan, board, search, metric_name, budget, time.monotonic() - started, log)

@@ -1,0 +1,114 @@
+"""tunesmith auto: detection, the plan and its reasons, the budget, the leaderboard."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import sentiment_rows
+from tunesmith import api
+from tunesmith.config import config_from_dict
+from tunesmith.errors import TunesmithError
+from tunesmith.study.auto import detect, parse_budget, plan, run_auto
+
+
+def test_budgets_read_as_durations():
+    assert [parse_budget(t) for t in ("90s", "15m", "1.5h", "42", " 2M ")] == [90, 900, 5400, 42, 120]
+    for bad in ("soon", "-5m", "0", "m", "nanm"):
+        with pytest.raises(TunesmithError, match="--time-budget"):
+            parse_budget(bad)
+
+
+def _table(tmp_path, name: str, frame: pd.DataFrame):
+    path = tmp_path / name
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_detects_each_kind_and_its_columns(tmp_path):
+    rows = sentiment_rows(40, seed=1)
+    texts = [r["text"] for r in rows]
+    single = detect(str(_table(tmp_path, "a.csv", pd.DataFrame({"id": range(40), "body": texts,
+                                                                    "label": [r["label"] for r in rows]}))))  # fmt: skip
+    assert (single.kind, single.text_column, single.label_column) == ("single_label", "body", "label")
+    assert single.labels == {"positive": 20, "negative": 20}
+    numbers = detect(str(_table(tmp_path, "b.csv", pd.DataFrame({"words": texts, "price": [i * 1.5 for i in range(40)]}))),
+                     target="price")  # fmt: skip
+    assert numbers.kind == "regression" and numbers.text_column == "words"
+    tags = detect(str(_table(tmp_path, "c.csv", pd.DataFrame({"text": texts, "topics": ["a|b", "b"] * 20}))),
+                  target="topics")  # fmt: skip
+    assert tags.kind == "multi_label"
+    few_numbers = detect(str(_table(tmp_path, "d.csv", pd.DataFrame({"text": texts, "stars": [1, 2, 3, 4, 5] * 8}))),
+                         target="stars")  # fmt: skip
+    assert few_numbers.kind == "single_label"  # five distinct numbers are classes
+    with pytest.raises(TunesmithError, match=r"no column 'nope' \(--target\)"):
+        detect(str(tmp_path / "a.csv"), target="nope")
+
+
+def test_the_plan_follows_the_data_and_says_why(tmp_path, tiny_model_dir):
+    rows = sentiment_rows(80, seed=2)
+    few = _table(tmp_path, "few.csv", pd.DataFrame(rows))
+    found = plan(detect(str(few)), str(few), model=str(tiny_model_dir))
+    assert [c.name for c in found.candidates] == ["zero_shot", "contrastive", "full"]
+    assert all(c.reason for c in found.candidates)
+    assert found.base["data"]["val_fraction"] == 0.2 and "balance" not in found.base["data"]
+    tokens = found.base["model"]["max_length"]
+    assert tokens % 8 == 0 and 8 <= tokens <= 32 and any("model.max_length" in c for c in found.choices)
+
+    many = [{"text": r["text"], "label": "1" if r["label"] == "positive" else "0"} for r in sentiment_rows(800, seed=3)]
+    many = [r for r in many if r["label"] == "1"] + [r for r in many if r["label"] == "0"][:50]  # 400 against 50
+    path = _table(tmp_path, "many.csv", pd.DataFrame(many))
+    found = plan(detect(str(path)), str(path), model=str(tiny_model_dir))
+    # numbered labels: no zero-shot; 360 training rows: contrastive, and too few for LoRA
+    assert [c.name for c in found.candidates] == ["contrastive", "full"]
+    assert found.base["data"]["balance"] == {"method": "class_weights"}
+    assert any("class weights" in c for c in found.choices)
+    with pytest.raises(TunesmithError, match="--strategies"):
+        plan(detect(str(path)), str(path), model=str(tiny_model_dir), strategies=["magic"])
+
+
+def test_auto_stops_on_its_budget_and_keeps_what_it_cut(tmp_path, tiny_model_dir):
+    data = _table(tmp_path, "d.csv", pd.DataFrame(sentiment_rows(80, seed=4)))
+    started = time.monotonic()
+    report = run_auto(str(data), tmp_path / "auto", train=api.train, budget=2.0, strategies=["contrastive", "full"],
+                      overrides=[f"model.name={tiny_model_dir}", "runtime.progress=false"], log=lambda m: None)  # fmt: skip
+    elapsed = time.monotonic() - started
+    statuses = {row["name"]: row["status"] for row in report["leaderboard"]}
+    assert statuses["contrastive"].startswith("cut off by the budget")
+    assert statuses["full"] == "skipped (budget spent)"
+    assert report["best"] is None and elapsed < 60
+    assert (tmp_path / "auto" / "auto.md").exists() and not (tmp_path / "auto" / "best.yaml").exists()
+
+
+def test_auto_runs_the_recipes_searches_and_reports_the_best(tmp_path, tiny_model_dir):
+    data = _table(tmp_path, "d.csv", pd.DataFrame(sentiment_rows(80, seed=5)))
+    out = tmp_path / "auto"
+    report = run_auto(str(data), out, train=api.train, budget=600, strategies=["zero_shot", "full"], search_trials=1,
+                      overrides=[f"model.name={tiny_model_dir}", "runtime.progress=false", "train.learning_rate=3e-3"],
+                      log=lambda m: None)  # fmt: skip
+    board = report["leaderboard"]
+    assert [row["name"] for row in board][:3] != [] and {"zero_shot", "full"} <= {row["name"] for row in board}
+    assert any(row["name"].startswith("full search trial") for row in board)
+    values = [row["validation"] for row in board if row["status"] == "complete"]
+    assert values == sorted(values, reverse=True) and report["best"]["validation"] == values[0]
+    saved = json.loads((out / "auto.json").read_text())
+    assert saved["best"]["run"] == report["best"]["run"] and "Leaderboard" in (out / "auto.md").read_text()
+    best = yaml.safe_load((out / "best.yaml").read_text())
+    assert config_from_dict(best).model.strategy == report["best"]["strategy"]
+    # --set wins over the plan: every run used the overridden learning rate (the search varies it)
+    full = next(row for row in board if row["name"] == "full")
+    assert full["learning_rate"] == 3e-3
+
+
+def test_the_cli_refuses_bad_input_clearly(tmp_path):
+    for args, message in ((["missing.csv"], "missing.csv"), (["x.csv", "--time-budget", "soon"], "--time-budget")):
+        done = subprocess.run([sys.executable, "-m", "tunesmith.cli", "auto", *args, "--out", str(tmp_path / "o")],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=120)  # fmt: skip
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+        assert not (tmp_path / "o").exists()
