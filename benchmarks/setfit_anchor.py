@@ -164,8 +164,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(a.threads)
-    import setfit
     import sentence_transformers
+    import setfit
     import transformers
 
     train_all, test = load_dataset(a.dataset)

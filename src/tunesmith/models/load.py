@@ -424,6 +424,19 @@ def load_mean_pooled_classifier(
     return model, ["classifier.bias", "classifier.weight"]
 
 
+def load_prompted_scorer(resolved: ResolvedModel, *, label_names: list[str], descriptions: list[str],
+                         instruction: str, calibrate: bool):  # fmt: skip
+    """An instruction-tuned causal LM as a zero-shot classifier of ``label_names`` (models/prompted.py);
+    with ``calibrate``, each label's log-likelihood for a content-free text is its bias, taken
+    off every score. Returns (model, new parameter names: none)."""
+    from tunesmith.models.prompted import prompted_scorer
+
+    decoder, _ = load_causal_lm(resolved, dropout=None)
+    tokenizer = load_tokenizer(resolved)
+    return prompted_scorer(decoder, tokenizer, label_names=label_names, descriptions=descriptions,
+                           instruction=instruction, calibrate=calibrate), []  # fmt: skip
+
+
 def load_token_classifier(resolved: ResolvedModel, *, label_names: list[str], dropout: float | None):
     """The pretrained encoder with a token-classification head (one output per tag)."""
     from transformers import AutoModelForTokenClassification
@@ -497,6 +510,6 @@ def load_trained_model(auto_class: str, model_dir: str | Path):
     (``AutoModelForTokenClassification``, ...)."""
     import transformers
 
-    from tunesmith.models import pooled  # noqa: F401  registers tunesmith's own architecture with the Auto classes
+    from tunesmith.models import pooled, prompted  # noqa: F401  register tunesmith's own architectures
 
     return getattr(transformers, auto_class).from_pretrained(model_dir)

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from tunesmith.config import BalanceConfig, Config, DataConfig
+from tunesmith.config import BalanceConfig, Config, DataConfig, ZeroShotConfig
 from tunesmith.data.augment import embedding_neighbours
 from tunesmith.data.balance import class_weights
 from tunesmith.data.batching import eval_batches, pad_batch
@@ -27,6 +27,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.models.load import (
     ResolvedModel,
     load_mean_pooled_classifier,
+    load_prompted_scorer,
     load_sequence_classifier,
     load_trained_model,
     pad_token_id,
@@ -65,8 +66,11 @@ class TextClassificationTask(LabelSpace):
         head: what the linear head reads: ``model``, the architecture's own pooling; ``mean``,
             the mean of the encoder's token states (models/pooled.py), which
             model.strategy=contrastive trains; ``cosine``, that mean L2-normalised, so a head
-            of label embeddings scores cosines (model.strategy=zero_shot).
+            of label embeddings scores cosines (model.strategy=zero_shot); ``prompt``, an
+            instruction-tuned causal LM scores each description as its answer
+            (models/prompted.py, model.zero_shot.method=prompt).
         label_texts: task.labels: the fixed label set, each with its description.
+        zero_shot: model.zero_shot (the instruction and calibration of the prompt head).
     """
 
     threshold: float = 0.5
@@ -75,6 +79,7 @@ class TextClassificationTask(LabelSpace):
     balance: BalanceConfig = field(default_factory=BalanceConfig)
     head: str = "model"
     label_texts: dict[str, str] | None = None
+    zero_shot: ZeroShotConfig = field(default_factory=ZeroShotConfig)
 
     # Every stage but chat.
     STAGES: ClassVar[frozenset[str]] = frozenset(
@@ -94,11 +99,15 @@ class TextClassificationTask(LabelSpace):
         """The task of ``config`` (its task section, model.max_length and data.balance), with the
         label space of a run's ``task.json`` (``saved``), or empty before training."""
         options = config.task.model_dump(exclude={"type"})  # threshold and label_separator: multi_label only
-        texts = options.get("labels")
-        return cls(type=config.task.type, label_names=list((saved or {}).get("label_names") or texts or []),
+        texts, zero_shot = options.get("labels"), config.model.zero_shot
+        heads = {"contrastive": "mean", "zero_shot": "prompt" if zero_shot.method == "prompt" else "cosine"}
+        task = cls(type=config.task.type, label_names=list((saved or {}).get("label_names") or texts or []),
                    max_length=config.model.max_length, balance=config.data.balance, label_texts=texts,
-                   head={"contrastive": "mean", "zero_shot": "cosine"}.get(config.model.strategy, "model"),
+                   head=heads.get(config.model.strategy, "model"), zero_shot=zero_shot,
                    **{k: options[k] for k in ("threshold", "label_separator") if k in options})  # fmt: skip
+        if task.head == "prompt":  # the LM scores every label in a Python loop: no ONNX graph of it
+            task.export_formats = frozenset({"hf"})
+        return task
 
     @property
     def kind(self) -> str:
@@ -236,6 +245,10 @@ class TextClassificationTask(LabelSpace):
     def load_model(self, resolved: ResolvedModel, dropout: float | None) -> tuple[Any, list[str]]:
         """The pretrained encoder with a sequence-classification head for the label space (over
         the mean of its token states unless ``head`` is the model's own)."""
+        if self.head == "prompt":
+            descriptions = [(self.label_texts or {}).get(name, name) for name in self.label_names]
+            return load_prompted_scorer(resolved, label_names=self.label_names, descriptions=descriptions,
+                                        instruction=self.zero_shot.instruction, calibrate=self.zero_shot.calibrate)  # fmt: skip
         if self.head == "model":
             return load_sequence_classifier(resolved, num_labels=self.num_outputs, problem_type=self.problem_type,
                                             label_names=self.label_names, dropout=dropout)  # fmt: skip

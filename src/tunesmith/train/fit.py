@@ -81,8 +81,11 @@ def fit(run: RunDir, config: Config, task: Task, data: PreparedData, *, console,
         run.write_json("environment.json", environment_lock(resolve_device(config.runtime.device)))
     if config.model.strategy == "zero_shot":  # nothing trains: the head is the label descriptions
         descriptions = [task.label_texts[name] for name in task.label_names]
-        fit_label_head(model, processor, descriptions, max_length=config.model.max_length)
-        log(f"Zero-shot: no training; each text goes to the closest of {len(descriptions)} label descriptions")
+        if config.model.zero_shot.method == "embedding":
+            fit_label_head(model, processor, descriptions, max_length=config.model.max_length)
+            log(f"Zero-shot: no training; each text goes to the closest of {len(descriptions)} label descriptions")
+        else:
+            log(f"Zero-shot: no training; the LM scores each of {len(descriptions)} label descriptions as its answer")
         if is_main_process():
             run.metrics_log.touch()  # a training log with no steps
         return Fitted(result=LoopResult(LoopState(), model, restored_best=False), encoded=encoded,
