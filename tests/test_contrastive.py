@@ -16,8 +16,8 @@ from tests.conftest import sentiment_rows, tiny_config
 from tunesmith import api
 from tunesmith.config import ContrastiveConfig, config_from_dict
 from tunesmith.errors import TunesmithError
-from tunesmith.ship.export import export
 from tunesmith.models.pooled import PooledTextClassifier, pooled_classifier
+from tunesmith.ship.export import export
 from tunesmith.train.contrastive import ContrastiveObjective, sample_pairs
 
 
@@ -82,13 +82,12 @@ def test_contrastive_steps_pull_same_label_texts_together(tiny_model_dir):
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     generator = np.random.default_rng(0)
-    for _ in range(3):
-        for start in range(0, len(objective.pairs), 16):
-            picked = [objective.pairs[i] for i in generator.permutation(len(objective.pairs))[:16]]
-            loss = objective.batch_loss(model, objective.collate(picked, tokenizer.pad_token_id), "cpu")
-            optimizer.zero_grad()
-            (loss / len(picked)).backward()
-            optimizer.step()
+    for _ in range(3 * len(objective.pairs) // 16):  # three passes' worth of random batches of 16 pairs
+        picked = [objective.pairs[i] for i in generator.permutation(len(objective.pairs))[:16]]
+        loss = objective.batch_loss(model, objective.collate(picked, tokenizer.pad_token_id), "cpu")
+        optimizer.zero_grad()
+        (loss / len(picked)).backward()
+        optimizer.step()
     after = _cosine_gap(model, everything, labels)
     assert before < 0.05  # a random encoder barely tells the labels apart
     assert after > before + 0.3, (before, after)

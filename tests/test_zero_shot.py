@@ -18,7 +18,11 @@ DESCRIPTIONS = {"positive": "good great lovely superb", "negative": "bad awful d
 
 
 def test_zero_shot_needs_labels_and_reads_them_in_every_shape(tmp_path):
-    base = {"data": {"train": "x.csv"}, "runtime": {"output_dir": str(tmp_path / "r")}, "model": {"strategy": "zero_shot"}}
+    base = {
+        "data": {"train": "x.csv"},
+        "runtime": {"output_dir": str(tmp_path / "r")},
+        "model": {"strategy": "zero_shot"},
+    }
     with pytest.raises(TunesmithError, match=r"model.strategy=zero_shot needs task.labels"):
         config_from_dict(base)
     named = config_from_dict({**base, "task": {"labels": ["World", "Sports"]}})

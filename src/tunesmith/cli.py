@@ -468,16 +468,25 @@ def tune(
 
 @app.command()
 def auto(
-    data: Annotated[str, typer.Argument(help="A labelled table: CSV, TSV, JSONL, Parquet, a datasets folder or hf:ID:SPLIT.")],
+    data: Annotated[
+        str, typer.Argument(help="A labelled table: CSV, TSV, JSONL, Parquet, a datasets folder or hf:ID:SPLIT.")
+    ],
     target: Annotated[str | None, typer.Option("--target", help="The column to predict (default: detected).")] = None,
     text: Annotated[str | None, typer.Option("--text", help="The text column (default: detected).")] = None,
     time_budget: Annotated[str, typer.Option("--time-budget", help="90s, 15m, 1h or seconds.")] = "30m",
-    metric: Annotated[str | None, typer.Option("--metric", help="The validation metric that picks the best run.")] = None,
-    strategies: Annotated[
-        str | None, typer.Option("--strategies", help="Comma-separated recipes to consider (zero_shot,contrastive,full,lora).")
+    metric: Annotated[
+        str | None, typer.Option("--metric", help="The validation metric that picks the best run.")
     ] = None,
-    search_trials: Annotated[int, typer.Option("--search-trials", min=0, help="Learning-rate trials after the recipes.")] = 6,
-    out: Annotated[Path | None, typer.Option("--out", help="New folder for the runs and the report (default runs/auto-TIME).")] = None,
+    strategies: Annotated[
+        str | None,
+        typer.Option("--strategies", help="Comma-separated recipes to consider (zero_shot,contrastive,full,lora)."),
+    ] = None,
+    search_trials: Annotated[
+        int, typer.Option("--search-trials", min=0, help="Learning-rate trials after the recipes.")
+    ] = 6,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="New folder for the runs and the report (default runs/auto-TIME).")
+    ] = None,
     set_: Annotated[list[str], _set_option()] = [],
 ) -> None:
     """Detects the task, picks recipes for the data, runs them within a time budget, keeps the best."""
@@ -492,7 +501,9 @@ def auto(
                           strategies=strategies.split(",") if strategies else None, search_trials=search_trials,
                           log=lambda m: console.print(m, markup=False, highlight=False), console=console)  # fmt: skip
         if report["best"]:
-            typer.echo(f"best: {report['best']['run']} (report: {Path(report['best']['run']).parent.parent / 'auto.md'})")
+            typer.echo(
+                f"best: {report['best']['run']} (report: {Path(report['best']['run']).parent.parent / 'auto.md'})"
+            )
 
     _guarded(work, "runs cut off midway are kept: tunesmith train --resume RUN_DIR continues one")
 

@@ -48,7 +48,7 @@ def probe_baseline(config: Config, task: Task, data: PreparedData, fitted: Fitte
 
 
 def gain_line(metrics: dict[str, Any], metric: str) -> str | None:
-    """"test macro_f1: fine-tuned 0.8512, baseline 0.7102 (+0.1410)" for the run's main metric on
+    """ "test macro_f1: fine-tuned 0.8512, baseline 0.7102 (+0.1410)" for the run's main metric on
     test (validation when there is no test split), or None without a baseline."""
     baseline = metrics.get("baseline")
     if not baseline:

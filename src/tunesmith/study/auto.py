@@ -344,7 +344,9 @@ def _search(the_plan: Plan, board: list[dict], overrides, out: Path, train: Call
                     "n_trials": trials, "pruner": "median", "metric": metric}  # fmt: skip
     config = config_from_dict(tree, "auto search")
     directory = out / "search"
-    log(f"Searching train.learning_rate for {best['name']} around {rate:g} ({trials} trials at most, {left:.0f} s left)")
+    log(
+        f"Searching train.learning_rate for {best['name']} around {rate:g} ({trials} trials at most, {left:.0f} s left)"
+    )
     report = tune.run_tune(config, directory, train=train, console=console, deadline=deadline)
     return {"recipe": best["name"], "directory": str(directory), "report": report}
 
@@ -408,4 +410,3 @@ def markdown(report: dict[str, Any]) -> str:
     if best:
         lines.append(f"Best: **{best['name']}**, `{best['run']}` (its config: best.yaml).")
     return "\n".join(lines) + "\n"
-
