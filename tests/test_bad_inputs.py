@@ -7,7 +7,6 @@ own new output.
 
 from __future__ import annotations
 
-import copy
 import fnmatch
 import hashlib
 import shutil
@@ -19,6 +18,7 @@ import yaml
 from typer.testing import CliRunner
 
 from tests.makers import DATA_FILE, tiny_task_config, write_examples
+from tunesmith.config import merge_trees
 from tunesmith.tasks.build import TASK_KINDS
 
 CORPUS = Path(__file__).parent / "bad_inputs"
@@ -55,16 +55,6 @@ def test_the_corpus_is_well_formed():
 
 def _base_config(task: str, model_dir: Path) -> dict:
     return tiny_task_config(task, model_dir, Path(DATA_FILE.get(task, "train.csv")), Path("new-run"))
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    merged = copy.deepcopy(base)
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 @pytest.fixture(scope="session")
@@ -166,7 +156,7 @@ def _flat(text: str) -> str:
 def _prepare(case: dict, root: Path, model_dirs, finished_runs) -> None:
     task = case.get("task", "single_label")
     files = dict(case.get("files", {}))
-    config = _merge(_base_config(task, model_dirs[task]), case.get("config", {}))
+    config = merge_trees(_base_config(task, model_dirs[task]), case.get("config", {}))
     default_data = DATA_FILE.get(task, "train.csv")
     if config["data"].get("train") == default_data and default_data not in files:
         files[default_data] = {"rows": 40}

@@ -75,6 +75,16 @@ DROPOUT_ATTRIBUTES = (
 )
 
 
+def with_dropout(config, dropout: float | None):
+    """``config`` with every dropout attribute it has set to ``dropout`` (model.dropout); None
+    keeps the pretrained values."""
+    if dropout is not None:
+        for attribute in DROPOUT_ATTRIBUTES:
+            if hasattr(config, attribute):
+                setattr(config, attribute, dropout)
+    return config
+
+
 @dataclass
 class ResolvedModel:
     """Where a model's files are, and a sentence that says so for the log and model card."""
@@ -365,10 +375,7 @@ def load_with_head(auto_class, resolved: ResolvedModel, *, label_names: list[str
             label2id={n: i for i, n in enumerate(label_names)} if label_names else {"value": 0},
             **options,
         )
-        if dropout is not None:
-            for attribute in DROPOUT_ATTRIBUTES:
-                if hasattr(config, attribute):
-                    setattr(config, attribute, dropout)
+        with_dropout(config, dropout)
         model, info = auto_class.from_pretrained(
             resolved.location, config=config, output_loading_info=True, ignore_mismatched_sizes=True
         )
@@ -412,11 +419,7 @@ def load_mean_pooled_classifier(
     from tunesmith.models.pooled import pooled_classifier
 
     try:
-        config = AutoConfig.from_pretrained(resolved.location)
-        if dropout is not None:
-            for attribute in DROPOUT_ATTRIBUTES:
-                if hasattr(config, attribute):
-                    setattr(config, attribute, dropout)
+        config = with_dropout(AutoConfig.from_pretrained(resolved.location), dropout)
         encoder = AutoModel.from_pretrained(resolved.location, config=config)
     except (OSError, ValueError, RuntimeError) as error:
         raise _load_failed(resolved, error) from None
@@ -454,11 +457,7 @@ def load_causal_lm(resolved: ResolvedModel, *, dropout: float | None):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
-        config = AutoConfig.from_pretrained(resolved.location)
-        if dropout is not None:
-            for attribute in DROPOUT_ATTRIBUTES:
-                if hasattr(config, attribute):
-                    setattr(config, attribute, dropout)
+        config = with_dropout(AutoConfig.from_pretrained(resolved.location), dropout)
         model, info = AutoModelForCausalLM.from_pretrained(
             resolved.location, config=config, dtype=torch.float32, output_loading_info=True
         )
@@ -476,11 +475,7 @@ def load_seq2seq(resolved: ResolvedModel, *, dropout: float | None):
     from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
     try:
-        config = AutoConfig.from_pretrained(resolved.location)
-        if dropout is not None:
-            for attribute in (*DROPOUT_ATTRIBUTES, "dropout_rate"):
-                if hasattr(config, attribute):
-                    setattr(config, attribute, dropout)
+        config = with_dropout(AutoConfig.from_pretrained(resolved.location), dropout)  # T5: dropout_rate
         model, info = AutoModelForSeq2SeqLM.from_pretrained(resolved.location, config=config, output_loading_info=True)
     except (OSError, ValueError) as error:
         raise _load_failed(resolved, error) from None

@@ -15,14 +15,15 @@ transformers' Auto classes under ``model_type: tunesmith_pooled``, so a saved ru
 
 from __future__ import annotations
 
-import copy
 import inspect
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
+
+from tunesmith.models.architectures import portable_config, register_classifier
 
 MODEL_TYPE = "tunesmith_pooled"
 
@@ -97,10 +98,8 @@ def pooled_classifier(encoder: PreTrainedModel, *, label_names: list[str], norma
                       problem_type: str = "single_label_classification") -> PooledTextClassifier:  # fmt: skip
     """A pooled classifier around a loaded pretrained encoder (its weights kept) with a new
     linear layer for ``label_names``."""
-    encoder_config = copy.deepcopy(encoder.config)
-    encoder_config._name_or_path = ""  # a saved run carries no local paths
     config = PooledClassifierConfig(
-        encoder=encoder_config, normalize=normalize, num_labels=len(label_names), problem_type=problem_type,
+        encoder=portable_config(encoder.config), normalize=normalize, num_labels=len(label_names), problem_type=problem_type,
         id2label=dict(enumerate(label_names)), label2id={name: i for i, name in enumerate(label_names)},
     )  # fmt: skip
     model = PooledTextClassifier(config)  # post_init initialises every weight: the encoder's come after
@@ -108,13 +107,4 @@ def pooled_classifier(encoder: PreTrainedModel, *, label_names: list[str], norma
     return model
 
 
-def register() -> None:
-    """Makes ``AutoModelForSequenceClassification`` load saved pooled classifiers (idempotent)."""
-    try:
-        AutoConfig.register(MODEL_TYPE, PooledClassifierConfig)
-    except ValueError:  # already registered in this process
-        return
-    AutoModelForSequenceClassification.register(PooledClassifierConfig, PooledTextClassifier)
-
-
-register()
+register_classifier(MODEL_TYPE, PooledClassifierConfig, PooledTextClassifier)

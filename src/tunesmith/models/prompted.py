@@ -19,11 +19,12 @@ import torch.nn.functional as F
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
-    AutoModelForSequenceClassification,
     PretrainedConfig,
     PreTrainedModel,
 )
 from transformers.modeling_outputs import SequenceClassifierOutput
+
+from tunesmith.models.architectures import portable_config, register_classifier
 
 MODEL_TYPE = "tunesmith_prompted"
 CONTENT_FREE = "N/A"
@@ -114,8 +115,6 @@ def prompted_scorer(decoder: PreTrainedModel, tokenizer, *, label_names: list[st
     """The scorer around a loaded causal LM, its prompt rendered with the tokenizer's chat
     template (plain text when the tokenizer has none). ``calibrate``: each label's score for
     CONTENT_FREE becomes its bias (Zhao et al. 2021, "Calibrate before use")."""
-    import copy
-
     listed = ", ".join(descriptions)
     message = instruction.replace("{labels}", listed).replace("{text}", _PLACEHOLDER)
     if tokenizer.chat_template:
@@ -127,10 +126,8 @@ def prompted_scorer(decoder: PreTrainedModel, tokenizer, *, label_names: list[st
     end = tokenizer.eos_token_id
     answer_ids = [tokenizer(d, add_special_tokens=False)["input_ids"] + ([end] if end is not None else [])
                   for d in descriptions]  # fmt: skip
-    decoder_config = copy.deepcopy(decoder.config)
-    decoder_config._name_or_path = ""  # a saved run carries no local paths
     config = PromptedScorerConfig(
-        decoder=decoder_config, prefix_ids=tokenizer(before, add_special_tokens=False)["input_ids"],
+        decoder=portable_config(decoder.config), prefix_ids=tokenizer(before, add_special_tokens=False)["input_ids"],
         suffix_ids=tokenizer(after, add_special_tokens=False)["input_ids"], answer_ids=answer_ids,
         instruction=instruction, num_labels=len(label_names), id2label=dict(enumerate(label_names)),
         label2id={name: i for i, name in enumerate(label_names)}, problem_type="single_label_classification",
@@ -145,13 +142,4 @@ def prompted_scorer(decoder: PreTrainedModel, tokenizer, *, label_names: list[st
     return model
 
 
-def register() -> None:
-    """Makes ``AutoModelForSequenceClassification`` load saved scorers (idempotent)."""
-    try:
-        AutoConfig.register(MODEL_TYPE, PromptedScorerConfig)
-    except ValueError:  # already registered in this process
-        return
-    AutoModelForSequenceClassification.register(PromptedScorerConfig, PromptedLabelScorer)
-
-
-register()
+register_classifier(MODEL_TYPE, PromptedScorerConfig, PromptedLabelScorer)

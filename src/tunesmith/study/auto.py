@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tunesmith.config import DEFAULT_MODEL, apply_overrides, config_from_dict
+from tunesmith.config import DEFAULT_MODEL, apply_overrides, config_from_dict, merge_trees
 from tunesmith.data.load import LABEL_NAMES, TEXT_NAMES, read_table
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import claim_output
@@ -232,16 +232,6 @@ def plan(detection: Detection, spec: str, *, model: str = DEFAULT_MODEL, metric:
     return Plan(base, choices, candidates)
 
 
-def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    out = json.loads(json.dumps(base))
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merged(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def _score(run: Path, metric: str) -> dict[str, Any]:
     metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
     test = metrics.get("test", {})
@@ -281,7 +271,7 @@ def run_auto(spec: str, out: Path, *, train: Callable, budget: float, target: st
     metric_name = None
     for number, candidate in enumerate(the_plan.candidates):
         run = out / "candidates" / f"{number:02d}-{candidate.name}"
-        tree = apply_overrides(_merged(the_plan.base, candidate.overrides), list(overrides))
+        tree = apply_overrides(merge_trees(the_plan.base, candidate.overrides), list(overrides))
         tree.setdefault("runtime", {}).update({"output_dir": str(run)})
         config = config_from_dict(tree, f"auto candidate {candidate.name}")
         metric_name = metric_name or config.train.metric or _default_metric(config)
@@ -338,7 +328,7 @@ def _search(the_plan: Plan, board: list[dict], overrides, out: Path, train: Call
         log(f"No learning-rate search: {left:.0f} s left, less than one {best['name']} run ({best['seconds']:.0f} s)")
         return None
     candidate = next(c for c in the_plan.candidates if c.name == best["name"])
-    tree = apply_overrides(_merged(the_plan.base, candidate.overrides), list(overrides))
+    tree = apply_overrides(merge_trees(the_plan.base, candidate.overrides), list(overrides))
     rate = best["learning_rate"]
     tree["tune"] = {"space": {"train.learning_rate": {"type": "float", "low": rate / 3, "high": rate * 3, "log": True}},
                     "n_trials": trials, "pruner": "median", "metric": metric}  # fmt: skip
