@@ -11,11 +11,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import sentiment_rows
+from tests.conftest import sentiment_rows, tiny_config
 from tunesmith import api
 from tunesmith.config import config_from_dict
 from tunesmith.errors import TunesmithError
 from tunesmith.study.auto import detect, parse_budget, plan, run_auto
+from tunesmith.train.callbacks import Deadline
 
 
 def test_budgets_read_as_durations():
@@ -47,6 +48,9 @@ def test_detects_each_kind_and_its_columns(tmp_path):
     few_numbers = detect(str(_table(tmp_path, "d.csv", pd.DataFrame({"text": texts, "stars": [1, 2, 3, 4, 5] * 8}))),
                          target="stars")  # fmt: skip
     assert few_numbers.kind == "single_label"  # five distinct numbers are classes
+    ids = detect(str(_table(tmp_path, "e.csv", pd.DataFrame({"text": texts, "topic": list(range(20)) * 2}))),
+                 target="topic")  # fmt: skip
+    assert ids.kind == "single_label"  # 20 whole numbers: class ids, not a quantity
     with pytest.raises(TunesmithError, match=r"no column 'nope' \(--target\)"):
         detect(str(tmp_path / "a.csv"), target="nope")
 
@@ -73,17 +77,28 @@ def test_the_plan_follows_the_data_and_says_why(tmp_path, tiny_model_dir):
         plan(detect(str(path)), str(path), model=str(tiny_model_dir), strategies=["magic"])
 
 
-def test_auto_stops_on_its_budget_and_keeps_what_it_cut(tmp_path, tiny_model_dir):
+def test_a_deadline_ends_training_like_early_stopping(tmp_path, tiny_model_dir):
+    data = _table(tmp_path, "d.csv", pd.DataFrame(sentiment_rows(60, seed=6)))
+    stop = Deadline(time.monotonic())  # already past: the first step is the last
+    tree = tiny_config(tiny_model_dir, data, tmp_path / "run", train={"num_epochs": 3})
+    result = api.train(config_from_dict(tree), callbacks=[stop])
+    assert stop.stopped_at == 1
+    training = json.loads((result.run_dir / "metrics.json").read_text())["training"]
+    assert training["steps"] == 1 and "test" in result.metrics  # finished and scored, not lost
+
+
+def test_auto_stops_on_its_budget(tmp_path, tiny_model_dir):
     data = _table(tmp_path, "d.csv", pd.DataFrame(sentiment_rows(80, seed=4)))
     started = time.monotonic()
-    report = run_auto(str(data), tmp_path / "auto", train=api.train, budget=2.0, strategies=["contrastive", "full"],
+    report = run_auto(str(data), tmp_path / "auto", train=api.train, budget=1.0, strategies=["contrastive", "full"],
                       overrides=[f"model.name={tiny_model_dir}", "runtime.progress=false"], log=lambda m: None)  # fmt: skip
     elapsed = time.monotonic() - started
-    statuses = {row["name"]: row["status"] for row in report["leaderboard"]}
-    assert statuses["contrastive"].startswith("cut off by the budget")
-    assert statuses["full"] == "skipped (budget spent)"
-    assert report["best"] is None and elapsed < 60
-    assert (tmp_path / "auto" / "auto.md").exists() and not (tmp_path / "auto" / "best.yaml").exists()
+    statuses = [row["status"] for row in report["leaderboard"]]
+    assert statuses[-1] == "skipped (budget spent)"  # nothing starts after the budget
+    assert all(s == "skipped (budget spent)" or "the budget stopped it" in s for s in statuses), statuses
+    assert elapsed < 90 and (tmp_path / "auto" / "auto.md").exists()
+    if report["best"] is None:
+        assert "time budget" in report["problem"]
 
 
 def test_auto_runs_the_recipes_searches_and_reports_the_best(tmp_path, tiny_model_dir):

@@ -12,7 +12,7 @@ from tests.conftest import sentiment_rows, tiny_config
 from tunesmith import api
 from tunesmith.config import config_from_dict
 from tunesmith.errors import TunesmithError
-from tunesmith.train.zero_shot import SCALE
+from tunesmith.models.pooled import SCALE
 
 DESCRIPTIONS = {"positive": "good great lovely superb", "negative": "bad awful dreadful grim"}
 

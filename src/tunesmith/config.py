@@ -812,7 +812,7 @@ class Config(Section):
         if model.strategy in ("contrastive", "zero_shot"):
             if not task.supports_contrastive:
                 raise ValueError(f"model.strategy={model.strategy} needs task.type={_kinds_with(lambda t: t.supports_contrastive)}"
-                                 f" (pairs are drawn by label), not {task.type}")  # fmt: skip
+                                 f" (one label per text, from a set), not {task.type}")  # fmt: skip
         if model.strategy == "contrastive":
             if "num_epochs" not in self.train.model_fields_set:
                 self.train.num_epochs = 1.0  # one pass over the pairs, as SetFit

@@ -14,20 +14,32 @@ import numpy as np
 
 from tunesmith.config import Config
 from tunesmith.data.prepare import PreparedData
+from tunesmith.errors import TunesmithError
 from tunesmith.tasks.contract import Probed, Task
 from tunesmith.train.fit import Fitted
 
 METHOD = "linear probe on the frozen pretrained model's mean-pooled embeddings"
 
 
-def probe_baseline(config: Config, task: Task, data: PreparedData, fitted: Fitted) -> dict[str, Any] | None:
+def probe_baseline(config: Config, task: Task, data: PreparedData, fitted: Fitted,
+                   log: Callable[[str], None]) -> dict[str, Any] | None:  # fmt: skip
     """The probe's scores per held-out split, or None where the run has no baseline (turned
-    off, a kind without a probe, or no held-out split)."""
+    off, a kind without a probe, or no held-out split). The baseline only explains the run: a
+    probe that cannot be fitted is logged as a warning and left out, and the run finishes."""
     features = fitted.encoded.features
     held_out = [split for split in ("validation", "test") if features.get(split)]
     probed = isinstance(task, Probed) and task.baseline_probe
     if not (config.evaluation.baseline and probed and held_out and features.get("train")):
         return None
+    try:
+        return _probe(config, task, data, fitted, held_out)
+    except (ValueError, RuntimeError, TunesmithError) as error:  # e.g. a model that cannot be loaded again
+        log(f"WARNING: no baseline for this run: {type(error).__name__}: {str(error).splitlines()[0]}")
+        return None
+
+
+def _probe(config: Config, task: Task, data: PreparedData, fitted: Fitted, held_out: list[str]) -> dict[str, Any]:
+    features = fitted.encoded.features
     rows = len(features["train"])
     rng = np.random.default_rng(config.runtime.seed)
     picked = np.sort(rng.choice(rows, size=min(rows, config.evaluation.baseline_rows), replace=False))
@@ -57,7 +69,7 @@ def gain_line(metrics: dict[str, Any], metric: str) -> str | None:
     tuned, base = metrics.get(split, {}).get(metric), baseline[split].get(metric)
     if not isinstance(tuned, float) or not isinstance(base, float):
         return None
-    return f"{split} {metric}: fine-tuned {tuned:.4f}, baseline {base:.4f} ({tuned - base:+.4f})"
+    return f"{split} {metric}: this run {tuned:.4f}, baseline {base:.4f} ({tuned - base:+.4f})"
 
 
 def log_baseline(metrics: dict[str, Any], metric: str, log: Callable[[str], None]) -> None:
@@ -67,13 +79,13 @@ def log_baseline(metrics: dict[str, Any], metric: str, log: Callable[[str], None
 
 
 def comparison_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """One row per metric of the baseline's split (test, else validation): the fine-tuned score,
-    the baseline's and the gain."""
+    """One row per metric of the baseline's split (test, else validation): this run's score, the
+    baseline's and the gain."""
     baseline = metrics.get("baseline") or {}
     split = "test" if "test" in baseline else "validation"
     rows = []
     for name, base in baseline.get(split, {}).items():
         tuned = metrics.get(split, {}).get(name)
         if isinstance(base, float) and isinstance(tuned, float) and name != "confidence_level":
-            rows.append({"split": split, "metric": name, "fine-tuned": tuned, "baseline": base, "gain": tuned - base})
+            rows.append({"split": split, "metric": name, "this run": tuned, "baseline": base, "gain": tuned - base})
     return rows

@@ -111,11 +111,11 @@ def finish_run(run: RunDir, config: Config, task: Task, data: PreparedData, fitt
             saved and complete all the same).
     """
     metrics = score_splits(run, config, task, data, fitted, log)
-    baseline = probe_baseline(config, task, data, fitted)
-    if baseline is not None:
-        metrics["baseline"] = baseline
     parameters = count_parameters(fitted.result.model)
     model = save_model(run, config, fitted)
+    baseline = probe_baseline(config, task, data, fitted, log)
+    if baseline is not None:
+        metrics["baseline"] = baseline
     if config.forgetting.retain is not None:
         metrics["forgetting"] = check_forgetting(config, task, model, fitted, log)
     state, result, truncated = fitted.result.state, fitted.result, fitted.encoded.truncated

@@ -181,7 +181,7 @@ def _run_parts(run: Path) -> list[str]:
         parts += ["<h2>Baseline: what fine-tuning added</h2>",
                   f"<p>A {html.escape(b['method'])} (<code>{html.escape(str(b['model']))}</code>), fitted on "
                   f"{b['train_rows']:,} training rows and scored on the same held-out rows.</p>",
-                  table(comparison_rows(metrics), ["split", "metric", "fine-tuned", "baseline", "gain"])]  # fmt: skip
+                  table(comparison_rows(metrics), ["split", "metric", "this run", "baseline", "gain"])]  # fmt: skip
     if "forgetting" in metrics:
         f = metrics["forgetting"]
         verdict = "good" if f["passed"] else "bad"

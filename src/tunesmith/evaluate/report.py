@@ -108,11 +108,11 @@ def _results_lines(metrics: dict[str, Any]) -> list[str]:
         sections += [f"### test, per {test['slices']['column']} slice\n", slice_table(test["slices"])]
     if "baseline" in metrics:
         b = metrics["baseline"]
-        lines = [f"| {r['metric']} ({r['split']}) | {r['fine-tuned']:.4f} | {r['baseline']:.4f} | {r['gain']:+.4f} |"
+        lines = [f"| {r['metric']} ({r['split']}) | {r['this run']:.4f} | {r['baseline']:.4f} | {r['gain']:+.4f} |"
                  for r in comparison_rows(metrics)]  # fmt: skip
         sections += ["### Baseline: what fine-tuning added\n",
                      f"A {b['method']}, fitted on {b['train_rows']:,} training rows and scored on the same held-out "
-                     "rows.\n", "| metric | fine-tuned | baseline | gain |\n|---|---|---|---|\n" + "\n".join(lines) + "\n"]  # fmt: skip
+                     "rows.\n", "| metric | this run | baseline | gain |\n|---|---|---|---|\n" + "\n".join(lines) + "\n"]  # fmt: skip
     if "forgetting" in metrics:
         f = metrics["forgetting"]
         sections += ["### Forgetting check\n",

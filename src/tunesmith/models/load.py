@@ -416,14 +416,18 @@ def load_mean_pooled_classifier(
     (models/pooled.py). Returns (model, new parameter names)."""
     from transformers import AutoConfig, AutoModel
 
-    from tunesmith.models.pooled import pooled_classifier
+    from tunesmith.models import pooled
 
     try:
         config = with_dropout(AutoConfig.from_pretrained(resolved.location), dropout)
-        encoder = AutoModel.from_pretrained(resolved.location, config=config)
+        if config.model_type == pooled.MODEL_TYPE:  # a trained pooled classifier (retrain): its encoder
+            with_dropout(config.encoder, dropout)
+            encoder = pooled.PooledTextClassifier.from_pretrained(resolved.location, config=config).encoder
+        else:
+            encoder = AutoModel.from_pretrained(resolved.location, config=config)
     except (OSError, ValueError, RuntimeError) as error:
         raise _load_failed(resolved, error) from None
-    model = pooled_classifier(encoder, label_names=label_names, problem_type=problem_type, normalize=normalize)
+    model = pooled.pooled_classifier(encoder, label_names=label_names, problem_type=problem_type, normalize=normalize)
     return model, ["classifier.bias", "classifier.weight"]
 
 
@@ -432,11 +436,20 @@ def load_prompted_scorer(resolved: ResolvedModel, *, label_names: list[str], des
     """An instruction-tuned causal LM as a zero-shot classifier of ``label_names`` (models/prompted.py);
     with ``calibrate``, each label's log-likelihood for a content-free text is its bias, taken
     off every score. Returns (model, new parameter names: none)."""
-    from tunesmith.models.prompted import prompted_scorer
+    from transformers import AutoConfig
 
-    decoder, _ = load_causal_lm(resolved, dropout=None)
+    from tunesmith.models import prompted
+
+    try:
+        saved = AutoConfig.from_pretrained(resolved.location)
+        if saved.model_type == prompted.MODEL_TYPE:  # a zero-shot run's scorer (retrain): its LM
+            decoder = prompted.PromptedLabelScorer.from_pretrained(resolved.location).decoder
+        else:
+            decoder, _ = load_causal_lm(resolved, dropout=None)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise _load_failed(resolved, error) from None
     tokenizer = load_tokenizer(resolved)
-    return prompted_scorer(decoder, tokenizer, label_names=label_names, descriptions=descriptions,
+    return prompted.prompted_scorer(decoder, tokenizer, label_names=label_names, descriptions=descriptions,
                            instruction=instruction, calibrate=calibrate), []  # fmt: skip
 
 

@@ -26,6 +26,11 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from tunesmith.models.architectures import portable_config, register_classifier
 
 MODEL_TYPE = "tunesmith_pooled"
+SCALE = 20.0
+"""model.strategy=zero_shot: the head is this times the normalised description embeddings.
+Cosines lie in [-1, 1] and differ by tenths between labels: scaled by 20 (the similarity scale
+of sentence-transformers' ranking loss), the softmax reads them as confident but not certain;
+evaluation.temperature_scaling refits the scale on a validation split."""
 
 
 class PooledClassifierConfig(PretrainedConfig):
@@ -105,6 +110,21 @@ def pooled_classifier(encoder: PreTrainedModel, *, label_names: list[str], norma
     model = PooledTextClassifier(config)  # post_init initialises every weight: the encoder's come after
     model.encoder.load_state_dict(encoder.state_dict())
     return model
+
+
+@torch.no_grad()
+def set_label_head(model: PooledTextClassifier, tokenizer, descriptions: list[str], *, max_length: int) -> None:
+    """Zero-shot by embeddings: writes SCALE x the normalised embedding of each description (in
+    label order) into the linear layer, with zero bias, so a text's logit for a label is the
+    scaled cosine between the two (the model's config must say ``normalize``)."""
+    batch = tokenizer(descriptions, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    was_training = model.training
+    model.eval()
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+    embeddings = model.embed(**inputs)
+    model.train(was_training)
+    model.classifier.weight.copy_(SCALE * embeddings.to(model.classifier.weight.dtype))
+    model.classifier.bias.zero_()
 
 
 register_classifier(MODEL_TYPE, PooledClassifierConfig, PooledTextClassifier)

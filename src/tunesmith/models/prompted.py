@@ -27,6 +27,8 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from tunesmith.models.architectures import portable_config, register_classifier
 
 MODEL_TYPE = "tunesmith_prompted"
+CHUNK = 32
+"""(text, label) sequences per pass of the LM."""
 CONTENT_FREE = "N/A"
 """The text whose label scores are each label's bias under calibration."""
 _PLACEHOLDER = "\u2063TEXT\u2063"
@@ -93,18 +95,18 @@ class PromptedLabelScorer(PreTrainedModel):
             for answer in answers:
                 sequences.append(torch.cat([prompt, answer]))
                 spans.append((len(prompt), len(answer)))
-        width = max(len(s) for s in sequences)
         pad = config.decoder.pad_token_id if config.decoder.pad_token_id is not None else 0
-        ids = torch.full((len(sequences), width), pad, dtype=torch.long, device=device)
-        keep = torch.zeros_like(ids)
-        for i, sequence in enumerate(sequences):
-            ids[i, : len(sequence)], keep[i, : len(sequence)] = sequence, 1
-        log_probs = F.log_softmax(self.decoder(input_ids=ids, attention_mask=keep).logits.float(), dim=-1)
-        scores = torch.stack([
-            log_probs[i, start - 1 : start - 1 + length].gather(-1, ids[i, start : start + length, None]).sum()
-            for i, (start, length) in enumerate(spans)
-        ])  # fmt: skip
-        scores = scores.view(len(input_ids), len(answers))
+        scores = []
+        for first in range(0, len(sequences), CHUNK):  # many labels x a batch: a bounded pass at a time
+            chunk, places = sequences[first : first + CHUNK], spans[first : first + CHUNK]
+            ids = torch.full((len(chunk), max(len(s) for s in chunk)), pad, dtype=torch.long, device=device)
+            keep = torch.zeros_like(ids)
+            for i, sequence in enumerate(chunk):
+                ids[i, : len(sequence)], keep[i, : len(sequence)] = sequence, 1
+            log_probs = F.log_softmax(self.decoder(input_ids=ids, attention_mask=keep).logits.float(), dim=-1)
+            scores += [log_probs[i, start - 1 : start - 1 + length].gather(-1, ids[i, start : start + length, None]).sum()
+                       for i, (start, length) in enumerate(places)]  # fmt: skip
+        scores = torch.stack(scores).view(len(input_ids), len(answers))
         if config.bias:
             scores = scores - torch.tensor(config.bias, dtype=scores.dtype, device=device)
         return SequenceClassifierOutput(logits=scores)

@@ -10,8 +10,9 @@ choice said and overridable.
    choice carries its reason.
 3. **Run** the candidates cheapest first, each an ordinary run, then spend what is left of the
    budget on a learning-rate search of the best trained recipe with the ``tune`` machinery
-   (Optuna, median pruning). A run that the budget cuts off stops at its next step and keeps its
-   checkpoints (``tunesmith train --resume`` continues it); no run starts once the budget is spent.
+   (Optuna, median pruning). When the budget runs out, the running run ends at its next step as
+   early stopping ends one (its last weights evaluated, its best kept, the run finished and
+   scored, marked "stopped by the budget"), and no run starts after.
 4. **Report** ``auto.json`` and ``auto.md`` (what was detected, the plan and its reasons, the
    leaderboard of every run by its validation metric, the best run's test score with its
    interval) and ``best.yaml``, the best run's config.
@@ -33,11 +34,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tunesmith.config import DEFAULT_MODEL, apply_overrides, config_from_dict, merge_trees
+from tunesmith.config import DEFAULT_MODEL, TASK_MODELS, apply_overrides, config_from_dict, merge_trees
 from tunesmith.data.load import LABEL_NAMES, TEXT_NAMES, read_table
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import claim_output
-from tunesmith.train.callbacks import BudgetSpent, Deadline
+from tunesmith.train.callbacks import Deadline
 
 STRATEGIES = ("zero_shot", "contrastive", "full", "lora")
 """The recipes auto chooses among, cheapest first."""
@@ -106,8 +107,9 @@ def _columns(frame: pd.DataFrame, target: str | None, text: str | None, source: 
 def detect(spec: str, *, target: str | None = None, text: str | None = None) -> Detection:
     """The columns and task kind of a labelled table.
 
-    A target of numbers with more than 10 distinct values is regression; a target whose values
-    are lists, or strings joined by ``|`` in at least a fifth of the rows, is multi_label;
+    A target whose values are lists, or strings joined by ``|`` in at least a fifth of the rows,
+    is multi_label; a target of numbers is regression when some are not whole numbers or when
+    they take more than max(50, 5% of the rows) values (whole numbers with fewer are class ids);
     anything else is single_label.
 
     Raises:
@@ -127,12 +129,15 @@ def detect(spec: str, *, target: str | None = None, text: str | None = None) -> 
     ):
         kind = "multi_label"
         notes.append(f"{label_column!r} holds several labels per row: multi_label")
-    elif numbers.notna().all() and numbers.nunique() > 10:
+    elif numbers.notna().all() and ((numbers % 1 != 0).any() or numbers.nunique() > max(50, 0.05 * len(labels))):
         kind = "regression"
-        notes.append(f"{label_column!r} holds {numbers.nunique()} distinct numbers: regression")
+        notes.append(f"{label_column!r} holds {numbers.nunique()} distinct numbers: regression "
+                     "(give --set task.type=single_label if they are class ids)")  # fmt: skip
     else:
         kind = "single_label"
         notes.append(f"{label_column!r} holds {labels.nunique()} classes: single_label")
+    if len(labels) < len(frame):
+        notes.append(f"{len(frame) - len(labels)} rows have no value in {label_column!r}: training drops them")
     counts = {} if kind == "regression" else {str(k): int(v) for k, v in labels.astype(str).value_counts().items()}
     words = frame[text_column].dropna().astype(str).str.split().str.len()
     notes.insert(0, f"text in {text_column!r} ({words.mean():.0f} words on average), target {label_column!r}, "
@@ -194,7 +199,8 @@ def plan(detection: Detection, spec: str, *, model: str = DEFAULT_MODEL, metric:
     if metric:
         base["train"]["metric"] = metric
     counts = detection.labels
-    if kind == "single_label" and counts and max(counts.values()) >= 3 * min(counts.values()):
+    section = TASK_MODELS[kind]
+    if section.supports_balance and counts and max(counts.values()) >= 3 * min(counts.values()):
         base["data"]["balance"] = {"method": "class_weights"}
         choices.append(f"class weights in the loss: the largest class has {max(counts.values())} rows, the smallest "
                        f"{min(counts.values())}")  # fmt: skip
@@ -204,13 +210,13 @@ def plan(detection: Detection, spec: str, *, model: str = DEFAULT_MODEL, metric:
     if unknown:
         raise TunesmithError(f"--strategies: {unknown} are not recipes auto knows; choose among {list(STRATEGIES)}")
     candidates = []
-    worded = kind == "single_label" and not all(pd.to_numeric(pd.Series(list(counts)), errors="coerce").notna())
+    worded = section.supports_contrastive and not all(pd.to_numeric(pd.Series(list(counts)), errors="coerce").notna())
     if "zero_shot" in wanted and worded:
         candidates.append(Candidate("zero_shot", {"model": {"strategy": "zero_shot"},
                                                   "task": {"labels": sorted(counts)}},
                                     "the labels are words, so their names can describe them: the score with no "
                                     "training, for what training adds"))  # fmt: skip
-    if "contrastive" in wanted and kind == "single_label" and train_rows <= CONTRASTIVE_MAX_ROWS:
+    if "contrastive" in wanted and section.supports_contrastive and train_rows <= CONTRASTIVE_MAX_ROWS:
         iterations = max(1, min(20, 4000 // max(train_rows, 1)))
         candidates.append(Candidate("contrastive", {"model": {"strategy": "contrastive",
                                                               "contrastive": {"iterations": iterations}}},
@@ -271,7 +277,8 @@ def run_auto(spec: str, out: Path, *, train: Callable, budget: float, target: st
     metric_name = None
     for number, candidate in enumerate(the_plan.candidates):
         run = out / "candidates" / f"{number:02d}-{candidate.name}"
-        tree = apply_overrides(merge_trees(the_plan.base, candidate.overrides), list(overrides))
+        once = {} if number == 0 else {"evaluation": {"baseline": False}}  # the same probe for every candidate
+        tree = apply_overrides(merge_trees(merge_trees(the_plan.base, candidate.overrides), once), list(overrides))
         tree.setdefault("runtime", {}).update({"output_dir": str(run)})
         config = config_from_dict(tree, f"auto candidate {candidate.name}")
         metric_name = metric_name or config.train.metric or _default_metric(config)
@@ -295,18 +302,16 @@ def _attempt(entry: dict, config, run: Path, train: Callable, deadline: float, m
         log(f"Skipped {entry['name']}: the time budget is spent")
         return {**entry, "status": "skipped (budget spent)"}
     log(f"Running {entry['name']} into {run}")
-    began = time.monotonic()
+    began, stop = time.monotonic(), Deadline(deadline)
     try:
-        train(config, console=console, callbacks=[Deadline(deadline)])
-    except BudgetSpent as error:
-        kept = run.is_dir()
-        log(f"{entry['name']}: {error}" + (f"; continue it with tunesmith train --resume {run}" if kept else ""))
-        return {**entry, "status": "cut off by the budget" + (" (resumable)" if kept else ""),
-                "seconds": time.monotonic() - began}  # fmt: skip
+        train(config, console=console, callbacks=[stop])
     except TunesmithError as error:
         log(f"{entry['name']} failed: {error}")
         return {**entry, "status": f"failed: {error}", "seconds": time.monotonic() - began}
     found = {**entry, "status": "complete", "seconds": time.monotonic() - began, **_score(run, metric)}
+    if stop.stopped_at is not None:
+        found["status"] = f"complete (the budget stopped it at step {stop.stopped_at})"
+        log(f"{entry['name']}: the time budget ran out at step {stop.stopped_at}; the run is scored as it stands")
     log(f"{entry['name']}: validation {metric} {found['validation']}")
     return found
 
@@ -317,7 +322,7 @@ def _search(the_plan: Plan, board: list[dict], overrides, out: Path, train: Call
     time that is left; None when there is no time, no trained recipe finished, or trials is 0."""
     from tunesmith.study import tune
 
-    trained = [e for e in board if e["status"] == "complete" and e["strategy"] != "zero_shot"
+    trained = [e for e in board if e["status"].startswith("complete") and e["strategy"] != "zero_shot"
                and isinstance(e.get("validation"), float)]  # fmt: skip
     left = deadline - time.monotonic()
     if not trials or not trained or left <= 0:
@@ -330,6 +335,7 @@ def _search(the_plan: Plan, board: list[dict], overrides, out: Path, train: Call
     candidate = next(c for c in the_plan.candidates if c.name == best["name"])
     tree = apply_overrides(merge_trees(the_plan.base, candidate.overrides), list(overrides))
     rate = best["learning_rate"]
+    tree.setdefault("evaluation", {})["baseline"] = False  # the first candidate's run has it
     tree["tune"] = {"space": {"train.learning_rate": {"type": "float", "low": rate / 3, "high": rate * 3, "log": True}},
                     "n_trials": trials, "pruner": "median", "metric": metric}  # fmt: skip
     config = config_from_dict(tree, "auto search")
@@ -354,13 +360,14 @@ def _report(out: Path, detection: Detection, the_plan: Plan, board: list[dict], 
             rows.append(row)
     from tunesmith.study.tune import LOSS_LIKE
 
-    scored = [r for r in rows if r["status"] == "complete" and isinstance(r.get("validation"), float)]
+    scored = [r for r in rows if r["status"].startswith("complete") and isinstance(r.get("validation"), float)]
     lower = metric in LOSS_LIKE
     scored.sort(key=lambda r: r["validation"], reverse=not lower)
     best = scored[0] if scored else None
     report = {"source": detection.source, "detected": asdict(detection), "choices": the_plan.choices,
               "candidates": [asdict(c) for c in the_plan.candidates], "metric": metric, "budget_seconds": budget,
-              "seconds": seconds, "leaderboard": scored + [r for r in rows if r not in scored], "best": best}  # fmt: skip
+              "seconds": seconds, "leaderboard": scored + [r for r in rows if r not in scored], "best": best,
+              "out": str(out), "problem": None if best else _nothing_finished(rows)}  # fmt: skip
     (out / "auto.json").write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
     if best:
         config_text = (Path(best["run"]) / "config.yaml").read_text(encoding="utf-8")
@@ -370,9 +377,16 @@ def _report(out: Path, detection: Detection, the_plan: Plan, board: list[dict], 
     if best:
         log(f"Best: {best['name']} ({best['run']}): validation {metric} {best['validation']:.4f}, test "
             f"{_number(best.get('test'))} [{_number(best.get('test_low'))}, {_number(best.get('test_high'))}]")  # fmt: skip
-    else:
-        log("No run finished within the budget: give a larger --time-budget")
+    if not best:
+        log(report["problem"])
     return report
+
+
+def _nothing_finished(rows: list[dict]) -> str:
+    failed = [r for r in rows if r["status"].startswith("failed")]
+    if failed and len(failed) == len(rows):
+        return f"every candidate failed; the first, {failed[0]['name']}: {failed[0]['status'][len('failed: ') :]}"
+    return "no run finished within the time budget: give a larger --time-budget"
 
 
 def _number(value) -> str:
@@ -399,4 +413,6 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", f"Budget {report['budget_seconds']:.0f} s, used {report['seconds']:.0f} s."]
     if best:
         lines.append(f"Best: **{best['name']}**, `{best['run']}` (its config: best.yaml).")
+    else:
+        lines.append(f"No best run: {report['problem']}.")
     return "\n".join(lines) + "\n"

@@ -33,7 +33,7 @@ from tunesmith.config import Config, SearchParameter, config_from_dict, dump_con
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import claim_output
 from tunesmith.tasks import build_task
-from tunesmith.train.callbacks import BudgetSpent, Callback, Deadline
+from tunesmith.train.callbacks import Callback, Deadline
 
 HEARTBEAT_SECONDS = 5
 GRACE_SECONDS = 20
@@ -203,7 +203,7 @@ def work(config: Config, directory: Path, console=None, worker: int = 0, *, trai
     Args:
         train: the function that runs one trial (``tunesmith.api.train``).
         deadline: a ``time.monotonic()`` value: no trial starts after it, and the one running
-            stops at its next step (its run is kept, resumable; the trial is failed).
+            ends at its next step (callbacks.Deadline) and is scored as it stands.
     """
     metric, _ = objective_metric(config)
     study = open_study(config, directory, worker)
@@ -240,11 +240,7 @@ def work(config: Config, directory: Path, console=None, worker: int = 0, *, trai
         if deadline is not None and time.monotonic() >= deadline:
             log("The time budget is spent: no more trials")
             break
-        try:
-            study.optimize(objective, n_trials=1, catch=(TunesmithError,))
-        except BudgetSpent as error:  # optuna has marked the trial failed
-            log(f"Trial {study.trials[-1].number}: {error}; its run is kept ({study.trials[-1].user_attrs.get('run')})")
-            break
+        study.optimize(objective, n_trials=1, catch=(TunesmithError,))
         last = study.trials[-1]
         if last.state.name in ("COMPLETE", "PRUNED"):
             value = (
@@ -287,7 +283,7 @@ def run_tune(config: Config, directory: Path, *, train: Callable, workers: int =
         worker_command: the command that starts one more worker process (the CLI passes
             itself); needed when ``workers`` > 1.
         deadline: a ``time.monotonic()`` value after which no trial starts and the running one
-            stops (``tunesmith auto``'s budget).
+            ends at its next step (``tunesmith auto``'s budget).
     """
     check(config)
     directory = Path(directory)

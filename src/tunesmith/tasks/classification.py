@@ -33,6 +33,7 @@ from tunesmith.models.load import (
     pad_token_id,
     text_processor,
 )
+from tunesmith.models.pooled import set_label_head
 from tunesmith.tasks import metrics as metric_fns
 from tunesmith.tasks.confidence import confidence_report, fit_temperature
 from tunesmith.tasks.contract import CHAT_NOTE, CardText, Encoded, ExportBatch, Predictions, ScoreContext, Watch
@@ -203,6 +204,15 @@ class TextClassificationTask(LabelSpace):
             TunesmithError: a bad file or column, or a label outside the trained label space.
         """
         frame, entry = load_examples(spec, data, self)
+        if self.label_texts:
+            outside = ~frame["label"].map(str).isin(list(self.label_texts))
+            if outside.any():
+                first = frame[outside].iloc[0]
+                raise TunesmithError(
+                    f"{entry['source']}, row {first['row']}: label {str(first['label'])!r} is not among task.labels "
+                    f"{list(self.label_texts)} ({int(outside.sum())} rows have such labels); add it to task.labels "
+                    "or drop those rows"
+                )
         if self.label_names or self.type == "regression":  # no classes before training: nothing to refuse
             self.encode_labels(frame["label"], entry["source"])
         return frame, entry
@@ -252,8 +262,13 @@ class TextClassificationTask(LabelSpace):
         if self.head == "model":
             return load_sequence_classifier(resolved, num_labels=self.num_outputs, problem_type=self.problem_type,
                                             label_names=self.label_names, dropout=dropout)  # fmt: skip
-        return load_mean_pooled_classifier(resolved, problem_type=self.problem_type, label_names=self.label_names,
-                                           dropout=dropout, normalize=self.head == "cosine")  # fmt: skip
+        model, new = load_mean_pooled_classifier(resolved, problem_type=self.problem_type, label_names=self.label_names,
+                                                 dropout=dropout, normalize=self.head == "cosine")  # fmt: skip
+        if self.head == "cosine":  # zero-shot: the head is the label descriptions, complete as loaded
+            descriptions = [(self.label_texts or {}).get(name, name) for name in self.label_names]
+            set_label_head(model, self.load_processor(resolved), descriptions, max_length=self.max_length)
+            new = []
+        return model, new
 
     def load_trained(self, model_dir: Path) -> Any:
         """A trained run's model (``auto_class``) from its ``model/`` directory."""
@@ -615,8 +630,11 @@ def probe_logits(kind: str, train: np.ndarray, targets: np.ndarray, held_out: np
             share = np.clip(probe.predict_proba(held_out), 1e-7, 1 - 1e-7)
             logits[:, present] = np.log(share) - np.log1p(-share)
         return logits.astype(np.float32)
-    probe = make_pipeline(StandardScaler(), linear).fit(train, targets)
     logits = np.full((len(held_out), num_outputs), -30.0, dtype=np.float32)
+    if len(np.unique(targets)) < 2:  # one class among the training rows: the probe can only say it
+        logits[:, int(targets[0])] = 0.0
+        return logits
+    probe = make_pipeline(StandardScaler(), linear).fit(train, targets)
     logits[:, probe.classes_] = np.maximum(probe.predict_log_proba(held_out), -30.0)
     return logits
 

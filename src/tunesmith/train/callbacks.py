@@ -18,21 +18,18 @@ class Callback:
     def on_train_end(self, state: LoopState) -> None: ...
 
 
-class BudgetSpent(Exception):
-    """A time budget ran out during training (``Deadline``). Not a TunesmithError: the run is
-    kept with its checkpoints, to be resumed, like a run stopped with Ctrl-C."""
-
-
 class Deadline(Callback):
-    """Stops training at the first step that ends after ``deadline`` (a ``time.monotonic()``
-    value) by raising BudgetSpent."""
+    """Ends training at the first step that finishes after ``deadline`` (a ``time.monotonic()``
+    value), the way early stopping does: the last weights are evaluated and checkpointed, the
+    best are kept, and the run is finished and scored. ``stopped_at`` is that step (None: the
+    run ended on its own). Single-process runs: only rank 0 calls callbacks."""
 
     def __init__(self, deadline: float):
-        self.deadline = deadline
+        self.deadline, self.stopped_at = deadline, None
 
     def on_step_end(self, state: LoopState, logs: dict[str, Any] | None) -> None:
-        if time.monotonic() >= self.deadline:
-            raise BudgetSpent(f"the time budget ran out at step {state.step}")
+        if time.monotonic() >= self.deadline and not state.stopped_early:
+            state.stopped_early, self.stopped_at = True, state.step
 
 
 class ProgressBar(Callback):

@@ -20,7 +20,6 @@ from tunesmith.train.callbacks import ProgressBar
 from tunesmith.train.checkpoint import LoopState
 from tunesmith.train.contrastive import ContrastiveObjective
 from tunesmith.train.loop import LoopResult, resolve_device, run_training
-from tunesmith.train.zero_shot import fit_label_head
 
 
 @dataclass
@@ -79,13 +78,10 @@ def fit(run: RunDir, config: Config, task: Task, data: PreparedData, *, console,
     log(f"Strategy {config.model.strategy}: {trainable:,} of {total:,} parameters trainable ({trainable / total:.2%})")
     if is_main_process() and not resume:
         run.write_json("environment.json", environment_lock(resolve_device(config.runtime.device)))
-    if config.model.strategy == "zero_shot":  # nothing trains: the head is the label descriptions
-        descriptions = [task.label_texts[name] for name in task.label_names]
-        if config.model.zero_shot.method == "embedding":
-            fit_label_head(model, processor, descriptions, max_length=config.model.max_length)
-            log(f"Zero-shot: no training; each text goes to the closest of {len(descriptions)} label descriptions")
-        else:
-            log(f"Zero-shot: no training; the LM scores each of {len(descriptions)} label descriptions as its answer")
+    if config.model.strategy == "zero_shot":  # nothing trains: the task's model came complete
+        how = {"embedding": "each text goes to the closest label description",
+               "prompt": "the LM scores each label description as its answer"}[config.model.zero_shot.method]  # fmt: skip
+        log(f"Zero-shot: no training; {how}")
         if is_main_process():
             run.metrics_log.touch()  # a training log with no steps
         return Fitted(result=LoopResult(LoopState(), model, restored_best=False), encoded=encoded,
