@@ -127,3 +127,13 @@ def test_the_cli_refuses_bad_input_clearly(tmp_path):
                               capture_output=True, text=True, cwd=tmp_path, timeout=120)  # fmt: skip
         assert done.returncode == 2 and message in done.stderr, done.stderr
         assert not (tmp_path / "o").exists()
+
+
+def test_the_cli_exits_2_when_no_run_finished(tmp_path, tiny_model_dir):
+    data = _table(tmp_path, "d.csv", pd.DataFrame(sentiment_rows(40, seed=7)))
+    done = subprocess.run([sys.executable, "-m", "tunesmith.cli", "auto", str(data), "--time-budget", "0.001s",
+                           "--strategies", "full", "--out", str(tmp_path / "o"), "--set", f"model.name={tiny_model_dir}"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "no run finished within the time budget" in done.stderr and "auto.md" in done.stderr
+    assert (tmp_path / "o" / "auto.md").exists()

@@ -500,10 +500,9 @@ def auto(
                           target=target, text=text, metric=metric, overrides=list(set_),
                           strategies=strategies.split(",") if strategies else None, search_trials=search_trials,
                           log=lambda m: console.print(m, markup=False, highlight=False), console=console)  # fmt: skip
-        if report["best"]:
-            typer.echo(
-                f"best: {report['best']['run']} (report: {Path(report['best']['run']).parent.parent / 'auto.md'})"
-            )
+        if not report["best"]:
+            raise TunesmithError(f"{report['problem']} (the report: {Path(report['out']) / 'auto.md'})")
+        typer.echo(f"best: {report['best']['run']} (report: {Path(report['out']) / 'auto.md'})")
 
     _guarded(work, "runs cut off midway are kept: tunesmith train --resume RUN_DIR continues one")
 

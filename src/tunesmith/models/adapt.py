@@ -95,7 +95,7 @@ def apply_strategy(
         case "contrastive":  # the encoder learns from pairs; the head is fitted (train/contrastive.py), not trained
             set_trainable(model, {name for name, _ in model.named_parameters() if name not in new_parameters})
             return model, None
-        case "zero_shot":  # nothing trains (train/zero_shot.py writes the head)
+        case "zero_shot":  # nothing trains (the task's load_model writes the head)
             set_trainable(model, set())
             return model, None
         case "freeze":

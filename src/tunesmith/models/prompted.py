@@ -82,7 +82,7 @@ class PromptedLabelScorer(PreTrainedModel):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 **_: object) -> SequenceClassifierOutput:  # fmt: skip
-        """Every (text, label) pair as one sequence, right-padded, in one pass of the LM."""
+        """Every (text, label) pair as one sequence, right-padded, CHUNK sequences per pass of the LM."""
         config, device = self.config, input_ids.device
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
