@@ -60,16 +60,14 @@ def _probe(config: Config, task: Task, data: PreparedData, fitted: Fitted, held_
 
 
 def gain_line(metrics: dict[str, Any], metric: str) -> str | None:
-    """ "test macro_f1: fine-tuned 0.8512, baseline 0.7102 (+0.1410)" for the run's main metric on
+    """ "test macro_f1: this run 0.8512, baseline 0.7102 (+0.1410)" for the run's main metric on
     test (validation when there is no test split), or None without a baseline."""
-    baseline = metrics.get("baseline")
-    if not baseline:
+    row = next((r for r in comparison_rows(metrics) if r["metric"] == metric), None)
+    if row is None:
         return None
-    split = "test" if "test" in baseline else "validation"
-    tuned, base = metrics.get(split, {}).get(metric), baseline[split].get(metric)
-    if not isinstance(tuned, float) or not isinstance(base, float):
-        return None
-    return f"{split} {metric}: this run {tuned:.4f}, baseline {base:.4f} ({tuned - base:+.4f})"
+    return (
+        f"{row['split']} {metric}: this run {row['this run']:.4f}, baseline {row['baseline']:.4f} ({row['gain']:+.4f})"
+    )
 
 
 def log_baseline(metrics: dict[str, Any], metric: str, log: Callable[[str], None]) -> None:

@@ -23,7 +23,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from tunesmith.models.architectures import portable_config, register_classifier
+from tunesmith.models.architectures import WrappingModel, portable_config, register_classifier
 
 MODEL_TYPE = "tunesmith_pooled"
 SCALE = 20.0
@@ -52,12 +52,11 @@ class PooledClassifierConfig(PretrainedConfig):
         return self.encoder.hidden_size
 
 
-class PooledTextClassifier(PreTrainedModel):
+class PooledTextClassifier(WrappingModel):
     """logits = classifier(mean of the encoder's last hidden states over real tokens)."""
 
     config_class = PooledClassifierConfig
     base_model_prefix = "encoder"
-    main_input_name = "input_ids"
 
     def __init__(self, config: PooledClassifierConfig):
         super().__init__(config)
@@ -67,16 +66,12 @@ class PooledTextClassifier(PreTrainedModel):
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
-        """The linear layer as BERT's heads are; everything else by the encoder's own rule, which
-        also fills its non-persistent buffers (position ids) when a saved model loads."""
+        """The linear layer as BERT's heads are; everything else by the encoder's own rule."""
         if module is getattr(self, "classifier", None):
             nn.init.normal_(module.weight, std=0.02)
             nn.init.zeros_(module.bias)
-        elif isinstance(getattr(self, "encoder", None), PreTrainedModel):
-            self.encoder._init_weights(module)
-
-    def get_input_embeddings(self) -> nn.Module:
-        return self.encoder.get_input_embeddings()
+        else:
+            super()._init_weights(module)
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
               token_type_ids: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip

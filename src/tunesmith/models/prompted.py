@@ -24,7 +24,7 @@ from transformers import (
 )
 from transformers.modeling_outputs import SequenceClassifierOutput
 
-from tunesmith.models.architectures import portable_config, register_classifier
+from tunesmith.models.architectures import WrappingModel, portable_config, register_classifier
 
 MODEL_TYPE = "tunesmith_prompted"
 CHUNK = 32
@@ -54,24 +54,16 @@ class PromptedScorerConfig(PretrainedConfig):
         super().__init__(**kwargs)
 
 
-class PromptedLabelScorer(PreTrainedModel):
+class PromptedLabelScorer(WrappingModel):
     """logits[b, k] = log P(answer k | prompt around text b) under the causal LM, less bias[k]."""
 
     config_class = PromptedScorerConfig
     base_model_prefix = "decoder"
-    main_input_name = "input_ids"
 
     def __init__(self, config: PromptedScorerConfig):
         super().__init__(config)
         self.decoder = AutoModelForCausalLM.from_config(config.decoder)
         self.post_init()
-
-    def _init_weights(self, module) -> None:
-        if isinstance(getattr(self, "decoder", None), PreTrainedModel):
-            self.decoder._init_weights(module)
-
-    def get_input_embeddings(self):
-        return self.decoder.get_input_embeddings()
 
     @property
     def base_model(self):

@@ -38,6 +38,7 @@ from tunesmith.config import DEFAULT_MODEL, TASK_MODELS, apply_overrides, config
 from tunesmith.data.load import LABEL_NAMES, TEXT_NAMES, read_table
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import claim_output
+from tunesmith.study.tune import LOSS_LIKE, objective_metric, run_tune
 from tunesmith.train.callbacks import Deadline
 
 STRATEGIES = ("zero_shot", "contrastive", "full", "lora")
@@ -105,7 +106,14 @@ def _columns(frame: pd.DataFrame, target: str | None, text: str | None, source: 
 
 
 def detect(spec: str, *, target: str | None = None, text: str | None = None) -> Detection:
-    """The columns and task kind of a labelled table.
+    """The columns and task kind of the labelled table at ``spec`` (see ``detect_table``)."""
+    loaded = read_table(spec)
+    return detect_table(loaded.frame, loaded.source, target=target, text=text)
+
+
+def detect_table(frame: pd.DataFrame, source: str, *, target: str | None = None,
+                 text: str | None = None) -> Detection:  # fmt: skip
+    """The columns and task kind of a labelled table read from ``source``.
 
     A target whose values are lists, or strings joined by ``|`` in at least a fifth of the rows,
     is multi_label; a target of numbers is regression when some are not whole numbers or when
@@ -113,11 +121,9 @@ def detect(spec: str, *, target: str | None = None, text: str | None = None) -> 
     anything else is single_label.
 
     Raises:
-        TunesmithError: an unreadable table, a named column that is missing, or columns that
-            cannot be told apart.
+        TunesmithError: a named column that is missing, or columns that cannot be told apart
+            (``detect``: an unreadable table, too).
     """
-    loaded = read_table(spec)
-    frame, source = loaded.frame, loaded.source
     text_column, label_column = _columns(frame, target, text, source)
     labels = frame[label_column].dropna()
     if labels.empty:
@@ -172,9 +178,11 @@ def token_lengths(model: str, texts: list[str]) -> np.ndarray:
 
 
 def plan(detection: Detection, spec: str, *, model: str = DEFAULT_MODEL, metric: str | None = None,
-         strategies: list[str] | None = None, seed: int = 0) -> Plan:  # fmt: skip
-    """The candidates and the shared config for a detected table (see the module docstring)."""
-    frame = read_table(spec).frame
+         strategies: list[str] | None = None, seed: int = 0, frame: pd.DataFrame | None = None) -> Plan:  # fmt: skip
+    """The candidates and the shared config for a detected table (see the module docstring);
+    ``frame``: the table at ``spec`` when it has been read already."""
+    if frame is None:
+        frame = read_table(spec).frame
     rows, kind = detection.rows, detection.kind
     choices: list[str] = []
     small = rows < 200
@@ -262,12 +270,13 @@ def run_auto(spec: str, out: Path, *, train: Callable, budget: float, target: st
     started = time.monotonic()
     deadline = started + budget
     out = claim_output(out, kind="dir", what="--out")
-    detection = detect(spec, target=target, text=text)
+    table = read_table(spec)
+    detection = detect_table(table.frame, table.source, target=target, text=text)
     for note in detection.notes:
         log(f"Detected: {note}")
     probe = config_from_dict(apply_overrides({"data": {"train": spec}}, list(overrides)), "--set")
     the_plan = plan(detection, spec, model=probe.model.name, metric=metric, strategies=strategies,
-                    seed=probe.runtime.seed)  # fmt: skip
+                    seed=probe.runtime.seed, frame=table.frame)  # fmt: skip
     for choice in the_plan.choices:
         log(f"Chose: {choice}")
     for candidate in the_plan.candidates:
@@ -281,19 +290,13 @@ def run_auto(spec: str, out: Path, *, train: Callable, budget: float, target: st
         tree = apply_overrides(merge_trees(merge_trees(the_plan.base, candidate.overrides), once), list(overrides))
         tree.setdefault("runtime", {}).update({"output_dir": str(run)})
         config = config_from_dict(tree, f"auto candidate {candidate.name}")
-        metric_name = metric_name or config.train.metric or _default_metric(config)
+        metric_name = metric_name or objective_metric(config)[0]
         trains = config.model.strategy != "zero_shot"
         entry = {"name": candidate.name, "strategy": config.model.strategy, "run": str(run),
                  "learning_rate": config.train.learning_rate if trains else None, "reason": candidate.reason}  # fmt: skip
         board.append(_attempt(entry, config, run, train, deadline, metric_name, log, console))
     search = _search(the_plan, board, overrides, out, train, deadline, metric_name, search_trials, log, console)
     return _report(out, detection, the_plan, board, search, metric_name, budget, time.monotonic() - started, log)
-
-
-def _default_metric(config) -> str:
-    from tunesmith.tasks import build_task
-
-    return build_task(config).default_metric[0]
 
 
 def _attempt(entry: dict, config, run: Path, train: Callable, deadline: float, metric: str,
@@ -320,14 +323,12 @@ def _search(the_plan: Plan, board: list[dict], overrides, out: Path, train: Call
             trials: int, log: Callable[[str], None], console) -> dict | None:  # fmt: skip
     """A learning-rate search (Optuna through ``study.tune``) for the best trained recipe, in the
     time that is left; None when there is no time, no trained recipe finished, or trials is 0."""
-    from tunesmith.study import tune
-
     trained = [e for e in board if e["status"].startswith("complete") and e["strategy"] != "zero_shot"
                and isinstance(e.get("validation"), float)]  # fmt: skip
     left = deadline - time.monotonic()
     if not trials or not trained or left <= 0:
         return None
-    pick = min if metric in tune.LOSS_LIKE else max
+    pick = min if metric in LOSS_LIKE else max
     best = pick(trained, key=lambda e: e["validation"])
     if left < best["seconds"]:
         log(f"No learning-rate search: {left:.0f} s left, less than one {best['name']} run ({best['seconds']:.0f} s)")
@@ -343,7 +344,7 @@ def _search(the_plan: Plan, board: list[dict], overrides, out: Path, train: Call
     log(
         f"Searching train.learning_rate for {best['name']} around {rate:g} ({trials} trials at most, {left:.0f} s left)"
     )
-    report = tune.run_tune(config, directory, train=train, console=console, deadline=deadline)
+    report = run_tune(config, directory, train=train, console=console, deadline=deadline)
     return {"recipe": best["name"], "directory": str(directory), "report": report}
 
 
@@ -358,8 +359,6 @@ def _report(out: Path, detection: Detection, the_plan: Plan, board: list[dict], 
             if trial["state"] == "complete" and trial["run"] and (Path(trial["run"]) / "metrics.json").exists():
                 row.update(_score(Path(trial["run"]), metric))
             rows.append(row)
-    from tunesmith.study.tune import LOSS_LIKE
-
     scored = [r for r in rows if r["status"].startswith("complete") and isinstance(r.get("validation"), float)]
     lower = metric in LOSS_LIKE
     scored.sort(key=lambda r: r["validation"], reverse=not lower)

@@ -55,7 +55,8 @@ def objective_metric(config: Config) -> tuple[str, str]:
     task = build_task(config)
     name = config.tune.metric or config.train.metric or task.default_metric[0]
     if name not in task.metric_names:
-        raise TunesmithError(f"tune.metric={name!r} is not a metric of this task; choose one of {task.metric_names}")
+        key = "tune.metric" if config.tune.metric else "train.metric"  # the key the name came from
+        raise TunesmithError(f"{key}={name!r} is not a metric of this task; choose one of {task.metric_names}")
     return name, "minimize" if name in LOSS_LIKE else "maximize"
 
 

@@ -223,10 +223,9 @@ class TextClassificationTask(LabelSpace):
 
     def fit(self, train: pd.DataFrame) -> None:
         """The label space of a table's ``label`` column (numbers are only checked, regression);
-        with task.labels, that set (the rows are checked against it)."""
-        if self.label_texts:
+        with task.labels, that set."""
+        if self.label_texts:  # read() has refused rows with other labels, naming the file and row
             self.label_names = list(self.label_texts)
-            self.encode_labels(train["label"], "the training rows")
             return
         self.fit_labels(train["label"], "the training rows")
 
@@ -255,8 +254,8 @@ class TextClassificationTask(LabelSpace):
     def load_model(self, resolved: ResolvedModel, dropout: float | None) -> tuple[Any, list[str]]:
         """The pretrained encoder with a sequence-classification head for the label space (over
         the mean of its token states unless ``head`` is the model's own)."""
+        descriptions = [(self.label_texts or {}).get(name, name) for name in self.label_names]
         if self.head == "prompt":
-            descriptions = [(self.label_texts or {}).get(name, name) for name in self.label_names]
             return load_prompted_scorer(resolved, label_names=self.label_names, descriptions=descriptions,
                                         instruction=self.zero_shot.instruction, calibrate=self.zero_shot.calibrate)  # fmt: skip
         if self.head == "model":
@@ -265,7 +264,6 @@ class TextClassificationTask(LabelSpace):
         model, new = load_mean_pooled_classifier(resolved, problem_type=self.problem_type, label_names=self.label_names,
                                                  dropout=dropout, normalize=self.head == "cosine")  # fmt: skip
         if self.head == "cosine":  # zero-shot: the head is the label descriptions, complete as loaded
-            descriptions = [(self.label_texts or {}).get(name, name) for name in self.label_names]
             set_label_head(model, self.load_processor(resolved), descriptions, max_length=self.max_length)
             new = []
         return model, new

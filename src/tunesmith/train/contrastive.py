@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from tunesmith.config import ContrastiveConfig
 from tunesmith.data.batching import eval_batches
+from tunesmith.tasks.classification import MODEL_INPUTS
 
 
 def sample_pairs(labels: np.ndarray, iterations: int, seed: int) -> list[tuple[int, int, float]]:
@@ -122,4 +123,4 @@ class ContrastiveObjective:
 
 
 def _inputs(batch: dict, device) -> dict[str, torch.Tensor]:
-    return {k: batch[k].to(device) for k in ("input_ids", "attention_mask", "token_type_ids") if k in batch}
+    return {k: batch[k].to(device) for k in MODEL_INPUTS if k in batch}
