@@ -347,7 +347,7 @@ def inspect(
     ] = None,
     set_: Annotated[list[str], _set_option("inspect.folds=10")] = [],
     label_errors: Annotated[
-        str | None, typer.Option("--label-errors", help="embedding (default), finetune or off.")
+        str | None, typer.Option("--label-errors", help="embedding (default), finetune, ensemble or off.")
     ] = None,
     fix: Annotated[
         Path | None,

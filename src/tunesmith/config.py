@@ -183,9 +183,14 @@ class InspectConfig(Section):
     words / all words; one word changed in ten scores 0.9)."""
     min_class_rows: int = Field(10, gt=0)
     """A class with fewer training rows than this is reported as too rare to learn."""
-    label_errors: Literal["embedding", "finetune", "off"] = "embedding"
-    """Out-of-fold probabilities for cleanlab: a logistic regression on the frozen encoder's
-    embeddings (fast), a fine-tuning run per fold (slow, stronger), or off."""
+    label_errors: Literal["embedding", "finetune", "ensemble", "off"] = "embedding"
+    """Out-of-fold probabilities for cleanlab: a logistic regression and nearest-neighbour votes
+    on the frozen embeddings of ``encoders`` (fast), a fine-tuning run per fold (slow), both
+    averaged (``ensemble``), or off."""
+    encoders: list[str] = []
+    """The encoders whose frozen embeddings the embedding and ensemble methods average (a package
+    name, local directory or Hub id each); empty: the run's ``model.name``. A second, larger
+    encoder raised precision on SST-2 sentences (benchmarks/RESULTS.md)."""
     folds: int = Field(5, ge=2)
     max_listed: int = Field(50, gt=0)
     """Rows listed per finding in the HTML report (report.json lists all)."""

@@ -550,10 +550,13 @@ def _label_errors(config: Config, task: LabelledTask, train: pd.DataFrame, bars:
         return {"method": "off", "note": "one class only: nothing to compare labels against"}
     texts = usable["text"].tolist()
     log(f"Label errors: {method} out-of-fold probabilities, {folds} folds, {len(texts)} rows")
-    with bars.task("embedding train" if method == "embedding" else "fine-tuning per fold", len(texts)) as advance:
+    encoders = le.label_error_encoders(config)
+    embeds = method in ("embedding", "ensemble")  # the bar follows the embedding; fold runs log their own
+    with bars.task("embedding train" if embeds else "fine-tuning per fold",
+                   len(texts) * (len(encoders) if embeds else 1)) as advance:  # fmt: skip
         names, labels, probabilities, ranked = le.find_suspects(
             texts, usable["label"].map(str).tolist(), method=method, folds=folds, seed=config.runtime.seed,
-            model_name=config.model.name, max_length=config.model.max_length,
+            encoders=encoders, max_length=config.model.max_length,
             fit_fold=fit_fold, progress=advance,
         )  # fmt: skip
     table = le.label_issue_table(usable.reset_index(drop=True), names, labels, probabilities, ranked)

@@ -1,12 +1,19 @@
 """Likely label errors: out-of-fold predicted probabilities from K folds, ranked by cleanlab.
 
-Two ways to get the probabilities:
-- ``embedding`` (default, fast): the pretrained encoder's mean-pooled token embeddings, frozen,
-  and a logistic regression trained on K-1 folds and applied to the K-th, refitted once without
-  the rows the first pass flags;
-- ``finetune``: the encoder fine-tuned on K-1 folds (a full tunesmith run per fold, trained by
-  a ``FitFold`` the caller passes in: training is a higher layer than data).
-Every row is scored by a model that never saw it, which is what ``find_label_issues`` needs.
+Where the probabilities come from (``inspect.label_errors``):
+- ``embedding`` (default, fast): for each encoder of ``inspect.encoders`` (the run's model when
+  empty), its frozen mean-pooled embeddings feed two classifiers whose probabilities are
+  averaged: a logistic regression trained on K-1 folds and applied to the K-th (refitted once
+  without the rows the first pass flags), and the label votes of each row's nearest neighbours
+  (the row itself left out). Averaging classifiers that err differently is what lifted
+  precision on the sentence-level sets of benchmarks/RESULTS.md;
+- ``finetune`` / ``contrastive``: the encoder fine-tuned on K-1 folds (a full tunesmith run per
+  fold with that strategy, trained by a ``FitFold`` the caller passes in: training is a higher
+  layer than data);
+- ``ensemble``: the ``embedding`` probabilities averaged with the ``finetune`` ones.
+Every row is scored by a model that never saw it, which is what cleanlab needs. The rows flagged
+are cleanlab's estimate of how many labels are wrong (``num_label_issues``), taken in the order
+of its label-quality score: the combination cleanlab's documentation advises for a ranking.
 """
 
 from __future__ import annotations
@@ -85,6 +92,33 @@ def out_of_fold_probabilities_embedding(embeddings: np.ndarray, labels: np.ndarr
     return probabilities
 
 
+def neighbour_probabilities(embeddings: np.ndarray, labels: np.ndarray, *, neighbours: int = 10) -> np.ndarray:
+    """Each row's share of its ``neighbours`` nearest rows (cosine) carrying each label, the row
+    itself left out, smoothed with half a vote per class so that no probability is 0."""
+    from sklearn.neighbors import NearestNeighbors
+
+    classes = int(labels.max()) + 1
+    count = min(neighbours, len(labels) - 1)
+    index = NearestNeighbors(n_neighbors=count + 1, metric="cosine", algorithm="brute").fit(embeddings)
+    found = index.kneighbors(embeddings, return_distance=False)
+    votes = np.zeros((len(labels), classes))
+    for row, near in enumerate(found):
+        others = near[near != row][:count]  # a duplicate of the row can come before the row itself
+        np.add.at(votes[row], labels[others], 1.0)
+    return (votes + 0.5) / (count + 0.5 * classes)
+
+
+def embedding_probabilities(encodings: list[np.ndarray], labels: np.ndarray, *, folds: int,
+                            seed: int) -> np.ndarray:  # fmt: skip
+    """The ``embedding`` method: the mean of the out-of-fold logistic regression and the
+    neighbour votes, over every encoder's embeddings."""
+    found = []
+    for embeddings in encodings:
+        found.append(out_of_fold_probabilities_embedding(embeddings, labels, folds=folds, seed=seed))
+        found.append(neighbour_probabilities(embeddings, labels))
+    return np.mean(found, axis=0)
+
+
 def out_of_fold_probabilities_finetune(texts: list[str], labels: np.ndarray, *, folds: int, seed: int,
                                        fit_fold: FitFold) -> np.ndarray:  # fmt: skip
     """One fine-tuning run per fold (``fit_fold``), out of fold."""
@@ -101,19 +135,15 @@ def out_of_fold_probabilities_finetune(texts: list[str], labels: np.ndarray, *, 
     return probabilities
 
 
-def rank_label_issues(
-    labels: np.ndarray, probabilities: np.ndarray, filter_by: str = "prune_by_noise_rate"
-) -> np.ndarray:
-    """Row positions cleanlab flags as likely mislabelled, most likely first.
+def rank_label_issues(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """Row positions likely mislabelled, most likely first: as many as cleanlab estimates are
+    wrong (the off-diagonal of its confident joint), lowest label-quality score
+    (self-confidence) first."""
+    from cleanlab.count import num_label_issues
+    from cleanlab.rank import get_label_quality_scores
 
-    Args:
-        filter_by: cleanlab's rule for how many rows to flag: ``prune_by_noise_rate`` (its
-            default), ``prune_by_class``, ``both`` (flagged by both: fewer rows, more of them real
-            errors), ``confident_learning`` or ``predicted_neq_given``.
-    """
-    from cleanlab.filter import find_label_issues
-
-    return find_label_issues(labels, probabilities, filter_by=filter_by, return_indices_ranked_by="self_confidence")
+    count = num_label_issues(labels, probabilities)
+    return np.argsort(get_label_quality_scores(labels, probabilities), kind="stable")[:count]
 
 
 def label_issue_table(frame: pd.DataFrame, label_names: list[str], labels: np.ndarray,
@@ -131,27 +161,36 @@ def label_issue_table(frame: pd.DataFrame, label_names: list[str], labels: np.nd
     })  # fmt: skip
 
 
-def find_suspects(texts: list[str], labels: list[str], *, method: str, folds: int, seed: int, model_name: str,
-                  max_length: int, fit_fold: FitFold | None = None,
+def find_suspects(texts: list[str], labels: list[str], *, method: str, folds: int, seed: int,
+                  encoders: list[str], max_length: int, fit_fold: FitFold | None = None,
                   progress: Callable[[int], None] | None = None) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """Out-of-fold probabilities for (texts, labels) by ``method`` and cleanlab's ranking.
 
     Args:
-        fit_fold: trains one fold for the ``finetune`` method (the ``embedding`` method needs none).
+        encoders: the models whose frozen embeddings the ``embedding`` and ``ensemble`` methods use.
+        fit_fold: trains one fold for the ``finetune``, ``contrastive`` and ``ensemble`` methods.
+        progress: told of every text embedded (``len(texts)`` per encoder).
 
     Returns:
         (label names, label ids, probabilities, flagged positions most likely first).
     """
     names = sorted(set(labels))
     ids = pd.Series(labels).map({n: i for i, n in enumerate(names)}).to_numpy()
-    if method == "embedding":
-        embeddings = embed(texts, model_name, max_length=max_length, progress=progress)
-        probabilities = out_of_fold_probabilities_embedding(embeddings, ids, folds=folds, seed=seed)
-    else:
+    found = []
+    if method in ("embedding", "ensemble"):
+        encodings = [embed(texts, name, max_length=max_length, progress=progress) for name in encoders]
+        found.append(embedding_probabilities(encodings, ids, folds=folds, seed=seed))
+    if method != "embedding":
         if fit_fold is None:
-            raise ValueError("the finetune method needs fit_fold, the training of one fold")
-        probabilities = out_of_fold_probabilities_finetune(texts, ids, folds=folds, seed=seed, fit_fold=fit_fold)
+            raise ValueError(f"the {method} method needs fit_fold, the training of one fold")
+        found.append(out_of_fold_probabilities_finetune(texts, ids, folds=folds, seed=seed, fit_fold=fit_fold))
+    probabilities = np.mean(found, axis=0)
     return names, ids, probabilities, rank_label_issues(ids, probabilities)
+
+
+def label_error_encoders(config: Config) -> list[str]:
+    """The encoders of the ``embedding`` method: ``inspect.encoders``, or the run's model."""
+    return list(config.inspect.encoders) or [config.model.name]
 
 
 def label_error_training(config: Config) -> dict:
@@ -178,7 +217,7 @@ def label_error_finder(
         method = config.inspect.label_errors if config.inspect.label_errors != "off" else "embedding"
         names, ids, probabilities, ranked = find_suspects(
             frame["text"].tolist(), frame["label"].map(str).tolist(), method=method, folds=config.inspect.folds,
-            seed=config.runtime.seed, model_name=config.model.name, max_length=config.model.max_length,
+            seed=config.runtime.seed, encoders=label_error_encoders(config), max_length=config.model.max_length,
             fit_fold=fit_fold,
         )  # fmt: skip
         return [(int(p), names[int(probabilities[p].argmax())], float(probabilities[p, ids[p]])) for p in ranked]
