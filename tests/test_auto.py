@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -15,7 +16,7 @@ from tests.conftest import sentiment_rows, tiny_config
 from tunesmith import api
 from tunesmith.config import config_from_dict
 from tunesmith.errors import TunesmithError
-from tunesmith.study.auto import detect, parse_budget, plan, run_auto
+from tunesmith.study.auto import detect, fit_length, parse_budget, plan, run_auto, training_speed
 from tunesmith.train.callbacks import Deadline
 
 
@@ -75,6 +76,26 @@ def test_the_plan_follows_the_data_and_says_why(tmp_path, tiny_model_dir):
     assert any("class weights" in c for c in found.choices)
     with pytest.raises(TunesmithError, match="--strategies"):
         plan(detect(str(path)), str(path), model=str(tiny_model_dir), strategies=["magic"])
+
+
+def test_the_max_length_shrinks_to_what_the_budget_can_train(tmp_path, tiny_model_dir):
+    lengths = np.array([100, 300, 600, 600])  # mean 403 tokens cut at 512, 292 at 384, 217 at 256
+    assert fit_length(lengths, 512, train_rows=100, tokens_per_second=1000, seconds=45) == 512
+    assert fit_length(lengths, 512, train_rows=100, tokens_per_second=1000, seconds=25) == 256
+    assert fit_length(lengths, 512, train_rows=100, tokens_per_second=1000, seconds=1) == 64  # the shortest step
+    assert fit_length(lengths, 200, train_rows=100, tokens_per_second=1000, seconds=17) == 192  # 17.5 s at 200
+    assert training_speed(str(tiny_model_dir), ["a long text " * 40] * 4, 128) > 0
+
+    rows = [{"text": " ".join([r["text"]] * 40), "label": r["label"]} for r in sentiment_rows(60, seed=5)]
+    path = _table(tmp_path, "long.csv", pd.DataFrame(rows))
+    unlimited = plan(detect(str(path)), str(path), model=str(tiny_model_dir))
+    assert unlimited.base["model"]["max_length"] == 128  # the texts need more, the tiny model takes no more
+    assert any("the model takes at most 128" in c for c in unlimited.choices)
+    hurried = plan(detect(str(path)), str(path), model=str(tiny_model_dir), budget=0.01)
+    assert hurried.base["model"]["max_length"] == 64
+    assert any("not " + str(unlimited.base["model"]["max_length"]) in c and "budget" in c for c in hurried.choices)
+    relaxed = plan(detect(str(path)), str(path), model=str(tiny_model_dir), budget=1e6)
+    assert relaxed.base["model"]["max_length"] == unlimited.base["model"]["max_length"]
 
 
 def test_a_deadline_ends_training_like_early_stopping(tmp_path, tiny_model_dir):

@@ -5,8 +5,9 @@ choice said and overridable.
    regression) from the table, and say what was found.
 2. **Plan** the candidate recipes from the data: zero-shot when the labels are words (their
    names are the descriptions), few-shot contrastive when there are few rows, the standard full
-   fine-tune always, LoRA when rows are plenty; ``model.max_length`` from the token lengths,
-   class weights when the classes are imbalanced, held-out shares and epochs by size. Each
+   fine-tune always, LoRA when rows are plenty; ``model.max_length`` from the token lengths
+   (shortened when one epoch at that length would take more than a third of the budget, from
+   a training step timed here), class weights when the classes are imbalanced, held-out shares and epochs by size. Each
    choice carries its reason.
 3. **Run** the candidates cheapest first, each an ordinary run, then spend what is left of the
    budget on a learning-rate search of the best trained recipe with the ``tune`` machinery
@@ -48,6 +49,11 @@ CONTRASTIVE_MAX_ROWS = 1000
 LORA_MIN_ROWS = 500
 RECIPE_RATES = {"contrastive": 2e-5, "full": 5e-5, "lora": 5e-4}
 """Each trained recipe's learning rate (the search ranges a third to three times it)."""
+LENGTH_STEPS = (512, 384, 256, 192, 128, 96, 64)
+"""The shorter max lengths auto falls back to when the budget cannot pay for the texts' own."""
+EPOCH_SHARE = 1 / 3
+"""One epoch of the full fine-tune may take at most this share of the budget: the rest is for
+the other candidates, later epochs and the search."""
 
 
 @dataclass
@@ -169,18 +175,80 @@ class Plan:
     candidates: list[Candidate]
 
 
-def token_lengths(model: str, texts: list[str]) -> np.ndarray:
-    """Token counts (special tokens included) of the texts under the model's tokenizer."""
+def token_lengths(model: str, texts: list[str]) -> tuple[np.ndarray, int]:
+    """Token counts (special tokens included) of the texts under the model's tokenizer, and the
+    most tokens the model takes (512 when it states no limit)."""
+    from tunesmith.models.load import load_tokenizer, position_limit, resolve_model
+
+    resolved = resolve_model(model)
+    tokenizer = load_tokenizer(resolved)
+    limit = position_limit(resolved, tokenizer)
+    lengths = np.asarray([len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]])
+    return lengths, min(512, limit[0]) if limit else 512
+
+
+def training_speed(model: str, texts: list[str], max_length: int, *, batch_size: int = 16) -> float:
+    """Tokens per second (padding not counted) that a training step of ``model`` (forward and
+    backward) processes on this machine: one step to warm up, then two timed, on a batch of the
+    texts cut at ``max_length``. A whole batch at the longest length costs a little more per
+    token than shorter ones (attention), so the estimate errs on the slow side."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
     from tunesmith.models.load import load_tokenizer, resolve_model
 
-    tokenizer = load_tokenizer(resolve_model(model))
-    return np.asarray([len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]])
+    resolved = resolve_model(model)
+    tokenizer = load_tokenizer(resolved)
+    network = AutoModelForSequenceClassification.from_pretrained(resolved.location, num_labels=2)
+    network.train()
+    batch = tokenizer(texts[:batch_size], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    labels = torch.zeros(len(batch["input_ids"]), dtype=torch.long)
+    timed = 0.0
+    for step in range(3):
+        started = time.perf_counter()
+        network(**batch, labels=labels).loss.backward()
+        timed += (time.perf_counter() - started) if step else 0.0
+    return float(batch["attention_mask"].sum()) * 2 / max(timed, 1e-9)
+
+
+def fit_length(lengths: np.ndarray, wanted: int, *, train_rows: int, tokens_per_second: float,
+               seconds: float) -> int:  # fmt: skip
+    """The longest of ``wanted`` and the shorter ``LENGTH_STEPS`` at which one epoch of
+    ``train_rows`` rows (token ``lengths`` a sample of theirs) takes at most ``seconds``; the
+    shortest step when none does."""
+    for length in [wanted] + [step for step in LENGTH_STEPS if step < wanted]:
+        if np.minimum(lengths, length).mean() * train_rows / tokens_per_second <= seconds:
+            return length
+    return min(wanted, LENGTH_STEPS[-1])
+
+
+def _budget_length(model: str, sample: list[str], lengths: np.ndarray, wanted: int, train_rows: int,
+                   budget: float) -> tuple[int, str | None]:  # fmt: skip
+    """``wanted``, or a shorter max length whose first epoch fits ``EPOCH_SHARE`` of the budget,
+    with the reason."""
+    longest = sorted(sample, key=len, reverse=True)
+    speed = training_speed(model, longest, wanted)
+    epoch = np.minimum(lengths, wanted).mean() * train_rows / speed
+    if epoch <= budget * EPOCH_SHARE:
+        return wanted, None
+    chosen = fit_length(lengths, wanted, train_rows=train_rows, tokens_per_second=speed, seconds=budget * EPOCH_SHARE)
+    kept = np.minimum(lengths, chosen).sum() / max(lengths.sum(), 1)
+    return chosen, (f"model.max_length {chosen}, not {wanted}: one epoch of {train_rows} rows at {wanted} tokens "
+                    f"would take about {_duration(epoch)} here ({speed:.0f} tokens/s in a timed training step), "
+                    f"more than a third of the {_duration(budget)} budget; {chosen} tokens keep {kept:.0%} of "
+                    "the text")  # fmt: skip
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def plan(detection: Detection, spec: str, *, model: str = DEFAULT_MODEL, metric: str | None = None,
-         strategies: list[str] | None = None, seed: int = 0, frame: pd.DataFrame | None = None) -> Plan:  # fmt: skip
+         strategies: list[str] | None = None, seed: int = 0, frame: pd.DataFrame | None = None,
+         budget: float | None = None) -> Plan:  # fmt: skip
     """The candidates and the shared config for a detected table (see the module docstring);
-    ``frame``: the table at ``spec`` when it has been read already."""
+    ``frame``: the table at ``spec`` when it has been read already; ``budget``: the seconds
+    the whole auto run may take (None: no limit on the max length)."""
     if frame is None:
         frame = read_table(spec).frame
     rows, kind = detection.rows, detection.kind
@@ -189,13 +257,18 @@ def plan(detection: Detection, spec: str, *, model: str = DEFAULT_MODEL, metric:
     val, test = (0.2, 0.2) if small else (0.1, 0.1)
     choices.append(f"held out: {val:.0%} validation (picks the run) and {test:.0%} test (scores it)"
                    + (f", larger shares since there are only {rows} rows" if small else ""))  # fmt: skip
+    train_rows = int(rows * (1 - val - test))
     texts = frame[detection.text_column].dropna().astype(str)
     sample = texts.sample(n=min(len(texts), 1000), random_state=seed).tolist()
-    lengths = token_lengths(model, sample)
+    lengths, limit = token_lengths(model, sample)
     covered = int(np.percentile(lengths, 95)) if len(lengths) else 16
-    max_length = int(min(512, max(16, math.ceil(covered / 8) * 8)))
+    max_length = int(min(limit, max(16, math.ceil(covered / 8) * 8)))
     choices.append(f"model.max_length {max_length}: 95% of texts fit in {covered} tokens "
-                   f"(longest {int(lengths.max()) if len(lengths) else 0})")  # fmt: skip
+                   f"(longest {int(lengths.max()) if len(lengths) else 0}"
+                   + (f"; the model takes at most {limit})" if max_length == limit < covered else ")"))  # fmt: skip
+    if budget is not None and max_length > LENGTH_STEPS[-1]:  # nothing shorter to fall back to
+        max_length, reason = _budget_length(model, sample, lengths, max_length, train_rows, budget)
+        choices += [reason] if reason else []
     base: dict[str, Any] = {
         "task": {"type": kind},
         "data": {"train": spec, "text_column": detection.text_column, "label_column": detection.label_column,
@@ -212,7 +285,6 @@ def plan(detection: Detection, spec: str, *, model: str = DEFAULT_MODEL, metric:
         base["data"]["balance"] = {"method": "class_weights"}
         choices.append(f"class weights in the loss: the largest class has {max(counts.values())} rows, the smallest "
                        f"{min(counts.values())}")  # fmt: skip
-    train_rows = int(rows * (1 - val - test))
     wanted = list(strategies or STRATEGIES)
     unknown = sorted(set(wanted) - set(STRATEGIES))
     if unknown:
@@ -276,7 +348,7 @@ def run_auto(spec: str, out: Path, *, train: Callable, budget: float, target: st
         log(f"Detected: {note}")
     probe = config_from_dict(apply_overrides({"data": {"train": spec}}, list(overrides)), "--set")
     the_plan = plan(detection, spec, model=probe.model.name, metric=metric, strategies=strategies,
-                    seed=probe.runtime.seed, frame=table.frame)  # fmt: skip
+                    seed=probe.runtime.seed, frame=table.frame, budget=budget)  # fmt: skip
     for choice in the_plan.choices:
         log(f"Chose: {choice}")
     for candidate in the_plan.candidates:
