@@ -9,7 +9,7 @@ import numpy as np
 from tests.conftest import sentiment_rows
 from tunesmith import api
 from tunesmith.config import load_config
-from tunesmith.data.label_errors import label_error_training, out_of_fold_probabilities_finetune
+from tunesmith.data.label_errors import find_suspects, label_error_training, out_of_fold_probabilities_finetune
 from tunesmith.estimator import TextClassifier
 from tunesmith.study.cv import fold_classifier
 
@@ -41,3 +41,21 @@ def test_finetune_scores_every_row_out_of_fold():
                                                        fit_fold=fit_fold)  # fmt: skip
     assert probabilities.tolist() == [[0.25, 0.75]] * 9
     assert all(not trained & held for trained, held in seen) and set().union(*(h for _, h in seen)) == set(texts)
+
+
+def test_ensemble_averages_the_embedding_and_fold_probabilities(tiny_model_dir):
+    rows = sentiment_rows(30, seed=3)
+    texts, labels = [r["text"] for r in rows], [r["label"] for r in rows]
+
+    def fit_fold(fold_texts, fold_labels, held, output_dir):  # a stand-in model: sure of the first label
+        return [0, 1], np.tile([1.0, 0.0], (len(held), 1))
+
+    common = {"folds": 3, "seed": 0, "max_length": 32, "fit_fold": fit_fold}
+    names, ids, embedded, _ = find_suspects(texts, labels, method="embedding", encoders=[str(tiny_model_dir)], **common)
+    _, _, twice, _ = find_suspects(texts, labels, method="embedding", encoders=[str(tiny_model_dir)] * 2, **common)
+    _, _, folded, _ = find_suspects(texts, labels, method="finetune", encoders=[], **common)
+    _, _, both, ranked = find_suspects(texts, labels, method="ensemble", encoders=[str(tiny_model_dir)], **common)
+    assert names == sorted(set(labels)) and folded.tolist() == [[1.0, 0.0]] * len(texts)
+    np.testing.assert_allclose(twice, embedded)  # the same encoder twice averages to itself
+    np.testing.assert_allclose(both, (embedded + folded) / 2)
+    assert set(ranked.tolist()) <= set(range(len(texts)))
