@@ -158,3 +158,15 @@ def test_the_cli_exits_2_when_no_run_finished(tmp_path, tiny_model_dir):
     assert done.returncode == 2, done.stderr
     assert "no run finished within the time budget" in done.stderr and "auto.md" in done.stderr
     assert (tmp_path / "o" / "auto.md").exists()
+
+
+def test_auto_reads_the_table_with_the_runs_settings(tmp_path, tiny_model_dir):
+    frame = pd.DataFrame(sentiment_rows(40, seed=8))
+    raw = frame.to_csv(index=False).encode().replace(b"\n", b"\n\xa3", 1)  # a stray Latin-1 byte in the first text
+    (tmp_path / "latin.csv").write_bytes(raw)
+    common = {"train": api.train, "budget": 0.001, "log": lambda m: None}
+    with pytest.raises(TunesmithError, match="encoding_errors=replace"):
+        run_auto(str(tmp_path / "latin.csv"), tmp_path / "strict", overrides=[f"model.name={tiny_model_dir}"], **common)
+    report = run_auto(str(tmp_path / "latin.csv"), tmp_path / "replaced", **common,
+                      overrides=[f"model.name={tiny_model_dir}", "data.encoding_errors=replace"])  # fmt: skip
+    assert report["detected"]["kind"] == "single_label"

@@ -341,12 +341,12 @@ def run_auto(spec: str, out: Path, *, train: Callable, budget: float, target: st
     """
     started = time.monotonic()
     deadline = started + budget
+    probe = config_from_dict(apply_overrides({"data": {"train": spec}}, list(overrides)), "--set")
     out = claim_output(out, kind="dir", what="--out")
-    table = read_table(spec)
+    table = read_table(spec, encoding_errors=probe.data.encoding_errors)  # read as the runs will read it
     detection = detect_table(table.frame, table.source, target=target, text=text)
     for note in detection.notes:
         log(f"Detected: {note}")
-    probe = config_from_dict(apply_overrides({"data": {"train": spec}}, list(overrides)), "--set")
     the_plan = plan(detection, spec, model=probe.model.name, metric=metric, strategies=strategies,
                     seed=probe.runtime.seed, frame=table.frame, budget=budget)  # fmt: skip
     for choice in the_plan.choices:
