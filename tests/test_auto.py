@@ -79,12 +79,16 @@ def test_the_plan_follows_the_data_and_says_why(tmp_path, tiny_model_dir):
 
 
 def test_the_max_length_shrinks_to_what_the_budget_can_train(tmp_path, tiny_model_dir):
-    lengths = np.array([100, 300, 600, 600])  # mean 403 tokens cut at 512, 292 at 384, 217 at 256
-    assert fit_length(lengths, 512, train_rows=100, tokens_per_second=1000, seconds=45) == 512
-    assert fit_length(lengths, 512, train_rows=100, tokens_per_second=1000, seconds=25) == 256
-    assert fit_length(lengths, 512, train_rows=100, tokens_per_second=1000, seconds=1) == 64  # the shortest step
-    assert fit_length(lengths, 200, train_rows=100, tokens_per_second=1000, seconds=17) == 192  # 17.5 s at 200
-    assert training_speed(str(tiny_model_dir), ["a long text " * 40] * 4, 128) > 0
+    lengths = np.array([100, 300, 600, 600])  # mean 356 tokens cut at 512, 292 at 384, 217 at 256
+    steady = lambda length: 1000.0  # noqa: E731
+    assert fit_length(lengths, 512, train_rows=100, speed=steady, seconds=45) == (512, pytest.approx(35.6))
+    assert fit_length(lengths, 512, train_rows=100, speed=steady, seconds=25)[0] == 256
+    assert fit_length(lengths, 512, train_rows=100, speed=steady, seconds=1)[0] == 64  # the shortest step
+    assert fit_length(lengths, 200, train_rows=100, speed=steady, seconds=17)[0] == 192  # 17.5 s at 200
+    faster_when_shorter = lambda length: 1000.0 * 512 / length  # noqa: E731
+    assert fit_length(lengths, 512, train_rows=100, speed=faster_when_shorter, seconds=25)[0] == 384
+    speed = training_speed(str(tiny_model_dir), ["a long text " * 40] * 4)
+    assert speed(128) > 0 and speed(64) > 0
 
     rows = [{"text": " ".join([r["text"]] * 40), "label": r["label"]} for r in sentiment_rows(60, seed=5)]
     path = _table(tmp_path, "long.csv", pd.DataFrame(rows))

@@ -187,56 +187,68 @@ def token_lengths(model: str, texts: list[str]) -> tuple[np.ndarray, int]:
     return lengths, min(512, limit[0]) if limit else 512
 
 
-def training_speed(model: str, texts: list[str], max_length: int, *, batch_size: int = 16) -> float:
-    """Tokens per second (padding not counted) that a training step of ``model`` (forward and
-    backward) processes on this machine: one step to warm up, then two timed, on a batch of the
-    texts cut at ``max_length``. A whole batch at the longest length costs a little more per
-    token than shorter ones (attention), so the estimate errs on the slow side."""
+def training_speed(model: str, texts: list[str], *, batch_size: int = 4) -> Callable[[int], float]:
+    """A function from a max length to the tokens per second (padding not counted) that a
+    training step of ``model`` (forward and backward) processes on this machine at that length:
+    one step on the first ``batch_size`` texts cut at the length, timed after one warm-up step."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from tunesmith.models.load import load_tokenizer, resolve_model
+    from tunesmith.models.load import load_tokenizer, quiet_transformers, resolve_model
 
+    quiet_transformers()
     resolved = resolve_model(model)
     tokenizer = load_tokenizer(resolved)
     network = AutoModelForSequenceClassification.from_pretrained(resolved.location, num_labels=2)
     network.train()
-    batch = tokenizer(texts[:batch_size], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-    labels = torch.zeros(len(batch["input_ids"]), dtype=torch.long)
-    timed = 0.0
-    for step in range(3):
-        started = time.perf_counter()
-        network(**batch, labels=labels).loss.backward()
-        timed += (time.perf_counter() - started) if step else 0.0
-    return float(batch["attention_mask"].sum()) * 2 / max(timed, 1e-9)
+    warm = []
+
+    def speed(length: int) -> float:
+        batch = tokenizer(texts[:batch_size], truncation=True, max_length=length, padding=True, return_tensors="pt")
+        labels = torch.zeros(len(batch["input_ids"]), dtype=torch.long)
+        for _ in range(1 if warm else 2):  # the first call warms up
+            started = time.perf_counter()
+            network(**batch, labels=labels).loss.backward()
+            network.zero_grad()
+        warm.append(length)
+        return float(batch["attention_mask"].sum()) / max(time.perf_counter() - started, 1e-9)
+
+    return speed
 
 
-def fit_length(lengths: np.ndarray, wanted: int, *, train_rows: int, tokens_per_second: float,
-               seconds: float) -> int:  # fmt: skip
+def fit_length(lengths: np.ndarray, wanted: int, *, train_rows: int, speed: Callable[[int], float],
+               seconds: float) -> tuple[int, float]:  # fmt: skip
     """The longest of ``wanted`` and the shorter ``LENGTH_STEPS`` at which one epoch of
-    ``train_rows`` rows (token ``lengths`` a sample of theirs) takes at most ``seconds``; the
-    shortest step when none does."""
+    ``train_rows`` rows (token ``lengths`` a sample of theirs) takes at most ``seconds`` at
+    ``speed(length)`` tokens per second (the shortest step when none does), and that epoch's
+    estimated seconds."""
     for length in [wanted] + [step for step in LENGTH_STEPS if step < wanted]:
-        if np.minimum(lengths, length).mean() * train_rows / tokens_per_second <= seconds:
-            return length
-    return min(wanted, LENGTH_STEPS[-1])
+        epoch = float(np.minimum(lengths, length).mean() * train_rows / speed(length))
+        if epoch <= seconds:
+            return length, epoch
+    return length, epoch
 
 
 def _budget_length(model: str, sample: list[str], lengths: np.ndarray, wanted: int, train_rows: int,
                    budget: float) -> tuple[int, str | None]:  # fmt: skip
     """``wanted``, or a shorter max length whose first epoch fits ``EPOCH_SHARE`` of the budget,
     with the reason."""
-    longest = sorted(sample, key=len, reverse=True)
-    speed = training_speed(model, longest, wanted)
-    epoch = np.minimum(lengths, wanted).mean() * train_rows / speed
-    if epoch <= budget * EPOCH_SHARE:
+    timed: dict[int, float] = {}
+    measure = training_speed(model, sorted(sample, key=len, reverse=True))
+
+    def speed(length: int) -> float:
+        timed[length] = measure(length)
+        return timed[length]
+
+    chosen, epoch = fit_length(lengths, wanted, train_rows=train_rows, speed=speed, seconds=budget * EPOCH_SHARE)
+    if chosen == wanted:
         return wanted, None
-    chosen = fit_length(lengths, wanted, train_rows=train_rows, tokens_per_second=speed, seconds=budget * EPOCH_SHARE)
+    full = np.minimum(lengths, wanted).mean() * train_rows / timed[wanted]
     kept = np.minimum(lengths, chosen).sum() / max(lengths.sum(), 1)
-    return chosen, (f"model.max_length {chosen}, not {wanted}: one epoch of {train_rows} rows at {wanted} tokens "
-                    f"would take about {_duration(epoch)} here ({speed:.0f} tokens/s in a timed training step), "
-                    f"more than a third of the {_duration(budget)} budget; {chosen} tokens keep {kept:.0%} of "
-                    "the text")  # fmt: skip
+    return chosen, (f"model.max_length {chosen}, not {wanted}: one epoch of {train_rows} rows would take about "
+                    f"{_duration(full)} at {wanted} tokens and {_duration(epoch)} at {chosen} (training steps "
+                    f"timed here: {timed[wanted]:.0f} and {timed[chosen]:.0f} tokens/s), and may take a third of the "
+                    f"{_duration(budget)} budget; {chosen} tokens keep {kept:.0%} of the text")  # fmt: skip
 
 
 def _duration(seconds: float) -> str:
