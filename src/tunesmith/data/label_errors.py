@@ -7,9 +7,8 @@ Where the probabilities come from (``inspect.label_errors``):
   without the rows the first pass flags), and the label votes of each row's nearest neighbours
   (the row itself left out). Averaging classifiers that err differently is what lifted
   precision on the sentence-level sets of benchmarks/RESULTS.md;
-- ``finetune`` / ``contrastive``: the encoder fine-tuned on K-1 folds (a full tunesmith run per
-  fold with that strategy, trained by a ``FitFold`` the caller passes in: training is a higher
-  layer than data);
+- ``finetune``: the encoder fine-tuned on K-1 folds (a full tunesmith run per fold, trained by a
+  ``FitFold`` the caller passes in: training is a higher layer than data);
 - ``ensemble``: the ``embedding`` probabilities averaged with the ``finetune`` ones.
 Every row is scored by a model that never saw it, which is what cleanlab needs. The rows flagged
 are cleanlab's estimate of how many labels are wrong (``num_label_issues``), taken in the order
@@ -168,7 +167,7 @@ def find_suspects(texts: list[str], labels: list[str], *, method: str, folds: in
 
     Args:
         encoders: the models whose frozen embeddings the ``embedding`` and ``ensemble`` methods use.
-        fit_fold: trains one fold for the ``finetune``, ``contrastive`` and ``ensemble`` methods.
+        fit_fold: trains one fold for the ``finetune`` and ``ensemble`` methods.
         progress: told of every text embedded (``len(texts)`` per encoder).
 
     Returns:
