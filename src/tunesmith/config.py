@@ -547,6 +547,10 @@ class TrainConfig(Section):
     for causal_lm, where the loss is a mean over a batch's tokens and length-grouped batches
     measurably raised the held-out loss (benchmarks/RESULTS.md); packing removes the padding
     that random batches would cost."""
+    activation_checkpointing: Literal["off", "on", "auto"] = "auto"
+    """Recompute each layer's activations in the backward pass instead of keeping them: much less
+    memory for about a third more compute, the same losses. auto: on when one step's activations
+    are estimated at more than half the free memory (train/memory.py)."""
     packing: bool = False
     """causal_lm: pack each batch's examples into rows of up to model.max_length tokens, each
     example attending only to itself (position ids restart per example; no padding inside a row)."""

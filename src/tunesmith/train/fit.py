@@ -20,6 +20,7 @@ from tunesmith.train.callbacks import ProgressBar
 from tunesmith.train.checkpoint import LoopState
 from tunesmith.train.contrastive import ContrastiveObjective
 from tunesmith.train.loop import LoopResult, resolve_device, run_training
+from tunesmith.train.memory import apply_activation_checkpointing
 
 
 @dataclass
@@ -96,6 +97,9 @@ def fit(run: RunDir, config: Config, task: Task, data: PreparedData, *, console,
         train_features = objective.pairs
         log(f"Contrastive: {len(train_features):,} pairs from {len(encoded.features['train']):,} rows "
             f"({config.model.contrastive.iterations} iterations)")  # fmt: skip
+    apply_activation_checkpointing(model, config.train.activation_checkpointing, batch_size=config.train.batch_size,
+                                   max_length=config.model.max_length, device=resolve_device(config.runtime.device),
+                                   value_bytes=4 if config.runtime.mixed_precision == "no" else 2, log=log)  # fmt: skip
     result = run_training(
         model=model, task=objective, train_features=train_features,
         val_features=encoded.features.get("validation", []), config=config, run=run,
