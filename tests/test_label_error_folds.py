@@ -5,11 +5,17 @@ TextClassifier the method used before."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from tests.conftest import sentiment_rows
 from tunesmith import api
 from tunesmith.config import load_config
-from tunesmith.data.label_errors import find_suspects, label_error_training, out_of_fold_probabilities_finetune
+from tunesmith.data.label_errors import (
+    find_suspects,
+    label_error_training,
+    out_of_fold_probabilities_finetune,
+    rank_label_issues,
+)
 from tunesmith.estimator import TextClassifier
 from tunesmith.study.cv import fold_classifier
 
@@ -58,4 +64,19 @@ def test_ensemble_averages_the_embedding_and_fold_probabilities(tiny_model_dir):
     assert names == sorted(set(labels)) and folded.tolist() == [[1.0, 0.0]] * len(texts)
     np.testing.assert_allclose(twice, embedded)  # the same encoder twice averages to itself
     np.testing.assert_allclose(both, (embedded + folded) / 2)
-    assert set(ranked.tolist()) <= set(range(len(texts)))
+    assert ranked.tolist() == rank_label_issues(ids, both).tolist()
+
+
+def test_an_encoder_with_fewer_positions_embeds_within_its_limit(tiny_model_dir):
+    from tunesmith.data.label_errors import embed
+
+    long = ["word " * 300, "short text"]  # the tiny model takes 128 positions
+    assert embed(long, str(tiny_model_dir), max_length=512).shape[0] == 2
+
+
+def test_one_class_has_no_label_errors_to_find(tiny_model_dir):
+    from tunesmith.data.label_errors import label_error_finder
+
+    config = load_config(None, [f"model.name={tiny_model_dir}"])
+    frame = pd.DataFrame({"text": [f"text {i}" for i in range(12)], "label": ["a"] * 12})
+    assert label_error_finder(config, fit_fold=None)(frame) == []

@@ -54,8 +54,16 @@ def _losses(run_dir) -> list[float]:
     return [row["loss"] for row in rows if "loss" in row]
 
 
-def test_checkpointing_changes_no_loss(tmp_path, tiny_model_dir, sentiment_csv, capsys):
-    runs, said = {}, {}
+def test_checkpointing_changes_no_loss(tmp_path, tiny_model_dir, sentiment_csv, capsys, monkeypatch):
+    from tunesmith.train import fit
+
+    runs, said, models = {}, {}, {}
+
+    def recorded(model, setting, **kwargs):
+        models[setting] = memory._checkpointable(model)
+        return memory.apply_activation_checkpointing(model, setting, **kwargs)
+
+    monkeypatch.setattr(fit, "apply_activation_checkpointing", recorded)
     for setting in ("off", "on"):
         train = {"num_epochs": 1, "activation_checkpointing": setting}
         tree = tiny_config(tiny_model_dir, sentiment_csv, tmp_path / setting, train=train, model={"dropout": 0.1})
@@ -64,3 +72,18 @@ def test_checkpointing_changes_no_loss(tmp_path, tiny_model_dir, sentiment_csv, 
     assert len(_losses(runs["on"])) >= 3
     assert _losses(runs["on"]) == pytest.approx(_losses(runs["off"]), rel=1e-5)  # dropout replayed alike
     assert "Activation checkpointing on" in said["on"] and "Activation checkpointing" not in said["off"]
+    assert models["on"].is_activation_checkpointing and not models["off"].is_activation_checkpointing
+
+
+def test_the_pooled_classifier_checkpoints_its_encoder(tiny_model_dir):
+    from tunesmith.models.load import load_mean_pooled_classifier, resolve_model
+
+    pooled, _ = load_mean_pooled_classifier(
+        resolve_model(str(tiny_model_dir)),
+        problem_type="single_label_classification",
+        label_names=["a", "b"],
+        dropout=None,
+    )
+    common = {"batch_size": 4, "max_length": 16, "device": "cpu", "value_bytes": 4, "log": lambda m: None}
+    assert memory.apply_activation_checkpointing(pooled, "on", **common)
+    assert memory._checkpointable(pooled).is_activation_checkpointing

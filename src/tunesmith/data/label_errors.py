@@ -34,16 +34,20 @@ probabilities for the held-out texts, one column per learned id)."""
 
 def embed(texts: list[str], model_name: str, *, max_length: int, batch_size: int = 64,
           progress: Callable[[int], None] | None = None) -> np.ndarray:  # fmt: skip
-    """Mean-pooled last hidden states of the encoder (no gradient), one row per text."""
+    """Mean-pooled last hidden states of the encoder (no gradient), one row per text, cut at
+    ``max_length`` tokens or the encoder's own limit when that is lower (a second encoder of
+    ``inspect.encoders`` may take fewer tokens than the run's model)."""
     from transformers import AutoModel
 
     from tunesmith.models.embed import mean_pooled
-    from tunesmith.models.load import load_tokenizer, resolve_model
+    from tunesmith.models.load import load_tokenizer, position_limit, resolve_model
 
     resolved = resolve_model(model_name)
+    tokenizer = load_tokenizer(resolved)
+    limit = position_limit(resolved, tokenizer)
     model = AutoModel.from_pretrained(resolved.location)
-    return mean_pooled(model, load_tokenizer(resolved), texts, max_length=max_length, batch_size=batch_size,
-                       progress=progress)  # fmt: skip
+    return mean_pooled(model, tokenizer, texts, max_length=min(max_length, limit[0]) if limit else max_length,
+                       batch_size=batch_size, progress=progress)  # fmt: skip
 
 
 def _folds(labels: np.ndarray, folds: int, seed: int):
@@ -188,8 +192,9 @@ def find_suspects(texts: list[str], labels: list[str], *, method: str, folds: in
 
 
 def label_error_encoders(config: Config) -> list[str]:
-    """The encoders of the ``embedding`` method: ``inspect.encoders``, or the run's model."""
-    return list(config.inspect.encoders) or [config.model.name]
+    """The encoders of the ``embedding`` method: ``inspect.encoders`` (each once), or the run's
+    model."""
+    return list(dict.fromkeys(config.inspect.encoders)) or [config.model.name]
 
 
 def label_error_training(config: Config) -> dict:
@@ -213,6 +218,8 @@ def label_error_finder(
     """
 
     def find(frame: pd.DataFrame) -> list[tuple[int, str, float]]:
+        if frame["label"].map(str).nunique() < 2:  # one class: nothing to compare a label against
+            return []
         method = config.inspect.label_errors if config.inspect.label_errors != "off" else "embedding"
         names, ids, probabilities, ranked = find_suspects(
             frame["text"].tolist(), frame["label"].map(str).tolist(), method=method, folds=config.inspect.folds,

@@ -41,6 +41,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.runs import claim_output
 from tunesmith.study.tune import LOSS_LIKE, objective_metric, run_tune
 from tunesmith.train.callbacks import Deadline
+from tunesmith.train.loop import resolve_device
 
 STRATEGIES = ("zero_shot", "contrastive", "full", "lora")
 """The recipes auto chooses among, cheapest first."""
@@ -49,6 +50,8 @@ CONTRASTIVE_MAX_ROWS = 1000
 LORA_MIN_ROWS = 500
 RECIPE_RATES = {"contrastive": 2e-5, "full": 5e-5, "lora": 5e-4}
 """Each trained recipe's learning rate (the search ranges a third to three times it)."""
+MAX_LENGTH = 512
+"""The longest max length auto plans (the user may set more with --set model.max_length)."""
 LENGTH_STEPS = (512, 384, 256, 192, 128, 96, 64)
 """The shorter max lengths auto falls back to when the budget cannot pay for the texts' own."""
 EPOCH_SHARE = 1 / 3
@@ -175,41 +178,49 @@ class Plan:
     candidates: list[Candidate]
 
 
-def token_lengths(model: str, texts: list[str]) -> tuple[np.ndarray, int]:
+def token_lengths(model: str, texts: list[str]) -> tuple[np.ndarray, int | None]:
     """Token counts (special tokens included) of the texts under the model's tokenizer, and the
-    most tokens the model takes (512 when it states no limit)."""
+    most tokens the model takes (None when it states no limit)."""
     from tunesmith.models.load import load_tokenizer, position_limit, resolve_model
 
     resolved = resolve_model(model)
     tokenizer = load_tokenizer(resolved)
     limit = position_limit(resolved, tokenizer)
     lengths = np.asarray([len(ids) for ids in tokenizer(texts, truncation=False)["input_ids"]])
-    return lengths, min(512, limit[0]) if limit else 512
+    return lengths, limit[0] if limit else None
 
 
-def training_speed(model: str, texts: list[str], *, batch_size: int = 4) -> Callable[[int], float]:
+def training_speed(model: str, texts: list[str], *, device: str = "cpu",
+                   batch_size: int = 4) -> Callable[[int], float]:  # fmt: skip
     """A function from a max length to the tokens per second (padding not counted) that a
-    training step of ``model`` (forward and backward) processes on this machine at that length:
-    one step on the first ``batch_size`` texts cut at the length, timed after one warm-up step."""
+    training step of ``model`` (forward and backward, fp32) processes on ``device`` at that
+    length: one step on the first ``batch_size`` texts cut at the length, timed after one
+    warm-up step."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from tunesmith.models.load import load_tokenizer, quiet_transformers, resolve_model
+    from tunesmith.models.load import load_tokenizer, pad_token_id, quiet_transformers, resolve_model
 
     quiet_transformers()
     resolved = resolve_model(model)
     tokenizer = load_tokenizer(resolved)
+    if tokenizer.pad_token is None:  # a decoder's tokenizer: pad as the runs do
+        tokenizer.pad_token_id = pad_token_id(tokenizer)
     network = AutoModelForSequenceClassification.from_pretrained(resolved.location, num_labels=2)
-    network.train()
+    network.config.pad_token_id = tokenizer.pad_token_id
+    network.to(device).train()
     warm = []
 
     def speed(length: int) -> float:
         batch = tokenizer(texts[:batch_size], truncation=True, max_length=length, padding=True, return_tensors="pt")
-        labels = torch.zeros(len(batch["input_ids"]), dtype=torch.long)
+        batch = {name: values.to(device) for name, values in batch.items()}
+        labels = torch.zeros(len(batch["input_ids"]), dtype=torch.long, device=device)
         for _ in range(1 if warm else 2):  # the first call warms up
             started = time.perf_counter()
             network(**batch, labels=labels).loss.backward()
             network.zero_grad()
+            if device == "cuda":
+                torch.cuda.synchronize()
         warm.append(length)
         return float(batch["attention_mask"].sum()) / max(time.perf_counter() - started, 1e-9)
 
@@ -230,11 +241,11 @@ def fit_length(lengths: np.ndarray, wanted: int, *, train_rows: int, speed: Call
 
 
 def _budget_length(model: str, sample: list[str], lengths: np.ndarray, wanted: int, train_rows: int,
-                   budget: float) -> tuple[int, str | None]:  # fmt: skip
+                   budget: float, device: str) -> tuple[int, str | None]:  # fmt: skip
     """``wanted``, or a shorter max length whose first epoch fits ``EPOCH_SHARE`` of the budget,
     with the reason."""
     timed: dict[int, float] = {}
-    measure = training_speed(model, sorted(sample, key=len, reverse=True))
+    measure = training_speed(model, sorted(sample, key=len, reverse=True), device=device)
 
     def speed(length: int) -> float:
         timed[length] = measure(length)
@@ -247,7 +258,7 @@ def _budget_length(model: str, sample: list[str], lengths: np.ndarray, wanted: i
     kept = np.minimum(lengths, chosen).sum() / max(lengths.sum(), 1)
     return chosen, (f"model.max_length {chosen}, not {wanted}: one epoch of {train_rows} rows would take about "
                     f"{_duration(full)} at {wanted} tokens and {_duration(epoch)} at {chosen} (training steps "
-                    f"timed here: {timed[wanted]:.0f} and {timed[chosen]:.0f} tokens/s), and may take a third of the "
+                    f"timed here: {timed[wanted]:.0f} and {timed[chosen]:.0f} tokens/s), and may take at most a third of the "
                     f"{_duration(budget)} budget; {chosen} tokens keep {kept:.0%} of the text")  # fmt: skip
 
 
@@ -257,10 +268,11 @@ def _duration(seconds: float) -> str:
 
 def plan(detection: Detection, spec: str, *, model: str = DEFAULT_MODEL, metric: str | None = None,
          strategies: list[str] | None = None, seed: int = 0, frame: pd.DataFrame | None = None,
-         budget: float | None = None) -> Plan:  # fmt: skip
+         budget: float | None = None, device: str = "cpu") -> Plan:  # fmt: skip
     """The candidates and the shared config for a detected table (see the module docstring);
     ``frame``: the table at ``spec`` when it has been read already; ``budget``: the seconds
-    the whole auto run may take (None: no limit on the max length)."""
+    the whole auto run may take (None: the max length is not fitted to a budget); ``device``:
+    where the runs will train (the budget's training steps are timed there)."""
     if frame is None:
         frame = read_table(spec).frame
     rows, kind = detection.rows, detection.kind
@@ -274,12 +286,18 @@ def plan(detection: Detection, spec: str, *, model: str = DEFAULT_MODEL, metric:
     sample = texts.sample(n=min(len(texts), 1000), random_state=seed).tolist()
     lengths, limit = token_lengths(model, sample)
     covered = int(np.percentile(lengths, 95)) if len(lengths) else 16
-    max_length = int(min(limit, max(16, math.ceil(covered / 8) * 8)))
+    cap, why = (
+        (limit, "the model takes at most")
+        if limit is not None and limit < MAX_LENGTH
+        else (MAX_LENGTH, "auto plans at most")
+    )
+    max_length = int(min(cap, max(16, math.ceil(covered / 8) * 8)))
     choices.append(f"model.max_length {max_length}: 95% of texts fit in {covered} tokens "
                    f"(longest {int(lengths.max()) if len(lengths) else 0}"
-                   + (f"; the model takes at most {limit})" if max_length == limit < covered else ")"))  # fmt: skip
-    if budget is not None and max_length > LENGTH_STEPS[-1]:  # nothing shorter to fall back to
-        max_length, reason = _budget_length(model, sample, lengths, max_length, train_rows, budget)
+                   + (f"; {why} {cap})" if max_length == cap < covered else ")"))  # fmt: skip
+    trains = set(strategies or STRATEGIES) - {"zero_shot"}
+    if budget is not None and trains and max_length > LENGTH_STEPS[-1]:  # something trains; shorter lengths exist
+        max_length, reason = _budget_length(model, sample, lengths, max_length, train_rows, budget, device)
         choices += [reason] if reason else []
     base: dict[str, Any] = {
         "task": {"type": kind},
@@ -359,8 +377,10 @@ def run_auto(spec: str, out: Path, *, train: Callable, budget: float, target: st
     detection = detect_table(table.frame, table.source, target=target, text=text)
     for note in detection.notes:
         log(f"Detected: {note}")
+    length_set = any(o.split("=", 1)[0].strip() == "model.max_length" for o in overrides)  # the user's wins
     the_plan = plan(detection, spec, model=probe.model.name, metric=metric, strategies=strategies,
-                    seed=probe.runtime.seed, frame=table.frame, budget=budget)  # fmt: skip
+                    seed=probe.runtime.seed, frame=table.frame, budget=None if length_set else budget,
+                    device=resolve_device(probe.runtime.device))  # fmt: skip
     for choice in the_plan.choices:
         log(f"Chose: {choice}")
     for candidate in the_plan.candidates:

@@ -7,12 +7,15 @@ the losses do not change); this module decides when and says so.
 ``auto`` turns it on when the activations of one step are estimated at more than
 ``ACTIVATION_SHARE`` of the memory available (free RAM on a CPU, free device memory on a GPU).
 The estimate is Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
-Models", eq. 2): per layer, ``s * b * h * (34 + 5 * a * s / h)`` bytes at two bytes a value, for
-sequence length s (``model.max_length``, an upper bound), batch b, hidden size h and a heads.
+Models", section 4.1, without tensor parallelism): per layer, ``s * b * h * (34 + 5 * a * s / h)`` bytes at two bytes a value, for
+sequence length s (``model.max_length``, an upper bound), batch b (``train.batch_size`` over the
+processes: it is the global batch), hidden size h and a heads. Each process decides for itself,
+on its own device's free memory.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from tunesmith.errors import TunesmithError
@@ -35,10 +38,10 @@ def activation_bytes(model_config, *, batch_size: int, max_length: int, value_by
 
 def available_bytes(device: str) -> int:
     """Free memory where the activations will live."""
-    if device == "cuda":
+    if device == "cuda":  # this process's GPU: accelerate has not picked it yet
         import torch
 
-        return int(torch.cuda.mem_get_info()[0])
+        return int(torch.cuda.mem_get_info(int(os.environ.get("LOCAL_RANK", "0")))[0])
     import psutil
 
     return int(psutil.virtual_memory().available)
@@ -54,10 +57,11 @@ def apply_activation_checkpointing(model, setting: str, *, batch_size: int, max_
     """
     if setting == "off":
         return False
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under LoRA: the model itself
+    base = _checkpointable(model)
     supported = bool(getattr(base, "supports_gradient_checkpointing", False))
     if setting == "auto":
-        need = activation_bytes(base.config, batch_size=batch_size, max_length=max_length, value_bytes=value_bytes)
+        per_process = max(1, batch_size // int(os.environ.get("WORLD_SIZE", "1")))
+        need = activation_bytes(base.config, batch_size=per_process, max_length=max_length, value_bytes=value_bytes)
         have = available_bytes(device)
         if need is None or need <= ACTIVATION_SHARE * have:
             return False
@@ -66,11 +70,20 @@ def apply_activation_checkpointing(model, setting: str, *, batch_size: int, max_
             log(f"Activation checkpointing would help ({estimate}), but {type(base).__name__} cannot checkpoint "
                 "its layers: lower train.batch_size or model.max_length if memory runs out")  # fmt: skip
             return False
+        base.activation_checkpointing_enable()
         log(f"Activation checkpointing on (train.activation_checkpointing=auto): {estimate}")
-    elif not supported:
+        return True
+    if not supported:
         raise TunesmithError(f"train.activation_checkpointing=on: {type(base).__name__} cannot checkpoint its "
                              "layers; set it to off or auto")  # fmt: skip
-    else:
-        log("Activation checkpointing on: layers recompute their activations in the backward pass")
     base.activation_checkpointing_enable()
+    log("Activation checkpointing on: layers recompute their activations in the backward pass")
     return True
+
+
+def _checkpointable(model):
+    """The transformers model whose layers checkpoint: under LoRA the adapted model, inside
+    tunesmith's wrapping classifiers (contrastive's pooled one) the wrapped encoder."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    wrapped = base._wrapped() if hasattr(base, "_wrapped") else None
+    return wrapped if wrapped is not None else base
