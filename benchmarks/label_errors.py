@@ -10,10 +10,13 @@ short phrases), ``sst2-sentences`` (sst2/test.tsv: the 872 GLUE dev sentences, a
 ``sst2-joined`` (sst2/dev.tsv and test.tsv joined, as issue 22 names them; dev.tsv holds phrases
 too), ``agnews`` (a seeded --rows sample of agnews/dev.tsv). A seeded --flip share of the labels
 is changed to another label drawn at random; the detection is the one `tunesmith inspect` runs
-(out-of-fold probabilities from --folds stratified folds, cleanlab's find_label_issues).
+(out-of-fold probabilities from --folds stratified folds; cleanlab's estimated count of wrong
+labels, taken in label-quality order); by_filter_rule in the JSON adds cleanlab's own
+find_label_issues rules on the same probabilities.
 
-Methods: ``embedding`` (frozen encoder + logistic regression, refitted without the first pass's
-flags: the default of inspect), ``finetune`` (a full fine-tuning run per fold), ``contrastive``
+Methods: ``embedding`` (the default of inspect: each --encoders' frozen embeddings, a logistic
+regression refitted without the first pass's flags and nearest-neighbour votes, averaged;
+--no-neighbours keeps the regression alone, as before issue 22), ``finetune`` (a full fine-tuning run per fold), ``contrastive``
 (a contrastive run per fold), ``prompt`` (SmolLM2's zero-shot label scores: nothing is trained, so
 every row is out of fold by construction). ``--combine A B ...`` averages the saved probabilities
 of earlier runs of the same dataset, rows and seed, named as their files are (e.g.
