@@ -190,12 +190,14 @@ def token_lengths(model: str, texts: list[str]) -> tuple[np.ndarray, int | None]
     return lengths, limit[0] if limit else None
 
 
-def training_speed(model: str, texts: list[str], *, device: str = "cpu",
-                   batch_size: int = 4) -> Callable[[int], float]:  # fmt: skip
+def training_speed(model: str, texts: list[str], *, device: str = "cpu", batch_size: int = 16,
+                   step_tokens: int = 2048) -> Callable[[int], float]:  # fmt: skip
     """A function from a max length to the tokens per second (padding not counted) that a
     training step of ``model`` (forward and backward, fp32) processes on ``device`` at that
-    length: one step on the first ``batch_size`` texts cut at the length, timed after one
-    warm-up step."""
+    length: one step on the first texts cut at the length, timed after one warm-up step. A step
+    takes ``batch_size`` texts, or fewer at long lengths so that it holds about ``step_tokens``
+    tokens (at least two texts): short batches are timed at the size they train at, and a long
+    one does not cost the budget much."""
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -212,7 +214,8 @@ def training_speed(model: str, texts: list[str], *, device: str = "cpu",
     warm = []
 
     def speed(length: int) -> float:
-        batch = tokenizer(texts[:batch_size], truncation=True, max_length=length, padding=True, return_tensors="pt")
+        rows = max(2, min(batch_size, step_tokens // length))
+        batch = tokenizer(texts[:rows], truncation=True, max_length=length, padding=True, return_tensors="pt")
         batch = {name: values.to(device) for name, values in batch.items()}
         labels = torch.zeros(len(batch["input_ids"]), dtype=torch.long, device=device)
         for _ in range(1 if warm else 2):  # the first call warms up
