@@ -142,7 +142,12 @@ def main() -> None:
     )
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--refit-rounds", type=int, default=1, help="embedding method: refits without flagged rows")
+    parser.add_argument(
+        "--refit-rounds",
+        type=int,
+        default=1,
+        help="embedding method with --no-neighbours: refits without flagged rows (else one)",
+    )
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if not DATA.is_dir():
