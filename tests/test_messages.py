@@ -187,7 +187,7 @@ def test_label_errors_flag_names_the_flag_and_choices(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(app, ["inspect", "--label-errors", "bogus"])
     assert result.exit_code == 2
-    assert "--label-errors bogus: choose embedding, finetune or off" in " ".join(result.output.split())
+    assert "--label-errors bogus: choose embedding, finetune, ensemble or off" in " ".join(result.output.split())
     assert not (tmp_path / "reports").exists()
 
 
