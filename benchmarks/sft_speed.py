@@ -40,7 +40,10 @@ SETUPS = ("tunesmith", "tunesmith_packing", "trl", "trl_packing")
 # TRL turns on gradient checkpointing by default; this row turns it off (for --setups).
 # tunesmith_grouped batches rows of similar length (train.group_by_length: true); the default
 # for causal_lm draws batches at random, as TRL does.
-EXTRA = ("trl_no_checkpointing", "tunesmith_grouped", "tunesmith_packing_grouped")
+# tunesmith_checkpointing sets train.activation_checkpointing: on (the default, auto, leaves it off
+# when memory is plentiful, as here).
+EXTRA = ("trl_no_checkpointing", "tunesmith_grouped", "tunesmith_packing_grouped", "tunesmith_checkpointing",
+         "tunesmith_packing_checkpointing")  # fmt: skip
 HYPER = {"batch_size": 8, "learning_rate": 1e-3, "weight_decay": 0.01, "warmup_ratio": 0.05, "max_length": 256,
          "lora_rank": 16, "lora_alpha": 32}  # fmt: skip
 
@@ -68,7 +71,14 @@ def _held_out_loss(model, tokenizer, test_features) -> float:
 
 
 def _run_tunesmith(
-    train, test_features, tokenizer, seed: int, work: Path, packing: bool, grouped: bool = False
+    train,
+    test_features,
+    tokenizer,
+    seed: int,
+    work: Path,
+    packing: bool,
+    grouped: bool = False,
+    checkpointing: str = "auto",
 ) -> dict:
     from tunesmith.api import train as tunesmith_train
     from tunesmith.train.callbacks import Callback
@@ -90,7 +100,7 @@ def _run_tunesmith(
                   "lora": {"rank": HYPER["lora_rank"], "alpha": HYPER["lora_alpha"], "target_modules": "all-linear"}},
         "train": {"num_epochs": 1, "batch_size": HYPER["batch_size"], "learning_rate": HYPER["learning_rate"],
                   "weight_decay": HYPER["weight_decay"], "warmup_ratio": HYPER["warmup_ratio"], "packing": packing,
-                  "group_by_length": grouped},
+                  "group_by_length": grouped, "activation_checkpointing": checkpointing},
         "runtime": {"seed": seed, "output_dir": str(work / "run"), "progress": False, "device": "cpu"},
     }  # fmt: skip
     result = tunesmith_train(config, callbacks=[clock])
@@ -153,7 +163,8 @@ def worker(setup: str, records: int, test_records: int, seed: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         if setup.startswith("tunesmith"):
             result = _run_tunesmith(train, test_features, tokenizer, seed, Path(scratch), "packing" in setup,
-                                    grouped="grouped" in setup)  # fmt: skip
+                                    grouped="grouped" in setup,
+                                    checkpointing="on" if "checkpointing" in setup else "auto")  # fmt: skip
         else:
             result = _run_trl(train, test_features, tokenizer, seed, Path(scratch), setup.endswith("packing"),
                               checkpointing=setup != "trl_no_checkpointing")  # fmt: skip
