@@ -7,8 +7,8 @@ choice said and overridable.
    names are the descriptions), few-shot contrastive when there are few rows, the standard full
    fine-tune always, LoRA when rows are plenty; ``model.max_length`` from the token lengths
    (shortened when one epoch at that length would take more than a third of the budget, from
-   a training step timed here), class weights when the classes are imbalanced, held-out shares and epochs by size. Each
-   choice carries its reason.
+   training steps timed here), class weights when the classes are imbalanced, held-out shares
+   and epochs by size. Each choice carries its reason.
 3. **Run** the candidates cheapest first, each an ordinary run, then spend what is left of the
    budget on a learning-rate search of the best trained recipe with the ``tune`` machinery
    (Optuna, median pruning). When the budget runs out, the running run ends at its next step as
@@ -261,8 +261,8 @@ def _budget_length(model: str, sample: list[str], lengths: np.ndarray, wanted: i
     kept = np.minimum(lengths, chosen).sum() / max(lengths.sum(), 1)
     return chosen, (f"model.max_length {chosen}, not {wanted}: one epoch of {train_rows} rows would take about "
                     f"{_duration(full)} at {wanted} tokens and {_duration(epoch)} at {chosen} (training steps "
-                    f"timed here: {timed[wanted]:.0f} and {timed[chosen]:.0f} tokens/s), and may take at most a third of the "
-                    f"{_duration(budget)} budget; {chosen} tokens keep {kept:.0%} of the text")  # fmt: skip
+                    f"timed here: {timed[wanted]:.0f} and {timed[chosen]:.0f} tokens/s), and may take at most a "
+                    f"third of the {_duration(budget)} budget; {chosen} tokens keep {kept:.0%} of the text")  # fmt: skip
 
 
 def _duration(seconds: float) -> str:

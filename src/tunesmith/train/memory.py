@@ -7,8 +7,8 @@ the losses do not change); this module decides when and says so.
 ``auto`` turns it on when the activations of one step are estimated at more than
 ``ACTIVATION_SHARE`` of the memory available (free RAM on a CPU, free device memory on a GPU).
 The estimate is Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large Transformer
-Models", section 4.1, without tensor parallelism): per layer, ``s * b * h * (34 + 5 * a * s / h)`` bytes at two bytes a value, for
-sequence length s (``model.max_length``, an upper bound), batch b (``train.batch_size`` over the
+Models", section 4.1, without tensor parallelism): per layer, ``s * b * h * (34 + 5 * a * s / h)``
+bytes at two bytes a value, for sequence length s (``model.max_length``, an upper bound), batch b (``train.batch_size`` over the
 processes: it is the global batch), hidden size h and a heads. Each process decides for itself,
 on its own device's free memory.
 """
@@ -62,8 +62,10 @@ def apply_activation_checkpointing(model, setting: str, *, batch_size: int, max_
     if setting == "auto":
         per_process = max(1, batch_size // int(os.environ.get("WORLD_SIZE", "1")))
         need = activation_bytes(base.config, batch_size=per_process, max_length=max_length, value_bytes=value_bytes)
+        if need is None:  # nothing to weigh: leave it off
+            return False
         have = available_bytes(device)
-        if need is None or need <= ACTIVATION_SHARE * have:
+        if need <= ACTIVATION_SHARE * have:
             return False
         estimate = f"a step's activations are estimated at {need / 2**30:.1f} GiB of {have / 2**30:.1f} GiB free"
         if not supported:
