@@ -7,7 +7,8 @@ benchmarks/setfit_anchor.py on the same rows and seeds.
 Rows: ``--shots`` rows of every label, drawn from the train file with numpy's default_rng(seed)
 (``sample_per_class``, the same draw as setfit_anchor.py); no validation split (few labels leave
 none to spare); scored on the dataset's test file (SST-2: the 872 GLUE dev sentences; AG News:
-7,600 rows, or a seeded --test-rows subset). Writes a JSON of every run and prints mean ± std.
+7,600 rows, or a seeded --test-rows subset; SMS Spam: 1,000 seeded rows of its one file, the pool
+being the rest less any text that is also a test row). Writes a JSON of every run and prints mean ± std.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ DATA = ROOT.parent / "shared" / "data"
 SETS = {  # train file, test file, text column, label column, header
     "sst2": (DATA / "sst2" / "train.tsv", DATA / "sst2" / "test.tsv", "sentence", "label", 0),
     "agnews": (DATA / "agnews" / "dev.tsv", DATA / "agnews" / "test.tsv", 0, 1, None),
+    # One file: the test rows are a seeded 1,000 (SMS_TEST_SEED), the rest is the pool to draw from.
+    "sms_spam": (DATA / "sms_spam" / "SMSSpamCollection.tsv", None, "SMS", "Label", 0),
 }
+SMS_TEST_SEED, SMS_TEST_ROWS = 1234, 1000
 METHODS = {
     # SetFit's defaults: one pass over 20 iterations of pairs, batch 16, rate 2e-5 (unset: the strategy's own).
     "contrastive": {"model": {"strategy": "contrastive"}, "train": {"batch_size": 16}},
@@ -38,9 +42,17 @@ METHODS = {
 
 
 def read(dataset: str, which: int) -> pd.DataFrame:
-    path, text, label, header = SETS[dataset][which], *SETS[dataset][2:]
+    """The pool to draw training rows from (``which`` 0) or the test rows (1)."""
+    path, text, label, header = SETS[dataset][which] or SETS[dataset][0], *SETS[dataset][2:]
     frame = pd.read_csv(path, sep="\t", quoting=3, header=header)
-    return pd.DataFrame({"text": frame[text].astype(str), "label": frame[label].astype(str)})
+    frame = pd.DataFrame({"text": frame[text].astype(str), "label": frame[label].astype(str)})
+    if SETS[dataset][1] is not None:
+        return frame
+    # A single file: seeded test rows; the pool leaves out every text that also occurs in them.
+    test_at = np.random.default_rng(SMS_TEST_SEED).choice(len(frame), SMS_TEST_ROWS, replace=False)
+    test = frame.iloc[np.sort(test_at)].reset_index(drop=True)
+    pool = frame.drop(index=test_at)
+    return test if which else pool[~pool["text"].isin(set(test["text"]))].reset_index(drop=True)
 
 
 def sample_per_class(frame: pd.DataFrame, label_col: str, n: int, seed: int) -> pd.DataFrame:
@@ -70,7 +82,13 @@ def one_run(method: str, train: pd.DataFrame, test_path: Path, seed: int, workdi
     seconds = time.perf_counter() - started
     test = result.metrics["test"]
     interval = test["confidence_intervals"]["accuracy"]
-    return {"accuracy": test["accuracy"], "low": interval["low"], "high": interval["high"], "seconds": seconds}
+    return {"accuracy": test["accuracy"], "low": interval["low"], "high": interval["high"],
+            "macro_f1": test.get("macro_f1"), "seconds": seconds}  # fmt: skip
+
+
+def write(out: Path, test_rows: int, results: list[dict]) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"load_average": os.getloadavg(), "test_rows": test_rows, "runs": results}, indent=1))
 
 
 def main() -> None:
@@ -110,11 +128,10 @@ def main() -> None:
                     run = one_run(method, rows, test_path, seed, workdir)
                     results.append({"dataset": args.dataset, "shots": shots, "seed": seed, "method": method, **run})
                     print(json.dumps(results[-1]), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"load_average": os.getloadavg(), "test_rows": len(test), "runs": results},
-                                   indent=1))  # fmt: skip
+                    write(args.out, len(test), results)  # after every run, so a stopped run keeps what it did
     frame = pd.DataFrame(results)
     summary = frame.groupby(["shots", "method"]).agg(mean=("accuracy", "mean"), std=("accuracy", "std"),
+                                                      f1=("macro_f1", "mean"), f1_std=("macro_f1", "std"),
                                                       seconds=("seconds", "mean"), runs=("seed", "count"))  # fmt: skip
     print(f"{args.dataset}, test rows {len(test)}, load average {os.getloadavg()[0]:.2f}")
     print(summary.round(4).to_string())

@@ -622,6 +622,15 @@ def serve(
     max_pixels: Annotated[
         int, typer.Option("--max-pixels", min=1, help="Largest image (width x height) a request may send.")
     ] = 40_000_000,
+    onnx_file: Annotated[
+        str | None, typer.Option("--onnx-file", help="ONNX exports: the model file (default: int8 when present).")
+    ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="Processes behind the port, each with its own model copy.")
+    ] = 1,
+    threads: Annotated[
+        int | None, typer.Option("--threads", min=1, help="CPU threads per model call (default: cores / workers).")
+    ] = None,
 ) -> None:
     """Serve predictions over HTTP: POST /predict, GET /health, /metadata, /metrics."""
 
@@ -630,6 +639,7 @@ def serve(
 
         run_server(source, host=host, port=port, api_key=api_key, log_path=log, max_batch=max_batch,
                    max_body_bytes=max_body_bytes, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
+                   onnx_file=onnx_file, workers=workers, threads=threads,
                    log=lambda m: typer.echo(m, err=True))  # fmt: skip
 
     _guarded(work, "the server stopped")

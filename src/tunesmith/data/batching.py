@@ -46,6 +46,23 @@ def eval_batches(lengths: list[int] | np.ndarray, *, batch_size: int) -> list[li
     return [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
 
 
+def length_groups(lengths: list[int] | np.ndarray, *, most: int, spread: float = 1.5, least: int = 4) -> list[list[int]]:
+    """Row indices in model calls for inference: shortest first, a call closed at ``most`` rows,
+    or once it holds ``least`` rows and the next row is over ``spread`` times its shortest (so
+    short rows are not padded to a long one's length, while calls stay large enough to use the
+    CPU well). Results are put back in order by index."""
+    order = np.argsort(np.asarray(lengths), kind="stable").tolist()
+    groups: list[list[int]] = []
+    for index in order:
+        current = groups[-1] if groups else None
+        if (current is None or len(current) >= most
+                or (len(current) >= least and lengths[index] > spread * max(lengths[current[0]], 1))):  # fmt: skip
+            groups.append([index])
+        else:
+            current.append(index)
+    return groups
+
+
 def pad_batch(
     features: list[dict], pad_token_id: int, pad_to_multiple_of: int | None = None, fills: dict[str, int] | None = None
 ) -> dict:

@@ -26,6 +26,7 @@ import asyncio
 import errno
 import hmac
 import json
+import os
 import socket
 import threading
 import time
@@ -43,6 +44,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from tunesmith.config import config_from_dict
+from tunesmith.data.batching import length_groups
 from tunesmith.errors import TunesmithError
 from tunesmith.models.load import ResolvedModel, check_weights
 from tunesmith.ship.http import UNAUTHORISED, Refused
@@ -64,13 +66,22 @@ class Predictor:
     ``scorer`` is the task (tasks.contract.Task) that turns logits into answers, ``task`` its
     ``task.json``."""
 
-    def __init__(self, source: str | Path, onnx_file: str | None = None):
+    def __init__(self, source: str | Path, onnx_file: str | None = None, threads: int | None = None):
         """Args:
         onnx_file: for an ONNX export, the model file to run (default: the export's choice,
-            the int8 model when there is one)."""
+            the int8 model when there is one).
+        threads: CPU threads for one model call (default: the backend's own, all cores)."""
         source = Path(source)
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+        self.threads = threads
         if (source / "tunesmith.json").is_file():
             self._from_export(source, onnx_file)
+        elif onnx_file is not None:
+            raise TunesmithError(f"--onnx-file {onnx_file}: {source} is not an ONNX export (a run directory serves "
+                                 "its PyTorch model; export it with `tunesmith export RUN --format onnx`)")  # fmt: skip
         else:
             self._from_run(source)
 
@@ -106,9 +117,16 @@ class Predictor:
         if meta["format"] == "onnx":
             import onnxruntime as ort
 
+            if onnx_file is not None and (Path(onnx_file).name != onnx_file or not onnx_file.endswith(".onnx")
+                                          or not (source / onnx_file).is_file()):  # fmt: skip
+                found = sorted(p.name for p in source.glob("*.onnx"))
+                raise TunesmithError(f"--onnx-file {onnx_file}: not a model file of the export {source}; it has "
+                                     f"{', '.join(found) or 'none'}")  # fmt: skip
             meta["model"] = onnx_file or meta["model"]
 
             options = ort.SessionOptions()
+            if self.threads is not None:
+                options.intra_op_num_threads, options.inter_op_num_threads = self.threads, 1
             self.session = ort.InferenceSession(
                 str(source / meta["model"]), options, providers=["CPUExecutionProvider"]
             )
@@ -132,10 +150,14 @@ class Predictor:
         each (a row of logits; a tagger's or QA model's per-token logits), fed as an export is
         fed (``export_inputs``, ``chunk`` features a call): the same for PyTorch and ONNX Runtime."""
         features = self.scorer.export_features(self.tokenizer, list(inputs))
-        rows: list[np.ndarray] = []
-        for start in range(0, len(features), chunk):  # bounded memory for long lists (monitor, evaluation)
-            batch = self.scorer.export_inputs(self.tokenizer, features[start : start + chunk])
-            rows += batch.rows(self.run_batch(batch.inputs))
+        rows: list[np.ndarray | None] = [None] * len(features)
+        # Calls of similar lengths (least padding), at most ``chunk`` features each: bounded memory
+        # for long lists (monitor, evaluation); rows go back in the order of the features.
+        lengths = [len(f.get("input_ids", ())) if isinstance(f, dict) else 0 for f in features]
+        for group in length_groups(lengths, most=chunk):
+            batch = self.scorer.export_inputs(self.tokenizer, [features[i] for i in group])
+            for index, row in zip(group, batch.rows(self.run_batch(batch.inputs))):
+                rows[index] = row
         return features, rows
 
     def run_batch(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -296,8 +318,15 @@ class Batcher:
                 + "\n"  # a decoded image: its type
                 for t, r in zip(texts, results)
             )
-            with self.log_lock, self.log_path.open("a", encoding="utf-8") as handle:
-                handle.write(lines)
+            # One write() on an O_APPEND descriptor: the lines of several worker processes never interleave.
+            data = lines.encode("utf-8")
+            with self.log_lock:
+                descriptor = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    while data:
+                        data = data[os.write(descriptor, data) :]
+                finally:
+                    os.close(descriptor)
 
 
 class PredictRequest(BaseModel):
@@ -506,11 +535,12 @@ class Service:
 def create_app(source: str | Path, *, api_key: str | None = None, max_batch: int = 64, max_text_chars: int = 20_000,
                max_body_bytes: int = 1_000_000, batch_window_ms: float = 0.0, log_path: str | Path | None = None,
                predictor: Predictor | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-               max_pixels: int = MAX_PIXELS):  # fmt: skip
+               max_pixels: int = MAX_PIXELS, onnx_file: str | None = None, threads: int | None = None):  # fmt: skip
     """The FastAPI app serving ``source`` (a run or an export directory); ``max_upload_bytes``
-    and ``max_pixels`` bound each uploaded file of a kind that takes files (images)."""
+    and ``max_pixels`` bound each uploaded file of a kind that takes files (images);
+    ``onnx_file`` picks an ONNX export's model file, ``threads`` the CPU threads of a model call."""
 
-    predictor = predictor or Predictor(source)
+    predictor = predictor or Predictor(source, onnx_file, threads)
     stats = Stats()
     log = Path(log_path) if log_path is not None else None
     if log is not None:
@@ -583,20 +613,45 @@ def _add_model_routes(app: FastAPI, service: Service) -> None:
             return await service.predict_upload(request)
 
 
-def serve(source: str | Path, *, host: str = "127.0.0.1", port: int = 8000, log=print, **options) -> None:
-    """Runs the app with uvicorn (one process; batching happens inside it)."""
+WORKER_OPTIONS = "TUNESMITH_SERVE_WORKER"
+"""The environment variable that hands ``serve``'s source and options to its worker processes."""
+
+
+def serve(source: str | Path, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, log=print,
+          **options) -> None:  # fmt: skip
+    """Runs the app with uvicorn: one process, or ``workers`` processes behind one port (each
+    with its own model and batcher, and ``threads`` CPU threads a model call: by default the
+    cores shared out among the workers)."""
     import uvicorn
 
     if host not in ("127.0.0.1", "localhost", "::1") and options.get("api_key") is None:
         log(f"WARNING: serving on {host} without an API key: anyone who can reach this port can use the model")
+    if workers > 1 and options.get("threads") is None:
+        options["threads"] = max(1, len(os.sched_getaffinity(0)) // workers)
     sock = bind(host, port)  # before the model loads: a taken port fails fast, and stays ours
     try:
-        app = create_app(source, **options)
-        log(f"Serving {app.state.predictor.metadata['source']} ({app.state.predictor.backend}) on "
-            f"http://{host}:{port}")  # fmt: skip
-        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run(sockets=[sock])
+        app = create_app(source, **options)  # in this process first: a model that cannot load fails here, once
+        predictor = app.state.predictor
+        log(f"Serving {predictor.metadata['source']} ({predictor.backend}) on http://{host}:{port}"
+            + (f" with {workers} workers of {options['threads']} threads" if workers > 1 else ""))  # fmt: skip
+        if workers == 1:
+            uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run(sockets=[sock])
+            return
+        del app, predictor
+        from uvicorn.supervisors import Multiprocess
+
+        os.environ[WORKER_OPTIONS] = json.dumps({"source": str(source), "options": options}, default=str)
+        config = uvicorn.Config(f"{__name__}:worker_app", factory=True, host=host, port=port, workers=workers,
+                                log_level="warning")  # fmt: skip
+        Multiprocess(config, sockets=[sock]).run()
     finally:
         sock.close()
+
+
+def worker_app():
+    """The app of one ``serve --workers`` process, from the options ``serve`` left in the environment."""
+    given = json.loads(os.environ[WORKER_OPTIONS])
+    return create_app(given["source"], **given["options"])
 
 
 def bind(host: str, port: int) -> socket.socket:
