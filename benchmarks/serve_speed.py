@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
 OUT = ROOT / "benchmarks" / "out" / "serve_speed"
 
-PLAIN_APP = '''
+PLAIN_APP = """
 import json, os
 import numpy as np
 import onnxruntime as ort
@@ -64,8 +64,7 @@ def predict(request: Request):
     scores = np.exp(logits - logits.max())
     scores /= scores.sum()
     return {"label": labels[int(scores.argmax())], "score": float(scores.max())}
-'''
-
+"""
 
 
 def free_port() -> int:
@@ -112,7 +111,10 @@ def start(setup: str, export_dir: Path, onnx_file: str, port: int, serve_args: l
     deadline = time.monotonic() + 180
     while True:
         try:
-            if httpx2.post(f"http://127.0.0.1:{port}/predict", json={"text": "a fine film"}, timeout=5).status_code == 200:
+            if (
+                httpx2.post(f"http://127.0.0.1:{port}/predict", json={"text": "a fine film"}, timeout=5).status_code
+                == 200
+            ):
                 return server
         except httpx2.TransportError:
             pass

@@ -12,7 +12,7 @@ import torch
 
 from tests.conftest import sentiment_rows
 from tunesmith.data.balance import class_weights, resample
-from tunesmith.data.batching import epoch_batches, eval_batches, pad_batch
+from tunesmith.data.batching import epoch_batches, eval_batches, length_groups, pad_batch
 from tunesmith.data.clean import clean_frame
 from tunesmith.data.load import detect_columns, read_table, resolve_source
 from tunesmith.data.split import split_frame
@@ -523,3 +523,18 @@ def test_sentiment_rows_are_balanced_and_split_cleanly():
     splits = split_frame(cleaned, val_fraction=0.2, test_fraction=0.2, seed=0, stratify=True)
     for split in splits.values():
         assert split["label"].value_counts().nunique() == 1  # equal classes in every split
+
+
+def test_length_groups_cover_every_row_once_shortest_first_and_keep_spread_small():
+    lengths = [30, 3, 5, 100, 4, 31, 6, 29, 120, 3, 7, 32]
+    groups = length_groups(lengths, most=4, spread=1.5, least=2)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert all(len(g) <= 4 for g in groups)
+    ordered = [lengths[i] for g in groups for i in g]
+    assert ordered == sorted(lengths)
+    # A group that grew past ``least`` never holds a row over 1.5 times its shortest.
+    for group in groups:
+        if len(group) > 2:
+            assert max(lengths[i] for i in group) <= 1.5 * min(lengths[i] for i in group)
+    assert [[lengths[i] for i in g] for g in groups] == [[3, 3, 4], [5, 6, 7], [29, 30, 31, 32], [100, 120]]
+    assert length_groups([0, 0, 0], most=2) == [[0, 1], [2]]  # no lengths (images): file order

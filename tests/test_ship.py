@@ -102,12 +102,36 @@ def test_server_predicts_validates_limits_and_authenticates(trained_run, tmp_pat
 def test_server_on_an_onnx_export_agrees_with_the_run(trained_run, tmp_path):
     export(trained_run, tmp_path / "onnx", fmt="onnx", log=lambda m: None)
     texts = [r["text"] for r in sentiment_rows(12, seed=3)]
-    with TestClient(create_app(tmp_path / "onnx")) as client:
+    # Lengths from 1 word to many, shuffled: calls are grouped by length, answers stay in order.
+    texts += [" ".join(texts[i % 12].split() * (i + 1))[: 40 * (i + 1)] for i in (5, 0, 9, 2, 7)]
+    with TestClient(create_app(tmp_path / "onnx", threads=1)) as client:
         served = client.post("/predict", json={"texts": texts}).json()["predictions"]
     direct = api.predict(trained_run, texts)
     assert [s["label"] for s in served] == [d["label"] for d in direct]
     for s, d in zip(served, direct):
         assert list(s["scores"].values()) == pytest.approx(list(d["scores"].values()), abs=1e-4)
+
+
+def test_serve_workers_build_the_app_from_the_environment_and_onnx_file_is_checked(trained_run, tmp_path, monkeypatch):
+    from tunesmith.ship.serve import WORKER_OPTIONS, worker_app
+
+    export(trained_run, tmp_path / "onnx", fmt="onnx", quantize="int8", min_agreement=0.0, log=lambda m: None)
+    log = tmp_path / "log.jsonl"
+    monkeypatch.setenv(WORKER_OPTIONS, json.dumps({"source": str(tmp_path / "onnx"),
+                                                   "options": {"onnx_file": "model.onnx", "threads": 1,
+                                                               "log_path": str(log), "api_key": "k"}}))  # fmt: skip
+    with TestClient(worker_app()) as client:
+        assert client.post("/predict", json={"text": "good"}).status_code == 401  # the key travelled too
+        answer = client.post("/predict", json={"texts": ["good", "bad"]}, headers={"X-API-Key": "k"})
+        assert answer.status_code == 200 and len(answer.json()["predictions"]) == 2
+        assert client.get("/health").json()["backend"] == "onnxruntime (model.onnx)"
+    assert [json.loads(line)["text"] for line in log.read_text().splitlines()] == ["good", "bad"]
+    for name in ("../onnx/model.onnx", "missing.onnx", "tunesmith.json"):
+        with pytest.raises(TunesmithError, match=f"--onnx-file {name}: not a model file of the export .* it has "
+                                                 "model.onnx, model_int8.onnx"):  # fmt: skip
+            Predictor(tmp_path / "onnx", onnx_file=name)
+    with pytest.raises(TunesmithError, match="is not an ONNX export"):
+        Predictor(trained_run, onnx_file="model.onnx")
 
 
 def test_psi_is_zero_for_equal_shares_and_grows_with_the_shift():

@@ -46,7 +46,9 @@ def eval_batches(lengths: list[int] | np.ndarray, *, batch_size: int) -> list[li
     return [order[i : i + batch_size].tolist() for i in range(0, len(order), batch_size)]
 
 
-def length_groups(lengths: list[int] | np.ndarray, *, most: int, spread: float = 1.5, least: int = 4) -> list[list[int]]:
+def length_groups(
+    lengths: list[int] | np.ndarray, *, most: int, spread: float = 1.5, least: int = 4
+) -> list[list[int]]:
     """Row indices in model calls for inference: shortest first, a call closed at ``most`` rows,
     or once it holds ``least`` rows and the next row is over ``spread`` times its shortest (so
     short rows are not padded to a long one's length, while calls stay large enough to use the

@@ -127,6 +127,9 @@ class Predictor:
             options = ort.SessionOptions()
             if self.threads is not None:
                 options.intra_op_num_threads, options.inter_op_num_threads = self.threads, 1
+            # Threads that sleep between calls instead of spinning: the server's event loop (and other
+            # workers) share the cores; measured faster under load (benchmarks/RESULTS.md).
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             self.session = ort.InferenceSession(
                 str(source / meta["model"]), options, providers=["CPUExecutionProvider"]
             )
