@@ -49,6 +49,19 @@ def regression_rows(count: int, seed: int = 0) -> list[dict]:
     return [{"text": r["text"], "label": 1.0 if r["label"] == "positive" else 0.0} for r in sentiment_rows(count, seed)]
 
 
+def table_rows(count: int, seed: int = 0) -> list[dict]:
+    """Table rows mixing a text, a number and a category, each of which gives the label away
+    (learnable in a few steps); every seventh row lacks its number, every ninth its category."""
+    rng = random.Random(seed + 11)
+    rows = []
+    for i, row in enumerate(sentiment_rows(count, seed)):
+        positive = row["label"] == "positive"
+        stars = rng.choice([4, 5]) if positive else rng.choice([1, 2])
+        rows.append({"review": row["text"], "stars": None if i % 7 == 3 else stars,
+                     "channel": None if i % 9 == 4 else ("web" if positive else "store"), "label": row["label"]})  # fmt: skip
+    return rows
+
+
 def ner_lines(count: int, seed: int = 0) -> str:
     """CoNLL text: five words a sentence, one person and one place (IOB2)."""
     rng = random.Random(seed)
@@ -143,6 +156,7 @@ def write_examples(task: str, path: Path, count: int, seed: int = 0) -> Path:
         "seq2seq": lambda: pair_rows(count),
         "causal_lm": lambda: alpaca_rows(count),
         "pair_classification": lambda: sentence_pairs(count, seed),
+        "tabular": lambda: table_rows(count, seed),
     }[task]()
     return write_table(path, rows)
 

@@ -33,6 +33,10 @@ RAW_INPUT = {
     "seq2seq": ["Note 3: the colour of the day is blue, as agreed."],
     "causal_lm": ["Item 3: repeat the word blue."],
     "pair_classification": [["table river paper", "good great lovely window"], ["stone seven", "bad grim dull"]],
+    "tabular": [
+        {"review": "good great lovely table", "stars": 5, "channel": "web"},
+        {"review": "bad awful grim paper", "stars": None, "channel": "phone"},
+    ],
 }
 TEXT_INPUT = ["good great lovely table river", "bad awful grim paper stone"]
 # Every (kind, declared stage) pair for test_a_declared_stage_runs; evaluate and predict have tests of their own.

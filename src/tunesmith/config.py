@@ -412,10 +412,43 @@ class PairClassificationTaskConfig(TaskSection):
     augment_refusal: ClassVar[str | None] = "data.augment rewrites one text column; pairs are not augmented"
 
 
+class TabularTaskConfig(TaskSection):
+    """tabular: a label (or a number) per row of a table whose columns mix text, numbers and
+    categories. Each row is written as a sentence ("age is 39. workclass is Private. ...") and
+    read by the text model, so every strategy, export and serving work as for a text classifier;
+    a gradient-boosting model on the same columns is the run's baseline (evaluation.baseline).
+    The label is data.label_column. Declare columns in any of the three lists below to use only
+    those; declare none and every other column is used, its kind detected from its cells."""
+
+    type: Literal["tabular"] = "tabular"
+    target: Literal["classification", "regression"] = "classification"
+    """One class per row from the labels seen in training, or one number per row."""
+    text_columns: list[str] | None = None
+    """Columns of free text (written as they are)."""
+    numeric_columns: list[str] | None = None
+    """Columns of numbers; a cell that is not a number is read as missing, and counted."""
+    categorical_columns: list[str] | None = None
+    """Columns of categories; a category training never saw is written as it is, with a warning."""
+    supports_rehearsal: ClassVar[bool] = False
+    supports_forgetting: ClassVar[bool] = False
+    augment_refusal: ClassVar[str | None] = "data.augment rewrites words of a text; rows of a table are not augmented"
+
+    @model_validator(mode="after")
+    def _distinct(self):
+        lists = {k: getattr(self, k) or [] for k in ("text_columns", "numeric_columns", "categorical_columns")}
+        seen: dict[str, str] = {}
+        for key, names in lists.items():
+            for name in names:
+                if name in seen:
+                    raise ValueError(f"column {name!r} is in both task.{seen[name]} and task.{key}; give it one kind")
+                seen[name] = key
+        return self
+
+
 TaskConfig = Annotated[
     SingleLabelTaskConfig | MultiLabelTaskConfig | RegressionTaskConfig | CausalLMTaskConfig | Seq2SeqTaskConfig
     | TokenClassificationTaskConfig | QuestionAnsweringTaskConfig | ImageClassificationTaskConfig
-    | PairClassificationTaskConfig,
+    | PairClassificationTaskConfig | TabularTaskConfig,
     Field(discriminator="type"),
 ]  # fmt: skip
 """The task section: one model per ``task.type``, each declaring (and documenting) its own options."""

@@ -3,7 +3,8 @@ no fine-tuning. A linear probe (scikit-learn's logistic or ridge regression) is 
 frozen pretrained model's mean-pooled embeddings of the training split and scored on the same
 validation and test rows by the task's own metrics, so metrics.json, the report and the card say
 how much the fine-tune added. Kinds that answer the probe (``tasks.contract.Probed``) get one;
-at most ``evaluation.baseline_rows`` training rows (a seeded sample) keep it cheap."""
+at most ``evaluation.baseline_rows`` training rows (a seeded sample) keep it cheap. A table
+(``tasks.contract.TableBaselined``) gets its own instead: gradient boosting on its columns."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import numpy as np
 from tunesmith.config import Config
 from tunesmith.data.prepare import PreparedData
 from tunesmith.errors import TunesmithError
-from tunesmith.tasks.contract import Probed, Task
+from tunesmith.tasks.contract import Probed, TableBaselined, Task
 from tunesmith.train.fit import Fitted
 
 METHOD = "linear probe on the frozen pretrained model's mean-pooled embeddings"
@@ -28,10 +29,13 @@ def probe_baseline(config: Config, task: Task, data: PreparedData, fitted: Fitte
     probe that cannot be fitted is logged as a warning and left out, and the run finishes."""
     features = fitted.encoded.features
     held_out = [split for split in ("validation", "test") if features.get(split)]
-    probed = isinstance(task, Probed) and task.baseline_probe
+    tabled = isinstance(task, TableBaselined)
+    probed = tabled or (isinstance(task, Probed) and task.baseline_probe)
     if not (config.evaluation.baseline and probed and held_out and features.get("train")):
         return None
     try:
+        if tabled:
+            return task.table_baseline(data.splits, seed=config.runtime.seed)
         return _probe(config, task, data, fitted, held_out)
     except (ValueError, RuntimeError, TunesmithError) as error:  # e.g. a model that cannot be loaded again
         log(f"WARNING: no baseline for this run: {type(error).__name__}: {str(error).splitlines()[0]}")
@@ -73,7 +77,7 @@ def gain_line(metrics: dict[str, Any], metric: str) -> str | None:
 def log_baseline(metrics: dict[str, Any], metric: str, log: Callable[[str], None]) -> None:
     line = gain_line(metrics, metric)
     if line:
-        log(f"Baseline ({METHOD}, {metrics['baseline']['train_rows']:,} training rows): {line}")
+        log(f"Baseline ({metrics['baseline']['method']}, {metrics['baseline']['train_rows']:,} training rows): {line}")
 
 
 def comparison_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:

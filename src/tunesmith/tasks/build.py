@@ -18,6 +18,7 @@ from tunesmith.tasks.image_classification import ImageClassificationTask
 from tunesmith.tasks.pair_classification import PairClassificationTask
 from tunesmith.tasks.qa import QuestionAnsweringTask
 from tunesmith.tasks.seq2seq import Seq2SeqTask
+from tunesmith.tasks.tabular import TabularTask
 from tunesmith.tasks.token_classification import TokenClassificationTask
 
 Stage = Literal["evaluate", "predict", "chat", "cv", "tune", "inspect", "export", "serve", "monitor", "retrain",
@@ -53,6 +54,8 @@ def build_task(config: Config, saved: dict[str, Any] | None = None) -> Task:
             return QuestionAnsweringTask.from_config(config, saved)
         case "pair_classification":
             return PairClassificationTask.from_config(config, saved)
+        case "tabular":
+            return TabularTask.from_config(config, saved)
         case "single_label" | "multi_label" | "regression":
             return TextClassificationTask.from_config(config, saved)
         case other:  # config validation allows only the types above

@@ -612,3 +612,14 @@ class Probed(Monitored, Protocol):
         ``train_features``) and returns the kind's metrics of its predictions for ``held_out``
         against the targets in ``features``."""
         ...
+
+
+@runtime_checkable
+class TableBaselined(Protocol):
+    """Kinds whose runs carry a baseline of their own instead of the probe: a model fitted on the
+    training split's table (a table's columns: gradient boosting), not on embeddings."""
+
+    def table_baseline(self, splits: dict[str, pd.DataFrame], *, seed: int) -> dict[str, Any]:
+        """``{"method", "model", "train_rows", SPLIT: {metric: value, "count": rows}}`` for each
+        held-out split of ``splits`` (the prepared tables), fitted on ``splits["train"]``."""
+        ...

@@ -1,0 +1,313 @@
+"""Tables: one label (or one number) per row of a table whose columns mix free text, numbers and
+categories (task.type ``tabular``).
+
+The row is written as one sentence ("age is 39. workclass is Private. review is ...", a missing
+cell as ``unknown``; data/table.py) and read by the text model, so the label space, loss,
+metrics, intervals, calibration, every strategy, export and serving are the text classifier's
+(:class:`~tunesmith.tasks.classification.TextClassificationTask`). What differs is how rows are
+read and cleaned, turned into text, predicted from raw rows, and the baseline: a LightGBM model
+on the same columns (models/boosting.py), fitted on the training split and scored on the same
+held-out rows, so every run shows whether the transformer beats the usual tool for tables.
+
+Each column's kind is declared (task.text_columns, numeric_columns, categorical_columns) or
+detected from the training file; the statistics of each column (data.table.TableStatistics)
+are fitted on the training split alone and saved in ``task.json``, which export and serve read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+
+from tunesmith.config import Config, DataConfig
+from tunesmith.data.load import read_table
+from tunesmith.data.prepare import PreparedData, prepare_records
+from tunesmith.data.table import TableColumns, TableStatistics, detect_columns, read_cells, serialise
+from tunesmith.errors import TunesmithError
+from tunesmith.models.boosting import METHOD, boosted_outputs
+from tunesmith.tasks.classification import TextClassificationTask, encode_features, text_logits
+from tunesmith.tasks.contract import CHAT_NOTE, CardText, Encoded
+from tunesmith.tasks.monitoring import pooled
+
+NOT_YET = "reads one text column per row; tabular runs are described in data_manifest.json instead"
+
+
+@dataclass
+class TabularTask(TextClassificationTask):
+    """A label or a number per table row (task.type ``tabular``).
+
+    Attributes:
+        declared: the columns the config declares by kind (None: detect them from the training file).
+        columns: the feature columns by kind, once declared or detected.
+        statistics: each column's statistics on the training split (after ``prepare``, or from ``task.json``).
+        notes: lines for the user from reading the training file (what was detected, left out).
+    """
+
+    declared: TableColumns | None = None
+    columns: TableColumns | None = None
+    statistics: TableStatistics | None = None
+    notes: list[str] = field(default_factory=list)
+    STAGES: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "cv", "tune", "export", "serve", "monitor",
+                                                  "retrain"})  # fmt: skip
+    stage_notes: ClassVar[dict[str, str]] = {"chat": CHAT_NOTE, "inspect": f"inspect {NOT_YET}",
+                                             "forgetting": "the forgetting check reads a retain set of texts"}  # fmt: skip
+    baseline_probe: ClassVar[bool] = False  # its baseline is the boosting model (table_baseline)
+    detects_label_errors: ClassVar[bool] = False  # data.clean.label_errors reads one text column
+
+    @classmethod
+    def from_config(cls, config: Config, saved: dict[str, Any] | None = None) -> TabularTask:
+        """The task of ``config`` (task.target, the declared columns, model.max_length), with the
+        columns, statistics and label space of a run's ``task.json`` (``saved``)."""
+        section, saved = config.task, saved or {}
+        lists = {k: getattr(section, f"{k}_columns") for k in ("text", "numeric", "categorical")}
+        declared = (
+            TableColumns(**{k: v or [] for k, v in lists.items()})
+            if any(v is not None for v in lists.values())
+            else None
+        )
+        return cls(type="regression" if section.target == "regression" else "single_label",
+                   label_names=list(saved.get("label_names") or []), max_length=config.model.max_length,
+                   balance=config.data.balance, declared=declared,
+                   columns=TableColumns.from_dict(saved["columns"]) if saved.get("columns") else None,
+                   statistics=TableStatistics.from_dict(saved["statistics"]) if saved.get("statistics") else None)  # fmt: skip
+
+    @property
+    def kind(self) -> str:
+        return "tabular"
+
+    # -- data -------------------------------------------------------------------------
+    def prepare(self, config: Config, *, find_label_errors=None) -> PreparedData:
+        """Reads every source (the training file first: it settles the columns), splits
+        (stratified by label for classes), fits the label set and each column's statistics on
+        the training split only, and records them in the manifest.
+
+        Raises:
+            TunesmithError: a data option that reads one text column, or any problem with the
+                files, columns, cells or labels.
+        """
+        for key, value in (("data.clean.label_errors", config.data.clean.label_errors != "keep"),
+                           ("data.slice_column", config.data.slice_column is not None)):  # fmt: skip
+            if value:
+                raise TunesmithError(f"{key} reads one text column; tabular runs do not support it yet")
+        data = prepare_records(config.data, seed=config.runtime.seed, load=self.read, inputs=self.overlap_inputs)
+        train = data.splits["train"]
+        self.fit_labels(train["label"], data.manifest["sources"]["train"]["source"])
+        for name in ("validation", "test"):
+            if name in data.splits:
+                self.encode_labels(data.splits[name]["label"], f"the {name} split")
+        self.statistics = TableStatistics.fit(train, self.columns)
+        data.manifest["table"] = {"columns": self.columns.to_dict(), "detected": self.declared is None,
+                                  "notes": self.notes, "statistics_from": f"the {len(train)} training rows only",
+                                  "statistics": self.statistics.to_dict(),
+                                  "missing_cells": "written as 'unknown' in the row's text; the baseline fills "
+                                                   "numbers with the training median and marks them"}  # fmt: skip
+        return data
+
+    def read(self, spec: str, data: DataConfig) -> tuple[pd.DataFrame, dict]:
+        """One labelled table: its feature columns read by kind (data.table.read_cells), ``label``
+        and ``row`` (the 1-based data row); rows without a label, with no filled feature, or
+        repeating an earlier row exactly are dropped and counted. The first table read settles
+        the columns when the config declares none.
+
+        Raises:
+            TunesmithError: a missing column (the columns present are listed), a label the task
+                cannot learn (naming its row), a label outside a trained label space, or no rows.
+        """
+        table = read_table(spec, column_names=data.column_names, encoding_errors=data.encoding_errors)
+        label_column = data.label_column or "label"
+        if label_column not in table.frame.columns:
+            raise TunesmithError(f"{table.source}: no label column {label_column!r} (data.label_column); columns: "
+                                 f"{list(table.frame.columns)}")  # fmt: skip
+        if self.columns is None:
+            d = self.declared
+            self.columns, self.notes = detect_columns(
+                table.frame, label_column=label_column, source=table.source, text=d.text if d else None,
+                numeric=d.numeric if d else None, categorical=d.categorical if d else None)  # fmt: skip
+        self.require_columns(table.frame.columns, table.source)
+        rows = pd.Series(range(1, len(table.frame) + 1), index=table.frame.index)
+        cells, report = read_cells(table.frame.assign(row=rows), self.columns)
+        frame = cells.assign(label=table.frame[label_column], row=rows)
+        frame, counts = self._clean(frame, table.source)
+        if self.label_names or self.type == "regression":
+            self.encode_labels(frame["label"], table.source)
+        entry = {"source": table.source, "sha256": table.sha256, "format": "table", "cleaning": counts,
+                 "columns": {**self.columns.to_dict(), "label": label_column}, "cells": report,
+                 **table.manifest_fields()}  # fmt: skip
+        return frame, entry
+
+    def require_columns(self, present, source: str) -> None:
+        """Refuses a table that lacks a feature column, naming each one missing and what is there."""
+        missing = [name for name in self.columns.names if name not in present]
+        if missing:
+            raise TunesmithError(f"{source}: no column {', '.join(map(repr, missing))}; the model reads "
+                                 f"{self.columns.names} (columns here: {list(present)})")  # fmt: skip
+
+    def _clean(self, frame: pd.DataFrame, source: str) -> tuple[pd.DataFrame, dict[str, int]]:
+        counts = {"rows_in": len(frame)}
+        names = self.columns.names
+        missing = frame["label"].map(lambda v: v is None or (isinstance(v, float) and np.isnan(v))
+                                     or (isinstance(v, str) and not v.strip()))  # fmt: skip
+        empty = frame[names].isna().all(axis=1)
+        counts["dropped_missing_label"], counts["dropped_empty_row"] = int(missing.sum()), int((empty & ~missing).sum())
+        frame = frame[~missing & ~empty]
+        frame = frame.assign(label=self.normalise_labels(frame["label"], source=source, rows=frame["row"].tolist()))
+        duplicated = frame.duplicated(names + ["label"])
+        counts["dropped_duplicates"] = int(duplicated.sum())
+        frame = frame[~duplicated].reset_index(drop=True)
+        counts["rows_out"] = len(frame)
+        if frame.empty:
+            raise TunesmithError(f"{source}: no usable rows left after cleaning ({counts})")
+        return frame, counts
+
+    def texts(self, frame: pd.DataFrame) -> list[str]:
+        """Each row of a read table written as one sentence."""
+        return serialise(frame, self.columns)
+
+    def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
+        """A row is the same input when every feature cell is."""
+        return self.texts(frame)
+
+    def row_inputs(self, frame: pd.DataFrame) -> list[str]:
+        """What identifies each row in its predictions: the sentence the model read."""
+        return self.texts(frame)
+
+    def write_records(self, frame: pd.DataFrame, directory: Path, name: str) -> tuple[Path, dict[str, Any]]:
+        """A Parquet table of the feature columns (under their names) and ``label``."""
+        path = directory / f"{name}.parquet"
+        frame[self.columns.names + ["label"]].to_parquet(path, index=False)
+        return path, {"label_column": "label", "column_names": None}
+
+    # -- encoding and prediction ----------------------------------------------------------
+    def encode(self, processor: Any, splits: dict[str, pd.DataFrame]) -> Encoded:
+        """The text classifier's encoding of each row's sentence."""
+        encoded = super().encode(processor, {n: f.assign(text=self.texts(f)) for n, f in splits.items()})
+        encoded.notes[:0] = self.notes
+        return encoded
+
+    def rows_of(self, inputs: list) -> tuple[pd.DataFrame, list[str]]:
+        """Raw rows (one dict of column -> value each) read as in training, and per row a
+        warning: cells that are not numbers (read as missing) and categories training never saw.
+
+        Raises:
+            TunesmithError: an input that is not an object, or one that lacks a column, naming its position.
+        """
+        for number, item in enumerate(inputs, 1):
+            if not isinstance(item, dict):
+                raise TunesmithError(f"input {number}: a tabular run takes rows as objects "
+                                     f'{{"column": value, ...}} with {self.columns.names}, not {str(item)[:80]!r}')  # fmt: skip
+            self.require_columns(item.keys(), f"input {number}")
+        frame = pd.DataFrame([{name: item[name] for name in self.columns.names} for item in inputs],
+                             columns=self.columns.names).astype(object)  # fmt: skip
+        frame["row"] = range(1, len(frame) + 1)
+        table, _ = read_cells(frame, self.columns)
+        lines: list[list[str]] = [[] for _ in inputs]
+        for name in self.columns.numeric:
+            for position in np.flatnonzero(np.isnan(table[name].to_numpy(dtype=float))):
+                value = frame[name].iloc[position]
+                if not (value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == ""):
+                    lines[position].append(f"{name}: {str(value)[:40]!r} is not a number; read as missing")
+        if self.statistics is not None:
+            for position, found in enumerate(self.statistics.unseen(table)):
+                lines[position] += found
+        return table, ["; ".join(found) for found in lines]
+
+    def predict(self, model, processor, inputs: list, *, temperature: float | None = None) -> list[dict]:
+        """The label (with class scores) or the value of each raw row, the sentence the model read,
+        and a warning where a cell was not a number or a category was new."""
+        table, warnings = self.rows_of(inputs)
+        texts = self.texts(table)
+        logits = text_logits(model, processor, texts, max_length=self.max_length)
+        rows = self.prediction_rows(logits, temperature if self.calibrates else None)
+        return [{"text": text, **row, **({"warning": warning} if warning else {})}
+                for text, row, warning in zip(texts, rows, warnings)]  # fmt: skip
+
+    def export_features(self, processor: Any, inputs: list) -> list[dict]:
+        """Token ids of each raw row's sentence, as in training."""
+        table, _ = self.rows_of(inputs)
+        return encode_features(processor, self.texts(table), None, self.max_length)[0]
+
+    def rows_from_logits(self, inputs: list, features: list[dict], logits: list[np.ndarray], *,
+                         temperature: float | None = None) -> list[dict]:  # fmt: skip
+        """The label or value of each raw row, with its warning."""
+        _, warnings = self.rows_of(inputs)
+        rows = self.prediction_rows(np.stack(logits), temperature if self.calibrates else None)
+        return [{**row, **({"warning": warning} if warning else {})} for row, warning in zip(rows, warnings)]
+
+    def read_inputs(self, path: Path) -> list:
+        """The rows of a prediction input table (CSV, JSONL, Parquet), each as a dict of its
+        feature columns (a missing cell as None).
+
+        Raises:
+            TunesmithError: an unreadable table, or one that lacks a feature column.
+        """
+        table = read_table(str(path))
+        self.require_columns(table.frame.columns, table.source)
+        frame = table.frame[self.columns.names].astype(object)
+        return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
+                for row in frame.to_dict(orient="records")]  # fmt: skip
+
+    # -- baseline (evaluate/baseline.py) ------------------------------------------------
+    def table_baseline(self, splits: dict[str, pd.DataFrame], *, seed: int) -> dict[str, Any]:
+        """The scores of a LightGBM model on the same columns (models/boosting.py), fitted on the
+        training split and scored on each held-out split by this task's metrics."""
+        held_out = [name for name in ("validation", "test") if name in splits and len(splits[name])]
+        train = splits["train"]
+        outputs = boosted_outputs(
+            train, np.asarray(self.encode_labels(train["label"], "the train split")),
+            [splits[name] for name in held_out], text=self.columns.text, numeric=self.columns.numeric,
+            categorical=self.columns.categorical, regression=self.type == "regression",
+            num_classes=self.num_outputs, seed=seed,
+        )  # fmt: skip
+        found: dict[str, Any] = {"method": METHOD, "model": "lightgbm", "train_rows": len(train)}
+        for name, logits in zip(held_out, outputs):
+            targets = np.asarray(self.encode_labels(splits[name]["label"], f"the {name} split"))
+            scores = self.scores(logits, targets)
+            found[name] = {k: v for k, v in scores.items() if isinstance(v, float)} | {"count": len(targets)}
+        return found
+
+    # -- shipping and monitoring ------------------------------------------------------------
+    def card(self, manifest: dict[str, Any], max_length: int, truncated_train: int) -> CardText:
+        """The table model's part of the model card: its columns and how rows are read."""
+        kinds = "; ".join(f"{kind}: {', '.join(getattr(self.columns, kind))}"
+                          for kind in ("text", "numeric", "categorical") if getattr(self.columns, kind))  # fmt: skip
+        target = ", ".join(self.label_names) if self.type != "regression" else "a number"
+        return CardText(
+            title=f"Table {'regressor' if self.type == 'regression' else 'classifier'} (rows written as text)",
+            purpose=f"It predicts {target} for a table row with the columns {kinds}.",
+            data=f"Label distribution (train): {manifest['splits']['train'].get('labels')}. Column statistics "
+            "(training rows only) are in data_manifest.json under table.",
+            limitation=f"Each row is written as one sentence ('COLUMN is VALUE.') and cut at {max_length} tokens "
+            f"({truncated_train} training rows were); numbers are read as words, so magnitudes are learnt "
+            "from examples, not from arithmetic. A missing cell is written 'unknown'.",
+            usage="`tunesmith predict RUN_DIR --input ROWS.csv` (a table with the same columns); serve takes "
+            '{"inputs": [{"column": value, ...}]}.',
+        )
+
+    def export_description(self) -> dict[str, Any]:
+        """An export reads the token ids of each row written as a sentence."""
+        return {"inputs": "token ids of each row written as 'COLUMN is VALUE.' sentences",
+                "columns": self.columns.to_dict(), "missing_cell": "unknown"}  # fmt: skip
+
+    def monitor_inputs(self, frame: pd.DataFrame) -> list:
+        """Each row's feature cells, as a dict (what ``predict`` takes)."""
+        cells = frame[self.columns.names].astype(object)
+        return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
+                for row in cells.to_dict(orient="records")]  # fmt: skip
+
+    def monitor_texts(self, inputs: list) -> list[str]:
+        """Each row's sentence."""
+        return self.texts(self.rows_of(inputs)[0])
+
+    def embed(self, model: Any, processor: Any, inputs: list) -> np.ndarray:
+        """The encoder's mean-pooled states over each row's sentence."""
+        return pooled(model.base_model, processor, self.monitor_texts(inputs), max_length=self.max_length)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What training learned (``task.json``): the kind, target, labels, columns and statistics."""
+        return {"type": self.kind, "target": "regression" if self.type == "regression" else "classification",
+                "label_names": self.label_names, "columns": self.columns.to_dict() if self.columns else None,
+                "statistics": self.statistics.to_dict() if self.statistics else None}  # fmt: skip
