@@ -415,14 +415,19 @@ class PairClassificationTaskConfig(TaskSection):
 class TabularTaskConfig(TaskSection):
     """tabular: a label (or a number) per row of a table whose columns mix text, numbers and
     categories. Each row is written as a sentence ("age is 39. workclass is Private. ...") and
-    read by the text model, so every strategy, export and serving work as for a text classifier;
-    a gradient-boosting model on the same columns is the run's baseline (evaluation.baseline).
+    read by the text model (with its numbers and categories also as a vector: ``route``), so every
+    strategy, export and serving work as for a text classifier; a gradient-boosting model on the same columns is the run's baseline (evaluation.baseline).
     The label is data.label_column. Declare columns in any of the three lists below to use only
     those; declare none and every other column is used, its kind detected from its cells."""
 
     type: Literal["tabular"] = "tabular"
     target: Literal["classification", "regression"] = "classification"
     """One class per row from the labels seen in training, or one number per row."""
+    route: Literal["serialise", "fusion"] = "serialise"
+    """How the model reads a row: ``serialise``, the text model reads it written as a sentence;
+    ``fusion``, the text model reads that sentence while a small layer reads the row's numbers
+    (normalised with the training rows' mean and spread) and categories (one-hot, with an unknown
+    bucket) as a vector, one head over both (models/fusion.py)."""
     text_columns: list[str] | None = None
     """Columns of free text (written as they are)."""
     numeric_columns: list[str] | None = None

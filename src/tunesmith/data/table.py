@@ -26,6 +26,8 @@ MISSING_WORD = "unknown"
 """How a missing cell is written in a row's sentence (the text model sees that it is missing)."""
 NUMERIC_SHARE = 0.95
 """A column is detected as numeric when at least this share of its filled cells are numbers."""
+ONE_HOT_LIMIT = 50
+"""A category column's most frequent training values that get their own entry in a row's vector."""
 RESERVED = ("label", "row")
 """Names the task uses for the target and the 1-based data row: a feature column may not have them."""
 
@@ -207,6 +209,38 @@ class TableStatistics:
                 if value is not None and value not in known:
                     found[position].append(f"{name}: {value[:40]!r} was not seen in training")
         return found
+
+    def feature_names(self) -> list[str]:
+        """The entries of :meth:`vector`, in order: per number its normalised value and, where
+        training rows lacked some, ``COLUMN (missing)``; per category column one entry for each
+        of its ``ONE_HOT_LIMIT`` most frequent training values, ``(other)`` and ``(missing)``."""
+        names = []
+        for name, stats in self.numeric.items():
+            names += [name] + ([f"{name} (missing)"] if stats["missing_share"] > 0 else [])
+        for name, stats in self.categorical.items():
+            names += [f"{name}={v}" for v in stats["values"][:ONE_HOT_LIMIT]] + [f"{name} (other)", f"{name} (missing)"]
+        return names
+
+    def vector(self, table: pd.DataFrame) -> np.ndarray:
+        """Each row of a table read by :func:`read_cells` as numbers for a model, laid out as
+        :meth:`feature_names`: a number as (value - training mean) / training standard deviation,
+        clipped to +-10, and 0 where missing; a category one-hot, a value outside the training
+        rows' most frequent ones in ``(other)``. Only training statistics are used."""
+        parts = []
+        for name, stats in self.numeric.items():
+            values = table[name].to_numpy(dtype=float)
+            missing = np.isnan(values)
+            scaled = np.clip((values - stats["mean"]) / (stats["std"] or 1.0), -10.0, 10.0)
+            parts.append(np.where(missing, 0.0, scaled)[:, None])
+            if stats["missing_share"] > 0:
+                parts.append(missing.astype(float)[:, None])
+        for name, stats in self.categorical.items():
+            known = {value: i for i, value in enumerate(stats["values"][:ONE_HOT_LIMIT])}
+            hot = np.zeros((len(table), len(known) + 2))
+            for row, value in enumerate(table[name].tolist()):
+                hot[row, len(known) + 1 if value is None else known.get(value, len(known))] = 1.0
+            parts.append(hot)
+        return np.concatenate(parts, axis=1).astype(np.float32) if parts else np.zeros((len(table), 0), np.float32)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

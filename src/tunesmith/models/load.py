@@ -518,6 +518,30 @@ def load_trained_model(auto_class: str, model_dir: str | Path):
     (``AutoModelForTokenClassification``, ...)."""
     import transformers
 
-    from tunesmith.models import pooled, prompted  # noqa: F401  register tunesmith's own architectures
+    from tunesmith.models import fusion, pooled, prompted  # noqa: F401  register tunesmith's own architectures
 
     return getattr(transformers, auto_class).from_pretrained(model_dir)
+
+
+def load_table_fusion_classifier(resolved: ResolvedModel, *, problem_type: str, label_names: list[str],
+                                 dropout: float | None, num_table_features: int):  # fmt: skip
+    """The pretrained encoder read as a sentence encoder beside a layer over a table row's
+    feature vector, with a new head (models/fusion.py). A trained fusion or pooled run gives
+    its encoder (retrain); the feature layer and head are new. Returns (model, new parameter names)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+    from tunesmith.models import fusion, pooled
+
+    try:
+        config = with_dropout(AutoConfig.from_pretrained(resolved.location), dropout)
+        if config.model_type in (pooled.MODEL_TYPE, fusion.MODEL_TYPE):
+            with_dropout(config.encoder, dropout)
+            trained = AutoModelForSequenceClassification.from_pretrained(resolved.location, config=config)
+            encoder = trained.encoder
+        else:
+            encoder = AutoModel.from_pretrained(resolved.location, config=config)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise _load_failed(resolved, error) from None
+    model = fusion.fusion_classifier(encoder, label_names=label_names, problem_type=problem_type,
+                                     num_table_features=num_table_features)  # fmt: skip
+    return model, list(fusion.NEW_PARAMETERS)

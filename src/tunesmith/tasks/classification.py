@@ -43,7 +43,8 @@ from tunesmith.tasks.labels import LabelSpace
 from tunesmith.tasks.monitoring import CONFIDENCE, LABEL_SHARES, VALUES, pooled
 from tunesmith.tasks.plots import plot_confusion_matrix, plot_reliability
 
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "table_features")
+"""What a classifier's forward reads from a batch (``table_features``: a table row's vector, tasks/tabular.py)."""
 
 PROBLEM_TYPES = {
     "single_label": "single_label_classification",

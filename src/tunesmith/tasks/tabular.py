@@ -29,8 +29,10 @@ from tunesmith.data.prepare import PreparedData, prepare_records
 from tunesmith.data.table import TableColumns, TableStatistics, detect_columns, read_cells, serialise
 from tunesmith.errors import TunesmithError
 from tunesmith.models.boosting import METHOD, boosted_outputs
-from tunesmith.tasks.classification import TextClassificationTask, encode_features, text_logits
-from tunesmith.tasks.contract import CHAT_NOTE, CardText, Encoded
+from tunesmith.data.batching import pad_batch
+from tunesmith.models.load import ResolvedModel, load_table_fusion_classifier, pad_token_id
+from tunesmith.tasks.classification import MODEL_INPUTS, TextClassificationTask, compute_logits, encode_features
+from tunesmith.tasks.contract import CHAT_NOTE, CardText, Encoded, ExportBatch
 from tunesmith.tasks.monitoring import pooled
 
 NOT_YET = "reads one text column per row; tabular runs are described in data_manifest.json instead"
@@ -41,12 +43,15 @@ class TabularTask(TextClassificationTask):
     """A label or a number per table row (task.type ``tabular``).
 
     Attributes:
+        route: task.route: ``serialise`` (the row as a sentence) or ``fusion`` (the sentence and
+            the row's feature vector, models/fusion.py).
         declared: the columns the config declares by kind (None: detect them from the training file).
         columns: the feature columns by kind, once declared or detected.
         statistics: each column's statistics on the training split (after ``prepare``, or from ``task.json``).
         notes: lines for the user from reading the training file (what was detected, left out).
     """
 
+    route: str = "serialise"
     declared: TableColumns | None = None
     columns: TableColumns | None = None
     statistics: TableStatistics | None = None
@@ -71,7 +76,7 @@ class TabularTask(TextClassificationTask):
         )
         return cls(type="regression" if section.target == "regression" else "single_label",
                    label_names=list(saved.get("label_names") or []), max_length=config.model.max_length,
-                   balance=config.data.balance, declared=declared,
+                   balance=config.data.balance, declared=declared, route=section.route,
                    columns=TableColumns.from_dict(saved["columns"]) if saved.get("columns") else None,
                    statistics=TableStatistics.from_dict(saved["statistics"]) if saved.get("statistics") else None)  # fmt: skip
 
@@ -183,10 +188,38 @@ class TabularTask(TextClassificationTask):
 
     # -- encoding and prediction ----------------------------------------------------------
     def encode(self, processor: Any, splits: dict[str, pd.DataFrame]) -> Encoded:
-        """The text classifier's encoding of each row's sentence."""
+        """The text classifier's encoding of each row's sentence; with route fusion, each row's
+        feature vector beside it (``table_features``)."""
         encoded = super().encode(processor, {n: f.assign(text=self.texts(f)) for n, f in splits.items()})
+        if self.route == "fusion":
+            for name, frame in splits.items():
+                self.add_vectors(encoded.features[name], frame)
+            encoded.notes.append(f"Fusion: {len(self.statistics.feature_names())} features per row beside the text")
         encoded.notes[:0] = self.notes
         return encoded
+
+    def add_vectors(self, features: list[dict], table: pd.DataFrame) -> list[dict]:
+        """Route fusion: each row's feature vector (training statistics only) into its features."""
+        if self.route == "fusion":
+            for feature, vector in zip(features, self.statistics.vector(table)):
+                feature["table_features"] = vector.tolist()
+        return features
+
+    def features_of(self, processor: Any, inputs: list) -> tuple[list[dict], list[str], list[str]]:
+        """Model features of raw rows, each row's sentence, and each row's warning."""
+        table, warnings = self.rows_of(inputs)
+        texts = self.texts(table)
+        features = encode_features(processor, texts, None, self.max_length)[0]
+        return self.add_vectors(features, table), texts, warnings
+
+    # -- model ------------------------------------------------------------------------------
+    def load_model(self, resolved: ResolvedModel, dropout: float | None) -> tuple[Any, list[str]]:
+        """The text classifier's model, or with route fusion the encoder beside a layer over the
+        row's feature vector (models/fusion.py)."""
+        if self.route != "fusion":
+            return super().load_model(resolved, dropout)
+        return load_table_fusion_classifier(resolved, problem_type=self.problem_type, label_names=self.label_names,
+                                            dropout=dropout, num_table_features=len(self.statistics.feature_names()))  # fmt: skip
 
     def rows_of(self, inputs: list) -> tuple[pd.DataFrame, list[str]]:
         """Raw rows (one dict of column -> value each) read as in training, and per row a
@@ -218,17 +251,25 @@ class TabularTask(TextClassificationTask):
     def predict(self, model, processor, inputs: list, *, temperature: float | None = None) -> list[dict]:
         """The label (with class scores) or the value of each raw row, the sentence the model read,
         and a warning where a cell was not a number or a category was new."""
-        table, warnings = self.rows_of(inputs)
-        texts = self.texts(table)
-        logits = text_logits(model, processor, texts, max_length=self.max_length)
+        features, texts, warnings = self.features_of(processor, inputs)
+        logits = compute_logits(model, features, batch_size=64, pad_token_id=pad_token_id(processor),
+                                device=next(model.parameters()).device)  # fmt: skip
         rows = self.prediction_rows(logits, temperature if self.calibrates else None)
         return [{"text": text, **row, **({"warning": warning} if warning else {})}
                 for text, row, warning in zip(texts, rows, warnings)]  # fmt: skip
 
     def export_features(self, processor: Any, inputs: list) -> list[dict]:
-        """Token ids of each raw row's sentence, as in training."""
-        table, _ = self.rows_of(inputs)
-        return encode_features(processor, self.texts(table), None, self.max_length)[0]
+        """Token ids of each raw row's sentence (and its feature vector, route fusion), as in training."""
+        return self.features_of(processor, inputs)[0]
+
+    def export_inputs(self, processor: Any, features: list[dict]) -> ExportBatch:
+        """A batch of an exported model's inputs: int64 token ids padded to the longest row, and
+        with route fusion the float32 feature vectors; the batch and sequence sizes vary."""
+        batch = pad_batch(features, pad_token_id(processor))
+        names = [name for name in MODEL_INPUTS if name in batch]
+        inputs = {n: batch[n].numpy().astype(np.float32 if n == "table_features" else np.int64) for n in names}
+        axes = {n: {0: "batch"} if n == "table_features" else {0: "batch", 1: "sequence"} for n in names}
+        return ExportBatch(inputs=inputs, dynamic_axes=axes)
 
     def rows_from_logits(self, inputs: list, features: list[dict], logits: list[np.ndarray], *,
                          temperature: float | None = None) -> list[dict]:  # fmt: skip
@@ -289,8 +330,11 @@ class TabularTask(TextClassificationTask):
 
     def export_description(self) -> dict[str, Any]:
         """An export reads the token ids of each row written as a sentence."""
-        return {"inputs": "token ids of each row written as 'COLUMN is VALUE.' sentences",
-                "columns": self.columns.to_dict(), "missing_cell": "unknown"}  # fmt: skip
+        found = {"inputs": "token ids of each row written as 'COLUMN is VALUE.' sentences",
+                 "columns": self.columns.to_dict(), "missing_cell": "unknown", "route": self.route}
+        if self.route == "fusion":
+            found["table_features"] = self.statistics.feature_names()
+        return found
 
     def monitor_inputs(self, frame: pd.DataFrame) -> list:
         """Each row's feature cells, as a dict (what ``predict`` takes)."""
@@ -309,5 +353,6 @@ class TabularTask(TextClassificationTask):
     def to_dict(self) -> dict[str, Any]:
         """What training learned (``task.json``): the kind, target, labels, columns and statistics."""
         return {"type": self.kind, "target": "regression" if self.type == "regression" else "classification",
+                "route": self.route,
                 "label_names": self.label_names, "columns": self.columns.to_dict() if self.columns else None,
                 "statistics": self.statistics.to_dict() if self.statistics else None}  # fmt: skip
