@@ -19,6 +19,7 @@ from tunesmith.config import config_from_dict
 from tunesmith.data.table import TableColumns, TableStatistics, detect_columns, read_cells, serialise
 from tunesmith.errors import TunesmithError
 from tunesmith.models.boosting import boosted_outputs
+from tunesmith.ship.export import export
 from tunesmith.ship.serve import create_app
 from tunesmith.tasks import build_task
 
@@ -168,3 +169,85 @@ def test_statistics_round_trip_through_task_json():
     assert stats.numeric["n"]["median"] == 2.0 and stats.numeric["n"]["missing_share"] == pytest.approx(1 / 3, 1e-5)
     assert TableStatistics.from_dict(json.loads(json.dumps(stats.to_dict()))) == stats
     assert stats.unseen(pd.DataFrame({"n": [1.0], "c": ["y"]})) == [["c: 'y' was not seen in training"]]
+
+
+def test_the_feature_vector_uses_training_statistics_only():
+    train = pd.DataFrame({"n": [1.0, 3.0, np.nan, 5.0], "c": ["x", "y", "x", None]})
+    columns = TableColumns(numeric=["n"], categorical=["c"])
+    stats = TableStatistics.fit(train, columns)
+    assert stats.feature_names() == ["n", "n (missing)", "c=x", "c=y", "c (other)", "c (missing)"]
+    new = pd.DataFrame({"n": [3.0, np.nan, 1e9], "c": ["y", "z", None]})
+    vector = stats.vector(new)
+    std = np.std([1.0, 3.0, 5.0])
+    assert vector[:, 0].tolist() == pytest.approx([0.0, 0.0, 10.0])  # the mean, missing as 0, clipped
+    assert vector[:, 1].tolist() == [0.0, 1.0, 0.0]
+    assert vector[:, 2:].tolist() == [[0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]  # y, unseen z, missing
+    assert stats.vector(pd.DataFrame({"n": [3.0 + std], "c": ["x"]}))[0, 0] == pytest.approx(1.0, rel=1e-5)
+
+
+def _fusion_steps(tiny_model_dir, tmp_path, strategy: dict, steps: int = 4):
+    """The tiny fusion model with a strategy applied, trained ``steps`` steps on table rows: the
+    model, the parameters training changed, and every parameter name."""
+    import torch
+
+    from tests.conftest import tiny_config
+    from tunesmith.models.adapt import apply_strategy
+    from tunesmith.models.load import load_tokenizer, resolve_model
+    from tunesmith.runs import RunDir
+    from tunesmith.train.loop import run_training
+
+    train_file = write_table(tmp_path / "t.csv", table_rows(64))
+    config = config_from_dict(tiny_config(tiny_model_dir, train_file, tmp_path / "run", model=strategy,
+                                          task={"type": "tabular", "route": "fusion"},
+                                          train={"max_steps": steps, "num_epochs": 100}))  # fmt: skip
+    torch.manual_seed(0)
+    task = build_task(config)
+    data = task.prepare(config)
+    resolved = resolve_model(str(tiny_model_dir))
+    tokenizer = load_tokenizer(resolved)
+    encoded = task.encode(tokenizer, {"train": data.splits["train"]})
+    model, new = task.load_model(resolved, 0.0)
+    model, unfreezer = apply_strategy(model, config.model, new)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = run_training(model=model, task=task, train_features=encoded.features["train"], val_features=[],
+                          config=config, run=RunDir.create(tmp_path / "run"), pad_token_id=tokenizer.pad_token_id,
+                          unfreezer=unfreezer, log=lambda message: None)  # fmt: skip
+    after = dict(result.model.named_parameters())
+    return {n for n in before if not torch.equal(before[n], after[n].detach())}, set(before)
+
+
+def test_fusion_trains_its_feature_layer_with_the_encoder(tiny_model_dir, tmp_path):
+    changed, names = _fusion_steps(tiny_model_dir, tmp_path, {"strategy": "full"})
+    pooler = {n for n in names if ".pooler." in n}  # the masked mean is read, not BERT's pooler
+    assert changed == names - pooler and any(n.startswith("table.") for n in changed)
+
+
+def test_fusion_with_lora_trains_adapters_head_and_feature_layer_only(tiny_model_dir, tmp_path):
+    changed, names = _fusion_steps(tiny_model_dir, tmp_path, {"strategy": "lora", "lora": {"rank": 4,
+                                   "target_modules": ["query", "value"]}})  # fmt: skip
+    saved = {n for n in names if "modules_to_save" in n}
+    assert any(".table." in n for n in saved) and any("classifier" in n for n in saved)
+    assert {n for n in names if "lora_B" in n} | saved <= changed
+    assert not changed & {n for n in names if "lora_" not in n and "modules_to_save" not in n}
+
+
+def test_a_fusion_run_exports_to_onnx_and_serves_rows(tmp_path, tiny_model_dir):
+    train = write_table(tmp_path / "train.csv", table_rows(60))
+    config = tiny_task_config("tabular", tiny_model_dir, train, tmp_path / "run")
+    config["task"]["route"] = "fusion"
+    config["train"].update(num_epochs=2)
+    result = api.train(config)
+    assert json.loads((result.run_dir / "task.json").read_text())["route"] == "fusion"
+    losses = [r["loss"] for r in map(json.loads, (result.run_dir / "metrics.jsonl").read_text().splitlines())
+              if "loss" in r]  # fmt: skip
+    assert losses and all(math.isfinite(v) for v in losses)
+    report = export(result.run_dir, tmp_path / "onnx", fmt="onnx", log=lambda m: None)
+    assert report["models"]["model.onnx"]["label_agreement"] == 1.0, report["models"]
+    rows = [{"review": "good great lovely", "stars": 5, "channel": "web"},
+            {"review": "bad grim", "stars": None, "channel": "phone"}]  # fmt: skip
+    with TestClient(create_app(tmp_path / "onnx", threads=1)) as client:
+        served = client.post("/predict", json={"inputs": rows})
+    assert served.status_code == 200, served.text
+    direct = api.predict(result.run_dir, rows)
+    assert [p["label"] for p in served.json()["predictions"]] == [p["label"] for p in direct]
+    assert served.json()["predictions"][1]["warning"] == "channel: 'phone' was not seen in training"

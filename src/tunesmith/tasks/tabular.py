@@ -330,8 +330,12 @@ class TabularTask(TextClassificationTask):
 
     def export_description(self) -> dict[str, Any]:
         """An export reads the token ids of each row written as a sentence."""
-        found = {"inputs": "token ids of each row written as 'COLUMN is VALUE.' sentences",
-                 "columns": self.columns.to_dict(), "missing_cell": "unknown", "route": self.route}
+        found = {
+            "inputs": "token ids of each row written as 'COLUMN is VALUE.' sentences",
+            "columns": self.columns.to_dict(),
+            "missing_cell": "unknown",
+            "route": self.route,
+        }
         if self.route == "fusion":
             found["table_features"] = self.statistics.feature_names()
         return found
