@@ -24,12 +24,12 @@ import numpy as np
 import pandas as pd
 
 from tunesmith.config import Config, DataConfig
+from tunesmith.data.batching import pad_batch
 from tunesmith.data.load import read_table
 from tunesmith.data.prepare import PreparedData, prepare_records
 from tunesmith.data.table import TableColumns, TableStatistics, detect_columns, read_cells, serialise
 from tunesmith.errors import TunesmithError
 from tunesmith.models.boosting import METHOD, boosted_outputs
-from tunesmith.data.batching import pad_batch
 from tunesmith.models.load import ResolvedModel, load_table_fusion_classifier, pad_token_id
 from tunesmith.tasks.classification import MODEL_INPUTS, TextClassificationTask, compute_logits, encode_features
 from tunesmith.tasks.contract import CHAT_NOTE, CardText, Encoded, ExportBatch
