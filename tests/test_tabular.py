@@ -131,6 +131,8 @@ def test_a_run_carries_the_boosting_baseline_and_its_columns(table_run):
     baseline = json.loads((table_run.run_dir / "metrics.json").read_text())["baseline"]
     assert baseline["model"] == "lightgbm" and baseline["train_rows"] == 36
     assert 0.0 <= baseline["test"]["accuracy"] <= 1.0 and baseline["test"]["count"] == metrics["test"]["count"]
+    interval = baseline["test"]["confidence_intervals"]["accuracy"]
+    assert interval["low"] <= baseline["test"]["accuracy"] == interval["estimate"] <= interval["high"]
     saved = json.loads((table_run.run_dir / "task.json").read_text())
     assert saved["columns"] == {"text": ["review"], "numeric": ["stars"], "categorical": ["channel"]}
     assert saved["statistics"]["rows"] == 36
@@ -251,3 +253,19 @@ def test_a_fusion_run_exports_to_onnx_and_serves_rows(tmp_path, tiny_model_dir):
     direct = api.predict(result.run_dir, rows)
     assert [p["label"] for p in served.json()["predictions"]] == [p["label"] for p in direct]
     assert served.json()["predictions"][1]["warning"] == "channel: 'phone' was not seen in training"
+
+
+def test_a_regression_table_trains_unstratified_with_a_boosting_baseline(tmp_path, tiny_model_dir):
+    rows = [{**row, "label": float(row["stars"] or 3) + (0.5 if row["label"] == "positive" else 0.0)}
+            for row in table_rows(50)]  # fmt: skip
+    train = write_table(tmp_path / "train.csv", rows)
+    config = tiny_task_config("tabular", tiny_model_dir, train, tmp_path / "run")
+    config["task"].update(target="regression", route="fusion")
+    result = api.train(config)
+    assert {"mse", "r2"} <= result.metrics["test"].keys()
+    assert {"mean", "std", "min", "max"} == json.loads((result.run_dir / "data_manifest.json").read_text())[
+        "splits"]["train"]["labels"].keys()  # fmt: skip
+    baseline = json.loads((result.run_dir / "metrics.json").read_text())["baseline"]["test"]
+    assert baseline["mse"] >= 0 and "mse" in baseline["confidence_intervals"]
+    [row] = api.predict(result.run_dir, [{"review": "good", "stars": 4, "channel": "web"}])
+    assert isinstance(row["value"], float)

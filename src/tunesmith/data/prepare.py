@@ -291,13 +291,15 @@ def reason_kind(reason: str) -> str:
 
 
 def prepare_records(config: DataConfig, *, seed: int, load: Callable[[str, DataConfig], tuple[pd.DataFrame, dict]],
-                    inputs: Callable[[pd.DataFrame], list[str]] | None = None) -> PreparedData:  # fmt: skip
+                    inputs: Callable[[pd.DataFrame], list[str]] | None = None,
+                    stratify: bool | None = None) -> PreparedData:  # fmt: skip
     """The data stage for tasks that read their own records (causal LM, seq2seq, token
     classification, question answering, images): load each source with ``load`` (the task's
     ``load``: records, source/target pairs, sentences, ...), then random train/validation/test
     splits (whole groups at a time when the table has a ``group`` column, e.g. questions on one
     paragraph). ``inputs`` (the task's ``overlap_inputs``) gives each row's input, to count the
-    held-out rows whose input is also in train.
+    held-out rows whose input is also in train. ``stratify``: split keeping the ``label`` shares
+    (None: whenever the table has a ``label`` column; False for numeric targets).
 
     Raises:
         TunesmithError: any problem with the files, records or split sizes (naming the record).
@@ -316,12 +318,17 @@ def prepare_records(config: DataConfig, *, seed: int, load: Callable[[str, DataC
              for name in ("test", "validation") if name not in splits}  # fmt: skip
     splits |= split_frame(
         train, val_fraction=carve.get("validation", 0.0), test_fraction=carve.get("test", 0.0), seed=seed,
-        stratify="label" in train.columns, groups="group" if "group" in train.columns else None,
+        stratify="label" in train.columns if stratify is None else stratify,
+        groups="group" if "group" in train.columns else None,
     )  # fmt: skip
     manifest = {"sources": sources, "splits": {name: {"rows": len(frame)} for name, frame in splits.items()}}
     if "label" in train.columns:
         for name, frame in splits.items():
-            manifest["splits"][name]["labels"] = {str(k): int(v) for k, v in frame["label"].value_counts().items()}
+            manifest["splits"][name]["labels"] = (
+                {str(k): int(v) for k, v in frame["label"].value_counts().items()} if stratify is not False
+                else {"mean": float(frame["label"].astype(float).mean()), "std": float(frame["label"].astype(float).std()),
+                      "min": float(frame["label"].astype(float).min()), "max": float(frame["label"].astype(float).max())}
+            )  # fmt: skip
     if changes:
         manifest["changes"] = {"skipped": len(changes)}
     if inputs is not None:
