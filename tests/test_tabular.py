@@ -269,3 +269,18 @@ def test_a_regression_table_trains_unstratified_with_a_boosting_baseline(tmp_pat
     assert baseline["mse"] >= 0 and "mse" in baseline["confidence_intervals"]
     [row] = api.predict(result.run_dir, [{"review": "good", "stars": 4, "channel": "web"}])
     assert isinstance(row["value"], float)
+
+
+def test_monitor_checks_each_column_and_flags_the_one_that_moved(table_run, tmp_path):
+    from tunesmith.ship.monitor import monitor
+
+    same = write_table(tmp_path / "same.csv", table_rows(40, seed=3))
+    quiet = monitor(table_run.run_dir, same, tmp_path / "quiet", log=lambda m: None)
+    assert {"column stars", "column channel"} <= quiet["checks"].keys()
+    assert not quiet["checks"]["column channel"]["drift"]
+    moved = [{**row, "stars": 1000 + i, "channel": "phone"} for i, row in enumerate(table_rows(40, seed=3))]
+    loud = monitor(table_run.run_dir, write_table(tmp_path / "moved.csv", moved), tmp_path / "loud",
+                   log=lambda m: None)  # fmt: skip
+    assert {"column stars", "column channel"} <= set(loud["drifted"])
+    assert loud["checks"]["column stars"]["value"] == 1.0  # every live number above every reference one
+    assert "Column stars" in (tmp_path / "loud" / "monitor.html").read_text(encoding="utf-8")

@@ -723,6 +723,11 @@ class MonitorConfig(Section):
     """Rise in the share of questions answered "no answer" (question answering)."""
     empty_output_rate_increase: float = Field(0.05, gt=0, le=1)
     """Rise in the share of empty generated outputs (seq2seq, causal LM), a sign of refusals."""
+    column_ks: float = Field(0.2, gt=0, le=1)
+    """Kolmogorov-Smirnov statistic between reference and live values of a table's number column
+    (tabular; missing cells left out)."""
+    column_psi: float = Field(0.2, gt=0)
+    """Population stability index of a table's category column (tabular; missing as a category)."""
 
 
 class CvConfig(Section):

@@ -18,11 +18,14 @@ can drift. Measured, each against a threshold from the ``monitor:`` config secti
 - prediction drift, as the kind defines it (``Monitored.watches``): the population stability
   index (PSI) of predicted labels (of entity types for a tagger), the drop in mean confidence,
   the KS statistic of a regression's values or of generated lengths, the rise in the share of
-  "no answer" answers or of empty generated outputs.
+  "no answer" answers or of empty generated outputs;
+- per column of a table (tasks.contract.ColumnMonitored): the KS statistic of each number
+  column, the PSI of each category column (text columns drift with the text checks above).
 """
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from dataclasses import dataclass
@@ -33,6 +36,7 @@ import numpy as np
 
 from tunesmith.errors import TunesmithError
 from tunesmith.tasks import require_stage
+from tunesmith.tasks.contract import ColumnMonitored
 
 WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -176,17 +180,42 @@ def monitor(run_dir: str | Path, live_path: str | Path, out: str | Path, *, text
                                         settings.oov_rate_increase),
         "domain_auc": _check(domain_auc(*embeddings, seed), settings.domain_auc, {}),
     }  # fmt: skip
+    columns = _column_checks(task, held_inputs, live.inputs, settings, checks)
     watched = _prediction_checks(task, model, processor, run, held_inputs, live, settings, checks, log)
     report = {"run": str(run.path), "kind": task.kind, "live": str(live_path), "reference_split": held_split,
               "rows": {"reference": len(held_inputs), "live": len(live.inputs)},
               "live_predictions": "logged" if live.rows is not None else "predicted", "checks": checks,
               "drift": any(c["drift"] for c in checks.values()),
               "drifted": [n for n, c in checks.items() if c["drift"]]}  # fmt: skip
-    page = _html(report, ref_lengths, live_lengths, watched)
+    page = _html(report, ref_lengths, live_lengths, watched, columns)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "monitor.json", json.dumps(report, indent=2))
     atomic_write(out / "monitor.html", page)
     return report
+
+
+def _column_checks(
+    task, held_inputs: list, live_inputs: list, settings, checks: dict
+) -> list[tuple[str, str, list, list]]:
+    """Adds a drift check per feature column of a table (tasks.contract.ColumnMonitored): the KS
+    statistic of a number column (missing cells left out), the PSI of a category column.
+    Returns each column's test with its reference and live values (for the report's plots)."""
+    if not isinstance(task, ColumnMonitored):
+        return []
+    reference, live = task.column_values(held_inputs), task.column_values(live_inputs)
+    found = []
+    for name, (test, ref_values) in reference.items():
+        live_values = live[name][1]
+        if test == "ks":
+            ref_values = [v for v in ref_values if not np.isnan(v)]
+            live_values = [v for v in live_values if not np.isnan(v)]
+            if not ref_values or not live_values:
+                continue
+            checks[f"column {name}"] = _ks_check(ref_values, live_values, settings.column_ks, "value")
+        else:
+            checks[f"column {name}"] = _compare("psi", ref_values, live_values, settings.column_psi)
+        found.append((name, test, ref_values, live_values))
+    return found
 
 
 def _prediction_checks(task, model, processor, run, held_inputs: list, live: Live, settings, checks: dict,
@@ -291,7 +320,7 @@ def _oov_check(ref_oov: float, live_oov: float, threshold: float) -> dict[str, A
     return _check(live_oov - ref_oov, threshold, {"reference_oov_rate": ref_oov, "live_oov_rate": live_oov})
 
 
-def _html(report: dict, ref_lengths: list[int], live_lengths: list[int], watched: list) -> str:
+def _html(report: dict, ref_lengths: list[int], live_lengths: list[int], watched: list, columns: list) -> str:
     """The report page: the verdict, the checks, and a plot per distribution compared."""
     from tunesmith.evaluate.html import page, plot, table
 
@@ -311,6 +340,9 @@ def _html(report: dict, ref_lengths: list[int], live_lengths: list[int], watched
     for watch, reference, live in watched:
         draw = _shares if watch.test == "psi" else _rates if watch.test == "increase" else _histogram
         parts += [f"<h2>{watch.name}</h2>", plot(draw(reference, live, watch.description))]
+    for name, test, reference, live in columns:
+        draw = _shares if test == "psi" else _histogram
+        parts += [f"<h2>Column {html.escape(name)}</h2>", plot(draw(reference, live, name))]
     return page("tunesmith monitor", parts)
 
 

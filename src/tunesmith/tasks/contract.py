@@ -623,3 +623,18 @@ class TableBaselined(Protocol):
         """``{"method", "model", "train_rows", SPLIT: {metric: value, "count": rows}}`` for each
         held-out split of ``splits`` (the prepared tables), fitted on ``splits["train"]``."""
         ...
+
+
+@runtime_checkable
+class ColumnMonitored(Protocol):
+    """Kinds whose inputs are rows of named columns, each watched for drift on its own."""
+
+    def column_values(self, inputs: list) -> dict[str, tuple[str, list]]:
+        """Per feature column, its test ("ks": numbers, "psi": categories) and the value of each
+        raw input (``predict``'s), read as in training: NaN for a missing number, "(missing)"
+        for a missing category.
+
+        Raises:
+            TunesmithError: an input that is not a row of the run's columns, naming it.
+        """
+        ...

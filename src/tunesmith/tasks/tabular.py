@@ -352,6 +352,15 @@ class TabularTask(TextClassificationTask):
         return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
                 for row in cells.to_dict(orient="records")]  # fmt: skip
 
+    def column_values(self, inputs: list) -> dict[str, tuple[str, list]]:
+        """Monitor's per-column drift (tasks.contract.ColumnMonitored): each number column's values
+        (KS) and each category column's values (PSI); text columns drift with the text checks."""
+        table, _ = self.rows_of(inputs)
+        found: dict[str, tuple[str, list]] = {n: ("ks", table[n].astype(float).tolist()) for n in self.columns.numeric}
+        for name in self.columns.categorical:
+            found[name] = ("psi", ["(missing)" if v is None else v for v in table[name].tolist()])
+        return found
+
     def monitor_texts(self, inputs: list) -> list[str]:
         """Each row's sentence."""
         return self.texts(self.rows_of(inputs)[0])
