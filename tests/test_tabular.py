@@ -267,6 +267,11 @@ def test_a_regression_table_trains_unstratified_with_a_boosting_baseline(tmp_pat
         "splits"]["train"]["labels"].keys()  # fmt: skip
     baseline = json.loads((result.run_dir / "metrics.json").read_text())["baseline"]["test"]
     assert baseline["mse"] >= 0 and "mse" in baseline["confidence_intervals"]
+    targets = pd.read_parquet(result.run_dir / "data" / "train.parquet")["label"].astype(float)
+    saved = json.loads((result.run_dir / "model" / "config.json").read_text())  # the head outputs at the targets' scale
+    assert saved["output_shift"] == pytest.approx(targets.mean()) and saved["output_scale"] == pytest.approx(
+        targets.std(ddof=0)
+    )
     [row] = api.predict(result.run_dir, [{"review": "good", "stars": 4, "channel": "web"}])
     assert isinstance(row["value"], float)
 

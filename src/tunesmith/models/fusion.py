@@ -60,17 +60,18 @@ class TableFusionClassifier(PooledTextClassifier):
         if table_features is None:
             raise ValueError("a table fusion model needs table_features beside the token ids")
         row = self.table(table_features.to(text.dtype))
-        return SequenceClassifierOutput(logits=self.classifier(torch.cat([text, row], dim=-1)))
+        return SequenceClassifierOutput(logits=self.scaled(self.classifier(torch.cat([text, row], dim=-1))))
 
 
 def fusion_classifier(encoder: PreTrainedModel, *, label_names: list[str], num_table_features: int,
-                      problem_type: str) -> TableFusionClassifier:  # fmt: skip
+                      problem_type: str, output_scale: float = 1.0, output_shift: float = 0.0,
+                      ) -> TableFusionClassifier:  # fmt: skip
     """A fusion classifier around a loaded pretrained encoder (its weights kept), with a new
     feature layer and head; ``label_names`` empty means one output (a regression)."""
     config = TableFusionConfig(
         encoder=portable_config(encoder.config), num_table_features=num_table_features,
-        num_labels=max(len(label_names), 1), problem_type=problem_type,
-        id2label=dict(enumerate(label_names)), label2id={name: i for i, name in enumerate(label_names)},
+        num_labels=max(len(label_names), 1), problem_type=problem_type, output_scale=output_scale,
+        output_shift=output_shift, id2label=dict(enumerate(label_names)), label2id={name: i for i, name in enumerate(label_names)},
     )  # fmt: skip
     model = TableFusionClassifier(config)
     model.encoder.load_state_dict(encoder.state_dict())

@@ -410,10 +410,13 @@ def load_mean_pooled_classifier(
     label_names: list[str],
     dropout: float | None,
     normalize: bool = False,
+    output_scale: float = 1.0,
+    output_shift: float = 0.0,
 ):
     """The pretrained encoder read as a sentence encoder (the mean of its token states,
     L2-normalised with ``normalize``) with a new linear head for ``label_names``
-    (models/pooled.py). Returns (model, new parameter names)."""
+    (models/pooled.py; a regression's output at ``output_scale`` and ``output_shift``).
+    Returns (model, new parameter names)."""
     from transformers import AutoConfig, AutoModel
 
     from tunesmith.models import pooled
@@ -427,7 +430,8 @@ def load_mean_pooled_classifier(
             encoder = AutoModel.from_pretrained(resolved.location, config=config)
     except (OSError, ValueError, RuntimeError) as error:
         raise _load_failed(resolved, error) from None
-    model = pooled.pooled_classifier(encoder, label_names=label_names, problem_type=problem_type, normalize=normalize)
+    model = pooled.pooled_classifier(encoder, label_names=label_names, problem_type=problem_type, normalize=normalize,
+                                     output_scale=output_scale, output_shift=output_shift)  # fmt: skip
     return model, ["classifier.bias", "classifier.weight"]
 
 
@@ -524,7 +528,8 @@ def load_trained_model(auto_class: str, model_dir: str | Path):
 
 
 def load_table_fusion_classifier(resolved: ResolvedModel, *, problem_type: str, label_names: list[str],
-                                 dropout: float | None, num_table_features: int):  # fmt: skip
+                                 dropout: float | None, num_table_features: int, output_scale: float = 1.0,
+                                 output_shift: float = 0.0):  # fmt: skip
     """The pretrained encoder read as a sentence encoder beside a layer over a table row's
     feature vector, with a new head (models/fusion.py). A trained fusion or pooled run gives
     its encoder (retrain); the feature layer and head are new. Returns (model, new parameter names)."""
@@ -543,5 +548,6 @@ def load_table_fusion_classifier(resolved: ResolvedModel, *, problem_type: str, 
     except (OSError, ValueError, RuntimeError) as error:
         raise _load_failed(resolved, error) from None
     model = fusion.fusion_classifier(encoder, label_names=label_names, problem_type=problem_type,
-                                     num_table_features=num_table_features)  # fmt: skip
+                                     num_table_features=num_table_features, output_scale=output_scale,
+                                     output_shift=output_shift)  # fmt: skip
     return model, list(fusion.NEW_PARAMETERS)

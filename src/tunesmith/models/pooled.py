@@ -35,16 +35,21 @@ evaluation.temperature_scaling refits the scale on a validation split."""
 
 class PooledClassifierConfig(PretrainedConfig):
     """The encoder's own config (``encoder``), whether embeddings are L2-normalised before the
-    linear layer (``normalize``: cosine scores), and the usual label maps."""
+    linear layer (``normalize``: cosine scores), and the usual label maps. A regression's output
+    is ``output_scale`` x the linear layer's + ``output_shift`` (the training targets' spread and
+    mean), so the layer learns a standardised target from its small initial weights instead of
+    climbing to the targets' scale one small step at a time."""
 
     model_type = MODEL_TYPE
     sub_configs = {"encoder": AutoConfig}
 
-    def __init__(self, encoder: PretrainedConfig | dict | None = None, normalize: bool = False, **kwargs):
+    def __init__(self, encoder: PretrainedConfig | dict | None = None, normalize: bool = False,
+                 output_scale: float = 1.0, output_shift: float = 0.0, **kwargs):  # fmt: skip
         if isinstance(encoder, dict):
             encoder = AutoConfig.for_model(**encoder)
         self.encoder = encoder
         self.normalize = normalize
+        self.output_scale, self.output_shift = output_scale, output_shift
         super().__init__(**kwargs)
 
     @property
@@ -91,15 +96,23 @@ class PooledTextClassifier(WrappingModel):
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
                 **_: object) -> SequenceClassifierOutput:  # fmt: skip
         """Logits only: the task computes its own loss (``labels`` is accepted and ignored)."""
-        return SequenceClassifierOutput(logits=self.classifier(self.embed(input_ids, attention_mask, token_type_ids)))
+        return SequenceClassifierOutput(logits=self.scaled(self.classifier(self.embed(input_ids, attention_mask,
+                                                                                     token_type_ids))))  # fmt: skip
+
+    def scaled(self, logits: torch.Tensor) -> torch.Tensor:
+        """The head's output at the targets' scale (``output_scale`` and ``output_shift``)."""
+        scale, shift = getattr(self.config, "output_scale", 1.0), getattr(self.config, "output_shift", 0.0)
+        return logits if (scale, shift) == (1.0, 0.0) else logits * scale + shift
 
 
 def pooled_classifier(encoder: PreTrainedModel, *, label_names: list[str], normalize: bool = False,
-                      problem_type: str = "single_label_classification") -> PooledTextClassifier:  # fmt: skip
+                      problem_type: str = "single_label_classification", output_scale: float = 1.0,
+                      output_shift: float = 0.0) -> PooledTextClassifier:  # fmt: skip
     """A pooled classifier around a loaded pretrained encoder (its weights kept) with a new
-    linear layer for ``label_names``."""
+    linear layer for ``label_names`` (one output when there are none: a regression)."""
     config = PooledClassifierConfig(
-        encoder=portable_config(encoder.config), normalize=normalize, num_labels=len(label_names), problem_type=problem_type,
+        encoder=portable_config(encoder.config), normalize=normalize, num_labels=max(len(label_names), 1),
+        problem_type=problem_type, output_scale=output_scale, output_shift=output_shift,
         id2label=dict(enumerate(label_names)), label2id={name: i for i, name in enumerate(label_names)},
     )  # fmt: skip
     model = PooledTextClassifier(config)  # post_init initialises every weight: the encoder's come after

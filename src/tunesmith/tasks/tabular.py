@@ -2,7 +2,9 @@
 categories (task.type ``tabular``).
 
 The row is written as one sentence ("age is 39. workclass is Private. review is ...", a missing
-cell as ``unknown``; data/table.py) and read by the text model, so the label space, loss,
+cell as ``unknown``; data/table.py) and read by the text model as a sentence encoder (the masked
+mean of its token states, models/pooled.py; with route fusion, beside a layer over the row's
+numbers and categories, models/fusion.py), so the label space, loss,
 metrics, intervals, calibration, every strategy, export and serving are the text classifier's
 (:class:`~tunesmith.tasks.classification.TextClassificationTask`). What differs is how rows are
 read and cleaned, turned into text, predicted from raw rows, and the baseline: a LightGBM model
@@ -30,7 +32,7 @@ from tunesmith.data.prepare import PreparedData, prepare_records
 from tunesmith.data.table import TableColumns, TableStatistics, detect_columns, read_cells, serialise
 from tunesmith.errors import TunesmithError
 from tunesmith.models.boosting import METHOD, boosted_outputs
-from tunesmith.models.load import ResolvedModel, load_table_fusion_classifier, pad_token_id
+from tunesmith.models.load import ResolvedModel, load_mean_pooled_classifier, load_table_fusion_classifier, pad_token_id
 from tunesmith.tasks.classification import MODEL_INPUTS, TextClassificationTask, compute_logits, encode_features
 from tunesmith.tasks.confidence import bootstrap_intervals
 from tunesmith.tasks.contract import CHAT_NOTE, CardText, Encoded, ExportBatch
@@ -50,6 +52,8 @@ class TabularTask(TextClassificationTask):
         columns: the feature columns by kind, once declared or detected.
         statistics: each column's statistics on the training split (after ``prepare``, or from ``task.json``).
         notes: lines for the user from reading the training file (what was detected, left out).
+        target_scale: a regression's training targets' (standard deviation, mean): the model's
+            head learns the standardised target and outputs it at this scale (models/pooled.py).
     """
 
     route: str = "serialise"
@@ -57,6 +61,7 @@ class TabularTask(TextClassificationTask):
     columns: TableColumns | None = None
     statistics: TableStatistics | None = None
     notes: list[str] = field(default_factory=list)
+    target_scale: tuple[float, float] = (1.0, 0.0)
     STAGES: ClassVar[frozenset[str]] = frozenset({"evaluate", "predict", "cv", "tune", "export", "serve", "monitor",
                                                   "retrain"})  # fmt: skip
     stage_notes: ClassVar[dict[str, str]] = {"chat": CHAT_NOTE, "inspect": f"inspect {NOT_YET}",
@@ -103,6 +108,9 @@ class TabularTask(TextClassificationTask):
                                stratify=self.stratify)  # fmt: skip
         train = data.splits["train"]
         self.fit_labels(train["label"], data.manifest["sources"]["train"]["source"])
+        if self.type == "regression":
+            targets = train["label"].astype(float)
+            self.target_scale = (float(targets.std(ddof=0)) or 1.0, float(targets.mean()))
         for name in ("validation", "test"):
             if name in data.splits:
                 self.encode_labels(data.splits[name]["label"], f"the {name} split")
@@ -216,12 +224,16 @@ class TabularTask(TextClassificationTask):
 
     # -- model ------------------------------------------------------------------------------
     def load_model(self, resolved: ResolvedModel, dropout: float | None) -> tuple[Any, list[str]]:
-        """The text classifier's model, or with route fusion the encoder beside a layer over the
-        row's feature vector (models/fusion.py)."""
+        """The encoder read as a sentence encoder (its masked mean, models/pooled.py) under a new
+        head; with route fusion, beside a layer over the row's feature vector (models/fusion.py).
+        A regression's head outputs at the training targets' scale."""
+        scale, shift = self.target_scale
+        options = {"problem_type": self.problem_type, "label_names": self.label_names, "dropout": dropout,
+                   "output_scale": scale, "output_shift": shift}  # fmt: skip
         if self.route != "fusion":
-            return super().load_model(resolved, dropout)
-        return load_table_fusion_classifier(resolved, problem_type=self.problem_type, label_names=self.label_names,
-                                            dropout=dropout, num_table_features=len(self.statistics.feature_names()))  # fmt: skip
+            return load_mean_pooled_classifier(resolved, **options)
+        return load_table_fusion_classifier(resolved, num_table_features=len(self.statistics.feature_names()),
+                                            **options)  # fmt: skip
 
     def rows_of(self, inputs: list) -> tuple[pd.DataFrame, list[str]]:
         """Raw rows (one dict of column -> value each) read as in training, and per row a
