@@ -174,3 +174,35 @@ def test_auto_reads_the_table_with_the_runs_settings(tmp_path, tiny_model_dir):
     report = run_auto(str(tmp_path / "latin.csv"), tmp_path / "replaced", **common,
                       overrides=[f"model.name={tiny_model_dir}", "data.encoding_errors=replace"])  # fmt: skip
     assert report["detected"]["kind"] == "single_label"
+
+
+def test_a_table_with_numbers_and_categories_is_planned_as_tabular(tmp_path, tiny_model_dir):
+    from tests.makers import table_rows
+
+    frame = pd.DataFrame(table_rows(80)).assign(id=range(80))  # a row number is not a feature
+    path = _table(tmp_path, "t.csv", frame)
+    found = detect(str(path))
+    assert found.table == {"text": ["review"], "numeric": ["stars"], "categorical": ["channel"]}
+    assert found.kind == "single_label" and found.text_column is None
+    assert any("task.type tabular" in n for n in found.notes) and any("'id' left out" in n for n in found.notes)
+    planned = plan(found, str(path), model=str(tiny_model_dir))
+    assert [c.name for c in planned.candidates] == ["full", "fusion"]  # no zero-shot or contrastive for tables
+    assert planned.base["task"] == {"type": "tabular", "target": "classification", "text_columns": ["review"],
+                                    "numeric_columns": ["stars"], "categorical_columns": ["channel"]}  # fmt: skip
+    assert "text_column" not in planned.base["data"]
+    numbers_only = _table(tmp_path, "n.csv", frame.drop(columns=["review"]).rename(columns={"label": "outcome"}))
+    assert detect(str(numbers_only), target="outcome").table == {"text": [], "numeric": ["stars"],
+                                                                 "categorical": ["channel"]}  # fmt: skip
+
+
+def test_auto_on_a_table_trains_both_routes_within_its_budget(tmp_path, tiny_model_dir):
+    from tests.makers import table_rows
+
+    data = _table(tmp_path, "t.csv", pd.DataFrame(table_rows(60)))
+    report = run_auto(str(data), tmp_path / "auto", train=api.train, budget=600, search_trials=0,
+                      overrides=[f"model.name={tiny_model_dir}", "runtime.progress=false", "train.num_epochs=2"],
+                      log=lambda m: None)  # fmt: skip
+    names = {row["name"]: row for row in report["leaderboard"]}
+    assert {"full", "fusion"} <= names.keys() and all(names[n]["status"] == "complete" for n in ("full", "fusion"))
+    first = json.loads((tmp_path / "auto" / "candidates" / "00-full" / "metrics.json").read_text())
+    assert first["baseline"]["model"] == "lightgbm"

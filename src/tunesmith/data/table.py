@@ -98,7 +98,7 @@ def detect_columns(frame: pd.DataFrame, *, label_column: str, source: str, text:
     Declared columns (any of the three lists given) are used and no others. Otherwise every
     column but the label is used: numeric when at least ``NUMERIC_SHARE`` of its filled cells
     are numbers, categorical when it has few distinct values (``_category_limit``), else text;
-    a column with no filled cell or one value throughout is left out.
+    a column with no filled cell, one value throughout, or the row numbers is left out.
 
     Raises:
         TunesmithError: a declared column that the table lacks, a feature column named like a
@@ -121,6 +121,8 @@ def detect_columns(frame: pd.DataFrame, *, label_column: str, source: str, text:
                 notes.append(
                     f"column {name!r} left out: it holds {'nothing' if _filled(frame[name]).empty else 'one value'}"
                 )
+            elif kind == "numeric" and is_row_number(frame[name]):
+                notes.append(f"column {name!r} left out: it counts the rows (an index, not a feature)")
             else:
                 getattr(columns, kind).append(str(name))
         notes.insert(0, "Columns detected (set task.text_columns, numeric_columns, categorical_columns to change): "
@@ -132,6 +134,14 @@ def detect_columns(frame: pd.DataFrame, *, label_column: str, source: str, text:
     if not columns.names:
         raise TunesmithError(f"{source}: no feature column besides the label {label_column!r}; columns: {present}")
     return columns, notes
+
+
+def is_row_number(values: pd.Series) -> bool:
+    """Whether a column numbers the rows, 0 or 1 upwards in order (a saved index, not a feature)."""
+    parsed, wrong = numbers(values)
+    if wrong.any() or np.isnan(parsed).any() or len(parsed) < 2:
+        return False
+    return bool(np.array_equal(parsed, np.arange(len(parsed))) or np.array_equal(parsed, np.arange(1, len(parsed) + 1)))
 
 
 def _detected_kind(values: pd.Series) -> str | None:

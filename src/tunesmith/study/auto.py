@@ -37,14 +37,15 @@ import pandas as pd
 
 from tunesmith.config import DEFAULT_MODEL, TASK_MODELS, apply_overrides, config_from_dict, merge_trees
 from tunesmith.data.load import LABEL_NAMES, TEXT_NAMES, read_table
+from tunesmith.data.table import TableColumns, detect_columns, read_cells, serialise
 from tunesmith.errors import TunesmithError
 from tunesmith.runs import claim_output
 from tunesmith.study.tune import LOSS_LIKE, objective_metric, run_tune
 from tunesmith.train.callbacks import Deadline
 from tunesmith.train.loop import resolve_device
 
-STRATEGIES = ("zero_shot", "contrastive", "full", "lora")
-"""The recipes auto chooses among, cheapest first."""
+STRATEGIES = ("zero_shot", "contrastive", "full", "fusion", "lora")
+"""The recipes auto chooses among, cheapest first (``fusion``: tables only, task.route fusion)."""
 CONTRASTIVE_MAX_ROWS = 1000
 """Above this many training rows, contrastive pairs cost more than a full fine-tune gains."""
 LORA_MIN_ROWS = 500
@@ -65,12 +66,15 @@ class Detection:
 
     source: str
     rows: int
-    text_column: str
+    text_column: str | None
     label_column: str
     kind: str
     labels: dict[str, int] = field(default_factory=dict)
     """Rows per label (classification kinds)."""
     notes: list[str] = field(default_factory=list)
+    table: dict[str, list[str]] | None = None
+    """The feature columns by kind (data.table.TableColumns) when the table has numbers or
+    categories beside its text, or more than one text: the runs are task.type tabular."""
 
 
 def parse_budget(text: str) -> float:
@@ -91,7 +95,7 @@ def parse_budget(text: str) -> float:
     return seconds
 
 
-def _columns(frame: pd.DataFrame, target: str | None, text: str | None, source: str) -> tuple[str, str]:
+def _columns(frame: pd.DataFrame, target: str | None, text: str | None, source: str) -> tuple[str | None, str]:
     columns = list(frame.columns)
     for option, name in (("--target", target), ("--text", text)):
         if name is not None and name not in columns:
@@ -108,10 +112,10 @@ def _columns(frame: pd.DataFrame, target: str | None, text: str | None, source: 
     if target is None:
         rest = [c for c in columns if c != text]
         target = rest[-1] if rest else None
-    if text is None or target is None or text == target:
+    if target is None or text == target or (text is None and len(columns) < 2):
         raise TunesmithError(f"{source}: cannot tell the text and target columns among {columns}; "
                              "give --text COLUMN and --target COLUMN")  # fmt: skip
-    return str(text), str(target)
+    return None if text is None else str(text), str(target)
 
 
 def detect(spec: str, *, target: str | None = None, text: str | None = None) -> Detection:
@@ -154,10 +158,32 @@ def detect_table(frame: pd.DataFrame, source: str, *, target: str | None = None,
     if len(labels) < len(frame):
         notes.append(f"{len(frame) - len(labels)} rows have no value in {label_column!r}: training drops them")
     counts = {} if kind == "regression" else {str(k): int(v) for k, v in labels.astype(str).value_counts().items()}
-    words = frame[text_column].dropna().astype(str).str.split().str.len()
-    notes.insert(0, f"text in {text_column!r} ({words.mean():.0f} words on average), target {label_column!r}, "
-                    f"{len(frame):,} rows")  # fmt: skip
-    return Detection(source, len(frame), str(text_column), str(label_column), kind, counts, notes)
+    table = _table_columns(frame, label_column, kind, source, notes) if text is None else None
+    if text_column is None and table is None:
+        raise TunesmithError(f"{source}: no text column and no numbers or categories to learn from besides "
+                             f"{label_column!r}; give --text COLUMN")  # fmt: skip
+    if table is None or table["text"]:
+        shown = text_column if table is None else table["text"][0]
+        words = frame[shown].dropna().astype(str).str.split().str.len()
+        notes.insert(0, f"text in {shown!r} ({words.mean():.0f} words on average), target {label_column!r}, "
+                        f"{len(frame):,} rows")  # fmt: skip
+    return Detection(source, len(frame), None if table else text_column, str(label_column), kind, counts, notes, table)
+
+
+def _table_columns(frame: pd.DataFrame, label_column: str, kind: str, source: str,
+                   notes: list[str]) -> dict[str, list[str]] | None:  # fmt: skip
+    """The feature columns by kind when the table is more than a text and a target (numbers or
+    categories beside it, or several texts) and its target fits task.type tabular; else None."""
+    if kind == "multi_label" or len(frame.columns) < 3:
+        return None
+    try:
+        columns, found = detect_columns(frame, label_column=label_column, source=source)
+    except TunesmithError:
+        return None
+    if not (columns.numeric or columns.categorical or len(columns.text) > 1):
+        return None
+    notes += [f"a table, not one text: task.type tabular ({', '.join(columns.names)} as features)"] + found
+    return columns.to_dict()
 
 
 @dataclass
@@ -285,8 +311,7 @@ def plan(detection: Detection, spec: str, *, model: str = DEFAULT_MODEL, metric:
     choices.append(f"held out: {val:.0%} validation (picks the run) and {test:.0%} test (scores it)"
                    + (f", larger shares since there are only {rows} rows" if small else ""))  # fmt: skip
     train_rows = int(rows * (1 - val - test))
-    texts = frame[detection.text_column].dropna().astype(str)
-    sample = texts.sample(n=min(len(texts), 1000), random_state=seed).tolist()
+    sample = _text_sample(detection, frame, seed)
     lengths, limit = token_lengths(model, sample)
     covered = int(np.percentile(lengths, 95)) if len(lengths) else 16
     cap, why = (
@@ -312,8 +337,14 @@ def plan(detection: Detection, spec: str, *, model: str = DEFAULT_MODEL, metric:
     }  # fmt: skip
     if metric:
         base["train"]["metric"] = metric
+    if detection.table is not None:
+        del base["data"]["text_column"]
+        base["task"] = {"type": "tabular", "target": "regression" if kind == "regression" else "classification",
+                        **{f"{k}_columns": v for k, v in detection.table.items()}}  # fmt: skip
+        choices.append("each row written as a sentence for the text model; a LightGBM baseline on the same columns "
+                       "in the first run's metrics")  # fmt: skip
     counts = detection.labels
-    section = TASK_MODELS[kind]
+    section = TASK_MODELS[base["task"]["type"]]
     if section.supports_balance and counts and max(counts.values()) >= 3 * min(counts.values()):
         base["data"]["balance"] = {"method": "class_weights"}
         choices.append(f"class weights in the loss: the largest class has {max(counts.values())} rows, the smallest "
@@ -341,6 +372,16 @@ def plan(detection: Detection, spec: str, *, model: str = DEFAULT_MODEL, metric:
                                              "train": {"num_epochs": epochs, "learning_rate": RECIPE_RATES["full"]}},
                                     f"the standard fine-tune of every weight, {epochs} epochs"
                                     + (" (few rows need more passes; the best epoch is kept)" if epochs > 3 else "")))  # fmt: skip
+    if (
+        "fusion" in wanted
+        and detection.table is not None
+        and (detection.table["numeric"] or detection.table["categorical"])
+    ):
+        epochs = 10 if train_rows < 500 else 3
+        candidates.append(Candidate("fusion", {"model": {"strategy": "full"}, "task": {"route": "fusion"},
+                                               "train": {"num_epochs": epochs, "learning_rate": RECIPE_RATES["full"]}},
+                                    "the table has numbers or categories: the row's sentence beside its normalised "
+                                    f"numbers and one-hot categories (task.route fusion), {epochs} epochs"))  # fmt: skip
     if "lora" in wanted and train_rows >= LORA_MIN_ROWS:
         candidates.append(Candidate("lora", {"model": {"strategy": "lora"},
                                              "train": {"num_epochs": 3, "learning_rate": RECIPE_RATES["lora"]}},
@@ -349,6 +390,16 @@ def plan(detection: Detection, spec: str, *, model: str = DEFAULT_MODEL, metric:
     if not candidates:
         raise TunesmithError(f"no recipe fits a {kind} table of {rows} rows with --strategies {wanted}")
     return Plan(base, choices, candidates)
+
+
+def _text_sample(detection: Detection, frame: pd.DataFrame, seed: int) -> list[str]:
+    """At most 1,000 of the texts the model will read: the text column's, or a table's rows as sentences."""
+    if detection.table is None:
+        texts = frame[detection.text_column].dropna().astype(str)
+        return texts.sample(n=min(len(texts), 1000), random_state=seed).tolist()
+    picked = frame.sample(n=min(len(frame), 1000), random_state=seed)
+    columns = TableColumns.from_dict(detection.table)
+    return serialise(read_cells(picked.assign(row=range(1, len(picked) + 1)), columns)[0], columns)
 
 
 def _score(run: Path, metric: str) -> dict[str, Any]:
