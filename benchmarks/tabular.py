@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -70,6 +71,7 @@ def one_run(dataset: str, route: str, files: dict[str, Path], settings: dict, ep
     from tunesmith import api
 
     run_dir = OUT / dataset / f"run-{route}"
+    shutil.rmtree(run_dir, ignore_errors=True)  # this script's own output from an earlier run
     config = {
         "task": {**settings["task"], "route": route},
         "data": {"train": str(files["train"]), "test": str(files["test"]), "val_fraction": 0.1, **settings["data"]},
