@@ -192,6 +192,12 @@ def test_form_shapes_and_prediction_layout_follow_the_values():
     assert pair.item({"text 1": "a cat", "text 2": "an animal"}) == ["a cat", "an animal"]
     with pytest.raises(try_pages.Refused, match="'context' is empty"):
         record.item({"question": "what ?", "context": ""})
+    row = try_pages.InputForm("row", [("review", ""), ("stars", ""), ("channel", "")])
+    assert row.item({"review": "good", "stars": "4", "channel": " "}) == {
+        "review": "good",
+        "stars": "4",
+        "channel": None,
+    }
     view = try_pages.prediction_view(
         {
             "text": "Alice in Paris",

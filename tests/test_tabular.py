@@ -45,7 +45,7 @@ def test_columns_are_detected_by_their_cells_and_declared_ones_are_checked():
     with pytest.raises(TunesmithError, match=r"t.csv: no feature column 'salary' \(task.numeric_columns\)"):
         detect_columns(frame, label_column="label", source="t.csv", numeric=["salary"])
     with pytest.raises(TunesmithError, match="may not be named 'row'"):
-        detect_columns(frame.assign(row=range(40)), label_column="label", source="t.csv")
+        detect_columns(frame.assign(row=[i % 3 for i in range(40)]), label_column="label", source="t.csv")
     with pytest.raises(TunesmithError, match="column 'age' is in both task.text_columns and task.numeric_columns"):
         config_from_dict({"task": {"type": "tabular", "text_columns": ["age"], "numeric_columns": ["age"]}})
 
@@ -289,3 +289,14 @@ def test_monitor_checks_each_column_and_flags_the_one_that_moved(table_run, tmp_
     assert {"column stars", "column channel"} <= set(loud["drifted"])
     assert loud["checks"]["column stars"]["value"] == 1.0  # every live number above every reference one
     assert "Column stars" in (tmp_path / "loud" / "monitor.html").read_text(encoding="utf-8")
+
+
+def test_the_board_playground_shows_a_row_form_that_predicts(table_run):
+    from tunesmith.board.try_pages import input_form
+    from tunesmith.ship.serve import Predictor
+
+    predictor = Predictor(table_run.run_dir)
+    form = input_form(predictor, table_run.run_dir)
+    assert form.shape == "row" and [name for name, _ in form.fields] == ["review", "stars", "channel"]
+    [row] = predictor.predict([form.item({"review": "good great", "stars": "", "channel": "web"})])
+    assert row["label"] in ("positive", "negative") and "warning" not in row

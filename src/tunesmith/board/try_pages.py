@@ -70,7 +70,8 @@ REPORT_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 @dataclass
 class InputForm:
     """The playground form of one run: ``shape`` "text" (one text), "record" (named texts, e.g.
-    question and context), "pair" (two texts), "image" (an upload) or "chat"; ``fields`` are
+    question and context), "row" (a table row's cells: numbers, categories, texts; an empty cell
+    is a missing one), "pair" (two texts), "image" (an upload) or "chat"; ``fields`` are
     (name, example) in order."""
 
     shape: str
@@ -86,13 +87,15 @@ class InputForm:
         for name, _ in self.fields:
             value = values.get(name)
             text = value if isinstance(value, str) else ""
-            if not text.strip():
+            if not text.strip() and self.shape != "row":
                 raise Refused(422, f"'{name}' is empty: type a text to predict")
             if len(text) > MAX_TEXT_CHARS:
                 raise Refused(413, f"a text has {len(text)} characters; the limit is {MAX_TEXT_CHARS}")
             texts[name] = text
         if self.shape == "record":
             return texts
+        if self.shape == "row":  # the task reads each cell by its column's kind
+            return {name: text if text.strip() else None for name, text in texts.items()}
         if self.shape == "pair":
             return list(texts.values())
         return texts["text"]
@@ -141,6 +144,9 @@ def input_form(predictor: Predictor, run: Path) -> InputForm:
     example = _example(task, run)
     if isinstance(example, dict) and example and all(isinstance(v, str) for v in example.values()):
         return InputForm("record", list(example.items()))
+    if isinstance(example, dict) and example:  # a table row: numbers and missing cells besides texts
+        return InputForm("row", [(k, "" if v is None else f"{v:g}" if isinstance(v, float) else str(v))
+                                 for k, v in example.items()])  # fmt: skip
     if isinstance(example, (list, tuple)) and example and all(isinstance(v, str) for v in example):
         return InputForm("pair", [(f"text {n}", v) for n, v in enumerate(example, 1)])
     return InputForm("text", [("text", example if isinstance(example, str) else "")])
