@@ -274,7 +274,7 @@ def evaluate(
 
 @app.command()
 def predict(
-    run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
+    run_dir: Annotated[Path, typer.Argument(help="A finished run directory (or, with --input alone, an export).")],
     text: Annotated[list[str], typer.Option("--text", metavar="TEXT", help="Text to label (repeatable).")] = [],
     input_: Annotated[
         Path | None,
@@ -312,6 +312,13 @@ def predict(
         inputs = list(text) + [{"question": q, "context": c} for q, c in zip(question, context)]
         if not inputs and input_ is None:
             raise TunesmithError("nothing to predict: give --text TEXT, --question Q --context C, or --input FILE")
+        if not inputs:  # a file alone: read, predicted and written a chunk at a time (ship/bulk.py)
+            from tunesmith.ship.bulk import predict_file
+
+            count = predict_file(run_dir, input_, output)
+            if output is not None:
+                typer.echo(f"{count} predictions written to {output}", err=True)
+            return
         lines = [json.dumps(row, ensure_ascii=False) for row in api.predict(run_dir, inputs, input_file=input_)]
         if output is None:
             typer.echo("\n".join(lines))

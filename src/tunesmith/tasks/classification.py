@@ -38,7 +38,7 @@ from tunesmith.tasks import metrics as metric_fns
 from tunesmith.tasks.confidence import confidence_report, fit_temperature
 from tunesmith.tasks.contract import CHAT_NOTE, CardText, Encoded, ExportBatch, Predictions, ScoreContext, Watch
 from tunesmith.tasks.fairness import slice_metrics
-from tunesmith.tasks.inputs import check_texts, read_texts
+from tunesmith.tasks.inputs import check_texts, read_texts, table_texts
 from tunesmith.tasks.labels import LabelSpace
 from tunesmith.tasks.monitoring import CONFIDENCE, LABEL_SHARES, VALUES, pooled
 from tunesmith.tasks.plots import plot_confusion_matrix, plot_reliability
@@ -498,6 +498,10 @@ class TextClassificationTask(LabelSpace):
     def read_inputs(self, path: Path) -> list:
         """The texts of a prediction input file (one per line of .txt, or a table's text column)."""
         return read_texts(path)
+
+    def table_inputs(self, frame: pd.DataFrame, source: str) -> list:
+        """The texts of a table or a chunk of a file (its only column, or its text column)."""
+        return table_texts(frame, source)
 
     # -- shipping -----------------------------------------------------------------------
     def card(self, manifest: dict[str, Any], max_length: int, truncated_train: int) -> CardText:

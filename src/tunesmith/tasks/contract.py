@@ -638,3 +638,18 @@ class ColumnMonitored(Protocol):
             TunesmithError: an input that is not a row of the run's columns, naming it.
         """
         ...
+
+
+@runtime_checkable
+class TableInputs(Protocol):
+    """Kinds whose prediction inputs are rows of a table, so a large input file can be read and
+    predicted a chunk at a time (data/stream.py; ``tunesmith predict --input``)."""
+
+    def table_inputs(self, frame: pd.DataFrame, source: str) -> list:
+        """The prediction inputs of one table, or one chunk of a file (``source`` names it), as
+        :meth:`Task.read_inputs` reads a whole file's.
+
+        Raises:
+            TunesmithError: a missing column, naming ``source`` and the columns present.
+        """
+        ...

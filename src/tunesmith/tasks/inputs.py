@@ -20,9 +20,15 @@ def read_texts(path: Path) -> list[str]:
         except UnicodeDecodeError as error:
             raise TunesmithError(f"{path}: not UTF-8 text (offset {error.start})") from None
     table = read_table(str(path))
-    columns = list(table.frame.columns)
-    text_column = columns[0] if len(columns) == 1 else detect_columns(table.frame, None, None, table.source)[0]
-    return table.frame[text_column].fillna("").astype(str).tolist()
+    return table_texts(table.frame, table.source)
+
+
+def table_texts(frame, source: str) -> list[str]:
+    """The texts of a table: its only column, or the one that looks like text (a missing cell
+    is an empty text)."""
+    columns = list(frame.columns)
+    text_column = columns[0] if len(columns) == 1 else detect_columns(frame, None, None, source)[0]
+    return frame[text_column].fillna("").astype(str).tolist()
 
 
 def check_texts(inputs: list, kind: str) -> list[str]:

@@ -222,11 +222,14 @@ class PairClassificationTask(TextClassificationTask):
     def read_inputs(self, path: Path) -> list:
         """The pairs of a prediction input file: a table with the two text columns."""
         table = read_table(str(path))
-        missing = [c for c in (self.first_column, self.second_column) if c not in table.frame.columns]
+        return self.table_inputs(table.frame, table.source)
+
+    def table_inputs(self, frame: pd.DataFrame, source: str) -> list:
+        """The pairs of a table or a chunk of a file: its two text columns."""
+        missing = [c for c in (self.first_column, self.second_column) if c not in frame.columns]
         if missing:
-            raise TunesmithError(f"{table.source}: no column {missing[0]!r}; columns: {list(table.frame.columns)}")
-        return [[a, b] for a, b in zip(_normalised(table.frame[self.first_column]),
-                                       _normalised(table.frame[self.second_column]))]  # fmt: skip
+            raise TunesmithError(f"{source}: no column {missing[0]!r}; columns: {list(frame.columns)}")
+        return [[a, b] for a, b in zip(_normalised(frame[self.first_column]), _normalised(frame[self.second_column]))]
 
     # -- shipping ---------------------------------------------------------------------
     def card(self, manifest: dict[str, Any], max_length: int, truncated_train: int) -> CardText:

@@ -300,10 +300,14 @@ class TabularTask(TextClassificationTask):
             TunesmithError: an unreadable table, or one that lacks a feature column.
         """
         table = read_table(str(path))
-        self.require_columns(table.frame.columns, table.source)
-        frame = table.frame[self.columns.names].astype(object)
+        return self.table_inputs(table.frame, table.source)
+
+    def table_inputs(self, frame: pd.DataFrame, source: str) -> list:
+        """The rows of a table or a chunk of a file, each a dict of the feature columns."""
+        self.require_columns(frame.columns, source)
+        cells = frame[self.columns.names].astype(object)
         return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
-                for row in frame.to_dict(orient="records")]  # fmt: skip
+                for row in cells.to_dict(orient="records")]  # fmt: skip
 
     # -- baseline (evaluate/baseline.py) ------------------------------------------------
     def table_baseline(self, splits: dict[str, pd.DataFrame], *, seed: int) -> dict[str, Any]:
