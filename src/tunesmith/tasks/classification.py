@@ -218,6 +218,23 @@ class TextClassificationTask(LabelSpace):
             self.encode_labels(frame["label"], entry["source"])
         return frame, entry
 
+    def keep_distinct(self, frame: pd.DataFrame, keys: list[str], counts: dict[str, int], source: str) -> pd.DataFrame:
+        """The last cleaning steps of a kind that reads its own rows (pairs, tables): labels
+        normalised (refused with their row when unlearnable), exact repeats of ``keys`` and the
+        label kept once; ``dropped_duplicates`` and ``rows_out`` are added to ``counts``.
+
+        Raises:
+            TunesmithError: a label the task cannot learn, or no row left (naming ``source``).
+        """
+        frame = frame.assign(label=self.normalise_labels(frame["label"], source=source, rows=frame["row"].tolist()))
+        duplicated = frame.duplicated(keys + ["label"])
+        counts["dropped_duplicates"] = int(duplicated.sum())
+        frame = frame[~duplicated].reset_index(drop=True)
+        counts["rows_out"] = len(frame)
+        if frame.empty:
+            raise TunesmithError(f"{source}: no usable rows left after cleaning ({counts})")
+        return frame
+
     def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
         """What the model reads in each row of a split table (for the train/held-out overlap check)."""
         return frame["text"].tolist()

@@ -119,14 +119,7 @@ class PairClassificationTask(TextClassificationTask):
         missing = frame["label"].isna()
         counts["dropped_empty_text"], counts["dropped_missing_label"] = int(empty.sum()), int((missing & ~empty).sum())
         frame = frame[~empty & ~missing]
-        frame = frame.assign(label=self.normalise_labels(frame["label"], source=source, rows=frame["row"].tolist()))
-        duplicated = frame.duplicated([FIRST, SECOND, "label"])
-        counts["dropped_duplicates"] = int(duplicated.sum())
-        frame = frame[~duplicated].reset_index(drop=True)
-        counts["rows_out"] = len(frame)
-        if frame.empty:
-            raise TunesmithError(f"{source}: no usable rows left after cleaning ({counts})")
-        return frame, counts
+        return self.keep_distinct(frame, [FIRST, SECOND], counts, source), counts
 
     def overlap_inputs(self, frame: pd.DataFrame) -> list[str]:
         """A pair is the same input when both its texts are."""

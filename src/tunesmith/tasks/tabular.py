@@ -169,14 +169,7 @@ class TabularTask(TextClassificationTask):
         empty = frame[names].isna().all(axis=1)
         counts["dropped_missing_label"], counts["dropped_empty_row"] = int(missing.sum()), int((empty & ~missing).sum())
         frame = frame[~missing & ~empty]
-        frame = frame.assign(label=self.normalise_labels(frame["label"], source=source, rows=frame["row"].tolist()))
-        duplicated = frame.duplicated(names + ["label"])
-        counts["dropped_duplicates"] = int(duplicated.sum())
-        frame = frame[~duplicated].reset_index(drop=True)
-        counts["rows_out"] = len(frame)
-        if frame.empty:
-            raise TunesmithError(f"{source}: no usable rows left after cleaning ({counts})")
-        return frame, counts
+        return self.keep_distinct(frame, names, counts, source), counts
 
     def texts(self, frame: pd.DataFrame) -> list[str]:
         """Each row of a read table written as one sentence."""
