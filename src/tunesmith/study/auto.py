@@ -353,7 +353,16 @@ def plan(detection: Detection, spec: str, *, model: str = DEFAULT_MODEL, metric:
     unknown = sorted(set(wanted) - set(STRATEGIES))
     if unknown:
         raise TunesmithError(f"--strategies: {unknown} are not recipes auto knows; choose among {list(STRATEGIES)}")
-    candidates = []
+    candidates = _candidates(detection, wanted, section, train_rows)
+    if not candidates:
+        raise TunesmithError(f"no recipe fits a {kind} table of {rows} rows with --strategies {wanted}")
+    return Plan(base, choices, candidates)
+
+
+def _candidates(detection: Detection, wanted: list[str], section, train_rows: int) -> list[Candidate]:
+    """The plan's recipes that fit the data and ``wanted`` (``--strategies``), cheapest first."""
+    counts = detection.labels
+    candidates: list[Candidate] = []
     worded = section.supports_contrastive and not all(pd.to_numeric(pd.Series(list(counts)), errors="coerce").notna())
     if "zero_shot" in wanted and worded:
         candidates.append(Candidate("zero_shot", {"model": {"strategy": "zero_shot"},
@@ -387,9 +396,7 @@ def plan(detection: Detection, spec: str, *, model: str = DEFAULT_MODEL, metric:
                                              "train": {"num_epochs": 3, "learning_rate": RECIPE_RATES["lora"]}},
                                     f"{train_rows} training rows: enough for low-rank adapters, which change few "
                                     "weights and forget less"))  # fmt: skip
-    if not candidates:
-        raise TunesmithError(f"no recipe fits a {kind} table of {rows} rows with --strategies {wanted}")
-    return Plan(base, choices, candidates)
+    return candidates
 
 
 def _text_sample(detection: Detection, frame: pd.DataFrame, seed: int) -> list[str]:
