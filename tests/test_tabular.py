@@ -300,3 +300,27 @@ def test_the_board_playground_shows_a_row_form_that_predicts(table_run):
     assert form.shape == "row" and [name for name, _ in form.fields] == ["review", "stars", "channel"]
     [row] = predictor.predict([form.item({"review": "good great", "stars": "", "channel": "web"})])
     assert row["label"] in ("positive", "negative") and "warning" not in row
+
+
+def test_cells_read_the_same_however_the_file_typed_them():
+    from tunesmith.data.table import cell_text, format_number, is_blank
+
+    assert [cell_text(v) for v in (7, 7.0, np.int64(7), "7", " two  words ")] == ["7", "7", "7", "7", "two words"]
+    assert all(is_blank(v) for v in (None, np.nan, pd.NA, pd.NaT, "  ")) and not is_blank(0)
+    assert [format_number(v) for v in (39.0, 1234572.0, 0.000123456789, 2.5)] == ["39", "1234572", "0.000123457", "2.5"]
+    frame = pd.DataFrame({"c": [1, None], "row": [1, 2]})  # pandas reads this column as 1.0, NaN
+    table, _ = read_cells(frame, TableColumns(categorical=["c"]))
+    assert table["c"].tolist() == ["1", None]
+    flags = pd.DataFrame({"vip": ["yes", None] * 20, "label": ["a", "b"] * 20})  # one value and gaps: a flag
+    assert detect_columns(flags, label_column="label", source="f.csv")[0] == TableColumns(categorical=["vip"])
+    with pytest.raises(TunesmithError, match="'label' is the label"):
+        detect_columns(flags, label_column="label", source="f.csv", numeric=["label"])
+
+
+def test_monitor_flags_a_number_column_that_went_missing(table_run, tmp_path):
+    from tunesmith.ship.monitor import monitor
+
+    gone = [{**row, "stars": None} for row in table_rows(40, seed=3)]
+    report = monitor(table_run.run_dir, write_table(tmp_path / "gone.csv", gone), tmp_path / "gone", log=lambda m: None)
+    assert "column stars missing" in report["drifted"] and "column stars" not in report["checks"]
+    assert report["checks"]["column stars missing"]["live_missing_share"] == 1.0

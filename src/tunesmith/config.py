@@ -726,6 +726,8 @@ class MonitorConfig(Section):
     column_ks: float = Field(0.2, gt=0, le=1)
     """Kolmogorov-Smirnov statistic between reference and live values of a table's number column
     (tabular; missing cells left out)."""
+    column_missing_increase: float = Field(0.1, gt=0, le=1)
+    """Rise in the share of missing cells of a table's number column (tabular)."""
     column_psi: float = Field(0.2, gt=0)
     """Population stability index of a table's category column (tabular; missing as a category)."""
 

@@ -63,10 +63,21 @@ def _filled(values: pd.Series) -> pd.Series:
 
 
 def is_blank(value: Any) -> bool:
-    """A missing cell: None, NaN, or text of only whitespace."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    """A missing cell: None, NaN, pandas' NA or NaT, or text of only whitespace."""
+    if value is None or (pd.api.types.is_scalar(value) and pd.isna(value)):
         return True
     return isinstance(value, str) and not value.strip()
+
+
+def cell_text(value: Any) -> str:
+    """A category's or a text's cell as text, the same however the reader typed it: a whole
+    number as digits ("7", whether it came as 7, 7.0 or "7"; pandas makes 7.0 of 7 in a column
+    with a gap), whitespace collapsed."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    if isinstance(value, np.integer):
+        return str(int(value))
+    return " ".join(str(value).split())
 
 
 def numbers(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
@@ -110,7 +121,10 @@ def detect_columns(frame: pd.DataFrame, *, label_column: str, source: str, text:
         columns = TableColumns(list(text or []), list(numeric or []), list(categorical or []))
         for kind in KINDS:
             for name in getattr(columns, kind):
-                if name not in frame.columns or name == label_column:
+                if name == label_column:
+                    raise TunesmithError(f"{source}: column {name!r} is the label (data.label_column); it cannot "
+                                         f"also be a feature (task.{kind}_columns)")  # fmt: skip
+                if name not in frame.columns:
                     raise TunesmithError(f"{source}: no feature column {name!r} (task.{kind}_columns); columns: "
                                          f"{present}")  # fmt: skip
     else:
@@ -146,7 +160,8 @@ def is_row_number(values: pd.Series) -> bool:
 
 def _detected_kind(values: pd.Series) -> str | None:
     filled = _filled(values)
-    if filled.empty or filled.map(str).nunique() < 2:
+    distinct = filled.map(str).nunique()
+    if filled.empty or (distinct < 2 and len(filled) == len(values)):  # one value and gaps: a flag, kept
         return None
     if values.dtype != bool and not filled.map(lambda v: isinstance(v, bool)).any():
         parsed, wrong = numbers(filled)
@@ -174,7 +189,7 @@ def read_cells(frame: pd.DataFrame, columns: TableColumns) -> tuple[pd.DataFrame
                 entry["not_a_number_rows"] = frame["row"].to_numpy()[wrong][:5].tolist()
                 entry["not_a_number_examples"] = [str(v)[:40] for v in values.to_numpy()[wrong][:3]]
         else:
-            read[name] = values.map(lambda v: None if is_blank(v) else " ".join(str(v).split()))
+            read[name] = values.map(lambda v: None if is_blank(v) else cell_text(v))
             entry = {"missing": int(read[name].isna().sum())}
         report[name] = entry
     return pd.DataFrame(read, index=frame.index), report
@@ -265,9 +280,11 @@ def _round(value: float) -> float:
 
 
 def format_number(value: float) -> str:
-    """A number as a row's sentence gives it: at most 6 significant digits, integers without a point."""
+    """A number as a row's sentence gives it: a whole number in full, others to 6 significant digits."""
     if math.isnan(value):
         return MISSING_WORD
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
     return f"{value:.6g}"
 
 

@@ -102,7 +102,9 @@ class PooledTextClassifier(WrappingModel):
     def scaled(self, logits: torch.Tensor) -> torch.Tensor:
         """The head's output at the targets' scale (``output_scale`` and ``output_shift``)."""
         scale, shift = getattr(self.config, "output_scale", 1.0), getattr(self.config, "output_shift", 0.0)
-        return logits if (scale, shift) == (1.0, 0.0) else logits * scale + shift
+        # In float32: under mixed precision a half-precision head output would overflow or round at a
+        # large target scale (prices).
+        return logits if (scale, shift) == (1.0, 0.0) else logits.float() * scale + shift
 
 
 def pooled_classifier(encoder: PreTrainedModel, *, label_names: list[str], normalize: bool = False,

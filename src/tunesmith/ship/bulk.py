@@ -96,11 +96,16 @@ def predict_file(source: str | Path, input_file: str | Path, output: str | Path 
 
 def _publish(temporary: Path, output: Path) -> None:
     """Gives the finished file its name, never replacing a file that appeared there meanwhile."""
+    appeared = TunesmithError(f"--output {output} appeared while predicting; the predictions are kept in {temporary}")
     try:
         os.link(temporary, output)
     except FileExistsError:
-        raise TunesmithError(f"--output {output} appeared while predicting; the predictions are kept in "
-                             f"{temporary}") from None  # fmt: skip
+        raise appeared from None
+    except OSError:  # a file system without hard links: a rename, after one more look
+        if output.exists():
+            raise appeared from None
+        os.replace(temporary, output)
+        return
     temporary.unlink()
 
 

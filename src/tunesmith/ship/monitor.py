@@ -198,7 +198,8 @@ def _column_checks(
     task, held_inputs: list, live_inputs: list, settings, checks: dict
 ) -> list[tuple[str, str, list, list]]:
     """Adds a drift check per feature column of a table (tasks.contract.ColumnMonitored): the KS
-    statistic of a number column (missing cells left out), the PSI of a category column.
+    statistic of a number column (missing cells left out) and the rise of its missing share, the
+    PSI of a category column (missing as a category).
     Returns each column's test with its reference and live values (for the report's plots)."""
     if not isinstance(task, ColumnMonitored):
         return []
@@ -207,9 +208,13 @@ def _column_checks(
     for name, (test, ref_values) in reference.items():
         live_values = live[name][1]
         if test == "ks":
+            ref_missing, live_missing = float(np.mean(np.isnan(ref_values))), float(np.mean(np.isnan(live_values)))
+            checks[f"column {name} missing"] = _check(live_missing - ref_missing, settings.column_missing_increase,
+                                                      {"reference_missing_share": ref_missing,
+                                                       "live_missing_share": live_missing})  # fmt: skip
             ref_values = [v for v in ref_values if not np.isnan(v)]
             live_values = [v for v in live_values if not np.isnan(v)]
-            if not ref_values or not live_values:
+            if not ref_values or not live_values:  # nothing to compare: the missing check says why
                 continue
             checks[f"column {name}"] = _ks_check(ref_values, live_values, settings.column_ks, "value")
         else:

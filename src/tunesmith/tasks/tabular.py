@@ -29,7 +29,7 @@ from tunesmith.config import Config, DataConfig
 from tunesmith.data.batching import pad_batch
 from tunesmith.data.load import read_table
 from tunesmith.data.prepare import PreparedData, prepare_records
-from tunesmith.data.table import TableColumns, TableStatistics, detect_columns, read_cells, serialise
+from tunesmith.data.table import TableColumns, TableStatistics, detect_columns, is_blank, read_cells, serialise
 from tunesmith.errors import TunesmithError
 from tunesmith.models.boosting import METHOD, boosted_outputs
 from tunesmith.models.load import ResolvedModel, load_mean_pooled_classifier, load_table_fusion_classifier, pad_token_id
@@ -248,7 +248,7 @@ class TabularTask(TextClassificationTask):
         for name in self.columns.numeric:
             for position in np.flatnonzero(np.isnan(table[name].to_numpy(dtype=float))):
                 value = frame[name].iloc[position]
-                if not (value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == ""):
+                if not is_blank(value):
                     lines[position].append(f"{name}: {str(value)[:40]!r} is not a number; read as missing")
         if self.statistics is not None:
             for position, found in enumerate(self.statistics.unseen(table)):
@@ -280,10 +280,11 @@ class TabularTask(TextClassificationTask):
 
     def rows_from_logits(self, inputs: list, features: list[dict], logits: list[np.ndarray], *,
                          temperature: float | None = None) -> list[dict]:  # fmt: skip
-        """The label or value of each raw row, with its warning."""
-        _, warnings = self.rows_of(inputs)
+        """The label or value of each raw row, the sentence the model read and its warning (as ``predict``)."""
+        table, warnings = self.rows_of(inputs)
         rows = self.prediction_rows(np.stack(logits), temperature if self.calibrates else None)
-        return [{**row, **({"warning": warning} if warning else {})} for row, warning in zip(rows, warnings)]
+        return [{"text": text, **row, **({"warning": warning} if warning else {})}
+                for text, row, warning in zip(self.texts(table), rows, warnings)]  # fmt: skip
 
     def read_inputs(self, path: Path) -> list:
         """The rows of a prediction input table (CSV, JSONL, Parquet), each as a dict of its
