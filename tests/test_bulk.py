@@ -5,6 +5,7 @@ an output that appears only when complete, and exports predicting like runs."""
 from __future__ import annotations
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -67,6 +68,9 @@ def test_predictions_stream_in_order_and_equal_predicts(run_dir, tmp_path):
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert rows == api.predict(run_dir, texts)  # the same rows, in the file's order
     assert [p.name for p in out.parent.iterdir()] == ["predictions.jsonl"]  # no temporary file left
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~mask  # a file like any other, not mkstemp's 0600
     with pytest.raises(TunesmithError, match="exists"):  # never replaced
         predict_file(run_dir, source, out, progress=False)
 

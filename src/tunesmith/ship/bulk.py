@@ -121,6 +121,9 @@ def _open(output: Path | None):
         return None, None
     output.parent.mkdir(parents=True, exist_ok=True)
     descriptor, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=output.parent)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.fchmod(descriptor, 0o666 & ~mask)  # the permissions any new file gets, not mkstemp's private 0600
     return os.fdopen(descriptor, "w", encoding="utf-8"), temporary
 
 
