@@ -348,11 +348,11 @@ class TabularTask(TextClassificationTask):
         """An export reads the token ids of each row written as a sentence."""
         found = {
             "inputs": "token ids of each row written as 'COLUMN is VALUE.' sentences",
-            "columns": self.columns.to_dict(),
-            "missing_cell": "unknown",
+            "text_normalisation": "each cell's whitespace collapsed; a missing cell written 'unknown'",
+            "columns": self.columns.to_dict() if self.columns else None,
             "route": self.route,
         }
-        if self.route == "fusion":
+        if self.route == "fusion" and self.statistics is not None:
             found["table_features"] = self.statistics.feature_names()
         return found
 
