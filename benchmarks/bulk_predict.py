@@ -15,7 +15,8 @@ and writing every label (its peak RSS from the kernel's rusage of that process, 
   ``truncation=True, max_length=128``, writing one JSON line per row;
 - ``tunesmith-run``: ``tunesmith predict RUN --input rows.csv --output out.jsonl`` (the run's
   PyTorch model);
-- ``tunesmith-onnx``: the same on the export (its int8 ONNX model by default).
+- ``tunesmith-onnx``: the same on the export (its int8 ONNX model by default);
+- ``tunesmith-onnx-fp32``: the same with ``--onnx-file model.onnx`` (the export's fp32 ONNX model).
 
 Labels are compared row by row with the pipeline's. ``--memory-rows`` repeats ``--memory-setups``
 (default ``tunesmith-onnx``) at other sizes for the peak-RSS figures. Writes benchmarks/out/bulk_predict.json.
@@ -72,6 +73,8 @@ def run(setup: str, source: Path, out: Path) -> dict:
         "pipeline": [PYTHON, "-c", PIPELINE, str(source), str(MODEL / "run" / "model"), str(out)],
         "tunesmith-run": [TUNESMITH, "predict", str(MODEL / "run"), "--input", str(source), "--output", str(out)],
         "tunesmith-onnx": [TUNESMITH, "predict", str(MODEL / "export"), "--input", str(source), "--output", str(out)],
+        "tunesmith-onnx-fp32": [TUNESMITH, "predict", str(MODEL / "export"), "--input", str(source), "--output",
+                                str(out), "--onnx-file", "model.onnx"],
     }[setup]  # fmt: skip
     log = out.with_suffix(".log")
     started = time.perf_counter()

@@ -93,3 +93,18 @@ def test_an_export_predicts_a_file_from_the_cli(run_dir, tmp_path):
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [r["label"] for r in rows] == [r["label"] for r in api.predict(run_dir, texts)]
+
+
+def test_onnx_file_picks_the_exports_fp32_model(run_dir, tmp_path):
+    export(run_dir, tmp_path / "onnx", fmt="onnx", quantize="int8", log=lambda m: None)
+    source = write_table(tmp_path / "texts.csv", [{"text": r["text"]} for r in sentiment_rows(8, seed=6)])
+    out = tmp_path / "fp32.jsonl"
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "onnx"), "--input", str(source), "--output", str(out),
+                                      "--onnx-file", "model.onnx"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    fp32 = [json.loads(line)["label"] for line in out.read_text().splitlines()]
+    assert fp32 == [r["label"] for r in api.predict(run_dir, [r["text"] for r in sentiment_rows(8, seed=6)])]
+    refused = CliRunner().invoke(
+        app, ["predict", str(tmp_path / "onnx"), "--text", "good", "--onnx-file", "model.onnx"]
+    )
+    assert refused.exit_code == 2 and "--onnx-file picks an export's model" in refused.output

@@ -297,6 +297,10 @@ def predict(
             "--context", metavar="CONTEXT", help="Question answering: the context of a question (one per --question)."
         ),
     ] = [],
+    onnx_file: Annotated[
+        str | None,
+        typer.Option("--onnx-file", help="With an ONNX export and --input: the model file to run (model.onnx: fp32)."),
+    ] = None,
 ) -> None:
     """Label new text with a trained run; one JSON object per text (per question for QA)."""
 
@@ -315,10 +319,12 @@ def predict(
         if not inputs:  # a file alone: read, predicted and written a chunk at a time (ship/bulk.py)
             from tunesmith.ship.bulk import predict_file
 
-            count = predict_file(run_dir, input_, output)
+            count = predict_file(run_dir, input_, output, onnx_file=onnx_file)
             if output is not None:
                 typer.echo(f"{count} predictions written to {output}", err=True)
             return
+        if onnx_file is not None:
+            raise TunesmithError("--onnx-file picks an export's model for --input FILE alone; give the file")
         lines = [json.dumps(row, ensure_ascii=False) for row in api.predict(run_dir, inputs, input_file=input_)]
         if output is None:
             typer.echo("\n".join(lines))
