@@ -54,6 +54,44 @@ def atomic_write(path: Path, data: str | bytes) -> None:
         raise
 
 
+@contextlib.contextmanager
+def new_file(path: Path) -> Iterator[Any]:
+    """A text handle for a file written a piece at a time that takes its name ``path`` only when
+    complete: the lines go to a temporary sibling (the usual permissions), which is hard-linked
+    to ``path`` at the end, so a file that appeared there meanwhile is never replaced. On any
+    error (Ctrl-C included) the temporary file is removed and ``path`` is as it was.
+
+    Raises:
+        DiskFullError: the disk filled up.
+        TunesmithError: ``path`` appeared while writing (the complete file is kept beside it).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    tmp = Path(name)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        if disk_full(error) is not None:
+            raise DiskFullError(path) from error
+        raise
+    appeared = TunesmithError(f"{path} appeared while it was being written; the complete file is kept in {tmp}")
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise appeared from None
+    except OSError:  # a file system without hard links: a rename, after one more look
+        if path.exists():
+            raise appeared from None
+        os.replace(tmp, path)
+        return
+    tmp.unlink()
+
+
 def usual_permissions(folder: Path) -> None:
     """Gives every file under ``folder`` and the folders themselves the permissions a new file
     and folder get (0644 and 0755 under the usual umask): some writers (safetensors through

@@ -3,7 +3,7 @@ is read a chunk at a time (data/stream.py), each chunk predicted by the run's mo
 export's (an int8 ONNX one runs by default; serve's ``Predictor``, which feeds the model calls of
 similar lengths), and each row written as a JSON line as soon as its chunk is done. Memory holds
 one chunk and its predictions, not the file; a progress bar counts the rows. With ``--output``
-the lines go to a temporary file beside it that takes the name only when every row is done, so
+the lines go through ``runs.new_file``: the file takes its name only when every row is done, so
 an interrupted run never leaves a partial file under the name asked for.
 
 Kinds whose inputs are not rows of a table (question answering records, images, chat) and
@@ -12,10 +12,9 @@ files that cannot be streamed (a folder, a .json list) are read whole, as before
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -59,72 +58,29 @@ def predict_file(source: str | Path, input_file: str | Path, output: str | Path 
         TunesmithError: not a run or export, a kind that does not predict, an unreadable input
             (named with its rows), or an input the task refuses. ``output`` is left as it was.
     """
-    from tunesmith.runs import claim_output
+    from tunesmith.runs import claim_output, new_file
 
     path = Path(input_file)
     if output is not None:
         output = claim_output(output, kind="file", what="--output")  # before the model loads
-    chunks_in = input_chunks_checked(path)
+    if not path.exists():
+        raise TunesmithError(f"Input file not found: {path}")
     predictor = Predictor(source, onnx_file=onnx_file, threads=threads, stage="predict")
-    handle, temporary = _open(output)
-    emit = handle.write if handle is not None else (write or sys.stdout.write)
-    written = 0
     bar = _bar(console, count_rows(path) if path.is_file() else None) if progress else None
     try:
-        for inputs in chunks_in(predictor.scorer, chunk_rows):
-            rows = predictor.predict(inputs)
-            emit("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-            written += len(rows)
-            if bar is not None:
-                bar[0].update(bar[1], advance=len(rows))
-        if handle is not None:
-            handle.flush()
-            os.fsync(handle.fileno())
-            handle.close()
-            handle = None
-            _publish(Path(temporary), output)
-    except BaseException:
-        if handle is not None:
-            handle.close()
-            Path(temporary).unlink(missing_ok=True)
-        raise
+        with new_file(output) if output is not None else contextlib.nullcontext() as handle:
+            emit = handle.write if handle is not None else (write or sys.stdout.write)
+            written = 0
+            for inputs in input_chunks(predictor.scorer, path, chunk_rows):
+                rows = predictor.predict(inputs)
+                emit("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+                written += len(rows)
+                if bar is not None:
+                    bar[0].update(bar[1], advance=len(rows))
     finally:
         if bar is not None:
             bar[0].stop()
     return written
-
-
-def _publish(temporary: Path, output: Path) -> None:
-    """Gives the finished file its name, never replacing a file that appeared there meanwhile."""
-    appeared = TunesmithError(f"--output {output} appeared while predicting; the predictions are kept in {temporary}")
-    try:
-        os.link(temporary, output)
-    except FileExistsError:
-        raise appeared from None
-    except OSError:  # a file system without hard links: a rename, after one more look
-        if output.exists():
-            raise appeared from None
-        os.replace(temporary, output)
-        return
-    temporary.unlink()
-
-
-def input_chunks_checked(path: Path) -> Callable:
-    """Refuses a missing input before any model loads; returns the chunk reader for the task."""
-    if not path.exists():
-        raise TunesmithError(f"Input file not found: {path}")
-    return lambda task, rows: input_chunks(task, path, rows)
-
-
-def _open(output: Path | None):
-    if output is None:
-        return None, None
-    output.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".part", dir=output.parent)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.fchmod(descriptor, 0o666 & ~mask)  # the permissions any new file gets, not mkstemp's private 0600
-    return os.fdopen(descriptor, "w", encoding="utf-8"), temporary
 
 
 def _bar(console, total: int | None):
