@@ -539,12 +539,16 @@ class TextClassificationTask(LabelSpace):
         return encode_features(processor, texts, None, self.max_length)[0]
 
     def export_inputs(self, processor: Any, features: list[dict]) -> ExportBatch:
-        """Features (those of :meth:`encode`) as one batch of an exported model's int64 inputs,
-        padded to the batch's longest row; batch and sequence sizes vary."""
+        """Features (those of :meth:`encode`) as one batch of an exported model's inputs: int64
+        token ids padded to the batch's longest row (batch and sequence sizes vary), and a table
+        row's float32 vector (``table_features``: the batch size varies)."""
         batch = pad_batch(features, pad_token_id(processor))
         names = [name for name in MODEL_INPUTS if name in batch]
-        return ExportBatch(inputs={name: batch[name].numpy().astype(np.int64) for name in names},
-                           dynamic_axes={name: {0: "batch", 1: "sequence"} for name in names})  # fmt: skip
+        vector = {"table_features"}
+        return ExportBatch(
+            inputs={n: batch[n].numpy().astype(np.float32 if n in vector else np.int64) for n in names},
+            dynamic_axes={n: {0: "batch"} if n in vector else {0: "batch", 1: "sequence"} for n in names},
+        )
 
     def export_output(self, output: Any) -> torch.Tensor:
         """The classifier's logits, [rows, labels]."""

@@ -26,16 +26,15 @@ import numpy as np
 import pandas as pd
 
 from tunesmith.config import Config, DataConfig
-from tunesmith.data.batching import pad_batch
 from tunesmith.data.load import read_table
 from tunesmith.data.prepare import PreparedData, prepare_records
 from tunesmith.data.table import TableColumns, TableStatistics, detect_columns, is_blank, read_cells, serialise
 from tunesmith.errors import TunesmithError
 from tunesmith.models.boosting import METHOD, boosted_outputs
 from tunesmith.models.load import ResolvedModel, load_mean_pooled_classifier, load_table_fusion_classifier, pad_token_id
-from tunesmith.tasks.classification import MODEL_INPUTS, TextClassificationTask, compute_logits, encode_features
+from tunesmith.tasks.classification import TextClassificationTask, compute_logits, encode_features
 from tunesmith.tasks.confidence import bootstrap_intervals
-from tunesmith.tasks.contract import CHAT_NOTE, CardText, Encoded, ExportBatch
+from tunesmith.tasks.contract import CHAT_NOTE, CardText, Encoded
 from tunesmith.tasks.monitoring import pooled
 
 NOT_YET = "reads one text column per row; tabular runs are described in data_manifest.json instead"
@@ -164,8 +163,7 @@ class TabularTask(TextClassificationTask):
     def _clean(self, frame: pd.DataFrame, source: str) -> tuple[pd.DataFrame, dict[str, int]]:
         counts = {"rows_in": len(frame)}
         names = self.columns.names
-        missing = frame["label"].map(lambda v: v is None or (isinstance(v, float) and np.isnan(v))
-                                     or (isinstance(v, str) and not v.strip()))  # fmt: skip
+        missing = frame["label"].map(is_blank)
         empty = frame[names].isna().all(axis=1)
         counts["dropped_missing_label"], counts["dropped_empty_row"] = int(missing.sum()), int((empty & ~missing).sum())
         frame = frame[~missing & ~empty]
@@ -261,6 +259,11 @@ class TabularTask(TextClassificationTask):
         features, texts, warnings = self.features_of(processor, inputs)
         logits = compute_logits(model, features, batch_size=64, pad_token_id=pad_token_id(processor),
                                 device=next(model.parameters()).device)  # fmt: skip
+        return self._answers(texts, logits, warnings, temperature)
+
+    def _answers(self, texts: list[str], logits: np.ndarray, warnings: list[str],
+                 temperature: float | None) -> list[dict]:  # fmt: skip
+        """Prediction rows: the sentence the model read, the label and scores (or the value), the warning."""
         rows = self.prediction_rows(logits, temperature if self.calibrates else None)
         return [{"text": text, **row, **({"warning": warning} if warning else {})}
                 for text, row, warning in zip(texts, rows, warnings)]  # fmt: skip
@@ -269,22 +272,11 @@ class TabularTask(TextClassificationTask):
         """Token ids of each raw row's sentence (and its feature vector, route fusion), as in training."""
         return self.features_of(processor, inputs)[0]
 
-    def export_inputs(self, processor: Any, features: list[dict]) -> ExportBatch:
-        """A batch of an exported model's inputs: int64 token ids padded to the longest row, and
-        with route fusion the float32 feature vectors; the batch and sequence sizes vary."""
-        batch = pad_batch(features, pad_token_id(processor))
-        names = [name for name in MODEL_INPUTS if name in batch]
-        inputs = {n: batch[n].numpy().astype(np.float32 if n == "table_features" else np.int64) for n in names}
-        axes = {n: {0: "batch"} if n == "table_features" else {0: "batch", 1: "sequence"} for n in names}
-        return ExportBatch(inputs=inputs, dynamic_axes=axes)
-
     def rows_from_logits(self, inputs: list, features: list[dict], logits: list[np.ndarray], *,
                          temperature: float | None = None) -> list[dict]:  # fmt: skip
         """The label or value of each raw row, the sentence the model read and its warning (as ``predict``)."""
         table, warnings = self.rows_of(inputs)
-        rows = self.prediction_rows(np.stack(logits), temperature if self.calibrates else None)
-        return [{"text": text, **row, **({"warning": warning} if warning else {})}
-                for text, row, warning in zip(self.texts(table), rows, warnings)]  # fmt: skip
+        return self._answers(self.texts(table), np.stack(logits), warnings, temperature)
 
     def read_inputs(self, path: Path) -> list:
         """The rows of a prediction input table (CSV, JSONL, Parquet), each as a dict of its
@@ -358,9 +350,7 @@ class TabularTask(TextClassificationTask):
 
     def monitor_inputs(self, frame: pd.DataFrame) -> list:
         """Each row's feature cells, as a dict (what ``predict`` takes)."""
-        cells = frame[self.columns.names].astype(object)
-        return [{k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in row.items()}
-                for row in cells.to_dict(orient="records")]  # fmt: skip
+        return self.table_inputs(frame, "the run's data")
 
     def column_values(self, inputs: list) -> dict[str, tuple[str, list]]:
         """Monitor's per-column drift (tasks.contract.ColumnMonitored): each number column's values
