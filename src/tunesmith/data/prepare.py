@@ -121,14 +121,15 @@ def _distribution(frame: pd.DataFrame, task: LabelledTask) -> dict[str, Any]:
     """Rows per class, or the summary of numeric targets."""
     classes = task.classes_of(frame["label"])
     if classes is None:
-        values = frame["label"].astype(float)
-        return {
-            "mean": float(values.mean()),
-            "std": float(values.std()),
-            "min": float(values.min()),
-            "max": float(values.max()),
-        }
+        return number_summary(frame["label"])
     return classes.value_counts().sort_index().to_dict()
+
+
+def number_summary(labels: pd.Series) -> dict[str, float]:
+    """The mean, spread and range of numeric targets (the manifest's label summary of a regression)."""
+    values = labels.astype(float)
+    return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
+            "max": float(values.max())}  # fmt: skip
 
 
 def prepare_data(
@@ -326,8 +327,7 @@ def prepare_records(config: DataConfig, *, seed: int, load: Callable[[str, DataC
         for name, frame in splits.items():
             manifest["splits"][name]["labels"] = (
                 {str(k): int(v) for k, v in frame["label"].value_counts().items()} if stratify is not False
-                else {"mean": float(frame["label"].astype(float).mean()), "std": float(frame["label"].astype(float).std()),
-                      "min": float(frame["label"].astype(float).min()), "max": float(frame["label"].astype(float).max())}
+                else number_summary(frame["label"])
             )  # fmt: skip
     if changes:
         manifest["changes"] = {"skipped": len(changes)}

@@ -28,6 +28,8 @@ NUMERIC_SHARE = 0.95
 """A column is detected as numeric when at least this share of its filled cells are numbers."""
 ONE_HOT_LIMIT = 50
 """A category column's most frequent training values that get their own entry in a row's vector."""
+SUMMARIES = {"median": np.median, "mean": np.mean, "std": np.std, "min": np.min, "max": np.max}
+"""What TableStatistics keeps of a number column's filled training cells (0.0 for a column with none)."""
 RESERVED = ("label", "row")
 """Names the task uses for the target and the 1-based data row: a feature column may not have them."""
 
@@ -167,7 +169,7 @@ def _detected_kind(values: pd.Series) -> str | None:
         parsed, wrong = numbers(filled)
         if (~wrong).mean() >= NUMERIC_SHARE:
             return "numeric"
-    return "categorical" if filled.map(str).nunique() <= _category_limit(len(values)) else "text"
+    return "categorical" if distinct <= _category_limit(len(values)) else "text"
 
 
 def read_cells(frame: pd.DataFrame, columns: TableColumns) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -212,12 +214,8 @@ class TableStatistics:
         for name in columns.numeric:
             values = train[name].to_numpy(dtype=float)
             filled = values[~np.isnan(values)]
-            numeric[name] = {"median": _round(np.median(filled)) if filled.size else 0.0,
-                             "mean": _round(filled.mean()) if filled.size else 0.0,
-                             "std": _round(filled.std()) if filled.size else 0.0,
-                             "min": _round(filled.min()) if filled.size else 0.0,
-                             "max": _round(filled.max()) if filled.size else 0.0,
-                             "missing_share": _round(1 - filled.size / max(len(values), 1))}  # fmt: skip
+            numeric[name] = {key: _round(summary(filled)) if filled.size else 0.0 for key, summary in SUMMARIES.items()}
+            numeric[name]["missing_share"] = _round(1 - filled.size / max(len(values), 1))
         categorical = {}
         for name in columns.categorical:
             counts = train[name].dropna().value_counts()

@@ -403,6 +403,27 @@ def load_sequence_classifier(
                            problem_type=problem_type)  # fmt: skip
 
 
+def sentence_encoder(resolved: ResolvedModel, dropout: float | None):
+    """The pretrained encoder of a pooled or fusion classifier: the model itself, or the encoder
+    inside a trained pooled or fusion run (retrain).
+
+    Raises:
+        TunesmithError: the model cannot be loaded (named with where it was looked for).
+    """
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+    from tunesmith.models import fusion, pooled
+
+    try:
+        config = with_dropout(AutoConfig.from_pretrained(resolved.location), dropout)
+        if config.model_type in (pooled.MODEL_TYPE, fusion.MODEL_TYPE):  # a trained run: its encoder
+            with_dropout(config.encoder, dropout)
+            return AutoModelForSequenceClassification.from_pretrained(resolved.location, config=config).encoder
+        return AutoModel.from_pretrained(resolved.location, config=config)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise _load_failed(resolved, error) from None
+
+
 def load_mean_pooled_classifier(
     resolved: ResolvedModel,
     *,
@@ -417,19 +438,9 @@ def load_mean_pooled_classifier(
     L2-normalised with ``normalize``) with a new linear head for ``label_names``
     (models/pooled.py; a regression's output at ``output_scale`` and ``output_shift``).
     Returns (model, new parameter names)."""
-    from transformers import AutoConfig, AutoModel
-
     from tunesmith.models import pooled
 
-    try:
-        config = with_dropout(AutoConfig.from_pretrained(resolved.location), dropout)
-        if config.model_type == pooled.MODEL_TYPE:  # a trained pooled classifier (retrain): its encoder
-            with_dropout(config.encoder, dropout)
-            encoder = pooled.PooledTextClassifier.from_pretrained(resolved.location, config=config).encoder
-        else:
-            encoder = AutoModel.from_pretrained(resolved.location, config=config)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise _load_failed(resolved, error) from None
+    encoder = sentence_encoder(resolved, dropout)
     model = pooled.pooled_classifier(encoder, label_names=label_names, problem_type=problem_type, normalize=normalize,
                                      output_scale=output_scale, output_shift=output_shift)  # fmt: skip
     return model, ["classifier.bias", "classifier.weight"]
@@ -533,20 +544,9 @@ def load_table_fusion_classifier(resolved: ResolvedModel, *, problem_type: str, 
     """The pretrained encoder read as a sentence encoder beside a layer over a table row's
     feature vector, with a new head (models/fusion.py). A trained fusion or pooled run gives
     its encoder (retrain); the feature layer and head are new. Returns (model, new parameter names)."""
-    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+    from tunesmith.models import fusion
 
-    from tunesmith.models import fusion, pooled
-
-    try:
-        config = with_dropout(AutoConfig.from_pretrained(resolved.location), dropout)
-        if config.model_type in (pooled.MODEL_TYPE, fusion.MODEL_TYPE):
-            with_dropout(config.encoder, dropout)
-            trained = AutoModelForSequenceClassification.from_pretrained(resolved.location, config=config)
-            encoder = trained.encoder
-        else:
-            encoder = AutoModel.from_pretrained(resolved.location, config=config)
-    except (OSError, ValueError, RuntimeError) as error:
-        raise _load_failed(resolved, error) from None
+    encoder = sentence_encoder(resolved, dropout)
     model = fusion.fusion_classifier(encoder, label_names=label_names, problem_type=problem_type,
                                      num_table_features=num_table_features, output_scale=output_scale,
                                      output_shift=output_shift)  # fmt: skip

@@ -362,6 +362,7 @@ def plan(detection: Detection, spec: str, *, model: str = DEFAULT_MODEL, metric:
 def _candidates(detection: Detection, wanted: list[str], section, train_rows: int) -> list[Candidate]:
     """The plan's recipes that fit the data and ``wanted`` (``--strategies``), cheapest first."""
     counts = detection.labels
+    epochs = 10 if train_rows < 500 else 3  # the full fine-tune's passes (few rows need more; the best is kept)
     candidates: list[Candidate] = []
     worded = section.supports_contrastive and not all(pd.to_numeric(pd.Series(list(counts)), errors="coerce").notna())
     if "zero_shot" in wanted and worded:
@@ -376,7 +377,6 @@ def _candidates(detection: Detection, wanted: list[str], section, train_rows: in
                                     f"{train_rows} training rows (smallest class {min(counts.values())}): few enough "
                                     f"for contrastive few-shot training ({iterations} pairs per row)"))  # fmt: skip
     if "full" in wanted:
-        epochs = 10 if train_rows < 500 else 3
         candidates.append(Candidate("full", {"model": {"strategy": "full"},
                                              "train": {"num_epochs": epochs, "learning_rate": RECIPE_RATES["full"]}},
                                     f"the standard fine-tune of every weight, {epochs} epochs"
@@ -386,7 +386,6 @@ def _candidates(detection: Detection, wanted: list[str], section, train_rows: in
         and detection.table is not None
         and (detection.table["numeric"] or detection.table["categorical"])
     ):
-        epochs = 10 if train_rows < 500 else 3
         candidates.append(Candidate("fusion", {"model": {"strategy": "full"}, "task": {"route": "fusion"},
                                                "train": {"num_epochs": epochs, "learning_rate": RECIPE_RATES["full"]}},
                                     "the table has numbers or categories: the row's sentence beside its normalised "
