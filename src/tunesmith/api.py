@@ -20,7 +20,15 @@ from typing import Any
 
 import pandas as pd
 
-from tunesmith.config import Config, apply_overrides, config_from_dict, dump_config, load_config
+from tunesmith.config import (
+    DEMO_CONFIG,
+    Config,
+    apply_overrides,
+    config_from_dict,
+    config_tree,
+    dump_config,
+    load_config,
+)
 from tunesmith.data.hf_datasets import relocate, write_tables
 from tunesmith.data.label_errors import label_error_finder
 from tunesmith.data.prepare import PreparedData
@@ -32,6 +40,7 @@ from tunesmith.runs import RunDir, claim_output, is_main_process, settled_on_fai
 from tunesmith.ship.hub import push as push_run
 from tunesmith.study.cv import fold_classifier
 from tunesmith.tasks import build_task, require_stage
+from tunesmith.tasks.contract import Task
 from tunesmith.tasks.run import load_run, load_task
 from tunesmith.train.fit import check_validation_needs, fit, setup_runtime
 from tunesmith.train.trackers import check_trackers, tracking
@@ -118,6 +127,23 @@ def _keep_tables(run: RunDir, staging: Path, config: Config, data: PreparedData)
     return config.model_copy(update={"data": config.data.model_copy(update=paths)})
 
 
+def _write_inputs(run: RunDir, config: Config, task: Task, data: PreparedData, staging: Path | None,
+                  log: Callable[[str], None]) -> Config:  # fmt: skip
+    """Writes what a new run starts from: config.yaml, task.json, the splits, the data manifest
+    and changelog (train()'s staged tables kept in the run first); returns the config as saved."""
+    log(f"Run directory: {run.path}")
+    if staging is not None:
+        config = _keep_tables(run, staging, config, data)
+    run.write_text("config.yaml", dump_config(config))
+    run.write_json("task.json", task.to_dict())
+    run.data_dir.mkdir()
+    for name, frame in data.splits.items():
+        frame.to_parquet(run.data_dir / f"{name}.parquet", index=False)
+    run.write_json("data_manifest.json", data.manifest)
+    run.write_text("data_changelog.jsonl", "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in data.changes))
+    return config
+
+
 def _train(config: Config, console, callbacks: list | None, staging: Path | None = None) -> TrainResult:
     """train() once its config is resolved; ``staging``: where train()'s ``data`` tables wait."""
     console = _console(console)
@@ -142,16 +168,7 @@ def _train(config: Config, console, callbacks: list | None, staging: Path | None
         return TrainResult(Path(out), {})
     run = RunDir.create(out)
     with settled_on_failure(run, fresh=True):
-        log(f"Run directory: {run.path}")
-        if staging is not None:
-            config = _keep_tables(run, staging, config, data)
-        run.write_text("config.yaml", dump_config(config))
-        run.write_json("task.json", task.to_dict())
-        run.data_dir.mkdir()
-        for name, frame in data.splits.items():
-            frame.to_parquet(run.data_dir / f"{name}.parquet", index=False)
-        run.write_json("data_manifest.json", data.manifest)
-        run.write_text("data_changelog.jsonl", "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in data.changes))
+        config = _write_inputs(run, config, task, data, staging, log)
         # The lock refuses a resume started while this run trains; tracking: runtime.report_to.
         with run.lock(), tracking(run, config) as trackers:
             fitted = fit(run, config, task, data, console=console, callbacks=[*trackers, *(callbacks or [])],
@@ -173,11 +190,13 @@ def resume(run_dir: str | Path, *, console=None, callbacks: list | None = None) 
         config = load_config(run.path / "config.yaml")
         if run.finished:
             raise TunesmithError(f"{run.path} already finished; there is nothing to resume")
+        if (run.path / "federation" / "shards.json").is_file():
+            raise TunesmithError(
+                f"{run.path} is a federated run: continue it with tunesmith federate --resume {run.path}"
+            )
         setup_runtime(config)
         task = build_task(config, run.read_json("task.json"))
-        splits = {name: pd.read_parquet(run.data_dir / f"{name}.parquet") for name in SPLITS
-                  if (run.data_dir / f"{name}.parquet").exists()}  # fmt: skip
-        data = PreparedData(splits, run.read_json("data_manifest.json"))
+        data = _saved_data(run)
         # The checkpoints stay, half-written files go; tracking continues runtime.report_to's runs.
         with settled_on_failure(run, fresh=False), tracking(run, config, resume=True) as trackers:
             fitted = fit(run, config, task, data, console=console, callbacks=[*trackers, *(callbacks or [])],
@@ -185,6 +204,88 @@ def resume(run_dir: str | Path, *, console=None, callbacks: list | None = None) 
             if not is_main_process():
                 return TrainResult(run.path, {})
             return TrainResult(run.path, finish_run(run, config, task, data, fitted, log))
+
+
+def federate(
+    config: Config | str | Path | dict | None = None,
+    *,
+    overrides: list[str] | None = None,
+    console=None,
+    callbacks: list | None = None,
+    client_mods: list | None = None,
+) -> TrainResult:
+    """Fine-tunes across clients that keep their rows (the ``federated`` config section), on
+    Flower's simulation runtime, and writes an ordinary run directory from the best round's
+    global model (with ``federation.json`` and ``federation_curves.png``). model.strategy is
+    LoRA unless the config or overrides name another, so only adapters and the head travel.
+
+    Args:
+        callbacks: called with each round's record once it is saved.
+        client_mods: Flower mods wrapped around every client.
+    """
+    from tunesmith.study import federated  # Flower and Ray load only for this command
+
+    if not isinstance(config, Config):
+        _as_config(config, overrides)  # a bad file or value is reported as train reports it
+        given = _names_strategy(config, overrides or [])
+        config = _as_config(config, (overrides or []) + ([] if given else ["model.strategy=lora"]))
+    console = _console(console)
+    log = _log(console)
+    out = config.runtime.output_dir
+    if out is not None:
+        claim_output(out, kind="dir", what="runtime.output_dir", run=True)
+    task = build_task(config)
+    federated.check_federation(config, task)
+    check_max_length(resolve_model(config.model.name), None, config.model.max_length)
+    data = task.prepare(config)
+    setup_runtime(config)
+    for line in data_lines(data, suggest_balance=config.task.supports_balance):
+        log(line)
+    run = RunDir.create(out)
+    with settled_on_failure(run, fresh=True):
+        config = _write_inputs(run, config, task, data, None, log)
+        with run.lock():
+            fitted = federated.run_federation(run, config, task, data, log=log, callbacks=callbacks or [],
+                                              client_mods=client_mods or [])  # fmt: skip
+            return TrainResult(run.path, finish_run(run, config, task, data, fitted, log))
+
+
+def _names_strategy(config: str | Path | dict | None, overrides: list[str]) -> bool:
+    """Whether a config (file, dict, or None for the demo) or its overrides set model.strategy."""
+    if any(o.partition("=")[0].strip() == "model.strategy" for o in overrides):
+        return True
+    if not isinstance(config, dict):
+        path = Path(config) if config is not None else DEMO_CONFIG
+        config = config_tree(path.read_text(encoding="utf-8"), str(path))
+    return "strategy" in (config.get("model") or {})
+
+
+def federate_resume(run_dir: str | Path, *, console=None, callbacks: list | None = None,
+                    client_mods: list | None = None) -> TrainResult:  # fmt: skip
+    """Continues an interrupted federated run after its last completed round."""
+    from tunesmith.study import federated  # Flower and Ray load only for this command
+
+    run, console = RunDir.open(run_dir), _console(console)
+    log = _log(console)
+    with run.lock():
+        if not (run.path / "federation" / "shards.json").is_file():
+            raise TunesmithError(f"{run.path} is not a federated run: resume it with tunesmith resume")
+        if run.finished:
+            raise TunesmithError(f"{run.path} already finished; there is nothing to resume")
+        config, data = load_config(run.path / "config.yaml"), _saved_data(run)
+        setup_runtime(config)
+        task = build_task(config, run.read_json("task.json"))
+        with settled_on_failure(run, fresh=False):
+            fitted = federated.run_federation(run, config, task, data, log=log, callbacks=callbacks or [],
+                                              client_mods=client_mods or [], resume=True)  # fmt: skip
+            return TrainResult(run.path, finish_run(run, config, task, data, fitted, log))
+
+
+def _saved_data(run: RunDir) -> PreparedData:
+    """A run's prepared splits and manifest, as its data stage saved them."""
+    splits = {name: pd.read_parquet(run.data_dir / f"{name}.parquet") for name in SPLITS
+              if (run.data_dir / f"{name}.parquet").exists()}  # fmt: skip
+    return PreparedData(splits, run.read_json("data_manifest.json"))
 
 
 def predict(run_dir: str | Path, inputs: list, *, input_file: str | Path | None = None) -> list[dict[str, Any]]:

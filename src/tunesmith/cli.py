@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
+import click  # typer's base: its usage errors are click's
 import typer
 from typer.core import TyperArgument, TyperGroup
 
@@ -127,8 +128,8 @@ def _guarded(
     """
     try:
         return work()
-    except (typer.Exit, typer.Abort, typer.TyperException):
-        raise  # the command's own way to end (typer.Exit is a RuntimeError)
+    except (typer.Exit, typer.Abort, click.ClickException):
+        raise  # the command's own way to end, or a usage error click reports (typer.Exit is a RuntimeError)
     except KeyboardInterrupt as error:
         _fail(f"interrupted; {_notes(error) or interrupted}")
     except SystemExit as error:  # a library gave up and called sys.exit
@@ -253,6 +254,36 @@ def train(
         typer.echo(str(result.run_dir))
 
     _guarded(work)
+
+
+@app.command()
+def federate(
+    config: Annotated[
+        Path | None, typer.Argument(help="YAML config; its federated section sets clients, rounds and shards.")
+    ] = None,
+    set_: Annotated[list[str], _set_option()] = [],
+    clients: Annotated[int | None, typer.Option("--clients", min=2, help="federated.clients.")] = None,
+    rounds: Annotated[int | None, typer.Option("--rounds", min=1, help="federated.rounds.")] = None,
+    resume: Annotated[
+        Path | None, typer.Option("--resume", help="Continue an interrupted federated run after its last round.")
+    ] = None,
+) -> None:
+    """Fine-tune across clients that keep their rows (Flower): each round every client trains on
+    its own shard, the server averages their weights (LoRA by default: only adapters travel)."""
+
+    def work():
+        from tunesmith import api
+
+        if resume is not None:
+            if config is not None or set_ or clients or rounds:
+                raise TunesmithError("--resume takes the run directory alone: its config.yaml is reused as it was")
+            result = api.federate_resume(resume)
+        else:
+            extra = [f"federated.{k}={v}" for k, v in (("clients", clients), ("rounds", rounds)) if v is not None]
+            result = api.federate(config, overrides=list(set_) + extra)
+        typer.echo(str(result.run_dir))
+
+    _guarded(work, interrupted="every finished round is kept: tunesmith federate --resume RUN_DIR continues")
 
 
 @app.command()

@@ -805,6 +805,36 @@ class TuneConfig(Section):
         return value
 
 
+class FederatedConfig(Section):
+    """``tunesmith federate``: fine-tuning across clients that keep their rows, on Flower
+    (study/federated.py). Each round every client trains from the global weights on its own
+    shard and sends back its trainable weights only (with model.strategy=lora, the adapters and
+    the head); the server averages them and scores the result on the validation split."""
+
+    clients: int = Field(4, ge=2)
+    """Clients of a seeded split (iid or dirichlet); with site_column, one per site instead."""
+    rounds: int = Field(5, ge=1)
+    local_epochs: float = Field(1.0, gt=0)
+    """Passes over its own shard that each client makes per round."""
+    partition: Literal["iid", "dirichlet"] = "iid"
+    """How data.train's rows are shared out: a random equal share each, or non-IID by label with
+    Dirichlet(alpha) proportions (single-label tasks)."""
+    alpha: float = Field(0.3, gt=0)
+    """Dirichlet concentration: small values give each client few labels."""
+    site_column: str | None = None
+    """A column of data.train that names each row's site: one client per site (partition and
+    clients are then unused)."""
+    aggregation: Literal["fedavg", "fedprox"] = "fedavg"
+    proximal_mu: float = Field(0.01, gt=0)
+    """FedProx: weight of the proximal term (mu / 2) * ||w - w_global||^2 in each client's loss."""
+    client_cpus: float = Field(1.0, gt=0)
+    """CPU cores per simulated client (Flower's client_resources): clients run in parallel as
+    far as the machine's cores allow, each with this many threads."""
+    round_timeout: float = Field(3600.0, gt=0)
+    """Seconds the server waits for a round's replies; a client that has not answered by then
+    counts as failed for that round."""
+
+
 class Config(Section):
     """A whole run. Every section has defaults (the data defaults point at the BBC News demo)."""
 
@@ -819,6 +849,7 @@ class Config(Section):
     monitor: MonitorConfig = MonitorConfig()
     cv: CvConfig = CvConfig()
     tune: TuneConfig = TuneConfig()
+    federated: FederatedConfig = FederatedConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
     @field_validator("task", mode="before")

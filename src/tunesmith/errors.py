@@ -26,6 +26,11 @@ class NotResumable(TunesmithError):
     message says what to do instead, and nothing may suggest ``--resume``."""
 
 
+class StoppedPartWay(TunesmithError):
+    """A run that stopped before its end for a reason a resume gets past (a federation whose
+    rounds ended early): its directory is kept, and the message says how to continue it."""
+
+
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # How libraries that do their own I/O (safetensors, pyarrow, torch's zip writer) word the same
 # failure when they hand it on without an errno.

@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-from tunesmith.errors import PATH_PROBLEMS, DiskFullError, TunesmithError, disk_full
+from tunesmith.errors import PATH_PROBLEMS, DiskFullError, StoppedPartWay, TunesmithError, disk_full
 
 LOCKED_PACKAGES = (
     "tunesmith", "torch", "transformers", "tokenizers", "accelerate", "peft", "safetensors",
@@ -211,10 +211,19 @@ class RunDir:
         """True once the run wrote its model and final metrics: there is nothing left to resume."""
         return (self.model_dir / "config.json").is_file() and (self.path / "metrics.json").is_file()
 
+    @property
+    def resume_command(self) -> str:
+        """The command that continues this run: a federated run's, or train's."""
+        federated = (self.path / "federation" / "shards.json").is_file()
+        return "tunesmith federate --resume" if federated else "tunesmith train --resume"
+
     def has_checkpoint(self) -> bool:
-        """True when ``checkpoints/`` holds a complete checkpoint that a resume can start from."""
+        """True when ``checkpoints/`` holds a complete checkpoint that a resume can start from, or a
+        federated run has saved a round's global weights."""
         # manifest.json is written last into every checkpoint (train/checkpoint.py); older ones lack it
         # and are refused by resume, so they do not count.
+        if (self.path / "federation" / "global.safetensors").is_file():  # a federated run's last round
+            return True
         return any(
             (step / "state.json").is_file() and (step / "manifest.json").is_file()
             for step in self.checkpoints_dir.glob("step-*")
@@ -498,7 +507,7 @@ def after_failed_run(run: RunDir, error: BaseException, *, fresh: bool) -> BaseE
     """
     full = None if isinstance(error, TunesmithError) else disk_full(error, written=run.path)  # before space is freed
     failure = error if full is None else full
-    recurs = isinstance(failure, TunesmithError) and not isinstance(failure, DiskFullError)
+    recurs = isinstance(failure, TunesmithError) and not isinstance(failure, (DiskFullError, StoppedPartWay))
     if run.finished:  # e.g. a failed forgetting check: the run is complete and its message says so
         return failure
     if fresh and not run.has_checkpoint():
@@ -511,5 +520,5 @@ def after_failed_run(run: RunDir, error: BaseException, *, fresh: bool) -> BaseE
         run.remove_temporary()
         if not recurs:  # a TunesmithError's own message says what to do; resuming would not help
             again = ", or start again with another runtime.output_dir" if fresh else ""
-            failure.add_note(f"{run.path} is kept: continue it with tunesmith train --resume {run.path}{again}")
+            failure.add_note(f"{run.path} is kept: continue it with {run.resume_command} {run.path}{again}")
     return failure

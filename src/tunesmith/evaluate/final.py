@@ -127,6 +127,8 @@ def finish_run(run: RunDir, config: Config, task: Task, data: PreparedData, fitt
         "world_size": result.world_size, "rank_checksums": result.rank_checksums,
         "parallelism": result.parallelism, "truncated": truncated,
     }  # fmt: skip
+    if result.federation is not None:
+        training["federation"] = result.federation
     run.write_json("metrics.json", {**metrics, "training": training})
     records = [json.loads(line) for line in run.metrics_log.read_text(encoding="utf-8").splitlines()]
     plot_training_curves(run.path / "training_curves.png", records, metric_name)

@@ -152,6 +152,15 @@ def _run_parts(run: Path) -> list[str]:
             parts += [f"<h2>{split} ({metrics[split].get('count', '?')} rows)</h2>",
                       table(_metric_rows(metrics[split]), ["metric", "value", "95% interval"])]  # fmt: skip
     parts += ["<h2>Learning curves</h2>", image(run / "training_curves.png", "training curves")]
+    federation = training.get("federation")
+    if federation:
+        rows = [{"round": r["round"], **{k: round(v, 4) for k, v in r["validation"].items()},
+                 "clients trained": len(r["clients"]), "failed": ", ".join(r["failed"]) or "-",
+                 "bytes sent": f"{r['bytes_sent']:,}"} for r in federation["history"]]  # fmt: skip
+        columns = ["round", *sorted({k for r in federation["history"] for k in r["validation"]}), "clients trained",
+                   "failed", "bytes sent"]  # fmt: skip
+        parts += ["<h2>Federated rounds</h2>", f"<p>{html.escape(federation['privacy'])}</p>",
+                  image(run / "federation_curves.png", "federated curves"), table(rows, columns)]  # fmt: skip
     test = metrics.get("test", {})
     if "per_class" in test:
         parts.append("<h2>Errors (test)</h2>")

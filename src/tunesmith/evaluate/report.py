@@ -86,6 +86,28 @@ def _training_lines(config: dict[str, Any], parameters: tuple[int, int], trainin
         f"at step {training['best_step']} (training curves: training_curves.png)"
         + (" (stopped early)" if training["stopped_early"] else ""),
         f"- seed {config['runtime']['seed']}; the full config is in config.yaml, package versions in environment.json\n",
+        *_federation_lines(training.get("federation")),
+    ]
+
+
+def _federation_lines(federation: dict[str, Any] | None) -> list[str]:
+    """The card's Federated training section, for a run from ``tunesmith federate``."""
+    if not federation:
+        return []
+    clients = ", ".join(f"{c['client']} {c['rows']} rows" for c in federation["clients"])
+    spread = federation["partition"] + (f" (Dirichlet alpha {federation['alpha']})" if federation["alpha"] else "")
+    sizes = federation["bytes"]
+    return [
+        "## Federated training\n",
+        f"- {len(federation['clients'])} clients ({clients}); rows shared out by {spread}",
+        f"- {federation['rounds']} rounds of {federation['aggregation']}"
+        + (f" (proximal mu {federation['proximal_mu']})" if federation["proximal_mu"] else "")
+        + f", {federation['local_epochs']} local epochs each; this model is the global model of round "
+        f"{federation['best_round']} (curves: federation_curves.png; every round in federation.json)",
+        f"- sent each way per client and round: {sizes['trainable_each_way']:,} bytes of {federation['strategy']} "
+        f"weights (the full weights are {sizes['full_weights_each_way']:,} bytes); failed client replies: "
+        f"{federation['failed_replies']}",
+        f"- privacy: {federation['privacy']}\n",
     ]
 
 

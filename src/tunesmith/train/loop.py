@@ -56,6 +56,14 @@ def plan_steps(num_batches: int, config: Config) -> tuple[int, int]:
     return per_epoch, max(total, 1)
 
 
+def metric_and_mode(task, train: TrainConfig) -> tuple[str, str]:
+    """The validation metric that picks the best weights (train.metric, else the task's
+    default) and whether higher ("max") or lower ("min") is better."""
+    if not train.metric:
+        return task.default_metric
+    return train.metric, "min" if train.metric in ("loss", "perplexity", "mse", "mae", "hamming_loss") else "max"
+
+
 def _finite(value: Any) -> bool:
     """False for a NaN or infinite float, or a float tensor or list holding one."""
     if isinstance(value, float):
@@ -95,7 +103,9 @@ class LoopResult:
     sharded: bool = False
     """Trained with FSDP (parameters sharded across the ranks)."""
     parallelism: str = "none"
-    """none, ddp, fsdp or deepspeed."""
+    """none, ddp, fsdp, deepspeed, or federated."""
+    federation: dict | None = None
+    """A federated run's summary (study/federated.py): clients, rounds, bytes, failures."""
 
 
 def run_training(
@@ -150,9 +160,7 @@ def run_training(
         )
     if not main:
         callbacks, log = [], lambda message: None
-    metric_name, mode = (tc.metric, None) if tc.metric else task.default_metric
-    if mode is None:
-        mode = "min" if metric_name in ("loss", "perplexity", "mse", "mae", "hamming_loss") else "max"
+    metric_name, mode = metric_and_mode(task, tc)
 
     lengths = [len(f["input_ids"]) if "input_ids" in f else 1 for f in train_features]  # images: all alike
     num_batches = math.ceil(len(train_features) / tc.batch_size)
