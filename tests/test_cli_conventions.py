@@ -42,7 +42,8 @@ def test_every_command_takes_h_and_shows_no_python_types(command):
 
 def test_set_shows_key_value_and_says_repeatable():
     for name in ("train", "inspect", "cv", "tune"):
-        text = runner.invoke(app, [name, "--help"], terminal_width=200).stdout
+        # A wide terminal, so the help stays on one line (typer 0.20's rich help reads COLUMNS).
+        text = runner.invoke(app, [name, "--help"], terminal_width=200, env={"COLUMNS": "200"}).stdout
         line = next(line for line in text.splitlines() if "--set" in line)
         assert "KEY=VALUE" in line and "repeatable" in line, line
 

@@ -55,6 +55,7 @@ OPTIONAL_MODULES = {
     "fastapi": "serve", "starlette": "serve", "uvicorn": "serve", "multipart": "serve", "python_multipart": "serve",
     "onnx": "export", "onnxruntime": "export", "onnxscript": "export", "gguf": "export",
     "tensorboard": "tracking", "mlflow": "tracking", "wandb": "tracking", "deepspeed": "deepspeed",
+    "flwr": "federated", "ray": "federated",
 }  # fmt: skip
 """The modules of each optional part of tunesmith (an extra of pyproject.toml): a command that
 imports a missing one says which extra to install."""

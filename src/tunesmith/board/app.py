@@ -29,7 +29,6 @@ def create_app(board: Board):
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, PlainTextResponse
     from fastapi.staticfiles import StaticFiles
-    from starlette.middleware.trustedhost import TrustedHostMiddleware
 
     from tunesmith.board import jobs_pages, runs_pages, try_pages
     from tunesmith.board.jobs import JobQueue
@@ -63,7 +62,7 @@ def create_app(board: Board):
     # inner middlewares' and routes' reads to stop them).
     app.add_middleware(BodyLimit, limit=board.max_upload_bytes + try_pages.FORM_OVERHEAD)
     if board.api_key is None:  # without a key only the Host check stands between a rebound name and the board
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=board.hosts)
+        app.add_middleware(KnownHosts, hosts=board.hosts)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     # runs_pages last: its GET /runs/{path} (a run and its sub-pages) would shadow /runs/{path}/try.
     for module in (jobs_pages, try_pages, runs_pages):
@@ -75,6 +74,35 @@ def create_app(board: Board):
 
     app.state.board = board
     return app
+
+
+def host_name(header: str) -> str:
+    """A Host header's name without its port: ``[::1]:8000`` gives ``[::1]``, ``box.lan:80``
+    gives ``box.lan``, and a bare IPv6 address (``::1``) stays whole."""
+    if header.startswith("["):
+        end = header.find("]")
+        return header[: end + 1] if end > 0 else header
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+class KnownHosts:
+    """ASGI middleware answering 400 to a request whose ``Host`` names none of ``hosts`` (any
+    port): a rebound DNS name pointing a page at the board is refused. Starlette's
+    TrustedHostMiddleware does this, but the starlette that flwr 1.42 allows (1.3) cuts a Host
+    header at its first colon, so it refuses ``[::1]:8000``, the IPv6 loopback."""
+
+    def __init__(self, app, hosts: list[str]):
+        self.app, self.hosts = app, set(hosts)
+
+    async def __call__(self, scope, receive, send):
+        if scope.get("type") not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        header = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+        if host_name(header) in self.hosts:
+            return await self.app(scope, receive, send)
+        from starlette.responses import PlainTextResponse
+
+        return await PlainTextResponse("Invalid host header", status_code=400)(scope, receive, send)
 
 
 class BodyLimit:

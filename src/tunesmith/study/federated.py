@@ -465,6 +465,9 @@ def simulate(server: Server, initial: dict[str, torch.Tensor], rounds: int, clie
                        backend_config=backend)  # fmt: skip
     finally:
         flower.setLevel(level)
+        import ray
+
+        ray.shutdown()  # its worker processes and object store go now, not when this process ends
 
 
 def run_federation(run: RunDir, config: Config, task: Task, data: PreparedData, *, log: Callable[[str], None],
