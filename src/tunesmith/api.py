@@ -213,6 +213,7 @@ def federate(
     console=None,
     callbacks: list | None = None,
     client_mods: list | None = None,
+    grid=None,
 ) -> TrainResult:
     """Fine-tunes across clients that keep their rows (the ``federated`` config section), on
     Flower's simulation runtime, and writes an ordinary run directory from the best round's
@@ -222,6 +223,8 @@ def federate(
     Args:
         callbacks: called with each round's record once it is saved.
         client_mods: Flower mods wrapped around every client.
+        grid: a deployed federation's Flower Grid (``tunesmith.flower``'s ServerApp passes its
+            own): the clients are the SuperNodes that reach it, each reading its own file.
     """
     from tunesmith.study import federated  # Flower and Ray load only for this command
 
@@ -246,7 +249,7 @@ def federate(
         config = _write_inputs(run, config, task, data, None, log)
         with run.lock():
             fitted = federated.run_federation(run, config, task, data, log=log, callbacks=callbacks or [],
-                                              client_mods=client_mods or [])  # fmt: skip
+                                              client_mods=client_mods or [], grid=grid)  # fmt: skip
             return TrainResult(run.path, finish_run(run, config, task, data, fitted, log))
 
 

@@ -268,6 +268,10 @@ def federate(
     resume: Annotated[
         Path | None, typer.Option("--resume", help="Continue an interrupted federated run after its last round.")
     ] = None,
+    flower_app: Annotated[
+        Path | None,
+        typer.Option("--flower-app", help="Write a Flower App folder that runs CONFIG on a deployed federation."),
+    ] = None,
 ) -> None:
     """Fine-tune across clients that keep their rows (Flower): each round every client trains on
     its own shard, the server averages their weights (LoRA by default: only adapters travel)."""
@@ -275,12 +279,19 @@ def federate(
     def work():
         from tunesmith import api
 
+        extra = [f"federated.{k}={v}" for k, v in (("clients", clients), ("rounds", rounds)) if v is not None]
         if resume is not None:
-            if config is not None or set_ or clients or rounds:
+            if config is not None or set_ or extra or flower_app:
                 raise TunesmithError("--resume takes the run directory alone: its config.yaml is reused as it was")
             result = api.federate_resume(resume)
+        elif flower_app is not None:
+            if config is None:
+                raise TunesmithError("--flower-app needs CONFIG: the server reads it from its path")
+            from tunesmith.flower import write_app  # Flower loads only for this command
+
+            typer.echo(str(write_app(flower_app, config, list(set_) + extra)))
+            return
         else:
-            extra = [f"federated.{k}={v}" for k, v in (("clients", clients), ("rounds", rounds)) if v is not None]
             result = api.federate(config, overrides=list(set_) + extra)
         typer.echo(str(result.run_dir))
 

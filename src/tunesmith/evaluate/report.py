@@ -94,7 +94,8 @@ def _federation_lines(federation: dict[str, Any] | None) -> list[str]:
     """The card's Federated training section, for a run from ``tunesmith federate``."""
     if not federation:
         return []
-    clients = ", ".join(f"{c['client']} {c['rows']} rows" for c in federation["clients"])
+    clients = ", ".join(f"{c['client']} {c['rows'] if c['rows'] is not None else '?'} rows"
+                        for c in federation["clients"])  # fmt: skip
     spread = federation["partition"] + (f" (Dirichlet alpha {federation['alpha']})" if federation["alpha"] else "")
     sizes = federation["bytes"]
     return [

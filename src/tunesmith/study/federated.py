@@ -420,18 +420,24 @@ class Server:
             callback(entry)
         return MetricRecord(validation) if validation else None
 
-    def app(self, initial: dict[str, torch.Tensor], rounds: int):
+    def start(self, grid, initial: dict[str, torch.Tensor], rounds: int) -> None:
+        """Runs ``rounds`` rounds with the clients that ``grid`` reaches (Flower's strategy loop)."""
         from flwr.app import ArrayRecord, ConfigRecord
+
+        self.strategy().start(grid=grid, initial_arrays=ArrayRecord(initial), num_rounds=rounds,
+                              timeout=self.config.federated.round_timeout,
+                              train_config=ConfigRecord(dict(self.settings)),
+                              evaluate_config=ConfigRecord(dict(self.settings)), evaluate_fn=self.evaluate)  # fmt: skip
+
+    def app(self, initial: dict[str, torch.Tensor], rounds: int):
+        """A ServerApp running :meth:`start`, for Flower's simulation runtime."""
         from flwr.serverapp import ServerApp
 
         app = ServerApp()
 
         @app.main()
         def main(grid, context) -> None:
-            self.strategy().start(grid=grid, initial_arrays=ArrayRecord(initial), num_rounds=rounds,
-                                  timeout=self.config.federated.round_timeout,
-                                  train_config=ConfigRecord(dict(self.settings)),
-                                  evaluate_config=ConfigRecord(dict(self.settings)), evaluate_fn=self.evaluate)  # fmt: skip
+            self.start(grid, initial, rounds)
 
         return app
 
@@ -470,8 +476,19 @@ def simulate(server: Server, initial: dict[str, torch.Tensor], rounds: int, clie
         ray.shutdown()  # its worker processes and object store go now, not when this process ends
 
 
+def deployed_clients(run: RunDir, config: Config) -> dict:
+    """The plan of a deployed federation: ``federated.clients`` sites that each read their own
+    file (their node config's ``data``); the server cuts no shards."""
+    names = [f"client {i}" for i in range(config.federated.clients)]
+    plan = {"folder": "", "keys": {}, "names": names, "clients": [{"client": n, "rows": None} for n in names],
+            "deployed": True}  # fmt: skip
+    run.write_json("federation/shards.json", plan)
+    return plan
+
+
 def run_federation(run: RunDir, config: Config, task: Task, data: PreparedData, *, log: Callable[[str], None],
-                   callbacks: list | tuple = (), client_mods: list | tuple = (), resume: bool = False) -> Fitted:  # fmt: skip
+                   callbacks: list | tuple = (), client_mods: list | tuple = (), resume: bool = False,
+                   grid=None) -> Fitted:  # fmt: skip
     """The federated rounds of a run whose data stage is done: shards, then Flower's rounds from
     round 1 (or, with ``resume``, after the last round ``federation/state.json`` records), then
     the best round's global model as a :class:`Fitted` for ``finish_run``.
@@ -479,6 +496,9 @@ def run_federation(run: RunDir, config: Config, task: Task, data: PreparedData, 
     Args:
         callbacks: called with each round's record once it is saved.
         client_mods: Flower mods around every client (tests kill a client with one).
+        grid: a deployed federation's Flower Grid (the ServerApp's, ``tunesmith.flower``): its
+            clients are the SuperNodes that reach it and read their own files; None: Flower's
+            simulation runtime on this machine, each client reading its shard of data.train.
 
     Raises:
         StoppedPartWay: fewer rounds completed than federated.rounds (what was done is kept and
@@ -486,11 +506,13 @@ def run_federation(run: RunDir, config: Config, task: Task, data: PreparedData, 
         TunesmithError: a problem with the shards or the saved record.
     """
     fed = config.federated
-    shards = (
-        run.read_json("federation/shards.json")
-        if resume
-        else write_shards(run, config, task, data.splits["train"], log)
-    )
+    if resume:
+        shards = run.read_json("federation/shards.json")
+    elif grid is not None:
+        (run.path / "federation").mkdir()
+        shards = deployed_clients(run, config)
+    else:
+        shards = write_shards(run, config, task, data.splits["train"], log)
     resolved = resolve_model(config.model.name)
     processor = task.load_processor(resolved)
     encoded = task.encode(processor, data.splits)
@@ -508,7 +530,9 @@ def run_federation(run: RunDir, config: Config, task: Task, data: PreparedData, 
     (ledger.folder / "scratch").mkdir(exist_ok=True)
     server = Server(config, task, model, encoded.features.get("validation", []), pad_token_id(processor), ledger,
                     settings, log, list(callbacks))  # fmt: skip
-    if fed.rounds > done:
+    if fed.rounds > done and grid is not None:
+        server.start(grid, initial, fed.rounds - done)
+    elif fed.rounds > done:
         simulate(server, initial, fed.rounds - done, len(shards["names"]), client_mods)
     shutil.rmtree(ledger.folder / "scratch", ignore_errors=True)
     if len(ledger.rounds) < fed.rounds:
@@ -530,12 +554,15 @@ def federation_summary(config: Config, ledger: Ledger, shards: dict, *, trainabl
     """federation.json: the setup, each round's record, and what travelled."""
     fed = config.federated
     best = ledger.best()
+    seen = {c["client"]: c["num-examples"] for r in ledger.rounds for c in r["clients"]}
+    clients = [{**c, "rows": seen.get(c["client"])} if c["rows"] is None else c for c in shards["clients"]]
     return {
-        "engine": "flower-simulation", "aggregation": fed.aggregation,
+        "engine": "flower-deployment" if shards.get("deployed") else "flower-simulation",
+        "aggregation": fed.aggregation,
         "proximal_mu": fed.proximal_mu if fed.aggregation == "fedprox" else None,
         "partition": f"site column {fed.site_column}" if fed.site_column else fed.partition,
         "alpha": fed.alpha if fed.site_column is None and fed.partition == "dirichlet" else None,
-        "rounds": len(ledger.rounds), "local_epochs": fed.local_epochs, "clients": shards["clients"],
+        "rounds": len(ledger.rounds), "local_epochs": fed.local_epochs, "clients": clients,
         "strategy": config.model.strategy, "best_round": None if best is None else best["round"],
         "failed_replies": sum(len(r["failed"]) for r in ledger.rounds),
         "bytes": {"trainable_each_way": sum(v.numel() * v.element_size() for v in trainable.values()),
@@ -573,7 +600,3 @@ def plot_federation(path: Path, ledger: Ledger, metric: str) -> None:
     figure.savefig(tmp, dpi=110)
     plt.close(figure)
     tmp.replace(path)
-
-
-app = client_app()
-"""The ClientApp for ``flower-supernode`` on a site's machine (docs/federated.md)."""
