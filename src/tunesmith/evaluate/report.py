@@ -9,6 +9,7 @@ from tunesmith.data.overlap import describe
 from tunesmith.evaluate.baseline import comparison_rows
 from tunesmith.evaluate.hub_card import portable_source
 from tunesmith.tasks.contract import CardText
+from tunesmith.tasks.plots import save_figure
 
 
 def plot_training_curves(path: Path, records: list[dict[str, Any]], metric: str) -> None:
@@ -30,11 +31,7 @@ def plot_training_curves(path: Path, records: list[dict[str, Any]], metric: str)
     right.set(xlabel="step", ylabel=metric, title=f"validation {metric}")
     for axes in (left, right):
         axes.grid(alpha=0.3)
-    figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp, dpi=110)
-    plt.close(figure)
-    tmp.replace(path)
+    save_figure(figure, path)
 
 
 def _per_class(metrics: dict[str, Any]) -> str:

@@ -51,6 +51,7 @@ from tunesmith.models.load import pad_token_id, resolve_model
 from tunesmith.runs import RunDir, atomic_write
 from tunesmith.tasks import build_task
 from tunesmith.tasks.contract import Task
+from tunesmith.tasks.plots import save_figure
 from tunesmith.train.checkpoint import LoopState
 from tunesmith.train.fit import Fitted
 from tunesmith.train.loop import LoopResult, metric_and_mode, run_training
@@ -595,8 +596,4 @@ def plot_federation(path: Path, ledger: Ledger, metric: str) -> None:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    figure.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp, dpi=110)
-    plt.close(figure)
-    tmp.replace(path)
+    save_figure(figure, path)

@@ -29,9 +29,17 @@ def plot_confusion_matrix(path: Path, matrix: list[list[int]], label_names: list
                 colour = "white" if rates[i, j] > 0.5 else "black"
                 axes.text(j, i, str(counts[i, j]), ha="center", va="center", color=colour, fontsize=8)
     figure.colorbar(image, ax=axes, fraction=0.046, label="share of true class")
+    save_figure(figure, path, dpi=120)
+
+
+def save_figure(figure, path: Path, *, dpi: int = 110) -> None:
+    """Lays out ``figure``, writes it to ``path`` as a PNG (through a temporary file, so a
+    failed write leaves no half image) and closes it."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
-    figure.savefig(tmp, dpi=120)
+    figure.savefig(tmp, dpi=dpi)
     plt.close(figure)
     tmp.replace(path)
 
