@@ -26,7 +26,7 @@ from tunesmith import api
 from tunesmith.cli import app
 from tunesmith.data.shards import dirichlet_shards, iid_shards, site_shards
 from tunesmith.errors import StoppedPartWay, TunesmithError
-from tunesmith.study.federated import ProximalObjective
+from tunesmith.study.federated_client import ProximalObjective
 
 
 def _labels(count: int, classes: int = 4) -> np.ndarray:
@@ -131,12 +131,13 @@ def test_a_federation_writes_a_run_that_predicts_and_documents_itself(federation
     assert summary["strategy"] == "lora" and [c["client"] for c in summary["clients"]] == ["site north", "site south"]
     assert [c["rows"] for c in summary["clients"]] == [48, 48]
     sizes = summary["bytes"]
-    assert 0 < sizes["trainable_each_way"] < sizes["full_weights_each_way"] / 20  # only adapters and head travel
+    assert 0 < sizes["per_message"] < sizes["full_weights"] / 20  # only adapters and head travel
     training = json.loads((run / "metrics.json").read_text())["training"]
     assert training["federation"]["rounds"] == 3 and training["parallelism"] == "federated"
     assert 0 <= result.metrics["test"]["accuracy"] <= 1
-    north = [c["train_loss"] for r in summary["history"] for c in r["clients"] if c["client"] == "site north"]
-    assert len(north) == 3 and north[2] < north[0]  # each round starts from the global weights: learning carries over
+    losses = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train = [r["loss"] for r in losses if r["split"] == "train"]  # the clients' mean training loss per round
+    assert len(train) == 3 and train[2] < train[0]  # each round starts from the global weights: learning carries over
     rows = tunesmith.predict(run, ["good great lovely", "bad awful grim"])
     assert {r["label"] for r in rows} <= {"positive", "negative"}
     card = (run / "README.md").read_text()
@@ -147,9 +148,14 @@ def test_a_federation_writes_a_run_that_predicts_and_documents_itself(federation
 
 def test_a_client_killed_mid_round_leaves_the_round_to_the_others(federation):
     history = json.loads((federation["run"] / "federation.json").read_text())["history"]
-    assert [r["failed"] for r in history] == [[], ["site south"], []]
-    assert [len(r["clients"]) for r in history] == [2, 1, 2]
-    assert history[1]["bytes_sent"] == history[1]["bytes_per_client_each_way"] * 3  # two sent, one back
+    assert [r["round"] for r in history] == [1, 2, 3]
+    assert history[0]["failed"] == [] and history[1]["failed"] == ["site south"]
+    assert [c["client"] for c in history[1]["clients"]] == ["site north"]  # the round went on without it
+    # Ray starts the killed worker again; a message it is handed while it restarts fails too, so
+    # round 3 has one or two clients.
+    assert history[2]["clients"]
+    # The weights go to both clients twice (to train, to score their rows); one trained reply came back.
+    assert history[1]["bytes_sent"] == history[1]["bytes_per_message"] * 5
 
 
 def test_an_interrupted_federation_resumes_after_its_last_round(federation):
@@ -256,5 +262,5 @@ def test_a_deployed_federation_runs_as_separate_processes(tiny_model_dir, tmp_pa
     summary = json.loads((run / "federation.json").read_text())
     assert summary["engine"] == "flower-deployment"
     assert summary["clients"] == [{"client": "client 0", "rows": 50}, {"client": "client 1", "rows": 50}]
-    assert [[c["client"] for c in r["clients"]] for r in summary["history"]] == [["client 0", "client 1"]] * 2
+    assert [sorted(c["client"] for c in r["clients"]) for r in summary["history"]] == [["client 0", "client 1"]] * 2
     assert not (run / "federation" / "shards").exists()  # the server cut nothing: each site read its own file

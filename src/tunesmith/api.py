@@ -218,7 +218,8 @@ def federate(
     """Fine-tunes across clients that keep their rows (the ``federated`` config section), on
     Flower's simulation runtime, and writes an ordinary run directory from the best round's
     global model (with ``federation.json`` and ``federation_curves.png``). model.strategy is
-    LoRA unless the config or overrides name another, so only adapters and the head travel.
+    LoRA unless the config file or dict, or the overrides, name another (a Config object is
+    taken as it is), so only adapters and the head travel.
 
     Args:
         callbacks: called with each round's record once it is saved.
@@ -231,7 +232,8 @@ def federate(
     if not isinstance(config, Config):
         _as_config(config, overrides)  # a bad file or value is reported as train reports it
         given = _names_strategy(config, overrides or [])
-        config = _as_config(config, (overrides or []) + ([] if given else ["model.strategy=lora"]))
+        overrides = (overrides or []) + ([] if given else ["model.strategy=lora"])
+    config = _as_config(config, overrides)
     console = _console(console)
     log = _log(console)
     out = config.runtime.output_dir
@@ -272,9 +274,14 @@ def federate_resume(run_dir: str | Path, *, console=None, callbacks: list | None
     log = _log(console)
     with run.lock():
         if not (run.path / "federation" / "shards.json").is_file():
-            raise TunesmithError(f"{run.path} is not a federated run: resume it with tunesmith resume")
+            raise TunesmithError(
+                f"{run.path} is not a federated run: resume it with tunesmith train --resume {run.path}"
+            )
         if run.finished:
             raise TunesmithError(f"{run.path} already finished; there is nothing to resume")
+        if federated.read_plan(run).get("deployed"):
+            raise TunesmithError(f"{run.path} was a deployed federation: --resume continues simulated ones only; "
+                                 "start the deployed run again with flwr run (a new runtime.output_dir)")  # fmt: skip
         config, data = load_config(run.path / "config.yaml"), _saved_data(run)
         setup_runtime(config)
         task = build_task(config, run.read_json("task.json"))

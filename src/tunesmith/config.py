@@ -830,7 +830,7 @@ class FederatedConfig(Section):
     client_cpus: float = Field(1.0, gt=0)
     """CPU cores per simulated client (Flower's client_resources): clients run in parallel as
     far as the machine's cores allow, each with this many threads."""
-    round_timeout: float = Field(3600.0, gt=0)
+    round_timeout_seconds: float = Field(3600.0, gt=0)
     """Seconds the server waits for a round's replies; a client that has not answered by then
     counts as failed for that round."""
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from tunesmith import api
 from tunesmith.config import load_config
 from tunesmith.runs import atomic_write, claim_output
-from tunesmith.study.federated import client_app as _make_client_app
+from tunesmith.study.federated_client import client_app as _make_client_app
 
 APP = """# A Flower App for a deployed tunesmith federation (tunesmith federate --flower-app).
 # Start a SuperLink, one SuperNode per site, then: flwr run THIS_FOLDER SUPERLINK --stream

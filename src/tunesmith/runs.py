@@ -222,7 +222,7 @@ class RunDir:
         federated run has saved a round's global weights."""
         # manifest.json is written last into every checkpoint (train/checkpoint.py); older ones lack it
         # and are refused by resume, so they do not count.
-        if (self.path / "federation" / "global.safetensors").is_file():  # a federated run's last round
+        if (self.path / "federation" / "state.json").is_file():  # a federated run's record of its rounds
             return True
         return any(
             (step / "state.json").is_file() and (step / "manifest.json").is_file()
@@ -357,7 +357,7 @@ def existing_run_message(path: Path, what: str = "runtime.output_dir") -> str:
     """
     existing = RunDir(path)
     resumable = (path / "config.yaml").is_file() and existing.has_checkpoint() and not existing.finished
-    hint = f" or resume it with: tunesmith train --resume {path}" if resumable else ""
+    hint = f" or resume it with: {existing.resume_command} {path}" if resumable else ""
     if what != "runtime.output_dir":
         return f"{what} {path} already exists; choose a new path (tunesmith never overwrites a run){hint}"
     return f"Run directory {path} already exists; choose a new runtime.output_dir (--set runtime.output_dir=...){hint}"

@@ -95,15 +95,18 @@ def _federation_lines(federation: dict[str, Any] | None) -> list[str]:
                         for c in federation["clients"])  # fmt: skip
     spread = federation["partition"] + (f" (Dirichlet alpha {federation['alpha']})" if federation["alpha"] else "")
     sizes = federation["bytes"]
+    picked = (f"the global model of round {federation['best_round']}, the best on validation"
+              if federation["best_round"] is not None else "the last round's global model (no validation score picked one)")  # fmt: skip
     return [
         "## Federated training\n",
         f"- {len(federation['clients'])} clients ({clients}); rows shared out by {spread}",
         f"- {federation['rounds']} rounds of {federation['aggregation']}"
         + (f" (proximal mu {federation['proximal_mu']})" if federation["proximal_mu"] else "")
-        + f", {federation['local_epochs']} local epochs each; this model is the global model of round "
-        f"{federation['best_round']} (curves: federation_curves.png; every round in federation.json)",
-        f"- sent each way per client and round: {sizes['trainable_each_way']:,} bytes of {federation['strategy']} "
-        f"weights (the full weights are {sizes['full_weights_each_way']:,} bytes); failed client replies: "
+        + f", {federation['local_epochs']} local epochs each; this model is {picked} "
+        "(curves: federation_curves.png; every round in federation.json)",
+        f"- each message carried {sizes['per_message']:,} bytes of {federation['strategy']} weights (the full "
+        f"weights are {sizes['full_weights']:,} bytes); a round sends them to every client twice (to train, then "
+        f"to score on its rows) and gets one back from each client that trained; failed client replies: "
         f"{federation['failed_replies']}",
         f"- privacy: {federation['privacy']}\n",
     ]

@@ -25,13 +25,11 @@ trained on, and no differential privacy or secure aggregation is applied (the ca
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,8 +38,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.serverapp import ServerApp
+from flwr.serverapp.strategy import FedAvg, FedProx
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 
-from tunesmith.config import Config, config_from_dict
+from tunesmith.config import Config
 from tunesmith.data.load import read_table
 from tunesmith.data.prepare import PreparedData
 from tunesmith.data.shards import dirichlet_shards, iid_shards, shard_summary, site_shards
@@ -49,16 +52,14 @@ from tunesmith.errors import StoppedPartWay, TunesmithError
 from tunesmith.models.adapt import apply_strategy
 from tunesmith.models.load import pad_token_id, resolve_model
 from tunesmith.runs import RunDir, atomic_write
-from tunesmith.tasks import build_task
+from tunesmith.study.federated_client import client_app, load_state, trainable_state
 from tunesmith.tasks.contract import Task
 from tunesmith.tasks.plots import save_figure
 from tunesmith.train.checkpoint import LoopState
 from tunesmith.train.fit import Fitted
-from tunesmith.train.loop import LoopResult, metric_and_mode, run_training
+from tunesmith.train.loop import LoopResult, metric_and_mode
 
 STATE = "state.json"
-GLOBAL = "global.safetensors"
-BEST = "best.safetensors"
 LOCAL_STRATEGIES = ("full", "freeze", "lora")
 """Strategies a client can train round after round from the global weights (gradual unfreezing
 keeps a schedule across the loop's steps; contrastive and zero-shot do not train on the loop)."""
@@ -108,7 +109,7 @@ def write_shards(run: RunDir, config: Config, task: Task, train: pd.DataFrame, l
     for i, shard in enumerate(shards):
         _, keys = task.write_records(train.iloc[shard].reset_index(drop=True), folder, f"client-{i}")
     labels = train["label"].astype(str).to_numpy() if task.stratify else None
-    plan = {"folder": str(folder.resolve()), "keys": keys, "names": names,
+    plan = {"folder": "federation/shards", "keys": keys, "names": names,
             "clients": shard_summary(shards, labels, names)}  # fmt: skip
     run.write_json("federation/shards.json", plan)
     for entry in plan["clients"]:
@@ -117,135 +118,21 @@ def write_shards(run: RunDir, config: Config, task: Task, train: pd.DataFrame, l
     return plan
 
 
-# -- a client --------------------------------------------------------------------------------
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    """The weights that travel: the model's trainable parameters, by name."""
-    return {name: p.detach().cpu().contiguous() for name, p in model.named_parameters() if p.requires_grad}
-
-
-def load_state(model, arrays: dict[str, torch.Tensor]) -> None:
-    """Copies travelled weights into the model's parameters of the same names.
-
-    Raises:
-        TunesmithError: a name the model's trainable parameters do not have, or a shape that differs.
-    """
-    parameters = dict(model.named_parameters())
-    for name, value in arrays.items():
-        target = parameters.get(name)
-        if target is None or tuple(target.shape) != tuple(value.shape):
-            raise TunesmithError(f"federated weights do not fit the model: {name} {tuple(value.shape)}")
-        with torch.no_grad():
-            target.copy_(value.to(target.dtype))
-
-
-class ProximalObjective:
-    """The task's loss plus FedProx's proximal term, (mu / 2) * ||w - w_global||^2 over the
-    weights that travel. The loop divides a step's summed loss by the step's units (examples
-    or tokens), so each batch adds the term times its own units: the step's loss then carries
-    it exactly once."""
-
-    def __init__(self, task: Task, model, mu: float):
-        self.task, self.mu = task, mu
-        self.anchors = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad]
-        self.default_metric = task.default_metric
-
-    def collate(self, features: list[dict], pad_token_id: int) -> dict:
-        return {**self.task.collate(features, pad_token_id), "proximal_units": self.task.count(features)}
-
-    def count(self, features: list[dict]) -> int:
-        return self.task.count(features)
-
-    def batch_loss(self, model, batch: dict, device) -> torch.Tensor:
-        units = batch.pop("proximal_units")
-        distance = sum(((p - anchor.to(p.device)) ** 2).sum() for p, anchor in self.anchors)
-        return self.task.batch_loss(model, batch, device) + (self.mu / 2) * distance * units
-
-    def evaluate(self, model, features: list[dict], **options) -> dict[str, Any]:
-        return self.task.evaluate(model, features, **options)
-
-
-@dataclass
-class Site:
-    """One client's task, rows and model, built on its first message and kept for the rounds
-    after it (per client process)."""
-
-    config: Config
-    task: Task
-    features: list[dict]
-    model: Any
-    pad_token_id: int
-    name: str
-
-    @classmethod
-    def build(cls, settings: dict[str, Any], client: int, data: str | None) -> Site:
-        config = config_from_dict(json.loads(settings["config"]), "the federation's config")
-        task = build_task(config, json.loads(settings["task"]))
-        keys = json.loads(settings["keys"])
-        source = data if data is not None else str(Path(settings["folder"]) / f"client-{client}.parquet")
-        frame, _ = task.read(source, config.data.model_copy(update=keys if data is None else {}))
-        torch.set_num_threads(max(1, int(settings["threads"])))
-        resolved = resolve_model(config.model.name)
-        processor = task.load_processor(resolved)
-        features = task.encode(processor, {"train": frame}).features["train"]
-        model, new_parameters = task.load_model(resolved, config.model.dropout)
-        model, _ = apply_strategy(model, config.model, new_parameters, peft_task_type=task.peft_task_type)
-        return cls(config, task, features, model, pad_token_id(processor), f"client {client}")
-
-    def train(self, arrays: dict[str, torch.Tensor], *, round_number: int, client: int, mu: float,
-              scratch: Path) -> tuple[dict[str, torch.Tensor], dict[str, float]]:  # fmt: skip
-        """One round: from the global ``arrays``, the loop over this site's rows for
-        federated.local_epochs; returns the trained arrays and the round's mean training loss."""
-        load_state(self.model, arrays)
-        tree = self.config.model_dump(mode="json")
-        tree["train"].update(num_epochs=self.config.federated.local_epochs, max_steps=None, eval_every_steps=None,
-                             metric=None, early_stopping={"patience": None, "min_delta": 0.0})  # fmt: skip
-        tree["runtime"].update(progress=False, report_to=[], checkpoint_every_steps=None, keep_checkpoints=1,
-                               seed=self.config.runtime.seed + 1000 * round_number + client)  # fmt: skip
-        local = config_from_dict(tree, "a client's round")
-        objective = ProximalObjective(self.task, self.model, mu) if mu > 0 else self.task
-        folder = Path(tempfile.mkdtemp(prefix=f"round-{round_number}-client-{client}-", dir=scratch))
-        try:
-            run = RunDir(folder)
-            result = run_training(model=self.model, task=objective, train_features=self.features, val_features=[],
-                                  config=local, run=run, pad_token_id=self.pad_token_id, log=lambda m: None)  # fmt: skip
-            losses = [json.loads(line)["loss"] for line in run.metrics_log.read_text(encoding="utf-8").splitlines()]
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-        self.model = result.model
-        return trainable_state(self.model), {"train_loss": float(np.mean(losses)) if losses else math.nan}
-
-    def evaluate(self, arrays: dict[str, torch.Tensor]) -> dict[str, float]:
-        """The global model's scores on this site's own rows."""
-        load_state(self.model, arrays)
-        device = next(self.model.parameters()).device
-        metrics = self.task.evaluate(self.model, self.features, batch_size=self.config.train.batch_size * 2,
-                                     pad_token_id=self.pad_token_id, device=device)  # fmt: skip
-        return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-
-
-_SITES: dict[tuple[str, int], Site] = {}
-"""The sites this process serves (Flower's simulation runs several clients per worker process)."""
-
-
-def site_for(settings: dict[str, Any], client: int, data: str | None) -> Site:
-    key = (hashlib.sha256(settings["config"].encode()).hexdigest(), client)
-    if key not in _SITES:
-        _SITES[key] = Site.build(settings, client, data)
-    return _SITES[key]
-
-
 # -- the run's record ------------------------------------------------------------------------
 @dataclass
 class Ledger:
     """What the server keeps of every round: per-round global scores, per-client results,
-    bytes sent, failures; saved with the global weights after each round."""
+    bytes sent, failures. After each round its global weights go to ``round-N.safetensors``
+    and then ``state.json`` (written last) names them and the best round's, so a run killed in
+    between resumes from the last round that ``state.json`` names."""
 
     run: RunDir
     clients: list[str]
     metric: str
     mode: str
     rounds: list[dict[str, Any]] = field(default_factory=list)
-    pending: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {"train": [], "evaluate": []})
+    files: dict[str, str | None] = field(default_factory=lambda: {"global": None, "best": None})
+    pending: dict[str, list] = field(default_factory=lambda: {"train": [], "evaluate": [], "errors": []})
 
     @property
     def folder(self) -> Path:
@@ -264,25 +151,39 @@ class Ledger:
             try:
                 saved = json.loads(path.read_text(encoding="utf-8"))
                 ledger.rounds = list(saved["rounds"])
-            except (ValueError, KeyError, TypeError) as error:
-                raise TunesmithError(f"{path} is not a federation record tunesmith wrote: {error}") from None
-            if ledger.rounds and not (ledger.folder / GLOBAL).is_file():
-                raise TunesmithError(
-                    f"{path} records {len(ledger.rounds)} rounds but {ledger.folder / GLOBAL} is missing"
-                )
+                ledger.files = {"global": saved["global"], "best": saved["best"]}
+                assert all(name is None or Path(name).name == name for name in ledger.files.values())
+            except (ValueError, KeyError, TypeError, AssertionError) as error:
+                raise TunesmithError(f"{path} is not a federation record tunesmith wrote: {error!r}") from None
+            if ledger.rounds and not (ledger.folder / str(ledger.files["global"])).is_file():
+                raise TunesmithError(f"{path} records {len(ledger.rounds)} rounds but their weights "
+                                     f"({ledger.files['global']}) are missing")  # fmt: skip
         return ledger
 
     def record(self, kind: str, contents: list) -> dict[str, float]:
         """Keeps the per-client metrics of a round's replies (train or evaluate) and returns
-        their mean weighted by rows (Flower's aggregated metrics)."""
+        their means weighted by rows, a client's NaN left out (Flower's aggregated metrics).
+
+        Raises:
+            TunesmithError: a reply from a client number outside the federation, or two from one.
+        """
         found = []
         for content in contents:
             metrics = dict(content["metrics"])
-            found.append({"client": self.clients[int(metrics.pop("client"))], **metrics})
+            number = int(metrics.pop("client"))
+            if not 0 <= number < len(self.clients) or any(r["client"] == self.clients[number] for r in found):
+                raise TunesmithError(
+                    f"a client answered as partition-id {number}: each client needs its own partition-id from 0 "
+                    f"to {len(self.clients) - 1} (federated.clients={len(self.clients)})"
+                )
+            found.append({"client": self.clients[number], **metrics})
         self.pending[kind] = found
-        total = sum(r["num-examples"] for r in found) or 1
-        names = {k for r in found for k in r if k not in ("client", "num-examples")}
-        return {k: sum(r.get(k, 0.0) * r["num-examples"] for r in found) / total for k in sorted(names)}
+        means = {}
+        for name in sorted({k for r in found for k in r if k not in ("client", "num-examples")}):
+            pairs = [(r[name], r["num-examples"]) for r in found if math.isfinite(r.get(name, math.nan))]
+            total = sum(n for _, n in pairs)
+            means[name] = sum(v * n for v, n in pairs) / total if total else math.nan
+        return means
 
     def best(self) -> dict[str, Any] | None:
         scored = [r for r in self.rounds if math.isfinite(r["validation"].get(self.metric, math.nan))]
@@ -293,75 +194,46 @@ class Ledger:
 
     def close_round(self, number: int, validation: dict[str, float], arrays: dict[str, torch.Tensor],
                     bytes_each: int) -> dict[str, Any]:  # fmt: skip
-        """Records round ``number`` and saves its global weights (and the best round's)."""
-        from safetensors.torch import save
+        """Records round ``number`` and saves its global weights.
 
+        Raises:
+            StoppedPartWay: no client trained in this round (their errors named); the rounds
+                before it are kept.
+        """
         trained = [r["client"] for r in self.pending["train"]]
+        if not trained:
+            reasons = "; ".join(dict.fromkeys(self.pending["errors"])) or "no reply"
+            raise StoppedPartWay(f"round {number}: no client trained, so the federation stopped ({reasons[:2000]})")
+        # Each round sends the global weights to every client twice (to train, then to score
+        # on its rows) and receives one reply from each client that trained.
         entry = {"round": number, "validation": validation, "clients": self.pending["train"],
                  "client_evaluation": self.pending["evaluate"],
                  "failed": [c for c in self.clients if c not in trained],
-                 "bytes_sent": bytes_each * (len(self.clients) + len(trained)),
-                 "bytes_per_client_each_way": bytes_each}  # fmt: skip
-        self.pending = {"train": [], "evaluate": []}
+                 "bytes_sent": bytes_each * (2 * len(self.clients) + len(trained)),
+                 "bytes_per_message": bytes_each}  # fmt: skip
+        self.pending = {"train": [], "evaluate": [], "errors": []}
         self.rounds.append(entry)
-        payload = save({k: v.contiguous() for k, v in arrays.items()})
-        atomic_write(self.folder / GLOBAL, payload)
-        if self.best() is entry:
-            atomic_write(self.folder / BEST, payload)
-        atomic_write(self.folder / STATE, json.dumps({"rounds": self.rounds}, indent=2) + "\n")
+        name = f"round-{number}.safetensors"
+        atomic_write(self.folder / name, save({k: v.contiguous() for k, v in arrays.items()}))
+        best = self.best()
+        self.files = {"global": name, "best": None if best is None else f"round-{best['round']}.safetensors"}
+        atomic_write(self.folder / STATE, json.dumps({**self.files, "rounds": self.rounds}, indent=2) + "\n")
+        for old in self.folder.glob("round-*.safetensors"):  # what state.json no longer names
+            if old.name not in self.files.values():
+                old.unlink(missing_ok=True)
         rows = sum(r["num-examples"] for r in entry["clients"])
-        if rows:
-            loss = sum(r.get("train_loss", math.nan) * r["num-examples"] for r in entry["clients"]) / rows
-            self.run.append_metrics({"step": number, "round": number, "split": "train", "loss": loss})
+        loss = sum(r.get("train_loss", math.nan) * r["num-examples"] for r in entry["clients"]) / rows
+        self.run.append_metrics({"step": number, "round": number, "split": "train", "loss": loss})
         self.run.append_metrics({"step": number, "round": number, "split": "validation", **validation})
         return entry
 
-    def saved(self, name: str) -> dict[str, torch.Tensor]:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
+    def weights(self, which: str) -> dict[str, torch.Tensor]:
+        """The saved global weights of the last round (``which`` "global") or the best one ("best")."""
+        path = self.folder / str(self.files[which])
         try:
-            return load_file(self.folder / name)
+            return load_file(path)
         except (SafetensorError, OSError) as error:
-            raise TunesmithError(f"{self.folder / name} is not readable federated weights: {error}") from None
-
-
-# -- Flower's apps ---------------------------------------------------------------------------
-def client_app(mods: list | tuple = ()):
-    """The ClientApp every client runs: Flower's simulation runs it in its worker processes,
-    ``flower-supernode`` on a site's own machine (``tunesmith.study.federated:app``). A client
-    reads its rows from the shard named by its ``partition-id``, or from its node config's
-    ``data`` (a site's own file, in the run's format and columns); the run's config and label
-    space come with every message. ``mods``: Flower mods wrapped around it."""
-    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
-    from flwr.clientapp import ClientApp
-
-    app = ClientApp(mods=list(mods))
-
-    def site_of(message, context) -> tuple[Site, int, dict[str, Any]]:
-        settings = dict(message.content["config"])
-        client = int(context.node_config["partition-id"])
-        data = context.node_config.get("data")
-        return site_for(settings, client, None if data is None else str(data)), client, settings
-
-    @app.train()
-    def train(message, context):
-        site, client, settings = site_of(message, context)
-        scratch = Path(settings["scratch"]) if Path(settings["scratch"]).is_dir() else Path(tempfile.gettempdir())
-        trained, metrics = site.train(message.content["arrays"].to_torch_state_dict(), client=client,
-                                      round_number=int(settings["server-round"]) + int(settings["round-offset"]),
-                                      mu=float(settings.get("proximal-mu", 0.0)), scratch=scratch)  # fmt: skip
-        record = MetricRecord({"num-examples": len(site.features), "client": client, **metrics})
-        return Message(RecordDict({"arrays": ArrayRecord(trained), "metrics": record}), reply_to=message)
-
-    @app.evaluate()
-    def evaluate(message, context):
-        site, client, _ = site_of(message, context)
-        metrics = site.evaluate(message.content["arrays"].to_torch_state_dict())
-        record = MetricRecord({"num-examples": len(site.features), "client": client, **metrics})
-        return Message(RecordDict({"metrics": record}), reply_to=message)
-
-    return app
+            raise TunesmithError(f"{path} is not readable federated weights: {error}") from None
 
 
 @dataclass
@@ -379,28 +251,31 @@ class Server:
     log: Callable[[str], None]
     callbacks: list = field(default_factory=list)
 
-    def strategy(self):
-        from flwr.serverapp.strategy import FedAvg, FedProx
-
+    def strategy(self) -> FedAvg:
+        """Flower's strategy, every client in every round; the error replies' reasons are kept
+        for the round's record."""
         fed, count = self.config.federated, len(self.ledger.clients)
         common = {"fraction_train": 1.0, "fraction_evaluate": 1.0, "min_train_nodes": count,
                   "min_evaluate_nodes": count, "min_available_nodes": count,
                   "train_metrics_aggr_fn": self.aggregate("train"),
                   "evaluate_metrics_aggr_fn": self.aggregate("evaluate")}  # fmt: skip
-        if fed.aggregation == "fedprox":
-            return FedProx(proximal_mu=fed.proximal_mu, **common)
-        return FedAvg(**common)
+        strategy = FedProx(proximal_mu=fed.proximal_mu, **common) if fed.aggregation == "fedprox" else FedAvg(**common)
+        aggregate_train = strategy.aggregate_train
+
+        def keep_reasons(server_round: int, replies):
+            replies = list(replies)
+            self.ledger.pending["errors"] = [m.error.reason for m in replies if m.has_error()]
+            return aggregate_train(server_round, replies)
+
+        strategy.aggregate_train = keep_reasons
+        return strategy
 
     def aggregate(self, kind: str) -> Callable:
-        from flwr.app import MetricRecord
-
         return lambda contents, weighted_by_key: MetricRecord(self.ledger.record(kind, contents))
 
-    def evaluate(self, server_round: int, arrays) -> Any:
+    def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
         """Flower's centralized evaluation, after each round (round 0: the starting weights,
         not scored): the global model on the validation split, then the round's record."""
-        from flwr.app import MetricRecord
-
         if server_round == 0:
             return None
         number = server_round + int(self.settings["round-offset"])
@@ -423,17 +298,13 @@ class Server:
 
     def start(self, grid, initial: dict[str, torch.Tensor], rounds: int) -> None:
         """Runs ``rounds`` rounds with the clients that ``grid`` reaches (Flower's strategy loop)."""
-        from flwr.app import ArrayRecord, ConfigRecord
-
         self.strategy().start(grid=grid, initial_arrays=ArrayRecord(initial), num_rounds=rounds,
-                              timeout=self.config.federated.round_timeout,
+                              timeout=self.config.federated.round_timeout_seconds,
                               train_config=ConfigRecord(dict(self.settings)),
                               evaluate_config=ConfigRecord(dict(self.settings)), evaluate_fn=self.evaluate)  # fmt: skip
 
-    def app(self, initial: dict[str, torch.Tensor], rounds: int):
+    def app(self, initial: dict[str, torch.Tensor], rounds: int) -> ServerApp:
         """A ServerApp running :meth:`start`, for Flower's simulation runtime."""
-        from flwr.serverapp import ServerApp
-
         app = ServerApp()
 
         @app.main()
@@ -454,7 +325,7 @@ PRIVACY = (
 def simulate(server: Server, initial: dict[str, torch.Tensor], rounds: int, clients: int, mods: list | tuple) -> None:
     """Runs the rounds in Flower's simulation runtime: the ServerApp in this process, each client
     a virtual node served by Ray worker processes (federated.client_cpus cores each)."""
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # Flower's usage telemetry: no network here
+    import ray
     from flwr.simulation import run_simulation
 
     cpus = server.config.federated.client_cpus
@@ -472,9 +343,23 @@ def simulate(server: Server, initial: dict[str, torch.Tensor], rounds: int, clie
                        backend_config=backend)  # fmt: skip
     finally:
         flower.setLevel(level)
-        import ray
-
         ray.shutdown()  # its worker processes and object store go now, not when this process ends
+
+
+def read_plan(run: RunDir) -> dict[str, Any]:
+    """A federated run's plan of clients (``federation/shards.json``).
+
+    Raises:
+        TunesmithError: the file is not a plan tunesmith wrote.
+    """
+    path = run.path / "federation" / "shards.json"
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(plan["names"], list) or not isinstance(plan["folder"], str):
+            raise TypeError("names must be a list and folder a string")
+        return plan
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise TunesmithError(f"{path} is not a federation plan tunesmith wrote: {error!r}") from None
 
 
 def deployed_clients(run: RunDir, config: Config) -> dict:
@@ -508,7 +393,7 @@ def run_federation(run: RunDir, config: Config, task: Task, data: PreparedData, 
     """
     fed = config.federated
     if resume:
-        shards = run.read_json("federation/shards.json")
+        shards = read_plan(run)
     elif grid is not None:
         (run.path / "federation").mkdir()
         shards = deployed_clients(run, config)
@@ -522,11 +407,12 @@ def run_federation(run: RunDir, config: Config, task: Task, data: PreparedData, 
     metric, mode = metric_and_mode(task, config.train)
     ledger = Ledger.open(run, shards["names"], metric, mode)
     done = len(ledger.rounds)
-    initial = ledger.saved(GLOBAL) if done else trainable_state(model)
+    initial = ledger.weights("global") if done else trainable_state(model)
     if resume:
         log(f"Resuming after round {done} of {fed.rounds}")
     settings = {"config": json.dumps(config.model_dump(mode="json")), "task": json.dumps(task.to_dict()),
-                "keys": json.dumps(shards["keys"]), "folder": shards["folder"], "round-offset": done,
+                "keys": json.dumps(shards["keys"]), "round-offset": done,
+                "folder": str((run.path / shards["folder"]).resolve()) if shards["folder"] else "",
                 "threads": max(1, int(fed.client_cpus)), "scratch": str((ledger.folder / "scratch").resolve())}  # fmt: skip
     (ledger.folder / "scratch").mkdir(exist_ok=True)
     server = Server(config, task, model, encoded.features.get("validation", []), pad_token_id(processor), ledger,
@@ -539,14 +425,15 @@ def run_federation(run: RunDir, config: Config, task: Task, data: PreparedData, 
     if len(ledger.rounds) < fed.rounds:
         raise StoppedPartWay(f"the federation stopped after round {len(ledger.rounds)} of {fed.rounds}")
     best = ledger.best()
-    load_state(model, ledger.saved(BEST if best is not None else GLOBAL))
+    load_state(model, ledger.weights("best" if best is not None else "global"))
     summary = federation_summary(config, ledger, shards, trainable=initial, model=model)
     run.write_json("federation.json", summary)
-    plot_federation(run.path / "federation_curves.png", ledger, metric)
+    plot_federation(run.path / "federation_curves.png", ledger, metric, proximal=fed.aggregation == "fedprox")
     state = LoopState(step=len(ledger.rounds), epoch=len(ledger.rounds), history=ledger.rounds,
                       best_metric=None if best is None else best["validation"][metric],
                       best_step=None if best is None else best["round"],
-                      examples_seen=sum(c["num-examples"] for r in ledger.rounds for c in r["clients"]))  # fmt: skip
+                      examples_seen=int(sum(c["num-examples"] for r in ledger.rounds for c in r["clients"])
+                                        * fed.local_epochs))  # fmt: skip
     result = LoopResult(state, model, restored_best=best is not None, parallelism="federated", federation=summary)
     return Fitted(result=result, encoded=encoded, processor=processor, resolved=resolved)
 
@@ -561,19 +448,21 @@ def federation_summary(config: Config, ledger: Ledger, shards: dict, *, trainabl
         "engine": "flower-deployment" if shards.get("deployed") else "flower-simulation",
         "aggregation": fed.aggregation,
         "proximal_mu": fed.proximal_mu if fed.aggregation == "fedprox" else None,
-        "partition": f"site column {fed.site_column}" if fed.site_column else fed.partition,
+        "partition": "each site's own file" if shards.get("deployed")
+        else f"site column {fed.site_column}" if fed.site_column else fed.partition,
         "alpha": fed.alpha if fed.site_column is None and fed.partition == "dirichlet" else None,
         "rounds": len(ledger.rounds), "local_epochs": fed.local_epochs, "clients": clients,
         "strategy": config.model.strategy, "best_round": None if best is None else best["round"],
         "failed_replies": sum(len(r["failed"]) for r in ledger.rounds),
-        "bytes": {"trainable_each_way": sum(v.numel() * v.element_size() for v in trainable.values()),
-                  "full_weights_each_way": sum(p.numel() * p.element_size() for p in model.parameters()),
+        "bytes": {"per_message": sum(v.numel() * v.element_size() for v in trainable.values()),
+                  "full_weights": sum(p.numel() * p.element_size() for p in model.parameters())
+                  + sum(b.numel() * b.element_size() for b in model.buffers() if b.is_floating_point()),
                   "sent_per_round": [r["bytes_sent"] for r in ledger.rounds]},
         "history": ledger.rounds, "privacy": PRIVACY,
     }  # fmt: skip
 
 
-def plot_federation(path: Path, ledger: Ledger, metric: str) -> None:
+def plot_federation(path: Path, ledger: Ledger, metric: str, *, proximal: bool) -> None:
     """Saves the global validation metric per round, and each client's training loss and its
     score of the global model on its own rows, per round, as a PNG."""
     import matplotlib
@@ -590,7 +479,11 @@ def plot_federation(path: Path, ledger: Ledger, metric: str) -> None:
         scored = [(r["round"], c) for r in ledger.rounds for c in r["client_evaluation"] if c["client"] == name]
         axes[1].plot([n for n, _ in trained], [c.get("train_loss", math.nan) for _, c in trained], "o-", label=name)
         axes[2].plot([n for n, _ in scored], [c.get(metric, math.nan) for _, c in scored], "o-", label=name)
-    axes[1].set(xlabel="round", ylabel="loss", title="each client's training loss")
+    axes[1].set(
+        xlabel="round",
+        ylabel="loss",
+        title="each client's training loss" + (" (with the proximal term)" if proximal else ""),
+    )
     axes[2].set(xlabel="round", ylabel=metric, title=f"global model's {metric} on each client's rows")
     for ax in axes:
         ax.grid(alpha=0.3)
