@@ -1,11 +1,11 @@
 """Federated fine-tuning against centralized training and each client alone (issue 23).
 
-    .venv/bin/python benchmarks/federated.py --rows 2000 --clients 4 --rounds 5 \
-        --out benchmarks/out/federated.json
+    .venv/bin/python benchmarks/federated.py --rows 1200 --validation-rows 300 --test-rows 1000 \
+        --clients 4 --rounds 4 --out benchmarks/out/federated.json
 
 AG News (4 labels), all-MiniLM-L6-v2 with LoRA (r 8, the task's default targets) and one set of
 hyperparameters for every setup. ``--rows`` training rows are drawn from ``agnews/dev.tsv`` with
-a seeded permutation, 500 more rows of it are the validation split, and ``--test-rows`` seeded
+a seeded permutation, ``--validation-rows`` more rows of it are the validation split, and ``--test-rows`` seeded
 rows of ``agnews/test.tsv`` are the test split of every run. Setups, each a real tunesmith run:
 
 - ``federated iid`` and ``federated dirichlet``: ``tunesmith federate`` with ``--clients`` clients
@@ -37,12 +37,12 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "agnews"
 
 
-def tables(rows: int, test_rows: int, seed: int) -> dict[str, pd.DataFrame]:
+def tables(rows: int, validation_rows: int, test_rows: int, seed: int) -> dict[str, pd.DataFrame]:
     pool = pd.read_csv(DATA / "dev.tsv", sep="\t", header=None, quoting=3, names=["text", "label"])
     test = pd.read_csv(DATA / "test.tsv", sep="\t", header=None, quoting=3, names=["text", "label"])
     order = np.random.default_rng(seed).permutation(len(pool))
     picked = np.random.default_rng(seed + 1).permutation(len(test))[:test_rows]
-    return {"train": pool.iloc[order[:rows]], "validation": pool.iloc[order[rows : rows + 500]],
+    return {"train": pool.iloc[order[:rows]], "validation": pool.iloc[order[rows : rows + validation_rows]],
             "test": test.iloc[np.sort(picked)]}  # fmt: skip
 
 
@@ -69,6 +69,7 @@ def scores(run: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--validation-rows", type=int, default=500)
     parser.add_argument("--test-rows", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=5)
@@ -86,7 +87,7 @@ def main() -> None:
 
     args.work.mkdir(parents=True, exist_ok=False)
     files = {}
-    for name, frame in tables(args.rows, args.test_rows, args.seed).items():
+    for name, frame in tables(args.rows, args.validation_rows, args.test_rows, args.seed).items():
         files[name] = args.work / f"{name}.csv"
         frame.to_csv(files[name], index=False)
     results = []
