@@ -84,9 +84,12 @@ def cut_shards(config: Config, task: Task, train: pd.DataFrame) -> tuple[list[np
     fed = config.federated
     if fed.site_column is not None:
         rows = task.source_rows(train)
+        if rows is None:
+            raise TunesmithError(f"federated.site_column: a {task.kind} task's rows do not keep their place in "
+                                 "data.train, so their sites cannot be read; use federated.partition")  # fmt: skip
         table = read_table(config.data.train, column_names=config.data.column_names,
                            encoding_errors=config.data.encoding_errors)  # fmt: skip
-        if rows is None or fed.site_column not in table.frame.columns:
+        if fed.site_column not in table.frame.columns:
             raise TunesmithError(f"federated.site_column={fed.site_column!r} is not a column of {table.source}; "
                                  f"columns: {list(table.frame.columns)}")  # fmt: skip
         shards, sites = site_shards(table.frame[fed.site_column].to_numpy()[rows], column=fed.site_column)
