@@ -190,7 +190,7 @@ def resume(run_dir: str | Path, *, console=None, callbacks: list | None = None) 
         config = load_config(run.path / "config.yaml")
         if run.finished:
             raise TunesmithError(f"{run.path} already finished; there is nothing to resume")
-        if (run.path / "federation" / "shards.json").is_file():
+        if run.federated:
             raise TunesmithError(
                 f"{run.path} is a federated run: continue it with tunesmith federate --resume {run.path}"
             )
@@ -273,7 +273,7 @@ def federate_resume(run_dir: str | Path, *, console=None, callbacks: list | None
     run, console = RunDir.open(run_dir), _console(console)
     log = _log(console)
     with run.lock():
-        if not (run.path / "federation" / "shards.json").is_file():
+        if not run.federated:
             raise TunesmithError(
                 f"{run.path} is not a federated run: resume it with tunesmith train --resume {run.path}"
             )

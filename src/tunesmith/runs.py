@@ -212,10 +212,14 @@ class RunDir:
         return (self.model_dir / "config.json").is_file() and (self.path / "metrics.json").is_file()
 
     @property
+    def federated(self) -> bool:
+        """True for a run of ``tunesmith federate`` (its plan of clients, ``federation/shards.json``)."""
+        return (self.path / "federation" / "shards.json").is_file()
+
+    @property
     def resume_command(self) -> str:
         """The command that continues this run: a federated run's, or train's."""
-        federated = (self.path / "federation" / "shards.json").is_file()
-        return "tunesmith federate --resume" if federated else "tunesmith train --resume"
+        return "tunesmith federate --resume" if self.federated else "tunesmith train --resume"
 
     def has_checkpoint(self) -> bool:
         """True when ``checkpoints/`` holds a complete checkpoint that a resume can start from, or a

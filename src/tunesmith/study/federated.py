@@ -155,8 +155,9 @@ class Ledger:
                 saved = json.loads(path.read_text(encoding="utf-8"))
                 ledger.rounds = list(saved["rounds"])
                 ledger.files = {"global": saved["global"], "best": saved["best"]}
-                assert all(name is None or Path(name).name == name for name in ledger.files.values())
-            except (ValueError, KeyError, TypeError, AssertionError) as error:
+                if not all(name is None or Path(name).name == name for name in ledger.files.values()):
+                    raise ValueError(f"weights named outside {ledger.folder}: {ledger.files}")
+            except (ValueError, KeyError, TypeError) as error:
                 raise TunesmithError(f"{path} is not a federation record tunesmith wrote: {error!r}") from None
             if ledger.rounds and not (ledger.folder / str(ledger.files["global"])).is_file():
                 raise TunesmithError(f"{path} records {len(ledger.rounds)} rounds but their weights "
