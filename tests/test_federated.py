@@ -164,6 +164,7 @@ def test_an_interrupted_federation_resumes_after_its_last_round(federation):
     config = json.loads(json.dumps(federation["config"]))
     config["runtime"]["output_dir"] = str(federation["root"] / "interrupted")
     config["federated"].update(rounds=2, local_epochs=1)
+    config["runtime"]["report_to"] = ["tensorboard"]  # each round is a step; resume continues the run
     seen = []
 
     def stop_after_round_one(entry):
@@ -185,6 +186,16 @@ def test_an_interrupted_federation_resumes_after_its_last_round(federation):
     assert [r["round"] for r in summary["history"]] == [1, 2]
     assert summary["history"][0] == before[0]  # round 1 kept as it was, not trained again
     assert (run / "model" / "config.json").is_file()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0}).Reload()
+    history = summary["history"]
+    assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [
+        (r["round"], pytest.approx(r["train_loss"], rel=1e-6)) for r in history]  # fmt: skip
+    assert [(e.step, e.value) for e in events.Scalars("validation/accuracy")] == [
+        (r["round"], pytest.approx(r["validation"]["accuracy"], rel=1e-6)) for r in history]  # fmt: skip
+    final = json.loads((run / "metrics.json").read_text())
+    assert events.Scalars("final/test/accuracy")[-1].value == pytest.approx(final["test"]["accuracy"])
 
 
 def test_federate_refuses_what_it_cannot_federate(tiny_model_dir, tmp_path, sentiment_csv):
@@ -196,6 +207,10 @@ def test_federate_refuses_what_it_cannot_federate(tiny_model_dir, tmp_path, sent
     config["federated"] = {"site_column": "hospital"}
     with pytest.raises(TunesmithError, match="'hospital' is not a column"):
         api.federate(config)
+    config["federated"] = {}
+    config["data"]["clean"] = {"label_errors": "drop"}  # the server's rows are not the ones trained on
+    with pytest.raises(TunesmithError, match="run tunesmith inspect on each site's file"):
+        api.federate(config, grid=object())
     assert not (tmp_path / "run").exists()
 
 

@@ -144,25 +144,39 @@ def _write_inputs(run: RunDir, config: Config, task: Task, data: PreparedData, s
     return config
 
 
-def _train(config: Config, console, callbacks: list | None, staging: Path | None = None) -> TrainResult:
-    """train() once its config is resolved; ``staging``: where train()'s ``data`` tables wait."""
-    console = _console(console)
-    out, main = config.runtime.output_dir, is_main_process()
-    if not main and out is None:
-        raise TunesmithError("a distributed run needs runtime.output_dir (tunesmith train --nproc sets it)")
-    if main and out is not None:  # a run inside another would break that run's hashes and resume
+def _prepare(config: Config, console, *, check: Callable[[Config, Task], None] | None = None,
+             ) -> tuple[Task, PreparedData, Callable[[str], None]]:  # fmt: skip
+    """What a new run (train or federate) does before its run directory: claims
+    runtime.output_dir (rank 0), builds the task, refuses what it can before the data work
+    (trackers, the model's max length, ``check``), prepares the data (data.clean included),
+    sets up the runtime, logs what the data stage did and checks the settings that need a
+    validation split. Returns the task, the data and the run's log."""
+    out = config.runtime.output_dir
+    if is_main_process() and out is not None:  # a run inside another would break that run's hashes and resume
         claim_output(out, kind="dir", what="runtime.output_dir", run=True)
     task = build_task(config)
+    if check is not None:
+        check(config, task)
     check_trackers(config.runtime.report_to)  # a missing tracker package, before any work
     # The model's name and model.max_length are checked before the data work and the run directory.
     check_max_length(resolve_model(config.model.name), None, config.model.max_length)
     finder = label_error_finder(config, fit_fold=fold_classifier(config, train=train))
     data = task.prepare(config, find_label_errors=finder)
     setup_runtime(config)
-    log = _log(console)
+    log = _log(_console(console))
     for line in data_lines(data, suggest_balance=config.task.supports_balance):
         log(line)
     check_validation_needs(config, task, data.splits)
+    return task, data, log
+
+
+def _train(config: Config, console, callbacks: list | None, staging: Path | None = None) -> TrainResult:
+    """train() once its config is resolved; ``staging``: where train()'s ``data`` tables wait."""
+    console = _console(console)
+    out, main = config.runtime.output_dir, is_main_process()
+    if not main and out is None:
+        raise TunesmithError("a distributed run needs runtime.output_dir (tunesmith train --nproc sets it)")
+    task, data, log = _prepare(config, console)
     if not main:  # only rank 0 writes; the others train on the same data in memory
         fit(RunDir(out), config, task, data, console=console, callbacks=[], log=log, resume=False)
         return TrainResult(Path(out), {})
@@ -235,22 +249,17 @@ def federate(
         overrides = (overrides or []) + ([] if given else ["model.strategy=lora"])
     config = _as_config(config, overrides)
     console = _console(console)
-    log = _log(console)
-    out = config.runtime.output_dir
-    if out is not None:
-        claim_output(out, kind="dir", what="runtime.output_dir", run=True)
-    task = build_task(config)
-    federated.check_federation(config, task)
-    check_max_length(resolve_model(config.model.name), None, config.model.max_length)
-    data = task.prepare(config)
-    setup_runtime(config)
-    for line in data_lines(data, suggest_balance=config.task.supports_balance):
-        log(line)
-    run = RunDir.create(out)
+
+    def check(config: Config, task: Task) -> None:
+        federated.check_federation(config, task, deployed=grid is not None)
+
+    task, data, log = _prepare(config, console, check=check)
+    run = RunDir.create(config.runtime.output_dir)
     with settled_on_failure(run, fresh=True):
         config = _write_inputs(run, config, task, data, None, log)
-        with run.lock():
-            fitted = federated.run_federation(run, config, task, data, log=log, callbacks=callbacks or [],
+        with run.lock(), tracking(run, config) as trackers:
+            fitted = federated.run_federation(run, config, task, data, log=log,
+                                              callbacks=[*map(federated.round_tracker, trackers), *(callbacks or [])],
                                               client_mods=client_mods or [], grid=grid)  # fmt: skip
             return TrainResult(run.path, finish_run(run, config, task, data, fitted, log))
 
@@ -285,8 +294,9 @@ def federate_resume(run_dir: str | Path, *, console=None, callbacks: list | None
         config, data = load_config(run.path / "config.yaml"), _saved_data(run)
         setup_runtime(config)
         task = build_task(config, run.read_json("task.json"))
-        with settled_on_failure(run, fresh=False):
-            fitted = federated.run_federation(run, config, task, data, log=log, callbacks=callbacks or [],
+        with settled_on_failure(run, fresh=False), tracking(run, config, resume=True) as trackers:
+            fitted = federated.run_federation(run, config, task, data, log=log,
+                                              callbacks=[*map(federated.round_tracker, trackers), *(callbacks or [])],
                                               client_mods=client_mods or [], resume=True)  # fmt: skip
             return TrainResult(run.path, finish_run(run, config, task, data, fitted, log))
 

@@ -58,6 +58,7 @@ from tunesmith.tasks.plots import save_figure
 from tunesmith.train.checkpoint import LoopState
 from tunesmith.train.fit import Fitted
 from tunesmith.train.loop import LoopResult, metric_and_mode
+from tunesmith.train.trackers import TrackerCallback
 
 STATE = "state.json"
 LOCAL_STRATEGIES = ("full", "freeze", "lora")
@@ -65,8 +66,14 @@ LOCAL_STRATEGIES = ("full", "freeze", "lora")
 keeps a schedule across the loop's steps; contrastive and zero-shot do not train on the loop)."""
 
 
-def check_federation(config: Config, task: Task) -> None:
-    """Refuses settings a federation cannot run, before any data is read."""
+def check_federation(config: Config, task: Task, *, deployed: bool = False) -> None:
+    """Refuses settings a federation cannot run, before any data is read (``deployed``: the
+    clients are SuperNodes reading their own files)."""
+    if deployed and config.data.clean.label_errors != "keep":
+        # The server's data.train only fixes the label space there; the clients' rows never reach it.
+        raise TunesmithError(f"data.clean.label_errors={config.data.clean.label_errors} cleans the server's "
+                             "data.train, which a deployed federation does not train on: run tunesmith inspect "
+                             "on each site's file and clean it there, then set data.clean.label_errors=keep")  # fmt: skip
     if config.model.strategy not in LOCAL_STRATEGIES:
         raise TunesmithError(f"federate trains each client with model.strategy in {LOCAL_STRATEGIES}; "
                              f"model.strategy={config.model.strategy} cannot be federated")  # fmt: skip
@@ -76,6 +83,17 @@ def check_federation(config: Config, task: Task) -> None:
                              "one of per row: use partition=iid or federated.site_column")  # fmt: skip
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise TunesmithError("federate runs its clients itself: leave out --nproc")
+
+
+def round_tracker(callback: TrackerCallback) -> Callable[[dict[str, Any]], None]:
+    """A round callback that sends each round's global validation scores and the clients'
+    weighted training loss to runtime.report_to's trackers, the round's number as the step."""
+
+    def send(entry: dict[str, Any]) -> None:
+        callback.log_at(entry["round"], "train", {"loss": entry["train_loss"]})
+        callback.log_at(entry["round"], "validation", entry["validation"])
+
+    return send
 
 
 # -- shards ----------------------------------------------------------------------------------
@@ -215,6 +233,8 @@ class Ledger:
                  "failed": [c for c in self.clients if c not in trained],
                  "bytes_sent": bytes_each * (2 * len(self.clients) + len(trained)),
                  "bytes_per_message": bytes_each}  # fmt: skip
+        rows = sum(r["num-examples"] for r in entry["clients"])
+        entry["train_loss"] = sum(r.get("train_loss", math.nan) * r["num-examples"] for r in entry["clients"]) / rows
         self.pending = {"train": [], "evaluate": [], "errors": []}
         self.rounds.append(entry)
         name = f"round-{number}.safetensors"
@@ -225,9 +245,7 @@ class Ledger:
         for old in self.folder.glob("round-*.safetensors"):  # what state.json no longer names
             if old.name not in self.files.values():
                 old.unlink(missing_ok=True)
-        rows = sum(r["num-examples"] for r in entry["clients"])
-        loss = sum(r.get("train_loss", math.nan) * r["num-examples"] for r in entry["clients"]) / rows
-        self.run.append_metrics({"step": number, "round": number, "split": "train", "loss": loss})
+        self.run.append_metrics({"step": number, "round": number, "split": "train", "loss": entry["train_loss"]})
         self.run.append_metrics({"step": number, "round": number, "split": "validation", **validation})
         return entry
 

@@ -228,13 +228,24 @@ class TrackerCallback(Callback):
         self.step = 0
 
     def on_train_start(self, state: LoopState, total_steps: int) -> None:
-        self.step = state.step
+        self.start(state.step)
+
+    def log_at(self, step: int, split: str, record: dict[str, Any]) -> None:
+        """Sends ``record``'s scalars under ``split/`` at ``step``, starting the trackers first if
+        need be (a run that reports without the loop: a federation logs each round as a step)."""
+        self.start(step - 1)
+        self.step = step
+        self._log(split, record, step)
+
+    def start(self, step: int) -> None:
+        """Starts the trackers' runs (once) at ``step``, the checkpoint a resumed run continues from."""
+        self.step = step
         if self.trackers:
             return
         ids_path = self.run.path / IDS_FILE
         ids = json.loads(ids_path.read_text(encoding="utf-8")) if self.resume and ids_path.is_file() else {}
         parameters = flat_parameters(self.config.model_dump(mode="json"))
-        start = state.step if self.resume else None
+        start = step if self.resume else None
         for name in self.config.runtime.report_to:
             tracker = TRACKERS[name](self.run, run_id=ids.get(name), start_step=start, parameters=parameters)
             self.trackers.append(tracker)
