@@ -6,6 +6,7 @@ completed round."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -196,6 +197,36 @@ def test_an_interrupted_federation_resumes_after_its_last_round(federation):
         (r["round"], pytest.approx(r["validation"]["accuracy"], rel=1e-6)) for r in history]  # fmt: skip
     final = json.loads((run / "metrics.json").read_text())
     assert events.Scalars("final/test/accuracy")[-1].value == pytest.approx(final["test"]["accuracy"])
+
+
+# A federation trains the run's task through the contract: one short one of each of these kinds
+# (a tiny model each), with the model each kind trains ("fusion": a table's numbers beside its text).
+KINDS = {"regression": {}, "tabular": {"task": {"route": "fusion"}}, "token_classification": {},
+         "causal_lm": {"model": {"strategy": "lora"}}}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_a_federation_trains_each_kind_of_task(kind, request, tmp_path):
+    from tests.makers import DATA_FILE, tiny_task_config, write_examples
+
+    model_dir = request.getfixturevalue({"causal_lm": "tiny_llama_dir"}.get(kind, "tiny_model_dir"))
+    train_file = write_examples(kind, tmp_path / DATA_FILE.get(kind, "train.csv"), 48)
+    config = tiny_task_config(kind, model_dir, train_file, tmp_path / "run")
+    for section, values in KINDS[kind].items():
+        config.setdefault(section, {}).update(values)
+    config["federated"] = {"clients": 2, "rounds": 2, "local_epochs": 1}
+    result = api.federate(config)
+    summary = json.loads((result.run_dir / "federation.json").read_text())
+    assert [r["round"] for r in summary["history"]] == [1, 2]
+    assert all(r["failed"] == [] and len(r["clients"]) == 2 for r in summary["history"])
+    assert all(math.isfinite(r["train_loss"]) for r in summary["history"])
+    assert sum(c["rows"] for c in summary["clients"]) == len(pd.read_parquet(result.run_dir / "data" / "train.parquet"))
+    assert "test" in result.metrics and (result.run_dir / "README.md").is_file()
+    assert tunesmith.predict(result.run_dir, RAW.get(kind, ["good great lovely", "bad awful grim"]))
+
+
+RAW = {"tabular": [{"review": "good great lovely", "stars": 5, "channel": "web"}], "causal_lm": ["Repeat: blue"],
+       "token_classification": ["Alice went to Paris"]}  # fmt: skip
 
 
 def test_federate_refuses_what_it_cannot_federate(tiny_model_dir, tmp_path, sentiment_csv):
