@@ -70,6 +70,14 @@ class PooledTextClassifier(WrappingModel):
         self._takes_token_types = "token_type_ids" in inspect.signature(self.encoder.forward).parameters
         self.post_init()
 
+    @property
+    def lora_target_modules(self) -> list[str] | None:
+        """PEFT's default LoRA targets for the wrapped encoder's architecture (PEFT looks its
+        defaults up by the outer config's model type, which is this wrapper's, and finds none)."""
+        from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+        return TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(self.config.encoder.model_type)
+
     def _init_weights(self, module: nn.Module) -> None:
         """The linear layer as BERT's heads are; everything else by the encoder's own rule."""
         if module is getattr(self, "classifier", None):

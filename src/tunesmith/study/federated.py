@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -126,11 +127,12 @@ def write_shards(run: RunDir, config: Config, task: Task, train: pd.DataFrame, l
     shards, names = cut_shards(config, task, train)
     folder = run.path / "federation" / "shards"
     folder.mkdir(parents=True, exist_ok=True)
-    keys = {}
-    for i, shard in enumerate(shards):
-        _, keys = task.write_records(train.iloc[shard].reset_index(drop=True), folder, f"client-{i}")
+    keys, suffix = {}, ""
+    for i, shard in enumerate(shards):  # every shard in the task's own format: client-N.jsonl, ...
+        path, keys = task.write_records(train.iloc[shard].reset_index(drop=True), folder, f"client-{i}")
+        suffix = path.suffix
     labels = train["label"].astype(str).to_numpy() if task.stratify else None
-    plan = {"folder": "federation/shards", "keys": keys, "names": names,
+    plan = {"folder": "federation/shards", "suffix": suffix, "keys": keys, "names": names,
             "clients": shard_summary(shards, labels, names)}  # fmt: skip
     run.write_json("federation/shards.json", plan)
     for entry in plan["clients"]:
@@ -379,6 +381,8 @@ def read_plan(run: RunDir) -> dict[str, Any]:
         plan = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(plan["names"], list) or not isinstance(plan["folder"], str):
             raise TypeError("names must be a list and folder a string")
+        if not re.fullmatch(r"\.[A-Za-z0-9]{1,10}", plan.setdefault("suffix", ".parquet")):
+            raise ValueError(f"suffix {plan['suffix']!r} is not a file suffix")
         return plan
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise TunesmithError(f"{path} is not a federation plan tunesmith wrote: {error!r}") from None
@@ -433,7 +437,7 @@ def run_federation(run: RunDir, config: Config, task: Task, data: PreparedData, 
     if resume:
         log(f"Resuming after round {done} of {fed.rounds}")
     settings = {"config": json.dumps(config.model_dump(mode="json")), "task": json.dumps(task.to_dict()),
-                "keys": json.dumps(shards["keys"]), "round-offset": done,
+                "keys": json.dumps(shards["keys"]), "round-offset": done, "suffix": shards.get("suffix", ".parquet"),
                 "folder": str((run.path / shards["folder"]).resolve()) if shards["folder"] else "",
                 "threads": max(1, int(fed.client_cpus)), "scratch": str((ledger.folder / "scratch").resolve())}  # fmt: skip
     (ledger.folder / "scratch").mkdir(exist_ok=True)

@@ -153,7 +153,7 @@ def site_for(settings: dict[str, Any], client: int, data: str | None) -> Site:
     config, task, model, pad, processor = _MODELS[key]
     if (key, client) not in _ROWS:
         keys = json.loads(settings["keys"])
-        source = data if data is not None else str(Path(settings["folder"]) / f"client-{client}.parquet")
+        source = data if data is not None else str(Path(settings["folder"]) / f"client-{client}{settings['suffix']}")
         frame, _ = task.read(source, config.data.model_copy(update=keys if data is None else {}))
         _ROWS[key, client] = task.encode(processor, {"train": frame}).features["train"]
     return Site(config, task, _ROWS[key, client], model, pad)
