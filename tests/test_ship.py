@@ -134,6 +134,41 @@ def test_serve_workers_build_the_app_from_the_environment_and_onnx_file_is_check
         Predictor(trained_run, onnx_file="model.onnx")
 
 
+def test_backend_onnx_exports_a_run_on_start_and_removes_the_export_after(trained_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from tunesmith.cli import app
+    from tunesmith.ship.predictor import backend_source
+
+    texts = [r["text"] for r in sentiment_rows(20, seed=4)]
+    said = []
+    with backend_source(trained_run, "onnx", said.append) as loaded:
+        meta = json.loads((loaded / "tunesmith.json").read_text())
+        assert meta["format"] == "onnx" and meta["source_run"] == str(trained_run.resolve())
+        predictor = Predictor(loaded, threads=1)
+        assert predictor.backend.startswith("onnxruntime")
+        served = predictor.predict(texts)
+    assert not loaded.exists() and "exporting" in said[0]  # made for this command, gone after it
+    direct = api.predict(trained_run, texts)
+    agree = np.mean([s["label"] == d["label"] for s, d in zip(served, direct)])
+    assert agree >= 0.9  # int8 is kept only where the export's parity check passed (0.98 on held-out rows)
+    with backend_source(trained_run, "auto", said.append) as loaded:
+        assert loaded == trained_run
+    export(trained_run, tmp_path / "hf", fmt="hf", log=lambda m: None)
+    with pytest.raises(TunesmithError, match="is a hf export"), backend_source(tmp_path / "hf", "onnx", said.append):
+        pass
+    with pytest.raises(TunesmithError, match="--backend torch: choose one of auto, onnx"):
+        with backend_source(trained_run, "torch", said.append):
+            pass
+    # predict --input with --backend onnx: the same labels as the run's own predictions, in order
+    pd.DataFrame({"text": texts}).to_csv(tmp_path / "in.csv", index=False)
+    result = CliRunner().invoke(app, ["predict", str(trained_run), "--input", str(tmp_path / "in.csv"), "--output",
+                                      str(tmp_path / "out.jsonl"), "--backend", "onnx"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["label"] for r in rows] == [s["label"] for s in served]
+
+
 def test_psi_is_zero_for_equal_shares_and_grows_with_the_shift():
     from tunesmith.ship.monitor import psi
 

@@ -225,8 +225,9 @@ def test_fusion_trains_its_feature_layer_with_the_encoder(tiny_model_dir, tmp_pa
 
 
 def test_fusion_with_lora_trains_adapters_head_and_feature_layer_only(tiny_model_dir, tmp_path):
-    changed, names = _fusion_steps(tiny_model_dir, tmp_path, {"strategy": "lora", "lora": {"rank": 4,
-                                   "target_modules": ["query", "value"]}})  # fmt: skip
+    # No target_modules: PEFT's defaults for the wrapped encoder (BERT: query and value).
+    changed, names = _fusion_steps(tiny_model_dir, tmp_path, {"strategy": "lora", "lora": {"rank": 4}})
+    assert any(".query.lora_A" in n for n in names) and any(".value.lora_A" in n for n in names)
     saved = {n for n in names if "modules_to_save" in n}
     assert any(".table." in n for n in saved) and any("classifier" in n for n in saved)
     assert {n for n in names if "lora_B" in n} | saved <= changed

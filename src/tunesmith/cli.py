@@ -344,6 +344,14 @@ def predict(
         str | None,
         typer.Option("--onnx-file", help="With an ONNX export and --input: the model file to run (model.onnx: fp32)."),
     ] = None,
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend",
+            help="With --input: auto (a run's PyTorch model, an export's own) or onnx (a run "
+            "exported to ONNX first, int8 where parity allows).",
+        ),
+    ] = "auto",
 ) -> None:
     """Label new text with a trained run; one JSON object per text (per question for QA)."""
 
@@ -362,12 +370,12 @@ def predict(
         if not inputs:  # a file alone: read, predicted and written a chunk at a time (ship/bulk.py)
             from tunesmith.ship.bulk import predict_file
 
-            count = predict_file(run_dir, input_, output, onnx_file=onnx_file)
+            count = predict_file(run_dir, input_, output, onnx_file=onnx_file, backend=backend)
             if output is not None:
                 typer.echo(f"{count} predictions written to {output}", err=True)
             return
-        if onnx_file is not None:
-            raise TunesmithError("--onnx-file picks an export's model for --input FILE alone; give the file")
+        if onnx_file is not None or backend != "auto":
+            raise TunesmithError("--onnx-file and --backend choose the model for --input FILE alone; give the file")
         lines = [json.dumps(row, ensure_ascii=False) for row in api.predict(run_dir, inputs, input_file=input_)]
         if output is None:
             typer.echo("\n".join(lines))
@@ -687,6 +695,14 @@ def serve(
     threads: Annotated[
         int | None, typer.Option("--threads", min=1, help="CPU threads per model call (default: cores / workers).")
     ] = None,
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend",
+            help="auto: a run's PyTorch model, an export's own; onnx: export a run to ONNX "
+            "(int8 where parity allows) on start and serve that.",
+        ),
+    ] = "auto",
 ) -> None:
     """Serve predictions over HTTP: POST /predict, GET /health, /metadata, /metrics."""
 
@@ -695,7 +711,7 @@ def serve(
 
         run_server(source, host=host, port=port, api_key=api_key, log_path=log, max_batch=max_batch,
                    max_body_bytes=max_body_bytes, max_upload_bytes=max_upload_bytes, max_pixels=max_pixels,
-                   onnx_file=onnx_file, workers=workers, threads=threads,
+                   onnx_file=onnx_file, workers=workers, threads=threads, backend=backend,
                    log=lambda m: typer.echo(m, err=True))  # fmt: skip
 
     _guarded(work, "the server stopped")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tunesmith.data.stream import STREAMED_SUFFIXES, chunks, count_rows
 from tunesmith.errors import TunesmithError
-from tunesmith.ship.predictor import Predictor
+from tunesmith.ship.predictor import Predictor, backend_source
 from tunesmith.tasks.contract import TableInputs
 
 CHUNK_ROWS = 4096
@@ -42,13 +42,15 @@ def input_chunks(task, path: Path, rows: int = CHUNK_ROWS) -> Iterator[list]:
 
 
 def predict_file(source: str | Path, input_file: str | Path, output: str | Path | None = None, *,
-                 onnx_file: str | None = None, threads: int | None = None, chunk_rows: int = CHUNK_ROWS,
+                 onnx_file: str | None = None, threads: int | None = None, backend: str = "auto",
+                 chunk_rows: int = CHUNK_ROWS,
                  write: Callable[[str], None] | None = None, progress: bool = True, console=None) -> int:  # fmt: skip
     """Predicts every input of ``input_file`` with a run or an export and writes one JSON line per
     input, in the file's order: to ``output`` (a new file), else to ``write`` (stdout).
 
     Args:
-        onnx_file, threads: as for ``serve`` (an ONNX export's model file; CPU threads a call).
+        onnx_file, threads, backend: as for ``serve`` (an ONNX export's model file; CPU threads a
+            call; ``onnx``: a run exported to ONNX first, ship.predictor.backend_source).
         chunk_rows: rows read and predicted at a time.
 
     Returns:
@@ -58,14 +60,24 @@ def predict_file(source: str | Path, input_file: str | Path, output: str | Path 
         TunesmithError: not a run or export, a kind that does not predict, an unreadable input
             (named with its rows), or an input the task refuses. ``output`` is left as it was.
     """
-    from tunesmith.runs import claim_output, new_file
+    from tunesmith.runs import claim_output
 
     path = Path(input_file)
     if output is not None:
         output = claim_output(output, kind="file", what="--output")  # before the model loads
     if not path.exists():
         raise TunesmithError(f"Input file not found: {path}")
-    predictor = Predictor(source, onnx_file=onnx_file, threads=threads, stage="predict")
+    with backend_source(source, backend, lambda message: print(message, file=sys.stderr)) as loaded:
+        predictor = Predictor(loaded, onnx_file=onnx_file, threads=threads, stage="predict")
+        return _predict_chunks(predictor, path, output, chunk_rows=chunk_rows, write=write,
+                               progress=progress, console=console)  # fmt: skip
+
+
+def _predict_chunks(predictor: Predictor, path: Path, output: Path | None, *, chunk_rows: int, write, progress: bool,
+                    console) -> int:  # fmt: skip
+    """predict_file() once the model is loaded."""
+    from tunesmith.runs import new_file
+
     bar = _bar(console, count_rows(path) if path.is_file() else None) if progress else None
     try:
         with new_file(output) if output is not None else contextlib.nullcontext() as handle:

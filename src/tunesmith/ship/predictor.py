@@ -5,7 +5,11 @@ framework installed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +21,45 @@ from tunesmith.errors import TunesmithError
 from tunesmith.models.load import ResolvedModel, check_weights
 from tunesmith.tasks import build_task, require_stage
 from tunesmith.tasks.run import load_run
+
+BACKENDS = ("auto", "onnx")
+"""The backends of serve and predict --input: ``auto``, a run's PyTorch model or an export's own; ``onnx``, a run
+directory exported to ONNX when the server starts."""
+EXPORT_PARITY_ROWS = 1000
+"""Held-out rows the start-up export checks parity on (``export`` checks all by default)."""
+
+
+@contextlib.contextmanager
+def backend_source(source: str | Path, backend: str, log: Callable[[str], None]) -> Iterator[Path]:
+    """The directory serve or predict loads: ``source``, or for ``backend`` onnx and a run directory,
+    an ONNX export of the run made now into a temporary folder (its int8 model where the
+    export's parity check allows it, else fp32) and removed when the command ends.
+
+    Raises:
+        TunesmithError: an unknown backend, an export directory of another format, or a run
+            whose task has no ONNX export (the export's own message).
+    """
+    source = Path(source)
+    if backend not in BACKENDS:
+        raise TunesmithError(f"--backend {backend}: choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        yield source
+        return
+    if (source / "tunesmith.json").is_file():  # an export: served as it is, if it is an ONNX one
+        written = json.loads((source / "tunesmith.json").read_text(encoding="utf-8")).get("format")
+        if written != "onnx":
+            raise TunesmithError(f"--backend onnx: {source} is a {written} export; give its run with --backend "
+                                 "onnx, or export it with tunesmith export RUN --format onnx")  # fmt: skip
+        yield source
+        return
+    from tunesmith.ship.export import export
+
+    with tempfile.TemporaryDirectory(prefix="tunesmith-serve-onnx-") as scratch:
+        out, start = Path(scratch) / "onnx", time.perf_counter()
+        log(f"--backend onnx: exporting {source} to ONNX for this command (int8 where parity allows) ...")
+        export(source, out, fmt="onnx", quantize="int8", rows=EXPORT_PARITY_ROWS, log=log)
+        log(f"Exported in {time.perf_counter() - start:.0f} s to {out} (removed when the command ends)")
+        yield out
 
 
 class Predictor:
@@ -42,7 +85,7 @@ class Predictor:
             self._from_export(source, onnx_file)
         elif onnx_file is not None:
             raise TunesmithError(f"--onnx-file {onnx_file}: {source} is not an ONNX export (a run directory serves "
-                                 "its PyTorch model; export it with `tunesmith export RUN --format onnx`)")  # fmt: skip
+                                 "its PyTorch model: add --backend onnx, or export it with `tunesmith export RUN --format onnx`)")  # fmt: skip
         else:
             self._from_run(source)
 

@@ -45,7 +45,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from tunesmith.errors import TunesmithError
 from tunesmith.ship.http import UNAUTHORISED, Refused
 from tunesmith.ship.openai_api import add_openai_routes
-from tunesmith.ship.predictor import Predictor
+from tunesmith.ship.predictor import Predictor, backend_source
 from tunesmith.ship.uploads import file_label, is_multipart, json_file, multipart_files
 from tunesmith.tasks.contract import Chat, InputTooLarge, Uploadable, UploadLimits
 
@@ -484,35 +484,42 @@ WORKER_OPTIONS = "TUNESMITH_SERVE_WORKER"
 """The environment variable that hands ``serve``'s source and options to its worker processes."""
 
 
-def serve(source: str | Path, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, log=print,
-          **options) -> None:  # fmt: skip
+def serve(source: str | Path, *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, backend: str = "auto",
+          log=print, **options) -> None:  # fmt: skip
     """Runs the app with uvicorn: one process, or ``workers`` processes behind one port (each
     with its own model and batcher, and ``threads`` CPU threads a model call: by default the
-    cores shared out among the workers)."""
-    import uvicorn
-
+    cores shared out among the workers); ``backend`` onnx serves a run through an ONNX export
+    made on start (``ship.predictor.backend_source``)."""
     if host not in ("127.0.0.1", "localhost", "::1") and options.get("api_key") is None:
         log(f"WARNING: serving on {host} without an API key: anyone who can reach this port can use the model")
     if workers > 1 and options.get("threads") is None:
         options["threads"] = max(1, len(os.sched_getaffinity(0)) // workers)
     sock = bind(host, port)  # before the model loads: a taken port fails fast, and stays ours
     try:
-        app = create_app(source, **options)  # in this process first: a model that cannot load fails here, once
-        predictor = app.state.predictor
-        log(f"Serving {predictor.metadata['source']} ({predictor.backend}) on http://{host}:{port}"
-            + (f" with {workers} workers of {options['threads']} threads" if workers > 1 else ""))  # fmt: skip
-        if workers == 1:
-            uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run(sockets=[sock])
-            return
-        del app, predictor
-        from uvicorn.supervisors import Multiprocess
-
-        os.environ[WORKER_OPTIONS] = json.dumps({"source": str(source), "options": options}, default=str)
-        config = uvicorn.Config(f"{__name__}:worker_app", factory=True, host=host, port=port, workers=workers,
-                                log_level="warning")  # fmt: skip
-        Multiprocess(config, sockets=[sock]).run()
+        with backend_source(source, backend, log) as loaded:
+            _run(loaded, sock, host=host, port=port, workers=workers, log=log, options=options)
     finally:
         sock.close()
+
+
+def _run(source: Path, sock: socket.socket, *, host: str, port: int, workers: int, log, options: dict) -> None:
+    """serve() once the port is bound and the directory to load is known."""
+    import uvicorn
+
+    app = create_app(source, **options)  # in this process first: a model that cannot load fails here, once
+    predictor = app.state.predictor
+    log(f"Serving {predictor.metadata['source']} ({predictor.backend}) on http://{host}:{port}"
+        + (f" with {workers} workers of {options['threads']} threads" if workers > 1 else ""))  # fmt: skip
+    if workers == 1:
+        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning")).run(sockets=[sock])
+        return
+    del app, predictor
+    from uvicorn.supervisors import Multiprocess
+
+    os.environ[WORKER_OPTIONS] = json.dumps({"source": str(source), "options": options}, default=str)
+    config = uvicorn.Config(f"{__name__}:worker_app", factory=True, host=host, port=port, workers=workers,
+                            log_level="warning")  # fmt: skip
+    Multiprocess(config, sockets=[sock]).run()
 
 
 def worker_app():
