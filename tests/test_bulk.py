@@ -107,4 +107,6 @@ def test_onnx_file_picks_the_exports_fp32_model(run_dir, tmp_path):
     refused = CliRunner().invoke(
         app, ["predict", str(tmp_path / "onnx"), "--text", "good", "--onnx-file", "model.onnx"]
     )
-    assert refused.exit_code == 2 and "--onnx-file and --backend choose the model for --input FILE alone" in refused.output
+    assert (
+        refused.exit_code == 2 and "--onnx-file and --backend choose the model for --input FILE alone" in refused.output
+    )
