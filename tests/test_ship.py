@@ -150,6 +150,8 @@ def test_backend_onnx_exports_a_run_on_start_and_removes_the_export_after(traine
         served = predictor.predict(texts)
     assert not loaded.exists() and "exporting" in said[0]  # made for this command, gone after it
     direct = api.predict(trained_run, texts)
+    assert [s.keys() for s in served] == [d.keys() for d in direct]  # the same rows from either backend
+    assert [s["text"] for s in served] == [d["text"] for d in direct]
     agree = np.mean([s["label"] == d["label"] for s, d in zip(served, direct)])
     assert agree >= 0.9  # int8 is kept only where the export's parity check passed (0.98 on held-out rows)
     with backend_source(trained_run, "auto", said.append) as loaded:

@@ -577,10 +577,12 @@ class TextClassificationTask(LabelSpace):
 
     def rows_from_logits(self, inputs: list, features: list[dict], logits: list[np.ndarray], *,
                          temperature: float | None = None) -> list[dict]:  # fmt: skip
-        """Label(s) or value and scores per text (softmax at ``temperature``, single-label), with
-        a warning for an empty text."""
+        """The rows of :meth:`predict`: each text (whitespace collapsed, as the model read it),
+        its label(s) or value and scores (softmax at ``temperature``, single-label), and a warning
+        for an empty text."""
         rows = self.prediction_rows(np.stack(logits), temperature if self.calibrates else None)
-        return [{**row, **text_warning(text)} for text, row in zip(inputs, rows)]
+        texts = [" ".join(text.split()) for text in check_texts(inputs, self.kind)]
+        return [{"text": text, **row, **text_warning(text)} for text, row in zip(texts, rows)]
 
     # -- monitoring (tunesmith monitor; tasks.contract.Monitored) ---------------------------
     @property
