@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -169,6 +170,43 @@ def test_backend_onnx_exports_a_run_on_start_and_removes_the_export_after(traine
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["label"] for r in rows] == [s["label"] for s in served]
+
+
+def test_a_terminated_server_removes_its_start_up_export(trained_run, tmp_path):
+    """SIGTERM (how docker, systemd and Kubernetes stop a server) ends ``serve --backend onnx``
+    as Ctrl-C does: the export made on start is removed, not left in the temporary folder."""
+    import os
+    import re
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen([str(Path(sys.executable).parent / "tunesmith"), "serve", str(trained_run), "--backend", "onnx",
+                                   "--port", str(port), "--threads", "1"], stdout=out, stderr=subprocess.STDOUT,
+                                  env={**os.environ, "TMPDIR": str(tmp_path)})  # fmt: skip
+        try:
+            for _ in range(240):
+                if "Serving" in log.read_text() or server.poll() is not None:
+                    break
+                time.sleep(0.5)
+            said = log.read_text()
+            assert "Serving" in said, said
+            export_dir = Path(re.search(r"Exported in \d+ s to (\S+)", said).group(1))
+            assert (export_dir / "tunesmith.json").is_file()
+            server.send_signal(signal.SIGTERM)
+            server.wait(60)
+        finally:
+            if server.poll() is None:
+                server.kill()
+    assert not export_dir.exists() and not list(tmp_path.glob("tunesmith-serve-onnx-*")), log.read_text()
+    assert "interrupted" in log.read_text()
 
 
 def test_psi_is_zero_for_equal_shares_and_grows_with_the_shift():

@@ -259,7 +259,7 @@ def federate(
         config = _write_inputs(run, config, task, data, None, log)
         with run.lock(), tracking(run, config) as trackers:
             fitted = federated.run_federation(run, config, task, data, log=log,
-                                              callbacks=[*map(federated.round_tracker, trackers), *(callbacks or [])],
+                                              callbacks=[*map(federated.RoundTracker, trackers), *(callbacks or [])],
                                               client_mods=client_mods or [], grid=grid)  # fmt: skip
             return TrainResult(run.path, finish_run(run, config, task, data, fitted, log))
 
@@ -296,7 +296,7 @@ def federate_resume(run_dir: str | Path, *, console=None, callbacks: list | None
         task = build_task(config, run.read_json("task.json"))
         with settled_on_failure(run, fresh=False), tracking(run, config, resume=True) as trackers:
             fitted = federated.run_federation(run, config, task, data, log=log,
-                                              callbacks=[*map(federated.round_tracker, trackers), *(callbacks or [])],
+                                              callbacks=[*map(federated.RoundTracker, trackers), *(callbacks or [])],
                                               client_mods=client_mods or [], resume=True)  # fmt: skip
             return TrainResult(run.path, finish_run(run, config, task, data, fitted, log))
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from tunesmith import api
 from tunesmith.config import load_config
 from tunesmith.runs import atomic_write, claim_output
+from tunesmith.study.federated import check_deployed
 from tunesmith.study.federated_client import client_app as _make_client_app
 
 APP = """# A Flower App for a deployed tunesmith federation (tunesmith federate --flower-app).
@@ -75,7 +76,7 @@ def write_app(folder: str | Path, config: str | Path, overrides: list[str]) -> P
     Raises:
         TunesmithError: a bad config or value, or a folder that holds something.
     """
-    load_config(config, overrides)  # a mistake shows here, not in the SuperLink's log
+    check_deployed(load_config(config, overrides))  # a mistake shows here, not in the SuperLink's log
     folder = Path(folder)
     claim_output(folder, kind="dir", what="--flower-app")
     folder.mkdir(parents=True, exist_ok=True)

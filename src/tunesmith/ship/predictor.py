@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from tunesmith.config import config_from_dict
+from tunesmith.config import config_from_dict, load_config
 from tunesmith.data.batching import length_groups
 from tunesmith.errors import TunesmithError
 from tunesmith.models.load import ResolvedModel, check_weights
@@ -54,6 +54,10 @@ def backend_source(source: str | Path, backend: str, log: Callable[[str], None])
         return
     from tunesmith.ship.export import export
 
+    if (source / "config.yaml").is_file():  # a run: does its kind export to ONNX at all?
+        task = build_task(load_config(source / "config.yaml"))
+        if "onnx" not in getattr(task, "export_formats", ()):
+            raise TunesmithError(f"--backend onnx: {task.kind} runs have no ONNX export; use --backend auto")
     with tempfile.TemporaryDirectory(prefix="tunesmith-serve-onnx-") as scratch:
         out, start = Path(scratch) / "onnx", time.perf_counter()
         log(f"--backend onnx: exporting {source} to ONNX for this command (int8 where parity allows) ...")

@@ -23,14 +23,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import hmac
 import json
 import os
+import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -496,10 +498,30 @@ def serve(source: str | Path, *, host: str = "127.0.0.1", port: int = 8000, work
         options["threads"] = max(1, len(os.sched_getaffinity(0)) // workers)
     sock = bind(host, port)  # before the model loads: a taken port fails fast, and stays ours
     try:
-        with backend_source(source, backend, log) as loaded:
+        with _terminate_unwinds(), backend_source(source, backend, log) as loaded:
             _run(loaded, sock, host=host, port=port, workers=workers, log=log, options=options)
     finally:
         sock.close()
+
+
+@contextlib.contextmanager
+def _terminate_unwinds() -> Iterator[None]:
+    """SIGTERM (docker stop, systemd, Kubernetes) raises KeyboardInterrupt here, as Ctrl-C does.
+    uvicorn's server stops on it, then puts back the handler it found and sends the signal again:
+    with Python's default handler the process would die there, before the temporary ONNX export
+    of ``--backend onnx`` and the socket are cleaned up."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _run(source: Path, sock: socket.socket, *, host: str, port: int, workers: int, log, options: dict) -> None:

@@ -70,11 +70,8 @@ keeps a schedule across the loop's steps; contrastive and zero-shot do not train
 def check_federation(config: Config, task: Task, *, deployed: bool = False) -> None:
     """Refuses settings a federation cannot run, before any data is read (``deployed``: the
     clients are SuperNodes reading their own files)."""
-    if deployed and config.data.clean.label_errors != "keep":
-        # The server's data.train only fixes the label space there; the clients' rows never reach it.
-        raise TunesmithError(f"data.clean.label_errors={config.data.clean.label_errors} cleans the server's "
-                             "data.train, which a deployed federation does not train on: run tunesmith inspect "
-                             "on each site's file and clean it there, then set data.clean.label_errors=keep")  # fmt: skip
+    if deployed:
+        check_deployed(config)
     if config.model.strategy not in LOCAL_STRATEGIES:
         raise TunesmithError(f"federate trains each client with model.strategy in {LOCAL_STRATEGIES}; "
                              f"model.strategy={config.model.strategy} cannot be federated")  # fmt: skip
@@ -86,15 +83,31 @@ def check_federation(config: Config, task: Task, *, deployed: bool = False) -> N
         raise TunesmithError("federate runs its clients itself: leave out --nproc")
 
 
-def round_tracker(callback: TrackerCallback) -> Callable[[dict[str, Any]], None]:
+def check_deployed(config: Config) -> None:
+    """Refuses what a deployed federation (Flower's Deployment Engine) cannot do, from its config
+    alone (``--flower-app`` checks it before writing the app)."""
+    if config.data.clean.label_errors != "keep":
+        # The server's data.train only fixes the label space there; the clients' rows never reach it.
+        raise TunesmithError(f"data.clean.label_errors={config.data.clean.label_errors} cleans the server's "
+                             "data.train, which a deployed federation does not train on: run tunesmith inspect "
+                             "on each site's file and clean it there, then set data.clean.label_errors=keep")  # fmt: skip
+
+
+class RoundTracker:
     """A round callback that sends each round's global validation scores and the clients'
     weighted training loss to runtime.report_to's trackers, the round's number as the step."""
 
-    def send(entry: dict[str, Any]) -> None:
-        callback.log_at(entry["round"], "train", {"loss": entry["train_loss"]})
-        callback.log_at(entry["round"], "validation", entry["validation"])
+    def __init__(self, callback: TrackerCallback):
+        self.callback = callback
 
-    return send
+    def start(self, done: int) -> None:
+        """Starts the trackers after ``done`` completed rounds (a resume with no round left to
+        run still hands them the final metrics)."""
+        self.callback.start(done)
+
+    def __call__(self, entry: dict[str, Any]) -> None:
+        self.callback.log_at(entry["round"], "train", {"loss": entry["train_loss"]})
+        self.callback.log_at(entry["round"], "validation", entry["validation"])
 
 
 # -- shards ----------------------------------------------------------------------------------
@@ -236,7 +249,8 @@ class Ledger:
                  "bytes_sent": bytes_each * (2 * len(self.clients) + len(trained)),
                  "bytes_per_message": bytes_each}  # fmt: skip
         rows = sum(r["num-examples"] for r in entry["clients"])
-        entry["train_loss"] = sum(r.get("train_loss", math.nan) * r["num-examples"] for r in entry["clients"]) / rows
+        weighted = sum(r.get("train_loss", math.nan) * r["num-examples"] for r in entry["clients"])
+        entry["train_loss"] = weighted / rows if rows else math.nan
         self.pending = {"train": [], "evaluate": [], "errors": []}
         self.rounds.append(entry)
         name = f"round-{number}.safetensors"
@@ -433,6 +447,9 @@ def run_federation(run: RunDir, config: Config, task: Task, data: PreparedData, 
     metric, mode = metric_and_mode(task, config.train)
     ledger = Ledger.open(run, shards["names"], metric, mode)
     done = len(ledger.rounds)
+    for callback in callbacks:
+        if isinstance(callback, RoundTracker):
+            callback.start(done)
     initial = ledger.weights("global") if done else trainable_state(model)
     if resume:
         log(f"Resuming after round {done} of {fed.rounds}")
