@@ -56,7 +56,8 @@ def backend_source(source: str | Path, backend: str, log: Callable[[str], None])
 
     if (source / "config.yaml").is_file():  # a run: does its kind export to ONNX at all?
         task = build_task(load_config(source / "config.yaml"))
-        if "onnx" not in getattr(task, "export_formats", ()):
+        require_stage(task, "export", what=str(source))  # an exportable kind names its formats
+        if "onnx" not in task.export_formats:
             raise TunesmithError(f"--backend onnx: {task.kind} runs have no ONNX export; use --backend auto")
     with tempfile.TemporaryDirectory(prefix="tunesmith-serve-onnx-") as scratch:
         out, start = Path(scratch) / "onnx", time.perf_counter()
