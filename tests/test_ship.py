@@ -209,6 +209,35 @@ def test_a_terminated_server_removes_its_start_up_export(trained_run, tmp_path):
     assert "interrupted" in log.read_text()
 
 
+def test_the_batcher_keeps_as_many_model_calls_in_flight_as_it_is_given():
+    """Two calls at once: each fake model call waits at a barrier for the other, which only a
+    second call in flight can reach; the answers still go to the requests that asked."""
+    import asyncio
+    import threading
+
+    from tunesmith.ship.serve import Batcher, Stats
+
+    class Model:
+        def __init__(self, seconds: float):
+            self.barrier = threading.Barrier(2, timeout=seconds)
+
+        def predict(self, texts):
+            self.barrier.wait()  # raises BrokenBarrierError when no second call comes in time
+            return [{"label": text.upper()} for text in texts]
+
+    async def ask(calls: int, seconds: float) -> list:
+        batcher = Batcher(Model(seconds), Stats(), max_batch=1, window=0.0, log_path=None, calls=calls)
+        await batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.submit([t]) for t in ("a", "b")))
+        finally:
+            await batcher.stop()
+
+    assert asyncio.run(ask(2, 10.0)) == [[{"label": "A"}], [{"label": "B"}]]
+    with pytest.raises(threading.BrokenBarrierError):  # one call at a time: the first waits alone
+        asyncio.run(ask(1, 0.5))
+
+
 def test_psi_is_zero_for_equal_shares_and_grows_with_the_shift():
     from tunesmith.ship.monitor import psi
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -67,6 +68,15 @@ def backend_source(source: str | Path, backend: str, log: Callable[[str], None])
         yield out
 
 
+def is_onnx_export(source: str | Path) -> bool:
+    """Whether ``source`` is an ONNX export directory (its ``tunesmith.json`` says so)."""
+    meta = Path(source) / "tunesmith.json"
+    try:
+        return meta.is_file() and json.loads(meta.read_text(encoding="utf-8")).get("format") == "onnx"
+    except (OSError, ValueError):
+        return False  # the Predictor reports an unreadable export
+
+
 class Predictor:
     """Tokenizer plus a PyTorch model (run or hf export) or an ONNX Runtime session (onnx export);
     ``scorer`` is the task (tasks.contract.Task) that turns logits into answers, ``task`` its
@@ -80,6 +90,7 @@ class Predictor:
         threads: CPU threads for one model call (default: the backend's own, all cores).
         stage: the stage the model is for ("serve", "predict"), which the task must support."""
         self.stage = stage
+        self.tokenizing = threading.Lock()
         source = Path(source)
         if threads is not None:
             import torch
@@ -161,7 +172,8 @@ class Predictor:
         """The features of raw inputs (the task's ``export_features``) and the model's output for
         each (a row of logits; a tagger's or QA model's per-token logits), fed as an export is
         fed (``export_inputs``, ``chunk`` features a call): the same for PyTorch and ONNX Runtime."""
-        features = self.scorer.export_features(self.tokenizer, list(inputs))
+        with self.tokenizing:  # a fast tokenizer refuses two calls at once ("Already borrowed")
+            features = self.scorer.export_features(self.tokenizer, list(inputs))
         rows: list[np.ndarray | None] = [None] * len(features)
         # Calls of similar lengths (least padding), at most ``chunk`` features each: bounded memory
         # for long lists (monitor, evaluation); rows go back in the order of the features.

@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from tunesmith.errors import TunesmithError
 from tunesmith.ship.http import UNAUTHORISED, Refused
 from tunesmith.ship.openai_api import add_openai_routes
-from tunesmith.ship.predictor import Predictor, backend_source
+from tunesmith.ship.predictor import Predictor, backend_source, is_onnx_export
 from tunesmith.ship.uploads import file_label, is_multipart, json_file, multipart_files
 from tunesmith.tasks.contract import Chat, InputTooLarge, Uploadable, UploadLimits
 
@@ -97,22 +97,30 @@ class Stats:
 
 
 class Batcher:
-    """Collects concurrent requests into one model call (one worker thread runs the model)."""
+    """Collects concurrent requests into model calls: ``calls`` of them in flight at once, each
+    on its own worker thread (one by default; an ONNX export on a CPU runs one a core, so a
+    batch forms and runs while the one before it is still in the model)."""
 
-    def __init__(self, predictor: Predictor, stats: Stats, *, max_batch: int, window: float, log_path: Path | None):
+    def __init__(self, predictor: Predictor, stats: Stats, *, max_batch: int, window: float, log_path: Path | None,
+                 calls: int = 1):  # fmt: skip
         self.predictor, self.stats, self.max_batch, self.window = predictor, stats, max_batch, window
         self.log_path, self.log_lock = log_path, threading.Lock()
         self.queue: asyncio.Queue | None = None
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tunesmith-model")
+        self.calls = calls
+        self.executor = ThreadPoolExecutor(max_workers=calls, thread_name_prefix="tunesmith-model")
         self.task: asyncio.Task | None = None
+        self.slots: asyncio.Semaphore | None = None
+        self.running: set[asyncio.Task] = set()  # the calls in flight (held, so none is collected early)
 
     async def start(self) -> None:
-        self.queue = asyncio.Queue()
+        self.queue, self.slots = asyncio.Queue(), asyncio.Semaphore(self.calls)
         self.task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
         if self.task is not None:
             self.task.cancel()
+        for call in list(self.running):
+            call.cancel()
         self.executor.shutdown(wait=False)
 
     async def submit(self, texts: list[str]) -> list[dict[str, Any]]:
@@ -137,23 +145,33 @@ class Batcher:
                     break
                 waiting.append(item)
                 count += len(item[0])
+            await self.slots.acquire()  # a free model thread; requests queue meanwhile
+            call = asyncio.create_task(self._call(loop, waiting))
+            self.running.add(call)
+            call.add_done_callback(self.running.discard)
+
+    async def _call(self, loop, waiting: list) -> None:
+        """One model call for ``waiting`` (requests and their futures), then its answers."""
+        try:
             texts = [t for texts, _ in waiting for t in texts]
             try:
                 results = await loop.run_in_executor(self.executor, self._predict, texts)
             except TunesmithError:  # one request's bad input: each request alone, so only it fails
                 for request_texts, future in waiting:
                     await self._answer_alone(loop, request_texts, future)
-                continue
+                return
             except Exception as error:  # the model failed: every waiting request gets the error
                 for _, future in waiting:
                     if not future.done():
                         future.set_exception(error)
-                continue
+                return
             start = 0
             for request_texts, future in waiting:
                 if not future.done():
                     future.set_result(results[start : start + len(request_texts)])
                 start += len(request_texts)
+        finally:
+            self.slots.release()
 
     async def _answer_alone(self, loop, texts: list, future: asyncio.Future) -> None:
         try:
@@ -167,9 +185,10 @@ class Batcher:
 
     def _predict(self, texts: list) -> list[dict[str, Any]]:
         results = self.predictor.predict(texts)
-        self.stats.batches += 1
-        self.stats.batch_texts += len(texts)
-        self.stats.predictions += len(texts)
+        with self.log_lock:  # calls on several threads
+            self.stats.batches += 1
+            self.stats.batch_texts += len(texts)
+            self.stats.predictions += len(texts)
         self.write_log(texts, results)
         return results
 
@@ -407,14 +426,18 @@ def create_app(source: str | Path, *, api_key: str | None = None, max_batch: int
                max_pixels: int = MAX_PIXELS, onnx_file: str | None = None, threads: int | None = None):  # fmt: skip
     """The FastAPI app serving ``source`` (a run or an export directory); ``max_upload_bytes``
     and ``max_pixels`` bound each uploaded file of a kind that takes files (images);
-    ``onnx_file`` picks an ONNX export's model file, ``threads`` the CPU threads of a model call."""
-
+    ``onnx_file`` picks an ONNX export's model file, ``threads`` the CPU threads of a model call.
+    An ONNX export served with ``threads`` unset runs one call a core, each on one thread."""
+    calls = 1
+    if predictor is None and threads is None and is_onnx_export(source):
+        threads, calls = 1, max(1, len(os.sched_getaffinity(0)))
     predictor = predictor or Predictor(source, onnx_file, threads)
     stats = Stats()
     log = Path(log_path) if log_path is not None else None
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
-    batcher = Batcher(predictor, stats, max_batch=max_batch, window=batch_window_ms / 1000, log_path=log)
+    batcher = Batcher(predictor, stats, max_batch=max_batch, window=batch_window_ms / 1000, log_path=log,
+                      calls=calls)  # fmt: skip
     service = Service(predictor, stats, batcher, api_key=api_key, max_batch=max_batch, max_text_chars=max_text_chars,
                        max_body_bytes=max_body_bytes, limits=UploadLimits(max_upload_bytes, max_pixels))  # fmt: skip
 
