@@ -47,7 +47,7 @@ def backend_source(source: str | Path, backend: str, log: Callable[[str], None])
         yield source
         return
     if (source / "tunesmith.json").is_file():  # an export: served as it is, if it is an ONNX one
-        written = json.loads((source / "tunesmith.json").read_text(encoding="utf-8")).get("format")
+        written = export_format(source)
         if written != "onnx":
             raise TunesmithError(f"--backend onnx: {source} is a {written} export; give its run with --backend "
                                  "onnx, or export it with tunesmith export RUN --format onnx")  # fmt: skip
@@ -68,13 +68,13 @@ def backend_source(source: str | Path, backend: str, log: Callable[[str], None])
         yield out
 
 
-def is_onnx_export(source: str | Path) -> bool:
-    """Whether ``source`` is an ONNX export directory (its ``tunesmith.json`` says so)."""
-    meta = Path(source) / "tunesmith.json"
+def export_format(source: str | Path) -> str | None:
+    """The format an export directory's ``tunesmith.json`` names (``onnx``, ``hf``, ...); None for
+    anything else, an unreadable file included (the Predictor reports that one)."""
     try:
-        return meta.is_file() and json.loads(meta.read_text(encoding="utf-8")).get("format") == "onnx"
-    except (OSError, ValueError):
-        return False  # the Predictor reports an unreadable export
+        return json.loads((Path(source) / "tunesmith.json").read_text(encoding="utf-8")).get("format")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 class Predictor:

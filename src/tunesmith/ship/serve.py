@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from tunesmith.errors import TunesmithError
 from tunesmith.ship.http import UNAUTHORISED, Refused
 from tunesmith.ship.openai_api import add_openai_routes
-from tunesmith.ship.predictor import Predictor, backend_source, is_onnx_export
+from tunesmith.ship.predictor import Predictor, backend_source, export_format
 from tunesmith.ship.uploads import file_label, is_multipart, json_file, multipart_files
 from tunesmith.tasks.contract import Chat, InputTooLarge, Uploadable, UploadLimits
 
@@ -429,7 +429,7 @@ def create_app(source: str | Path, *, api_key: str | None = None, max_batch: int
     ``onnx_file`` picks an ONNX export's model file, ``threads`` the CPU threads of a model call.
     An ONNX export served with ``threads`` unset runs one call a core, each on one thread."""
     calls = 1
-    if predictor is None and threads is None and is_onnx_export(source):
+    if predictor is None and threads is None and export_format(source) == "onnx":
         threads, calls = 1, max(1, len(os.sched_getaffinity(0)))
     predictor = predictor or Predictor(source, onnx_file, threads)
     stats = Stats()

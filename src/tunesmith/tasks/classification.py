@@ -500,6 +500,11 @@ class TextClassificationTask(LabelSpace):
         return 0
 
     # -- prediction -------------------------------------------------------------------
+    def model_texts(self, inputs: list) -> list[str]:
+        """Raw inputs as the model reads them: texts (refused otherwise, naming the position),
+        whitespace collapsed as in training."""
+        return [" ".join(text.split()) for text in check_texts(inputs, self.kind)]
+
     def predict(self, model, processor, inputs: list, *, temperature: float | None = None) -> list[dict]:
         """Predictions for texts: label(s) or value, the scores behind them (softmax at the run's
         ``temperature`` for a single-label classifier), and a warning for an empty text.
@@ -507,7 +512,7 @@ class TextClassificationTask(LabelSpace):
         Raises:
             TunesmithError: an input that is not a text, naming its position.
         """
-        texts = [" ".join(text.split()) for text in check_texts(inputs, self.kind)]
+        texts = self.model_texts(inputs)
         logits = text_logits(model, processor, texts, max_length=self.max_length)
         rows = self.prediction_rows(logits, temperature if self.calibrates else None)
         return [{"text": text, **row, **text_warning(text)} for text, row in zip(texts, rows)]
@@ -535,7 +540,7 @@ class TextClassificationTask(LabelSpace):
 
     def export_features(self, processor: Any, inputs: list) -> list[dict]:
         """Token ids of texts, whitespace collapsed and cut to max_length as in training."""
-        texts = [" ".join(text.split()) for text in check_texts(inputs, self.kind)]
+        texts = self.model_texts(inputs)
         return encode_features(processor, texts, None, self.max_length)[0]
 
     def export_inputs(self, processor: Any, features: list[dict]) -> ExportBatch:
@@ -581,7 +586,7 @@ class TextClassificationTask(LabelSpace):
         its label(s) or value and scores (softmax at ``temperature``, single-label), and a warning
         for an empty text."""
         rows = self.prediction_rows(np.stack(logits), temperature if self.calibrates else None)
-        texts = [" ".join(text.split()) for text in check_texts(inputs, self.kind)]
+        texts = self.model_texts(inputs)
         return [{"text": text, **row, **text_warning(text)} for text, row in zip(texts, rows)]
 
     # -- monitoring (tunesmith monitor; tasks.contract.Monitored) ---------------------------
@@ -603,7 +608,7 @@ class TextClassificationTask(LabelSpace):
 
     def embed(self, model: Any, processor: Any, inputs: list) -> np.ndarray:
         """The encoder's mean-pooled states over each text (whitespace collapsed, as predicted)."""
-        texts = [" ".join(t.split()) for t in check_texts(inputs, self.kind)]
+        texts = self.model_texts(inputs)
         return pooled(model.base_model, processor, texts, max_length=self.max_length)
 
     def probe_scores(self, train: np.ndarray, train_features: list[dict], held_out: np.ndarray,
